@@ -1,0 +1,61 @@
+"""Deformable attention sampling: one entry point, several implementations.
+
+``deformable_sample(features, flows, weights, impl="auto")`` computes
+``out[b] = sum_k weights[b, k] * grid_sample(features[b], flows[b*K + k])``
+(bilinear, border padding, align_corners=False) with features (B, C, H, W),
+flows (B*K, 2, H, W) and weights (B, K, H, W).
+
+impl:
+  "torch"  the plain reference (model.sampling), any device;
+  "triton" the fused GPU kernel (model.kernels.triton_sampling);
+  "numba"  the fused CPU kernel (model.kernels.cpu_sampling);
+  "auto"   triton on CUDA when Triton imports, numba on the CPU when Numba
+           imports, the reference otherwise.
+Triton and Numba are imported lazily, on first use, never at start-up.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import torch
+
+from ..sampling import deformable_sample_reference
+
+IMPLEMENTATIONS = ("auto", "triton", "numba", "torch")
+# Forces one implementation for the whole process (e.g. the service's setting).
+FORCE_ENV = "TRYON_SAMPLER"
+
+
+@functools.lru_cache(maxsize=None)
+def available(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def resolve(impl: str, device: torch.device) -> str:
+    """The implementation that ``impl`` means for tensors on ``device``."""
+    forced = os.environ.get(FORCE_ENV, "").strip().lower()
+    if impl == "auto" and forced and forced != "auto":
+        impl = forced
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown sampler {impl!r}; expected one of {IMPLEMENTATIONS}")
+    if impl != "auto":
+        return impl
+    if device.type == "cuda" and available("triton"):
+        return "triton"
+    if device.type == "cpu" and available("numba"):
+        return "numba"
+    return "torch"
+
+
+def deformable_sample(features: torch.Tensor, flows: torch.Tensor, weights: torch.Tensor,
+                      impl: str = "auto") -> torch.Tensor:
+    chosen = resolve(impl, features.device)
+    if chosen == "triton":
+        from .triton_sampling import deformable_sample_triton
+        return deformable_sample_triton(features, flows, weights)
+    if chosen == "numba":
+        from .cpu_sampling import deformable_sample_cpu
+        return deformable_sample_cpu(features, flows, weights)
+    return deformable_sample_reference(features, flows, weights)

@@ -1,0 +1,222 @@
+"""The DAFlow network (Bai et al., ECCV 2022) as plain nn.Modules.
+
+Module and parameter names match the published checkpoint exactly
+(tests/fixtures/checkpoint_keys.tsv); see ARCHITECTURE.md for the layer-by-
+layer description this follows.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .kernels import deformable_sample
+from .sampling import compose_flows, heads_to_batch, offsets_to_flow, upsample2x
+
+ENCODER_WIDTHS = (64, 128, 256, 256, 256)
+FPN_CHANNELS = 256
+HEADS = 6
+LEVELS = len(ENCODER_WIDTHS)
+SIZE_MULTIPLE = 2 ** LEVELS
+MIN_SIZE = 64
+
+
+class DownBlock(nn.Module):
+    """BatchNorm -> ReLU -> 3x3 stride-2 conv."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.BatchNorm2d(in_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1, bias=False),
+        )
+
+    def forward(self, x):
+        return self.block(x)
+
+
+class ResBlock(nn.Module):
+    """x + (BN -> ReLU -> conv -> BN -> ReLU -> conv)(x)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+        )
+
+    def forward(self, x):
+        return x + self.block(x)
+
+
+class FeatureEncoder(nn.Module):
+    """Five stride-2 stages; returns every stage's output, finest first."""
+
+    def __init__(self, in_channels: int, widths=ENCODER_WIDTHS):
+        super().__init__()
+        stages = []
+        for width in widths:
+            stages.append(nn.Sequential(DownBlock(in_channels, width), ResBlock(width), ResBlock(width)))
+            in_channels = width
+        self.encoders = nn.ModuleList(stages)
+
+    def forward(self, x):
+        features = []
+        for stage in self.encoders:
+            x = stage(x)
+            features.append(x)
+        return features
+
+
+class FeaturePyramid(nn.Module):
+    """Top-down FPN to a common width; input and output finest first."""
+
+    def __init__(self, in_widths=ENCODER_WIDTHS, channels: int = FPN_CHANNELS):
+        super().__init__()
+        coarse_first = list(reversed(in_widths))
+        self.adaptive = nn.ModuleList(nn.Conv2d(w, channels, 1) for w in coarse_first)
+        self.smooth = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in coarse_first)
+
+    def forward(self, features):
+        outputs = []
+        previous = None
+        for j, x in enumerate(reversed(features)):
+            f = self.adaptive[j](x)
+            if previous is not None:
+                f = f + F.interpolate(previous, scale_factor=2, mode="nearest")
+            previous = self.smooth[j](f)
+            outputs.append(previous)
+        return outputs[::-1]
+
+
+class FlowEstimator(nn.Module):
+    """conv 3x3 -> k x k -> k x k -> k x k with LeakyReLU(0.1) between; 'same' padding."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
+        super().__init__()
+        pad = kernel_size // 2
+        self.layers = nn.Sequential(
+            nn.Conv2d(in_channels, 128, 3, padding=1),
+            nn.LeakyReLU(0.1, inplace=True),
+            nn.Conv2d(128, 64, kernel_size, padding=pad),
+            nn.LeakyReLU(0.1, inplace=True),
+            nn.Conv2d(64, 32, kernel_size, padding=pad),
+            nn.LeakyReLU(0.1, inplace=True),
+            nn.Conv2d(32, out_channels, kernel_size, padding=pad),
+        )
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+class DAFlowNet(nn.Module):
+    """Deformable attention flows from garment and person pyramids, applied to
+    the images through a light encoder/decoder."""
+
+    def __init__(self, channels: int = FPN_CHANNELS, heads: int = HEADS, levels: int = LEVELS,
+                 sampler: str = "auto"):
+        super().__init__()
+        self.heads = heads
+        # Which deformable-sampling implementation forward uses (model.kernels).
+        self.sampler = sampler
+        # Registration order matches the checkpoint's key order.
+        self.Self_MFEs = nn.ModuleList(FlowEstimator(2 * channels, 3 * heads, 7) for _ in range(levels))
+        self.Cross_MFEs = nn.ModuleList(FlowEstimator(2 * channels, 3 * heads, 3) for _ in range(levels))
+        self.Refine_MFEs = nn.ModuleList(FlowEstimator(2 * channels, 6 * heads, 3) for _ in range(levels))
+        self.lights_decoder = nn.Sequential(
+            nn.Conv2d(64, 32, 1), nn.LeakyReLU(0.1, inplace=True), nn.Conv2d(32, 3, 3, padding=1))
+        self.lights_encoder = nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1), nn.LeakyReLU(0.1, inplace=True), nn.Conv2d(32, 64, 1))
+
+    def warp(self, x, flows, weights):
+        return deformable_sample(x, flows, weights, impl=self.sampler)
+
+    def offsets(self, block_output):
+        return heads_to_batch(block_output, self.heads)
+
+    def estimate(self, block, source, reference, flows):
+        """One flow block: attention from channels 2K:3K, offsets from 0:2K."""
+        k = self.heads
+        y = block(torch.cat((source, reference), dim=1))
+        attention = torch.softmax(y[:, 2 * k:3 * k], dim=1)
+        if flows is None:
+            flows = offsets_to_flow(self.offsets(y[:, :2 * k]))
+        else:
+            flows = compose_flows(flows, self.offsets(y[:, :2 * k]))
+        return flows, attention
+
+    def render(self, cloth, masked_model, cross_flows, cross_att, self_flows, self_att):
+        warped_cloth = self.warp(self.lights_encoder(cloth), cross_flows, cross_att)
+        warped_person = self.warp(self.lights_encoder(masked_model), self_flows, self_att)
+        return self.lights_decoder(warped_cloth + warped_person)
+
+    def forward(self, source_pyramid, reference_pyramid, cloth, masked_model, return_all: bool = False):
+        k = self.heads
+        cross_flows = self_flows = cross_att = self_att = None
+        per_level = []
+        levels = len(source_pyramid)
+        for i in range(levels):
+            source = source_pyramid[levels - 1 - i]
+            reference = reference_pyramid[levels - 1 - i]
+            if i == 0:
+                source_pre, reference_pre = source, reference
+            else:
+                source_pre = self.warp(source, cross_flows, cross_att)
+                reference_pre = self.warp(reference, self_flows, self_att)
+
+            # The cross block sees the un-warped person features (R, not R').
+            cross_flows, cross_att = self.estimate(self.Cross_MFEs[i], source_pre, reference, cross_flows)
+            source_warped = self.warp(source, cross_flows, cross_att)
+            self_flows, self_att = self.estimate(self.Self_MFEs[i], source_warped, reference_pre, self_flows)
+            reference_warped = self.warp(reference, self_flows, self_att)
+
+            y = self.Refine_MFEs[i](torch.cat((source_warped, reference_warped), dim=1))
+            cross_flows = compose_flows(cross_flows, self.offsets(y[:, 0:2 * k]))
+            self_flows = compose_flows(self_flows, self.offsets(y[:, 2 * k:4 * k]))
+            attention = torch.softmax(y[:, 4 * k:6 * k], dim=1)
+
+            # Offsets list cross first; the refined weights list self first.
+            cross_flows = upsample2x(cross_flows)
+            self_flows = upsample2x(self_flows)
+            self_att = upsample2x(attention[:, :k])
+            cross_att = upsample2x(attention[:, k:])
+
+            if return_all:
+                size = cross_att.shape[-2:]
+                per_level.append(self.render(
+                    F.interpolate(cloth, size=size, mode="bilinear", align_corners=False),
+                    F.interpolate(masked_model, size=size, mode="bilinear", align_corners=False),
+                    cross_flows, cross_att, self_flows, self_att))
+        if return_all:
+            return per_level
+        return self.render(cloth, masked_model, cross_flows, cross_att, self_flows, self_att)
+
+
+class DAFlow(nn.Module):
+    """The whole try-on network: forward(ref_input, cloth, masked_model) as published,
+    with ref_input = concat(pose, masked_model) along channels, all in [-1, 1]."""
+
+    def __init__(self, sampler: str = "auto"):
+        super().__init__()
+        self.source_features = FeatureEncoder(3)
+        self.reference_features = FeatureEncoder(6)
+        self.source_FPN = FeaturePyramid()
+        self.reference_FPN = FeaturePyramid()
+        self.dafnet = DAFlowNet(sampler=sampler)
+
+    def forward(self, ref_input, cloth, masked_model, return_all: bool = False):
+        source_pyramid = self.source_FPN(self.source_features(cloth))
+        reference_pyramid = self.reference_FPN(self.reference_features(ref_input))
+        return self.dafnet(source_pyramid, reference_pyramid, cloth, masked_model, return_all=return_all)
+
+
+def check_size(height: int, width: int) -> None:
+    """Raise ValueError unless H and W are multiples of 32 and at least 64."""
+    for name, v in (("height", height), ("width", width)):
+        if v < MIN_SIZE or v % SIZE_MULTIPLE:
+            raise ValueError(f"{name} {v} must be a multiple of {SIZE_MULTIPLE} and at least {MIN_SIZE}")

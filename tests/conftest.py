@@ -1,0 +1,30 @@
+"""Shared fixtures: the stand-in weights of fill_weights.py and the golden files."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+FIXTURES = Path(__file__).parent / "fixtures"
+sys.path.insert(0, str(FIXTURES))
+
+from fill_weights import fill_state_dict, read_keys  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def checkpoint_keys():
+    return read_keys(FIXTURES / "checkpoint_keys.tsv")
+
+
+@pytest.fixture(scope="session")
+def standin_state(checkpoint_keys):
+    """The deterministic stand-in for the published checkpoint (seed 0)."""
+    return fill_state_dict(checkpoint_keys, 0)
+
+
+def load_golden(name: str) -> dict:
+    return torch.load(FIXTURES / name, weights_only=True)
