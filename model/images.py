@@ -1,0 +1,198 @@
+"""Images in and out of the network: bytes or PIL images <-> normalised tensors.
+
+Geometry policy (letterboxing): the network wants H x W (256 x 192 as
+published). An input of another size or aspect ratio is scaled, keeping its
+aspect ratio, until it fits inside H x W, and centred on a canvas of the
+model's size. The person is never stretched. The pad colour is what the
+training data has around a person: white for photos (masked model, cloth),
+black for the pose map (OpenPose canvases are black). The masked model and
+the pose map are drawn in the same frame, so they get the same transform;
+the result can be returned at model size or mapped back (cropped and
+scaled) to the person image's original size.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+MODEL_SIZE = (256, 192)  # H, W as published
+WHITE = (255, 255, 255)
+BLACK = (0, 0, 0)
+# Decompression-bomb guard for callers that set no limit of their own.
+DEFAULT_MAX_PIXELS = 40_000_000
+
+ImageSource = Union[bytes, bytearray, memoryview, Image.Image]
+
+
+class ImageError(ValueError):
+    """An input that is not a usable image; ``field`` names which input."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class ImageTooLarge(ImageError):
+    """More pixels than allowed, detected from the header before decoding."""
+
+
+def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # 16-bit and float greyscale: rescale to 8 bits instead of clipping.
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        img = Image.fromarray(arr, mode="L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, background)
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return img.convert("RGB")
+
+
+def decode_image(source: ImageSource, field: str, *, background=WHITE,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Bytes of any format Pillow reads (or a PIL image) -> upright 8-bit RGB.
+
+    EXIF orientation is applied; transparency is flattened onto ``background``.
+    Raises ImageError naming ``field`` for anything that is not an image,
+    ImageTooLarge when the header announces more than ``max_pixels``.
+    """
+    if isinstance(source, Image.Image):
+        img = source
+    else:
+        if not source:
+            raise ImageError(field, "empty file")
+        try:
+            img = Image.open(io.BytesIO(bytes(source)))
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+            raise ImageError(field, "not an image Pillow can read") from None
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise ImageError(field, "image has no pixels")
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLarge(field, f"{width}x{height} is {width * height} pixels, over the limit of {max_pixels}")
+    try:
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        return _to_rgb(img, background)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageError(field, f"corrupt or truncated image ({exc})") from None
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Fits a source of ``source_size`` (W, H) into ``target_size`` (W, H)."""
+    source_size: tuple[int, int]
+    target_size: tuple[int, int]
+
+    @property
+    def scale(self) -> float:
+        return min(self.target_size[0] / self.source_size[0], self.target_size[1] / self.source_size[1])
+
+    @property
+    def content_box(self) -> tuple[int, int, int, int]:
+        """(left, top, right, bottom) of the source inside the target."""
+        w = max(1, round(self.source_size[0] * self.scale))
+        h = max(1, round(self.source_size[1] * self.scale))
+        left = (self.target_size[0] - w) // 2
+        top = (self.target_size[1] - h) // 2
+        return left, top, left + w, top + h
+
+    def apply(self, img: Image.Image, fill=WHITE) -> Image.Image:
+        if img.size != self.source_size:
+            img = img.resize(self.source_size, Image.BICUBIC)
+        if img.size == self.target_size:
+            return img
+        left, top, right, bottom = self.content_box
+        canvas = Image.new("RGB", self.target_size, fill)
+        canvas.paste(img.resize((right - left, bottom - top), Image.BICUBIC), (left, top))
+        return canvas
+
+    def apply_points(self, xy: np.ndarray) -> np.ndarray:
+        """Maps (N, 2) pixel coordinates of the source frame into the target frame."""
+        left, top, right, bottom = self.content_box
+        sx = (right - left) / self.source_size[0]
+        sy = (bottom - top) / self.source_size[1]
+        return np.asarray(xy, dtype=np.float64) * [sx, sy] + [left, top]
+
+    def restore(self, img: Image.Image) -> Image.Image:
+        """A model-size image back to the source frame and size."""
+        if self.source_size == self.target_size:
+            return img
+        return img.crop(self.content_box).resize(self.source_size, Image.BICUBIC)
+
+
+def image_to_tensor(img: Image.Image) -> torch.Tensor:
+    """8-bit RGB -> (3, H, W) float32 in [-1, 1], as x / 127.5 - 1."""
+    arr = np.asarray(img.convert("RGB"), dtype=np.float32)
+    return torch.from_numpy(arr).permute(2, 0, 1).div(127.5).sub(1.0).contiguous()
+
+
+def tensor_to_image(t: torch.Tensor) -> Image.Image:
+    """(3, H, W) network output -> 8-bit RGB: clamp to [-1, 1], (y + 1) * 127.5, rounded."""
+    t = t.detach().float().cpu().clamp(-1.0, 1.0)
+    arr = ((t + 1.0) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return Image.fromarray(arr, mode="RGB")
+
+
+@dataclass
+class TryOnInputs:
+    """One request's three model inputs, each (3, H, W) in [-1, 1], and the
+    transform that maps the person's frame to the model's."""
+    masked_model: torch.Tensor
+    pose: torch.Tensor
+    cloth: torch.Tensor
+    person_frame: Letterbox
+
+
+def prepare_inputs(masked_model: ImageSource, pose: ImageSource, cloth: ImageSource, *,
+                   size: tuple[int, int] = MODEL_SIZE,
+                   max_pixels: int | None = DEFAULT_MAX_PIXELS) -> TryOnInputs:
+    """Decodes and letterboxes the three inputs to ``size`` (H, W).
+
+    A pose map of another size than the masked model is taken to span the same
+    frame and scaled to it first, so both get the same transform.
+    """
+    target = (size[1], size[0])
+    person = decode_image(masked_model, "masked_model", background=WHITE, max_pixels=max_pixels)
+    skeleton = decode_image(pose, "pose", background=BLACK, max_pixels=max_pixels)
+    garment = decode_image(cloth, "cloth", background=WHITE, max_pixels=max_pixels)
+    frame = Letterbox(person.size, target)
+    return TryOnInputs(
+        masked_model=image_to_tensor(frame.apply(person, WHITE)),
+        pose=image_to_tensor(frame.apply(skeleton, BLACK)),
+        cloth=image_to_tensor(Letterbox(garment.size, target).apply(garment, WHITE)),
+        person_frame=frame,
+    )
+
+
+def output_image(t: torch.Tensor, frame: Letterbox | None = None, size: str = "model") -> Image.Image:
+    """The result as 8-bit RGB at model size, or mapped back to the person's original size."""
+    if size not in ("model", "original"):
+        raise ValueError(f"size must be 'model' or 'original', not {size!r}")
+    img = tensor_to_image(t)
+    return frame.restore(img) if size == "original" and frame is not None else img
+
+
+ENCODE_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
+MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+
+
+def encode_image(img: Image.Image, fmt: str = "jpeg", quality: int = 90) -> bytes:
+    """RGB image -> bytes of ``fmt`` (jpeg, png or webp)."""
+    if fmt not in ENCODE_FORMATS:
+        raise ValueError(f"format must be one of {sorted(ENCODE_FORMATS)}, not {fmt!r}")
+    buf = io.BytesIO()
+    options = {"quality": quality} if fmt in ("jpeg", "webp") else {"optimize": False}
+    img.save(buf, format=ENCODE_FORMATS[fmt], **options)
+    return buf.getvalue()
