@@ -7,6 +7,7 @@ flows (B*K, 2, H, W) and weights (B, K, H, W).
 
 impl:
   "torch"  the plain reference (model.sampling), any device;
+  "published" the published K-fold-repeat formulation, the benchmarks' baseline;
   "triton" the fused GPU kernel (model.kernels.triton_sampling);
   "numba"  the fused CPU kernel (model.kernels.cpu_sampling);
   "auto"   triton on CUDA when Triton imports, numba on the CPU when Numba
@@ -21,9 +22,9 @@ import os
 
 import torch
 
-from ..sampling import deformable_sample_reference
+from ..sampling import deformable_sample_published, deformable_sample_reference
 
-IMPLEMENTATIONS = ("auto", "triton", "numba", "torch")
+IMPLEMENTATIONS = ("auto", "triton", "numba", "torch", "published")
 # Forces one implementation for the whole process (e.g. the service's setting).
 FORCE_ENV = "TRYON_SAMPLER"
 
@@ -58,4 +59,6 @@ def deformable_sample(features: torch.Tensor, flows: torch.Tensor, weights: torc
     if chosen == "numba":
         from .cpu_sampling import deformable_sample_cpu
         return deformable_sample_cpu(features, flows, weights)
+    if chosen == "published":
+        return deformable_sample_published(features, flows, weights)
     return deformable_sample_reference(features, flows, weights)
