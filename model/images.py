@@ -48,7 +48,7 @@ def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
         arr = np.asarray(img, dtype=np.float64)
         top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
         arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        img = Image.fromarray(arr, mode="L")
+        img = Image.fromarray(arr)
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -142,7 +142,7 @@ def tensor_to_image(t: torch.Tensor) -> Image.Image:
     """(3, H, W) network output -> 8-bit RGB: clamp to [-1, 1], (y + 1) * 127.5, rounded."""
     t = t.detach().float().cpu().clamp(-1.0, 1.0)
     arr = ((t + 1.0) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    return Image.fromarray(arr, mode="RGB")
+    return Image.fromarray(arr)
 
 
 @dataclass
