@@ -198,19 +198,30 @@ def _from_list(data: Any, what: str) -> np.ndarray:
 
 def _finish(rows: np.ndarray, image_size: tuple[int, int] | None) -> Keypoints:
     present = rows[:, 2] > MISSING_CONFIDENCE
-    if image_size is not None:
-        width, height = image_size
-        lo = -FAR_OUTSIDE * np.array([width, height])
-        hi = (1 + FAR_OUTSIDE) * np.array([width, height])
-        for i in np.flatnonzero(present):
-            x, y = rows[i, :2]
-            if not (lo[0] <= x <= hi[0] and lo[1] <= y <= hi[1]):
-                raise KeypointsError(
-                    f"point {i} ({COCO18_NAMES[i]}) at ({x:g}, {y:g}) is far outside the {width}x{height} "
-                    f"image (more than {FAR_OUTSIDE:.0%} of its size beyond an edge); are the keypoints "
-                    "in the person image's pixel frame?")
     rows = np.where(present[:, None], rows, 0.0)
-    return Keypoints(rows[:, :2].copy(), rows[:, 2].copy())
+    keypoints = Keypoints(rows[:, :2].copy(), rows[:, 2].copy())
+    if image_size is not None:
+        check_in_frame(keypoints, image_size)
+    return keypoints
+
+
+def check_in_frame(keypoints: Keypoints, image_size: tuple[int, int]) -> None:
+    """Raises KeypointsError for a found point far outside an image of ``image_size`` (W, H).
+
+    Far: more than FAR_OUTSIDE (half) of the image's width or height beyond an
+    edge. Estimators do put points a little outside (a cut-off elbow), but a
+    point that far out means keypoints of another frame or image.
+    """
+    width, height = image_size
+    lo = -FAR_OUTSIDE * np.array([width, height])
+    hi = (1 + FAR_OUTSIDE) * np.array([width, height])
+    for i in np.flatnonzero(keypoints.present):
+        x, y = keypoints.xy[i]
+        if not (lo[0] <= x <= hi[0] and lo[1] <= y <= hi[1]):
+            raise KeypointsError(
+                f"point {i} ({COCO18_NAMES[i]}) at ({x:g}, {y:g}) is far outside the {width}x{height} "
+                f"image (more than {FAR_OUTSIDE:.0%} of its size beyond an edge); are the keypoints "
+                "in the person image's pixel frame?")
 
 
 def load_keypoints(path: str | Path, image_size: tuple[int, int] | None = None) -> Keypoints:
