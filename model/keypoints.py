@@ -149,7 +149,7 @@ def _openpose_person(data: dict) -> np.ndarray:
 def _decode(source: Any) -> Any:
     if isinstance(source, (bytes, bytearray, memoryview)):
         try:
-            source = bytes(source).decode("utf-8")
+            source = bytes(source).decode("utf-8-sig")  # a BOM is harmless
         except UnicodeDecodeError:
             raise KeypointsError("not UTF-8 JSON text") from None
     if isinstance(source, str):
