@@ -1,4 +1,8 @@
-"""tryon-infer: three image files (or URLs) in, one try-on image out."""
+"""tryon-infer: the person-side inputs and a garment (files or URLs) in, one try-on image out.
+
+Person side: --masked-model and --pose as drawn for the published model, or
+--person with --keypoints (and optionally --parse) to draw them, or a mix.
+"""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +16,8 @@ from urllib.parse import urlparse
 import httpx
 
 from .engine import Engine, EngineConfig
-from .images import ImageError, encode_image, output_image, prepare_inputs
+from .images import assemble_inputs, encode_image, output_image
+from .person_inputs import person_images
 from .weights import WeightsError
 
 SUFFIX_FORMATS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".webp": "webp"}
@@ -47,8 +52,13 @@ def stage(timings: dict, name: str):
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tryon-infer", description=__doc__)
-    p.add_argument("--masked-model", required=True, help="person photo with the upper garment blacked out")
-    p.add_argument("--pose", required=True, help="OpenPose-style pose map of the same person")
+    p.add_argument("--masked-model", help="person photo with the upper garment blacked out")
+    p.add_argument("--pose", help="OpenPose-style pose map of the same person")
+    p.add_argument("--person", help="person photo: the masked model is drawn from it and --keypoints")
+    p.add_argument("--keypoints", help="JSON keypoints in the person photo's pixels (OpenPose COCO-18 or "
+                                       "BODY-25, 18 triples, or COCO-17); draws whichever of --pose and "
+                                       "--masked-model is not given")
+    p.add_argument("--parse", help="human-parsing map of --person (LIP/CIHP labels); optional")
     p.add_argument("--cloth", required=True, help="in-shop garment photo")
     p.add_argument("--out", default="result.jpg", help="output file; format from its suffix (.jpg .png .webp)")
     p.add_argument("--weights", help="checkpoint file (default: $TRYON_WEIGHTS, then weights/)")
@@ -68,11 +78,12 @@ def run(args: argparse.Namespace) -> dict:
     with stage(timings, "load"):
         engine = Engine(EngineConfig(device=args.device, weights=args.weights, batch_sizes=(1,)))
     with stage(timings, "read"):
-        sources = {field: read_source(getattr(args, field), field)
-                   for field in ("masked_model", "pose", "cloth")}
+        sources = {field: read_source(getattr(args, field), field) if getattr(args, field) else None
+                   for field in ("masked_model", "pose", "person", "keypoints", "parse", "cloth")}
     with stage(timings, "prepare"):
-        inputs = prepare_inputs(sources["masked_model"], sources["pose"], sources["cloth"],
-                                size=engine.config.image_size)
+        cloth = sources.pop("cloth")
+        person = person_images(**sources, size=engine.config.image_size)
+        inputs = assemble_inputs(person.masked_model, person.pose, person.frame, cloth)
     with stage(timings, "inference"):
         out = engine.infer(inputs.pose[None], inputs.masked_model[None], inputs.cloth[None])
     with stage(timings, "encode"):
@@ -86,7 +97,8 @@ def infer_main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
         result = run(args)
-    except (InputError, ImageError, WeightsError, OSError, RuntimeError, ValueError) as exc:
+    # ImageError, KeypointsError and IncompleteInputs are ValueErrors.
+    except (InputError, WeightsError, OSError, RuntimeError, ValueError) as exc:
         print(f"tryon-infer: error: {exc}", file=sys.stderr)
         return 2
     stages = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in result["timings"].items())

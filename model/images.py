@@ -155,25 +155,37 @@ class TryOnInputs:
     person_frame: Letterbox
 
 
-def prepare_inputs(masked_model: ImageSource, pose: ImageSource, cloth: ImageSource, *,
-                   size: tuple[int, int] = MODEL_SIZE,
-                   max_pixels: int | None = DEFAULT_MAX_PIXELS) -> TryOnInputs:
-    """Decodes and letterboxes the three inputs to ``size`` (H, W).
+def letterbox_person(masked_model: ImageSource, pose: ImageSource, *, size: tuple[int, int] = MODEL_SIZE,
+                     max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, Image.Image, Letterbox]:
+    """Masked model and pose map at ``size`` (H, W) through one transform.
 
     A pose map of another size than the masked model is taken to span the same
     frame and scaled to it first, so both get the same transform.
     """
-    target = (size[1], size[0])
     person = decode_image(masked_model, "masked_model", background=WHITE, max_pixels=max_pixels)
     skeleton = decode_image(pose, "pose", background=BLACK, max_pixels=max_pixels)
+    frame = Letterbox(person.size, (size[1], size[0]))
+    return frame.apply(person, WHITE), frame.apply(skeleton, BLACK), frame
+
+
+def assemble_inputs(masked_model: Image.Image, pose: Image.Image, frame: Letterbox, cloth: ImageSource, *,
+                    max_pixels: int | None = DEFAULT_MAX_PIXELS) -> TryOnInputs:
+    """Model-size person images (and their frame) plus the garment -> tensors."""
     garment = decode_image(cloth, "cloth", background=WHITE, max_pixels=max_pixels)
-    frame = Letterbox(person.size, target)
     return TryOnInputs(
-        masked_model=image_to_tensor(frame.apply(person, WHITE)),
-        pose=image_to_tensor(frame.apply(skeleton, BLACK)),
-        cloth=image_to_tensor(Letterbox(garment.size, target).apply(garment, WHITE)),
+        masked_model=image_to_tensor(masked_model),
+        pose=image_to_tensor(pose),
+        cloth=image_to_tensor(Letterbox(garment.size, frame.target_size).apply(garment, WHITE)),
         person_frame=frame,
     )
+
+
+def prepare_inputs(masked_model: ImageSource, pose: ImageSource, cloth: ImageSource, *,
+                   size: tuple[int, int] = MODEL_SIZE,
+                   max_pixels: int | None = DEFAULT_MAX_PIXELS) -> TryOnInputs:
+    """Decodes and letterboxes the three inputs to ``size`` (H, W)."""
+    person, skeleton, frame = letterbox_person(masked_model, pose, size=size, max_pixels=max_pixels)
+    return assemble_inputs(person, skeleton, frame, cloth, max_pixels=max_pixels)
 
 
 def output_image(t: torch.Tensor, frame: Letterbox | None = None, size: str = "model") -> Image.Image:

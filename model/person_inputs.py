@@ -18,7 +18,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .images import DEFAULT_MAX_PIXELS, MODEL_SIZE, WHITE, ImageError, ImageSource, Letterbox, decode_image
+from .images import (BLACK, DEFAULT_MAX_PIXELS, MODEL_SIZE, WHITE, ImageError, ImageSource, Letterbox, decode_image,
+                     letterbox_person)
 from .keypoints import Keypoints, check_in_frame, parse_keypoints
 from .masking import mask_person, mask_person_from_pose
 from .pose_map import draw_pose_map
@@ -111,3 +112,57 @@ def draw_inputs(person: ImageSource, keypoints: Keypoints | Any, parse: ImageSou
         _check_parse_frame(labels, photo.size)
         masked = mask_person(boxed, letterbox_labels(labels, frame), points)
     return PersonInputs(masked, draw_pose_map(points, frame.target_size), frame)
+
+
+class IncompleteInputs(ValueError):
+    """A mix of person-side inputs that does not determine the model's inputs,
+    or determines them twice; ``fields`` names the inputs concerned."""
+
+    def __init__(self, fields: tuple[str, ...], message: str):
+        super().__init__(message)
+        self.fields = fields
+        self.message = message
+
+
+def person_images(*, masked_model: ImageSource | None = None, pose: ImageSource | None = None,
+                  person: ImageSource | None = None, keypoints: Any = None, parse: ImageSource | None = None,
+                  size: tuple[int, int] = MODEL_SIZE,
+                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> PersonInputs:
+    """The masked model and pose map at ``size`` from any mix that determines them.
+
+    Given images are used as they are; a missing masked model is drawn from
+    ``person`` + ``keypoints`` (+ ``parse``), a missing pose map from
+    ``keypoints`` in the frame of ``person``, or of ``masked_model`` when that
+    is given instead.
+    Inputs that would be ignored make the mix ambiguous: IncompleteInputs.
+    """
+    given = {name for name, value in (("masked_model", masked_model), ("pose", pose), ("person", person),
+                                      ("keypoints", keypoints), ("parse", parse)) if value is not None}
+    drawn = {"masked_model", "pose"} - given
+    if "masked_model" in drawn and not {"person", "keypoints"} <= given:
+        lacking = tuple(sorted({"person", "keypoints"} - given))
+        raise IncompleteInputs(("masked_model", *lacking), "masked_model is missing: give it, or "
+                               f"person and keypoints to draw it (missing: {', '.join(lacking)})")
+    if "pose" in drawn and "keypoints" not in given:
+        raise IncompleteInputs(("pose", "keypoints"), "pose is missing: give it, or keypoints to draw it")
+    unused = sorted(given & {"person", "parse"} if "masked_model" not in drawn else set())
+    if not drawn and "keypoints" in given:
+        unused.append("keypoints")
+    if unused:
+        raise IncompleteInputs(tuple(unused), f"ambiguous: {', '.join(unused)} would be ignored, since "
+                               "masked_model and pose are given; send one form of each input")
+    if not drawn:
+        masked, skeleton, frame = letterbox_person(masked_model, pose, size=size, max_pixels=max_pixels)
+        return PersonInputs(masked, skeleton, frame)
+    if "masked_model" in drawn:
+        drawn_inputs = draw_inputs(person, keypoints, parse, size=size, max_pixels=max_pixels)
+        if pose is None:
+            return drawn_inputs
+        skeleton = decode_image(pose, "pose", background=BLACK, max_pixels=max_pixels)
+        return PersonInputs(drawn_inputs.masked_model, drawn_inputs.frame.apply(skeleton, BLACK), drawn_inputs.frame)
+    # Only the pose map is drawn: in the frame of the given masked model.
+    photo = decode_image(masked_model, "masked_model", background=WHITE, max_pixels=max_pixels)
+    points = keypoints if isinstance(keypoints, Keypoints) else parse_keypoints(keypoints, photo.size)
+    check_in_frame(points, photo.size)
+    frame = Letterbox(photo.size, (size[1], size[0]))
+    return PersonInputs(frame.apply(photo, WHITE), draw_pose_map(points.letterboxed(frame), frame.target_size), frame)

@@ -168,3 +168,21 @@ def test_download_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
         proc = run_cli("model.weights_cli", "download", url, "--out", str(dest))
     assert proc.returncode == 1 and "not a readable safetensors file" in proc.stderr
     assert not dest.exists()
+
+
+PREP = Path(__file__).parent / "fixtures" / "prep"
+
+
+def test_infer_from_person_photo_and_keypoints(tmp_path, standin_file, image_files):
+    out = tmp_path / "result.png"
+    proc = run_cli("model.cli", "--person", str(PREP / "front_person.png"), "--keypoints",
+                   str(PREP / "front_keypoints.json"), "--parse", str(PREP / "front_parse.png"), "--cloth",
+                   str(image_files["cloth"]), "--out", str(out), "--weights", str(standin_file))
+    assert proc.returncode == 0, proc.stderr
+    assert Image.open(out).size == (192, 256)
+
+
+def test_infer_with_an_incomplete_mix_names_what_is_missing(tmp_path, standin_file, image_files):
+    proc = run_cli("model.cli", "--person", str(PREP / "front_person.png"), "--cloth", str(image_files["cloth"]),
+                   "--out", str(tmp_path / "r.jpg"), "--weights", str(standin_file))
+    assert proc.returncode == 2 and "missing: keypoints" in proc.stderr
