@@ -82,20 +82,25 @@ def time_batch(net, batch: int, runs: int, warmup: int) -> dict:
         for _ in range(warmup):
             outputs[sampler] = forward(net, inputs, sampler)
     seconds = {BASELINE: [], OURS: []}
+    cpu_seconds = {BASELINE: [], OURS: []}
     load = []
     for i in range(runs):
         order = (BASELINE, OURS) if i % 2 == 0 else (OURS, BASELINE)
         for sampler in order:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             forward(net, inputs, sampler)
             seconds[sampler].append(time.perf_counter() - start)
+            cpu_seconds[sampler].append(time.process_time() - cpu_start)
             load.append(os.getloadavg()[0])
     result = {"batch": batch, "runs": runs, "warmup": warmup, "load_average_1min": load,
               "max_abs_diff": (outputs[OURS] - outputs[BASELINE]).abs().max().item()}
     for sampler, times in seconds.items():
         median = statistics.median(times)
+        # CPU time of the process (all threads): less sensitive than wall time
+        # to other processes on a shared CPU, though spinning threads count too.
         result[sampler] = {"latency_s_median": median, "latency_s_all": times,
-                           "img_per_s": batch / median}
+                           "img_per_s": batch / median, "cpu_s_all": cpu_seconds[sampler],
+                           "cpu_s_per_img_median": statistics.median(cpu_seconds[sampler]) / batch}
     result["speedup"] = result[OURS]["img_per_s"] / result[BASELINE]["img_per_s"]
     return result
 
@@ -161,6 +166,7 @@ def summary(report: dict) -> str:
             m = mem[(sampler, r["batch"])]
             lines.append(f"  batch {r['batch']} {sampler:>9}: {r[sampler]['img_per_s']:.3f} img/s, "
                          f"{r[sampler]['latency_s_median'] * 1000:.0f} ms median, "
+                         f"{r[sampler]['cpu_s_per_img_median']:.2f} CPU-s/img, "
                          f"peak RSS {m['peak_rss_mb']:.0f} MB (forward +{m['forward_peak_mb']:.0f} MB)")
         load = r["load_average_1min"]
         lines.append(f"  batch {r['batch']} speed-up {r['speedup']:.2f}x, max |ours - baseline| "

@@ -4,7 +4,8 @@ Computes ``out[b] = sum_k weights[b, k] * grid_sample(features[b], flows[b*K + k
 (bilinear, border padding, align_corners=False; ARCHITECTURE.md, "Sampling
 conventions") in one pass over the output pixels: each pixel reads its K flows
 and weights, gathers the four neighbours of each sample point and accumulates
-in fp32 into its output once. Nothing is repeated K times.
+in fp32 into its output once. Nothing is repeated K times. Rows of the
+output are shared out among torch.get_num_threads() threads.
 
 The features are read channels-last (B, H, W, C), so the innermost loop runs
 over C contiguous numbers and vectorises; the result is handed back as a
@@ -16,19 +17,64 @@ from __future__ import annotations
 
 import math
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
 import torch
 
-# Numba's default "workqueue" threading layer must not be entered by two
-# threads at once; callers such as a service may run forwards from several.
-_LAUNCH_LOCK = threading.Lock()
+# Chunks of output rows per thread: small enough that a thread slowed down
+# (e.g. by torch's OpenMP workers still spinning) leaves its share to the others.
+CHUNKS_PER_THREAD = 8
+_pools_lock = threading.Lock()
+_pools: dict[int, ThreadPoolExecutor] = {}
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _sample_channels_last(features, flows, weights, out):  # pragma: no cover - compiled
-    """features (B, Hin, Win, C), flows (B*K, 2, h, w), weights (B, K, h, w) -> out (B, h, w, C)."""
+def _helpers(count: int) -> ThreadPoolExecutor:
+    """``count`` helper threads, started once per count and kept."""
+    with _pools_lock:
+        if count not in _pools:
+            _pools[count] = ThreadPoolExecutor(count, thread_name_prefix="cpu-sampling")
+        return _pools[count]
+
+
+def _run_parallel(arrays: tuple, rows: int) -> None:
+    """Runs the kernel over all rows on torch.get_num_threads() threads.
+
+    The calling thread works too, and every thread takes the next chunk when it
+    is free, so the call never waits on a thread that is not running. Helpers
+    sleep between calls instead of spinning: a second OpenMP pool beside
+    torch's made the whole network several times slower on a busy CPU.
+    """
+    threads = max(1, min(torch.get_num_threads(), rows))
+    if threads == 1:
+        _sample_rows(*arrays, 0, rows)
+        return
+    step = max(1, -(-rows // (threads * CHUNKS_PER_THREAD)))
+    chunks = iter(range(0, rows, step))
+    take = threading.Lock()
+
+    def work():
+        while True:
+            with take:
+                first = next(chunks, None)
+            if first is None:
+                return
+            _sample_rows(*arrays, first, min(first + step, rows))
+
+    pool = _helpers(threads - 1)
+    helpers = [pool.submit(work) for _ in range(threads - 1)]
+    work()
+    for done in helpers:
+        done.result()
+
+
+@numba.njit(cache=True, nogil=True)
+def _sample_rows(features, flows, weights, out, first, last):  # pragma: no cover - compiled
+    """Output rows [first, last) of the flattened (B*h) rows.
+
+    features (B, Hin, Win, C), flows (B*K, 2, h, w), weights (B, K, h, w) -> out (B, h, w, C).
+    """
     batch, in_h, in_w, channels = features.shape
     heads, h, w = weights.shape[1], weights.shape[2], weights.shape[3]
     feat = features.reshape(-1)
@@ -40,7 +86,7 @@ def _sample_channels_last(features, flows, weights, out):  # pragma: no cover - 
     size_y = np.float32(in_h)
     last_x = np.float32(in_w - 1)
     last_y = np.float32(in_h - 1)
-    for row in numba.prange(batch * h):
+    for row in range(first, last):
         b = row // h
         y = row - b * h
         image_base = b * in_h * in_w
@@ -113,6 +159,5 @@ def deformable_sample_cpu(features: torch.Tensor, flows: torch.Tensor,
     flows32 = flows.to(torch.float32).contiguous()
     weights32 = weights.to(torch.float32).contiguous()
     out = torch.empty((b, h, w, c), dtype=torch.float32)
-    with _LAUNCH_LOCK:
-        _sample_channels_last(feats.numpy(), flows32.numpy(), weights32.numpy(), out.numpy())
+    _run_parallel((feats.numpy(), flows32.numpy(), weights32.numpy(), out.numpy()), b * h)
     return out.permute(0, 3, 1, 2).to(features.dtype)
