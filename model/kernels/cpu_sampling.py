@@ -26,6 +26,10 @@ import torch
 # Chunks of output rows per thread: small enough that a thread slowed down
 # (e.g. by torch's OpenMP workers still spinning) leaves its share to the others.
 CHUNKS_PER_THREAD = 8
+# Below this many multiply-adds (pixels * heads * channels) one thread does it
+# all: waking a helper costs a scheduler round trip, which on a busy CPU is
+# worth more than the work of the coarse levels (up to 32x24 at 256x192).
+PARALLEL_MIN_WORK = 2_000_000
 _pools_lock = threading.Lock()
 _pools: dict[int, ThreadPoolExecutor] = {}
 
@@ -38,7 +42,7 @@ def _helpers(count: int) -> ThreadPoolExecutor:
         return _pools[count]
 
 
-def _run_parallel(arrays: tuple, rows: int) -> None:
+def _run_parallel(arrays: tuple, rows: int, work_size: int) -> None:
     """Runs the kernel over all rows on torch.get_num_threads() threads.
 
     The calling thread works too, and every thread takes the next chunk when it
@@ -47,7 +51,7 @@ def _run_parallel(arrays: tuple, rows: int) -> None:
     torch's made the whole network several times slower on a busy CPU.
     """
     threads = max(1, min(torch.get_num_threads(), rows))
-    if threads == 1:
+    if threads == 1 or work_size < PARALLEL_MIN_WORK:
         _sample_rows(*arrays, 0, rows)
         return
     step = max(1, -(-rows // (threads * CHUNKS_PER_THREAD)))
@@ -159,5 +163,5 @@ def deformable_sample_cpu(features: torch.Tensor, flows: torch.Tensor,
     flows32 = flows.to(torch.float32).contiguous()
     weights32 = weights.to(torch.float32).contiguous()
     out = torch.empty((b, h, w, c), dtype=torch.float32)
-    _run_parallel((feats.numpy(), flows32.numpy(), weights32.numpy(), out.numpy()), b * h)
+    _run_parallel((feats.numpy(), flows32.numpy(), weights32.numpy(), out.numpy()), b * h, b * h * w * k * c)
     return out.permute(0, 3, 1, 2).to(features.dtype)
