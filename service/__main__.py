@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 import uvicorn
@@ -25,6 +26,10 @@ class DrainingServer(uvicorn.Server):
     def handle_exit(self, sig, frame) -> None:
         self.on_exit_signal()
         super().handle_exit(sig, frame)
+
+
+def _drained_exit(signum, frame) -> None:
+    raise SystemExit(0)
 
 
 def parse_args(argv=None) -> dict:
@@ -55,6 +60,9 @@ def main(argv=None) -> None:
                             log_level=settings.log_level, lifespan="on",
                             timeout_graceful_shutdown=settings.drain_timeout_s)
     server = DrainingServer(config, on_exit_signal=app.state.service.begin_drain)
+    # uvicorn re-raises SIGTERM once it has drained, through the handler that was there before it:
+    # a drained shutdown is a normal exit (status 0), as the deploy contract says.
+    signal.signal(signal.SIGTERM, _drained_exit)
     server.run()
     if not server.started:
         sys.exit(STARTUP_FAILURE)

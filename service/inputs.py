@@ -32,10 +32,14 @@ IMAGE_FIELDS = ("masked_model", "pose", "cloth")
 OPTION_FIELDS = ("format", "quality", "size")
 
 
+OutputFormat = Literal["jpeg", "png", "webp"]
+OutputSize = Literal["model", "original"]
+
+
 class OutputOptions(BaseModel):
-    format: Literal["jpeg", "png", "webp"] = "jpeg"
+    format: OutputFormat = "jpeg"
     quality: int = Field(90, ge=1, le=100)
-    size: Literal["model", "original"] = "model"
+    size: OutputSize = "model"
 
 
 def parse_options(values: dict) -> OutputOptions:
@@ -129,8 +133,9 @@ def _from_json(body: bytes, settings: Settings) -> tuple[dict, dict]:
     return sources, {k: document[k] for k in OPTION_FIELDS if k in document}
 
 
-async def read_tryon_request(request: Request, settings: Settings) -> tuple[dict[str, bytes | str], OutputOptions]:
-    """The three image sources (bytes, or a URL still to fetch) and the options."""
+async def read_tryon_request(request: Request, settings: Settings,
+                             query_options: dict) -> tuple[dict[str, bytes | str], OutputOptions]:
+    """The three image sources (bytes, or a URL still to fetch) and the options (body fields win)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in ("multipart/form-data", "application/json"):
         raise ApiError(415, "unsupported_media_type", "send multipart/form-data or application/json, not "
@@ -143,8 +148,7 @@ async def read_tryon_request(request: Request, settings: Settings) -> tuple[dict
     for key in IMAGE_FIELDS:
         if key not in sources:
             raise ApiError(422, "missing_field", f"{key} is required (a file, an http(s) URL or base64)", key)
-    options = {k: v for k, v in request.query_params.items() if k in OPTION_FIELDS} | body_options
-    return sources, parse_options(options)
+    return sources, parse_options(query_options | body_options)
 
 
 async def fetch_urls(sources: dict[str, bytes | str], fetcher: UrlFetcher) -> dict[str, bytes]:

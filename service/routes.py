@@ -5,14 +5,14 @@ import asyncio
 import hmac
 import time
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from model.images import MEDIA_TYPES, encode_image, output_image
 
 from .batcher import Job, JobResult
 from .errors import ApiError
-from .inputs import IMAGE_FIELDS, OutputOptions, decode_inputs, fetch_urls, read_tryon_request
+from .inputs import IMAGE_FIELDS, OutputFormat, OutputOptions, OutputSize, decode_inputs, fetch_urls, read_tryon_request
 from .metrics import CONTENT_TYPE_LATEST
 from .middleware import CLIENT_GONE
 from .state import ServiceState, get_service
@@ -60,8 +60,6 @@ _OPTIONS = {"format": {"type": "string", "enum": ["jpeg", "png", "webp"], "defau
             "quality": {"type": "integer", "minimum": 1, "maximum": 100, "default": 90},
             "size": {"type": "string", "enum": ["model", "original"], "default": "model"}}
 TRYON_OPENAPI = {
-    "parameters": [{"name": name, "in": "query", "required": False, "schema": schema}
-                   for name, schema in _OPTIONS.items()],
     "requestBody": {"required": True, "content": {
         "multipart/form-data": {"schema": {"type": "object", "required": list(IMAGE_FIELDS), "properties": {
             **{f: {**_IMAGE_SCHEMA, "format": "binary"} for f in IMAGE_FIELDS}, **_OPTIONS}}},
@@ -109,7 +107,15 @@ def _encode(result: JobResult, inputs, options: OutputOptions) -> bytes:
 
 @tryon.post("/v1/tryon", summary="Dress the person in the cloth; the image comes back streamed",
             response_class=Response, openapi_extra=TRYON_OPENAPI)
-async def tryon_image(request: Request, service: ServiceState = Depends(get_service)) -> Response:
+async def tryon_image(
+        request: Request,
+        service: ServiceState = Depends(get_service),
+        format: OutputFormat | None = Query(None, description="output format (jpeg)"),
+        quality: int | None = Query(None, ge=1, le=100, description="JPEG/WebP quality (90)"),
+        size: OutputSize | None = Query(None, description="model size, or the person "
+                                                          "image's original size (model)"),
+) -> Response:
+    """Options may also be sent as body fields of the same names, which win over the query."""
     if not service.ready or service.batcher is None:
         raise ApiError(503, "not_ready", "the model is not loaded yet", headers={"Retry-After": "5"})
     loop = asyncio.get_running_loop()
@@ -118,7 +124,8 @@ async def tryon_image(request: Request, service: ServiceState = Depends(get_serv
     request.state.timings_ms = timings
 
     mark = time.perf_counter()
-    sources, options = await read_tryon_request(request, service.settings)
+    query = {k: v for k, v in {"format": format, "quality": quality, "size": size}.items() if v is not None}
+    sources, options = await read_tryon_request(request, service.settings, query)
     if any(isinstance(v, str) for v in sources.values()):
         sources = await fetch_urls(sources, service.fetcher)
         timings["fetch"] = (time.perf_counter() - mark) * 1000
