@@ -84,7 +84,6 @@ class Batcher:
         self._arrived = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tryon-engine")
         self._task: asyncio.Task | None = None
-        self.busy = False
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="tryon-batcher")
@@ -151,12 +150,15 @@ class Batcher:
     async def _run(self) -> None:
         while True:
             jobs = self._live(await self._next_batch())
-            if jobs:
-                self.busy = True
-                try:
-                    await self._run_batch(jobs)
-                finally:
-                    self.busy = False
+            if not jobs:
+                continue
+            try:
+                await self._run_batch(jobs)
+            except Exception as exc:  # the worker must outlive any one batch
+                log.exception("batch of %d failed", len(jobs))
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(ApiError(500, "inference_failed", f"inference failed: {exc}"))
 
     async def _run_batch(self, jobs: list[Job]) -> None:
         loop = asyncio.get_running_loop()

@@ -15,6 +15,7 @@ from .state import ServiceState
 log = logging.getLogger("service.access")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 TRYON_ROUTE = "/v1/tryon"
+QUIET_ROUTES = ("/healthz", "/readyz", "/metrics")
 CLIENT_GONE = 499  # nginx's code for "client closed request"; never reaches a client
 
 
@@ -61,5 +62,6 @@ class RequestContextMiddleware:
             fields["timings_ms"] = state["timings_ms"]
         if "error_code" in state:
             fields["error_code"] = state["error_code"]
-        if route != "/healthz":
-            log.info("request", extra=fields)
+        # Probes and scrapes arrive every few seconds: only their failures are worth a line at info.
+        quiet = route in QUIET_ROUTES and status < 400
+        log.log(logging.DEBUG if quiet else logging.INFO, "request", extra=fields)

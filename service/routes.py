@@ -72,6 +72,10 @@ TRYON_OPENAPI = {
 }
 
 
+class ClientGone(Exception):
+    """The client disconnected while its request waited."""
+
+
 async def _client_gone(request: Request) -> None:
     """Returns when the client disconnects (the body has been read, so only that can arrive)."""
     while (await request.receive())["type"] != "http.disconnect":
@@ -96,8 +100,9 @@ async def _await_job(job: Job, request: Request) -> JobResult:
                    f"({request.app.state.service.settings.request_timeout_s:g} s)")
 
 
-class ClientGone(Exception):
-    pass
+async def _chunks(body: bytes):
+    for start in range(0, len(body), STREAM_CHUNK):
+        yield body[start:start + STREAM_CHUNK]
 
 
 def _encode(result: JobResult, inputs, options: OutputOptions) -> bytes:
@@ -153,5 +158,4 @@ async def tryon_image(
     headers = {"Server-Timing": ", ".join(f"{k};dur={v}" for k, v in timings.items()),
                "Content-Length": str(len(body)), "X-Batch-Size": str(result.batch_size),
                "Content-Disposition": f'inline; filename="tryon.{options.format}"'}
-    chunks = (body[i:i + STREAM_CHUNK] for i in range(0, len(body), STREAM_CHUNK))
-    return StreamingResponse(chunks, media_type=MEDIA_TYPES[options.format], headers=headers)
+    return StreamingResponse(_chunks(body), media_type=MEDIA_TYPES[options.format], headers=headers)

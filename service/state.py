@@ -10,6 +10,7 @@ from pathlib import Path
 from fastapi import Request
 
 from model.engine import Engine, EngineConfig
+from model.kernels import resolve as resolve_sampler
 
 from .batcher import Batcher
 from .fetch import UrlFetcher
@@ -48,6 +49,7 @@ class ServiceState:
                 "request_timeout_s": s.request_timeout_s, "sampler": s.sampler}
         if self.engine is not None:
             info |= self.engine.info
+            info["sampler_in_use"] = resolve_sampler(s.sampler, self.engine.device)
             info["weights_sha256"] = self.engine.weights.sha256
         return info
 

@@ -76,7 +76,7 @@ def server(tmp_path_factory, weights_file, image_server, recorder):
     proc = ServerProcess({
         "TRYON_PORT": decoy_port, "TRYON_WEIGHTS": str(weights_file),
         "TRYON_MAX_BATCH_SIZE": "4", "TRYON_MAX_BATCH_WAIT_MS": "150",
-        "TRYON_URL_ALLOW_HOSTS": f"127.0.0.1:{image_server.port}", "TRYON_API_KEYS": f"{API_KEY},{OTHER_KEY}",
+        "TRYON_URL_ALLOW_HOSTS": f"127.0.0.1:{image_server.port},localhost:{image_server.port}", "TRYON_API_KEYS": f"{API_KEY},{OTHER_KEY}",
         "TRYON_CORS_ORIGINS": ORIGIN, "TRYON_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
         "TRYON_MAX_IMAGE_PIXELS": str(MAX_PIXELS), "TRYON_URL_MAX_BYTES": str(MAX_UPLOAD),
         "TRYON_URL_READ_TIMEOUT_S": "1", "TRYON_URL_TOTAL_TIMEOUT_S": "2",
@@ -173,6 +173,17 @@ def test_url_fields_and_redirects(client, network, image_server):
     answer = client.post("/v1/tryon", data=data, files={"unused": ("x", b"", "text/plain")})
     assert answer.status_code == 200, answer.text
     assert "fetch;dur=" in answer.headers["server-timing"]
+    assert np.abs(decoded(answer.content) - expected(network, IMAGES)).max() <= 1
+
+
+def test_url_by_name_connects_to_the_checked_address_with_its_host(client, network, image_server):
+    """The name is resolved once, by the service; the connection goes to that IP with the original Host."""
+    url = f"http://localhost:{image_server.port}/cloth.png?by-name"
+    image_server.routes["/cloth.png?by-name"] = image_server.routes["/cloth.png"]
+    answer = post_files(client, images={k: v for k, v in IMAGES.items() if k != "cloth"}, data={"cloth": url},
+                        params={"format": "png"})
+    assert answer.status_code == 200, answer.text
+    assert ("/cloth.png?by-name", f"localhost:{image_server.port}") in image_server.hits
     assert np.abs(decoded(answer.content) - expected(network, IMAGES)).max() <= 1
 
 
