@@ -135,7 +135,8 @@ def measure(name: str, url: str, args, process=None) -> dict:
     return {"config": name, "server": {k: ready.get(k) for k in ("device", "weights", "random_weights", "sampler",
                                                                   "image_size", "max_batch_size", "max_batch_wait_ms",
                                                                   "batch_sizes", "queue_limit")},
-            "clients": args.clients, "duration_s": args.duration, **result,
+            "clients": args.clients, "duration_s": args.duration, "omp_threads": args.threads or "default",
+            **result,
             "batches_formed": formed, "mean_batch_size": round(items / max(1, sum(formed.values())), 3),
             "loadavg_before": [round(x, 2) for x in load_before],
             "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
@@ -153,6 +154,7 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-wait-ms", default="5")
     parser.add_argument("--sampler", default="auto")
     parser.add_argument("--weights", help="checkpoint for the started servers (default: the stand-in weights)")
+    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the started servers (default: torch's own)")
     parser.add_argument("--api-key")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
@@ -171,6 +173,8 @@ def main(argv=None) -> None:
                 env = {"TRYON_WEIGHTS": weights, "TRYON_IMAGE_SIZE": args.image_size, "TRYON_SAMPLER": args.sampler,
                        "TRYON_MAX_BATCH_SIZE": max_batch, "TRYON_MAX_BATCH_WAIT_MS": args.batch_wait_ms,
                        "TRYON_REQUEST_TIMEOUT_S": str(args.timeout), "TRYON_LOG_LEVEL": "warning"}
+                if args.threads:
+                    env["OMP_NUM_THREADS"] = str(args.threads)
                 process = start_server(port, env, Path(tmp) / f"{name}.log")
                 try:
                     report["results"].append(measure(name, f"http://127.0.0.1:{port}", args, process))

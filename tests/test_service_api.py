@@ -96,7 +96,12 @@ def client(server):
 
 @pytest.fixture(scope="module")
 def network(standin_state):
-    return load_weights(create_model(sampler="torch"), standin_state)
+    # One thread: the test process shares the cores with the server, and two spinning
+    # OpenMP threads on a busy machine make a 64x64 forward 40 times slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield load_weights(create_model(sampler="torch"), standin_state)
+    torch.set_num_threads(threads)
 
 
 def expected(network, images: dict, size: str = "model") -> np.ndarray:
