@@ -52,7 +52,10 @@ class UrlFetcher:
         timeout = httpx.Timeout(connect=settings.url_connect_timeout_s, read=settings.url_read_timeout_s,
                                 write=settings.url_read_timeout_s, pool=settings.url_connect_timeout_s)
         # trust_env=False: a proxy from the environment would connect by name and undo the pinning.
+        # No keep-alive: the pool is keyed by the pinned IP, and a TLS connection verified for
+        # one name must not be reused for another name on the same address.
         self.client = httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False,
+                                        limits=httpx.Limits(max_keepalive_connections=0),
                                         headers={"Accept": "image/*", "User-Agent": "tryon-service"})
 
     async def aclose(self) -> None:

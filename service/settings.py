@@ -73,9 +73,12 @@ class Settings(BaseSettings):
         h, w = self.image_size.split("x")
         return int(h), int(w)
 
-    @cached_property
-    def batch_sizes(self) -> tuple[int, ...]:
-        """Powers of two below the max, and the max: the sizes the engine warms up and pads to."""
+    def batch_sizes_for(self, device_type: str) -> tuple[int, ...]:
+        """The batch sizes the engine warms up and pads to. On a GPU, a few fixed shapes (powers
+        of two, and the max) keep kernels and allocations reused and padding costs little; on
+        a CPU the cost grows with every item, so padding 5 up to 8 would be pure waste."""
+        if device_type != "cuda":
+            return tuple(range(1, self.max_batch_size + 1))
         sizes, n = [], 1
         while n < self.max_batch_size:
             sizes.append(n)

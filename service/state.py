@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fastapi import Request
 
-from model.engine import Engine, EngineConfig
+from model.engine import Engine, EngineConfig, pick_device
 from model.kernels import resolve as resolve_sampler
 
 from .batcher import Batcher
@@ -57,7 +57,8 @@ class ServiceState:
         """Loads the engine once, warms every batch size it will run, then opens for traffic."""
         s = self.settings
         self._loop = asyncio.get_running_loop()
-        config = EngineConfig(device=s.device, precision=s.precision, batch_sizes=s.batch_sizes,
+        batch_sizes = s.batch_sizes_for(pick_device(s.device).type)
+        config = EngineConfig(device=s.device, precision=s.precision, batch_sizes=batch_sizes,
                               image_size=s.image_hw, weights=s.weights, sampler=s.sampler)
         started = time.perf_counter()
         self.engine = await asyncio.to_thread(Engine, config)

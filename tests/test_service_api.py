@@ -122,7 +122,7 @@ def test_ready_and_flags_override_environment(server, recorder):
     info = httpx.get(f"{server.url}/readyz").json()
     assert info["status"] == "ready" and info["device"] == "cpu" and info["precision"] == "fp32"
     assert info["weights"] == "standin.safetensors" and info["random_weights"] is False
-    assert info["max_batch_size"] == 4 and info["batch_sizes"] == [1, 2, 4] and info["image_size"] == [64, 64]
+    assert info["max_batch_size"] == 4 and info["batch_sizes"] == [1, 2, 3, 4] and info["image_size"] == [64, 64]
     assert info["weights_sha256"] and len(info["weights_sha256"]) == 64
     assert recorder.accepted == 0  # nothing listens on TRYON_PORT: --port won
 

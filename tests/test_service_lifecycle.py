@@ -83,3 +83,20 @@ def test_sigterm_drains_accepted_requests(server):
         httpx.get(f"{server.url}/healthz")
     log = server.stderr
     assert log.index("draining: readiness is now 503") < log.index("Application shutdown complete")
+
+
+def test_settings_from_environment(monkeypatch):
+    monkeypatch.setenv("TRYON_API_KEYS", " k1, k2 ,")
+    monkeypatch.setenv("TRYON_URL_ALLOW_HOSTS", "images.example.com,127.0.0.1:8080")
+    monkeypatch.setenv("TRYON_IMAGE_SIZE", "128 x 96")
+    monkeypatch.setenv("TRYON_MAX_BATCH_SIZE", "6")
+    monkeypatch.setenv("TRYON_PORT", "9000")
+    settings = Settings(port=8123)  # what a --port flag does: it wins over the environment
+    assert settings.port == 8123 and settings.api_keys == ["k1", "k2"]
+    assert settings.url_allow_hosts == ["images.example.com", "127.0.0.1:8080"]
+    assert settings.image_hw == (128, 96) and settings.cors_origins == []
+    assert settings.batch_sizes_for("cuda") == (1, 2, 4, 6)
+    assert settings.batch_sizes_for("cpu") == (1, 2, 3, 4, 5, 6)
+    monkeypatch.setenv("TRYON_IMAGE_SIZE", "big")
+    with pytest.raises(ValueError):
+        Settings()
