@@ -7,6 +7,12 @@ client has gone or whose deadline passed are dropped before the engine sees
 them. The engine runs in its own thread, never on the event loop. A device
 out-of-memory error splits the batch in two and retries each half, so no
 accepted request is lost to a batch that was merely too large.
+
+A many-garments request (one person, N garments) is one job in the same
+queue: it takes one place against the queue limit, has the request's
+deadline, and runs on the same worker as its own engine call
+(``Engine.infer_garments``: the person's features computed once, the
+garments in engine-sized chunks), after the single requests taken with it.
 """
 from __future__ import annotations
 
@@ -30,10 +36,21 @@ log = logging.getLogger("service.batcher")
 class InferenceEngine(Protocol):
     def infer(self, pose: torch.Tensor, masked_model: torch.Tensor, cloth: torch.Tensor) -> torch.Tensor: ...
 
+    def infer_garments(self, pose: torch.Tensor, masked_model: torch.Tensor,
+                       cloths: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class GarmentsInputs:
+    """One person, many garments: (3, H, W) pose and masked model, (N, 3, H, W) garments."""
+    pose: torch.Tensor
+    masked_model: torch.Tensor
+    cloths: torch.Tensor
+
 
 @dataclass(frozen=True)
 class JobResult:
-    output: torch.Tensor  # (3, H, W) in [-1, 1]
+    output: torch.Tensor  # (3, H, W) in [-1, 1]; (N, 3, H, W) for GarmentsInputs
     queue_s: float
     inference_s: float
     batch_size: int
@@ -41,7 +58,7 @@ class JobResult:
 
 @dataclass(eq=False)
 class Job:
-    inputs: TryOnInputs
+    inputs: TryOnInputs | GarmentsInputs
     deadline: float  # on the event loop's clock
     future: asyncio.Future
     enqueued_at: float = field(default_factory=time.perf_counter)
@@ -104,7 +121,7 @@ class Batcher:
     def depth(self) -> int:
         return self.queue.qsize()
 
-    def submit(self, inputs: TryOnInputs, deadline: float) -> Job:
+    def submit(self, inputs: TryOnInputs | GarmentsInputs, deadline: float) -> Job:
         """Queues one request, or answers 503 at once when the queue is full."""
         job = Job(inputs=inputs, deadline=deadline, future=asyncio.get_running_loop().create_future())
         try:
@@ -150,15 +167,48 @@ class Batcher:
     async def _run(self) -> None:
         while True:
             jobs = self._live(await self._next_batch())
-            if not jobs:
-                continue
-            try:
-                await self._run_batch(jobs)
-            except Exception as exc:  # the worker must outlive any one batch
-                log.exception("batch of %d failed", len(jobs))
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(ApiError(500, "inference_failed", f"inference failed: {exc}"))
+            singles = [job for job in jobs if not isinstance(job.inputs, GarmentsInputs)]
+            if singles:
+                await self._guarded(self._run_batch, singles)
+            for job in jobs:
+                if isinstance(job.inputs, GarmentsInputs) and self._live([job]):
+                    await self._guarded(self._run_garments, [job])
+
+    async def _guarded(self, run: Callable, jobs: list[Job]) -> None:
+        try:
+            await run(jobs)
+        except Exception as exc:  # the worker must outlive any one batch
+            log.exception("batch of %d failed", len(jobs))
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(ApiError(500, "inference_failed", f"inference failed: {exc}"))
+
+    async def _run_garments(self, jobs: list[Job]) -> None:
+        job = jobs[0]
+        person, n = job.inputs, job.inputs.cloths.shape[0]
+        started = time.perf_counter()
+        try:
+            outputs = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.engine.infer_garments, person.pose[None], person.masked_model[None],
+                person.cloths)
+        except Exception as exc:  # the engine failed: the request learns it, the worker carries on
+            log.exception("inference failed for %d garments", n)
+            outputs = exc
+        elapsed = time.perf_counter() - started
+        self.metrics.batch_size.observe(n)
+        self.metrics.inference.observe(elapsed)
+        if job.future.done():
+            return
+        if isinstance(outputs, BaseException):
+            job.future.set_exception(self._failure(outputs))
+        else:
+            job.future.set_result(JobResult(outputs, started - job.enqueued_at, elapsed, n))
+
+    def _failure(self, exc: BaseException) -> ApiError:
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return ApiError(503, "out_of_memory", "the device ran out of memory for this request even alone; "
+                            "retry later", headers={"Retry-After": str(self.retry_after_s)})
+        return ApiError(500, "inference_failed", f"inference failed: {exc}")
 
     async def _run_batch(self, jobs: list[Job]) -> None:
         loop = asyncio.get_running_loop()
@@ -177,12 +227,8 @@ class Batcher:
         for job, out in zip(jobs, outputs):
             if job.future.done():
                 continue
-            if isinstance(out, torch.cuda.OutOfMemoryError):
-                job.future.set_exception(ApiError(503, "out_of_memory", "the device ran out of memory for this "
-                                                  "request even alone; retry later",
-                                                  headers={"Retry-After": str(self.retry_after_s)}))
-            elif isinstance(out, BaseException):
-                job.future.set_exception(ApiError(500, "inference_failed", f"inference failed: {out}"))
+            if isinstance(out, BaseException):
+                job.future.set_exception(self._failure(out))
             else:
                 job.future.set_result(JobResult(out, started - job.enqueued_at, elapsed, len(jobs)))
 

@@ -1,9 +1,14 @@
-"""From an HTTP request to model inputs: the three images and the output options.
+"""From an HTTP request to its parts: person-side inputs, garments, options.
 
-Each image (masked_model, pose, cloth) comes as a multipart file, as a
-multipart text field or JSON string holding an http(s) URL, or as a JSON
-base64 string (a ``data:`` URL is fine). Options (format, quality, size)
-come from query parameters or body fields. Limits: the request body, bytes
+Each image (masked_model, pose, person, parse, cloth) comes as a multipart
+file, as a multipart text field or JSON string holding an http(s) URL, or
+as a JSON base64 string (a ``data:`` URL is fine). Keypoints come as JSON:
+a multipart file or text field, or a JSON field holding the object or list
+itself or its text. Which person-side inputs make a valid mix is
+model.person_inputs' rule, checked here by name before any bytes are
+decoded. Garments: one ``cloth``, or for the batch endpoint ``cloth``
+repeated (multipart) or a ``cloths`` list (JSON). Options (format, quality,
+size) come from query parameters or body fields. Limits: the request body, bytes
 per image (413), pixels announced by the header (413, before decoding),
 and anything Pillow can't read (415). URLs are fetched concurrently;
 decoding and letterboxing run in a thread, one request at a time, so one
@@ -15,20 +20,24 @@ import asyncio
 import base64
 import binascii
 import json
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from fastapi import Request
 from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from model.images import ImageError, ImageTooLarge, TryOnInputs, prepare_inputs
+from model.person_inputs import IncompleteInputs, check_person_mix
 
 from .errors import ApiError
 from .fetch import UrlFetcher
 from .settings import Settings
 
-IMAGE_FIELDS = ("masked_model", "pose", "cloth")
+IMAGE_FIELDS = ("masked_model", "pose", "cloth")  # the classic /v1/tryon trio
+PERSON_FIELDS = ("masked_model", "pose", "person", "parse")  # person-side images
+KEYPOINTS_FIELD = "keypoints"
+Garments = Literal["none", "one", "many"]
 OPTION_FIELDS = ("format", "quality", "size")
 
 
@@ -73,82 +82,180 @@ def _check_size(data: bytes, field: str, limit: int) -> bytes:
     return data
 
 
-async def _from_multipart(request: Request, body: bytes, settings: Settings) -> tuple[dict, dict]:
+@dataclass
+class RequestParts:
+    """A request's inputs before fetching and decoding: bytes, or a URL still to fetch."""
+    person: dict[str, bytes | str] = field(default_factory=dict)
+    keypoints: Any = None  # JSON text or bytes, or the decoded object/list
+    cloths: list[bytes | str | ApiError] = field(default_factory=list)  # an ApiError: that garment failed
+    options: dict = field(default_factory=dict)
+
+    @property
+    def given(self) -> set[str]:
+        return set(self.person) | ({KEYPOINTS_FIELD} if self.keypoints is not None else set())
+
+
+def _json_image(value: Any, key: str, settings: Settings) -> bytes | str:
+    """A JSON image field: an http(s) URL (fetched later) or base64 bytes."""
+    if not isinstance(value, str):
+        raise ApiError(422, "invalid_field", "must be a string: an http(s) URL or base64 image bytes", key)
+    value = value.strip()
+    if _is_url(value):
+        return value
+    if value.startswith("data:"):
+        value = value.partition(",")[2]
+    elif "://" in value[:16]:
+        raise ApiError(422, "invalid_url", "only http and https URLs are fetched", key)
+    if len(value) > settings.max_upload_bytes * 4 // 3 + 4:
+        raise ApiError(413, "image_too_large", f"over the limit of {settings.max_upload_bytes} bytes per image", key)
+    try:
+        return _check_size(base64.b64decode(value, validate=True), key, settings.max_upload_bytes)
+    except (binascii.Error, ValueError):
+        raise ApiError(422, "invalid_base64", "neither an http(s) URL nor valid base64", key) from None
+
+
+def _keypoints_text(value: str) -> str:
+    if _is_url(value.strip()):
+        raise ApiError(422, "invalid_keypoints", "keypoints are taken as JSON (a field or a file), not as a URL",
+                       KEYPOINTS_FIELD)
+    return value
+
+
+def _garment(read, garments: Garments):
+    """In a batch a garment's own failure is kept as its result; elsewhere it fails the request."""
+    try:
+        return read()
+    except ApiError as exc:
+        if garments != "many":
+            raise
+        return exc
+
+
+def _multipart_image(value: UploadFile | str, data: bytes | None, key: str, settings: Settings) -> bytes | str:
+    if isinstance(value, UploadFile):
+        return _check_size(data, key, settings.max_upload_bytes)
+    if _is_url(value.strip()):
+        return value.strip()
+    raise ApiError(422, "invalid_field", "a text field must hold an http(s) URL; send the image itself as a "
+                   "file part", key)
+
+
+async def _from_multipart(request: Request, body: bytes, settings: Settings, garments: Garments) -> RequestParts:
     async def replay():
         yield body
 
+    cloth_parts = settings.max_garments + 1 if garments == "many" else 1  # one over: counted, then refused
+    most = len(PERSON_FIELDS) + 1 + cloth_parts
     try:
-        form = await MultiPartParser(request.headers, replay(), max_files=len(IMAGE_FIELDS),
-                                     max_fields=len(IMAGE_FIELDS) + len(OPTION_FIELDS),
+        form = await MultiPartParser(request.headers, replay(), max_files=most, max_fields=most + len(OPTION_FIELDS),
                                      max_part_size=65_536).parse()
     except MultiPartException as exc:
+        if garments == "many" and "Too many" in exc.message:
+            _too_many(f"more than {settings.max_garments}", settings)
         raise ApiError(400, "bad_multipart", f"malformed multipart body ({exc.message})") from None
-    sources, options = {}, {}
+    parts = RequestParts()
     try:
         for key, value in form.multi_items():
-            if key in IMAGE_FIELDS:
-                if isinstance(value, UploadFile):
-                    sources[key] = _check_size(await value.read(), key, settings.max_upload_bytes)
-                elif _is_url(value.strip()):
-                    sources[key] = value.strip()
+            if key == KEYPOINTS_FIELD:
+                parts.keypoints = await value.read() if isinstance(value, UploadFile) else _keypoints_text(value)
+            elif key in PERSON_FIELDS or (key == "cloth" and garments != "none"):
+                data = await value.read() if isinstance(value, UploadFile) else None
+                source = _garment(lambda: _multipart_image(value, data, key, settings),
+                                  garments if key == "cloth" else "one")
+                if key != "cloth":
+                    parts.person[key] = source
+                elif garments == "one":
+                    parts.cloths = [source]
                 else:
-                    raise ApiError(422, "invalid_field", "a text field must hold an http(s) URL; send the image "
-                                   "itself as a file part", key)
+                    parts.cloths.append(source)
             elif key in OPTION_FIELDS and isinstance(value, str):
-                options[key] = value
+                parts.options[key] = value
     finally:
         await form.close()
-    return sources, options
+    return parts
 
 
-def _from_json(body: bytes, settings: Settings) -> tuple[dict, dict]:
+def _from_json(body: bytes, settings: Settings, garments: Garments) -> RequestParts:
     try:
         document = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON ({exc})") from None
     if not isinstance(document, dict):
         raise ApiError(422, "invalid_json", "the JSON body must be an object")
-    sources = {}
-    for key in IMAGE_FIELDS:
-        value = document.get(key)
-        if value is None:
-            continue
-        if not isinstance(value, str):
-            raise ApiError(422, "invalid_field", "must be a string: an http(s) URL or base64 image bytes", key)
-        value = value.strip()
-        if _is_url(value):
-            sources[key] = value
-            continue
-        if value.startswith("data:"):
-            value = value.partition(",")[2]
-        elif "://" in value[:16]:
-            raise ApiError(422, "invalid_url", "only http and https URLs are fetched", key)
-        if len(value) > settings.max_upload_bytes * 4 // 3 + 4:
-            raise ApiError(413, "image_too_large", f"over the limit of {settings.max_upload_bytes} bytes per image",
-                           key)
-        try:
-            sources[key] = _check_size(base64.b64decode(value, validate=True), key, settings.max_upload_bytes)
-        except (binascii.Error, ValueError):
-            raise ApiError(422, "invalid_base64", "neither an http(s) URL nor valid base64", key) from None
-    return sources, {k: document[k] for k in OPTION_FIELDS if k in document}
+    parts = RequestParts(options={k: document[k] for k in OPTION_FIELDS if k in document})
+    for key in PERSON_FIELDS:
+        if document.get(key) is not None:
+            parts.person[key] = _json_image(document[key], key, settings)
+    keypoints = document.get(KEYPOINTS_FIELD)
+    if keypoints is not None:
+        parts.keypoints = _keypoints_text(keypoints) if isinstance(keypoints, str) else keypoints
+    if garments == "one" and document.get("cloth") is not None:
+        parts.cloths = [_json_image(document["cloth"], "cloth", settings)]
+    elif garments == "many" and document.get("cloths") is not None:
+        if not isinstance(document["cloths"], list):
+            raise ApiError(422, "invalid_field", "must be a list of garments (URLs or base64)", "cloths")
+        if len(document["cloths"]) > settings.max_garments:
+            _too_many(len(document["cloths"]), settings)
+        parts.cloths = [_garment(lambda i=i, value=value: _json_image(value, f"cloths[{i}]", settings), garments)
+                        for i, value in enumerate(document["cloths"])]
+    return parts
 
 
-async def read_tryon_request(request: Request, settings: Settings,
-                             query_options: dict) -> tuple[dict[str, bytes | str], OutputOptions]:
-    """The three image sources (bytes, or a URL still to fetch) and the options (body fields win)."""
+def _too_many(count: int | str, settings: Settings) -> None:
+    raise ApiError(413, "too_many_garments", f"{count} garments; at most {settings.max_garments} per "
+                   "request (TRYON_MAX_GARMENTS)", "cloth")
+
+
+def person_mix_error(exc: IncompleteInputs) -> ApiError:
+    """The model's mix rule failure as the service's 422; ``field`` lists the inputs concerned."""
+    code = "ambiguous_inputs" if exc.message.startswith("ambiguous") else "incomplete_inputs"
+    return ApiError(422, code, exc.message, ",".join(exc.fields))
+
+
+async def read_request(request: Request, settings: Settings, query_options: dict,
+                       garments: Garments = "one") -> tuple[RequestParts, OutputOptions]:
+    """The request's parts (person-side mix checked, garments counted) and its options (body fields win)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in ("multipart/form-data", "application/json"):
         raise ApiError(415, "unsupported_media_type", "send multipart/form-data or application/json, not "
                        f"{content_type or 'no Content-Type'!r}")
-    body = await _read_body(request, settings.request_body_limit)
+    images = len(PERSON_FIELDS) + {"none": 0, "one": 1, "many": settings.max_garments}[garments]
+    body = await _read_body(request, settings.body_limit(images))
     if content_type == "multipart/form-data":
-        sources, body_options = await _from_multipart(request, body, settings)
+        parts = await _from_multipart(request, body, settings, garments)
     else:
-        sources, body_options = _from_json(body, settings)
-    for key in IMAGE_FIELDS:
-        if key not in sources:
-            raise ApiError(422, "missing_field", f"{key} is required (a file, an http(s) URL or base64)", key)
-    return sources, parse_options(query_options | body_options)
+        parts = _from_json(body, settings, garments)
+    try:
+        check_person_mix(parts.given)
+    except IncompleteInputs as exc:
+        raise person_mix_error(exc) from None
+    if garments != "none" and not parts.cloths:
+        what = "cloth is required (a file, an http(s) URL or base64)" if garments == "one" else \
+            "at least one garment is required: cloth fields (multipart) or a cloths list (JSON)"
+        raise ApiError(422, "missing_field", what, "cloth")
+    if len(parts.cloths) > settings.max_garments:
+        _too_many(len(parts.cloths), settings)
+    return parts, parse_options(query_options | parts.options)
+
+
+async def fetch_parts(parts: RequestParts, fetcher: UrlFetcher) -> RequestParts:
+    """Fetches every URL concurrently: a person-side failure fails the request, a
+    garment's failure in a batch is kept as that garment's result."""
+    person = await fetch_urls(parts.person, fetcher)
+    cloths = await asyncio.gather(*(fetcher.fetch(c, "cloth") if isinstance(c, str) else _same(c)
+                                    for c in parts.cloths), return_exceptions=True)
+    for outcome in cloths:
+        if isinstance(outcome, BaseException) and not isinstance(outcome, ApiError):
+            raise outcome
+    return RequestParts(person, parts.keypoints, list(cloths), parts.options)
+
+
+async def _same(value):
+    return value
+
+
+def has_urls(parts: RequestParts) -> bool:
+    return any(isinstance(v, str) for v in [*parts.person.values(), *parts.cloths])
 
 
 async def fetch_urls(sources: dict[str, bytes | str], fetcher: UrlFetcher) -> dict[str, bytes]:
@@ -160,14 +267,3 @@ async def fetch_urls(sources: dict[str, bytes | str], fetcher: UrlFetcher) -> di
         if isinstance(outcome, BaseException):
             raise outcome
     return {**sources, **dict(zip(urls, fetched))}
-
-
-def decode_inputs(images: dict[str, bytes], settings: Settings) -> TryOnInputs:
-    """Decodes and letterboxes (call it in a thread): 413 for too many pixels, 415 for non-images."""
-    try:
-        return prepare_inputs(images["masked_model"], images["pose"], images["cloth"], size=settings.image_hw,
-                              max_pixels=settings.max_image_pixels)
-    except ImageTooLarge as exc:
-        raise ApiError(413, "image_too_large", exc.message, exc.field) from None
-    except ImageError as exc:
-        raise ApiError(415, "not_an_image", exc.message, exc.field) from None

@@ -12,9 +12,11 @@ from model.images import MEDIA_TYPES, encode_image, output_image
 
 from .batcher import Job, JobResult
 from .errors import ApiError
-from .inputs import IMAGE_FIELDS, OutputFormat, OutputOptions, OutputSize, decode_inputs, fetch_urls, read_tryon_request
+from .inputs import (IMAGE_FIELDS, KEYPOINTS_FIELD, PERSON_FIELDS, OutputFormat, OutputOptions, OutputSize,
+                     fetch_parts, has_urls, read_request)
 from .metrics import CONTENT_TYPE_LATEST
 from .middleware import CLIENT_GONE
+from .person import decode_garment, decode_person
 from .state import ServiceState, get_service
 
 STREAM_CHUNK = 64 * 1024
@@ -56,20 +58,43 @@ tryon = APIRouter(tags=["try-on"], dependencies=[Depends(require_api_key)])
 
 _IMAGE_SCHEMA = {"type": "string", "description": "an image file, or an http(s) URL as a text field"}
 _JSON_IMAGE = {"type": "string", "description": "an http(s) URL, or the image's bytes as base64 (or a data: URL)"}
+_KEYPOINTS = {"description": "body keypoints as JSON (OpenPose, a list of 18/25/17 (x, y, confidence) "
+                             "points, or COCO): a text field or a file"}
 _OPTIONS = {"format": {"type": "string", "enum": ["jpeg", "png", "webp"], "default": "jpeg"},
             "quality": {"type": "integer", "minimum": 1, "maximum": 100, "default": 90},
             "size": {"type": "string", "enum": ["model", "original"], "default": "model"}}
+PERSON_MIX = ("Person side, any mix that determines the masked model and the pose map: masked_model + pose; "
+              "person + keypoints (+ parse); masked_model + keypoints; person + keypoints (+ parse) + pose. "
+              "An incomplete or ambiguous mix is a 422 whose `field` lists the inputs concerned.")
+
+
+def person_request_body(garments: dict, required: list[str]) -> dict:
+    """The OpenAPI request body of an endpoint taking the person-side inputs plus ``garments``."""
+    multipart = {**{f: {**_IMAGE_SCHEMA, "format": "binary"} for f in PERSON_FIELDS},
+                 KEYPOINTS_FIELD: {**_KEYPOINTS, "type": "string"}}
+    json_body = {**{f: _JSON_IMAGE for f in PERSON_FIELDS},
+                 KEYPOINTS_FIELD: {**_KEYPOINTS, "oneOf": [{"type": "object"}, {"type": "array"},
+                                                           {"type": "string"}]}}
+    return {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": required, "properties": {
+            **multipart, **garments.get("multipart", {}), **_OPTIONS}}},
+        "application/json": {"schema": {"type": "object", "required": required, "properties": {
+            **json_body, **garments.get("json", {}), **_OPTIONS}}},
+    }}
+
+
 TRYON_OPENAPI = {
-    "requestBody": {"required": True, "content": {
-        "multipart/form-data": {"schema": {"type": "object", "required": list(IMAGE_FIELDS), "properties": {
-            **{f: {**_IMAGE_SCHEMA, "format": "binary"} for f in IMAGE_FIELDS}, **_OPTIONS}}},
-        "application/json": {"schema": {"type": "object", "required": list(IMAGE_FIELDS), "properties": {
-            **{f: _JSON_IMAGE for f in IMAGE_FIELDS}, **_OPTIONS}}},
-    }},
+    "requestBody": person_request_body({"multipart": {"cloth": {**_IMAGE_SCHEMA, "format": "binary"}},
+                                        "json": {"cloth": _JSON_IMAGE}}, ["cloth"]),
     "responses": {"200": {"description": "the try-on image, streamed",
                           "content": {m: {"schema": {"type": "string", "format": "binary"}}
                                       for m in MEDIA_TYPES.values()}}},
 }
+
+
+def require_ready(service: ServiceState) -> None:
+    if not service.ready or service.batcher is None:
+        raise ApiError(503, "not_ready", "the model is not loaded yet", headers={"Retry-After": "5"})
 
 
 class ClientGone(Exception):
@@ -105,12 +130,17 @@ async def _chunks(body: bytes):
         yield body[start:start + STREAM_CHUNK]
 
 
+def _decode(parts, settings):
+    return decode_garment(decode_person(parts, settings), parts.cloths[0], settings)
+
+
 def _encode(result: JobResult, inputs, options: OutputOptions) -> bytes:
     image = output_image(result.output, inputs.person_frame, options.size)
     return encode_image(image, options.format, options.quality)
 
 
 @tryon.post("/v1/tryon", summary="Dress the person in the cloth; the image comes back streamed",
+            description=PERSON_MIX,
             response_class=Response, openapi_extra=TRYON_OPENAPI)
 async def tryon_image(
         request: Request,
@@ -121,8 +151,7 @@ async def tryon_image(
                                                           "image's original size (model)"),
 ) -> Response:
     """Options may also be sent as body fields of the same names, which win over the query."""
-    if not service.ready or service.batcher is None:
-        raise ApiError(503, "not_ready", "the model is not loaded yet", headers={"Retry-After": "5"})
+    require_ready(service)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + service.settings.request_timeout_s
     timings: dict[str, float] = {}
@@ -130,12 +159,14 @@ async def tryon_image(
 
     mark = time.perf_counter()
     query = {k: v for k, v in {"format": format, "quality": quality, "size": size}.items() if v is not None}
-    sources, options = await read_tryon_request(request, service.settings, query)
-    if any(isinstance(v, str) for v in sources.values()):
-        sources = await fetch_urls(sources, service.fetcher)
+    parts, options = await read_request(request, service.settings, query)
+    if has_urls(parts):
+        parts = await fetch_parts(parts, service.fetcher)
         timings["fetch"] = (time.perf_counter() - mark) * 1000
         mark = time.perf_counter()
-    inputs = await asyncio.to_thread(decode_inputs, sources, service.settings)
+    if isinstance(parts.cloths[0], ApiError):
+        raise parts.cloths[0]
+    inputs = await asyncio.to_thread(_decode, parts, service.settings)
     timings["decode"] = (time.perf_counter() - mark) * 1000
 
     if loop.time() >= deadline:

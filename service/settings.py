@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(8, ge=1)
     max_batch_wait_ms: float = Field(5, ge=0)
     queue_limit: int = Field(64, ge=1)
+    max_garments: int = Field(8, ge=1)
     request_timeout_s: float = Field(30, gt=0)
     drain_timeout_s: float = Field(30, ge=0)
     max_upload_bytes: int = Field(10_485_760, ge=1)
@@ -85,7 +86,7 @@ class Settings(BaseSettings):
             n *= 2
         return tuple(sizes + [self.max_batch_size])
 
-    @property
-    def request_body_limit(self) -> int:
-        """Three images as base64 (4/3 of the bytes) plus room for the other fields."""
-        return 3 * (self.max_upload_bytes * 4 // 3 + 4) + 65_536
+    def body_limit(self, images: int) -> int:
+        """A request body carrying ``images`` images as base64 (4/3 of the bytes), plus room
+        for keypoints and the other fields."""
+        return images * (self.max_upload_bytes * 4 // 3 + 4) + 262_144
