@@ -74,12 +74,13 @@ def set_cuda_math(precision: str) -> None:
 
 
 def prepare_network(net: DAFlow, device: torch.device, precision: str, channels_last: bool = False) -> DAFlow:
-    """Moves the network to device and the precision's dtype. BatchNorm keeps
-    fp32 parameters (it normalises half inputs in fp32)."""
-    net = net.to(device=device, dtype=DTYPES[precision])
+    """Moves the network to device and its convolutions to the precision's dtype.
+    BatchNorm keeps its fp32 parameters and statistics (it normalises half
+    inputs in fp32); the flows never pass through a parameter."""
+    net = net.to(device=device)
     for module in net.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.float()
+        if isinstance(module, nn.Conv2d):
+            module.to(DTYPES[precision])
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     return net.eval()
@@ -126,6 +127,9 @@ class Engine:
         self.net = prepare_network(net, self.device, self.precision, self.channels_last)
         self.warm = False
         self._graphs: dict[int, _Graph] = {}
+        # One memory pool for all graphs: only one replays at a time (under the
+        # lock) and its output is copied out before the next replay.
+        self._pool = None
         # One forward at a time per device: the model is not re-entrant on the GPU,
         # and the graphs share their static buffers and memory pool.
         self._lock = threading.Lock()
@@ -227,7 +231,7 @@ class Engine:
                 for _ in range(GRAPH_WARMUP_RUNS):
                     self._forward(*inputs)
             torch.cuda.current_stream(self.device).wait_stream(side)
-            if not hasattr(self, "_pool"):
+            if self._pool is None:
                 self._pool = torch.cuda.graph_pool_handle()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self._pool):

@@ -2,6 +2,11 @@
 garments, precision modes (CPU here; the GPU tests run where CUDA is)."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -141,3 +146,13 @@ def test_gpu_infer_garments_equals_separate_runs(weights_file, golden):
     for i in range(3):
         alone = engine.infer(golden["pose"], golden["masked_model"], cloths[i:i + 1])
         assert (together[i:i + 1] - alone).abs().max().item() < 1e-4
+
+
+@pytest.mark.skipif(CUDA, reason="checks the message on a machine without CUDA")
+def test_gpu_benchmark_fails_clearly_without_cuda():
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    result = subprocess.run([sys.executable, "-m", "bench.gpu_bench", "--quick"], cwd=root, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "needs a CUDA GPU" in result.stderr and not list((root / "bench" / "results").glob("gpu-*.json"))
