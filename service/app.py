@@ -9,10 +9,13 @@ from fastapi.middleware.cors import CORSMiddleware
 from .errors import install_error_handlers
 from .middleware import RequestContextMiddleware
 from .routes import operations, tryon
+from .routes_batch import batch
+from .routes_prepare import prepare
 from .settings import Settings
 from .state import ServiceState
 
-EXPOSED_HEADERS = ["X-Request-ID", "X-Weights", "Server-Timing", "X-Batch-Size", "Retry-After"]
+EXPOSED_HEADERS = ["X-Request-ID", "X-Weights", "Server-Timing", "X-Batch-Size", "X-Garments", "X-Image-Size",
+                   "Retry-After"]
 
 
 @asynccontextmanager
@@ -29,7 +32,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     service = ServiceState(settings)
     app = FastAPI(title="DAFlow virtual try-on", version="0.1.0", lifespan=lifespan,
-                  description="POST a masked person, a pose map and a garment; get the try-on image back.")
+                  description="POST a person (a masked model and pose map, or a photo and its keypoints) and a "
+                              "garment, or many garments; get the try-on images back.")
     app.state.service = service
     install_error_handlers(app)
     if settings.cors_origins:
@@ -39,4 +43,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware, service=service)
     app.include_router(operations)
     app.include_router(tryon)
+    app.include_router(batch)
+    app.include_router(prepare)
     return app

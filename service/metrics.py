@@ -23,7 +23,7 @@ class Metrics:
                                     buckets=tuple(range(1, max_batch_size + 1)), registry=r)
         self.inference = Histogram("tryon_inference_seconds", "Engine time per batch",
                                    buckets=LATENCY_BUCKETS, registry=r)
-        self.rejected = Counter("tryon_rejected", "Error answers of /v1/tryon by reason (error code)",
+        self.rejected = Counter("tryon_rejected", "Error answers of the /v1 endpoints by reason (error code)",
                                 ["reason"], registry=r)
         self.dropped = Counter("tryon_dropped", "Queued requests dropped before the engine ran them",
                                ["reason"], registry=r)

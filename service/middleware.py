@@ -14,7 +14,7 @@ from .state import ServiceState
 
 log = logging.getLogger("service.access")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-TRYON_ROUTE = "/v1/tryon"
+TRYON_ROUTES = ("/v1/tryon", "/v1/tryon/batch", "/v1/prepare")
 QUIET_ROUTES = ("/healthz", "/readyz", "/metrics")
 CLIENT_GONE = 499  # nginx's code for "client closed request"; never reaches a client
 
@@ -54,7 +54,7 @@ class RequestContextMiddleware:
         metrics = self.service.metrics
         metrics.requests.labels(route, scope["method"], str(status)).inc()
         metrics.latency.labels(route).observe(seconds)
-        if route == TRYON_ROUTE and status >= 400:
+        if route in TRYON_ROUTES and status >= 400:
             metrics.rejected.labels(state.get("error_code") or str(status)).inc()
         fields = {"request_id": state["request_id"], "method": scope["method"], "path": scope["path"],
                   "status": status, "duration_ms": round(seconds * 1000, 2)}

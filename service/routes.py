@@ -8,12 +8,12 @@ import time
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from model.images import MEDIA_TYPES, encode_image, output_image
+from model.images import MEDIA_TYPES, TryOnInputs, encode_image, output_image
 
 from .batcher import Job, JobResult
 from .errors import ApiError
-from .inputs import (IMAGE_FIELDS, KEYPOINTS_FIELD, PERSON_FIELDS, OutputFormat, OutputOptions, OutputSize,
-                     fetch_parts, has_urls, read_request)
+from .inputs import (KEYPOINTS_FIELD, PERSON_FIELDS, Garments, OutputFormat, OutputOptions, OutputSize,
+                     RequestParts, fetch_parts, has_urls, read_request)
 from .metrics import CONTENT_TYPE_LATEST
 from .middleware import CLIENT_GONE
 from .person import decode_garment, decode_person
@@ -56,8 +56,8 @@ def require_api_key(request: Request, service: ServiceState = Depends(get_servic
 
 tryon = APIRouter(tags=["try-on"], dependencies=[Depends(require_api_key)])
 
-_IMAGE_SCHEMA = {"type": "string", "description": "an image file, or an http(s) URL as a text field"}
-_JSON_IMAGE = {"type": "string", "description": "an http(s) URL, or the image's bytes as base64 (or a data: URL)"}
+IMAGE_SCHEMA = {"type": "string", "description": "an image file, or an http(s) URL as a text field"}
+JSON_IMAGE = {"type": "string", "description": "an http(s) URL, or the image's bytes as base64 (or a data: URL)"}
 _KEYPOINTS = {"description": "body keypoints as JSON (OpenPose, a list of 18/25/17 (x, y, confidence) "
                              "points, or COCO): a text field or a file"}
 _OPTIONS = {"format": {"type": "string", "enum": ["jpeg", "png", "webp"], "default": "jpeg"},
@@ -70,9 +70,9 @@ PERSON_MIX = ("Person side, any mix that determines the masked model and the pos
 
 def person_request_body(garments: dict, required: list[str]) -> dict:
     """The OpenAPI request body of an endpoint taking the person-side inputs plus ``garments``."""
-    multipart = {**{f: {**_IMAGE_SCHEMA, "format": "binary"} for f in PERSON_FIELDS},
+    multipart = {**{f: {**IMAGE_SCHEMA, "format": "binary"} for f in PERSON_FIELDS},
                  KEYPOINTS_FIELD: {**_KEYPOINTS, "type": "string"}}
-    json_body = {**{f: _JSON_IMAGE for f in PERSON_FIELDS},
+    json_body = {**{f: JSON_IMAGE for f in PERSON_FIELDS},
                  KEYPOINTS_FIELD: {**_KEYPOINTS, "oneOf": [{"type": "object"}, {"type": "array"},
                                                            {"type": "string"}]}}
     return {"required": True, "content": {
@@ -84,8 +84,8 @@ def person_request_body(garments: dict, required: list[str]) -> dict:
 
 
 TRYON_OPENAPI = {
-    "requestBody": person_request_body({"multipart": {"cloth": {**_IMAGE_SCHEMA, "format": "binary"}},
-                                        "json": {"cloth": _JSON_IMAGE}}, ["cloth"]),
+    "requestBody": person_request_body({"multipart": {"cloth": {**IMAGE_SCHEMA, "format": "binary"}},
+                                        "json": {"cloth": JSON_IMAGE}}, ["cloth"]),
     "responses": {"200": {"description": "the try-on image, streamed",
                           "content": {m: {"schema": {"type": "string", "format": "binary"}}
                                       for m in MEDIA_TYPES.values()}}},
@@ -107,7 +107,7 @@ async def _client_gone(request: Request) -> None:
         pass
 
 
-async def _await_job(job: Job, request: Request) -> JobResult:
+async def await_job(job: Job, request: Request) -> JobResult:
     loop = asyncio.get_running_loop()
     watcher = loop.create_task(_client_gone(request))
     try:
@@ -125,18 +125,48 @@ async def _await_job(job: Job, request: Request) -> JobResult:
                    f"({request.app.state.service.settings.request_timeout_s:g} s)")
 
 
+async def read_parts(request: Request, service: ServiceState, query: dict, garments: Garments,
+                     timings: dict[str, float]) -> tuple[RequestParts, OutputOptions]:
+    """The request's parts with every URL fetched (``timings["fetch"]`` when there were any)."""
+    mark = time.perf_counter()
+    query = {k: v for k, v in query.items() if v is not None}
+    parts, options = await read_request(request, service.settings, query, garments)
+    if has_urls(parts):
+        parts = await fetch_parts(parts, service.fetcher)
+        timings["fetch"] = (time.perf_counter() - mark) * 1000
+    return parts, options
+
+
+async def run_job(service: ServiceState, inputs, deadline: float, request: Request) -> JobResult | None:
+    """Queues the work and waits for it; None when the client has gone (answer CLIENT_GONE)."""
+    if asyncio.get_running_loop().time() >= deadline:
+        raise ApiError(504, "deadline_exceeded", "the deadline passed before the request reached the queue")
+    try:
+        return await await_job(service.batcher.submit(inputs, deadline), request)
+    except ClientGone:
+        request.state.client_gone = True
+        request.state.error_code = "client_gone"
+        return None
+
+
+def server_timing(timings: dict[str, float]) -> str:
+    """The Server-Timing header; rounds ``timings`` in place for the access log too."""
+    timings.update({k: round(v, 2) for k, v in timings.items()})
+    return ", ".join(f"{k};dur={v}" for k, v in timings.items())
+
+
 async def _chunks(body: bytes):
     for start in range(0, len(body), STREAM_CHUNK):
         yield body[start:start + STREAM_CHUNK]
 
 
-def _decode(parts, settings):
+def _decode(parts, settings) -> TryOnInputs:
     return decode_garment(decode_person(parts, settings), parts.cloths[0], settings)
 
 
-def _encode(result: JobResult, inputs, options: OutputOptions) -> bytes:
-    image = output_image(result.output, inputs.person_frame, options.size)
-    return encode_image(image, options.format, options.quality)
+def encode_output(output, frame, options: OutputOptions) -> bytes:
+    """One (3, H, W) result as image bytes, at model size or the person's original size."""
+    return encode_image(output_image(output, frame, options.size), options.format, options.quality)
 
 
 @tryon.post("/v1/tryon", summary="Dress the person in the cloth; the image comes back streamed",
@@ -158,35 +188,24 @@ async def tryon_image(
     request.state.timings_ms = timings
 
     mark = time.perf_counter()
-    query = {k: v for k, v in {"format": format, "quality": quality, "size": size}.items() if v is not None}
-    parts, options = await read_request(request, service.settings, query)
-    if has_urls(parts):
-        parts = await fetch_parts(parts, service.fetcher)
-        timings["fetch"] = (time.perf_counter() - mark) * 1000
-        mark = time.perf_counter()
+    parts, options = await read_parts(request, service, {"format": format, "quality": quality, "size": size},
+                                      "one", timings)
+    mark = time.perf_counter()
     if isinstance(parts.cloths[0], ApiError):
         raise parts.cloths[0]
     inputs = await asyncio.to_thread(_decode, parts, service.settings)
     timings["decode"] = (time.perf_counter() - mark) * 1000
 
-    if loop.time() >= deadline:
-        raise ApiError(504, "deadline_exceeded", "the deadline passed before the request reached the queue")
-    try:
-        result = await _await_job(service.batcher.submit(inputs, deadline), request)
-    except ClientGone:
-        request.state.client_gone = True
-        request.state.error_code = "client_gone"
+    result = await run_job(service, inputs, deadline, request)
+    if result is None:
         return Response(status_code=CLIENT_GONE)
     timings["queue"] = result.queue_s * 1000
     timings["inference"] = result.inference_s * 1000
 
     mark = time.perf_counter()
-    body = await asyncio.to_thread(_encode, result, inputs, options)
+    body = await asyncio.to_thread(encode_output, result.output, inputs.person_frame, options)
     timings["encode"] = (time.perf_counter() - mark) * 1000
-    for key in timings:
-        timings[key] = round(timings[key], 2)
-
-    headers = {"Server-Timing": ", ".join(f"{k};dur={v}" for k, v in timings.items()),
+    headers = {"Server-Timing": server_timing(timings),
                "Content-Length": str(len(body)), "X-Batch-Size": str(result.batch_size),
                "Content-Disposition": f'inline; filename="tryon.{options.format}"'}
     return StreamingResponse(_chunks(body), media_type=MEDIA_TYPES[options.format], headers=headers)
