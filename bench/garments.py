@@ -1,0 +1,165 @@
+"""Many garments, one person: POST /v1/tryon/batch against N separate /v1/tryon
+requests (not a timed test).
+
+Starts ``python -m service`` once and, in the same run, measures both ways
+interleaved (the order alternates every repetition, so a change in the
+machine's load hits both alike), for each N:
+
+- ``batch``: one /v1/tryon/batch request with N garments (the person is read,
+  drawn and encoded by the network once);
+- ``separate``: N /v1/tryon requests sent at once (the server batches them,
+  the most favourable case for separate requests; the person is drawn and
+  encoded N times).
+
+The person is a photo + keypoints (tests/fixtures/prep), the garments are
+variants of the example garment. Wall time per way, the engine time the
+server reports (Server-Timing), and the load average around each
+measurement go to JSON.
+
+    python -m bench.garments --sizes 4,8 --repeats 3 --threads 1 --out bench/results/garments-cpu-256x192.json
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import io
+import json
+import os
+import platform
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from PIL import Image, ImageOps
+
+from bench.load import EXAMPLES, FIXTURES, standin_weights, start_server, wait_ready
+
+PERSON = (FIXTURES / "prep" / "front_person.png").read_bytes()
+KEYPOINTS = (FIXTURES / "prep" / "front_keypoints.json").read_text()
+
+
+def garments(n: int) -> list[bytes]:
+    """N distinct garments: the example, mirrored, inverted, rotated, in turn."""
+    base = Image.open(EXAMPLES / "cloth.png").convert("RGB")
+    looks = [lambda im: im, ImageOps.mirror, ImageOps.invert, lambda im: im.rotate(8, fillcolor="white"),
+             ImageOps.grayscale, ImageOps.flip, lambda im: ImageOps.posterize(im, 3), ImageOps.solarize]
+    out = []
+    for i in range(n):
+        buf = io.BytesIO()
+        looks[i % len(looks)](base).convert("RGB").save(buf, "PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def server_inference_ms(answer: httpx.Response) -> float:
+    timing = dict(item.split(";dur=") for item in answer.headers["server-timing"].split(", "))
+    return float(timing["inference"])
+
+
+def one_batch(url: str, cloths: list[bytes], timeout: float) -> dict:
+    files = [("person", ("person.png", PERSON, "image/png"))] + [("cloth", (f"c{i}.png", c, "image/png"))
+                                                                for i, c in enumerate(cloths)]
+    start = time.perf_counter()
+    answer = httpx.post(f"{url}/v1/tryon/batch", files=files, data={"keypoints": KEYPOINTS}, timeout=timeout)
+    wall = time.perf_counter() - start
+    answer.raise_for_status()
+    return {"wall_s": round(wall, 3), "inference_s": round(server_inference_ms(answer) / 1000, 3)}
+
+
+def separate(url: str, cloths: list[bytes], timeout: float) -> dict:
+    def one(cloth: bytes) -> httpx.Response:
+        files = {"person": ("person.png", PERSON, "image/png"), "cloth": ("c.png", cloth, "image/png")}
+        answer = httpx.post(f"{url}/v1/tryon", files=files, data={"keypoints": KEYPOINTS}, timeout=timeout)
+        answer.raise_for_status()
+        return answer
+
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(len(cloths)) as pool:
+        answers = list(pool.map(one, cloths))
+    wall = time.perf_counter() - start
+    # Requests batched together report the same engine run: count each run once.
+    runs = {(a.headers["x-batch-size"], server_inference_ms(a)) for a in answers}
+    return {"wall_s": round(wall, 3), "inference_s": round(sum(ms for _, ms in runs) / 1000, 3),
+            "batches": sorted(int(size) for size, _ in runs)}
+
+
+def measure(url: str, sizes: list[int], repeats: int, timeout: float) -> list[dict]:
+    ways = {"batch": one_batch, "separate": separate}
+    runs = []
+    for rep in range(repeats):
+        for n in sizes:
+            order = ["batch", "separate"] if rep % 2 == 0 else ["separate", "batch"]
+            for way in order:
+                load = os.getloadavg()[0]
+                result = ways[way](url, garments(n), timeout)
+                runs.append({"repeat": rep, "garments": n, "way": way, **result,
+                             "loadavg_1m": [round(load, 2), round(os.getloadavg()[0], 2)]})
+                print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
+    return runs
+
+
+def summarise(runs: list[dict], sizes: list[int]) -> list[dict]:
+    summary = []
+    for n in sizes:
+        median = {way: statistics.median(r["wall_s"] for r in runs if r["garments"] == n and r["way"] == way)
+                  for way in ("batch", "separate")}
+        engine = {way: statistics.median(r["inference_s"] for r in runs if r["garments"] == n and r["way"] == way)
+                  for way in ("batch", "separate")}
+        summary.append({"garments": n, "median_wall_s": median, "median_inference_s": engine,
+                        "wall_saving": round(1 - median["batch"] / median["separate"], 3),
+                        "inference_saving": round(1 - engine["batch"] / engine["separate"], 3)})
+    return summary
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="4,8", help="garment counts N (default 4,8)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--image-size", default="256x192")
+    parser.add_argument("--max-batch-size", default="8")
+    parser.add_argument("--sampler", default="torch")
+    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the server (default: torch's own)")
+    parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    sizes = [int(n) for n in args.sizes.split(",")]
+
+    report = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": {
+        "cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}}
+    with tempfile.TemporaryDirectory() as tmp:
+        port = 19000 + os.getpid() % 1000
+        env = {"TRYON_WEIGHTS": str(standin_weights(Path(tmp))), "TRYON_IMAGE_SIZE": args.image_size,
+               "TRYON_SAMPLER": args.sampler, "TRYON_MAX_BATCH_SIZE": args.max_batch_size,
+               "TRYON_MAX_GARMENTS": str(max(sizes)), "TRYON_REQUEST_TIMEOUT_S": str(args.timeout),
+               "TRYON_LOG_LEVEL": "warning"}
+        if args.threads:
+            env["OMP_NUM_THREADS"] = str(args.threads)
+        url = f"http://127.0.0.1:{port}"
+        process = start_server(port, env, Path(tmp) / "server.log")
+        try:
+            report["server"] = wait_ready(url, process)
+            report["config"] = {"sizes": sizes, "repeats": args.repeats, "omp_threads": args.threads,
+                                "person": "photo + keypoints (tests/fixtures/prep/front_*)"}
+            separate(url, garments(2), args.timeout)  # warm the drawing and HTTP paths, not recorded
+            one_batch(url, garments(2), args.timeout)
+            report["runs"] = measure(url, sizes, args.repeats, args.timeout)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(120)
+    report["summary"] = summarise(report["runs"], sizes)
+    report["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    text = json.dumps(report, indent=2)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
