@@ -16,7 +16,15 @@ variants of the example garment. Wall time per way, the engine time the
 server reports (Server-Timing), and the load average around each
 measurement go to JSON.
 
+``--engine`` measures the engine alone, in this process, without HTTP:
+``Engine.infer_garments`` (person encoded once) against ``Engine.infer`` of
+the same N items (person encoded N times, as N separate requests batched
+together), interleaved the same way. Less noise than over HTTP on a busy
+machine, and it isolates the one thing the batch endpoint saves.
+
     python -m bench.garments --sizes 4,8 --repeats 3 --threads 1 --out bench/results/garments-cpu-256x192.json
+    python -m bench.garments --engine --sizes 4,8 --repeats 4 --threads 1 \
+        --out bench/results/garments-cpu-256x192-engine.json
 """
 from __future__ import annotations
 
@@ -87,15 +95,52 @@ def separate(url: str, cloths: list[bytes], timeout: float) -> dict:
             "batches": sorted(int(size) for size, _ in runs)}
 
 
-def measure(url: str, sizes: list[int], repeats: int, timeout: float) -> list[dict]:
-    ways = {"batch": one_batch, "separate": separate}
+class EngineWays:
+    """The two ways, in process: one person's tensors with N garments' tensors."""
+
+    def __init__(self, image_size: str, max_batch_size: int, sampler: str):
+        import torch
+
+        from model.engine import Engine, EngineConfig
+        from model.images import assemble_inputs
+        from model.person_inputs import person_images
+
+        height, width = (int(v) for v in image_size.split("x"))
+        self.engine = Engine(EngineConfig(device="cpu", batch_sizes=tuple(range(1, max_batch_size + 1)),
+                                          image_size=(height, width), sampler=sampler))
+        person = person_images(person=PERSON, keypoints=KEYPOINTS, size=(height, width))
+        # The tensors the service would make: the person's once, each garment in the person's frame.
+        inputs = [assemble_inputs(person.masked_model, person.pose, person.frame, c) for c in garments(8)]
+        self.pose, self.masked = inputs[0].pose[None], inputs[0].masked_model[None]
+        self.cloths = lambda n: torch.stack([inputs[i % len(inputs)].cloth for i in range(n)])
+        self.batch(None, 2, None), self.separate(None, 2, None)  # first calls, not recorded
+
+    def batch(self, _url, cloths_n: int, _timeout) -> dict:
+        cloths = self.cloths(cloths_n)
+        start = time.perf_counter()
+        self.engine.infer_garments(self.pose, self.masked, cloths)
+        elapsed = round(time.perf_counter() - start, 3)
+        return {"wall_s": elapsed, "inference_s": elapsed}
+
+    def separate(self, _url, cloths_n: int, _timeout) -> dict:
+        cloths = self.cloths(cloths_n)
+        n = cloths.shape[0]
+        start = time.perf_counter()
+        self.engine.infer(self.pose.expand(n, -1, -1, -1), self.masked.expand(n, -1, -1, -1), cloths)
+        elapsed = round(time.perf_counter() - start, 3)
+        return {"wall_s": elapsed, "inference_s": elapsed}
+
+
+def measure(url: str | None, sizes: list[int], repeats: int, timeout: float, ways: dict | None = None) -> list[dict]:
+    ways = ways or {"batch": lambda u, n, t: one_batch(u, garments(n), t),
+                    "separate": lambda u, n, t: separate(u, garments(n), t)}
     runs = []
     for rep in range(repeats):
         for n in sizes:
             order = ["batch", "separate"] if rep % 2 == 0 else ["separate", "batch"]
             for way in order:
                 load = os.getloadavg()[0]
-                result = ways[way](url, garments(n), timeout)
+                result = ways[way](url, n, timeout)
                 runs.append({"repeat": rep, "garments": n, "way": way, **result,
                              "loadavg_1m": [round(load, 2), round(os.getloadavg()[0], 2)]})
                 print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
@@ -124,6 +169,7 @@ def main(argv=None) -> None:
     parser.add_argument("--sampler", default="torch")
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the server (default: torch's own)")
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--engine", action="store_true", help="the engine alone, in process, no HTTP")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     sizes = [int(n) for n in args.sizes.split(",")]
@@ -131,6 +177,28 @@ def main(argv=None) -> None:
     report = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": {
         "cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}}
+    if args.engine:
+        if args.threads:
+            import torch
+            torch.set_num_threads(args.threads)
+        engine = EngineWays(args.image_size, int(args.max_batch_size), args.sampler)
+        report["config"] = {"mode": "engine", "sizes": sizes, "repeats": args.repeats, "omp_threads": args.threads,
+                            "image_size": args.image_size, "max_batch_size": int(args.max_batch_size)}
+        report["runs"] = measure(None, sizes, args.repeats, args.timeout,
+                                 {"batch": engine.batch, "separate": engine.separate})
+    else:
+        measure_server(args, sizes, report)
+    report["summary"] = summarise(report["runs"], sizes)
+    report["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    text = json.dumps(report, indent=2)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    print(text)
+
+
+def measure_server(args, sizes: list[int], report: dict) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         port = 19000 + os.getpid() % 1000
         env = {"TRYON_WEIGHTS": str(standin_weights(Path(tmp))), "TRYON_IMAGE_SIZE": args.image_size,
@@ -143,7 +211,7 @@ def main(argv=None) -> None:
         process = start_server(port, env, Path(tmp) / "server.log")
         try:
             report["server"] = wait_ready(url, process)
-            report["config"] = {"sizes": sizes, "repeats": args.repeats, "omp_threads": args.threads,
+            report["config"] = {"mode": "http", "sizes": sizes, "repeats": args.repeats, "omp_threads": args.threads,
                                 "person": "photo + keypoints (tests/fixtures/prep/front_*)"}
             separate(url, garments(2), args.timeout)  # warm the drawing and HTTP paths, not recorded
             one_batch(url, garments(2), args.timeout)
@@ -151,14 +219,6 @@ def main(argv=None) -> None:
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(120)
-    report["summary"] = summarise(report["runs"], sizes)
-    report["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    text = json.dumps(report, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
 
 
 if __name__ == "__main__":
