@@ -187,7 +187,6 @@ async def tryon_image(
     timings: dict[str, float] = {}
     request.state.timings_ms = timings
 
-    mark = time.perf_counter()
     parts, options = await read_parts(request, service, {"format": format, "quality": quality, "size": size},
                                       "one", timings)
     mark = time.perf_counter()
