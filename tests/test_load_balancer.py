@@ -1,0 +1,297 @@
+"""Two real replicas behind the project's own nginx config; one goes away mid-stream.
+
+No Docker engine: the replicas are ``python -m service`` subprocesses (CPU,
+64x64, stand-in weights) on free 127.0.0.1 ports, and nginx is Debian's binary
+running from a scratch directory with the config docker/render_nginx.py renders
+for docker compose, pointed at those ports. A bounded stream of concurrent
+multipart try-on requests goes through nginx while one replica gets SIGTERM
+(it drains: no request may fail) or SIGKILL (requests it held die with it:
+nginx must retry each on the survivor, so the shopper still gets an image).
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "docker"))
+
+import render_nginx  # noqa: E402
+
+pytestmark = pytest.mark.timeout(120)
+
+REQUESTS = 48
+CONCURRENCY = 6
+SIGNAL_AFTER = 12          # responses received before the victim is signalled
+DRAIN_TIMEOUT_S = 15
+STARTUP_TIMEOUT_S = 60
+REPLICA_ENV = {"TRYON_DEVICE": "cpu", "TRYON_IMAGE_SIZE": "64x64", "TRYON_SAMPLER": "torch",
+               "TRYON_MAX_BATCH_SIZE": "4", "TRYON_DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S),
+               "TRYON_LOG_LEVEL": "info", "OMP_NUM_THREADS": "1"}
+ACCESS_LINE = re.compile(r't=(?P<time>[\d.]+) "(?P<method>\S+) (?P<path>\S+) [^"]*" (?P<status>\d{3}) .* '
+                         r'ua="(?P<upstreams>[^"]*)" us="(?P<statuses>[^"]*)"')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+
+def wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float = STARTUP_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"{process.args[0]} exited with {process.returncode}:\n{tail(log)}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url} not ready after {timeout} s:\n{tail(log)}")
+
+
+def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+@dataclass
+class Replica:
+    port: int
+    process: subprocess.Popen
+    log: Path
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @classmethod
+    def start(cls, weights: Path, workdir: Path, name: str) -> Replica:
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TRYON_")}
+        env |= REPLICA_ENV | {"TRYON_WEIGHTS": str(weights), "PYTHONPATH": str(ROOT)}
+        log = workdir / f"{name}.log"
+        with open(log, "wb") as out:
+            process = subprocess.Popen([sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
+                                       cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        return cls(port, process, log)
+
+    def wait_ready(self) -> None:
+        wait_for(f"http://{self.address}/readyz", self.process, self.log)
+
+
+@dataclass
+class Nginx:
+    port: int
+    process: subprocess.Popen
+    prefix: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @classmethod
+    def start(cls, binary: str, prefix: Path, upstreams: list[str]) -> Nginx:
+        port = free_port()
+        conf = render_nginx.write_scratch(prefix, upstreams, f"127.0.0.1:{port}", worker_processes=1)
+        with open(prefix / "stderr.log", "wb") as err:
+            process = subprocess.Popen(render_nginx.nginx_command(binary, conf), stdout=subprocess.DEVNULL,
+                                       stderr=err)
+        nginx = cls(port, process, prefix)
+        wait_for(f"{nginx.url}/lb/healthz", process, prefix / "stderr.log", timeout=10)
+        return nginx
+
+    def access_log(self) -> list[dict]:
+        """The proxied requests, oldest first, with the replica(s) each went to."""
+        entries = []
+        for line in (self.prefix / "logs" / "access.log").read_text().splitlines():
+            match = ACCESS_LINE.search(line)
+            if match:
+                entry = match.groupdict()
+                entry["time"] = float(entry["time"])
+                entry["upstreams"] = [a.strip() for a in re.split(r"[,:] (?=\d)", entry["upstreams"])
+                                      if a.strip()] if entry["upstreams"] != "-" else []
+                entries.append(entry)
+        return entries
+
+
+@dataclass
+class Outcome:
+    status: int | None
+    content_type: str = ""
+    size: int = 0
+    error: str = ""
+
+
+@dataclass
+class StreamResult:
+    outcomes: list[Outcome] = field(default_factory=list)
+    signalled_at: float = 0.0  # wall clock, as in nginx's log
+
+
+def png(seed: int, size=(72, 96)) -> bytes:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def nginx_binary():
+    binary = render_nginx.nginx_binary()
+    if binary is None:
+        pytest.skip("nginx is not installed (apt-get install nginx-light; .ci/run does this)")
+    probe = subprocess.run([binary, "-v"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"{binary} cannot run here: {probe.stderr.strip()}")
+    return binary
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory, standin_state) -> Path:
+    from safetensors.torch import save_file
+    path = tmp_path_factory.mktemp("weights") / "standin.safetensors"
+    save_file(standin_state, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def images() -> dict[str, bytes]:
+    return {name: png(seed) for seed, name in enumerate(("masked_model", "pose", "cloth"))}
+
+
+@pytest.fixture
+def cluster(tmp_path, weights, nginx_binary):
+    """Two ready replicas and nginx in front of them; everything is stopped afterwards."""
+    replicas = [Replica.start(weights, tmp_path, f"replica{i}") for i in range(2)]
+    nginx = None
+    try:
+        for replica in replicas:
+            replica.wait_ready()
+        (tmp_path / "nginx").mkdir()
+        nginx = Nginx.start(nginx_binary, tmp_path / "nginx", [r.address for r in replicas])
+        yield replicas, nginx
+    finally:
+        if nginx is not None:
+            stop(nginx.process, signal.SIGQUIT)
+        for replica in replicas:
+            stop(replica.process, signal.SIGKILL)
+
+
+def drive(url: str, images: dict[str, bytes], victim: Replica, sig: int) -> StreamResult:
+    """REQUESTS try-ons, CONCURRENCY at a time; ``sig`` reaches the victim after SIGNAL_AFTER answers."""
+    result = StreamResult()
+    lock = threading.Lock()
+    files = {name: (f"{name}.png", data, "image/png") for name, data in images.items()}
+
+    def one(client: httpx.Client) -> Outcome:
+        try:
+            response = client.post(f"{url}/v1/tryon", files=files)
+            return Outcome(response.status_code, response.headers.get("content-type", ""), len(response.content),
+                           "" if response.status_code == 200 else response.text[:200])
+        except httpx.HTTPError as exc:
+            return Outcome(None, error=f"{type(exc).__name__}: {exc}")
+
+    with httpx.Client(timeout=30) as client, ThreadPoolExecutor(CONCURRENCY) as pool:
+        futures = [pool.submit(one, client) for _ in range(REQUESTS)]
+        for future in as_completed(futures):
+            with lock:
+                result.outcomes.append(future.result())
+                if len(result.outcomes) == SIGNAL_AFTER:
+                    # The pool has just sent its next requests: let nginx hand some to the victim.
+                    time.sleep(0.05)
+                    result.signalled_at = time.time()
+                    victim.process.send_signal(sig)
+    return result
+
+
+def check_stream(result: StreamResult, nginx: Nginx) -> list[dict]:
+    failures = [o for o in result.outcomes if o.status != 200 or o.content_type != "image/jpeg" or o.size == 0]
+    assert len(result.outcomes) == REQUESTS
+    assert not failures, f"{len(failures)} of {REQUESTS} requests failed: {failures[:3]}"
+    tryons = [e for e in nginx.access_log() if e["path"].startswith("/v1/tryon")]
+    assert len(tryons) == REQUESTS, "nginx logged a different number of try-ons than were sent"
+    return tryons
+
+
+def report(name: str, result: StreamResult, tryons: list[dict], survivor: Replica, victim: Replica) -> dict:
+    retried = [e for e in tryons if len(e["upstreams"]) > 1]
+    numbers = {"finished_by_victim_after_signal": sum(e["upstreams"][-1] == victim.address
+                                                      and e["time"] > result.signalled_at for e in tryons),
+               "sent": len(tryons), "failed": sum(e["status"] != "200" for e in tryons), "retried": len(retried),
+               "retry_statuses": sorted({e["statuses"] for e in retried}),
+               "served_by_victim": sum(e["upstreams"][-1] == victim.address for e in tryons),
+               "served_by_survivor": sum(e["upstreams"][-1] == survivor.address for e in tryons)}
+    print(f"\n{name}: {numbers}")
+    return numbers
+
+
+def test_sigterm_drains_without_a_failed_request(cluster, images):
+    (victim, survivor), nginx = cluster
+    result = drive(nginx.url, images, victim, signal.SIGTERM)
+    tryons = check_stream(result, nginx)
+
+    numbers = report("SIGTERM", result, tryons, survivor, victim)
+    # The victim had work in hand when SIGTERM came, and finished it.
+    assert numbers["finished_by_victim_after_signal"] > 0
+    assert numbers["served_by_victim"] + numbers["served_by_survivor"] == REQUESTS
+    # The drain ends in a clean exit (the contract: status 0) within TRYON_DRAIN_TIMEOUT_S.
+    code = victim.process.wait(DRAIN_TIMEOUT_S + 5)
+    assert code == 0, (f"drained replica ended with {code}, not 0 (a negative code is death by that "
+                       f"signal: uvicorn re-raises a captured SIGTERM after its shutdown):\n{tail(victim.log)}")
+    assert_survivor_serves(nginx, images, survivor)
+
+
+def test_sigkill_is_retried_on_the_survivor(cluster, images):
+    (victim, survivor), nginx = cluster
+    result = drive(nginx.url, images, victim, signal.SIGKILL)
+    tryons = check_stream(result, nginx)
+
+    assert victim.process.wait(5) == -signal.SIGKILL
+    numbers = report("SIGKILL", result, tryons, survivor, victim)
+    # Requests that met the dead replica (reset in flight, or refused) were sent on:
+    # each retried one ended on the survivor with a 200.
+    assert numbers["retried"] >= 1, "no request met the killed replica: the kill came too late to test anything"
+    for entry in tryons:
+        if len(entry["upstreams"]) > 1:
+            assert entry["upstreams"][0] == victim.address and entry["upstreams"][-1] == survivor.address, entry
+            assert entry["statuses"].endswith("200"), entry
+    assert_survivor_serves(nginx, images, survivor)
+
+
+def assert_survivor_serves(nginx: Nginx, images: dict[str, bytes], survivor: Replica, count: int = 4) -> None:
+    """The survivor alone keeps serving once the victim has exited."""
+    files = {name: (f"{name}.png", data, "image/png") for name, data in images.items()}
+    with httpx.Client(timeout=30) as client:
+        statuses = [client.post(f"{nginx.url}/v1/tryon", files=files).status_code for _ in range(count)]
+    assert statuses == [200] * count, statuses
+    last = [e for e in nginx.access_log() if e["path"].startswith("/v1/tryon")][-count:]
+    assert all(e["upstreams"][-1] == survivor.address for e in last), last
