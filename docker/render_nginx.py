@@ -62,8 +62,10 @@ class ServiceLimits:
 
     @property
     def read_timeout_s(self) -> int:
-        """The longest a replica may take: URL fetches, then the request's own budget."""
-        return math.ceil(self.url_total_timeout_s + self.request_timeout_s + READ_MARGIN_S)
+        """The longest a replica may take to answer. Its deadline (TRYON_REQUEST_TIMEOUT_S)
+        runs from the request's arrival and covers URL fetches, but a fetch is only cut
+        by TRYON_URL_TOTAL_TIMEOUT_S, so the larger of the two bounds it."""
+        return math.ceil(max(self.request_timeout_s, self.url_total_timeout_s) + READ_MARGIN_S)
 
 
 @dataclass(frozen=True)
@@ -123,8 +125,8 @@ def render(upstreams: Sequence[str], *, listen: str | int = LISTEN_PORT,
         "body_limit_note": f"3 x (4/3 x {limits.max_upload_bytes} TRYON_MAX_UPLOAD_BYTES + 4) + 65536",
         "connect_timeout_s": str(connect_timeout_s),
         "read_timeout_s": str(limits.read_timeout_s),
-        "read_timeout_note": (f"TRYON_URL_TOTAL_TIMEOUT_S {limits.url_total_timeout_s:g} + "
-                              f"TRYON_REQUEST_TIMEOUT_S {limits.request_timeout_s:g} + {READ_MARGIN_S}"),
+        "read_timeout_note": (f"max(TRYON_REQUEST_TIMEOUT_S {limits.request_timeout_s:g}, "
+                              f"TRYON_URL_TOTAL_TIMEOUT_S {limits.url_total_timeout_s:g}) + {READ_MARGIN_S} s"),
         "next_upstream_tries": str(min(len(upstreams) if not resolver else MAX_TRIES, MAX_TRIES)),
     }
     text = TEMPLATE.read_text()

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +36,7 @@ import render_nginx  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
-REQUESTS = 48
+REQUESTS = 40
 CONCURRENCY = 6
 SIGNAL_AFTER = 12          # responses received before the victim is signalled
 DRAIN_TIMEOUT_S = 15
@@ -118,15 +119,26 @@ class Nginx:
         return f"http://127.0.0.1:{self.port}"
 
     @classmethod
-    def start(cls, binary: str, prefix: Path, upstreams: list[str]) -> Nginx:
+    def start(cls, binary: str, prefix: Path, upstreams: list[str], **render_args) -> Nginx:
         port = free_port()
-        conf = render_nginx.write_scratch(prefix, upstreams, f"127.0.0.1:{port}", worker_processes=1)
+        conf = render_nginx.write_scratch(prefix, upstreams, f"127.0.0.1:{port}", worker_processes=1,
+                                          **render_args)
         with open(prefix / "stderr.log", "wb") as err:
             process = subprocess.Popen(render_nginx.nginx_command(binary, conf), stdout=subprocess.DEVNULL,
                                        stderr=err)
         nginx = cls(port, process, prefix)
         wait_for(f"{nginx.url}/lb/healthz", process, prefix / "stderr.log", timeout=10)
         return nginx
+
+    def tryons(self, expected: int) -> list[dict]:
+        """The logged try-ons once all ``expected`` are in: nginx writes a line just
+        after it has sent the response, so the last ones may lag the client a little."""
+        deadline = time.monotonic() + 5
+        while True:
+            entries = [e for e in self.access_log() if e["path"].startswith("/v1/tryon")]
+            if len(entries) >= expected or time.monotonic() > deadline:
+                return entries
+            time.sleep(0.05)
 
     def access_log(self) -> list[dict]:
         """The proxied requests, oldest first, with the replica(s) each went to."""
@@ -188,22 +200,28 @@ def images() -> dict[str, bytes]:
     return {name: png(seed) for seed, name in enumerate(("masked_model", "pose", "cloth"))}
 
 
-@pytest.fixture
-def cluster(tmp_path, weights, nginx_binary):
-    """Two ready replicas and nginx in front of them; everything is stopped afterwards."""
-    replicas = [Replica.start(weights, tmp_path, f"replica{i}") for i in range(2)]
-    nginx = None
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory, weights, nginx_binary):
+    """Three ready replicas, started together: a survivor and one victim per test."""
+    workdir = tmp_path_factory.mktemp("replicas")
+    started = [Replica.start(weights, workdir, f"replica{i}") for i in range(3)]
     try:
-        for replica in replicas:
+        for replica in started:
             replica.wait_ready()
-        (tmp_path / "nginx").mkdir()
-        nginx = Nginx.start(nginx_binary, tmp_path / "nginx", [r.address for r in replicas])
-        yield replicas, nginx
+        yield started
     finally:
-        if nginx is not None:
-            stop(nginx.process, signal.SIGQUIT)
-        for replica in replicas:
+        for replica in started:
             stop(replica.process, signal.SIGKILL)
+
+
+@contextmanager
+def load_balancer(binary: str, prefix: Path, upstreams: list[str], **render_args):
+    """nginx in front of ``upstreams`` (fresh, so no failure state carries over); stopped afterwards."""
+    nginx = Nginx.start(binary, prefix, upstreams, **render_args)
+    try:
+        yield nginx
+    finally:
+        stop(nginx.process, signal.SIGQUIT)
 
 
 def drive(url: str, images: dict[str, bytes], victim: Replica, sig: int) -> StreamResult:
@@ -237,7 +255,7 @@ def check_stream(result: StreamResult, nginx: Nginx) -> list[dict]:
     failures = [o for o in result.outcomes if o.status != 200 or o.content_type != "image/jpeg" or o.size == 0]
     assert len(result.outcomes) == REQUESTS
     assert not failures, f"{len(failures)} of {REQUESTS} requests failed: {failures[:3]}"
-    tryons = [e for e in nginx.access_log() if e["path"].startswith("/v1/tryon")]
+    tryons = nginx.tryons(REQUESTS)
     assert len(tryons) == REQUESTS, "nginx logged a different number of try-ons than were sent"
     return tryons
 
@@ -254,29 +272,35 @@ def report(name: str, result: StreamResult, tryons: list[dict], survivor: Replic
     return numbers
 
 
-def test_sigterm_drains_without_a_failed_request(cluster, images):
-    (victim, survivor), nginx = cluster
-    result = drive(nginx.url, images, victim, signal.SIGTERM)
-    tryons = check_stream(result, nginx)
+def test_sigterm_drains_without_a_failed_request(replicas, nginx_binary, tmp_path, images):
+    victim, survivor = replicas[0], replicas[1]
+    with load_balancer(nginx_binary, tmp_path, [victim.address, survivor.address]) as nginx:
+        result = drive(nginx.url, images, victim, signal.SIGTERM)
+        tryons = check_stream(result, nginx)
+        code = victim.process.wait(DRAIN_TIMEOUT_S + 5)
+        assert_survivor_serves(nginx, images, survivor)
 
     numbers = report("SIGTERM", result, tryons, survivor, victim)
     # The victim had work in hand when SIGTERM came, and finished it.
     assert numbers["finished_by_victim_after_signal"] > 0
     assert numbers["served_by_victim"] + numbers["served_by_survivor"] == REQUESTS
     # The drain ends in a clean exit (the contract: status 0) within TRYON_DRAIN_TIMEOUT_S.
-    code = victim.process.wait(DRAIN_TIMEOUT_S + 5)
     assert code == 0, (f"drained replica ended with {code}, not 0 (a negative code is death by that "
                        f"signal: uvicorn re-raises a captured SIGTERM after its shutdown):\n{tail(victim.log)}")
-    assert_survivor_serves(nginx, images, survivor)
 
 
-def test_sigkill_is_retried_on_the_survivor(cluster, images):
-    (victim, survivor), nginx = cluster
-    result = drive(nginx.url, images, victim, signal.SIGKILL)
-    tryons = check_stream(result, nginx)
+def test_sigkill_is_retried_on_the_survivor(replicas, nginx_binary, tmp_path, images):
+    victim, survivor = replicas[2], replicas[1]
+    with load_balancer(nginx_binary, tmp_path, [victim.address, survivor.address]) as nginx:
+        result = drive(nginx.url, images, victim, signal.SIGKILL)
+        tryons = check_stream(result, nginx)
+        assert victim.process.wait(5) == -signal.SIGKILL
+        assert_survivor_serves(nginx, images, survivor)
 
-    assert victim.process.wait(5) == -signal.SIGKILL
     numbers = report("SIGKILL", result, tryons, survivor, victim)
+    # The container HEALTHCHECK's probe tells the two apart.
+    assert [healthcheck(survivor, path) for path in ("/healthz", "/readyz")] == [0, 0]
+    assert healthcheck(victim, "/healthz") == 1
     # Requests that met the dead replica (reset in flight, or refused) were sent on:
     # each retried one ended on the survivor with a 200.
     assert numbers["retried"] >= 1, "no request met the killed replica: the kill came too late to test anything"
@@ -284,7 +308,6 @@ def test_sigkill_is_retried_on_the_survivor(cluster, images):
         if len(entry["upstreams"]) > 1:
             assert entry["upstreams"][0] == victim.address and entry["upstreams"][-1] == survivor.address, entry
             assert entry["statuses"].endswith("200"), entry
-    assert_survivor_serves(nginx, images, survivor)
 
 
 def assert_survivor_serves(nginx: Nginx, images: dict[str, bytes], survivor: Replica, count: int = 4) -> None:
@@ -293,5 +316,28 @@ def assert_survivor_serves(nginx: Nginx, images: dict[str, bytes], survivor: Rep
     with httpx.Client(timeout=30) as client:
         statuses = [client.post(f"{nginx.url}/v1/tryon", files=files).status_code for _ in range(count)]
     assert statuses == [200] * count, statuses
-    last = [e for e in nginx.access_log() if e["path"].startswith("/v1/tryon")][-count:]
+    last = nginx.tryons(REQUESTS + count)[-count:]
     assert all(e["upstreams"][-1] == survivor.address for e in last), last
+
+
+def healthcheck(replica: Replica, path: str) -> int:
+    probe = subprocess.run([sys.executable, str(ROOT / "docker" / "healthcheck.py"), path], capture_output=True,
+                           env={**os.environ, "TRYON_PORT": str(replica.port)}, timeout=20)
+    return probe.returncode
+
+
+def test_errors_nginx_makes_speak_the_service_format(tmp_path, nginx_binary, images):
+    """No replica up: a 503 with Retry-After, in the service's JSON error shape; an
+    oversized body: 413 the same way, before any replica is bothered."""
+    small = render_nginx.ServiceLimits(max_upload_bytes=20_000)
+    nowhere = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    with load_balancer(nginx_binary, tmp_path, nowhere, limits=small) as nginx:
+        files = {name: (f"{name}.png", data, "image/png") for name, data in images.items()}
+        down = httpx.post(f"{nginx.url}/v1/tryon", files=files, timeout=10)
+        assert down.status_code == 503 and down.headers["retry-after"] == "1"
+        assert down.json()["error"]["code"] == "unavailable"
+        huge = httpx.post(f"{nginx.url}/v1/tryon", content=b"x" * (small.request_body_limit + 1),
+                          headers={"content-type": "application/octet-stream"}, timeout=10)
+        assert huge.status_code == 413 and huge.json()["error"]["code"] == "payload_too_large"
+        (entry,) = [e for e in nginx.tryons(2) if e["status"] == "503"]
+        assert len(entry["upstreams"]) == 2, "both replicas were tried before giving up"
