@@ -196,8 +196,10 @@ def weights(tmp_path_factory, standin_state) -> Path:
 
 
 @pytest.fixture(scope="module")
-def images() -> dict[str, bytes]:
-    return {name: png(seed) for seed, name in enumerate(("masked_model", "pose", "cloth"))}
+def images() -> dict[str, tuple[str, bytes, str]]:
+    """The three inputs of a try-on as multipart file fields."""
+    return {name: (f"{name}.png", png(seed), "image/png")
+            for seed, name in enumerate(("masked_model", "pose", "cloth"))}
 
 
 @pytest.fixture(scope="module")
@@ -224,15 +226,14 @@ def load_balancer(binary: str, prefix: Path, upstreams: list[str], **render_args
         stop(nginx.process, signal.SIGQUIT)
 
 
-def drive(url: str, images: dict[str, bytes], victim: Replica, sig: int) -> StreamResult:
+def drive(url: str, images: dict, victim: Replica, sig: int) -> StreamResult:
     """REQUESTS try-ons, CONCURRENCY at a time; ``sig`` reaches the victim after SIGNAL_AFTER answers."""
     result = StreamResult()
     lock = threading.Lock()
-    files = {name: (f"{name}.png", data, "image/png") for name, data in images.items()}
 
     def one(client: httpx.Client) -> Outcome:
         try:
-            response = client.post(f"{url}/v1/tryon", files=files)
+            response = client.post(f"{url}/v1/tryon", files=images)
             return Outcome(response.status_code, response.headers.get("content-type", ""), len(response.content),
                            "" if response.status_code == 200 else response.text[:200])
         except httpx.HTTPError as exc:
@@ -310,11 +311,10 @@ def test_sigkill_is_retried_on_the_survivor(replicas, nginx_binary, tmp_path, im
             assert entry["statuses"].endswith("200"), entry
 
 
-def assert_survivor_serves(nginx: Nginx, images: dict[str, bytes], survivor: Replica, count: int = 4) -> None:
+def assert_survivor_serves(nginx: Nginx, images: dict, survivor: Replica, count: int = 4) -> None:
     """The survivor alone keeps serving once the victim has exited."""
-    files = {name: (f"{name}.png", data, "image/png") for name, data in images.items()}
     with httpx.Client(timeout=30) as client:
-        statuses = [client.post(f"{nginx.url}/v1/tryon", files=files).status_code for _ in range(count)]
+        statuses = [client.post(f"{nginx.url}/v1/tryon", files=images).status_code for _ in range(count)]
     assert statuses == [200] * count, statuses
     last = nginx.tryons(REQUESTS + count)[-count:]
     assert all(e["upstreams"][-1] == survivor.address for e in last), last
@@ -332,8 +332,7 @@ def test_errors_nginx_makes_speak_the_service_format(tmp_path, nginx_binary, ima
     small = render_nginx.ServiceLimits(max_upload_bytes=20_000)
     nowhere = [f"127.0.0.1:{free_port()}" for _ in range(2)]
     with load_balancer(nginx_binary, tmp_path, nowhere, limits=small) as nginx:
-        files = {name: (f"{name}.png", data, "image/png") for name, data in images.items()}
-        down = httpx.post(f"{nginx.url}/v1/tryon", files=files, timeout=10)
+            down = httpx.post(f"{nginx.url}/v1/tryon", files=images, timeout=10)
         assert down.status_code == 503 and down.headers["retry-after"] == "1"
         assert down.json()["error"]["code"] == "unavailable"
         huge = httpx.post(f"{nginx.url}/v1/tryon", content=b"x" * (small.request_body_limit + 1),
