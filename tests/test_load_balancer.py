@@ -332,7 +332,7 @@ def test_errors_nginx_makes_speak_the_service_format(tmp_path, nginx_binary, ima
     small = render_nginx.ServiceLimits(max_upload_bytes=20_000)
     nowhere = [f"127.0.0.1:{free_port()}" for _ in range(2)]
     with load_balancer(nginx_binary, tmp_path, nowhere, limits=small) as nginx:
-            down = httpx.post(f"{nginx.url}/v1/tryon", files=images, timeout=10)
+        down = httpx.post(f"{nginx.url}/v1/tryon", files=images, timeout=10)
         assert down.status_code == 503 and down.headers["retry-after"] == "1"
         assert down.json()["error"]["code"] == "unavailable"
         huge = httpx.post(f"{nginx.url}/v1/tryon", content=b"x" * (small.request_body_limit + 1),
