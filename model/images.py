@@ -48,7 +48,7 @@ def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
         arr = np.asarray(img, dtype=np.float64)
         top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
         arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        img = Image.fromarray(arr, mode="L")
+        img = Image.fromarray(arr)
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -142,7 +142,7 @@ def tensor_to_image(t: torch.Tensor) -> Image.Image:
     """(3, H, W) network output -> 8-bit RGB: clamp to [-1, 1], (y + 1) * 127.5, rounded."""
     t = t.detach().float().cpu().clamp(-1.0, 1.0)
     arr = ((t + 1.0) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    return Image.fromarray(arr, mode="RGB")
+    return Image.fromarray(arr)
 
 
 @dataclass
@@ -155,25 +155,37 @@ class TryOnInputs:
     person_frame: Letterbox
 
 
-def prepare_inputs(masked_model: ImageSource, pose: ImageSource, cloth: ImageSource, *,
-                   size: tuple[int, int] = MODEL_SIZE,
-                   max_pixels: int | None = DEFAULT_MAX_PIXELS) -> TryOnInputs:
-    """Decodes and letterboxes the three inputs to ``size`` (H, W).
+def letterbox_person(masked_model: ImageSource, pose: ImageSource, *, size: tuple[int, int] = MODEL_SIZE,
+                     max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, Image.Image, Letterbox]:
+    """Masked model and pose map at ``size`` (H, W) through one transform.
 
     A pose map of another size than the masked model is taken to span the same
     frame and scaled to it first, so both get the same transform.
     """
-    target = (size[1], size[0])
     person = decode_image(masked_model, "masked_model", background=WHITE, max_pixels=max_pixels)
     skeleton = decode_image(pose, "pose", background=BLACK, max_pixels=max_pixels)
+    frame = Letterbox(person.size, (size[1], size[0]))
+    return frame.apply(person, WHITE), frame.apply(skeleton, BLACK), frame
+
+
+def assemble_inputs(masked_model: Image.Image, pose: Image.Image, frame: Letterbox, cloth: ImageSource, *,
+                    max_pixels: int | None = DEFAULT_MAX_PIXELS) -> TryOnInputs:
+    """Model-size person images (and their frame) plus the garment -> tensors."""
     garment = decode_image(cloth, "cloth", background=WHITE, max_pixels=max_pixels)
-    frame = Letterbox(person.size, target)
     return TryOnInputs(
-        masked_model=image_to_tensor(frame.apply(person, WHITE)),
-        pose=image_to_tensor(frame.apply(skeleton, BLACK)),
-        cloth=image_to_tensor(Letterbox(garment.size, target).apply(garment, WHITE)),
+        masked_model=image_to_tensor(masked_model),
+        pose=image_to_tensor(pose),
+        cloth=image_to_tensor(Letterbox(garment.size, frame.target_size).apply(garment, WHITE)),
         person_frame=frame,
     )
+
+
+def prepare_inputs(masked_model: ImageSource, pose: ImageSource, cloth: ImageSource, *,
+                   size: tuple[int, int] = MODEL_SIZE,
+                   max_pixels: int | None = DEFAULT_MAX_PIXELS) -> TryOnInputs:
+    """Decodes and letterboxes the three inputs to ``size`` (H, W)."""
+    person, skeleton, frame = letterbox_person(masked_model, pose, size=size, max_pixels=max_pixels)
+    return assemble_inputs(person, skeleton, frame, cloth, max_pixels=max_pixels)
 
 
 def output_image(t: torch.Tensor, frame: Letterbox | None = None, size: str = "model") -> Image.Image:

@@ -62,13 +62,21 @@ def read_checkpoint(source: str | os.PathLike) -> dict:
         with torch.serialization.safe_globals(_SAFE_GLOBALS):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{path}: refused to unpickle: the file holds objects other than tensors "
-                           f"and plain data ({first})") from None
+        raise WeightsError(f"{path}: not a PyTorch checkpoint of tensors and plain data; refused to "
+                           f"unpickle it ({_unpickler_detail(exc)})") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
         raise WeightsError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): "
                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     return unwrap_state_dict(obj, str(path))
+
+
+def _unpickler_detail(exc: Exception) -> str:
+    """The one useful line of torch's long weights-only refusal."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 def unwrap_state_dict(obj, name: str = "state dict") -> dict:

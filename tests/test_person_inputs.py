@@ -1,0 +1,61 @@
+"""Every mix of person-side inputs that determines the model's inputs works; the rest are named."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from model.person_inputs import IncompleteInputs, person_images
+
+PREP = Path(__file__).parent / "fixtures" / "prep"
+
+
+def _read(name: str) -> bytes:
+    return (PREP / name).read_bytes()
+
+
+def _same(img: Image.Image, name: str) -> bool:
+    return np.array_equal(np.asarray(img.convert("RGB")), np.asarray(Image.open(PREP / name).convert("RGB")))
+
+
+def test_given_images_are_used_as_they_are():
+    got = person_images(masked_model=_read("front_masked_model.png"), pose=_read("front_pose.png"))
+    assert _same(got.masked_model, "front_masked_model.png") and _same(got.pose, "front_pose.png")
+
+
+def test_person_and_keypoints_draw_both():
+    got = person_images(person=_read("bent_person.png"), keypoints=_read("bent_keypoints.json"),
+                        parse=_read("bent_parse.png"))
+    assert _same(got.masked_model, "bent_masked_model.png") and _same(got.pose, "bent_pose.png")
+
+
+def test_masked_model_given_pose_drawn_from_keypoints():
+    got = person_images(masked_model=_read("front_masked_model_onlypose.png"),
+                        keypoints=_read("front_keypoints.json"))
+    assert _same(got.masked_model, "front_masked_model_onlypose.png") and _same(got.pose, "front_pose.png")
+
+
+def test_pose_given_masked_model_drawn():
+    got = person_images(person=_read("partial_person.png"), keypoints=_read("partial_keypoints.json"),
+                        pose=_read("partial_pose.png"))
+    assert _same(got.masked_model, "partial_masked_model_onlypose.png") and _same(got.pose, "partial_pose.png")
+
+
+@pytest.mark.parametrize("kwargs,fields,words", [
+    ({"person": "front_person.png"}, ("masked_model", "keypoints"), "missing: keypoints"),
+    ({"keypoints": "front_keypoints.json"}, ("masked_model", "person"), "missing: person"),
+    ({"masked_model": "front_masked_model.png"}, ("pose", "keypoints"), "pose is missing"),
+    ({"parse": "front_parse.png", "keypoints": "front_keypoints.json"}, ("masked_model", "person"), "missing: person"),
+    ({"masked_model": "front_masked_model.png", "pose": "front_pose.png", "person": "front_person.png"},
+     ("person",), "ambiguous"),
+    ({"masked_model": "front_masked_model.png", "pose": "front_pose.png", "keypoints": "front_keypoints.json"},
+     ("keypoints",), "ambiguous"),
+    ({"masked_model": "front_masked_model.png", "person": "front_person.png", "keypoints": "front_keypoints.json"},
+     ("person",), "ambiguous"),
+])
+def test_incomplete_or_ambiguous_mixes(kwargs, fields, words):
+    with pytest.raises(IncompleteInputs) as err:
+        person_images(**{k: _read(v) for k, v in kwargs.items()})
+    assert err.value.fields == fields and words in err.value.message
