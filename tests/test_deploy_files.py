@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import uvicorn
 import yaml
 
 from service.metrics import Metrics
@@ -122,6 +123,8 @@ def test_nginx_limits_follow_the_service_settings():
     # Multipart carries raw bytes: three full-size images fit with room to spare.
     assert limits.request_body_limit > 3 * DEFAULTS.max_upload_bytes + 64 * 1024
     assert limits.read_timeout_s > max(DEFAULTS.request_timeout_s, DEFAULTS.url_total_timeout_s)
+    # nginx drops idle upstream connections before uvicorn does, so it never reuses one being closed.
+    assert render_nginx.UPSTREAM_KEEPALIVE_S < uvicorn.Config(app=None).timeout_keep_alive
     bigger = render_nginx.ServiceLimits.from_env({"TRYON_MAX_UPLOAD_BYTES": "20971520",
                                                   "TRYON_REQUEST_TIMEOUT_S": "60"})
     text = render_nginx.render(["127.0.0.1:8000"], limits=bigger)
