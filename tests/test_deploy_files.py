@@ -63,11 +63,18 @@ def compose() -> dict:
 
 
 @pytest.fixture(scope="module")
-def manifests() -> dict[str, dict]:
+def manifests() -> dict[tuple[str, str], dict]:
+    """Every object in docker/k8s/, by (kind, name)."""
     docs = [d for path in sorted(K8S.glob("*.yaml")) for d in yaml.safe_load_all(path.read_text()) if d]
-    by_kind = {d["kind"]: d for d in docs}
-    assert len(by_kind) == len(docs), "one object of each kind expected"
-    return by_kind
+    objects = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    assert len(objects) == len(docs), "two objects share a kind and a name"
+    return objects
+
+
+def nginx_version(image: str) -> tuple[int, ...]:
+    name, tag = image.split(":")
+    assert name == "nginx"
+    return tuple(int(x) for x in tag.split("-")[0].split("."))
 
 
 def test_compose_gpu_replicas_and_settings(compose):
@@ -90,9 +97,7 @@ def test_compose_gpu_replicas_and_settings(compose):
 
 def test_compose_load_balancer(compose):
     lb = compose["services"]["lb"]
-    image, tag = lb["image"].split(":")
-    assert image == "nginx" and tuple(int(x) for x in tag.split("-")[0].split(".")) >= (1, 27, 3), \
-        "the config's 'resolve' upstreams need nginx >= 1.27.3"
+    assert nginx_version(lb["image"]) >= (1, 27, 3), "the config's 'resolve' upstreams need nginx >= 1.27.3"
     mount = next(v for v in lb["volumes"] if v.endswith(":/etc/nginx/nginx.conf:ro"))
     assert (ROOT / mount.split(":")[0]).resolve() == render_nginx.COMPOSE_CONF
     assert lb["depends_on"]["tryon"]["condition"] == "service_healthy"
@@ -148,7 +153,7 @@ def test_nginx_config_passes_nginx_t(tmp_path):
 
 
 def test_deployment_probes_gpu_and_drain(manifests):
-    deployment = manifests["Deployment"]
+    deployment = manifests["Deployment", "daflow-tryon"]
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     (port,) = container["ports"]
@@ -172,7 +177,9 @@ def test_deployment_probes_gpu_and_drain(manifests):
 
 
 def test_service_and_autoscaler_point_at_the_deployment(manifests):
-    deployment, service, hpa = manifests["Deployment"], manifests["Service"], manifests["HorizontalPodAutoscaler"]
+    deployment = manifests["Deployment", "daflow-tryon"]
+    service = manifests["Service", "daflow-tryon"]
+    hpa = manifests["HorizontalPodAutoscaler", "daflow-tryon"]
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= labels.items()
     assert service["spec"]["ports"][0]["targetPort"] == "http"
@@ -183,6 +190,30 @@ def test_service_and_autoscaler_point_at_the_deployment(manifests):
     for metric in hpa["spec"]["metrics"]:
         if metric["type"] == "Pods":
             assert metric["pods"]["metric"]["name"] in exported, "the HPA scales on a metric /metrics exports"
+
+
+def test_kubernetes_load_balancer_retries_over_ready_pods(manifests):
+    pods = manifests["Deployment", "daflow-tryon"]["spec"]["template"]
+    headless = manifests["Service", "daflow-tryon-replicas"]["spec"]
+    assert headless["clusterIP"] == "None" and not headless.get("publishNotReadyAddresses")
+    assert headless["selector"].items() <= pods["metadata"]["labels"].items()
+    assert headless["ports"][0]["port"] == DEFAULTS.port
+    configmap = manifests["ConfigMap", render_nginx.K8S_CONFIGMAP_NAME]
+    assert render_nginx.K8S_CONFIGMAP.read_text() == \
+        render_nginx.render_for_kubernetes(K8S / "deployment.yaml"), \
+        "re-run: python docker/render_nginx.py --kubernetes docker/k8s/deployment.yaml -o docker/k8s/lb-configmap.yaml"
+    conf = configmap["data"]["nginx.conf"]
+    assert f"server daflow-tryon-replicas.default.svc.cluster.local:{DEFAULTS.port} " in conf
+    lb = manifests["Deployment", "daflow-tryon-lb"]["spec"]["template"]["spec"]
+    (nginx,) = lb["containers"]
+    assert nginx_version(nginx["image"]) >= (1, 27, 3)
+    assert lb["volumes"][0]["configMap"]["name"] == render_nginx.K8S_CONFIGMAP_NAME
+    assert nginx["volumeMounts"][0]["mountPath"] == "/etc/nginx/nginx.conf"
+    # nginx may be holding a try-on for up to proxy_read_timeout when it is told to stop.
+    assert lb["terminationGracePeriodSeconds"] > render_nginx.ServiceLimits().read_timeout_s
+    front = manifests["Service", "daflow-tryon-lb"]["spec"]
+    assert front["ports"][0]["targetPort"] == "http" == nginx["ports"][0]["name"]
+    assert nginx["ports"][0]["containerPort"] == render_nginx.LISTEN_PORT
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
