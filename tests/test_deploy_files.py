@@ -140,7 +140,7 @@ def test_nginx_limits_follow_the_service_settings():
 def test_nginx_config_passes_nginx_t(tmp_path):
     binary = render_nginx.nginx_binary()
     if binary is None:
-        pytest.skip("nginx is not installed (apt-get install nginx-light; .ci/run does this)")
+        pytest.skip("nginx is not installed (apt-get install nginx; .ci/run does this)")
     conf = render_nginx.write_scratch(tmp_path, ["127.0.0.1:8001", "127.0.0.1:8002"], "127.0.0.1:8080")
     text = conf.read_text()
     for directive in ("least_conn;", "max_fails=2 fail_timeout=5s",
