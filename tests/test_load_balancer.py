@@ -45,7 +45,7 @@ REPLICA_ENV = {"TRYON_DEVICE": "cpu", "TRYON_IMAGE_SIZE": "64x64", "TRYON_SAMPLE
                "TRYON_MAX_BATCH_SIZE": "4", "TRYON_DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S),
                "TRYON_LOG_LEVEL": "info", "OMP_NUM_THREADS": "1"}
 ACCESS_LINE = re.compile(r't=(?P<time>[\d.]+) "(?P<method>\S+) (?P<path>\S+) [^"]*" (?P<status>\d{3}) .* '
-                         r'ua="(?P<upstreams>[^"]*)" us="(?P<statuses>[^"]*)"')
+                         r'ua="(?P<upstreams>[^"]*)" us="(?P<statuses>[^"]*)" .*rid=(?P<rid>\S+)')
 
 
 def free_port() -> int:
@@ -160,6 +160,7 @@ class Outcome:
     image_format: str = ""
     image_size: tuple[int, int] = (0, 0)
     error: str = ""
+    request_id: str = ""
 
 
 @dataclass
@@ -236,7 +237,7 @@ def drive(url: str, images: dict, victim: Replica, sig: int) -> StreamResult:
             if response.status_code != 200:
                 return Outcome(response.status_code, error=response.text[:200])
             with Image.open(io.BytesIO(response.content)) as picture:
-                return Outcome(200, picture.format, picture.size)
+                return Outcome(200, picture.format, picture.size, request_id=response.headers["x-request-id"])
         except httpx.HTTPError as exc:
             return Outcome(None, error=f"{type(exc).__name__}: {exc}")
 
@@ -258,6 +259,8 @@ def check_stream(result: StreamResult, nginx: Nginx) -> list[dict]:
     assert not failures, f"{len(failures)} of {REQUESTS} requests failed: {failures[:3]}"
     tryons = nginx.tryons(REQUESTS)
     assert len(tryons) == REQUESTS, "nginx logged a different number of try-ons than were sent"
+    # nginx mints the request id and the replica answers with it: one id in both logs.
+    assert {o.request_id for o in result.outcomes} == {e["rid"] for e in tryons}
     return tryons
 
 
