@@ -41,9 +41,7 @@ SIGNAL_AFTER = 12          # responses received before the victim is signalled
 DRAIN_TIMEOUT_S = 15
 STARTUP_TIMEOUT_S = 60
 OUTPUT_SIZE = (64, 64)     # the model's resolution (TRYON_IMAGE_SIZE), as JPEG by default
-REPLICA_ENV = {"TRYON_DEVICE": "cpu", "TRYON_IMAGE_SIZE": "64x64", "TRYON_SAMPLER": "torch",
-               "TRYON_MAX_BATCH_SIZE": "4", "TRYON_DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S),
-               "TRYON_LOG_LEVEL": "info", "OMP_NUM_THREADS": "1"}
+
 ACCESS_LINE = re.compile(r't=(?P<time>[\d.]+) "(?P<method>\S+) (?P<path>\S+) [^"]*" (?P<status>\d{3}) .* '
                          r'ua="(?P<upstreams>[^"]*)" us="(?P<statuses>[^"]*)" .*rid=(?P<rid>\S+)')
 
@@ -52,6 +50,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# Nothing listens here: an image URL on it fails, and the replica answers 502 itself.
+CLOSED_PORT = free_port()
+REPLICA_ENV = {"TRYON_DEVICE": "cpu", "TRYON_IMAGE_SIZE": "64x64", "TRYON_SAMPLER": "torch",
+               "TRYON_MAX_BATCH_SIZE": "4", "TRYON_DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S),
+               "TRYON_URL_ALLOW_HOSTS": f"127.0.0.1:{CLOSED_PORT}",
+               "TRYON_LOG_LEVEL": "info", "OMP_NUM_THREADS": "1"}
 
 
 def tail(path: Path, lines: int = 15) -> str:
@@ -274,6 +280,22 @@ def report(name: str, result: StreamResult, tryons: list[dict], survivor: Replic
                "served_by_survivor": sum(e["upstreams"][-1] == survivor.address for e in tryons)}
     print(f"\n{name}: {numbers}")
     return numbers
+
+
+def test_a_replicas_own_502_is_passed_on_not_retried(replicas, nginx_binary, tmp_path, images):
+    """The service answers 502 for an image URL that failed: the client's input, not a sick
+    replica. nginx must not retry it, nor count it against the replica."""
+    with load_balancer(nginx_binary, tmp_path, [r.address for r in replicas[:2]]) as nginx:
+        fields = {"cloth": f"http://127.0.0.1:{CLOSED_PORT}/cloth.png"}
+        files = {name: part for name, part in images.items() if name != "cloth"}
+        answers = [httpx.post(f"{nginx.url}/v1/tryon", files=files, data=fields, timeout=30) for _ in range(4)]
+        assert {a.status_code for a in answers} == {502}
+        assert {a.json()["error"]["field"] for a in answers} == {"cloth"}
+        assert all(len(e["upstreams"]) == 1 for e in nginx.tryons(4)), "a 502 from a replica was retried"
+        # Four 502s in a row rested no replica: both still get work.
+        served = {httpx.post(f"{nginx.url}/v1/tryon", files=images, timeout=30).status_code for _ in range(4)}
+        assert served == {200}
+        assert {e["upstreams"][-1] for e in nginx.tryons(8)[4:]} == {r.address for r in replicas[:2]}
 
 
 def test_sigterm_drains_without_a_failed_request(replicas, nginx_binary, tmp_path, images):
