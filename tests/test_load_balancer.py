@@ -40,6 +40,9 @@ CONCURRENCY = 6
 SIGNAL_AFTER = 12          # responses received before the victim is signalled
 DRAIN_TIMEOUT_S = 15
 STARTUP_TIMEOUT_S = 60
+# Small, so a burst overflows it; a survivor alone still holds CONCURRENCY (a batch of 4 + 4 waiting).
+QUEUE_LIMIT = 4
+BURST = 48
 OUTPUT_SIZE = (64, 64)     # the model's resolution (TRYON_IMAGE_SIZE), as JPEG by default
 
 ACCESS_LINE = re.compile(r't=(?P<time>[\d.]+) "(?P<method>\S+) (?P<path>\S+) [^"]*" (?P<status>\d{3}) .* '
@@ -56,7 +59,7 @@ def free_port() -> int:
 CLOSED_PORT = free_port()
 REPLICA_ENV = {"TRYON_DEVICE": "cpu", "TRYON_IMAGE_SIZE": "64x64", "TRYON_SAMPLER": "torch",
                "TRYON_MAX_BATCH_SIZE": "4", "TRYON_DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S),
-               "TRYON_URL_ALLOW_HOSTS": f"127.0.0.1:{CLOSED_PORT}",
+               "TRYON_URL_ALLOW_HOSTS": f"127.0.0.1:{CLOSED_PORT}", "TRYON_QUEUE_LIMIT": str(QUEUE_LIMIT),
                "TRYON_LOG_LEVEL": "info", "OMP_NUM_THREADS": "1"}
 
 
@@ -296,6 +299,23 @@ def test_a_replicas_own_502_is_passed_on_not_retried(replicas, nginx_binary, tmp
         served = {httpx.post(f"{nginx.url}/v1/tryon", files=images, timeout=30).status_code for _ in range(4)}
         assert served == {200}
         assert {e["upstreams"][-1] for e in nginx.tryons(8)[4:]} == {r.address for r in replicas[:2]}
+
+
+def test_a_burst_beyond_the_queues_rests_no_replica(replicas, nginx_binary, tmp_path, images):
+    """Full queues answer 503 queue_full, passed on with Retry-After; they are not
+    counted as failures, so the moment the burst is over both replicas take work again."""
+    pair = [r.address for r in replicas[:2]]
+    with load_balancer(nginx_binary, tmp_path, pair) as nginx:
+        with httpx.Client(timeout=30) as client, ThreadPoolExecutor(BURST) as pool:
+            burst = list(pool.map(lambda _: client.post(f"{nginx.url}/v1/tryon", files=images), range(BURST)))
+        rejected = [a for a in burst if a.status_code != 200]
+        print(f"\nburst: {BURST} at once, {len(rejected)} rejected")
+        assert rejected, "the burst did not fill the queues: nothing was tested"
+        assert {(a.status_code, a.json()["error"]["code"]) for a in rejected} == {(503, "queue_full")}
+        assert all(a.headers["retry-after"] for a in rejected)
+        after = [httpx.post(f"{nginx.url}/v1/tryon", files=images, timeout=30).status_code for _ in range(4)]
+        assert after == [200] * 4
+        assert {e["upstreams"][-1] for e in nginx.tryons(BURST + 4)[-4:]} == set(pair)
 
 
 def test_sigterm_drains_without_a_failed_request(replicas, nginx_binary, tmp_path, images):
