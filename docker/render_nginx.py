@@ -207,7 +207,8 @@ def nginx_command(binary: str, conf: Path, *extra: str) -> list[str]:
     """Runs nginx in the foreground on a scratch config. As root, workers stay
     root too, since the default 'nobody' could not enter a private temp directory."""
     directives = "daemon off;" + (" user root;" if hasattr(os, "geteuid") and os.geteuid() == 0 else "")
-    return [binary, "-p", str(conf.parent), "-c", str(conf), "-g", directives, *extra]
+    # -e: messages from before the config is read go to stderr, not a root-owned /var/log path.
+    return [binary, "-e", "stderr", "-p", str(conf.parent), "-c", str(conf), "-g", directives, *extra]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
