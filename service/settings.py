@@ -6,7 +6,7 @@ command-line flags of ``tryon-serve`` override them.
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -20,8 +20,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     device: str = "auto"
-    precision: str = "fp32"
-    sampler: str = "auto"
+    # auto: fp16 convolutions on a GPU (>= 40 dB PSNR against fp32, flows and softmax fp32), fp32 on a CPU.
+    precision: Literal["auto", "fp32", "tf32", "bf16", "fp16"] = "auto"
+    sampler: Literal["auto", "triton", "numba", "torch"] = "auto"
     weights: str | None = None
     image_size: str = "256x192"
     max_batch_size: int = Field(8, ge=1)

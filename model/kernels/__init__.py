@@ -9,9 +9,12 @@ impl:
   "torch"  the plain reference (model.sampling), any device;
   "triton" the fused GPU kernel (model.kernels.triton_sampling);
   "numba"  the fused CPU kernel (model.kernels.cpu_sampling);
+  "published" the published repeat-K-times formulation (benchmark baseline);
   "auto"   triton on CUDA when Triton imports, numba on the CPU when Numba
            imports, the reference otherwise.
 Triton and Numba are imported lazily, on first use, never at start-up.
+Flows and weights stay fp32; with fp16/bf16 features the Triton kernel
+accumulates in fp32 itself, the others run on fp32 copies of the features.
 """
 from __future__ import annotations
 
@@ -21,9 +24,9 @@ import os
 
 import torch
 
-from ..sampling import deformable_sample_reference
+from ..sampling import deformable_sample_published, deformable_sample_reference
 
-IMPLEMENTATIONS = ("auto", "triton", "numba", "torch")
+IMPLEMENTATIONS = ("auto", "triton", "numba", "torch", "published")
 # Forces one implementation for the whole process (e.g. the service's setting).
 FORCE_ENV = "TRYON_SAMPLER"
 
@@ -55,7 +58,12 @@ def deformable_sample(features: torch.Tensor, flows: torch.Tensor, weights: torc
     if chosen == "triton":
         from .triton_sampling import deformable_sample_triton
         return deformable_sample_triton(features, flows, weights)
+    if features.dtype != torch.float32:
+        # The others sample in the features' dtype, which would round the flows.
+        return deformable_sample(features.float(), flows, weights, chosen).to(features.dtype)
     if chosen == "numba":
         from .cpu_sampling import deformable_sample_cpu
         return deformable_sample_cpu(features, flows, weights)
+    if chosen == "published":
+        return deformable_sample_published(features, flows, weights)
     return deformable_sample_reference(features, flows, weights)
