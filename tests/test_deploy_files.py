@@ -57,6 +57,13 @@ def tryon_names(names) -> set[str]:
     return {n for n in names if n.startswith("TRYON_")}
 
 
+def assert_valid_settings(env: dict) -> Settings:
+    """Every TRYON_* name is a setting, and the service accepts every value."""
+    names = tryon_names(env)
+    assert names <= SETTING_NAMES, f"not settings: {sorted(names - SETTING_NAMES)}"
+    return Settings(**{name[len("TRYON_"):].lower(): str(env[name]) for name in names})
+
+
 @pytest.fixture(scope="module")
 def compose() -> dict:
     return load_compose("docker-compose.yml")
@@ -80,7 +87,7 @@ def nginx_version(image: str) -> tuple[int, ...]:
 def test_compose_gpu_replicas_and_settings(compose):
     tryon = compose["services"]["tryon"]
     env = {k: str(v) for k, v in tryon["environment"].items()}
-    assert tryon_names(env) <= SETTING_NAMES, tryon_names(env) - SETTING_NAMES
+    assert_valid_settings(env)
     assert env["TRYON_PORT"] == str(DEFAULTS.port) == "8000"
     assert env["TRYON_HOST"] == "0.0.0.0"  # reachable from the load balancer's container
     assert "8000" in [str(p) for p in tryon["expose"]]
@@ -107,7 +114,7 @@ def test_compose_load_balancer(compose):
 def test_compose_cpu_override_drops_the_gpu(compose):
     cpu = load_compose("docker-compose.cpu.yml")["services"]["tryon"]
     assert cpu["environment"]["TRYON_DEVICE"] == "cpu"
-    assert tryon_names(cpu["environment"]) <= SETTING_NAMES
+    assert assert_valid_settings(cpu["environment"]).device == "cpu"
     assert cpu["deploy"]["resources"]["reservations"]["devices"] == []
     assert cpu["build"]["args"]["TORCH_INDEX_URL"].endswith("/cpu")
     assert "nvidia" not in cpu["build"]["args"]["BASE_IMAGE"]
@@ -163,7 +170,7 @@ def test_deployment_probes_gpu_and_drain(manifests):
     assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert tryon_names(env) <= SETTING_NAMES, tryon_names(env) - SETTING_NAMES
+    assert_valid_settings(env)
     assert env["TRYON_PORT"] == str(DEFAULTS.port) and env["TRYON_HOST"] == "0.0.0.0"
     # preStop pause, then the drain, must both fit in the grace period.
     command = container["lifecycle"]["preStop"]["exec"]["command"]
