@@ -40,8 +40,9 @@ CONCURRENCY = 6
 SIGNAL_AFTER = 12          # responses received before the victim is signalled
 DRAIN_TIMEOUT_S = 15
 STARTUP_TIMEOUT_S = 60
-# Small, so a burst overflows it; a survivor alone still holds CONCURRENCY (a batch of 4 + 4 waiting).
-QUEUE_LIMIT = 4
+# Small, so a burst overflows it, yet a survivor alone always holds the whole stream:
+# even with a batch of one running, CONCURRENCY requests fit in the queue.
+QUEUE_LIMIT = CONCURRENCY
 BURST = 48
 OUTPUT_SIZE = (64, 64)     # the model's resolution (TRYON_IMAGE_SIZE), as JPEG by default
 
