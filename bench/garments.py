@@ -148,14 +148,15 @@ def measure(url: str | None, sizes: list[int], repeats: int, timeout: float, way
 
 
 def summarise(runs: list[dict], sizes: list[int]) -> list[dict]:
+    def median(n: int, way: str, key: str) -> float:
+        return round(statistics.median(r[key] for r in runs if r["garments"] == n and r["way"] == way), 3)
+
     summary = []
     for n in sizes:
-        median = {way: statistics.median(r["wall_s"] for r in runs if r["garments"] == n and r["way"] == way)
-                  for way in ("batch", "separate")}
-        engine = {way: statistics.median(r["inference_s"] for r in runs if r["garments"] == n and r["way"] == way)
-                  for way in ("batch", "separate")}
-        summary.append({"garments": n, "median_wall_s": median, "median_inference_s": engine,
-                        "wall_saving": round(1 - median["batch"] / median["separate"], 3),
+        wall = {way: median(n, way, "wall_s") for way in ("batch", "separate")}
+        engine = {way: median(n, way, "inference_s") for way in ("batch", "separate")}
+        summary.append({"garments": n, "median_wall_s": wall, "median_inference_s": engine,
+                        "wall_saving": round(1 - wall["batch"] / wall["separate"], 3),
                         "inference_saving": round(1 - engine["batch"] / engine["separate"], 3)})
     return summary
 

@@ -219,9 +219,8 @@ async def read_request(request: Request, settings: Settings, query_options: dict
     if content_type not in ("multipart/form-data", "application/json"):
         raise ApiError(415, "unsupported_media_type", "send multipart/form-data or application/json, not "
                        f"{content_type or 'no Content-Type'!r}")
-    # The largest valid person side is three images (person, parse, pose), plus the garments.
-    images = 3 + {"none": 0, "one": 1, "many": settings.max_garments}[garments]
-    body = await _read_body(request, settings.body_limit(images))
+    limit = settings.batch_body_limit if garments == "many" else settings.request_body_limit
+    body = await _read_body(request, limit)
     if content_type == "multipart/form-data":
         parts = await _from_multipart(request, body, settings, garments)
     else:

@@ -88,6 +88,16 @@ class Settings(BaseSettings):
         return tuple(sizes + [self.max_batch_size])
 
     def body_limit(self, images: int) -> int:
-        """A request body carrying ``images`` images as base64 (4/3 of the bytes), plus room
-        for keypoints and the other fields."""
-        return images * (self.max_upload_bytes * 4 // 3 + 4) + 262_144
+        """A request body carrying ``images`` images as base64 (4/3 of the bytes; multipart
+        needs less) plus 64 KiB for keypoints and the other fields."""
+        return images * (self.max_upload_bytes * 4 // 3 + 4) + 65_536
+
+    @property
+    def request_body_limit(self) -> int:
+        """/v1/tryon and /v1/prepare: three images as base64 (four as multipart files fit)."""
+        return self.body_limit(3)
+
+    @property
+    def batch_body_limit(self) -> int:
+        """/v1/tryon/batch: the person side (at most three images) and TRYON_MAX_GARMENTS garments."""
+        return self.body_limit(3 + self.max_garments)

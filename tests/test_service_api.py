@@ -239,8 +239,7 @@ def _bad_cases(base: str) -> list:
          413, "image_too_large", "cloth"),
         ("too many pixels", dict(files=good | {"masked_model": ("m.png", png_of_size(1200, 1000), "image/png")}),
          413, "image_too_large", "masked_model"),
-        # Over the body limit of the largest valid request (person, parse, pose, cloth as base64).
-        ("body too large", dict(files=good | {"cloth": ("c.png", bytes(8 * MAX_UPLOAD), "image/png")}),
+        ("body too large", dict(files=good | {"cloth": ("c.png", bytes(5 * MAX_UPLOAD), "image/png")}),
          413, "payload_too_large", None),
         ("missing field", dict(files={k: v for k, v in good.items() if k != "cloth"}), 422, "missing_field", "cloth"),
         ("text field not a url", dict(files=good, data={"pose": "hello"}), 422, "invalid_field", "pose"),

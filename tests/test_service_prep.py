@@ -5,8 +5,11 @@ code itself (model.person_inputs.person_images and the network)."""
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import io
 import json
+import signal
+import time
 
 import httpx
 import numpy as np
@@ -300,3 +303,36 @@ def test_bad_keypoints_are_422_naming_the_problem(client, name, text, problem):
     good = client.post("/v1/prepare", params={"output": "pose"}, data={"keypoints": KEYPOINTS_TEXT},
                        files={"person": ("p.png", PERSON, "image/png")})
     assert good.status_code == 200 and good.headers["content-type"] == "image/png"
+
+
+def test_batch_jobs_respect_the_queue_limit_and_drain_on_sigterm(tmp_path, standin_state):
+    """A batch is one job in the same queue: with a queue limit of 1, a batch running and a
+    batch waiting, a third request is refused at once; SIGTERM lets both batches finish."""
+    weights = tmp_path / "standin.safetensors"
+    save_file({k: v.contiguous() for k, v in standin_state.items()}, str(weights))
+    # The published size, so a batch runs for seconds on this CPU: long enough to queue behind.
+    proc = ServerProcess({"TRYON_WEIGHTS": str(weights), "TRYON_IMAGE_SIZE": "256x192", "TRYON_MAX_BATCH_SIZE": "2",
+                          "TRYON_MAX_GARMENTS": "2", "TRYON_QUEUE_LIMIT": "1"}, tmp_path)
+    try:
+        proc.wait_ready()
+        files = batch_files(CLOTHS[:2])
+
+        def post():
+            return httpx.post(f"{proc.url}/v1/tryon/batch", files=files, data={"keypoints": KEYPOINTS_TEXT},
+                              timeout=120)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            running = pool.submit(post)
+            time.sleep(0.7)  # read and drawn in a fraction of that; then seconds on the worker
+            waiting = pool.submit(post)
+            assert proc.wait_metric("tryon_queue_depth", {}, 1, timeout=30) == 1
+            refused = post()
+            assert refused.status_code == 503 and refused.json()["error"]["code"] == "queue_full", refused.text
+            assert refused.headers["retry-after"]
+            proc.process.send_signal(signal.SIGTERM)
+            for answer in (running.result(), waiting.result()):
+                assert answer.status_code == 200, answer.text
+                assert [h.get("X-Status", "200") for h, _ in split_multipart(answer)] == ["200", "200"]
+        assert proc.process.wait(60) == 0
+    finally:
+        proc.stop()
+
