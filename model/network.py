@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .kernels import deformable_sample
-from .sampling import compose_flows, heads_to_batch, offsets_to_flow, upsample2x
+from .kernels.flows import compose_head_flows
+from .sampling import heads_to_batch, offsets_to_flow, upsample2x
 
 ENCODER_WIDTHS = (64, 128, 256, 256, 256)
 FPN_CHANNELS = 256
@@ -139,15 +140,20 @@ class DAFlowNet(nn.Module):
     def offsets(self, block_output):
         return heads_to_batch(block_output, self.heads)
 
+    def compose(self, flows, block_offsets):
+        """Refines the K heads' flows by the offsets in channels 0:2K of block_offsets."""
+        return compose_head_flows(flows, block_offsets, self.heads, impl=self.sampler)
+
     def estimate(self, block, source, reference, flows):
-        """One flow block: attention from channels 2K:3K, offsets from 0:2K."""
+        """One flow block: attention from channels 2K:3K, offsets from 0:2K.
+        Flows and attention are fp32 whatever the convolutions run in."""
         k = self.heads
         y = block(torch.cat((source, reference), dim=1))
-        attention = torch.softmax(y[:, 2 * k:3 * k], dim=1)
+        attention = torch.softmax(y[:, 2 * k:3 * k].float(), dim=1)
         if flows is None:
-            flows = offsets_to_flow(self.offsets(y[:, :2 * k]))
+            flows = offsets_to_flow(self.offsets(y[:, :2 * k].float()))
         else:
-            flows = compose_flows(flows, self.offsets(y[:, :2 * k]))
+            flows = self.compose(flows, y[:, :2 * k])
         return flows, attention
 
     def render(self, cloth, masked_model, cross_flows, cross_att, self_flows, self_att):
@@ -176,9 +182,9 @@ class DAFlowNet(nn.Module):
             reference_warped = self.warp(reference, self_flows, self_att)
 
             y = self.Refine_MFEs[i](torch.cat((source_warped, reference_warped), dim=1))
-            cross_flows = compose_flows(cross_flows, self.offsets(y[:, 0:2 * k]))
-            self_flows = compose_flows(self_flows, self.offsets(y[:, 2 * k:4 * k]))
-            attention = torch.softmax(y[:, 4 * k:6 * k], dim=1)
+            cross_flows = self.compose(cross_flows, y[:, 0:2 * k])
+            self_flows = self.compose(self_flows, y[:, 2 * k:4 * k])
+            attention = torch.softmax(y[:, 4 * k:6 * k].float(), dim=1)
 
             # Offsets list cross first; the refined weights list self first.
             cross_flows = upsample2x(cross_flows)
@@ -209,9 +215,17 @@ class DAFlow(nn.Module):
         self.reference_FPN = FeaturePyramid()
         self.dafnet = DAFlowNet(sampler=sampler)
 
+    def encode_person(self, ref_input):
+        """The person's feature pyramid, finest first; reusable across garments."""
+        return self.reference_FPN(self.reference_features(ref_input))
+
+    def encode_garment(self, cloth):
+        """The garment's feature pyramid, finest first."""
+        return self.source_FPN(self.source_features(cloth))
+
     def forward(self, ref_input, cloth, masked_model, return_all: bool = False):
-        source_pyramid = self.source_FPN(self.source_features(cloth))
-        reference_pyramid = self.reference_FPN(self.reference_features(ref_input))
+        source_pyramid = self.encode_garment(cloth)
+        reference_pyramid = self.encode_person(ref_input)
         return self.dafnet(source_pyramid, reference_pyramid, cloth, masked_model, return_all=return_all)
 
 

@@ -124,6 +124,26 @@ class IncompleteInputs(ValueError):
         self.message = message
 
 
+def check_person_mix(given: set[str]) -> set[str]:
+    """Which of masked_model and pose a mix of given input names leaves to draw;
+    IncompleteInputs when the mix does not determine them or is ambiguous.
+    Looks at names only, so a caller can refuse a mix before reading any bytes."""
+    drawn = {"masked_model", "pose"} - given
+    if "masked_model" in drawn and not {"person", "keypoints"} <= given:
+        lacking = tuple(sorted({"person", "keypoints"} - given))
+        raise IncompleteInputs(("masked_model", *lacking), "masked_model is missing: give it, or "
+                               f"person and keypoints to draw it (missing: {', '.join(lacking)})")
+    if "pose" in drawn and "keypoints" not in given:
+        raise IncompleteInputs(("pose", "keypoints"), "pose is missing: give it, or keypoints to draw it")
+    unused = sorted(given & {"person", "parse"} if "masked_model" not in drawn else set())
+    if not drawn and "keypoints" in given:
+        unused.append("keypoints")
+    if unused:
+        raise IncompleteInputs(tuple(unused), f"ambiguous: {', '.join(unused)} would be ignored, since "
+                               "masked_model and pose are given; send one form of each input")
+    return drawn
+
+
 def person_images(*, masked_model: ImageSource | None = None, pose: ImageSource | None = None,
                   person: ImageSource | None = None, keypoints: Any = None, parse: ImageSource | None = None,
                   size: tuple[int, int] = MODEL_SIZE,
@@ -138,19 +158,7 @@ def person_images(*, masked_model: ImageSource | None = None, pose: ImageSource 
     """
     given = {name for name, value in (("masked_model", masked_model), ("pose", pose), ("person", person),
                                       ("keypoints", keypoints), ("parse", parse)) if value is not None}
-    drawn = {"masked_model", "pose"} - given
-    if "masked_model" in drawn and not {"person", "keypoints"} <= given:
-        lacking = tuple(sorted({"person", "keypoints"} - given))
-        raise IncompleteInputs(("masked_model", *lacking), "masked_model is missing: give it, or "
-                               f"person and keypoints to draw it (missing: {', '.join(lacking)})")
-    if "pose" in drawn and "keypoints" not in given:
-        raise IncompleteInputs(("pose", "keypoints"), "pose is missing: give it, or keypoints to draw it")
-    unused = sorted(given & {"person", "parse"} if "masked_model" not in drawn else set())
-    if not drawn and "keypoints" in given:
-        unused.append("keypoints")
-    if unused:
-        raise IncompleteInputs(tuple(unused), f"ambiguous: {', '.join(unused)} would be ignored, since "
-                               "masked_model and pose are given; send one form of each input")
+    drawn = check_person_mix(given)
     if not drawn:
         masked, skeleton, frame = letterbox_person(masked_model, pose, size=size, max_pixels=max_pixels)
         return PersonInputs(masked, skeleton, frame)

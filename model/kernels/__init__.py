@@ -10,9 +10,12 @@ impl:
   "published" the published K-fold-repeat formulation, the benchmarks' baseline;
   "triton" the fused GPU kernel (model.kernels.triton_sampling);
   "numba"  the fused CPU kernel (model.kernels.cpu_sampling);
+  "published" the published repeat-K-times formulation (benchmark baseline);
   "auto"   triton on CUDA when Triton imports, numba on the CPU when Numba
            imports, the reference otherwise.
 Triton and Numba are imported lazily, on first use, never at start-up.
+Flows and weights stay fp32; with fp16/bf16 features the Triton kernel
+accumulates in fp32 itself, the others run on fp32 copies of the features.
 """
 from __future__ import annotations
 
@@ -56,6 +59,9 @@ def deformable_sample(features: torch.Tensor, flows: torch.Tensor, weights: torc
     if chosen == "triton":
         from .triton_sampling import deformable_sample_triton
         return deformable_sample_triton(features, flows, weights)
+    if features.dtype != torch.float32:
+        # The others sample in the features' dtype, which would round the flows.
+        return deformable_sample(features.float(), flows, weights, chosen).to(features.dtype)
     if chosen == "numba":
         from .cpu_sampling import deformable_sample_cpu
         return deformable_sample_cpu(features, flows, weights)

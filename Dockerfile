@@ -1,0 +1,71 @@
+# syntax=docker/dockerfile:1
+# The try-on service: one replica per container, GPU when the host lends one.
+# Build:  docker build -t daflow-tryon .
+# CPU:    docker build -t daflow-tryon:cpu --build-arg BASE_IMAGE=ubuntu:24.04 \
+#             --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu .
+# Run:    docker run --gpus all -p 8000:8000 -v "$PWD/weights:/app/weights:ro" \
+#             --stop-timeout 45 daflow-tryon
+# SIGTERM starts the drain (readiness turns 503, queued and in-flight requests
+# finish within TRYON_DRAIN_TIMEOUT_S, 30 s by default); give the container
+# longer than that before SIGKILL: --stop-timeout 45 / stop_grace_period: 45s.
+# More in docs/deploy.md.
+
+# A CUDA runtime base pins the user-space CUDA the torch wheel was built for;
+# change it together with TORCH_INDEX_URL (e.g. 13.0.x with .../whl/cu130).
+ARG BASE_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
+FROM ${BASE_IMAGE}
+
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
+
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
+# Ubuntu's python3 follows the base image tag; its security updates are wanted, so unpinned.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3 -m venv "$VIRTUAL_ENV"
+
+# torch alone first: the largest layer, rebuilt only when the build arguments change.
+RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
+
+WORKDIR /app
+
+# The dependencies listed in pyproject.toml, in a layer of their own: editing
+# code reuses it; only a change to pyproject.toml reinstalls them.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install --no-cache-dir -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+# Code is owned by root and read-only to the service's user.
+RUN useradd --no-log-init --create-home --uid 10001 --user-group tryon \
+    && mkdir -p /app/weights
+COPY model/ model/
+COPY service/ service/
+COPY docker/healthcheck.py docker/healthcheck.py
+
+# Numeric, so Kubernetes runAsNonRoot can verify it without reading /etc/passwd.
+USER 10001:10001
+
+# Weights: mount a folder at /app/weights (the service looks there when
+# TRYON_WEIGHTS is unset), or set TRYON_WEIGHTS to a file inside the mount.
+ENV TRYON_HOST=0.0.0.0 \
+    TRYON_PORT=8000
+EXPOSE 8000
+
+# Liveness only: a replica that is draining or warming up is alive, not broken.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["python", "docker/healthcheck.py", "/healthz"]
+
+STOPSIGNAL SIGTERM
+CMD ["python", "-m", "service"]

@@ -1,0 +1,194 @@
+"""Load benchmark of the HTTP service (not a timed test).
+
+Starts ``python -m service`` once per configuration (or drives a running
+server with --url), runs N concurrent closed-loop clients over 127.0.0.1 for
+a bounded time, and reports requests/s, p50/p95/p99 latency, errors by
+status, and the batch sizes the server formed (from its /metrics), with the
+machine's load average, as JSON.
+
+    python -m bench.load --configs batched=4,unbatched=1 --clients 4 --duration 40 \
+        --sampler torch --out bench/results/load-cpu.json
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "service" / "examples"
+FIXTURES = REPO / "tests" / "fixtures"
+
+
+def standin_weights(folder: Path) -> Path:
+    """The deterministic stand-in checkpoint the tests use (no published weights needed)."""
+    sys.path.insert(0, str(FIXTURES))
+    from fill_weights import fill_state_dict, read_keys
+    from safetensors.torch import save_file
+    path = folder / "standin.safetensors"
+    save_file(fill_state_dict(read_keys(FIXTURES / "checkpoint_keys.tsv"), 0), str(path))
+    return path
+
+
+def batch_histogram(metrics_text: str) -> dict[str, float]:
+    """Cumulative bucket counts of tryon_batch_size, by upper bound."""
+    return {s.labels["le"]: s.value for family in text_string_to_metric_families(metrics_text)
+            for s in family.samples if s.name == "tryon_batch_size_bucket"}
+
+
+def batches_formed(before: dict[str, float], after: dict[str, float]) -> dict[str, int]:
+    """Batches of each size run during the measurement (de-cumulated bucket deltas)."""
+    bounds = sorted((b for b in after if b != "+Inf"), key=float)
+    formed, below = {}, 0.0
+    for bound in bounds:
+        cumulative = after[bound] - before.get(bound, 0.0)
+        if cumulative - below:
+            formed[str(int(float(bound)))] = int(cumulative - below)
+        below = cumulative
+    return formed
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    index = min(len(sorted_values) - 1, max(0, round(q / 100 * (len(sorted_values) - 1))))
+    return round(sorted_values[index], 4)
+
+
+async def drive(url: str, clients: int, duration: float, timeout: float, api_key: str | None) -> dict:
+    files = {name: (f"{name}.png", (EXAMPLES / f"{name}.png").read_bytes(), "image/png")
+             for name in ("masked_model", "pose", "cloth")}
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    latencies: list[float] = []
+    statuses: Counter = Counter()
+    stop_at = time.monotonic() + duration
+
+    async def client_loop(client: httpx.AsyncClient):
+        while time.monotonic() < stop_at:
+            started = time.monotonic()
+            try:
+                answer = await client.post("/v1/tryon", files=files, headers=headers)
+                await answer.aread()
+                statuses[str(answer.status_code)] += 1
+                if answer.status_code == 200:
+                    latencies.append(time.monotonic() - started)
+            except httpx.HTTPError as exc:
+                statuses[type(exc).__name__] += 1
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
+        began = time.monotonic()
+        await asyncio.gather(*(client_loop(client) for _ in range(clients)))
+        elapsed = time.monotonic() - began
+    latencies.sort()
+    ok = statuses.get("200", 0)
+    return {"elapsed_s": round(elapsed, 2), "requests": sum(statuses.values()), "ok": ok,
+            "requests_per_s": round(ok / elapsed, 3),
+            "latency_s": {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95),
+                          "p99": percentile(latencies, 99), "max": round(latencies[-1], 4) if latencies else None},
+            "errors_by_status": {k: v for k, v in statuses.items() if k != "200"}}
+
+
+def start_server(port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TRYON_")} | env
+    full_env["PYTHONPATH"] = str(REPO)
+    with open(log_path, "wb") as log:
+        return subprocess.Popen([sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
+                                cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_ready(url: str, process: subprocess.Popen | None, timeout: float = 300) -> dict:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if process is not None and process.poll() is not None:
+            raise SystemExit(f"server exited with {process.returncode}")
+        try:
+            answer = httpx.get(f"{url}/readyz", timeout=2)
+            if answer.status_code == 200:
+                return answer.json()
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"{url} not ready after {timeout} s")
+
+
+def measure(name: str, url: str, args, process=None) -> dict:
+    ready = wait_ready(url, process)
+    before = batch_histogram(httpx.get(f"{url}/metrics").text)
+    load_before = os.getloadavg()
+    result = asyncio.run(drive(url, args.clients, args.duration, args.timeout, args.api_key))
+    after = batch_histogram(httpx.get(f"{url}/metrics").text)
+    formed = batches_formed(before, after)
+    items = sum(int(size) * count for size, count in formed.items())
+    return {"config": name, "server": {k: ready.get(k) for k in ("device", "weights", "random_weights", "sampler",
+                                                                  "image_size", "max_batch_size", "max_batch_wait_ms",
+                                                                  "batch_sizes", "queue_limit")},
+            "clients": args.clients, "duration_s": args.duration, "omp_threads": args.threads or "default",
+            **result,
+            "batches_formed": formed, "mean_batch_size": round(items / max(1, sum(formed.values())), 3),
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", help="drive this running server instead of starting one per configuration")
+    parser.add_argument("--configs", default="batched=8,unbatched=1",
+                        help="name=max_batch_size,... started one after the other (default batched=8,unbatched=1)")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds of load per configuration")
+    parser.add_argument("--timeout", type=float, default=120.0, help="client timeout per request")
+    parser.add_argument("--image-size", default="256x192")
+    parser.add_argument("--batch-wait-ms", default="5")
+    parser.add_argument("--sampler", default="auto")
+    parser.add_argument("--weights", help="checkpoint for the started servers (default: the stand-in weights)")
+    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the started servers (default: torch's own)")
+    parser.add_argument("--api-key")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+
+    report = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": {
+        "cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}, "results": []}
+    if args.url:
+        report["results"].append(measure("running-server", args.url.rstrip("/"), args))
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            weights = args.weights or str(standin_weights(Path(tmp)))
+            for item in args.configs.split(","):
+                name, max_batch = item.split("=")
+                port = 18000 + os.getpid() % 1000
+                env = {"TRYON_WEIGHTS": weights, "TRYON_IMAGE_SIZE": args.image_size, "TRYON_SAMPLER": args.sampler,
+                       "TRYON_MAX_BATCH_SIZE": max_batch, "TRYON_MAX_BATCH_WAIT_MS": args.batch_wait_ms,
+                       "TRYON_REQUEST_TIMEOUT_S": str(args.timeout), "TRYON_LOG_LEVEL": "warning"}
+                if args.threads:
+                    env["OMP_NUM_THREADS"] = str(args.threads)
+                process = start_server(port, env, Path(tmp) / f"{name}.log")
+                try:
+                    report["results"].append(measure(name, f"http://127.0.0.1:{port}", args, process))
+                finally:
+                    process.send_signal(signal.SIGTERM)
+                    process.wait(120)
+                print(json.dumps(report["results"][-1]), file=sys.stderr, flush=True)
+    report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    text = json.dumps(report, indent=2)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""Renders docker/nginx.conf.template for a given set of replica addresses.
+
+One template serves docker compose (upstream ``tryon:8000``, re-resolved
+through Docker's DNS as replicas come and go) and tests/test_load_balancer.py
+(replicas on 127.0.0.1 ports, nginx run from a scratch directory). The body
+size and timeout limits follow the service's TRYON_* settings, so nginx never
+refuses a request the service would take, nor gives up before the service's
+own timeout answers. Standard library only: it runs before anything is installed.
+
+    python docker/render_nginx.py --compose docker-compose.yml -o docker/nginx.compose.conf
+    python docker/render_nginx.py --kubernetes docker/k8s/deployment.yaml -o docker/k8s/lb-configmap.yaml
+    python docker/render_nginx.py --upstream 10.0.0.5:8000 --upstream 10.0.0.6:8000 --listen 80
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+DOCKER_DIR = Path(__file__).resolve().parent
+TEMPLATE = DOCKER_DIR / "nginx.conf.template"
+COMPOSE_CONF = DOCKER_DIR / "nginx.compose.conf"
+COMPOSE_SERVICE = "tryon"
+DOCKER_DNS = "127.0.0.11"
+K8S_DIR = DOCKER_DIR / "k8s"
+K8S_CONFIGMAP = K8S_DIR / "lb-configmap.yaml"
+K8S_CONFIGMAP_NAME = "daflow-tryon-lb"
+# The headless Service of docker/k8s/lb.yaml lists ready pods only; nginx's own
+# resolver ignores resolv.conf search domains, hence full names.
+K8S_REPLICAS = "daflow-tryon-replicas.default.svc.cluster.local"
+K8S_DNS = "kube-dns.kube-system.svc.cluster.local"
+LISTEN_PORT = 8080
+# Extra time nginx waits past the service's own limits before it gives up on a replica.
+READ_MARGIN_S = 5
+# Below uvicorn's default 5 s keep-alive, so nginx closes idle sockets first.
+UPSTREAM_KEEPALIVE_S = 4
+MAX_TRIES = 3
+NGINX_PATHS = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
+_PLACEHOLDER = re.compile(r"\{\{ (\w+) \}\}")
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    """The service settings nginx must agree with; defaults are the service's."""
+
+    max_upload_bytes: int = 10_485_760
+    request_timeout_s: float = 30
+    url_total_timeout_s: float = 10
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ServiceLimits:
+        """Reads TRYON_MAX_UPLOAD_BYTES, TRYON_REQUEST_TIMEOUT_S and TRYON_URL_TOTAL_TIMEOUT_S."""
+        default = cls()
+        return cls(
+            max_upload_bytes=int(env.get("TRYON_MAX_UPLOAD_BYTES", default.max_upload_bytes)),
+            request_timeout_s=float(env.get("TRYON_REQUEST_TIMEOUT_S", default.request_timeout_s)),
+            url_total_timeout_s=float(env.get("TRYON_URL_TOTAL_TIMEOUT_S", default.url_total_timeout_s)))
+
+    @property
+    def request_body_limit(self) -> int:
+        """Same formula as service Settings.request_body_limit: three images as
+        base64 (4/3 of their bytes; multipart needs less) plus 64 KiB for the other fields."""
+        return 3 * (self.max_upload_bytes * 4 // 3 + 4) + 65_536
+
+    @property
+    def read_timeout_s(self) -> int:
+        """The longest a replica may take to answer. Its deadline (TRYON_REQUEST_TIMEOUT_S)
+        runs from the request's arrival and covers URL fetches, but a fetch is only cut
+        by TRYON_URL_TOTAL_TIMEOUT_S, so the larger of the two bounds it."""
+        return math.ceil(max(self.request_timeout_s, self.url_total_timeout_s) + READ_MARGIN_S)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where nginx writes its pid, logs and request-body spill files."""
+
+    pid_path: str
+    error_log: str
+    access_log: str
+    temp_dir: str
+
+    @classmethod
+    def container(cls) -> Layout:
+        """The official nginx image: its log files are links to stdout/stderr."""
+        return cls("/var/run/nginx.pid", "/var/log/nginx/error.log", "/var/log/nginx/access.log",
+                   "/var/cache/nginx")
+
+    @classmethod
+    def scratch(cls, prefix: Path) -> Layout:
+        """Everything under one directory, so nginx runs without root."""
+        prefix = Path(prefix).resolve()
+        return cls(str(prefix / "nginx.pid"), str(prefix / "logs" / "error.log"),
+                   str(prefix / "logs" / "access.log"), str(prefix / "temp"))
+
+
+def render(upstreams: Sequence[str], *, listen: str | int = LISTEN_PORT,
+           limits: ServiceLimits = ServiceLimits(), layout: Layout | None = None,
+           resolver: str | None = None, worker_processes: str | int = "auto",
+           max_fails: int = 2, fail_timeout_s: int = 5, connect_timeout_s: int = 2,
+           note: str = "") -> str:
+    """The nginx.conf text for replicas at ``upstreams`` ("host:port" each).
+
+    With ``resolver`` (a DNS server's address) nginx re-resolves the names while
+    running (``resolve``, nginx >= 1.27.3), so replicas that restart on a new
+    address are followed; without it names are resolved once at start.
+    """
+    if not upstreams:
+        raise ValueError("at least one upstream address is needed")
+    layout = layout or Layout.container()
+    params = f"max_fails={max_fails} fail_timeout={fail_timeout_s}s" + (" resolve" if resolver else "")
+    servers = "\n".join(f"        server {address} {params};" for address in upstreams)
+    resolver_line = f"    resolver {resolver} valid=5s ipv6=off;\n" if resolver else ""
+    values = {
+        "rendered_note": note or f"Rendered for {', '.join(upstreams)}.",
+        "worker_processes": str(worker_processes),
+        "pid_path": layout.pid_path,
+        "error_log": layout.error_log,
+        "access_log": layout.access_log,
+        "temp_dir": layout.temp_dir,
+        "resolver": resolver_line,
+        "servers": servers,
+        "max_fails": str(max_fails),
+        "fail_timeout": f"{fail_timeout_s}s",
+        "upstream_keepalive_s": str(UPSTREAM_KEEPALIVE_S),
+        "listen": str(listen),
+        "client_max_body_size": str(limits.request_body_limit),
+        "body_limit_note": f"3 x (4/3 x {limits.max_upload_bytes} TRYON_MAX_UPLOAD_BYTES + 4) + 65536",
+        "connect_timeout_s": str(connect_timeout_s),
+        "read_timeout_s": str(limits.read_timeout_s),
+        "read_timeout_note": (f"max(TRYON_REQUEST_TIMEOUT_S {limits.request_timeout_s:g}, "
+                              f"TRYON_URL_TOTAL_TIMEOUT_S {limits.url_total_timeout_s:g}) + {READ_MARGIN_S} s"),
+        "next_upstream_tries": str(min(len(upstreams) if not resolver else MAX_TRIES, MAX_TRIES)),
+    }
+    text = TEMPLATE.read_text()
+    missing = sorted(set(_PLACEHOLDER.findall(text)) - values.keys())
+    if missing:
+        raise KeyError(f"template placeholders without a value: {missing}")
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
+
+
+def compose_service(compose_file: str | os.PathLike) -> dict:
+    """The try-on service's entry in a compose file (needs PyYAML)."""
+    import yaml
+
+    with open(compose_file) as f:
+        return yaml.safe_load(f)["services"][COMPOSE_SERVICE]
+
+
+def render_for_compose(compose_file: str | os.PathLike) -> str:
+    """The config docker-compose.yml mounts into its nginx service."""
+    service = compose_service(compose_file)
+    env = {k: str(v) for k, v in (service.get("environment") or {}).items()}
+    replicas = int((service.get("deploy") or {}).get("replicas", 1))
+    port = env.get("TRYON_PORT", "8000")
+    return render([f"{COMPOSE_SERVICE}:{port}"], listen=LISTEN_PORT, limits=ServiceLimits.from_env(env),
+                  resolver=DOCKER_DNS,
+                  note=(f"Rendered for docker compose: service '{COMPOSE_SERVICE}' ({replicas} replicas), "
+                        f"by `python docker/render_nginx.py --compose docker-compose.yml -o "
+                        f"docker/nginx.compose.conf`."))
+
+
+def render_for_kubernetes(deployment_file: str | os.PathLike) -> str:
+    """A ConfigMap holding the config that docker/k8s/lb.yaml's nginx runs with (needs PyYAML)."""
+    import yaml
+
+    with open(deployment_file) as f:
+        (container,) = yaml.safe_load(f)["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: str(e["value"]) for e in container.get("env", []) if "value" in e}
+    port = env.get("TRYON_PORT", "8000")
+    conf = render([f"{K8S_REPLICAS}:{port}"], listen=LISTEN_PORT, limits=ServiceLimits.from_env(env),
+                  resolver=K8S_DNS,
+                  note=(f"Rendered for Kubernetes by `python docker/render_nginx.py --kubernetes "
+                        f"docker/k8s/deployment.yaml -o {K8S_CONFIGMAP.relative_to(DOCKER_DIR.parent)}`."))
+    body = "".join(f"    {line}\n" if line else "\n" for line in conf.splitlines())
+    return (f"# Generated by docker/render_nginx.py from docker/nginx.conf.template: edit those, not this.\n"
+            f"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {K8S_CONFIGMAP_NAME}\n"
+            f"data:\n  nginx.conf: |\n{body}")
+
+
+def write_scratch(prefix: str | os.PathLike, upstreams: Sequence[str], listen: str | int,
+                  **render_args) -> Path:
+    """Renders into ``prefix``/nginx.conf with every path under ``prefix``; returns the conf path."""
+    prefix = Path(prefix).resolve()
+    layout = Layout.scratch(prefix)
+    for folder in (Path(layout.error_log).parent, Path(layout.temp_dir)):
+        folder.mkdir(parents=True, exist_ok=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(render(upstreams, listen=listen, layout=layout, **render_args))
+    return conf
+
+
+def nginx_binary() -> str | None:
+    """Debian's /usr/sbin/nginx (not on a normal user's PATH), or any nginx on PATH."""
+    for path in NGINX_PATHS:
+        if os.access(path, os.X_OK):
+            return path
+    return shutil.which("nginx")
+
+
+def nginx_command(binary: str, conf: Path, *extra: str) -> list[str]:
+    """Runs nginx in the foreground on a scratch config. As root, workers stay
+    root too, since the default 'nobody' could not enter a private temp directory."""
+    directives = "daemon off;" + (" user root;" if hasattr(os, "geteuid") and os.geteuid() == 0 else "")
+    # -e: messages from before the config is read go to stderr, not a root-owned /var/log path.
+    return [binary, "-e", "stderr", "-p", str(conf.parent), "-c", str(conf), "-g", directives, *extra]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--compose", metavar="FILE", help="render for this compose file's tryon service")
+    source.add_argument("--kubernetes", metavar="FILE", help="render a ConfigMap for this Deployment's pods")
+    source.add_argument("--upstream", action="append", metavar="HOST:PORT", help="a replica (repeat)")
+    parser.add_argument("--listen", default=str(LISTEN_PORT), help="nginx's listen address or port")
+    parser.add_argument("--resolver", help="DNS server to re-resolve upstream names with (nginx >= 1.27.3)")
+    parser.add_argument("-o", "--output", help="file to write (default: stdout)")
+    args = parser.parse_args(argv)
+    if args.compose:
+        text = render_for_compose(args.compose)
+    elif args.kubernetes:
+        text = render_for_kubernetes(args.kubernetes)
+    else:
+        text = render(args.upstream, listen=args.listen, resolver=args.resolver,
+                      limits=ServiceLimits.from_env(os.environ))
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

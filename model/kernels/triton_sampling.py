@@ -1,0 +1,164 @@
+"""Fused deformable attention sampling in Triton (the GPU fast path).
+
+``deformable_sample_triton(features, flows, weights)`` computes, in one pass,
+``out[b] = sum_k weights[b, k] * grid_sample(features[b], flows[b*K + k])``
+with bilinear interpolation, ``align_corners=False`` and border padding
+(ARCHITECTURE.md, "Sampling conventions"). Each program owns a block of
+output pixels and a block of channels of one image: it reads the K flows and
+weights of its pixels once, gathers the four neighbours of every head,
+accumulates in fp32 and writes the result once. There is no K-fold copy of
+the features and no (B, K, C, H, W) intermediate.
+
+Features may be fp32, fp16 or bf16 in any dense layout (NCHW or channels-
+last: strides are passed through); flows and weights are read as fp32 and
+the output has the features' dtype and layout.
+
+Importing this module imports Triton; the dispatch in ``model.kernels``
+imports it lazily. Set ``TRITON_INTERPRET=1`` before Triton is imported to
+run the kernels on CPU tensors (tests do, in a subprocess).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+FEATURE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@triton.jit
+def _bilinear_corners(gx, gy, W, H):
+    """Source pixel of a normalised (gx, gy) as grid_sample computes it with
+    align_corners=False and border padding: the top-left corner, its clamped
+    right/bottom neighbour and the four interpolation weights' factors."""
+    ix = ((gx + 1.0) * W - 1.0) * 0.5
+    iy = ((gy + 1.0) * H - 1.0) * 0.5
+    ix = tl.minimum(tl.maximum(ix, 0.0), W - 1.0)
+    iy = tl.minimum(tl.maximum(iy, 0.0), H - 1.0)
+    x0f = tl.floor(ix)
+    y0f = tl.floor(iy)
+    # Same factor formulas as ATen's grid sampler (east weight = x - x0,
+    # west weight = (x0 + 1) - x), so rounding matches the reference.
+    wx1 = ix - x0f
+    wx0 = (x0f + 1.0) - ix
+    wy1 = iy - y0f
+    wy0 = (y0f + 1.0) - iy
+    x0 = x0f.to(tl.int32)
+    y0 = y0f.to(tl.int32)
+    # After the border clamp the far neighbour only leaves the image when its
+    # weight is exactly zero, so clamping it reads a valid pixel at weight 0.
+    x1 = tl.minimum(x0 + 1, W - 1)
+    y1 = tl.minimum(y0 + 1, H - 1)
+    return x0, x1, y0, y1, wx0, wx1, wy0, wy1
+
+
+@triton.jit
+def _deformable_sample_kernel(
+        feat_ptr, flow_ptr, weight_ptr, out_ptr,
+        C, H, W,
+        sf_b, sf_c, sf_h, sf_w,
+        sg_n, sg_c, sg_h, sg_w,
+        sa_b, sa_k, sa_h, sa_w,
+        so_b, so_c, so_h, so_w,
+        K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    pid_p = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+
+    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_mask = p < H * W
+    y = p // W
+    x = p % W
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = (c < C)[:, None] & p_mask[None, :]
+
+    feat = feat_ptr + b * sf_b + (c * sf_c)[:, None]
+    acc = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
+    for k in tl.static_range(K):
+        flow = flow_ptr + (b * K + k) * sg_n + y * sg_h + x * sg_w
+        gx = tl.load(flow, mask=p_mask, other=0.0).to(tl.float32)
+        gy = tl.load(flow + sg_c, mask=p_mask, other=0.0).to(tl.float32)
+        a = tl.load(weight_ptr + b * sa_b + k * sa_k + y * sa_h + x * sa_w,
+                    mask=p_mask, other=0.0).to(tl.float32)
+        x0, x1, y0, y1, wx0, wx1, wy0, wy1 = _bilinear_corners(gx, gy, W, H)
+        ay0 = a * wy0
+        ay1 = a * wy1
+        row0 = y0 * sf_h
+        row1 = y1 * sf_h
+        col0 = x0 * sf_w
+        col1 = x1 * sf_w
+        v = tl.load(feat + (row0 + col0)[None, :], mask=mask, other=0.0).to(tl.float32)
+        acc += v * (wx0 * ay0)[None, :]
+        v = tl.load(feat + (row0 + col1)[None, :], mask=mask, other=0.0).to(tl.float32)
+        acc += v * (wx1 * ay0)[None, :]
+        v = tl.load(feat + (row1 + col0)[None, :], mask=mask, other=0.0).to(tl.float32)
+        acc += v * (wx0 * ay1)[None, :]
+        v = tl.load(feat + (row1 + col1)[None, :], mask=mask, other=0.0).to(tl.float32)
+        acc += v * (wx1 * ay1)[None, :]
+
+    out = out_ptr + b * so_b + (c * so_c)[:, None] + (y * so_h + x * so_w)[None, :]
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _sample_configs():
+    """Candidate tilings, tried once per (C, H, W, layout) on the GPU at warm-up."""
+    return [triton.Config({"BLOCK_P": p, "BLOCK_C": c}, num_warps=w)
+            for p, c, w in ((64, 32, 4), (128, 16, 4), (32, 64, 4), (128, 32, 8), (256, 8, 4), (16, 64, 2))]
+
+
+_tuned_sample_kernel = None
+
+
+def _launcher(channels: int, pixels: int):
+    """The autotuned kernel on a real GPU. Under the interpreter, one large tile:
+    each program costs Python overhead, so fewer, bigger programs run far
+    faster, and autotuning would only multiply the slow runs."""
+    global _tuned_sample_kernel
+    if INTERPRETED:
+        return _deformable_sample_kernel, {"BLOCK_P": min(triton.next_power_of_2(pixels), 1024),
+                                           "BLOCK_C": min(triton.next_power_of_2(channels), 64)}
+    if _tuned_sample_kernel is None:
+        _tuned_sample_kernel = triton.autotune(
+            configs=_sample_configs(), key=["C", "H", "W", "K", "sf_c", "sf_w"])(_deformable_sample_kernel)
+    return _tuned_sample_kernel, {}
+
+
+def check_sampling_inputs(features: torch.Tensor, flows: torch.Tensor, weights: torch.Tensor) -> int:
+    """Validates shapes, devices and dtypes; returns K."""
+    if features.dim() != 4 or flows.dim() != 4 or weights.dim() != 4:
+        raise ValueError("features, flows and weights must all be 4-D")
+    b, _, h, w = features.shape
+    k = weights.shape[1]
+    if tuple(weights.shape) != (b, k, h, w):
+        raise ValueError(f"weights {tuple(weights.shape)} do not fit features {tuple(features.shape)}")
+    if tuple(flows.shape) != (b * k, 2, h, w):
+        raise ValueError(f"flows {tuple(flows.shape)} must be {(b * k, 2, h, w)}")
+    if features.dtype not in FEATURE_DTYPES:
+        raise TypeError(f"features dtype {features.dtype} not supported; use one of {FEATURE_DTYPES}")
+    if not (features.device == flows.device == weights.device):
+        raise ValueError("features, flows and weights must be on one device")
+    return k
+
+
+def deformable_sample_triton(features: torch.Tensor, flows: torch.Tensor,
+                             weights: torch.Tensor) -> torch.Tensor:
+    """The fused sampling; out has features' shape, dtype and memory layout."""
+    k = check_sampling_inputs(features, flows, weights)
+    flows = flows.float()
+    weights = weights.float()
+    b, c, h, w = features.shape
+    out = torch.empty_like(features)
+    if out.numel() == 0:
+        return out
+    kernel, fixed = _launcher(c, h * w)
+
+    def grid(meta):
+        return triton.cdiv(h * w, meta["BLOCK_P"]), triton.cdiv(c, meta["BLOCK_C"]), b
+
+    kernel[grid](features, flows, weights, out, c, h, w,
+                 *features.stride(), *flows.stride(), *weights.stride(), *out.stride(),
+                 K=k, **fixed)
+    return out

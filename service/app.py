@@ -1,0 +1,48 @@
+"""``create_app``: the FastAPI application and its lifespan (load once, warm, then ready)."""
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from .errors import install_error_handlers
+from .middleware import RequestContextMiddleware
+from .routes import operations, tryon
+from .routes_batch import batch
+from .routes_prepare import prepare
+from .settings import Settings
+from .state import ServiceState
+
+EXPOSED_HEADERS = ["X-Request-ID", "X-Weights", "Server-Timing", "X-Batch-Size", "X-Garments", "X-Image-Size",
+                   "Retry-After"]
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    service: ServiceState = app.state.service
+    await service.start()
+    try:
+        yield
+    finally:
+        await service.stop()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    service = ServiceState(settings)
+    app = FastAPI(title="DAFlow virtual try-on", version="0.1.0", lifespan=lifespan,
+                  description="POST a person (a masked model and pose map, or a photo and its keypoints) and a "
+                              "garment, or many garments; get the try-on images back.")
+    app.state.service = service
+    install_error_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "X-API-Key", "X-Request-ID", "Content-Type"],
+                           expose_headers=EXPOSED_HEADERS)
+    app.add_middleware(RequestContextMiddleware, service=service)
+    app.include_router(operations)
+    app.include_router(tryon)
+    app.include_router(batch)
+    app.include_router(prepare)
+    return app

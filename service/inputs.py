@@ -1,0 +1,269 @@
+"""From an HTTP request to its parts: person-side inputs, garments, options.
+
+Each image (masked_model, pose, person, parse, cloth) comes as a multipart
+file, as a multipart text field or JSON string holding an http(s) URL, or
+as a JSON base64 string (a ``data:`` URL is fine). Keypoints come as JSON:
+a multipart file or text field, or a JSON field holding the object or list
+itself or its text. Which person-side inputs make a valid mix is
+model.person_inputs' rule, checked here by name before any bytes are
+decoded. Garments: one ``cloth``, or for the batch endpoint ``cloth``
+repeated (multipart) or a ``cloths`` list (JSON). Options (format, quality,
+size) come from query parameters or body fields. Limits: the request body, bytes
+per image (413), pixels announced by the header (413, before decoding),
+and anything Pillow can't read (415). URLs are fetched concurrently;
+decoding and letterboxing run in a thread, one request at a time, so one
+bad input fails only its own request.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from fastapi import Request
+from pydantic import BaseModel, Field, ValidationError
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from model.person_inputs import IncompleteInputs, check_person_mix
+
+from .errors import ApiError
+from .fetch import UrlFetcher
+from .settings import Settings
+
+IMAGE_FIELDS = ("masked_model", "pose", "cloth")  # the classic /v1/tryon trio
+PERSON_FIELDS = ("masked_model", "pose", "person", "parse")  # person-side images
+KEYPOINTS_FIELD = "keypoints"
+Garments = Literal["none", "one", "many"]
+OPTION_FIELDS = ("format", "quality", "size")
+
+
+OutputFormat = Literal["jpeg", "png", "webp"]
+OutputSize = Literal["model", "original"]
+
+
+class OutputOptions(BaseModel):
+    format: OutputFormat = "jpeg"
+    quality: int = Field(90, ge=1, le=100)
+    size: OutputSize = "model"
+
+
+def parse_options(values: dict) -> OutputOptions:
+    try:
+        return OutputOptions.model_validate({k: v for k, v in values.items() if k in OPTION_FIELDS})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ApiError(422, "invalid_option", first["msg"], ".".join(str(p) for p in first["loc"])) from None
+
+
+def _is_url(text: str) -> bool:
+    return text.lower().startswith(("http://", "https://"))
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "payload_too_large", f"the request body is {declared} bytes, over the limit of {limit}")
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise ApiError(413, "payload_too_large", f"the request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _check_size(data: bytes, field: str, limit: int) -> bytes:
+    if len(data) > limit:
+        raise ApiError(413, "image_too_large", f"{len(data)} bytes, over the limit of {limit} per image", field)
+    return data
+
+
+@dataclass
+class RequestParts:
+    """A request's inputs before fetching and decoding: bytes, or a URL still to fetch."""
+    person: dict[str, bytes | str] = field(default_factory=dict)
+    keypoints: Any = None  # JSON text or bytes, or the decoded object/list
+    cloths: list[bytes | str | ApiError] = field(default_factory=list)  # an ApiError: that garment failed
+    options: dict = field(default_factory=dict)
+
+    @property
+    def given(self) -> set[str]:
+        return set(self.person) | ({KEYPOINTS_FIELD} if self.keypoints is not None else set())
+
+
+def _json_image(value: Any, key: str, settings: Settings) -> bytes | str:
+    """A JSON image field: an http(s) URL (fetched later) or base64 bytes."""
+    if not isinstance(value, str):
+        raise ApiError(422, "invalid_field", "must be a string: an http(s) URL or base64 image bytes", key)
+    value = value.strip()
+    if _is_url(value):
+        return value
+    if value.startswith("data:"):
+        value = value.partition(",")[2]
+    elif "://" in value[:16]:
+        raise ApiError(422, "invalid_url", "only http and https URLs are fetched", key)
+    if len(value) > settings.max_upload_bytes * 4 // 3 + 4:
+        raise ApiError(413, "image_too_large", f"over the limit of {settings.max_upload_bytes} bytes per image", key)
+    try:
+        return _check_size(base64.b64decode(value, validate=True), key, settings.max_upload_bytes)
+    except (binascii.Error, ValueError):
+        raise ApiError(422, "invalid_base64", "neither an http(s) URL nor valid base64", key) from None
+
+
+def _keypoints_text(value: str) -> str:
+    if _is_url(value.strip()):
+        raise ApiError(422, "invalid_keypoints", "keypoints are taken as JSON (a field or a file), not as a URL",
+                       KEYPOINTS_FIELD)
+    return value
+
+
+def _garment(read, garments: Garments):
+    """In a batch a garment's own failure is kept as its result; elsewhere it fails the request."""
+    try:
+        return read()
+    except ApiError as exc:
+        if garments != "many":
+            raise
+        return exc
+
+
+def _multipart_image(value: UploadFile | str, data: bytes | None, key: str, settings: Settings) -> bytes | str:
+    if isinstance(value, UploadFile):
+        return _check_size(data, key, settings.max_upload_bytes)
+    if _is_url(value.strip()):
+        return value.strip()
+    raise ApiError(422, "invalid_field", "a text field must hold an http(s) URL; send the image itself as a "
+                   "file part", key)
+
+
+async def _from_multipart(request: Request, body: bytes, settings: Settings, garments: Garments) -> RequestParts:
+    async def replay():
+        yield body
+
+    cloth_parts = settings.max_garments + 1 if garments == "many" else 1  # one over: counted, then refused
+    most = len(PERSON_FIELDS) + 1 + cloth_parts
+    try:
+        form = await MultiPartParser(request.headers, replay(), max_files=most, max_fields=most + len(OPTION_FIELDS),
+                                     max_part_size=65_536).parse()
+    except MultiPartException as exc:
+        if garments == "many" and "Too many" in exc.message:
+            _too_many(f"more than {settings.max_garments}", settings)
+        raise ApiError(400, "bad_multipart", f"malformed multipart body ({exc.message})") from None
+    parts = RequestParts()
+    try:
+        for key, value in form.multi_items():
+            if key == KEYPOINTS_FIELD:
+                parts.keypoints = await value.read() if isinstance(value, UploadFile) else _keypoints_text(value)
+            elif key in PERSON_FIELDS or (key == "cloth" and garments != "none"):
+                data = await value.read() if isinstance(value, UploadFile) else None
+                source = _garment(lambda: _multipart_image(value, data, key, settings),
+                                  garments if key == "cloth" else "one")
+                if key != "cloth":
+                    parts.person[key] = source
+                elif garments == "one":
+                    parts.cloths = [source]
+                else:
+                    parts.cloths.append(source)
+            elif key in OPTION_FIELDS and isinstance(value, str):
+                parts.options[key] = value
+    finally:
+        await form.close()
+    return parts
+
+
+def _from_json(body: bytes, settings: Settings, garments: Garments) -> RequestParts:
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON ({exc})") from None
+    if not isinstance(document, dict):
+        raise ApiError(422, "invalid_json", "the JSON body must be an object")
+    parts = RequestParts(options={k: document[k] for k in OPTION_FIELDS if k in document})
+    for key in PERSON_FIELDS:
+        if document.get(key) is not None:
+            parts.person[key] = _json_image(document[key], key, settings)
+    keypoints = document.get(KEYPOINTS_FIELD)
+    if keypoints is not None:
+        parts.keypoints = _keypoints_text(keypoints) if isinstance(keypoints, str) else keypoints
+    if garments == "one" and document.get("cloth") is not None:
+        parts.cloths = [_json_image(document["cloth"], "cloth", settings)]
+    elif garments == "many" and document.get("cloths") is not None:
+        if not isinstance(document["cloths"], list):
+            raise ApiError(422, "invalid_field", "must be a list of garments (URLs or base64)", "cloths")
+        if len(document["cloths"]) > settings.max_garments:
+            _too_many(len(document["cloths"]), settings)
+        parts.cloths = [_garment(lambda i=i, value=value: _json_image(value, f"cloths[{i}]", settings), garments)
+                        for i, value in enumerate(document["cloths"])]
+    return parts
+
+
+def _too_many(count: int | str, settings: Settings) -> None:
+    raise ApiError(413, "too_many_garments", f"{count} garments; at most {settings.max_garments} per "
+                   "request (TRYON_MAX_GARMENTS)", "cloth")
+
+
+def person_mix_error(exc: IncompleteInputs) -> ApiError:
+    """The model's mix rule failure as the service's 422; ``field`` lists the inputs concerned."""
+    code = "ambiguous_inputs" if exc.message.startswith("ambiguous") else "incomplete_inputs"
+    return ApiError(422, code, exc.message, ",".join(exc.fields))
+
+
+async def read_request(request: Request, settings: Settings, query_options: dict,
+                       garments: Garments = "one") -> tuple[RequestParts, OutputOptions]:
+    """The request's parts (person-side mix checked, garments counted) and its options (body fields win)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in ("multipart/form-data", "application/json"):
+        raise ApiError(415, "unsupported_media_type", "send multipart/form-data or application/json, not "
+                       f"{content_type or 'no Content-Type'!r}")
+    limit = settings.batch_body_limit if garments == "many" else settings.request_body_limit
+    body = await _read_body(request, limit)
+    if content_type == "multipart/form-data":
+        parts = await _from_multipart(request, body, settings, garments)
+    else:
+        parts = _from_json(body, settings, garments)
+    try:
+        check_person_mix(parts.given)
+    except IncompleteInputs as exc:
+        raise person_mix_error(exc) from None
+    if garments != "none" and not parts.cloths:
+        what = "cloth is required (a file, an http(s) URL or base64)" if garments == "one" else \
+            "at least one garment is required: cloth fields (multipart) or a cloths list (JSON)"
+        raise ApiError(422, "missing_field", what, "cloth")
+    if len(parts.cloths) > settings.max_garments:
+        _too_many(len(parts.cloths), settings)
+    return parts, parse_options(query_options | parts.options)
+
+
+async def fetch_parts(parts: RequestParts, fetcher: UrlFetcher) -> RequestParts:
+    """Fetches every URL concurrently: a person-side failure fails the request, a
+    garment's failure in a batch is kept as that garment's result."""
+    person = await fetch_urls(parts.person, fetcher)
+    cloths = await asyncio.gather(*(fetcher.fetch(c, "cloth") if isinstance(c, str) else _same(c)
+                                    for c in parts.cloths), return_exceptions=True)
+    for outcome in cloths:
+        if isinstance(outcome, BaseException) and not isinstance(outcome, ApiError):
+            raise outcome
+    return RequestParts(person, parts.keypoints, list(cloths), parts.options)
+
+
+async def _same(value):
+    return value
+
+
+def has_urls(parts: RequestParts) -> bool:
+    return any(isinstance(v, str) for v in [*parts.person.values(), *parts.cloths])
+
+
+async def fetch_urls(sources: dict[str, bytes | str], fetcher: UrlFetcher) -> dict[str, bytes]:
+    """Replaces every URL by its bytes, fetching them concurrently; the first failure is raised."""
+    urls = {k: v for k, v in sources.items() if isinstance(v, str)}
+    fetched = await asyncio.gather(*(fetcher.fetch(url, field) for field, url in urls.items()),
+                                   return_exceptions=True)
+    for outcome in fetched:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return {**sources, **dict(zip(urls, fetched))}

@@ -1,0 +1,67 @@
+"""Per-request context as a plain ASGI middleware (it never buffers or wraps
+the body, so streaming and disconnect detection stay intact): the request
+id, the X-Weights header, metrics by route and status, one JSON log line."""
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from starlette.datastructures import MutableHeaders
+
+from .state import ServiceState
+
+log = logging.getLogger("service.access")
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+TRYON_ROUTES = ("/v1/tryon", "/v1/tryon/batch", "/v1/prepare")
+QUIET_ROUTES = ("/healthz", "/readyz", "/metrics")
+CLIENT_GONE = 499  # nginx's code for "client closed request"; never reaches a client
+
+
+class RequestContextMiddleware:
+    def __init__(self, app, service: ServiceState):
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        sent_id = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = sent_id if _CLIENT_ID.match(sent_id) else uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        started = time.perf_counter()
+        status = [500]
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                headers = MutableHeaders(scope=message)
+                headers["X-Request-ID"] = request_id
+                if self.service.weights_label:
+                    headers["X-Weights"] = self.service.weights_label
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            self._record(scope, state, status[0], time.perf_counter() - started)
+
+    def _record(self, scope, state: dict, status: int, seconds: float) -> None:
+        route = getattr(scope.get("route"), "path", None) or "unmatched"
+        status = CLIENT_GONE if state.get("client_gone") else status
+        metrics = self.service.metrics
+        metrics.requests.labels(route, scope["method"], str(status)).inc()
+        metrics.latency.labels(route).observe(seconds)
+        if route in TRYON_ROUTES and status >= 400:
+            metrics.rejected.labels(state.get("error_code") or str(status)).inc()
+        fields = {"request_id": state["request_id"], "method": scope["method"], "path": scope["path"],
+                  "status": status, "duration_ms": round(seconds * 1000, 2)}
+        if "timings_ms" in state:
+            fields["timings_ms"] = state["timings_ms"]
+        if "error_code" in state:
+            fields["error_code"] = state["error_code"]
+        # Probes and scrapes arrive every few seconds: only their failures are worth a line at info.
+        quiet = route in QUIET_ROUTES and status < 400
+        log.log(logging.DEBUG if quiet else logging.INFO, "request", extra=fields)

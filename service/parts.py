@@ -1,0 +1,82 @@
+"""Answers of several images: multipart/mixed, or JSON / NDJSON with base64.
+
+The client picks with ``Accept``; multipart/mixed is the default. Each part
+names what it is (``Content-Disposition`` name, and ``X-Index`` for the
+garments of a batch); a failed item is a part holding the usual error JSON,
+with its status in ``X-Status`` (multipart) or ``status`` (JSON).
+"""
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from .errors import ApiError
+
+NDJSON = "application/x-ndjson"
+
+
+@dataclass(frozen=True)
+class Part:
+    """One item of a many-image answer: an encoded image, or the error for that item."""
+    name: str
+    media_type: str = "application/json"
+    body: bytes = b""
+    index: int | None = None
+    error: ApiError | None = None
+
+    @classmethod
+    def failed(cls, name: str, error: ApiError, index: int | None = None) -> "Part":
+        return cls(name, index=index, error=error)
+
+    @property
+    def status(self) -> int:
+        return self.error.status if self.error else 200
+
+    def error_body(self) -> dict:
+        return {"code": self.error.code, "message": self.error.message, "field": self.error.field}
+
+
+def accepts(request: Request, media_type: str) -> bool:
+    """Whether ``Accept`` names ``media_type`` itself (a wildcard picks the default instead)."""
+    return any(item.split(";")[0].strip().lower() == media_type
+               for item in request.headers.get("accept", "").split(","))
+
+
+class MultipartMixed:
+    """multipart/mixed framing with a fresh boundary."""
+
+    def __init__(self):
+        self.boundary = f"tryon-{secrets.token_hex(12)}"
+        self.media_type = f"multipart/mixed; boundary={self.boundary}"
+
+    def part(self, part: Part) -> bytes:
+        headers = {"Content-Type": part.media_type, "Content-Disposition": f'inline; name="{part.name}"'}
+        if part.index is not None:
+            headers["X-Index"] = str(part.index)
+        body = part.body
+        if part.error is not None:
+            headers["X-Status"] = str(part.status)
+            body = json.dumps({"error": part.error_body()}).encode()
+        headers["Content-Length"] = str(len(body))
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        return f"--{self.boundary}\r\n{head}\r\n".encode() + body + b"\r\n"
+
+    def end(self) -> bytes:
+        return f"--{self.boundary}--\r\n".encode()
+
+
+def json_item(part: Part) -> dict:
+    """A part as a JSON object: the image as base64, or the error."""
+    item = {"name": part.name, "status": part.status}
+    if part.index is not None:
+        item["index"] = part.index
+    if part.error is not None:
+        item["error"] = part.error_body()
+    else:
+        item["media_type"] = part.media_type
+        item["image"] = base64.b64encode(part.body).decode("ascii")
+    return item

@@ -1,0 +1,65 @@
+"""Decoded request parts -> what the model sees, with the model's errors as the service's.
+
+Runs in a thread (decoding and drawing are CPU work). The person side goes
+through model.person_inputs.person_images, so the service draws exactly what
+the CLI and the library draw; each garment is then letterboxed into the
+person's frame on its own, so one unreadable garment fails only itself.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from model.images import ImageError, ImageTooLarge, TryOnInputs, assemble_inputs
+from model.keypoints import KeypointsError
+from model.person_inputs import IncompleteInputs, PersonInputs, person_images
+
+from .errors import ApiError
+from .inputs import RequestParts, person_mix_error
+from .settings import Settings
+
+# ImageError messages that mean "these bytes are no image" (415); others (a parsing
+# map of another aspect ratio, a colour visualisation) are unusable content (422).
+_NOT_AN_IMAGE = ("empty file", "not an image", "corrupt", "image has no pixels")
+
+
+@contextmanager
+def model_errors():
+    """Maps the model's input errors to ApiError: 422 for the mix and for keypoints
+    (``field`` names them), 413 for too many pixels, 415 or 422 for images."""
+    try:
+        yield
+    except IncompleteInputs as exc:
+        raise person_mix_error(exc) from None
+    except KeypointsError as exc:
+        raise ApiError(422, "invalid_keypoints", exc.message, "keypoints") from None
+    except ImageTooLarge as exc:
+        raise ApiError(413, "image_too_large", exc.message, exc.field) from None
+    except ImageError as exc:
+        if exc.message.startswith(_NOT_AN_IMAGE):
+            raise ApiError(415, "not_an_image", exc.message, exc.field) from None
+        raise ApiError(422, f"invalid_{exc.field}", exc.message, exc.field) from None
+
+
+def decode_person(parts: RequestParts, settings: Settings) -> PersonInputs:
+    """The masked model and pose map at the model's size, drawn where not given."""
+    with model_errors():
+        return person_images(**parts.person, keypoints=parts.keypoints, size=settings.image_hw,
+                             max_pixels=settings.max_image_pixels)
+
+
+def decode_garment(person: PersonInputs, cloth: bytes, settings: Settings) -> TryOnInputs:
+    """One garment with the person's images: the model's three input tensors."""
+    with model_errors():
+        return assemble_inputs(person.masked_model, person.pose, person.frame, cloth,
+                               max_pixels=settings.max_image_pixels)
+
+
+def decode_garments(person: PersonInputs, cloths: list, settings: Settings) -> list[TryOnInputs | ApiError]:
+    """Every garment of a batch; a failed one (already, or now) stays an ApiError in its place."""
+    decoded = []
+    for cloth in cloths:
+        try:
+            decoded.append(cloth if isinstance(cloth, ApiError) else decode_garment(person, cloth, settings))
+        except ApiError as exc:
+            decoded.append(exc)
+    return decoded

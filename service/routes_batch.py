@@ -1,0 +1,106 @@
+"""POST /v1/tryon/batch: one person, many garments, each result streamed back.
+
+The person is read, drawn if need be, and encoded by the network once for
+the whole request: the garments go to the worker as one job
+(``Engine.infer_garments``), which takes one place in the queue and keeps
+the request's deadline. A garment that cannot be read or fetched becomes an
+error part; the others are still dressed.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import torch
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import StreamingResponse
+
+from model.images import MEDIA_TYPES
+
+from .batcher import GarmentsInputs
+from .errors import ApiError
+from .inputs import OutputFormat, OutputSize
+from .middleware import CLIENT_GONE
+from .parts import NDJSON, MultipartMixed, Part, accepts, json_item
+from .person import decode_garments, decode_person
+from .routes import (PERSON_MIX, IMAGE_SCHEMA, JSON_IMAGE, encode_output, person_request_body, read_parts,
+                     require_api_key, require_ready, run_job, server_timing)
+from .state import ServiceState, get_service
+
+batch = APIRouter(tags=["try-on"], dependencies=[Depends(require_api_key)])
+
+BATCH_OPENAPI = {
+    "requestBody": person_request_body(
+        {"multipart": {"cloth": {"type": "array", "items": {**IMAGE_SCHEMA, "format": "binary"},
+                                 "description": "repeat the field, once per garment"}},
+         "json": {"cloths": {"type": "array", "items": JSON_IMAGE}}}, []),
+    "responses": {"200": {"description": "one part per garment, in input order, each with its index: "
+                                         "multipart/mixed (default) or NDJSON (Accept: application/x-ndjson)",
+                          "content": {"multipart/mixed": {"schema": {"type": "string", "format": "binary"}},
+                                      NDJSON: {"schema": {"type": "string"}}}}},
+}
+BATCH_DESCRIPTION = PERSON_MIX + (
+    " Garments: `cloth` repeated (multipart) or `cloths` (JSON list), at most TRYON_MAX_GARMENTS. Parts come "
+    "in input order, each carrying its index (`X-Index`, or `index`); a garment that could not be read is an "
+    "error part (`X-Status`, or `status` + `error`) and does not stop the others.")
+
+
+@batch.post("/v1/tryon/batch", summary="Dress one person in many garments; results streamed, one part each",
+            description=BATCH_DESCRIPTION, response_class=Response, openapi_extra=BATCH_OPENAPI)
+async def tryon_garments(
+        request: Request,
+        service: ServiceState = Depends(get_service),
+        format: OutputFormat | None = Query(None, description="output format (jpeg)"),
+        quality: int | None = Query(None, ge=1, le=100, description="JPEG/WebP quality (90)"),
+        size: OutputSize | None = Query(None, description="model size, or the person "
+                                                          "image's original size (model)"),
+) -> Response:
+    require_ready(service)
+    settings = service.settings
+    deadline = asyncio.get_running_loop().time() + settings.request_timeout_s
+    timings: dict[str, float] = {}
+    request.state.timings_ms = timings
+
+    parts, options = await read_parts(request, service, {"format": format, "quality": quality, "size": size},
+                                      "many", timings)
+    mark = time.perf_counter()
+    person = await asyncio.to_thread(decode_person, parts, settings)
+    garments = await asyncio.to_thread(decode_garments, person, parts.cloths, settings)
+    timings["decode"] = (time.perf_counter() - mark) * 1000
+    usable = [i for i, g in enumerate(garments) if not isinstance(g, ApiError)]
+    if not usable:  # nothing to dress: fail like /v1/tryon would
+        raise garments[0]
+
+    first = garments[usable[0]]
+    job_inputs = GarmentsInputs(first.pose, first.masked_model, torch.stack([garments[i].cloth for i in usable]))
+    result = await run_job(service, job_inputs, deadline, request)
+    if result is None:
+        return Response(status_code=CLIENT_GONE)
+    timings["queue"] = result.queue_s * 1000
+    timings["inference"] = result.inference_s * 1000
+    outputs = dict(zip(usable, result.output))
+
+    async def results():
+        for index, garment in enumerate(garments):
+            if isinstance(garment, ApiError):
+                yield Part.failed("result", garment, index)
+            else:
+                body = await asyncio.to_thread(encode_output, outputs[index], person.frame, options)
+                yield Part("result", MEDIA_TYPES[options.format], body, index)
+
+    headers = {"Server-Timing": server_timing(timings), "X-Batch-Size": str(result.batch_size),
+               "X-Garments": str(len(garments))}
+    if accepts(request, NDJSON):
+        async def lines():
+            async for part in results():
+                yield (json.dumps(json_item(part)) + "\n").encode()
+        return StreamingResponse(lines(), media_type=NDJSON, headers=headers)
+
+    framing = MultipartMixed()
+
+    async def multipart():
+        async for part in results():
+            yield framing.part(part)
+        yield framing.end()
+    return StreamingResponse(multipart(), media_type=framing.media_type, headers=headers)

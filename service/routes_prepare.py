@@ -1,0 +1,60 @@
+"""POST /v1/prepare: what the model will see for a person, without running it."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from model.images import encode_image
+
+from .parts import MultipartMixed, Part, accepts
+from .person import decode_person
+from .routes import PERSON_MIX, person_request_body, read_parts, require_api_key, require_ready
+from .state import ServiceState, get_service
+
+PrepareOutput = Literal["masked_model", "pose"]
+PNG = "image/png"
+
+prepare = APIRouter(tags=["try-on"], dependencies=[Depends(require_api_key)])
+
+PREPARE_OPENAPI = {
+    "requestBody": person_request_body({}, []),
+    "responses": {"200": {"description": "with ?output=: that image as PNG; without: both, as multipart/mixed "
+                                         "(default) or JSON with base64 (Accept: application/json)",
+                          "content": {PNG: {"schema": {"type": "string", "format": "binary"}},
+                                      "multipart/mixed": {"schema": {"type": "string", "format": "binary"}},
+                                      "application/json": {"schema": {"type": "object"}}}}},
+}
+
+
+@prepare.post("/v1/prepare", summary="The masked model and pose map the model will see, as PNG at its size",
+              description=PERSON_MIX, response_class=Response, openapi_extra=PREPARE_OPENAPI)
+async def prepare_person(
+        request: Request,
+        service: ServiceState = Depends(get_service),
+        output: PrepareOutput | None = Query(None, description="one image only, as image/png"),
+) -> Response:
+    require_ready(service)
+    settings = service.settings
+    mark = time.perf_counter()
+    parts, _ = await read_parts(request, service, {}, "none", {})
+    person = await asyncio.to_thread(decode_person, parts, settings)
+    names = (output,) if output else ("masked_model", "pose")
+    images = await asyncio.to_thread(lambda: {name: encode_image(getattr(person, name), "png") for name in names})
+    height, width = settings.image_hw
+    headers = {"Server-Timing": f"prepare;dur={(time.perf_counter() - mark) * 1000:.2f}",
+               "X-Image-Size": f"{height}x{width}"}
+    if output:
+        return Response(images[output], media_type=PNG, headers=headers | {
+            "Content-Disposition": f'inline; filename="{output}.png"'})
+    if accepts(request, "application/json"):
+        return JSONResponse({"size": [height, width], "media_type": PNG,
+                             **{name: base64.b64encode(body).decode("ascii") for name, body in images.items()}},
+                            headers=headers)
+    framing = MultipartMixed()
+    body = b"".join(framing.part(Part(name, PNG, data)) for name, data in images.items()) + framing.end()
+    return Response(body, media_type=framing.media_type, headers=headers)

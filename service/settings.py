@@ -1,0 +1,103 @@
+"""Every setting of the service, read from TRYON_* environment variables.
+
+Names and defaults are the service contract shared with deploy and prep;
+command-line flags of ``tryon-serve`` override them.
+"""
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRYON_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    device: str = "auto"
+    # auto: fp16 convolutions on a GPU (>= 40 dB PSNR against fp32, flows and softmax fp32), fp32 on a CPU.
+    precision: Literal["auto", "fp32", "tf32", "bf16", "fp16"] = "auto"
+    sampler: Literal["auto", "triton", "numba", "torch"] = "auto"
+    weights: str | None = None
+    image_size: str = "256x192"
+    max_batch_size: int = Field(8, ge=1)
+    max_batch_wait_ms: float = Field(5, ge=0)
+    queue_limit: int = Field(64, ge=1)
+    max_garments: int = Field(8, ge=1)
+    request_timeout_s: float = Field(30, gt=0)
+    drain_timeout_s: float = Field(30, ge=0)
+    max_upload_bytes: int = Field(10_485_760, ge=1)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    url_connect_timeout_s: float = Field(3, gt=0)
+    url_read_timeout_s: float = Field(5, gt=0)
+    url_total_timeout_s: float = Field(10, gt=0)
+    url_max_bytes: int = Field(10_485_760, ge=1)
+    url_allow_hosts: CommaList = []
+    api_keys: CommaList = []
+    cors_origins: CommaList = []
+    log_level: str = "info"
+
+    @field_validator("url_allow_hosts", "api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value):
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value):
+        return value or None
+
+    @field_validator("image_size")
+    @classmethod
+    def _check_size(cls, value: str) -> str:
+        parts = value.lower().replace(" ", "").split("x")
+        if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise ValueError(f"image_size must be HxW such as 256x192, not {value!r}")
+        return f"{int(parts[0])}x{int(parts[1])}"
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        value = value.lower()
+        if value not in ("critical", "error", "warning", "info", "debug"):
+            raise ValueError(f"log_level must be critical, error, warning, info or debug, not {value!r}")
+        return value
+
+    @cached_property
+    def image_hw(self) -> tuple[int, int]:
+        h, w = self.image_size.split("x")
+        return int(h), int(w)
+
+    def batch_sizes_for(self, device_type: str) -> tuple[int, ...]:
+        """The batch sizes the engine warms up and pads to. On a GPU, a few fixed shapes (powers
+        of two, and the max) keep kernels and allocations reused and padding costs little; on
+        a CPU the cost grows with every item, so padding 5 up to 8 would be pure waste."""
+        if device_type != "cuda":
+            return tuple(range(1, self.max_batch_size + 1))
+        sizes, n = [], 1
+        while n < self.max_batch_size:
+            sizes.append(n)
+            n *= 2
+        return tuple(sizes + [self.max_batch_size])
+
+    def body_limit(self, images: int) -> int:
+        """A request body carrying ``images`` images as base64 (4/3 of the bytes; multipart
+        needs less) plus 64 KiB for keypoints and the other fields."""
+        return images * (self.max_upload_bytes * 4 // 3 + 4) + 65_536
+
+    @property
+    def request_body_limit(self) -> int:
+        """/v1/tryon and /v1/prepare: three images as base64 (four as multipart files fit)."""
+        return self.body_limit(3)
+
+    @property
+    def batch_body_limit(self) -> int:
+        """/v1/tryon/batch: the person side (at most three images) and TRYON_MAX_GARMENTS garments."""
+        return self.body_limit(3 + self.max_garments)

@@ -1,0 +1,102 @@
+"""Start-up on a fresh machine (random weights flagged, a working curl line)
+and shutdown: SIGTERM turns readiness off and drains every accepted request."""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import shlex
+import shutil
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from model.weights import find_weights
+from service import create_app
+from service.settings import Settings
+from tests.fixtures.service.harness import ServerProcess, fixture_bytes, sample_key
+
+FILES = {name: (f"{name}.png", fixture_bytes(f"{name}_64x64.png"), "image/png")
+         for name in ("masked_model", "pose", "cloth")}
+IN_FLIGHT = 6
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    proc = ServerProcess({"TRYON_MAX_BATCH_SIZE": "8", "TRYON_MAX_BATCH_WAIT_MS": "1500",
+                          "TRYON_DRAIN_TIMEOUT_S": "20"}, tmp_path_factory.mktemp("logs"))
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        proc.stop()
+
+
+def test_fresh_start_flags_random_weights_and_prints_a_working_curl(server, tmp_path):
+    info = httpx.get(f"{server.url}/readyz").json()
+    if find_weights() is None:  # a checkout without a checkpoint, as on a fresh machine
+        assert info["weights"] == "random" and info["random_weights"] is True
+        assert "SERVING RANDOM WEIGHTS" in server.stderr
+    curl = next(line for line in server.stdout.splitlines() if line.startswith("curl "))
+    assert f"http://127.0.0.1:{server.port}/v1/tryon" in curl
+    if shutil.which("curl"):
+        done = subprocess.run(shlex.split(curl), cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert "200 OK" in done.stdout and f"x-weights: {info['weights']}" in done.stdout.lower()
+        assert (tmp_path / "tryon.jpg").read_bytes()[:3] == b"\xff\xd8\xff"
+
+
+def test_draining_turns_readiness_503():
+    app = create_app(Settings(image_size="64x64"))
+    service = app.state.service
+    service.ready = True
+
+    async def readiness():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
+            before = await client.get("/readyz")
+            service.begin_drain()
+            after = await client.get("/readyz")
+            return before, after
+
+    before, after = asyncio.run(readiness())
+    assert before.status_code == 200 and after.status_code == 503
+    assert after.json()["status"] == "draining" and after.json()["draining"] is True
+
+
+def test_sigterm_drains_accepted_requests(server):
+    with httpx.Client(base_url=server.url, timeout=60) as client, \
+            concurrent.futures.ThreadPoolExecutor(IN_FLIGHT) as pool:
+        pending = [pool.submit(client.post, "/v1/tryon", files=FILES) for _ in range(IN_FLIGHT)]
+        end = time.monotonic() + 20
+        while server.metrics()[sample_key("tryon_queue_depth")] < IN_FLIGHT:  # all accepted, none run yet
+            assert time.monotonic() < end
+            time.sleep(0.02)
+        server.process.terminate()
+        started = time.monotonic()
+        answers = [p.result() for p in pending]
+    assert [a.status_code for a in answers] == [200] * IN_FLIGHT
+    assert all(a.content[:3] == b"\xff\xd8\xff" for a in answers)
+    assert server.process.wait(25) == 0 and time.monotonic() - started < 20
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{server.url}/healthz")
+    log = server.stderr
+    assert log.index("draining: readiness is now 503") < log.index("Application shutdown complete")
+
+
+def test_settings_from_environment(monkeypatch):
+    monkeypatch.setenv("TRYON_API_KEYS", " k1, k2 ,")
+    monkeypatch.setenv("TRYON_URL_ALLOW_HOSTS", "images.example.com,127.0.0.1:8080")
+    monkeypatch.setenv("TRYON_IMAGE_SIZE", "128 x 96")
+    monkeypatch.setenv("TRYON_MAX_BATCH_SIZE", "6")
+    monkeypatch.setenv("TRYON_PORT", "9000")
+    settings = Settings(port=8123)  # what a --port flag does: it wins over the environment
+    assert settings.port == 8123 and settings.api_keys == ["k1", "k2"]
+    assert settings.url_allow_hosts == ["images.example.com", "127.0.0.1:8080"]
+    assert settings.image_hw == (128, 96) and settings.cors_origins == []
+    assert settings.batch_sizes_for("cuda") == (1, 2, 4, 6)
+    assert settings.batch_sizes_for("cpu") == (1, 2, 3, 4, 5, 6)
+    monkeypatch.setenv("TRYON_IMAGE_SIZE", "big")
+    with pytest.raises(ValueError):
+        Settings()

@@ -1,0 +1,338 @@
+"""The person-side inputs shops really have, through a real server over real HTTP:
+photo + keypoints (+ parse) for /v1/tryon, /v1/prepare, and many garments
+for one person through /v1/tryon/batch. Expected images come from the model
+code itself (model.person_inputs.person_images and the network)."""
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import io
+import json
+import signal
+import time
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+from safetensors.torch import save_file
+
+from model import create_model, load_weights
+from model.images import assemble_inputs, encode_image, output_image
+from model.person_inputs import person_images
+from tests.fixtures.service.harness import REPO, ServerProcess, fixture_bytes, sample_key
+
+PREP = REPO / "tests" / "fixtures" / "prep"
+SIZE = (64, 64)
+MAX_GARMENTS = 3
+PERSON = (PREP / "front_person.png").read_bytes()
+PARSE = (PREP / "front_parse.png").read_bytes()
+POSE = (PREP / "front_pose.png").read_bytes()
+MASKED = (PREP / "front_masked_model.png").read_bytes()
+KEYPOINTS_TEXT = (PREP / "front_keypoints.json").read_text()
+KEYPOINTS = json.loads(KEYPOINTS_TEXT)
+CLOTH = fixture_bytes("cloth_64x64.png")
+
+
+def png(img: Image.Image) -> bytes:
+    return encode_image(img, "png")
+
+
+def variant_cloths() -> list[bytes]:
+    base = Image.open(io.BytesIO(CLOTH)).convert("RGB")
+    return [CLOTH, png(ImageOps.mirror(base)), png(ImageOps.invert(base))]
+
+
+CLOTHS = variant_cloths()
+
+
+def pixels(body: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(body)).convert("RGB"), dtype=np.int16)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def split_multipart(answer: httpx.Response) -> list[tuple[dict[str, str], bytes]]:
+    """multipart/mixed -> [(headers, body)], reading each part by its Content-Length."""
+    boundary = answer.headers["content-type"].split("boundary=")[1].encode()
+    data, parts, at = answer.content, [], 0
+    while True:
+        at = data.index(b"--" + boundary, at) + len(boundary) + 2
+        if data[at:at + 2] == b"--":
+            return parts
+        head_end = data.index(b"\r\n\r\n", at)
+        headers = dict(line.split(": ", 1) for line in data[at + 2:head_end].decode().split("\r\n"))
+        size = int(headers["Content-Length"])
+        parts.append((headers, data[head_end + 4:head_end + 4 + size]))
+        at = head_end + 4 + size
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, standin_state):
+    weights = tmp_path_factory.mktemp("weights") / "standin.safetensors"
+    save_file({k: v.contiguous() for k, v in standin_state.items()}, str(weights))
+    proc = ServerProcess({"TRYON_WEIGHTS": str(weights), "TRYON_MAX_BATCH_SIZE": "2",
+                          "TRYON_MAX_GARMENTS": str(MAX_GARMENTS)}, tmp_path_factory.mktemp("logs"))
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        assert proc.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def network(standin_state):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the server shares the cores
+    yield load_weights(create_model(sampler="torch"), standin_state)
+    torch.set_num_threads(threads)
+
+
+def expected_tryon(network, cloth: bytes = CLOTH, **person) -> np.ndarray:
+    drawn = person_images(size=SIZE, **person)
+    inputs = assemble_inputs(drawn.masked_model, drawn.pose, drawn.frame, cloth)
+    with torch.inference_mode():
+        out = network(torch.cat((inputs.pose, inputs.masked_model))[None], inputs.cloth[None],
+                      inputs.masked_model[None])
+    return np.asarray(output_image(out[0]), dtype=np.int16)
+
+
+def assert_same_image(got: np.ndarray, want: np.ndarray) -> None:
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() <= 1  # float summation order may move a value across a rounding edge
+    assert (got != want).mean() < 0.01
+
+
+# Each mix in the three ways keypoints arrive: a multipart text field, a multipart file, a JSON value.
+MIXES = [
+    ("person+keypoints, keypoints as a text field", dict(person=PERSON, keypoints=KEYPOINTS_TEXT),
+     lambda: dict(files={"person": ("p.png", PERSON, "image/png"), "cloth": ("c.png", CLOTH, "image/png")},
+                  data={"keypoints": KEYPOINTS_TEXT})),
+    ("person+keypoints+parse, keypoints as a file", dict(person=PERSON, keypoints=KEYPOINTS_TEXT, parse=PARSE),
+     lambda: dict(files={"person": ("p.png", PERSON, "image/png"), "parse": ("s.png", PARSE, "image/png"),
+                         "keypoints": ("k.json", KEYPOINTS_TEXT.encode(), "application/json"),
+                         "cloth": ("c.png", CLOTH, "image/png")})),
+    ("masked_model+keypoints, keypoints as a JSON object", dict(masked_model=MASKED, keypoints=KEYPOINTS),
+     lambda: dict(json={"masked_model": b64(MASKED), "keypoints": KEYPOINTS, "cloth": b64(CLOTH)})),
+    ("person+keypoints+pose, keypoints as a JSON string", dict(person=PERSON, keypoints=KEYPOINTS, pose=POSE),
+     lambda: dict(json={"person": b64(PERSON), "pose": b64(POSE), "keypoints": KEYPOINTS_TEXT,
+                        "cloth": b64(CLOTH)})),
+    ("keypoints as a JSON list of triples", dict(person=PERSON, keypoints=KEYPOINTS),
+     lambda: dict(json={"person": b64(PERSON), "cloth": b64(CLOTH),
+                        "keypoints": np.reshape(KEYPOINTS["people"][0]["pose_keypoints"], (18, 3)).tolist()})),
+]
+
+
+@pytest.mark.parametrize("name, person, request_kwargs", MIXES, ids=[m[0] for m in MIXES])
+def test_tryon_input_mixes_equal_model_code(client, network, name, person, request_kwargs):
+    answer = client.post("/v1/tryon", params={"format": "png"}, **request_kwargs())
+    assert answer.status_code == 200, answer.text
+    assert_same_image(pixels(answer.content), expected_tryon(network, **person))
+
+
+@pytest.mark.parametrize("kwargs, code, fields", [
+    (dict(files={"person": ("p.png", PERSON, "image/png"), "cloth": ("c.png", CLOTH, "image/png")}),
+     "incomplete_inputs", "masked_model,keypoints"),
+    (dict(json={"masked_model": b64(MASKED), "cloth": b64(CLOTH)}), "incomplete_inputs", "pose,keypoints"),
+    (dict(json={"masked_model": b64(MASKED), "pose": b64(POSE), "keypoints": KEYPOINTS, "cloth": b64(CLOTH)}),
+     "ambiguous_inputs", "keypoints"),
+    (dict(files={"masked_model": ("m.png", MASKED, "image/png"), "pose": ("p.png", POSE, "image/png"),
+                 "person": ("q.png", PERSON, "image/png"), "cloth": ("c.png", CLOTH, "image/png")}),
+     "ambiguous_inputs", "person"),
+], ids=["person alone", "masked model alone", "keypoints besides both images", "person besides both images"])
+def test_incomplete_or_ambiguous_mix_is_422_naming_the_fields(client, kwargs, code, fields):
+    answer = client.post("/v1/tryon", **kwargs)
+    assert answer.status_code == 422, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == code and error["field"] == fields
+    assert all(f in error["message"] for f in fields.split(","))
+
+
+PREPARE_FILES = {"person": ("p.png", PERSON, "image/png"), "parse": ("s.png", PARSE, "image/png"),
+                 "keypoints": ("k.json", KEYPOINTS_TEXT.encode(), "application/json")}
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    """What the model code draws for the photo, parse map and keypoints."""
+    return person_images(person=PERSON, parse=PARSE, keypoints=KEYPOINTS_TEXT, size=SIZE)
+
+
+@pytest.mark.parametrize("output", ["pose", "masked_model"])
+def test_prepare_one_image_is_exactly_the_model_input(client, prepared, output):
+    answer = client.post("/v1/prepare", params={"output": output}, files=PREPARE_FILES)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "image/png" and answer.headers["x-image-size"] == "64x64"
+    assert np.array_equal(pixels(answer.content), pixels(png(getattr(prepared, output))))
+
+
+def test_prepare_both_as_multipart_and_as_json(client, prepared):
+    want = {name: pixels(png(getattr(prepared, name))) for name in ("masked_model", "pose")}
+    multipart = client.post("/v1/prepare", files=PREPARE_FILES)
+    assert multipart.status_code == 200, multipart.text
+    assert multipart.headers["content-type"].startswith("multipart/mixed; boundary=")
+    parts = split_multipart(multipart)
+    names = [headers["Content-Disposition"].split('name="')[1].rstrip('"') for headers, _ in parts]
+    assert names == ["masked_model", "pose"]
+    for (headers, body), name in zip(parts, names):
+        assert headers["Content-Type"] == "image/png"
+        assert np.array_equal(pixels(body), want[name])
+
+    as_json = client.post("/v1/prepare", headers={"Accept": "application/json"},
+                          json={"person": b64(PERSON), "parse": b64(PARSE), "keypoints": KEYPOINTS})
+    assert as_json.status_code == 200 and as_json.headers["content-type"] == "application/json"
+    document = as_json.json()
+    assert document["size"] == [64, 64] and document["media_type"] == "image/png"
+    for name in want:
+        assert np.array_equal(pixels(base64.b64decode(document[name])), want[name])
+
+
+def test_prepare_refuses_an_incomplete_mix(client):
+    answer = client.post("/v1/prepare", files={"person": ("p.png", PERSON, "image/png")})
+    assert answer.status_code == 422 and answer.json()["error"]["field"] == "masked_model,keypoints"
+
+
+@pytest.fixture(scope="module")
+def single_results(client):
+    """Each garment through /v1/tryon alone, as PNG: what the batch must give for it."""
+    results = []
+    for cloth in CLOTHS:
+        answer = client.post("/v1/tryon", params={"format": "png"}, data={"keypoints": KEYPOINTS_TEXT},
+                             files={"person": ("p.png", PERSON, "image/png"), "cloth": ("c.png", cloth, "image/png")})
+        assert answer.status_code == 200, answer.text
+        results.append(pixels(answer.content))
+    return results
+
+
+def batch_files(cloths: list[bytes]) -> list:
+    return [("person", ("p.png", PERSON, "image/png"))] + [("cloth", (f"c{i}.png", c, "image/png"))
+                                                          for i, c in enumerate(cloths)]
+
+
+def test_batch_streams_each_garment_as_the_single_request_gives_it(server, client, single_results):
+    before = server.metrics()
+    with client.stream("POST", "/v1/tryon/batch", params={"format": "png"}, files=batch_files(CLOTHS),
+                       data={"keypoints": KEYPOINTS_TEXT}) as answer:
+        assert answer.status_code == 200
+        assert "content-length" not in answer.headers  # streamed, part by part
+        answer.read()
+    assert answer.headers["x-garments"] == "3" and answer.headers["x-batch-size"] == "3"
+    assert "inference;dur=" in answer.headers["server-timing"]
+    parts = split_multipart(answer)
+    assert [int(headers["X-Index"]) for headers, _ in parts] == [0, 1, 2]
+    for (headers, body), want in zip(parts, single_results):
+        assert headers["Content-Type"] == "image/png"
+        assert_same_image(pixels(body), want)
+    # One engine job for the three garments, counted like any request.
+    after = server.metrics()
+    jobs = after[sample_key("tryon_batch_size_count")] - before[sample_key("tryon_batch_size_count")]
+    garments = after[sample_key("tryon_batch_size_sum")] - before[sample_key("tryon_batch_size_sum")]
+    assert (jobs, garments) == (1, 3)
+    route = {"route": "/v1/tryon/batch", "method": "POST", "status": "200"}
+    assert after[sample_key("tryon_http_requests_total", route)] >= 1
+
+
+def test_batch_as_ndjson_from_a_json_body(client, single_results):
+    body = {"person": b64(PERSON), "keypoints": KEYPOINTS, "cloths": [b64(c) for c in CLOTHS], "format": "png"}
+    answer = client.post("/v1/tryon/batch", json=body, headers={"Accept": "application/x-ndjson"})
+    assert answer.status_code == 200 and answer.headers["content-type"] == "application/x-ndjson"
+    lines = [json.loads(line) for line in answer.text.splitlines()]
+    assert [line["index"] for line in lines] == [0, 1, 2]
+    for line, want in zip(lines, single_results):
+        assert line["status"] == 200 and line["media_type"] == "image/png"
+        assert_same_image(pixels(base64.b64decode(line["image"])), want)
+
+
+def test_batch_survives_a_bad_garment(client, single_results):
+    cloths = [CLOTHS[0], b"not an image at all", CLOTHS[2]]
+    answer = client.post("/v1/tryon/batch", params={"format": "png"}, files=batch_files(cloths),
+                         data={"keypoints": KEYPOINTS_TEXT})
+    assert answer.status_code == 200, answer.text
+    parts = split_multipart(answer)
+    assert [headers.get("X-Status", "200") for headers, _ in parts] == ["200", "415", "200"]
+    bad_headers, bad_body = parts[1]
+    assert bad_headers["Content-Type"] == "application/json" and bad_headers["X-Index"] == "1"
+    assert json.loads(bad_body)["error"]["code"] == "not_an_image"
+    assert_same_image(pixels(parts[0][1]), single_results[0])
+    assert_same_image(pixels(parts[2][1]), single_results[2])
+
+
+def test_batch_refuses_too_many_garments(client):
+    many = CLOTHS + [CLOTH]
+    multipart = client.post("/v1/tryon/batch", files=batch_files(many), data={"keypoints": KEYPOINTS_TEXT})
+    as_json = client.post("/v1/tryon/batch", json={"person": b64(PERSON), "keypoints": KEYPOINTS,
+                                                   "cloths": [b64(c) for c in many]})
+    for answer in (multipart, as_json):
+        assert answer.status_code == 413, answer.text
+        error = answer.json()["error"]
+        assert error["code"] == "too_many_garments" and str(MAX_GARMENTS) in error["message"]
+
+
+def _points(rows) -> dict:
+    return {"people": [{"pose_keypoints_2d": [v for row in rows for v in row]}]}
+
+
+TRIPLES = np.reshape(KEYPOINTS["people"][0]["pose_keypoints"], (18, 3)).tolist()
+BAD_KEYPOINTS = [
+    ("wrong length", json.dumps(_points(TRIPLES[:10])), "has 10 points"),
+    ("not numbers", json.dumps([["a", "b", 1]] + TRIPLES[1:]), "is not a number"),
+    ("NaN", json.dumps([[float("nan"), 10.0, 0.9]] + TRIPLES[1:]), "NaN"),
+    ("far outside", json.dumps([[5000.0, 40.0, 0.9]] + TRIPLES[1:]), "far outside"),
+    ("not JSON", "{people: ", "not valid JSON"),
+]
+
+
+@pytest.mark.parametrize("name, text, problem", BAD_KEYPOINTS, ids=[b[0] for b in BAD_KEYPOINTS])
+def test_bad_keypoints_are_422_naming_the_problem(client, name, text, problem):
+    answer = client.post("/v1/tryon", data={"keypoints": text},
+                         files={"person": ("p.png", PERSON, "image/png"), "cloth": ("c.png", CLOTH, "image/png")})
+    assert answer.status_code == 422, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "invalid_keypoints" and error["field"] == "keypoints"
+    assert problem in error["message"]
+    # The server is none the worse: the next good request is served.
+    good = client.post("/v1/prepare", params={"output": "pose"}, data={"keypoints": KEYPOINTS_TEXT},
+                       files={"person": ("p.png", PERSON, "image/png")})
+    assert good.status_code == 200 and good.headers["content-type"] == "image/png"
+
+
+def test_batch_jobs_respect_the_queue_limit_and_drain_on_sigterm(tmp_path, standin_state):
+    """A batch is one job in the same queue: with a queue limit of 1, a batch running and a
+    batch waiting, a third request is refused at once; SIGTERM lets both batches finish."""
+    weights = tmp_path / "standin.safetensors"
+    save_file({k: v.contiguous() for k, v in standin_state.items()}, str(weights))
+    # The published size, so a batch runs for seconds on this CPU: long enough to queue behind.
+    proc = ServerProcess({"TRYON_WEIGHTS": str(weights), "TRYON_IMAGE_SIZE": "256x192", "TRYON_MAX_BATCH_SIZE": "2",
+                          "TRYON_MAX_GARMENTS": "2", "TRYON_QUEUE_LIMIT": "1"}, tmp_path)
+    try:
+        proc.wait_ready()
+        files = batch_files(CLOTHS[:2])
+
+        def post():
+            return httpx.post(f"{proc.url}/v1/tryon/batch", files=files, data={"keypoints": KEYPOINTS_TEXT},
+                              timeout=120)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            running = pool.submit(post)
+            time.sleep(0.7)  # read and drawn in a fraction of that; then seconds on the worker
+            waiting = pool.submit(post)
+            assert proc.wait_metric("tryon_queue_depth", {}, 1, timeout=30) == 1
+            refused = post()
+            assert refused.status_code == 503 and refused.json()["error"]["code"] == "queue_full", refused.text
+            assert refused.headers["retry-after"]
+            proc.process.send_signal(signal.SIGTERM)
+            for answer in (running.result(), waiting.result()):
+                assert answer.status_code == 200, answer.text
+                assert [h.get("X-Status", "200") for h, _ in split_multipart(answer)] == ["200", "200"]
+        assert proc.process.wait(60) == 0
+    finally:
+        proc.stop()
+
