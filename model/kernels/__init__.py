@@ -7,7 +7,6 @@ flows (B*K, 2, H, W) and weights (B, K, H, W).
 
 impl:
   "torch"  the plain reference (model.sampling), any device;
-  "published" the published K-fold-repeat formulation, the benchmarks' baseline;
   "triton" the fused GPU kernel (model.kernels.triton_sampling);
   "numba"  the fused CPU kernel (model.kernels.cpu_sampling);
   "published" the published repeat-K-times formulation (benchmark baseline);
