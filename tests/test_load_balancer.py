@@ -14,7 +14,6 @@ import io
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,9 @@ sys.path.insert(0, str(ROOT / "docker"))
 
 import render_nginx  # noqa: E402
 
+from service.probe import ServerExited, wait_until_ok  # noqa: E402
+from tests.fixtures.service.harness import free_port  # noqa: E402
+
 pytestmark = pytest.mark.timeout(120)
 
 REQUESTS = 40
@@ -50,12 +52,6 @@ ACCESS_LINE = re.compile(r't=(?P<time>[\d.]+) "(?P<method>\S+) (?P<path>\S+) [^"
                          r'ua="(?P<upstreams>[^"]*)" us="(?P<statuses>[^"]*)" .*rid=(?P<rid>\S+)')
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # Nothing listens here: an image URL on it fails, and the replica answers 502 itself.
 CLOSED_PORT = free_port()
 REPLICA_ENV = {"TRYON_DEVICE": "cpu", "TRYON_IMAGE_SIZE": "64x64", "TRYON_SAMPLER": "torch",
@@ -69,17 +65,10 @@ def tail(path: Path, lines: int = 15) -> str:
 
 
 def wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float = STARTUP_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"{process.args[0]} exited with {process.returncode}:\n{tail(log)}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} not ready after {timeout} s:\n{tail(log)}")
+    try:
+        wait_until_ok(url, process, timeout)
+    except (ServerExited, TimeoutError) as exc:
+        raise AssertionError(f"{exc}:\n{tail(log)}") from None
 
 
 def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
