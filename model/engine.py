@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .network import DAFlow, check_size
-from .weights import WeightsInfo, build_model
+from .weights import build_model
 
 log = logging.getLogger("model.engine")
 

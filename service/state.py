@@ -85,7 +85,7 @@ class ServiceState:
         host = f"[{host}]" if ":" in host else host
         files = {name: EXAMPLES / f"{name}.png" for name in ("masked_model", "pose", "cloth")}
         parts = " ".join(f"-F {name}=@{path}" for name, path in files.items())
-        key = f" -H 'Authorization: Bearer YOUR_API_KEY'" if s.api_keys else ""
+        key = " -H 'Authorization: Bearer YOUR_API_KEY'" if s.api_keys else ""
         return f"curl -sS -o tryon.jpg -D -{key} {parts} http://{host}:{s.port}/v1/tryon"
 
     def begin_drain(self) -> None:

@@ -26,5 +26,15 @@ def standin_state(checkpoint_keys):
     return fill_state_dict(checkpoint_keys, 0)
 
 
+@pytest.fixture(scope="session")
+def standin_weights_file(tmp_path_factory, standin_state):
+    """The stand-in weights as a .safetensors file, as a user would put one in weights/."""
+    from safetensors.torch import save_file
+
+    path = tmp_path_factory.mktemp("weights") / "standin.safetensors"
+    save_file(standin_state, str(path))
+    return path
+
+
 def load_golden(name: str) -> dict:
     return torch.load(FIXTURES / name, weights_only=True)

@@ -28,13 +28,6 @@ def run_cli(module: str, *args: str, env: dict | None = None) -> subprocess.Comp
 
 
 @pytest.fixture(scope="module")
-def standin_file(tmp_path_factory, standin_state):
-    path = tmp_path_factory.mktemp("weights") / "standin.safetensors"
-    save_file(standin_state, str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
 def image_files(tmp_path_factory):
     """The golden 256x192 inputs as PNG files, as a shop would send them."""
     folder = tmp_path_factory.mktemp("images")
@@ -46,11 +39,11 @@ def image_files(tmp_path_factory):
     return paths
 
 
-def test_infer_end_to_end_matches_the_network(tmp_path, standin_file, standin_state, image_files):
+def test_infer_end_to_end_matches_the_network(tmp_path, standin_weights_file, standin_state, image_files):
     out = tmp_path / "result.png"
     proc = run_cli("model.cli", "--masked-model", str(image_files["masked_model"]), "--pose",
                    str(image_files["pose"]), "--cloth", str(image_files["cloth"]), "--out", str(out),
-                   "--weights", str(standin_file), "--device", "cpu")
+                   "--weights", str(standin_weights_file), "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
     assert f"wrote {out}" in proc.stdout and "standin.safetensors" in proc.stdout
     assert "inference" in proc.stdout and " ms" in proc.stdout
@@ -66,7 +59,7 @@ def test_infer_end_to_end_matches_the_network(tmp_path, standin_file, standin_st
     assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
 
 
-def test_infer_jpeg_from_urls_at_original_size(tmp_path, standin_file, image_files):
+def test_infer_jpeg_from_urls_at_original_size(tmp_path, standin_weights_file, image_files):
     person = Image.open(image_files["masked_model"]).resize((300, 400))
     person_path = tmp_path / "person.jpg"
     person.save(person_path, quality=95)
@@ -74,7 +67,7 @@ def test_infer_jpeg_from_urls_at_original_size(tmp_path, standin_file, image_fil
         urls = {f: server.add(f"/{f}.png", image_files[f].read_bytes(), "image/png") for f in ("pose", "cloth")}
         out = tmp_path / "result.jpg"
         proc = run_cli("model.cli", "--masked-model", str(person_path), "--pose", urls["pose"], "--cloth",
-                       urls["cloth"], "--out", str(out), "--weights", str(standin_file), "--size", "original")
+                       urls["cloth"], "--out", str(out), "--weights", str(standin_weights_file), "--size", "original")
     assert proc.returncode == 0, proc.stderr
     with Image.open(out) as img:
         assert img.format == "JPEG" and img.size == (300, 400)
@@ -86,9 +79,9 @@ def test_infer_jpeg_from_urls_at_original_size(tmp_path, standin_file, image_fil
     ("bad_weights", "not a PyTorch checkpoint"),
     ("bad_suffix", "unknown image suffix"),
 ])
-def test_infer_errors_are_one_line(case, expect, tmp_path, standin_file, image_files):
+def test_infer_errors_are_one_line(case, expect, tmp_path, standin_weights_file, image_files):
     args = {"--masked-model": str(image_files["masked_model"]), "--pose": str(image_files["pose"]),
-            "--cloth": str(image_files["cloth"]), "--weights": str(standin_file), "--out": str(tmp_path / "r.jpg")}
+            "--cloth": str(image_files["cloth"]), "--weights": str(standin_weights_file), "--out": str(tmp_path / "r.jpg")}
     if case == "missing":
         args["--masked-model"] = str(tmp_path / "nope.png")
     elif case == "not_image":
@@ -128,10 +121,8 @@ def test_weights_check_and_convert(tmp_path, standin_state):
 
 
 @pytest.fixture(scope="module")
-def checkpoint_bytes(tmp_path_factory, standin_state):
-    path = tmp_path_factory.mktemp("ckpt") / "c.safetensors"
-    save_file(standin_state, str(path))
-    return path.read_bytes()
+def checkpoint_bytes(standin_weights_file):
+    return standin_weights_file.read_bytes()
 
 
 def test_download_resumes_a_broken_transfer(tmp_path, checkpoint_bytes):
@@ -173,16 +164,16 @@ def test_download_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
 PREP = Path(__file__).parent / "fixtures" / "prep"
 
 
-def test_infer_from_person_photo_and_keypoints(tmp_path, standin_file, image_files):
+def test_infer_from_person_photo_and_keypoints(tmp_path, standin_weights_file, image_files):
     out = tmp_path / "result.png"
     proc = run_cli("model.cli", "--person", str(PREP / "front_person.png"), "--keypoints",
                    str(PREP / "front_keypoints.json"), "--parse", str(PREP / "front_parse.png"), "--cloth",
-                   str(image_files["cloth"]), "--out", str(out), "--weights", str(standin_file))
+                   str(image_files["cloth"]), "--out", str(out), "--weights", str(standin_weights_file))
     assert proc.returncode == 0, proc.stderr
     assert Image.open(out).size == (192, 256)
 
 
-def test_infer_with_an_incomplete_mix_names_what_is_missing(tmp_path, standin_file, image_files):
+def test_infer_with_an_incomplete_mix_names_what_is_missing(tmp_path, standin_weights_file, image_files):
     proc = run_cli("model.cli", "--person", str(PREP / "front_person.png"), "--cloth", str(image_files["cloth"]),
-                   "--out", str(tmp_path / "r.jpg"), "--weights", str(standin_file))
+                   "--out", str(tmp_path / "r.jpg"), "--weights", str(standin_weights_file))
     assert proc.returncode == 2 and "missing: keypoints" in proc.stderr

@@ -150,14 +150,6 @@ def nginx_binary():
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory, standin_state) -> Path:
-    from safetensors.torch import save_file
-    path = tmp_path_factory.mktemp("weights") / "standin.safetensors"
-    save_file(standin_state, str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
 def images() -> dict[str, tuple[str, bytes, str]]:
     """The three inputs of a try-on as multipart file fields."""
     return {name: (f"{name}.png", png(seed), "image/png")
@@ -165,10 +157,10 @@ def images() -> dict[str, tuple[str, bytes, str]]:
 
 
 @pytest.fixture(scope="module")
-def replicas(tmp_path_factory, weights, nginx_binary):
+def replicas(tmp_path_factory, standin_weights_file, nginx_binary):
     """Three ready replicas, started together: a survivor and one victim per test."""
     workdir = tmp_path_factory.mktemp("replicas")
-    started = [ServerProcess(REPLICA_ENV | {"TRYON_WEIGHTS": str(weights)}, workdir) for _ in range(3)]
+    started = [ServerProcess(REPLICA_ENV | {"TRYON_WEIGHTS": str(standin_weights_file)}, workdir) for _ in range(3)]
     try:
         for replica in started:
             replica.wait_ready(STARTUP_TIMEOUT_S)

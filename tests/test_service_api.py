@@ -12,14 +12,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
 from model import create_model, load_weights
 from model.images import encode_image, output_image, prepare_inputs
 from tests.conftest import load_golden
 from tests.local_http import LocalServer
-from tests.fixtures.service.harness import (REPO, ConnectionRecorder, ServerProcess, fixture_bytes,
-                                            sample_key)
+from tests.fixtures.service.harness import REPO, ConnectionRecorder, fixture_bytes, running_server, sample_key
 
 API_KEY, OTHER_KEY = "test-key-1", "test-key-2"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -65,28 +63,17 @@ def recorder():
 
 
 @pytest.fixture(scope="module")
-def weights_file(tmp_path_factory, standin_state):
-    path = tmp_path_factory.mktemp("weights") / "standin.safetensors"
-    save_file({k: v.contiguous() for k, v in standin_state.items()}, str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, weights_file, image_server, recorder):
+def server(tmp_path_factory, standin_weights_file, image_server, recorder):
     decoy_port = str(recorder.port)  # the environment's port, which --port must override
-    proc = ServerProcess({
-        "TRYON_PORT": decoy_port, "TRYON_WEIGHTS": str(weights_file),
+    with running_server({
+        "TRYON_PORT": decoy_port, "TRYON_WEIGHTS": str(standin_weights_file),
         "TRYON_MAX_BATCH_SIZE": "4", "TRYON_MAX_BATCH_WAIT_MS": "150",
         "TRYON_URL_ALLOW_HOSTS": f"127.0.0.1:{image_server.port},localhost:{image_server.port}", "TRYON_API_KEYS": f"{API_KEY},{OTHER_KEY}",
         "TRYON_CORS_ORIGINS": ORIGIN, "TRYON_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
         "TRYON_MAX_IMAGE_PIXELS": str(MAX_PIXELS), "TRYON_URL_MAX_BYTES": str(MAX_UPLOAD),
         "TRYON_URL_READ_TIMEOUT_S": "1", "TRYON_URL_TOTAL_TIMEOUT_S": "2",
-    }, tmp_path_factory.mktemp("logs"))
-    try:
-        proc.wait_ready()
+    }, tmp_path_factory.mktemp("logs")) as proc:
         yield proc
-    finally:
-        assert proc.stop() == 0
 
 
 @pytest.fixture(scope="module")

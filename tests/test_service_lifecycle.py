@@ -15,7 +15,7 @@ import pytest
 from model.weights import find_weights
 from service import create_app
 from service.settings import Settings
-from tests.fixtures.service.harness import ServerProcess, fixture_bytes, sample_key
+from tests.fixtures.service.harness import fixture_bytes, running_server, sample_key
 
 FILES = {name: (f"{name}.png", fixture_bytes(f"{name}_64x64.png"), "image/png")
          for name in ("masked_model", "pose", "cloth")}
@@ -24,13 +24,10 @@ IN_FLIGHT = 6
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    proc = ServerProcess({"TRYON_MAX_BATCH_SIZE": "8", "TRYON_MAX_BATCH_WAIT_MS": "1500",
-                          "TRYON_DRAIN_TIMEOUT_S": "20"}, tmp_path_factory.mktemp("logs"))
-    try:
-        proc.wait_ready()
+    # The SIGTERM test stops this server itself; its exit status is checked there.
+    with running_server({"TRYON_MAX_BATCH_SIZE": "8", "TRYON_MAX_BATCH_WAIT_MS": "1500",
+                         "TRYON_DRAIN_TIMEOUT_S": "20"}, tmp_path_factory.mktemp("logs"), clean_exit=False) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def test_fresh_start_flags_random_weights_and_prints_a_working_curl(server, tmp_path):

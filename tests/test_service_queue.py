@@ -16,7 +16,7 @@ from model.images import Letterbox, TryOnInputs
 from service.batcher import Batcher, infer_splitting_on_oom
 from service.errors import ApiError
 from service.metrics import Metrics
-from tests.fixtures.service.harness import ServerProcess, fixture_bytes, sample_key
+from tests.fixtures.service.harness import fixture_bytes, running_server, sample_key
 
 IMAGES = {name: fixture_bytes(f"{name}_64x64.png") for name in ("masked_model", "pose", "cloth")}
 FILES = {name: (f"{name}.png", data, "image/png") for name, data in IMAGES.items()}
@@ -27,14 +27,10 @@ TIMEOUT_S = 1.0  # the request deadline, shorter than the window
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A queue of one that never fills a batch: requests wait the whole window, deterministically."""
-    proc = ServerProcess({"TRYON_MAX_BATCH_SIZE": "2", "TRYON_QUEUE_LIMIT": "1",
-                          "TRYON_MAX_BATCH_WAIT_MS": str(WINDOW_S * 1000), "TRYON_REQUEST_TIMEOUT_S": str(TIMEOUT_S)},
-                         tmp_path_factory.mktemp("logs"))
-    try:
-        proc.wait_ready()
+    with running_server({"TRYON_MAX_BATCH_SIZE": "2", "TRYON_QUEUE_LIMIT": "1",
+                         "TRYON_MAX_BATCH_WAIT_MS": str(WINDOW_S * 1000), "TRYON_REQUEST_TIMEOUT_S": str(TIMEOUT_S)},
+                        tmp_path_factory.mktemp("logs")) as proc:
         yield proc
-    finally:
-        assert proc.stop() == 0
 
 
 def wait_queue_depth(server, depth: int, timeout: float = 5) -> None:
