@@ -18,23 +18,19 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from bench.common import FIXTURES, RESULTS, STANDIN_LABEL, standin_state, write_report
 from model.engine import HALF_PRECISIONS, pick_device, prepare_network, set_cuda_math
 from model.images import tensor_to_image
 from model.weights import create_model, load_weights
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "tests" / "fixtures"
-RESULTS = ROOT / "bench" / "results"
 GOLDEN_FILES = {"64x64": "golden_64x64.pt", "256x192": "golden_256x192.pt"}
 CPU_MODES = ("bf16", "fp16")
 GPU_MODES = ("tf32", "bf16", "fp16")
@@ -50,13 +46,6 @@ def psnr_8bit(ours: torch.Tensor, reference: torch.Tensor) -> float:
     diff = to_8bit(ours).astype(np.float64) - to_8bit(reference).astype(np.float64)
     mse = float(np.mean(diff ** 2))
     return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
-
-
-def standin_state() -> dict:
-    """The deterministic stand-in weights the golden files were made with."""
-    sys.path.insert(0, str(FIXTURES))
-    from fill_weights import fill_state_dict, read_keys
-    return fill_state_dict(read_keys(FIXTURES / "checkpoint_keys.tsv"), 0)
 
 
 def run_mode(state, golden: dict, precision: str, device: torch.device, sampler: str) -> torch.Tensor:
@@ -118,7 +107,7 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     report = {
         "what": "PSNR (dB) of the 8-bit output of each precision mode against fp32, golden inputs",
-        "weights": "stand-in (tests/fixtures/fill_weights.py, seed 0)" if args.weights is None else args.weights,
+        "weights": STANDIN_LABEL if args.weights is None else args.weights,
         "device": device_name(device),
         "device_type": device.type,
         "torch": torch.__version__,
@@ -128,10 +117,7 @@ def main(argv=None) -> int:
         "results": measure(state, device, sizes, modes, args.sampler),
     }
     out = Path(args.out) if args.out else RESULTS / f"accuracy-{device.type}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # inf (identical images) is not JSON: written as null.
-    text = json.dumps(report, indent=2, default=str).replace("Infinity", "null")
-    out.write_text(text + "\n")
+    write_report(report, out)
     print(f"wrote {out}")
     return 0
 

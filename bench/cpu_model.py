@@ -17,7 +17,6 @@ import argparse
 import ctypes
 import datetime as dt
 import gc
-import importlib.util
 import json
 import os
 import platform
@@ -31,14 +30,11 @@ import numba
 import numpy as np
 import torch
 
+from bench.common import FIXTURES, RESULTS, ROOT, STANDIN_LABEL, standin_state, write_report
 from model import create_model, load_weights
 
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "tests" / "fixtures"
-RESULTS = Path(__file__).resolve().parent / "results"
 THREADS = 2
 SIZE = (256, 192)
-WEIGHT_SEED = 0
 OURS, BASELINE = "numba", "published"
 THREAD_ENV = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOMP_SPINCOUNT", "MKL_NUM_THREADS")
 MEMORY_METHOD = (
@@ -50,11 +46,7 @@ MEMORY_METHOD = (
 
 def standin_model(sampler: str) -> torch.nn.Module:
     """The network filled with the tests' deterministic stand-in weights."""
-    spec = importlib.util.spec_from_file_location("fill_weights", FIXTURES / "fill_weights.py")
-    fill = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fill)
-    state = fill.fill_state_dict(fill.read_keys(FIXTURES / "checkpoint_keys.tsv"), WEIGHT_SEED)
-    return load_weights(create_model(sampler=sampler), state)
+    return load_weights(create_model(sampler=sampler), standin_state())
 
 
 def golden_inputs(batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -191,7 +183,7 @@ def main(argv=None) -> dict:
     memory = [measure_memory(s, b) for b in args.batches for s in (BASELINE, OURS)]
     report = {
         "benchmark": "bench.cpu_model", "date_utc": started.isoformat(timespec="seconds"),
-        "image_size_hw": list(SIZE), "dtype": "float32", "weights": f"stand-in, seed {WEIGHT_SEED}",
+        "image_size_hw": list(SIZE), "dtype": "float32", "weights": STANDIN_LABEL,
         "inputs": "tests/fixtures/golden_256x192.pt, cycled to the batch size",
         "ours": OURS, "baseline": BASELINE,
         "img_per_s": "batch / median latency; img_per_s_best_run: batch / fastest run",
@@ -201,7 +193,7 @@ def main(argv=None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     tag = f"-{args.tag}" if args.tag else ""
     path = args.out / f"cpu_model-{started.date().isoformat()}{tag}.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(report, path)
     print(summary(report))
     print(f"written {path}")
     return report

@@ -44,7 +44,8 @@ from pathlib import Path
 import httpx
 from PIL import Image, ImageOps
 
-from bench.load import EXAMPLES, FIXTURES, standin_weights, start_server, wait_ready
+from bench.common import FIXTURES, standin_weights_file, write_report
+from bench.load import EXAMPLES, start_server, wait_ready
 
 PERSON = (FIXTURES / "prep" / "front_person.png").read_bytes()
 KEYPOINTS = (FIXTURES / "prep" / "front_keypoints.json").read_text()
@@ -192,17 +193,15 @@ def main(argv=None) -> None:
     report["summary"] = summarise(report["runs"], sizes)
     report["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    text = json.dumps(report, indent=2)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
+        write_report(report, args.out)
+    print(json.dumps(report, indent=2))
 
 
 def measure_server(args, sizes: list[int], report: dict) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         port = 19000 + os.getpid() % 1000
-        env = {"TRYON_WEIGHTS": str(standin_weights(Path(tmp))), "TRYON_IMAGE_SIZE": args.image_size,
+        env = {"TRYON_WEIGHTS": str(standin_weights_file(Path(tmp))), "TRYON_IMAGE_SIZE": args.image_size,
                "TRYON_SAMPLER": args.sampler, "TRYON_MAX_BATCH_SIZE": args.max_batch_size,
                "TRYON_MAX_GARMENTS": str(max(sizes)), "TRYON_REQUEST_TIMEOUT_S": str(args.timeout),
                "TRYON_LOG_LEVEL": "warning"}

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
+from bench.common import RESULTS, STANDIN_LABEL, standin_weights_file, write_report
+
 GFLOP_PER_IMAGE_256x192 = 149.0
 MODES = ("fp32", "tf32", "bf16", "fp16")
 BATCHES = (1, 8, 32, 64)
@@ -95,16 +95,6 @@ def copy_bandwidth_gbs(device) -> float:
     ms = cuda_time_ms(lambda: dst.copy_(src), iters=20)
     del src, dst
     return 2 * 512 * 2**20 / (ms / 1e3) / 1e9
-
-
-def stand_in_weights(directory: Path) -> str:
-    """The tests' deterministic stand-in weights (flows of a few pixels, like a
-    trained model's), saved where the engine can load them."""
-    sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
-    from fill_weights import fill_state_dict, read_keys
-    path = directory / "standin.pt"
-    torch.save(fill_state_dict(read_keys(ROOT / "tests" / "fixtures" / "checkpoint_keys.tsv"), 0), path)
-    return str(path)
 
 
 def time_engine(engine, batch: int, seconds: float, min_iters: int) -> dict:
@@ -251,8 +241,8 @@ def main(argv=None) -> int:
               "python": platform.python_version(), "image_size": list(image_size), "quick": args.quick,
               "gflop_per_image": GFLOP_PER_IMAGE_256x192, "device_peaks": peaks}
     with tempfile.TemporaryDirectory() as tmp:
-        weights = args.weights or stand_in_weights(Path(tmp))
-        report["weights"] = args.weights or "stand-in (tests/fixtures/fill_weights.py, seed 0)"
+        weights = args.weights or str(standin_weights_file(Path(tmp)))
+        report["weights"] = args.weights or STANDIN_LABEL
         report["copy_bandwidth_gbs"] = copy_bandwidth_gbs(torch.device("cuda"))
         print(f"{name}: device copy bandwidth {report['copy_bandwidth_gbs']:.0f} GB/s", flush=True)
 
@@ -281,8 +271,7 @@ def main(argv=None) -> int:
         print(json.dumps(report["summary"], indent=2))
     out = Path(args.out) if args.out else RESULTS / (
         f"gpu-{name.replace(' ', '_').replace('/', '_')}-{now.strftime('%Y%m%dT%H%M%SZ')}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    write_report(report, out)
     print(f"wrote {out}")
     return 0
 

@@ -27,21 +27,10 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.common import ROOT, standin_weights_file, write_report
 from service.probe import ServerExited, wait_until_ok
 
-REPO = Path(__file__).resolve().parent.parent
-EXAMPLES = REPO / "service" / "examples"
-FIXTURES = REPO / "tests" / "fixtures"
-
-
-def standin_weights(folder: Path) -> Path:
-    """The deterministic stand-in checkpoint the tests use (no published weights needed)."""
-    sys.path.insert(0, str(FIXTURES))
-    from fill_weights import fill_state_dict, read_keys
-    from safetensors.torch import save_file
-    path = folder / "standin.safetensors"
-    save_file(fill_state_dict(read_keys(FIXTURES / "checkpoint_keys.tsv"), 0), str(path))
-    return path
+EXAMPLES = ROOT / "service" / "examples"
 
 
 def batch_histogram(metrics_text: str) -> dict[str, float]:
@@ -105,10 +94,10 @@ async def drive(url: str, clients: int, duration: float, timeout: float, api_key
 
 def start_server(port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("TRYON_")} | env
-    full_env["PYTHONPATH"] = str(REPO)
+    full_env["PYTHONPATH"] = str(ROOT)
     with open(log_path, "wb") as log:
         return subprocess.Popen([sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
-                                cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+                                cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def wait_ready(url: str, process: subprocess.Popen | None, timeout: float = 300) -> dict:
@@ -160,7 +149,7 @@ def main(argv=None) -> None:
         report["results"].append(measure("running-server", args.url.rstrip("/"), args))
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            weights = args.weights or str(standin_weights(Path(tmp)))
+            weights = args.weights or str(standin_weights_file(Path(tmp)))
             for item in args.configs.split(","):
                 name, max_batch = item.split("=")
                 port = 18000 + os.getpid() % 1000
@@ -177,11 +166,9 @@ def main(argv=None) -> None:
                     process.wait(120)
                 print(json.dumps(report["results"][-1]), file=sys.stderr, flush=True)
     report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    text = json.dumps(report, indent=2)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
+        write_report(report, args.out)
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
