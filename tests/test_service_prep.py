@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from model import create_model, load_weights
 from model.images import assemble_inputs, encode_image, output_image
 from model.person_inputs import person_images
+from service.settings import Settings
 from tests.fixtures.service.harness import REPO, ServerProcess, fixture_bytes, sample_key
 
 PREP = REPO / "tests" / "fixtures" / "prep"
@@ -55,19 +56,37 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def split_multipart(answer: httpx.Response) -> list[tuple[dict[str, str], bytes]]:
-    """multipart/mixed -> [(headers, body)], reading each part by its Content-Length."""
-    boundary = answer.headers["content-type"].split("boundary=")[1].encode()
-    data, parts, at = answer.content, [], 0
+def boundary_of(answer: httpx.Response) -> bytes:
+    return answer.headers["content-type"].split("boundary=")[1].encode()
+
+
+def parse_multipart(data: bytes, boundary: bytes) -> tuple[list[tuple[dict[str, str], bytes]], bool]:
+    """The complete parts of (the start of) a multipart/mixed body, read by their
+    Content-Length, and whether the closing boundary has arrived."""
+    parts, at = [], 0
     while True:
-        at = data.index(b"--" + boundary, at) + len(boundary) + 2
+        at = data.find(b"--" + boundary, at)
+        if at < 0 or len(data) < at + len(boundary) + 4:
+            return parts, False
+        at += len(boundary) + 2
         if data[at:at + 2] == b"--":
-            return parts
-        head_end = data.index(b"\r\n\r\n", at)
+            return parts, True
+        head_end = data.find(b"\r\n\r\n", at)
+        if head_end < 0:
+            return parts, False
         headers = dict(line.split(": ", 1) for line in data[at + 2:head_end].decode().split("\r\n"))
         size = int(headers["Content-Length"])
+        if len(data) < head_end + 4 + size:
+            return parts, False
         parts.append((headers, data[head_end + 4:head_end + 4 + size]))
         at = head_end + 4 + size
+
+
+def split_multipart(answer: httpx.Response) -> list[tuple[dict[str, str], bytes]]:
+    """A whole multipart/mixed answer -> [(headers, body)]."""
+    parts, complete = parse_multipart(answer.content, boundary_of(answer))
+    assert complete, "the closing boundary is missing"
+    return parts
 
 
 @pytest.fixture(scope="module")
@@ -226,17 +245,24 @@ def test_batch_streams_each_garment_as_the_single_request_gives_it(server, clien
         assert "content-length" not in answer.headers  # streamed, part by part
         answer.read()
     assert answer.headers["x-garments"] == "3" and answer.headers["x-batch-size"] == "3"
-    assert "inference;dur=" in answer.headers["server-timing"]
+    # The auto chunk on a CPU: 2 garments per engine call (TRYON_MAX_BATCH_SIZE is 2 here too).
+    assert answer.headers["x-garment-chunk"] == "2"
+    # Headers go first: queue time is known then, inference time only per part.
+    assert "queue;dur=" in answer.headers["server-timing"]
+    assert "inference;dur=" not in answer.headers["server-timing"]
     parts = split_multipart(answer)
     assert [int(headers["X-Index"]) for headers, _ in parts] == [0, 1, 2]
     for (headers, body), want in zip(parts, single_results):
         assert headers["Content-Type"] == "image/png"
+        assert float(headers["X-Inference-Ms"]) > 0 and float(headers["X-Encode-Ms"]) > 0
         assert_same_image(pixels(body), want)
-    # One engine job for the three garments, counted like any request.
+    # Garments 0 and 1 came out of one engine call: the same chunk time.
+    assert parts[0][0]["X-Inference-Ms"] == parts[1][0]["X-Inference-Ms"]
+    # One engine job for the three garments, counted like any request, run as two chunks (2 + 1).
     after = server.metrics()
-    jobs = after[sample_key("tryon_batch_size_count")] - before[sample_key("tryon_batch_size_count")]
-    garments = after[sample_key("tryon_batch_size_sum")] - before[sample_key("tryon_batch_size_sum")]
-    assert (jobs, garments) == (1, 3)
+    delta = {name: after[sample_key(name)] - before[sample_key(name)]
+             for name in ("tryon_batch_size_count", "tryon_batch_size_sum", "tryon_inference_seconds_count")}
+    assert delta == {"tryon_batch_size_count": 1, "tryon_batch_size_sum": 3, "tryon_inference_seconds_count": 2}
     route = {"route": "/v1/tryon/batch", "method": "POST", "status": "200"}
     assert after[sample_key("tryon_http_requests_total", route)] >= 1
 
@@ -249,6 +275,7 @@ def test_batch_as_ndjson_from_a_json_body(client, single_results):
     assert [line["index"] for line in lines] == [0, 1, 2]
     for line, want in zip(lines, single_results):
         assert line["status"] == 200 and line["media_type"] == "image/png"
+        assert line["inference_ms"] > 0 and line["encode_ms"] > 0
         assert_same_image(pixels(base64.b64decode(line["image"])), want)
 
 
@@ -264,6 +291,47 @@ def test_batch_survives_a_bad_garment(client, single_results):
     assert json.loads(bad_body)["error"]["code"] == "not_an_image"
     assert_same_image(pixels(parts[0][1]), single_results[0])
     assert_same_image(pixels(parts[2][1]), single_results[2])
+
+
+def test_garment_chunk_setting():
+    auto = Settings(max_batch_size=8)
+    assert (auto.garment_chunk_for("cuda"), auto.garment_chunk_for("cpu")) == (8, 2)
+    assert Settings(max_batch_size=1).garment_chunk_for("cpu") == 1
+    assert Settings(max_batch_size=4, garment_chunk=3).garment_chunk_for("cuda") == 3
+    assert Settings(max_batch_size=4, garment_chunk=16).garment_chunk_for("cpu") == 4
+
+
+def test_batch_sends_each_part_as_soon_as_its_chunk_is_done(tmp_path, standin_state):
+    """One garment per chunk at the published size (a second or more per chunk here): the
+    first part reaches the client before the last chunk has been computed, which the
+    server's count of engine calls shows at the moment the part is read."""
+    weights = tmp_path / "standin.safetensors"
+    save_file({k: v.contiguous() for k, v in standin_state.items()}, str(weights))
+    proc = ServerProcess({"TRYON_WEIGHTS": str(weights), "TRYON_IMAGE_SIZE": "256x192", "TRYON_MAX_BATCH_SIZE": "2",
+                          "TRYON_GARMENT_CHUNK": "1", "TRYON_MAX_GARMENTS": "3"}, tmp_path)
+    engine_calls = sample_key("tryon_inference_seconds_count")
+    try:
+        proc.wait_ready()
+        before = proc.metrics()[engine_calls]
+        data, arrivals, calls_at_first_part = b"", [], None
+        with httpx.Client(timeout=120) as client, client.stream(
+                "POST", f"{proc.url}/v1/tryon/batch", files=batch_files(CLOTHS),
+                data={"keypoints": KEYPOINTS_TEXT}) as answer:
+            assert answer.status_code == 200 and answer.headers["x-garment-chunk"] == "1"
+            for piece in answer.iter_raw():
+                data += piece
+                parts, complete = parse_multipart(data, boundary_of(answer))
+                arrivals += [time.monotonic()] * (len(parts) - len(arrivals))
+                if parts and calls_at_first_part is None:
+                    calls_at_first_part = proc.metrics()[engine_calls] - before
+        assert complete and [int(headers["X-Index"]) for headers, _ in parts] == [0, 1, 2]
+        assert calls_at_first_part < 3, "the first part waited for the last chunk"
+        assert proc.metrics()[engine_calls] - before == 3
+        # The last part could only follow the first after chunks 1 and 2 ran.
+        chunk_s = [float(headers["X-Inference-Ms"]) / 1000 for headers, _ in parts]
+        assert arrivals[2] - arrivals[0] >= 0.5 * (chunk_s[1] + chunk_s[2])
+    finally:
+        assert proc.stop() == 0
 
 
 def test_batch_refuses_too_many_garments(client):
