@@ -301,37 +301,68 @@ def test_garment_chunk_setting():
     assert Settings(max_batch_size=4, garment_chunk=16).garment_chunk_for("cpu") == 4
 
 
-def test_batch_sends_each_part_as_soon_as_its_chunk_is_done(tmp_path, standin_state):
-    """One garment per chunk at the published size (a second or more per chunk here): the
-    first part reaches the client before the last chunk has been computed, which the
-    server's count of engine calls shows at the moment the part is read."""
-    weights = tmp_path / "standin.safetensors"
+@pytest.fixture(scope="module")
+def slow_server(tmp_path_factory, standin_state):
+    """The published size (a second or more per garment on this CPU), one garment per chunk."""
+    weights = tmp_path_factory.mktemp("weights") / "standin.safetensors"
     save_file({k: v.contiguous() for k, v in standin_state.items()}, str(weights))
     proc = ServerProcess({"TRYON_WEIGHTS": str(weights), "TRYON_IMAGE_SIZE": "256x192", "TRYON_MAX_BATCH_SIZE": "2",
-                          "TRYON_GARMENT_CHUNK": "1", "TRYON_MAX_GARMENTS": "3"}, tmp_path)
-    engine_calls = sample_key("tryon_inference_seconds_count")
+                          "TRYON_GARMENT_CHUNK": "1", "TRYON_MAX_GARMENTS": "3"}, tmp_path_factory.mktemp("logs"))
     try:
         proc.wait_ready()
-        before = proc.metrics()[engine_calls]
-        data, arrivals, calls_at_first_part = b"", [], None
-        with httpx.Client(timeout=120) as client, client.stream(
-                "POST", f"{proc.url}/v1/tryon/batch", files=batch_files(CLOTHS),
-                data={"keypoints": KEYPOINTS_TEXT}) as answer:
-            assert answer.status_code == 200 and answer.headers["x-garment-chunk"] == "1"
-            for piece in answer.iter_raw():
-                data += piece
-                parts, complete = parse_multipart(data, boundary_of(answer))
-                arrivals += [time.monotonic()] * (len(parts) - len(arrivals))
-                if parts and calls_at_first_part is None:
-                    calls_at_first_part = proc.metrics()[engine_calls] - before
-        assert complete and [int(headers["X-Index"]) for headers, _ in parts] == [0, 1, 2]
-        assert calls_at_first_part < 3, "the first part waited for the last chunk"
-        assert proc.metrics()[engine_calls] - before == 3
-        # The last part could only follow the first after chunks 1 and 2 ran.
-        chunk_s = [float(headers["X-Inference-Ms"]) / 1000 for headers, _ in parts]
-        assert arrivals[2] - arrivals[0] >= 0.5 * (chunk_s[1] + chunk_s[2])
+        yield proc
     finally:
         assert proc.stop() == 0
+
+
+ENGINE_CALLS = sample_key("tryon_inference_seconds_count")
+
+
+def stream_batch(server: ServerProcess, until_parts: int | None = None) -> tuple[list, list[float], float, bool]:
+    """Posts the three garments and reads the answer as it comes: the parts, when each
+    arrived, the server's engine calls made by the time the first part was read, and
+    whether the answer was complete. Stops reading after ``until_parts`` parts."""
+    before = server.metrics()[ENGINE_CALLS]
+    data, arrivals, calls_at_first_part, parts, complete = b"", [], None, [], False
+    with httpx.Client(timeout=120) as client, client.stream(
+            "POST", f"{server.url}/v1/tryon/batch", files=batch_files(CLOTHS),
+            data={"keypoints": KEYPOINTS_TEXT}) as answer:
+        assert answer.status_code == 200 and answer.headers["x-garment-chunk"] == "1"
+        for piece in answer.iter_raw():
+            data += piece
+            parts, complete = parse_multipart(data, boundary_of(answer))
+            arrivals += [time.monotonic()] * (len(parts) - len(arrivals))
+            if parts and calls_at_first_part is None:
+                calls_at_first_part = server.metrics()[ENGINE_CALLS] - before
+            if until_parts is not None and len(parts) >= until_parts:
+                break
+    return parts, arrivals, calls_at_first_part, complete
+
+
+def test_batch_sends_each_part_as_soon_as_its_chunk_is_done(slow_server):
+    """The first part reaches the client before the last chunk has been computed, which
+    the server's count of engine calls shows at the moment the part is read."""
+    before = slow_server.metrics()[ENGINE_CALLS]
+    parts, arrivals, calls_at_first_part, complete = stream_batch(slow_server)
+    assert complete and [int(headers["X-Index"]) for headers, _ in parts] == [0, 1, 2]
+    assert calls_at_first_part < 3, "the first part waited for the last chunk"
+    assert slow_server.metrics()[ENGINE_CALLS] - before == 3
+    # The last part could only follow the first after chunks 1 and 2 ran.
+    chunk_s = [float(headers["X-Inference-Ms"]) / 1000 for headers, _ in parts]
+    assert arrivals[2] - arrivals[0] >= 0.5 * (chunk_s[1] + chunk_s[2])
+
+
+def test_batch_stops_after_the_current_chunk_when_the_client_goes(slow_server):
+    """A client that hangs up after the first part: the chunk under way finishes, the last
+    one is never run, and the worker goes on to the next request."""
+    before = slow_server.metrics()[ENGINE_CALLS]
+    parts, _, calls_at_first_part, complete = stream_batch(slow_server, until_parts=1)
+    assert len(parts) == 1 and not complete and calls_at_first_part < 3
+    single = httpx.post(f"{slow_server.url}/v1/tryon", data={"keypoints": KEYPOINTS_TEXT}, timeout=120,
+                        files={"person": ("p.png", PERSON, "image/png"), "cloth": ("c.png", CLOTH, "image/png")})
+    assert single.status_code == 200, single.text
+    # The single request ran after the garments job ended (one worker): two chunks and itself.
+    assert slow_server.metrics()[ENGINE_CALLS] - before == 3
 
 
 def test_batch_refuses_too_many_garments(client):
