@@ -27,6 +27,8 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.probe import ServerExited, wait_until_ok
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "service" / "examples"
 FIXTURES = REPO / "tests" / "fixtures"
@@ -110,18 +112,10 @@ def start_server(port: int, env: dict[str, str], log_path: Path) -> subprocess.P
 
 
 def wait_ready(url: str, process: subprocess.Popen | None, timeout: float = 300) -> dict:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if process is not None and process.poll() is not None:
-            raise SystemExit(f"server exited with {process.returncode}")
-        try:
-            answer = httpx.get(f"{url}/readyz", timeout=2)
-            if answer.status_code == 200:
-                return answer.json()
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"{url} not ready after {timeout} s")
+    try:
+        return wait_until_ok(f"{url}/readyz", process, timeout, interval=0.5).json()
+    except (ServerExited, TimeoutError) as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def measure(name: str, url: str, args, process=None) -> dict:

@@ -1,18 +1,22 @@
-"""A real HTTP server on 127.0.0.1 for tests: serves bytes by path, honours Range
-requests, and can cut a response short to simulate a broken download."""
+"""A real HTTP server on 127.0.0.1 for tests: answers GETs from a routes table,
+honours Range requests on 200 routes, can delay an answer or cut the next
+one short (a broken download), and records every request."""
 from __future__ import annotations
 
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+Route = tuple[int, dict, bytes]  # status, headers ("delay": seconds to wait first), body
 
 
 class LocalServer:
-    def __init__(self):
-        self.files: dict[str, tuple[bytes, str]] = {}
-        self.redirects: dict[str, str] = {}
+    def __init__(self, routes: dict[str, Route] | None = None):
+        self.routes: dict[str, Route] = dict(routes or {})
         self.cut_next_after: int | None = None
-        self.requests: list[tuple[str, str | None]] = []
+        self.hits: list[tuple[str, str | None]] = []  # (path, Host header)
+        self.ranges: list[tuple[str, str | None]] = []  # (path, Range header)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -20,55 +24,50 @@ class LocalServer:
                 pass
 
             def do_GET(self):
-                server.requests.append((self.path, self.headers.get("Range")))
-                if self.path in server.redirects:
-                    self.send_response(302)
-                    self.send_header("Location", server.redirects[self.path])
-                    self.end_headers()
-                    return
-                if self.path not in server.files:
-                    self.send_error(404)
-                    return
-                body, content_type = server.files[self.path]
-                start = 0
+                server.hits.append((self.path, self.headers.get("Host")))
+                server.ranges.append((self.path, self.headers.get("Range")))
+                status, headers, body = server.routes.get(self.path, (404, {}, b"not found"))
+                headers = dict(headers)
+                time.sleep(float(headers.pop("delay", 0)))
                 match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
-                if match:
+                if status == 200 and match:
                     start = int(match.group(1))
                     if start >= len(body):
                         self.send_response(416)
                         self.end_headers()
                         return
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body) - start))
+                    status = 206
+                    headers["Content-Range"] = f"bytes {start}-{len(body) - 1}/{len(body)}"
+                    body = body[start:]
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                payload = body[start:]
                 if server.cut_next_after is not None:
-                    payload, server.cut_next_after = payload[:server.cut_next_after], None
-                    self.wfile.write(payload)
-                    self.wfile.flush()
+                    body, server.cut_next_after = body[:server.cut_next_after], None
                     self.close_connection = True
-                    return
-                self.wfile.write(payload)
+                try:
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.base = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def add(self, path: str, body: bytes, content_type: str = "application/octet-stream") -> str:
-        self.files[path] = (body, content_type)
-        return self.base_url + path
+        self.routes[path] = (200, {"Content-Type": content_type}, body)
+        return self.base + path
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
     def __enter__(self):
-        self.thread.start()
         return self
 
     def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.close()

@@ -147,7 +147,7 @@ def test_download_resumes_a_broken_transfer(tmp_path, checkpoint_bytes):
         resumed_from = part.stat().st_size
         second = run_cli("model.weights_cli", "download", url, "--sha256", digest, "--out", str(dest))
         assert second.returncode == 0, second.stderr
-        assert server.requests[-1] == ("/daflow.safetensors", f"bytes={resumed_from}-")
+        assert server.ranges[-1] == ("/daflow.safetensors", f"bytes={resumed_from}-")
     assert dest.read_bytes() == checkpoint_bytes
     assert not (dest.parent / "daflow.part.safetensors").exists()
 

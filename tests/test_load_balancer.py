@@ -14,7 +14,6 @@ import io
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,9 @@ sys.path.insert(0, str(ROOT / "docker"))
 
 import render_nginx  # noqa: E402
 
+from service.probe import ServerExited, wait_until_ok  # noqa: E402
+from tests.fixtures.service.harness import ServerProcess, free_port, stop_process  # noqa: E402
+
 pytestmark = pytest.mark.timeout(120)
 
 REQUESTS = 40
@@ -50,18 +52,10 @@ ACCESS_LINE = re.compile(r't=(?P<time>[\d.]+) "(?P<method>\S+) (?P<path>\S+) [^"
                          r'ua="(?P<upstreams>[^"]*)" us="(?P<statuses>[^"]*)" .*rid=(?P<rid>\S+)')
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # Nothing listens here: an image URL on it fails, and the replica answers 502 itself.
 CLOSED_PORT = free_port()
-REPLICA_ENV = {"TRYON_DEVICE": "cpu", "TRYON_IMAGE_SIZE": "64x64", "TRYON_SAMPLER": "torch",
-               "TRYON_MAX_BATCH_SIZE": "4", "TRYON_DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S),
-               "TRYON_URL_ALLOW_HOSTS": f"127.0.0.1:{CLOSED_PORT}", "TRYON_QUEUE_LIMIT": str(QUEUE_LIMIT),
-               "TRYON_LOG_LEVEL": "info", "OMP_NUM_THREADS": "1"}
+REPLICA_ENV = {"TRYON_DEVICE": "cpu", "TRYON_MAX_BATCH_SIZE": "4", "TRYON_DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S),
+               "TRYON_URL_ALLOW_HOSTS": f"127.0.0.1:{CLOSED_PORT}", "TRYON_QUEUE_LIMIT": str(QUEUE_LIMIT)}
 
 
 def tail(path: Path, lines: int = 15) -> str:
@@ -69,53 +63,10 @@ def tail(path: Path, lines: int = 15) -> str:
 
 
 def wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float = STARTUP_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"{process.args[0]} exited with {process.returncode}:\n{tail(log)}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} not ready after {timeout} s:\n{tail(log)}")
-
-
-def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
-    if process.poll() is None:
-        process.send_signal(sig)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return process.returncode
-
-
-@dataclass
-class Replica:
-    port: int
-    process: subprocess.Popen
-    log: Path
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @classmethod
-    def start(cls, weights: Path, workdir: Path, name: str) -> Replica:
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TRYON_")}
-        env |= REPLICA_ENV | {"TRYON_WEIGHTS": str(weights), "PYTHONPATH": str(ROOT)}
-        log = workdir / f"{name}.log"
-        with open(log, "wb") as out:
-            process = subprocess.Popen([sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
-                                       cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        return cls(port, process, log)
-
-    def wait_ready(self) -> None:
-        wait_for(f"http://{self.address}/readyz", self.process, self.log)
+    try:
+        wait_until_ok(url, process, timeout)
+    except (ServerExited, TimeoutError) as exc:
+        raise AssertionError(f"{exc}:\n{tail(log)}") from None
 
 
 @dataclass
@@ -217,14 +168,14 @@ def images() -> dict[str, tuple[str, bytes, str]]:
 def replicas(tmp_path_factory, weights, nginx_binary):
     """Three ready replicas, started together: a survivor and one victim per test."""
     workdir = tmp_path_factory.mktemp("replicas")
-    started = [Replica.start(weights, workdir, f"replica{i}") for i in range(3)]
+    started = [ServerProcess(REPLICA_ENV | {"TRYON_WEIGHTS": str(weights)}, workdir) for _ in range(3)]
     try:
         for replica in started:
-            replica.wait_ready()
+            replica.wait_ready(STARTUP_TIMEOUT_S)
         yield started
     finally:
         for replica in started:
-            stop(replica.process, signal.SIGKILL)
+            replica.stop(signal.SIGKILL)
 
 
 @contextmanager
@@ -234,10 +185,10 @@ def load_balancer(binary: str, prefix: Path, upstreams: list[str], **render_args
     try:
         yield nginx
     finally:
-        stop(nginx.process, signal.SIGQUIT)
+        stop_process(nginx.process, signal.SIGQUIT, 20)
 
 
-def drive(url: str, images: dict, victim: Replica, sig: int) -> StreamResult:
+def drive(url: str, images: dict, victim: ServerProcess, sig: int) -> StreamResult:
     """REQUESTS try-ons, CONCURRENCY at a time; ``sig`` reaches the victim after SIGNAL_AFTER answers."""
     result = StreamResult()
 
@@ -274,7 +225,7 @@ def check_stream(result: StreamResult, nginx: Nginx) -> list[dict]:
     return tryons
 
 
-def report(name: str, result: StreamResult, tryons: list[dict], survivor: Replica, victim: Replica) -> dict:
+def report(name: str, result: StreamResult, tryons: list[dict], survivor: ServerProcess, victim: ServerProcess) -> dict:
     retried = [e for e in tryons if len(e["upstreams"]) > 1]
     numbers = {"finished_by_victim_after_signal": sum(e["upstreams"][-1] == victim.address
                                                       and e["time"] > result.signalled_at for e in tryons),
@@ -333,7 +284,7 @@ def test_sigterm_drains_without_a_failed_request(replicas, nginx_binary, tmp_pat
     assert numbers["served_by_victim"] + numbers["served_by_survivor"] == REQUESTS
     # The drain ends in a clean exit (the contract: status 0) within TRYON_DRAIN_TIMEOUT_S.
     assert code == 0, (f"drained replica ended with {code}, not 0 (a negative code is death by that "
-                       f"signal: uvicorn re-raises a captured SIGTERM after its shutdown):\n{tail(victim.log)}")
+                       f"signal: uvicorn re-raises a captured SIGTERM after its shutdown):\n{victim.stderr[-3000:]}")
 
 
 def test_sigkill_is_retried_on_the_survivor(replicas, nginx_binary, tmp_path, images):
@@ -357,7 +308,7 @@ def test_sigkill_is_retried_on_the_survivor(replicas, nginx_binary, tmp_path, im
             assert entry["statuses"].endswith("200"), entry
 
 
-def assert_survivor_serves(nginx: Nginx, images: dict, survivor: Replica, count: int = 4) -> None:
+def assert_survivor_serves(nginx: Nginx, images: dict, survivor: ServerProcess, count: int = 4) -> None:
     """The survivor alone keeps serving once the victim has exited."""
     with httpx.Client(timeout=30) as client:
         statuses = [client.post(f"{nginx.url}/v1/tryon", files=images).status_code for _ in range(count)]
@@ -366,7 +317,7 @@ def assert_survivor_serves(nginx: Nginx, images: dict, survivor: Replica, count:
     assert all(e["upstreams"][-1] == survivor.address for e in last), last
 
 
-def healthcheck(replica: Replica, path: str) -> int:
+def healthcheck(replica: ServerProcess, path: str) -> int:
     probe = subprocess.run([sys.executable, str(ROOT / "docker" / "healthcheck.py"), path], capture_output=True,
                            env={**os.environ, "TRYON_PORT": str(replica.port)}, timeout=20)
     return probe.returncode

@@ -17,7 +17,8 @@ from safetensors.torch import save_file
 from model import create_model, load_weights
 from model.images import encode_image, output_image, prepare_inputs
 from tests.conftest import load_golden
-from tests.fixtures.service.harness import (REPO, ConnectionRecorder, ImageServer, ServerProcess, fixture_bytes,
+from tests.local_http import LocalServer
+from tests.fixtures.service.harness import (REPO, ConnectionRecorder, ServerProcess, fixture_bytes,
                                             sample_key)
 
 API_KEY, OTHER_KEY = "test-key-1", "test-key-2"
@@ -43,7 +44,7 @@ def decoded(body: bytes) -> np.ndarray:
 @pytest.fixture(scope="module")
 def image_server():
     not_png = b"this is text, not an image"
-    server = ImageServer({
+    server = LocalServer({
         **{f"/{name}.png": (200, {"Content-Type": "image/png"}, data) for name, data in IMAGES.items()},
         "/text.txt": (200, {"Content-Type": "text/plain"}, not_png),
         "/huge.png": (200, {"Content-Type": "image/png"}, b"\x89PNG" + b"0" * (MAX_UPLOAD + 10)),

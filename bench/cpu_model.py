@@ -1,0 +1,211 @@
+"""CPU benchmark: the whole network with our Numba sampler against the
+published formulation of the sampling, 256x192 fp32, batch 1 and 4.
+
+    python -m bench.cpu_model [--runs 5] [--warmup 2] [--batches 1 4] [--tag NAME]
+
+Both samplers run in one model (same stand-in weights, seed 0) on the same
+inputs (the golden 256x192 images, cropped or repeated to the batch size).
+Timed runs alternate between the two in ABBA order so that load from other
+processes falls on both alike; the load average is recorded with every run.
+Peak memory is measured per configuration in a fresh subprocess (see
+``MEMORY_METHOD``). Writes bench/results/cpu_model-<UTC date>.json and prints
+a summary. Not a test: it takes minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime as dt
+import gc
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numba
+import numpy as np
+import torch
+
+from model import create_model, load_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
+RESULTS = Path(__file__).resolve().parent / "results"
+THREADS = 2
+SIZE = (256, 192)
+WEIGHT_SEED = 0
+OURS, BASELINE = "numba", "published"
+THREAD_ENV = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOMP_SPINCOUNT", "MKL_NUM_THREADS")
+MEMORY_METHOD = (
+    "each (sampler, batch) in its own subprocess: load model and inputs, one warm-up forward, "
+    "gc + malloc_trim, reset the kernel's RSS high-water mark (write 5 to /proc/self/clear_refs), "
+    "one forward, read VmHWM from /proc/self/status. peak_rss_mb is that high-water mark of the "
+    "whole process; forward_peak_mb is it minus the RSS at the reset (what one forward adds).")
+
+
+def standin_model(sampler: str) -> torch.nn.Module:
+    """The network filled with the tests' deterministic stand-in weights."""
+    spec = importlib.util.spec_from_file_location("fill_weights", FIXTURES / "fill_weights.py")
+    fill = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fill)
+    state = fill.fill_state_dict(fill.read_keys(FIXTURES / "checkpoint_keys.tsv"), WEIGHT_SEED)
+    return load_weights(create_model(sampler=sampler), state)
+
+
+def golden_inputs(batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ref_input, cloth, masked_model) from the golden images, cycled to ``batch``."""
+    golden = torch.load(FIXTURES / "golden_256x192.pt", weights_only=True)
+    n = golden["cloth"].shape[0]
+    index = torch.arange(batch) % n
+    pose, masked, cloth = (golden[k][index].contiguous() for k in ("pose", "masked_model", "cloth"))
+    assert tuple(cloth.shape[-2:]) == SIZE
+    return torch.cat((pose, masked), dim=1), cloth, masked
+
+
+def forward(net, inputs, sampler: str) -> torch.Tensor:
+    net.dafnet.sampler = sampler
+    with torch.inference_mode():
+        return net(*inputs)
+
+
+def time_batch(net, batch: int, runs: int, warmup: int) -> dict:
+    """Alternating timed forwards of both samplers at one batch size."""
+    inputs = golden_inputs(batch)
+    outputs = {}
+    for sampler in (BASELINE, OURS):
+        for _ in range(warmup):
+            outputs[sampler] = forward(net, inputs, sampler)
+    seconds = {BASELINE: [], OURS: []}
+    cpu_seconds = {BASELINE: [], OURS: []}
+    load = []
+    for i in range(runs):
+        order = (BASELINE, OURS) if i % 2 == 0 else (OURS, BASELINE)
+        for sampler in order:
+            start, cpu_start = time.perf_counter(), time.process_time()
+            forward(net, inputs, sampler)
+            seconds[sampler].append(time.perf_counter() - start)
+            cpu_seconds[sampler].append(time.process_time() - cpu_start)
+            load.append(os.getloadavg()[0])
+    result = {"batch": batch, "runs": runs, "warmup": warmup, "load_average_1min": load,
+              "max_abs_diff": (outputs[OURS] - outputs[BASELINE]).abs().max().item()}
+    for sampler, times in seconds.items():
+        median = statistics.median(times)
+        # CPU time of the process (all threads): less sensitive than wall time
+        # to other processes on a shared CPU, though spinning threads count too.
+        result[sampler] = {"latency_s_median": median, "latency_s_all": times,
+                           "img_per_s": batch / median, "img_per_s_best_run": batch / min(times),
+                           "cpu_s_all": cpu_seconds[sampler],
+                           "cpu_s_per_img_median": statistics.median(cpu_seconds[sampler]) / batch}
+    result["speedup"] = result[OURS]["img_per_s"] / result[BASELINE]["img_per_s"]
+    # The fastest run is the one least disturbed by other processes.
+    result["speedup_best_run"] = result[OURS]["img_per_s_best_run"] / result[BASELINE]["img_per_s_best_run"]
+    return result
+
+
+def _vm_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def memory_worker(sampler: str, batch: int) -> dict:
+    """Run in a fresh process: peak RSS of one steady-state forward."""
+    torch.set_num_threads(THREADS)
+    net = standin_model(sampler)
+    inputs = golden_inputs(batch)
+    forward(net, inputs, sampler)  # warm-up: JIT cache load, allocator state
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")
+    rss_before = _vm_kb("VmRSS")
+    forward(net, inputs, sampler)
+    peak = _vm_kb("VmHWM")
+    return {"sampler": sampler, "batch": batch, "peak_rss_mb": peak / 1024,
+            "rss_before_forward_mb": rss_before / 1024, "forward_peak_mb": (peak - rss_before) / 1024}
+
+
+def measure_memory(sampler: str, batch: int) -> dict:
+    cmd = [sys.executable, "-m", "bench.cpu_model", "--memory-worker", sampler, str(batch)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def cpu_model_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def environment() -> dict:
+    return {"torch": torch.__version__, "numba": numba.__version__, "numpy": np.__version__,
+            "python": platform.python_version(), "cpu": cpu_model_name(), "cpu_count": os.cpu_count(),
+            # The Numba sampler shares its rows among torch's thread count.
+            "torch_threads": torch.get_num_threads(),
+            # Thread-pool settings change results on a shared CPU: record what was set.
+            "env": {k: os.environ.get(k) for k in THREAD_ENV}}
+
+
+def summary(report: dict) -> str:
+    lines = [f"DAFlow {SIZE[0]}x{SIZE[1]} fp32 on {report['environment']['cpu']}, "
+             f"{report['environment']['torch_threads']} threads"]
+    for r in report["timing"]:
+        mem = {(m["sampler"], m["batch"]): m for m in report["memory"]}
+        for sampler in (BASELINE, OURS):
+            m = mem[(sampler, r["batch"])]
+            lines.append(f"  batch {r['batch']} {sampler:>9}: {r[sampler]['img_per_s']:.3f} img/s, "
+                         f"{r[sampler]['latency_s_median'] * 1000:.0f} ms median, "
+                         f"{r[sampler]['cpu_s_per_img_median']:.2f} CPU-s/img, "
+                         f"peak RSS {m['peak_rss_mb']:.0f} MB (forward +{m['forward_peak_mb']:.0f} MB)")
+        load = r["load_average_1min"]
+        lines.append(f"  batch {r['batch']} speed-up {r['speedup']:.2f}x (best runs {r['speedup_best_run']:.2f}x), "
+                     f"max |ours - baseline| "
+                     f"{r['max_abs_diff']:.2e}, load average {min(load):.2f}..{max(load):.2f}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--tag", default="", help="suffix for the result file name")
+    parser.add_argument("--memory-worker", nargs=2, metavar=("SAMPLER", "BATCH"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.memory_worker:
+        print(json.dumps(memory_worker(args.memory_worker[0], int(args.memory_worker[1]))))
+        return {}
+
+    torch.set_num_threads(THREADS)
+    started = dt.datetime.now(dt.timezone.utc)
+    net = standin_model(OURS)
+    timing = [time_batch(net, b, args.runs, args.warmup) for b in args.batches]
+    del net
+    memory = [measure_memory(s, b) for b in args.batches for s in (BASELINE, OURS)]
+    report = {
+        "benchmark": "bench.cpu_model", "date_utc": started.isoformat(timespec="seconds"),
+        "image_size_hw": list(SIZE), "dtype": "float32", "weights": f"stand-in, seed {WEIGHT_SEED}",
+        "inputs": "tests/fixtures/golden_256x192.pt, cycled to the batch size",
+        "ours": OURS, "baseline": BASELINE,
+        "img_per_s": "batch / median latency; img_per_s_best_run: batch / fastest run",
+        "memory_method": MEMORY_METHOD, "environment": environment(),
+        "load_average_at_end": list(os.getloadavg()), "timing": timing, "memory": memory,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    tag = f"-{args.tag}" if args.tag else ""
+    path = args.out / f"cpu_model-{started.date().isoformat()}{tag}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(summary(report))
+    print(f"written {path}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
