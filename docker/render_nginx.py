@@ -3,9 +3,9 @@
 One template serves docker compose (upstream ``tryon:8000``, re-resolved
 through Docker's DNS as replicas come and go) and tests/test_load_balancer.py
 (replicas on 127.0.0.1 ports, nginx run from a scratch directory). The body
-size and timeout limits follow the service's TRYON_* settings, so nginx never
-refuses a request the service would take, nor gives up before the service's
-own timeout answers. Standard library only: it runs before anything is installed.
+size limits (one for /v1/tryon/batch, one for the rest) and the timeouts
+follow the service's TRYON_* settings, so nginx never refuses a request the
+service would take, nor gives up before the service's own timeout answers. Standard library only: it runs before anything is installed.
 
     python docker/render_nginx.py --compose docker-compose.yml -o docker/nginx.compose.conf
     python docker/render_nginx.py --kubernetes docker/k8s/deployment.yaml -o docker/k8s/lb-configmap.yaml
@@ -52,21 +52,33 @@ class ServiceLimits:
     max_upload_bytes: int = 10_485_760
     request_timeout_s: float = 30
     url_total_timeout_s: float = 10
+    max_garments: int = 8
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ServiceLimits:
-        """Reads TRYON_MAX_UPLOAD_BYTES, TRYON_REQUEST_TIMEOUT_S and TRYON_URL_TOTAL_TIMEOUT_S."""
+        """Reads TRYON_MAX_UPLOAD_BYTES, TRYON_REQUEST_TIMEOUT_S, TRYON_URL_TOTAL_TIMEOUT_S
+        and TRYON_MAX_GARMENTS."""
         default = cls()
         return cls(
             max_upload_bytes=int(env.get("TRYON_MAX_UPLOAD_BYTES", default.max_upload_bytes)),
             request_timeout_s=float(env.get("TRYON_REQUEST_TIMEOUT_S", default.request_timeout_s)),
-            url_total_timeout_s=float(env.get("TRYON_URL_TOTAL_TIMEOUT_S", default.url_total_timeout_s)))
+            url_total_timeout_s=float(env.get("TRYON_URL_TOTAL_TIMEOUT_S", default.url_total_timeout_s)),
+            max_garments=int(env.get("TRYON_MAX_GARMENTS", default.max_garments)))
+
+    def body_limit(self, images: int) -> int:
+        """Same formula as service Settings.body_limit: ``images`` images as base64 (4/3 of
+        their bytes; multipart needs less) plus 64 KiB for the other fields."""
+        return images * (self.max_upload_bytes * 4 // 3 + 4) + 65_536
 
     @property
     def request_body_limit(self) -> int:
-        """Same formula as service Settings.request_body_limit: three images as
-        base64 (4/3 of their bytes; multipart needs less) plus 64 KiB for the other fields."""
-        return 3 * (self.max_upload_bytes * 4 // 3 + 4) + 65_536
+        """Settings.request_body_limit (/v1/tryon, /v1/prepare): three images."""
+        return self.body_limit(3)
+
+    @property
+    def batch_body_limit(self) -> int:
+        """Settings.batch_body_limit (/v1/tryon/batch): three person-side images and the garments."""
+        return self.body_limit(3 + self.max_garments)
 
     @property
     def read_timeout_s(self) -> int:
@@ -131,6 +143,9 @@ def render(upstreams: Sequence[str], *, listen: str | int = LISTEN_PORT,
         "listen": str(listen),
         "client_max_body_size": str(limits.request_body_limit),
         "body_limit_note": f"3 x (4/3 x {limits.max_upload_bytes} TRYON_MAX_UPLOAD_BYTES + 4) + 65536",
+        "batch_client_max_body_size": str(limits.batch_body_limit),
+        "batch_body_limit_note": (f"(3 + {limits.max_garments} TRYON_MAX_GARMENTS) x (4/3 x {limits.max_upload_bytes} "
+                                  f"TRYON_MAX_UPLOAD_BYTES + 4) + 65536"),
         "connect_timeout_s": str(connect_timeout_s),
         "read_timeout_s": str(limits.read_timeout_s),
         "read_timeout_note": (f"max(TRYON_REQUEST_TIMEOUT_S {limits.request_timeout_s:g}, "

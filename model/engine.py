@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -191,27 +192,45 @@ class Engine:
 
     def infer_garments(self, pose: torch.Tensor, masked_model: torch.Tensor, cloths: torch.Tensor) -> torch.Tensor:
         """One person, many garments: (1, 3, H, W) or (3, H, W) pose and masked
-        model, (N, 3, H, W) garments -> (N, 3, H, W) float32 CPU outputs. The
-        person's feature pyramid is computed once and shared by every garment
-        (eager, in chunks of the batch sizes)."""
+        model, (N, 3, H, W) garments -> (N, 3, H, W) float32 CPU outputs
+        (``iter_garments`` run to the end)."""
+        return torch.cat([outputs for _, outputs in self.iter_garments(pose, masked_model, cloths)])
+
+    def iter_garments(self, pose: torch.Tensor, masked_model: torch.Tensor, cloths: torch.Tensor,
+                      chunk_size: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+        """One person, many garments, chunk by chunk: yields (index of the chunk's first
+        garment, (n, 3, H, W) float32 CPU outputs) as each chunk of at most ``chunk_size``
+        garments (default and cap: the largest batch size) is done. The person's feature
+        pyramid is computed once, before the first chunk, and shared by every garment
+        (eager, chunks padded up to a batch size).
+
+        The lock is held per step, never across a ``yield``: a consumer that stops early
+        (or is slow) never leaves the engine locked, and other callers may run between
+        chunks (the service's single worker thread runs one job at a time anyway)."""
         pose, masked_model = (t.unsqueeze(0) if t.dim() == 3 else t for t in (pose, masked_model))
         if pose.shape[0] != 1 or masked_model.shape[0] != 1:
             raise ValueError("infer_garments takes one person (a batch of 1 pose and masked model)")
-        outputs = []
+        step = min(chunk_size or self.max_batch_size, self.max_batch_size)
+        if step < 1:
+            raise ValueError(f"chunk_size must be at least 1, not {chunk_size}")
         with self._lock, torch.inference_mode():
-            pose_d, masked_d = self._to_device(pose), self._to_device(masked_model)
-            person = self.net.encode_person(torch.cat((pose_d, masked_d), dim=1))
-            for i in range(0, cloths.shape[0], self.max_batch_size):
-                chunk = cloths[i:i + self.max_batch_size]
-                n = chunk.shape[0]
-                padded = self.padded_size(n)
-                cloth_d = self._to_device(self._pad(chunk, padded))
-                garments = self.net.encode_garment(cloth_d)
-                # Expanded views: the person's pyramid is never copied per garment.
-                reference = [f.expand(padded, -1, -1, -1) for f in person]
-                out = self.net.dafnet(garments, reference, cloth_d, masked_d.expand(padded, -1, -1, -1))
-                outputs.append(out[:n].float().cpu())
-        return torch.cat(outputs)
+            masked_d = self._to_device(masked_model)
+            person = self.net.encode_person(torch.cat((self._to_device(pose), masked_d), dim=1))
+        for start in range(0, cloths.shape[0], step):
+            with self._lock, torch.inference_mode():
+                outputs = self._dress(person, masked_d, cloths[start:start + step])
+            yield start, outputs
+
+    def _dress(self, person: list[torch.Tensor], masked_d: torch.Tensor, cloths: torch.Tensor) -> torch.Tensor:
+        """One chunk of garments on an encoded person -> (n, 3, H, W) float32 CPU outputs."""
+        n = cloths.shape[0]
+        padded = self.padded_size(n)
+        cloth_d = self._to_device(self._pad(cloths, padded))
+        garments = self.net.encode_garment(cloth_d)
+        # Expanded views: the person's pyramid is never copied per garment.
+        reference = [f.expand(padded, -1, -1, -1) for f in person]
+        out = self.net.dafnet(garments, reference, cloth_d, masked_d.expand(padded, -1, -1, -1))
+        return out[:n].float().cpu()
 
     def _forward(self, pose: torch.Tensor, masked_model: torch.Tensor, cloth: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat((pose, masked_model), dim=1), cloth, masked_model)

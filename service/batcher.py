@@ -10,9 +10,13 @@ accepted request is lost to a batch that was merely too large.
 
 A many-garments request (one person, N garments) is one job in the same
 queue: it takes one place against the queue limit, has the request's
-deadline, and runs on the same worker as its own engine call
-(``Engine.infer_garments``: the person's features computed once, the
-garments in engine-sized chunks), after the single requests taken with it.
+deadline, and runs on the same worker, after the single requests taken with
+it, through ``Engine.iter_garments``: the person's features computed once,
+then the garments chunk by chunk. Each chunk is handed to the event loop as
+soon as it is done: the job's future resolves with a ``GarmentsStream`` once
+the first chunk is ready (or fails as a single request would), and the later
+chunks follow through that stream. The worker runs the job to its end before
+it takes the next batch, and stops early when the request is abandoned.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import AsyncIterator, Callable, Iterator, Protocol
 
 import torch
 
@@ -36,21 +40,31 @@ log = logging.getLogger("service.batcher")
 class InferenceEngine(Protocol):
     def infer(self, pose: torch.Tensor, masked_model: torch.Tensor, cloth: torch.Tensor) -> torch.Tensor: ...
 
-    def infer_garments(self, pose: torch.Tensor, masked_model: torch.Tensor,
-                       cloths: torch.Tensor) -> torch.Tensor: ...
+    def iter_garments(self, pose: torch.Tensor, masked_model: torch.Tensor, cloths: torch.Tensor,
+                      chunk_size: int | None = None) -> Iterator[tuple[int, torch.Tensor]]: ...
 
 
 @dataclass(frozen=True)
 class GarmentsInputs:
-    """One person, many garments: (3, H, W) pose and masked model, (N, 3, H, W) garments."""
+    """One person, many garments: (3, H, W) pose and masked model, (N, 3, H, W) garments,
+    run ``chunk_size`` garments per engine call (None: the engine's largest batch)."""
     pose: torch.Tensor
     masked_model: torch.Tensor
     cloths: torch.Tensor
+    chunk_size: int | None = None
+
+
+@dataclass(frozen=True)
+class GarmentsChunk:
+    """The results of consecutive garments of a job, from one engine call."""
+    start: int  # position of its first garment in GarmentsInputs.cloths
+    outputs: torch.Tensor  # (n, 3, H, W) in [-1, 1]
+    inference_s: float  # the engine call (the first chunk's includes encoding the person)
 
 
 @dataclass(frozen=True)
 class JobResult:
-    output: torch.Tensor  # (3, H, W) in [-1, 1]; (N, 3, H, W) for GarmentsInputs
+    output: torch.Tensor  # (3, H, W) in [-1, 1]
     queue_s: float
     inference_s: float
     batch_size: int
@@ -68,6 +82,42 @@ class Job:
         """The client will not read the answer (gone, or deadline passed): never run it."""
         self.drop_reason = reason
         self.future.cancel()
+
+
+class GarmentsStream:
+    """A running garments job, as its future's result: the chunks in garment order, each
+    as soon as the worker has it. It ends after the last garment, or with one ApiError
+    that stands for every garment not yet delivered (the engine failed, the request's
+    deadline passed, or the server is shutting down)."""
+
+    def __init__(self, job: "Job", garments: int, queue_s: float):
+        self.garments = garments
+        self.queue_s = queue_s
+        self._job = job
+        self._items: asyncio.Queue[GarmentsChunk | ApiError] = asyncio.Queue()
+
+    def put(self, item: GarmentsChunk | ApiError) -> None:
+        self._items.put_nowait(item)
+
+    async def chunks(self) -> AsyncIterator[GarmentsChunk | ApiError]:
+        loop = asyncio.get_running_loop()
+        delivered = 0
+        while delivered < self.garments:
+            try:
+                item = await asyncio.wait_for(self._items.get(), max(0.0, self._job.deadline - loop.time()))
+            except TimeoutError:
+                self._job.abandon("deadline")
+                item = ApiError(504, "deadline_exceeded", "this garment was not dressed within the request's "
+                                "deadline")
+            yield item
+            if isinstance(item, ApiError):
+                return
+            delivered += item.outputs.shape[0]
+
+    def close(self) -> None:
+        """The answer is over (or its client gone): the worker stops after its current chunk."""
+        if self._job.drop_reason is None:
+            self._job.abandon("finished")
 
 
 def infer_splitting_on_oom(infer: Callable, pose: torch.Tensor, masked_model: torch.Tensor, cloth: torch.Tensor,
@@ -185,24 +235,62 @@ class Batcher:
 
     async def _run_garments(self, jobs: list[Job]) -> None:
         job = jobs[0]
-        person, n = job.inputs, job.inputs.cloths.shape[0]
-        started = time.perf_counter()
-        try:
-            outputs = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self.engine.infer_garments, person.pose[None], person.masked_model[None],
-                person.cloths)
-        except Exception as exc:  # the engine failed: the request learns it, the worker carries on
-            log.exception("inference failed for %d garments", n)
-            outputs = exc
-        elapsed = time.perf_counter() - started
+        loop = asyncio.get_running_loop()
+        n = job.inputs.cloths.shape[0]
+        stream = GarmentsStream(job, n, time.perf_counter() - job.enqueued_at)
         self.metrics.batch_size.observe(n)
-        self.metrics.inference.observe(elapsed)
-        if job.future.done():
-            return
-        if isinstance(outputs, BaseException):
-            job.future.set_exception(self._failure(outputs))
-        else:
-            job.future.set_result(JobResult(outputs, started - job.enqueued_at, elapsed, n))
+
+        def deliver(item: GarmentsChunk | BaseException) -> None:  # on the event loop
+            if job.future.cancelled():  # abandoned before its first chunk: nobody reads on
+                return
+            if isinstance(item, BaseException) and not isinstance(item, ApiError):
+                item = self._failure(item)
+            if job.future.done():
+                stream.put(item)
+            elif isinstance(item, ApiError):
+                job.future.set_exception(item)
+            else:
+                stream.put(item)
+                job.future.set_result(stream)
+
+        def deliver_threadsafe(item: GarmentsChunk | BaseException) -> None:
+            try:
+                loop.call_soon_threadsafe(deliver, item)
+            except RuntimeError:  # the loop has closed: the server is gone, nobody to tell
+                pass
+
+        try:
+            await loop.run_in_executor(self._executor, self._dress, job, deliver_threadsafe)
+        except asyncio.CancelledError:  # the worker is stopping: the request must not wait forever
+            job.drop_reason = job.drop_reason or "shutting_down"
+            deliver(ApiError(503, "shutting_down", "the server is shutting down",
+                             headers={"Retry-After": str(self.retry_after_s)}))
+            raise
+
+    def _dress(self, job: Job, deliver: Callable[[GarmentsChunk | BaseException], None]) -> None:
+        """On the engine thread: runs the job's chunks, handing each over as it is done,
+        until the last one, a failure, or the request is abandoned."""
+        person = job.inputs
+        chunks = self.engine.iter_garments(person.pose[None], person.masked_model[None], person.cloths,
+                                           person.chunk_size)
+        try:
+            while job.drop_reason is None:
+                started = time.perf_counter()
+                try:
+                    start, outputs = next(chunks)
+                except StopIteration:
+                    return
+                elapsed = time.perf_counter() - started
+                # Observed here, before the hand-over: the metric counts chunks computed.
+                self.metrics.inference.observe(elapsed)
+                deliver(GarmentsChunk(start, outputs, elapsed))
+        except Exception as exc:  # the engine failed: the request learns it, the worker carries on
+            log.exception("inference failed for %d garments", person.cloths.shape[0])
+            if isinstance(exc, torch.cuda.OutOfMemoryError) and torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            deliver(exc)
+        finally:
+            chunks.close()
 
     def _failure(self, exc: BaseException) -> ApiError:
         if isinstance(exc, torch.cuda.OutOfMemoryError):

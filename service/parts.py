@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 
@@ -27,6 +27,8 @@ class Part:
     body: bytes = b""
     index: int | None = None
     error: ApiError | None = None
+    # Per-item stage timings, e.g. {"inference": 812.5}: part headers X-Inference-Ms, JSON inference_ms.
+    timings_ms: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def failed(cls, name: str, error: ApiError, index: int | None = None) -> "Part":
@@ -57,6 +59,7 @@ class MultipartMixed:
         headers = {"Content-Type": part.media_type, "Content-Disposition": f'inline; name="{part.name}"'}
         if part.index is not None:
             headers["X-Index"] = str(part.index)
+        headers |= {f"X-{stage.capitalize()}-Ms": f"{ms:.2f}" for stage, ms in part.timings_ms.items()}
         body = part.body
         if part.error is not None:
             headers["X-Status"] = str(part.status)
@@ -74,6 +77,7 @@ def json_item(part: Part) -> dict:
     item = {"name": part.name, "status": part.status}
     if part.index is not None:
         item["index"] = part.index
+    item |= {f"{stage}_ms": round(ms, 2) for stage, ms in part.timings_ms.items()}
     if part.error is not None:
         item["error"] = part.error_body()
     else:

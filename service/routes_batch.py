@@ -2,15 +2,19 @@
 
 The person is read, drawn if need be, and encoded by the network once for
 the whole request: the garments go to the worker as one job
-(``Engine.infer_garments``), which takes one place in the queue and keeps
-the request's deadline. A garment that cannot be read or fetched becomes an
-error part; the others are still dressed.
+(``Engine.iter_garments``), which takes one place in the queue and keeps
+the request's deadline. The answer starts once the first chunk of garments
+is dressed (so a failure before that is an ordinary error answer); then the
+parts go out in input order, each as soon as its chunk is done. A garment
+that cannot be read or fetched becomes an error part in its place; the
+others are still dressed.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import time
+from contextlib import aclosing
 
 import torch
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -18,7 +22,7 @@ from fastapi.responses import StreamingResponse
 
 from model.images import MEDIA_TYPES
 
-from .batcher import GarmentsInputs
+from .batcher import GarmentsInputs, GarmentsStream
 from .errors import ApiError
 from .inputs import OutputFormat, OutputSize
 from .middleware import CLIENT_GONE
@@ -42,8 +46,9 @@ BATCH_OPENAPI = {
 }
 BATCH_DESCRIPTION = PERSON_MIX + (
     " Garments: `cloth` repeated (multipart) or `cloths` (JSON list), at most TRYON_MAX_GARMENTS. Parts come "
-    "in input order, each carrying its index (`X-Index`, or `index`); a garment that could not be read is an "
-    "error part (`X-Status`, or `status` + `error`) and does not stop the others.")
+    "in input order, each carrying its index (`X-Index`, or `index`) and its chunk's engine time "
+    "(`X-Inference-Ms`, or `inference_ms`), each sent as soon as its chunk of garments is dressed; a garment "
+    "that could not be read is an error part (`X-Status`, or `status` + `error`) and does not stop the others.")
 
 
 @batch.post("/v1/tryon/batch", summary="Dress one person in many garments; results streamed, one part each",
@@ -73,34 +78,57 @@ async def tryon_garments(
         raise garments[0]
 
     first = garments[usable[0]]
-    job_inputs = GarmentsInputs(first.pose, first.masked_model, torch.stack([garments[i].cloth for i in usable]))
-    result = await run_job(service, job_inputs, deadline, request)
-    if result is None:
+    chunk_size = settings.garment_chunk_for(service.engine.device.type)
+    job_inputs = GarmentsInputs(first.pose, first.masked_model, torch.stack([garments[i].cloth for i in usable]),
+                                chunk_size)
+    stream: GarmentsStream | None = await run_job(service, job_inputs, deadline, request)
+    if stream is None:
         return Response(status_code=CLIENT_GONE)
-    timings["queue"] = result.queue_s * 1000
-    timings["inference"] = result.inference_s * 1000
-    outputs = dict(zip(usable, result.output))
+    timings["queue"] = stream.queue_s * 1000
+    position = {index: at for at, index in enumerate(usable)}  # input index -> place in the job
 
     async def results():
-        for index, garment in enumerate(garments):
-            if isinstance(garment, ApiError):
-                yield Part.failed("result", garment, index)
-            else:
-                body = await asyncio.to_thread(encode_output, outputs[index], person.frame, options)
-                yield Part("result", MEDIA_TYPES[options.format], body, index)
+        chunks = stream.chunks()
+        ready: dict[int, tuple[torch.Tensor, float]] = {}  # place in the job -> (output, chunk seconds)
+        failure: ApiError | None = None
+        try:
+            for index, garment in enumerate(garments):
+                if isinstance(garment, ApiError):
+                    yield Part.failed("result", garment, index)
+                    continue
+                while position[index] not in ready and failure is None:
+                    item = await anext(chunks)
+                    if isinstance(item, ApiError):
+                        failure = item
+                    else:
+                        ready |= {item.start + k: (out, item.inference_s) for k, out in enumerate(item.outputs)}
+                if failure is not None and position[index] not in ready:
+                    yield Part.failed("result", failure, index)
+                    continue
+                output, inference_s = ready.pop(position[index])
+                mark = time.perf_counter()
+                body = await asyncio.to_thread(encode_output, output, person.frame, options)
+                part_timings = {"inference": inference_s * 1000, "encode": (time.perf_counter() - mark) * 1000}
+                yield Part("result", MEDIA_TYPES[options.format], body, index, timings_ms=part_timings)
+        finally:
+            stream.close()
+            await chunks.aclose()
 
-    headers = {"Server-Timing": server_timing(timings), "X-Batch-Size": str(result.batch_size),
-               "X-Garments": str(len(garments))}
+    headers = {"Server-Timing": server_timing(timings), "X-Batch-Size": str(len(usable)),
+               "X-Garments": str(len(garments)), "X-Garment-Chunk": str(chunk_size),
+               "X-Accel-Buffering": "no"}  # a proxy in front passes each part on at once
     if accepts(request, NDJSON):
         async def lines():
-            async for part in results():
-                yield (json.dumps(json_item(part)) + "\n").encode()
+            async with aclosing(results()) as answer_parts:
+                async for part in answer_parts:
+                    yield (json.dumps(json_item(part)) + "\n").encode()
         return StreamingResponse(lines(), media_type=NDJSON, headers=headers)
 
     framing = MultipartMixed()
 
     async def multipart():
-        async for part in results():
-            yield framing.part(part)
+        async with aclosing(results()) as answer_parts:
+            async for part in answer_parts:
+                yield framing.part(part)
         yield framing.end()
     return StreamingResponse(multipart(), media_type=framing.media_type, headers=headers)

@@ -130,8 +130,9 @@ def test_committed_nginx_config_is_rendered_from_compose():
 def test_nginx_limits_follow_the_service_settings():
     limits = render_nginx.ServiceLimits()
     assert limits == render_nginx.ServiceLimits(DEFAULTS.max_upload_bytes, DEFAULTS.request_timeout_s,
-                                                DEFAULTS.url_total_timeout_s)
+                                                DEFAULTS.url_total_timeout_s, DEFAULTS.max_garments)
     assert limits.request_body_limit == DEFAULTS.request_body_limit
+    assert limits.batch_body_limit == DEFAULTS.batch_body_limit
     # Multipart carries raw bytes: three full-size images fit with room to spare.
     assert limits.request_body_limit > 3 * DEFAULTS.max_upload_bytes + 64 * 1024
     assert limits.read_timeout_s > max(DEFAULTS.request_timeout_s, DEFAULTS.url_total_timeout_s)
@@ -142,6 +143,15 @@ def test_nginx_limits_follow_the_service_settings():
     text = render_nginx.render(["127.0.0.1:8000"], limits=bigger)
     assert f"client_max_body_size {Settings(max_upload_bytes=20971520).request_body_limit};" in text
     assert "proxy_read_timeout 65s;" in text
+    # /v1/tryon/batch takes up to TRYON_MAX_GARMENTS more images, and streams its parts unbuffered.
+    batches = render_nginx.ServiceLimits.from_env({"TRYON_MAX_UPLOAD_BYTES": "20971520", "TRYON_MAX_GARMENTS": "12"})
+    batch_text = render_nginx.render(["127.0.0.1:8000"], limits=batches)
+    batch_block = batch_text[batch_text.index("location = /v1/tryon/batch {"):]
+    batch_block = batch_block[:batch_block.index("}")]
+    batch_limit = Settings(max_upload_bytes=20971520, max_garments=12).batch_body_limit
+    assert f"client_max_body_size {batch_limit};" in batch_block
+    assert "proxy_buffering off;" in batch_block and "proxy_pass http://tryon;" in batch_block
+    assert f"client_max_body_size {batches.request_body_limit};" in batch_text.replace(batch_block, "")
 
 
 def test_nginx_config_passes_nginx_t(tmp_path):

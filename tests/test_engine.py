@@ -83,6 +83,40 @@ def test_infer_garments_equals_separate_runs(cpu_engine, golden):
         cpu_engine.infer_garments(*random_images(2, seed=4)[:2], cloths)
 
 
+def test_iter_garments_streams_chunks_encoding_the_person_once(cpu_engine, golden, monkeypatch):
+    """Chunk by chunk, lazily: the person is encoded once, before the first chunk, the
+    engine is not locked between chunks, and the chunks are what infer_garments and
+    separate runs give."""
+    cloths = torch.cat((golden["cloth"], random_images(2, seed=2)[2]))
+    encode_person = cpu_engine.net.encode_person
+    people: list[int] = []
+
+    def counting_encode_person(ref_input):
+        people.append(ref_input.shape[0])
+        return encode_person(ref_input)
+    monkeypatch.setattr(cpu_engine.net, "encode_person", counting_encode_person)
+
+    chunks = cpu_engine.iter_garments(golden["pose"], golden["masked_model"], cloths, chunk_size=1)
+    assert people == []  # nothing runs before the first chunk is asked for
+    start, first = next(chunks)
+    assert (start, first.shape, people) == (0, (1, 3, *SIZE), [1])
+    assert not cpu_engine._lock.locked()  # between chunks other callers may run
+    rest = list(chunks)
+    assert [s for s, _ in rest] == [1, 2] and people == [1]
+    streamed = torch.cat([first] + [out for _, out in rest])
+
+    people.clear()
+    together = cpu_engine.infer_garments(golden["pose"], golden["masked_model"], cloths)
+    assert people == [1]
+    assert (streamed - together).abs().max().item() < 1e-4
+    for i in range(3):
+        alone = cpu_engine.infer(golden["pose"], golden["masked_model"], cloths[i:i + 1])
+        assert (streamed[i:i + 1] - alone).abs().max().item() < 1e-4
+    # Chunks never exceed the largest batch size (2 here).
+    starts = [s for s, _ in cpu_engine.iter_garments(golden["pose"], golden["masked_model"], cloths, chunk_size=8)]
+    assert starts == [0, 2]
+
+
 @pytest.mark.parametrize("requested,cpu,gpu", [("fp32", "fp32", "fp32"), ("tf32", "fp32", "tf32"),
                                                ("bf16", "bf16", "bf16"), ("fp16", "bf16", "fp16"),
                                                ("auto", "fp32", AUTO_GPU_PRECISION)])

@@ -317,7 +317,8 @@ def healthcheck(replica: ServerProcess, path: str) -> int:
 
 def test_errors_nginx_makes_speak_the_service_format(tmp_path, nginx_binary, images):
     """No replica up: a 503 with Retry-After, in the service's JSON error shape; an
-    oversized body: 413 the same way, before any replica is bothered."""
+    oversized body: 413 the same way, before any replica is bothered (/v1/tryon/batch
+    has its own, larger limit)."""
     small = render_nginx.ServiceLimits(max_upload_bytes=20_000)
     nowhere = [f"127.0.0.1:{free_port()}" for _ in range(2)]
     with load_balancer(nginx_binary, tmp_path, nowhere, limits=small) as nginx:
@@ -329,3 +330,10 @@ def test_errors_nginx_makes_speak_the_service_format(tmp_path, nginx_binary, ima
         assert huge.status_code == 413 and huge.json()["error"]["code"] == "payload_too_large"
         (entry,) = [e for e in nginx.tryons(2) if e["status"] == "503"]
         assert len(entry["upstreams"]) == 2, "both replicas were tried before giving up"
+        # A batch may be larger (its own limit): nginx takes it and looks for a replica.
+        batch = httpx.post(f"{nginx.url}/v1/tryon/batch", content=b"x" * (small.request_body_limit + 1),
+                           headers={"content-type": "application/octet-stream"}, timeout=10)
+        assert batch.status_code == 503 and batch.json()["error"]["code"] == "unavailable"
+        too_big = httpx.post(f"{nginx.url}/v1/tryon/batch", content=b"x" * (small.batch_body_limit + 1),
+                             headers={"content-type": "application/octet-stream"}, timeout=10)
+        assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "payload_too_large"

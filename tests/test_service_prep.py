@@ -4,6 +4,7 @@ for one person through /v1/tryon/batch. Expected images come from the model
 code itself (model.person_inputs.person_images and the network)."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import concurrent.futures
 import io
@@ -21,6 +22,10 @@ from safetensors.torch import save_file
 from model import create_model, load_weights
 from model.images import assemble_inputs, encode_image, output_image
 from model.person_inputs import person_images
+from service.batcher import Batcher, GarmentsInputs
+from service.errors import ApiError
+from service.metrics import Metrics
+from service.settings import Settings
 from tests.fixtures.service.harness import REPO, ServerProcess, fixture_bytes, sample_key
 
 PREP = REPO / "tests" / "fixtures" / "prep"
@@ -55,19 +60,37 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def split_multipart(answer: httpx.Response) -> list[tuple[dict[str, str], bytes]]:
-    """multipart/mixed -> [(headers, body)], reading each part by its Content-Length."""
-    boundary = answer.headers["content-type"].split("boundary=")[1].encode()
-    data, parts, at = answer.content, [], 0
+def boundary_of(answer: httpx.Response) -> bytes:
+    return answer.headers["content-type"].split("boundary=")[1].encode()
+
+
+def parse_multipart(data: bytes, boundary: bytes) -> tuple[list[tuple[dict[str, str], bytes]], bool]:
+    """The complete parts of (the start of) a multipart/mixed body, read by their
+    Content-Length, and whether the closing boundary has arrived."""
+    parts, at = [], 0
     while True:
-        at = data.index(b"--" + boundary, at) + len(boundary) + 2
+        at = data.find(b"--" + boundary, at)
+        if at < 0 or len(data) < at + len(boundary) + 4:
+            return parts, False
+        at += len(boundary) + 2
         if data[at:at + 2] == b"--":
-            return parts
-        head_end = data.index(b"\r\n\r\n", at)
+            return parts, True
+        head_end = data.find(b"\r\n\r\n", at)
+        if head_end < 0:
+            return parts, False
         headers = dict(line.split(": ", 1) for line in data[at + 2:head_end].decode().split("\r\n"))
         size = int(headers["Content-Length"])
+        if len(data) < head_end + 4 + size:
+            return parts, False
         parts.append((headers, data[head_end + 4:head_end + 4 + size]))
         at = head_end + 4 + size
+
+
+def split_multipart(answer: httpx.Response) -> list[tuple[dict[str, str], bytes]]:
+    """A whole multipart/mixed answer -> [(headers, body)]."""
+    parts, complete = parse_multipart(answer.content, boundary_of(answer))
+    assert complete, "the closing boundary is missing"
+    return parts
 
 
 @pytest.fixture(scope="module")
@@ -226,17 +249,24 @@ def test_batch_streams_each_garment_as_the_single_request_gives_it(server, clien
         assert "content-length" not in answer.headers  # streamed, part by part
         answer.read()
     assert answer.headers["x-garments"] == "3" and answer.headers["x-batch-size"] == "3"
-    assert "inference;dur=" in answer.headers["server-timing"]
+    # The auto chunk on a CPU: 2 garments per engine call (TRYON_MAX_BATCH_SIZE is 2 here too).
+    assert answer.headers["x-garment-chunk"] == "2"
+    # Headers go first: queue time is known then, inference time only per part.
+    assert "queue;dur=" in answer.headers["server-timing"]
+    assert "inference;dur=" not in answer.headers["server-timing"]
     parts = split_multipart(answer)
     assert [int(headers["X-Index"]) for headers, _ in parts] == [0, 1, 2]
     for (headers, body), want in zip(parts, single_results):
         assert headers["Content-Type"] == "image/png"
+        assert float(headers["X-Inference-Ms"]) > 0 and float(headers["X-Encode-Ms"]) > 0
         assert_same_image(pixels(body), want)
-    # One engine job for the three garments, counted like any request.
+    # Garments 0 and 1 came out of one engine call: the same chunk time.
+    assert parts[0][0]["X-Inference-Ms"] == parts[1][0]["X-Inference-Ms"]
+    # One engine job for the three garments, counted like any request, run as two chunks (2 + 1).
     after = server.metrics()
-    jobs = after[sample_key("tryon_batch_size_count")] - before[sample_key("tryon_batch_size_count")]
-    garments = after[sample_key("tryon_batch_size_sum")] - before[sample_key("tryon_batch_size_sum")]
-    assert (jobs, garments) == (1, 3)
+    delta = {name: after[sample_key(name)] - before[sample_key(name)]
+             for name in ("tryon_batch_size_count", "tryon_batch_size_sum", "tryon_inference_seconds_count")}
+    assert delta == {"tryon_batch_size_count": 1, "tryon_batch_size_sum": 3, "tryon_inference_seconds_count": 2}
     route = {"route": "/v1/tryon/batch", "method": "POST", "status": "200"}
     assert after[sample_key("tryon_http_requests_total", route)] >= 1
 
@@ -249,6 +279,7 @@ def test_batch_as_ndjson_from_a_json_body(client, single_results):
     assert [line["index"] for line in lines] == [0, 1, 2]
     for line, want in zip(lines, single_results):
         assert line["status"] == 200 and line["media_type"] == "image/png"
+        assert line["inference_ms"] > 0 and line["encode_ms"] > 0
         assert_same_image(pixels(base64.b64decode(line["image"])), want)
 
 
@@ -264,6 +295,125 @@ def test_batch_survives_a_bad_garment(client, single_results):
     assert json.loads(bad_body)["error"]["code"] == "not_an_image"
     assert_same_image(pixels(parts[0][1]), single_results[0])
     assert_same_image(pixels(parts[2][1]), single_results[2])
+
+
+def test_garment_chunk_setting():
+    auto = Settings(max_batch_size=8)
+    assert (auto.garment_chunk_for("cuda"), auto.garment_chunk_for("cpu")) == (8, 2)
+    assert Settings(max_batch_size=1).garment_chunk_for("cpu") == 1
+    assert Settings(max_batch_size=4, garment_chunk=3).garment_chunk_for("cuda") == 3
+    assert Settings(max_batch_size=4, garment_chunk=16).garment_chunk_for("cpu") == 4
+
+
+@pytest.fixture(scope="module")
+def slow_server(tmp_path_factory, standin_state):
+    """The published size (a second or more per garment on this CPU), one garment per chunk."""
+    weights = tmp_path_factory.mktemp("weights") / "standin.safetensors"
+    save_file({k: v.contiguous() for k, v in standin_state.items()}, str(weights))
+    proc = ServerProcess({"TRYON_WEIGHTS": str(weights), "TRYON_IMAGE_SIZE": "256x192", "TRYON_MAX_BATCH_SIZE": "2",
+                          "TRYON_GARMENT_CHUNK": "1", "TRYON_MAX_GARMENTS": "3"}, tmp_path_factory.mktemp("logs"))
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        assert proc.stop() == 0
+
+
+ENGINE_CALLS = sample_key("tryon_inference_seconds_count")
+
+
+def stream_batch(server: ServerProcess, until_parts: int | None = None) -> tuple[list, list[float], float, bool]:
+    """Posts the three garments and reads the answer as it comes: the parts, when each
+    arrived, the server's engine calls made by the time the first part was read, and
+    whether the answer was complete. Stops reading after ``until_parts`` parts."""
+    before = server.metrics()[ENGINE_CALLS]
+    data, arrivals, calls_at_first_part, parts, complete = b"", [], None, [], False
+    with httpx.Client(timeout=120) as client, client.stream(
+            "POST", f"{server.url}/v1/tryon/batch", files=batch_files(CLOTHS),
+            data={"keypoints": KEYPOINTS_TEXT}) as answer:
+        assert answer.status_code == 200 and answer.headers["x-garment-chunk"] == "1"
+        for piece in answer.iter_raw():
+            data += piece
+            parts, complete = parse_multipart(data, boundary_of(answer))
+            arrivals += [time.monotonic()] * (len(parts) - len(arrivals))
+            if parts and calls_at_first_part is None:
+                calls_at_first_part = server.metrics()[ENGINE_CALLS] - before
+            if until_parts is not None and len(parts) >= until_parts:
+                break
+    return parts, arrivals, calls_at_first_part, complete
+
+
+def test_batch_sends_each_part_as_soon_as_its_chunk_is_done(slow_server):
+    """The first part reaches the client before the last chunk has been computed, which
+    the server's count of engine calls shows at the moment the part is read."""
+    before = slow_server.metrics()[ENGINE_CALLS]
+    parts, arrivals, calls_at_first_part, complete = stream_batch(slow_server)
+    assert complete and [int(headers["X-Index"]) for headers, _ in parts] == [0, 1, 2]
+    assert calls_at_first_part < 3, "the first part waited for the last chunk"
+    assert slow_server.metrics()[ENGINE_CALLS] - before == 3
+    # The last part could only follow the first after chunks 1 and 2 ran.
+    chunk_s = [float(headers["X-Inference-Ms"]) / 1000 for headers, _ in parts]
+    assert arrivals[2] - arrivals[0] >= 0.5 * (chunk_s[1] + chunk_s[2])
+
+
+def test_batch_stops_after_the_current_chunk_when_the_client_goes(slow_server):
+    """A client that hangs up after the first part: the chunk under way finishes, the last
+    one is never run, and the worker goes on to the next request."""
+    before = slow_server.metrics()[ENGINE_CALLS]
+    parts, _, calls_at_first_part, complete = stream_batch(slow_server, until_parts=1)
+    assert len(parts) == 1 and not complete and calls_at_first_part < 3
+    single = httpx.post(f"{slow_server.url}/v1/tryon", data={"keypoints": KEYPOINTS_TEXT}, timeout=120,
+                        files={"person": ("p.png", PERSON, "image/png"), "cloth": ("c.png", CLOTH, "image/png")})
+    assert single.status_code == 200, single.text
+    # The single request ran after the garments job ended (one worker): two chunks and itself.
+    assert slow_server.metrics()[ENGINE_CALLS] - before == 3
+
+
+class RunsOutOfMemory:
+    """An engine stand-in that plays a GPU running out of memory once, at chunk ``fail_at`` (none runs here)."""
+
+    def __init__(self, fail_at: int):
+        self.fail_at = fail_at
+
+    def iter_garments(self, pose, masked_model, cloths, chunk_size=None):
+        for start in range(cloths.shape[0]):
+            if start == self.fail_at:
+                self.fail_at = None
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (stand-in)")
+            yield start, cloths[start:start + 1] * 0
+
+
+def test_garments_job_failing_mid_stream_ends_cleanly():
+    """Out of memory on the first chunk: the request fails as a whole (503, before any
+    byte is sent); on a later chunk: the chunks done are delivered, then one error
+    that stands for the rest. Either way the worker carries on."""
+    async def run(fail_at: int) -> tuple[list, list]:
+        """What a job of three garments gets, and then what the next job gets."""
+        batcher = Batcher(RunsOutOfMemory(fail_at), max_batch_size=2, max_wait_s=0, queue_limit=4,
+                          metrics=Metrics(2))
+        batcher.start()
+        person = torch.zeros(3, 64, 64)
+
+        async def job_items() -> list:
+            deadline = asyncio.get_running_loop().time() + 30
+            job = batcher.submit(GarmentsInputs(person, person, torch.ones(3, 3, 64, 64), 1), deadline)
+            try:
+                stream = await job.future
+            except ApiError as error:
+                return [error]
+            return [item async for item in stream.chunks()]
+        try:
+            return await job_items(), await job_items()
+        finally:
+            await batcher.stop()
+
+    (first,), after = asyncio.run(run(fail_at=0))
+    assert (first.status, first.code) == (503, "out_of_memory")
+    assert [item.start for item in after] == [0, 1, 2]
+    (done, failure), after = asyncio.run(run(fail_at=1))
+    assert done.start == 0 and done.outputs.shape == (1, 3, 64, 64)
+    assert (failure.status, failure.code) == (503, "out_of_memory")
+    assert [item.start for item in after] == [0, 1, 2]
 
 
 def test_batch_refuses_too_many_garments(client):
