@@ -14,6 +14,7 @@ service would take, nor gives up before the service's own timeout answers. Stand
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import os
 import re
@@ -45,6 +46,19 @@ NGINX_PATHS = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbi
 _PLACEHOLDER = re.compile(r"\{\{ (\w+) \}\}")
 
 
+def _load_limits():
+    """service/limits.py by path: the service's own body-limit formula, without
+    importing the service package (and what it needs installed)."""
+    path = DOCKER_DIR.parent / "service" / "limits.py"
+    spec = importlib.util.spec_from_file_location("tryon_service_limits", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_LIMITS = _load_limits()
+
+
 @dataclass(frozen=True)
 class ServiceLimits:
     """The service settings nginx must agree with; defaults are the service's."""
@@ -65,20 +79,15 @@ class ServiceLimits:
             url_total_timeout_s=float(env.get("TRYON_URL_TOTAL_TIMEOUT_S", default.url_total_timeout_s)),
             max_garments=int(env.get("TRYON_MAX_GARMENTS", default.max_garments)))
 
-    def body_limit(self, images: int) -> int:
-        """Same formula as service Settings.body_limit: ``images`` images as base64 (4/3 of
-        their bytes; multipart needs less) plus 64 KiB for the other fields."""
-        return images * (self.max_upload_bytes * 4 // 3 + 4) + 65_536
-
     @property
     def request_body_limit(self) -> int:
-        """Settings.request_body_limit (/v1/tryon, /v1/prepare): three images."""
-        return self.body_limit(3)
+        """Settings.request_body_limit (/v1/tryon, /v1/prepare)."""
+        return _LIMITS.request_body_limit(self.max_upload_bytes)
 
     @property
     def batch_body_limit(self) -> int:
-        """Settings.batch_body_limit (/v1/tryon/batch): three person-side images and the garments."""
-        return self.body_limit(3 + self.max_garments)
+        """Settings.batch_body_limit (/v1/tryon/batch)."""
+        return _LIMITS.batch_body_limit(self.max_upload_bytes, self.max_garments)
 
     @property
     def read_timeout_s(self) -> int:

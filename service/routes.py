@@ -4,13 +4,14 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
+from dataclasses import dataclass
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from model.images import MEDIA_TYPES, TryOnInputs, encode_image, output_image
 
-from .batcher import Job, JobResult
+from .batcher import GarmentsStream, Job, JobResult
 from .errors import ApiError
 from .inputs import (KEYPOINTS_FIELD, PERSON_FIELDS, Garments, OutputFormat, OutputOptions, OutputSize,
                      RequestParts, fetch_parts, has_urls, read_request)
@@ -97,6 +98,31 @@ def require_ready(service: ServiceState) -> None:
         raise ApiError(503, "not_ready", "the model is not loaded yet", headers={"Retry-After": "5"})
 
 
+@dataclass
+class Work:
+    """A request about to queue work: its deadline and the timings it collects
+    (shared with the access log through ``request.state``)."""
+    deadline: float
+    timings: dict[str, float]
+
+
+async def begin_work(request: Request, service: ServiceState = Depends(get_service)) -> Work:
+    """Dependency of the routes that run the model: ready or 503, deadline from now."""
+    require_ready(service)
+    work = Work(asyncio.get_running_loop().time() + service.settings.request_timeout_s, {})
+    request.state.timings_ms = work.timings
+    return work
+
+
+def output_query(
+        format: OutputFormat | None = Query(None, description="output format (jpeg)"),
+        quality: int | None = Query(None, ge=1, le=100, description="JPEG/WebP quality (90)"),
+        size: OutputSize | None = Query(None, description="model size, or the person image's original size (model)"),
+) -> dict:
+    """The output options given as query parameters; body fields of the same names win."""
+    return {"format": format, "quality": quality, "size": size}
+
+
 class ClientGone(Exception):
     """The client disconnected while its request waited."""
 
@@ -137,7 +163,8 @@ async def read_parts(request: Request, service: ServiceState, query: dict, garme
     return parts, options
 
 
-async def run_job(service: ServiceState, inputs, deadline: float, request: Request) -> JobResult | None:
+async def run_job(service: ServiceState, inputs, deadline: float,
+                  request: Request) -> JobResult | GarmentsStream | None:
     """Queues the work and waits for it; None when the client has gone (answer CLIENT_GONE)."""
     if asyncio.get_running_loop().time() >= deadline:
         raise ApiError(504, "deadline_exceeded", "the deadline passed before the request reached the queue")
@@ -175,20 +202,12 @@ def encode_output(output, frame, options: OutputOptions) -> bytes:
 async def tryon_image(
         request: Request,
         service: ServiceState = Depends(get_service),
-        format: OutputFormat | None = Query(None, description="output format (jpeg)"),
-        quality: int | None = Query(None, ge=1, le=100, description="JPEG/WebP quality (90)"),
-        size: OutputSize | None = Query(None, description="model size, or the person "
-                                                          "image's original size (model)"),
+        work: Work = Depends(begin_work),
+        query: dict = Depends(output_query),
 ) -> Response:
     """Options may also be sent as body fields of the same names, which win over the query."""
-    require_ready(service)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + service.settings.request_timeout_s
-    timings: dict[str, float] = {}
-    request.state.timings_ms = timings
-
-    parts, options = await read_parts(request, service, {"format": format, "quality": quality, "size": size},
-                                      "one", timings)
+    deadline, timings = work.deadline, work.timings
+    parts, options = await read_parts(request, service, query, "one", timings)
     mark = time.perf_counter()
     if isinstance(parts.cloths[0], ApiError):
         raise parts.cloths[0]

@@ -17,19 +17,18 @@ import time
 from contextlib import aclosing
 
 import torch
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
 from model.images import MEDIA_TYPES
 
 from .batcher import GarmentsInputs, GarmentsStream
 from .errors import ApiError
-from .inputs import OutputFormat, OutputSize
 from .middleware import CLIENT_GONE
 from .parts import NDJSON, MultipartMixed, Part, accepts, json_item
 from .person import decode_garments, decode_person
 from .routes import (PERSON_MIX, IMAGE_SCHEMA, JSON_IMAGE, encode_output, person_request_body, read_parts,
-                     require_api_key, require_ready, run_job, server_timing)
+                     Work, begin_work, output_query, require_api_key, run_job, server_timing)
 from .state import ServiceState, get_service
 
 batch = APIRouter(tags=["try-on"], dependencies=[Depends(require_api_key)])
@@ -56,19 +55,13 @@ BATCH_DESCRIPTION = PERSON_MIX + (
 async def tryon_garments(
         request: Request,
         service: ServiceState = Depends(get_service),
-        format: OutputFormat | None = Query(None, description="output format (jpeg)"),
-        quality: int | None = Query(None, ge=1, le=100, description="JPEG/WebP quality (90)"),
-        size: OutputSize | None = Query(None, description="model size, or the person "
-                                                          "image's original size (model)"),
+        work: Work = Depends(begin_work),
+        query: dict = Depends(output_query),
 ) -> Response:
-    require_ready(service)
     settings = service.settings
-    deadline = asyncio.get_running_loop().time() + settings.request_timeout_s
-    timings: dict[str, float] = {}
-    request.state.timings_ms = timings
+    deadline, timings = work.deadline, work.timings
 
-    parts, options = await read_parts(request, service, {"format": format, "quality": quality, "size": size},
-                                      "many", timings)
+    parts, options = await read_parts(request, service, query, "many", timings)
     mark = time.perf_counter()
     person = await asyncio.to_thread(decode_person, parts, settings)
     garments = await asyncio.to_thread(decode_garments, person, parts.cloths, settings)

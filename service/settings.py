@@ -11,9 +11,12 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from . import limits
+
 CommaList = Annotated[list[str], NoDecode]
-# The auto TRYON_GARMENT_CHUNK on a CPU (Settings.garment_chunk_for).
-CPU_GARMENT_CHUNK = 2
+# The auto TRYON_GARMENT_CHUNK on a CPU (Settings.garment_chunk_for): one garment per call
+# measured cheapest per garment there, and it streams the first result soonest.
+CPU_GARMENT_CHUNK = 1
 
 
 class Settings(BaseSettings):
@@ -100,17 +103,12 @@ class Settings(BaseSettings):
         chunk = self.garment_chunk or (self.max_batch_size if device_type == "cuda" else CPU_GARMENT_CHUNK)
         return min(chunk, self.max_batch_size)
 
-    def body_limit(self, images: int) -> int:
-        """A request body carrying ``images`` images as base64 (4/3 of the bytes; multipart
-        needs less) plus 64 KiB for keypoints and the other fields."""
-        return images * (self.max_upload_bytes * 4 // 3 + 4) + 65_536
-
     @property
     def request_body_limit(self) -> int:
-        """/v1/tryon and /v1/prepare: three images as base64 (four as multipart files fit)."""
-        return self.body_limit(3)
+        """/v1/tryon and /v1/prepare (service/limits.py)."""
+        return limits.request_body_limit(self.max_upload_bytes)
 
     @property
     def batch_body_limit(self) -> int:
-        """/v1/tryon/batch: the person side (at most three images) and TRYON_MAX_GARMENTS garments."""
-        return self.body_limit(3 + self.max_garments)
+        """/v1/tryon/batch: the person side and TRYON_MAX_GARMENTS garments (service/limits.py)."""
+        return limits.batch_body_limit(self.max_upload_bytes, self.max_garments)

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageOps
-from safetensors.torch import save_file
 
 from model import create_model, load_weights
 from model.images import assemble_inputs, encode_image, output_image
@@ -26,7 +25,7 @@ from service.batcher import Batcher, GarmentsInputs
 from service.errors import ApiError
 from service.metrics import Metrics
 from service.settings import Settings
-from tests.fixtures.service.harness import REPO, ServerProcess, fixture_bytes, sample_key
+from tests.fixtures.service.harness import REPO, ServerProcess, fixture_bytes, running_server, sample_key
 
 PREP = REPO / "tests" / "fixtures" / "prep"
 SIZE = (64, 64)
@@ -94,16 +93,12 @@ def split_multipart(answer: httpx.Response) -> list[tuple[dict[str, str], bytes]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, standin_state):
-    weights = tmp_path_factory.mktemp("weights") / "standin.safetensors"
-    save_file({k: v.contiguous() for k, v in standin_state.items()}, str(weights))
-    proc = ServerProcess({"TRYON_WEIGHTS": str(weights), "TRYON_MAX_BATCH_SIZE": "2",
-                          "TRYON_MAX_GARMENTS": str(MAX_GARMENTS)}, tmp_path_factory.mktemp("logs"))
-    try:
-        proc.wait_ready()
+def server(tmp_path_factory, standin_weights_file):
+    # Chunks of two garments, so a batch of three shows how a chunk's parts travel together.
+    with running_server({"TRYON_WEIGHTS": str(standin_weights_file), "TRYON_MAX_BATCH_SIZE": "2",
+                         "TRYON_GARMENT_CHUNK": "2", "TRYON_MAX_GARMENTS": str(MAX_GARMENTS)},
+                        tmp_path_factory.mktemp("logs")) as proc:
         yield proc
-    finally:
-        assert proc.stop() == 0
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +244,7 @@ def test_batch_streams_each_garment_as_the_single_request_gives_it(server, clien
         assert "content-length" not in answer.headers  # streamed, part by part
         answer.read()
     assert answer.headers["x-garments"] == "3" and answer.headers["x-batch-size"] == "3"
-    # The auto chunk on a CPU: 2 garments per engine call (TRYON_MAX_BATCH_SIZE is 2 here too).
+    # TRYON_GARMENT_CHUNK=2: two garments per engine call.
     assert answer.headers["x-garment-chunk"] == "2"
     # Headers go first: queue time is known then, inference time only per part.
     assert "queue;dur=" in answer.headers["server-timing"]
@@ -299,24 +294,19 @@ def test_batch_survives_a_bad_garment(client, single_results):
 
 def test_garment_chunk_setting():
     auto = Settings(max_batch_size=8)
-    assert (auto.garment_chunk_for("cuda"), auto.garment_chunk_for("cpu")) == (8, 2)
+    assert (auto.garment_chunk_for("cuda"), auto.garment_chunk_for("cpu")) == (8, 1)
     assert Settings(max_batch_size=1).garment_chunk_for("cpu") == 1
     assert Settings(max_batch_size=4, garment_chunk=3).garment_chunk_for("cuda") == 3
     assert Settings(max_batch_size=4, garment_chunk=16).garment_chunk_for("cpu") == 4
 
 
 @pytest.fixture(scope="module")
-def slow_server(tmp_path_factory, standin_state):
+def slow_server(tmp_path_factory, standin_weights_file):
     """The published size (a second or more per garment on this CPU), one garment per chunk."""
-    weights = tmp_path_factory.mktemp("weights") / "standin.safetensors"
-    save_file({k: v.contiguous() for k, v in standin_state.items()}, str(weights))
-    proc = ServerProcess({"TRYON_WEIGHTS": str(weights), "TRYON_IMAGE_SIZE": "256x192", "TRYON_MAX_BATCH_SIZE": "2",
-                          "TRYON_GARMENT_CHUNK": "1", "TRYON_MAX_GARMENTS": "3"}, tmp_path_factory.mktemp("logs"))
-    try:
-        proc.wait_ready()
+    with running_server({"TRYON_WEIGHTS": str(standin_weights_file), "TRYON_IMAGE_SIZE": "256x192",
+                         "TRYON_MAX_BATCH_SIZE": "2", "TRYON_GARMENT_CHUNK": "1", "TRYON_MAX_GARMENTS": "3"},
+                        tmp_path_factory.mktemp("logs")) as proc:
         yield proc
-    finally:
-        assert proc.stop() == 0
 
 
 ENGINE_CALLS = sample_key("tryon_inference_seconds_count")
@@ -455,13 +445,11 @@ def test_bad_keypoints_are_422_naming_the_problem(client, name, text, problem):
     assert good.status_code == 200 and good.headers["content-type"] == "image/png"
 
 
-def test_batch_jobs_respect_the_queue_limit_and_drain_on_sigterm(tmp_path, standin_state):
+def test_batch_jobs_respect_the_queue_limit_and_drain_on_sigterm(tmp_path, standin_weights_file):
     """A batch is one job in the same queue: with a queue limit of 1, a batch running and a
     batch waiting, a third request is refused at once; SIGTERM lets both batches finish."""
-    weights = tmp_path / "standin.safetensors"
-    save_file({k: v.contiguous() for k, v in standin_state.items()}, str(weights))
     # The published size, so a batch runs for seconds on this CPU: long enough to queue behind.
-    proc = ServerProcess({"TRYON_WEIGHTS": str(weights), "TRYON_IMAGE_SIZE": "256x192", "TRYON_MAX_BATCH_SIZE": "2",
+    proc = ServerProcess({"TRYON_WEIGHTS": str(standin_weights_file), "TRYON_IMAGE_SIZE": "256x192", "TRYON_MAX_BATCH_SIZE": "2",
                           "TRYON_MAX_GARMENTS": "2", "TRYON_QUEUE_LIMIT": "1"}, tmp_path)
     try:
         proc.wait_ready()
