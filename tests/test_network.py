@@ -24,15 +24,18 @@ def test_create_model_is_eval_fp32_cpu():
     assert {p.device.type for p in net.parameters()} == {"cpu"}
 
 
-@pytest.mark.parametrize("sampler", ["torch", "numba"])
+@pytest.mark.parametrize("sampler,memory_format", [("torch", torch.contiguous_format),
+                                                   ("numba", torch.contiguous_format),
+                                                   ("numba", torch.channels_last)])  # as the CPU engine runs
 @pytest.mark.parametrize("golden_name", ["golden_64x64.pt", "golden_256x192.pt"])
-def test_golden_output(golden_name, sampler, standin_state):
+def test_golden_output(golden_name, sampler, memory_format, standin_state):
     golden = load_golden(golden_name)
     assert golden["weight_seed"] == 0
-    net = load_weights(create_model(sampler=sampler), standin_state)
-    ref_input = torch.cat((golden["pose"], golden["masked_model"]), dim=1)
+    net = load_weights(create_model(sampler=sampler), standin_state).to(memory_format=memory_format)
+    pose, masked, cloth = (golden[k].contiguous(memory_format=memory_format)
+                           for k in ("pose", "masked_model", "cloth"))
     with torch.inference_mode():
-        out = net(ref_input, golden["cloth"], golden["masked_model"])
+        out = net(torch.cat((pose, masked), dim=1), cloth, masked)
     assert out.shape == golden["tryon"].shape
     assert (out - golden["tryon"]).abs().max().item() < TOLERANCE
 
