@@ -59,11 +59,9 @@ def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_image(source: ImageSource, field: str, *, background=WHITE,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Bytes of any format Pillow reads (or a PIL image) -> upright 8-bit RGB.
+def open_image(source: ImageSource, field: str, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Bytes of any format Pillow reads (or a PIL image), opened but not decoded.
 
-    EXIF orientation is applied; transparency is flattened onto ``background``.
     Raises ImageError naming ``field`` for anything that is not an image,
     ImageTooLarge when the header announces more than ``max_pixels``.
     """
@@ -81,6 +79,17 @@ def decode_image(source: ImageSource, field: str, *, background=WHITE,
         raise ImageError(field, "image has no pixels")
     if max_pixels is not None and width * height > max_pixels:
         raise ImageTooLarge(field, f"{width}x{height} is {width * height} pixels, over the limit of {max_pixels}")
+    return img
+
+
+def decode_image(source: ImageSource, field: str, *, background=WHITE,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Bytes of any format Pillow reads (or a PIL image) -> upright 8-bit RGB.
+
+    EXIF orientation is applied; transparency is flattened onto ``background``.
+    Raises as ``open_image`` does, and ImageError for a corrupt or truncated image.
+    """
+    img = open_image(source, field, max_pixels=max_pixels)
     try:
         img.load()
         img = ImageOps.exif_transpose(img)

@@ -12,14 +12,13 @@ the model's size are drawn as they are, pixel for pixel as the authors'.
 """
 from __future__ import annotations
 
-import io
 from typing import Any, NamedTuple
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .images import (BLACK, DEFAULT_MAX_PIXELS, MODEL_SIZE, WHITE, ImageError, ImageSource, Letterbox, decode_image,
-                     letterbox_person)
+                     letterbox_person, open_image)
 from .keypoints import Keypoints, check_in_frame, parse_keypoints
 from .masking import mask_person, mask_person_from_pose
 from .pose_map import draw_pose_map
@@ -40,18 +39,7 @@ def decode_parse(source: ImageSource, *, max_pixels: int | None = DEFAULT_MAX_PI
     LIP and CIHP ship them) and RGB images whose three channels are equal;
     a colour-coded visualisation is refused, since its colours are not labels.
     """
-    if isinstance(source, Image.Image):
-        img = source
-    else:
-        if not source:
-            raise ImageError("parse", "empty file")
-        try:
-            img = Image.open(io.BytesIO(bytes(source)))
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-            raise ImageError("parse", "not an image Pillow can read") from None
-    width, height = img.size
-    if max_pixels is not None and width * height > max_pixels:
-        raise ImageError("parse", f"{width}x{height} is over the limit of {max_pixels} pixels")
+    img = open_image(source, "parse", max_pixels=max_pixels)
     try:
         labels = np.asarray(img)
     except (OSError, ValueError, SyntaxError) as exc:

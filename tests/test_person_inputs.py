@@ -1,12 +1,14 @@
 """Every mix of person-side inputs that determines the model's inputs works; the rest are named."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from model.images import ImageTooLarge
 from model.person_inputs import IncompleteInputs, person_images
 
 PREP = Path(__file__).parent / "fixtures" / "prep"
@@ -59,3 +61,13 @@ def test_incomplete_or_ambiguous_mixes(kwargs, fields, words):
     with pytest.raises(IncompleteInputs) as err:
         person_images(**{k: _read(v) for k, v in kwargs.items()})
     assert err.value.fields == fields and words in err.value.message
+
+
+def test_parse_map_pixel_limit_is_checked_before_decoding_like_any_image():
+    """An oversized parsing map is ImageTooLarge (413 in the service), as the photo would be."""
+    big_parse = io.BytesIO()
+    Image.open(PREP / "front_parse.png").resize((384, 512), Image.NEAREST).save(big_parse, "PNG")
+    with pytest.raises(ImageTooLarge) as err:
+        person_images(person=_read("front_person.png"), keypoints=_read("front_keypoints.json"),
+                      parse=big_parse.getvalue(), max_pixels=192 * 256)
+    assert err.value.field == "parse" and "over the limit of 49152" in err.value.message
