@@ -28,7 +28,7 @@ import torch
 
 from bench.common import FIXTURES, RESULTS, STANDIN_LABEL, standin_state, write_report
 from model.engine import HALF_PRECISIONS, pick_device, prepare_network, set_cuda_math
-from model.images import tensor_to_image
+from model.images import psnr, tensor_to_image
 from model.weights import create_model, load_weights
 
 GOLDEN_FILES = {"64x64": "golden_64x64.pt", "256x192": "golden_256x192.pt"}
@@ -43,9 +43,7 @@ def to_8bit(images: torch.Tensor) -> np.ndarray:
 
 def psnr_8bit(ours: torch.Tensor, reference: torch.Tensor) -> float:
     """PSNR in dB of the 8-bit images of two outputs; inf when identical."""
-    diff = to_8bit(ours).astype(np.float64) - to_8bit(reference).astype(np.float64)
-    mse = float(np.mean(diff ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+    return psnr(to_8bit(ours), to_8bit(reference))
 
 
 def run_mode(state, golden: dict, precision: str, device: torch.device, sampler: str) -> torch.Tensor:

@@ -205,6 +205,15 @@ def output_image(t: torch.Tensor, frame: Letterbox | None = None, size: str = "m
     return frame.restore(img) if size == "original" and frame is not None else img
 
 
+def psnr(ours: np.ndarray, reference: np.ndarray) -> float:
+    """PSNR in dB between two 8-bit images (any integer or float arrays on the 0..255 scale);
+    inf when identical. The measure for comparing outputs that went through a lossy codec
+    or float kernels whose rounding differs between instruction sets."""
+    diff = np.asarray(ours, dtype=np.float64) - np.asarray(reference, dtype=np.float64)
+    mse = float(np.mean(diff ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
 ENCODE_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
 MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 

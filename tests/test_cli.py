@@ -18,6 +18,9 @@ from model.images import output_image, prepare_inputs, tensor_to_image
 from tests.conftest import load_golden
 from tests.local_http import LocalServer
 
+# Numeric: run a second time in CI with oneDNN and ATen held to AVX2 (Makefile, test-avx2).
+pytestmark = pytest.mark.numeric
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -14,6 +14,9 @@ from bench.accuracy import psnr_8bit, run_mode
 from model.engine import AUTO_GPU_PRECISION, Engine, EngineConfig, effective_precision
 from tests.conftest import load_golden
 
+# Numeric: run a second time in CI with oneDNN and ATen held to AVX2 (Makefile, test-avx2).
+pytestmark = pytest.mark.numeric
+
 CUDA = torch.cuda.is_available()
 SIZE = (64, 64)
 

@@ -8,6 +8,9 @@ from model.kernels import deformable_sample
 from model.kernels.cpu_sampling import deformable_sample_cpu
 from model.sampling import deformable_sample_published, deformable_sample_reference
 
+# Numeric: run a second time in CI with oneDNN and ATen held to AVX2 (Makefile, test-avx2).
+pytestmark = pytest.mark.numeric
+
 ATOL = 1e-5
 RTOL = 1e-5
 

@@ -30,6 +30,9 @@ from model.kernels.triton_sampling import INTERPRETED, deformable_sample_triton 
 from model.sampling import deformable_sample_published, deformable_sample_reference  # noqa: E402
 from tests.conftest import load_golden  # noqa: E402
 
+# Numeric: run a second time in CI with oneDNN and ATen held to AVX2 (Makefile, test-avx2).
+pytestmark = pytest.mark.numeric
+
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 ROOT = Path(__file__).resolve().parent.parent
 HALF_DTYPES = (torch.float16, torch.bfloat16)

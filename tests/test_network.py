@@ -8,6 +8,9 @@ from model import create_model, load_weights
 from model.network import check_size
 from tests.conftest import load_golden
 
+# Numeric: run a second time in CI with oneDNN and ATen held to AVX2 (Makefile, test-avx2).
+pytestmark = pytest.mark.numeric
+
 TOLERANCE = 1e-4
 
 

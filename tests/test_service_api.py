@@ -14,10 +14,13 @@ import torch
 from PIL import Image
 
 from model import create_model, load_weights
-from model.images import encode_image, output_image, prepare_inputs
+from model.images import encode_image, output_image, prepare_inputs, psnr
 from tests.conftest import load_golden
 from tests.local_http import LocalServer
 from tests.fixtures.service.harness import REPO, ConnectionRecorder, fixture_bytes, running_server, sample_key
+
+# Numeric: run a second time in CI with oneDNN and ATen held to AVX2 (Makefile, test-avx2).
+pytestmark = pytest.mark.numeric
 
 API_KEY, OTHER_KEY = "test-key-1", "test-key-2"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -139,11 +142,16 @@ def test_each_output_format(client, network, fmt, media):
     assert answer.status_code == 200, answer.text
     assert answer.headers["content-type"] == media
     assert Image.open(io.BytesIO(answer.content)).format == {"jpeg": "JPEG", "webp": "WEBP", "png": "PNG"}[fmt]
-    want = expected(network, IMAGES)
-    # Within codec tolerance: the same pixels through the same encoder at the same quality.
-    reference = decoded(encode_image(Image.fromarray(want.astype(np.uint8)), fmt, 95))
-    assert np.abs(decoded(answer.content) - reference).max() <= 2
-    assert np.abs(decoded(answer.content) - want).mean() < 10  # lossy, noisy test content, yet the same image
+    want, got = expected(network, IMAGES), decoded(answer.content)
+    if fmt == "png":  # lossless: only float rounding may move a value across an 8-bit edge
+        assert np.abs(got - want).max() <= 1
+        return
+    # Lossy: the server's bytes may lose no more than the codec itself loses on the same
+    # pixels. A re-encode is not compared bit for bit: one 8-bit step of float rounding
+    # (which differs between instruction sets) moves a whole JPEG block.
+    codec_alone = decoded(encode_image(Image.fromarray(want.astype(np.uint8)), fmt, 95))
+    assert psnr(got, want) >= psnr(codec_alone, want) - 1.0
+    assert psnr(got, want) > 30  # lossy, noisy test content, yet the same image
 
 
 def test_default_is_jpeg(client):

@@ -27,6 +27,9 @@ from service.metrics import Metrics
 from service.settings import Settings
 from tests.fixtures.service.harness import REPO, ServerProcess, fixture_bytes, running_server, sample_key
 
+# Numeric: run a second time in CI with oneDNN and ATen held to AVX2 (Makefile, test-avx2).
+pytestmark = pytest.mark.numeric
+
 PREP = REPO / "tests" / "fixtures" / "prep"
 SIZE = (64, 64)
 MAX_GARMENTS = 3
