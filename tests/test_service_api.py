@@ -151,7 +151,6 @@ def test_each_output_format(client, network, fmt, media):
     # (which differs between instruction sets) moves a whole JPEG block.
     codec_alone = decoded(encode_image(Image.fromarray(want.astype(np.uint8)), fmt, 95))
     assert psnr(got, want) >= psnr(codec_alone, want) - 1.0
-    assert psnr(got, want) > 30  # lossy, noisy test content, yet the same image
 
 
 def test_default_is_jpeg(client):
