@@ -4,13 +4,17 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from typing import Callable
 
 import uvicorn
 from pydantic import ValidationError
 
+from model.engine import Engine, EngineConfig
+
 from .app import create_app
 from .logs import configure_logging
 from .settings import Settings
+from .state import DEVICE_FAILURE_EXIT, ServiceState
 
 STARTUP_FAILURE = 3
 
@@ -28,8 +32,12 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def _drained_exit(signum, frame) -> None:
-    raise SystemExit(0)
+def drained_exit(service: ServiceState):
+    """The SIGTERM handler uvicorn re-raises through once drained: a normal exit (status 0, the
+    deploy contract), unless the process is going because its device failed."""
+    def handler(signum, frame) -> None:
+        raise SystemExit(0 if service.healthy else DEVICE_FAILURE_EXIT)
+    return handler
 
 
 def parse_args(argv=None) -> dict:
@@ -49,23 +57,26 @@ def parse_args(argv=None) -> dict:
     return {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
 
 
-def main(argv=None) -> None:
+def main(argv=None, engine_factory: Callable[[EngineConfig], Engine] = Engine) -> None:
     try:
         settings = Settings(**parse_args(argv))
     except ValidationError as exc:
         sys.exit(f"tryon-serve: invalid settings:\n{exc}")
     configure_logging(settings.log_level)
-    app = create_app(settings)
+    app = create_app(settings, engine_factory)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
                             log_level=settings.log_level, lifespan="on",
                             timeout_graceful_shutdown=settings.drain_timeout_s)
     server = DrainingServer(config, on_exit_signal=app.state.service.begin_drain)
     # uvicorn re-raises SIGTERM once it has drained, through the handler that was there before it:
     # a drained shutdown is a normal exit (status 0), as the deploy contract says.
-    signal.signal(signal.SIGTERM, _drained_exit)
+    service = app.state.service
+    signal.signal(signal.SIGTERM, drained_exit(service))
     server.run()
     if not server.started:
         sys.exit(STARTUP_FAILURE)
+    if not service.healthy:
+        sys.exit(DEVICE_FAILURE_EXIT)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
+from typing import Callable
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+
+from model.engine import Engine, EngineConfig
 
 from .errors import install_error_handlers
 from .middleware import RequestContextMiddleware
@@ -28,9 +31,10 @@ async def lifespan(app: FastAPI):
         await service.stop()
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, engine_factory: Callable[[EngineConfig], Engine] = Engine) -> FastAPI:
+    """The app; ``engine_factory`` is a seam for test and benchmark harnesses (see ServiceState)."""
     settings = settings or Settings()
-    service = ServiceState(settings)
+    service = ServiceState(settings, engine_factory)
     app = FastAPI(title="DAFlow virtual try-on", version="0.1.0", lifespan=lifespan,
                   description="POST a person (a masked model and pose map, or a photo and its keypoints) and a "
                               "garment, or many garments; get the try-on images back.")

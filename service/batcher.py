@@ -1,38 +1,49 @@
-"""One bounded queue in front of one model worker per device.
+"""One scheduler in front of one model worker per device.
 
-Requests wait in the queue while a batch forms: the worker starts when
-something is waiting, then waits at most ``max_wait_s`` for the queue to
-hold ``max_batch_size`` requests, and takes up to that many. Requests whose
-client has gone or whose deadline passed are dropped before the engine sees
-them. The engine runs in its own thread, never on the event loop. A device
-out-of-memory error splits the batch in two and retries each half, so no
-accepted request is lost to a batch that was merely too large.
+Work waits in two queues, interactive (a shopper waiting for one image) and
+bulk (catalog jobs). The worker starts when something is waiting; a batch of
+single try-ons forms from interactive requests first and only the places
+left are filled with bulk ones, so bulk work delays an interactive request by
+at most the batch already running. Before a batch of singles runs, the worker
+waits at most ``max_wait_s`` for ``max_batch_size`` of them.
 
-A many-garments request (one person, N garments) is one job in the same
-queue: it takes one place against the queue limit, has the request's
-deadline, and runs on the same worker, after the single requests taken with
-it, through ``Engine.iter_garments``: the person's features computed once,
-then the garments chunk by chunk. Each chunk is handed to the event loop as
-soon as it is done: the job's future resolves with a ``GarmentsStream`` once
-the first chunk is ready (or fails as a single request would), and the later
-chunks follow through that stream. The worker runs the job to its end before
-it takes the next batch, and stops early when the request is abandoned.
+A many-garments request (one person, N garments) is one job that takes one
+place in the queue. It runs on the same worker one chunk per turn
+(``Engine.iter_garments``: the person's features computed once, then the
+garments chunk by chunk) and goes to the back of its queue after each chunk,
+so the single requests waiting behind it, and interactive work above all, get
+the engine between its chunks. Each chunk is handed to the event loop at once:
+the job's future resolves with a ``GarmentsStream`` after the first chunk, the
+later chunks follow through that stream.
+
+Admission control (service/admission.py) refuses a request on arrival when
+the work ahead of it would not let it finish before its deadline. Requests
+whose client has gone or whose deadline passed are dropped before the engine
+sees them. A device out-of-memory error (torch's, cuDNN's or cuBLAS's) splits
+a batch in two and retries each half; an error that breaks the device for
+good fails what it ran, refuses everything after it and tells the owner
+(``on_device_failure``) so the process can be replaced. Outcomes are the
+exceptions of service/outcomes.py; this module knows nothing of HTTP.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable, Iterator, Protocol
 
 import torch
 
+from model.device_errors import device_failure, is_out_of_memory
 from model.images import TryOnInputs
 
-from .errors import ApiError
+from .admission import Estimate, ServiceRate
 from .metrics import Metrics
+from .outcomes import (DeadlineExceeded, DeviceFailed, DeviceOutOfMemory, DropReason, InferenceFailed, Overloaded,
+                       Priority, QueueError, QueueFull, ShuttingDown)
 
 log = logging.getLogger("service.batcher")
 
@@ -75,58 +86,84 @@ class Job:
     inputs: TryOnInputs | GarmentsInputs
     deadline: float  # on the event loop's clock
     future: asyncio.Future
+    priority: Priority = Priority.INTERACTIVE
     enqueued_at: float = field(default_factory=time.perf_counter)
-    drop_reason: str | None = None
+    drop_reason: DropReason | None = None
+    # A garments job once its first chunk is out: where later chunks go, and its engine iterator.
+    stream: GarmentsStream | None = None
+    chunks: Iterator[tuple[int, torch.Tensor]] | None = None
+    dressed: int = 0
 
-    def abandon(self, reason: str) -> None:
+    @property
+    def is_garments(self) -> bool:
+        return isinstance(self.inputs, GarmentsInputs)
+
+    @property
+    def items_left(self) -> int:
+        return self.inputs.cloths.shape[0] - self.dressed if self.is_garments else 1
+
+    def abandon(self, reason: DropReason) -> None:
         """The client will not read the answer (gone, or deadline passed): never run it."""
         self.drop_reason = reason
         self.future.cancel()
 
+    def dead(self, now: float) -> bool:
+        if self.drop_reason is not None or now >= self.deadline:
+            return True
+        return self.stream is None and self.future.done()
+
+    def fail(self, error: QueueError) -> None:
+        """Tells the waiting request; a started garments job's stream ends with the error."""
+        if self.stream is not None:
+            self.stream.put(error)
+        elif not self.future.done():
+            self.future.set_exception(error)
+
 
 class GarmentsStream:
     """A running garments job, as its future's result: the chunks in garment order, each
-    as soon as the worker has it. It ends after the last garment, or with one ApiError
+    as soon as the worker has it. It ends after the last garment, or with one QueueError
     that stands for every garment not yet delivered (the engine failed, the request's
     deadline passed, or the server is shutting down)."""
 
-    def __init__(self, job: "Job", garments: int, queue_s: float):
+    def __init__(self, job: Job, garments: int, queue_s: float):
         self.garments = garments
         self.queue_s = queue_s
         self._job = job
-        self._items: asyncio.Queue[GarmentsChunk | ApiError] = asyncio.Queue()
+        self._items: asyncio.Queue[GarmentsChunk | QueueError] = asyncio.Queue()
 
-    def put(self, item: GarmentsChunk | ApiError) -> None:
+    def put(self, item: GarmentsChunk | QueueError) -> None:
         self._items.put_nowait(item)
 
-    async def chunks(self) -> AsyncIterator[GarmentsChunk | ApiError]:
+    async def chunks(self) -> AsyncIterator[GarmentsChunk | QueueError]:
         loop = asyncio.get_running_loop()
         delivered = 0
         while delivered < self.garments:
             try:
                 item = await asyncio.wait_for(self._items.get(), max(0.0, self._job.deadline - loop.time()))
             except TimeoutError:
-                self._job.abandon("deadline")
-                item = ApiError(504, "deadline_exceeded", "this garment was not dressed within the request's "
-                                "deadline")
+                self._job.abandon(DropReason.DEADLINE)
+                item = DeadlineExceeded("this garment was not dressed within the request's deadline")
             yield item
-            if isinstance(item, ApiError):
+            if isinstance(item, QueueError):
                 return
             delivered += item.outputs.shape[0]
 
     def close(self) -> None:
-        """The answer is over (or its client gone): the worker stops after its current chunk."""
+        """The answer is over (or its client gone): the worker runs no further chunk."""
         if self._job.drop_reason is None:
-            self._job.abandon("finished")
+            self._job.abandon(DropReason.FINISHED)
 
 
 def infer_splitting_on_oom(infer: Callable, pose: torch.Tensor, masked_model: torch.Tensor, cloth: torch.Tensor,
                            on_split: Callable[[int], None] | None = None) -> list[torch.Tensor | BaseException]:
-    """Per-item outputs of ``infer``; on an out-of-memory error the batch is halved
-    and each half retried, down to single items (whose own OOM is returned, not raised)."""
+    """Per-item outputs of ``infer``; on an out-of-memory error (any library's) the batch is
+    halved and each half retried, down to single items (whose own OOM is returned, not raised)."""
     try:
         return list(infer(pose, masked_model, cloth))
-    except torch.cuda.OutOfMemoryError as exc:
+    except RuntimeError as exc:
+        if not is_out_of_memory(exc):
+            raise
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         n = pose.shape[0]
@@ -141,55 +178,134 @@ def infer_splitting_on_oom(infer: Callable, pose: torch.Tensor, masked_model: to
 
 class Batcher:
     def __init__(self, engine: InferenceEngine, *, max_batch_size: int, max_wait_s: float, queue_limit: int,
-                 metrics: Metrics, retry_after_s: int = 1):
+                 metrics: Metrics, rate: ServiceRate | None = None,
+                 on_device_failure: Callable[[str], None] | None = None):
         self.engine = engine
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
-        self.retry_after_s = retry_after_s
+        self.queue_limit = queue_limit
         self.metrics = metrics
-        self.queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=queue_limit)
+        self.rate = rate or ServiceRate()
+        self.on_device_failure = on_device_failure
+        self.device_failure: str | None = None
+        self._queues: dict[Priority, deque[Job]] = {p: deque() for p in Priority}
         self._arrived = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tryon-engine")
         self._task: asyncio.Task | None = None
+        self._closed = False
+        self._running: list[Job] = []  # what the engine runs now
+        self._running_until = 0.0  # when the running call is expected to end (event loop clock)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="tryon-batcher")
 
     async def stop(self) -> None:
-        """Stops the worker; anything still queued is answered 503 (drain normally leaves nothing)."""
+        """Stops the worker. Every request it holds gets its answer: the batch or garments chunk
+        the engine runs now, started garments jobs and anything still queued are answered 503
+        (a drain normally leaves nothing)."""
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        while not self.queue.empty():
-            job = self.queue.get_nowait()
-            if not job.future.done():
-                job.future.set_exception(ApiError(503, "shutting_down", "the server is shutting down",
-                                                  headers={"Retry-After": str(self.retry_after_s)}))
+        held = list(dict.fromkeys(self._running + self._take_all()))  # a running garments job is queued too
+        self._fail_all(held, ShuttingDown("the server is shutting down"))
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     @property
     def depth(self) -> int:
-        return self.queue.qsize()
+        return sum(len(q) for q in self._queues.values())
 
-    def submit(self, inputs: TryOnInputs | GarmentsInputs, deadline: float) -> Job:
-        """Queues one request, or answers 503 at once when the queue is full."""
-        job = Job(inputs=inputs, deadline=deadline, future=asyncio.get_running_loop().create_future())
-        try:
-            self.queue.put_nowait(job)
-        except asyncio.QueueFull:
-            raise ApiError(503, "queue_full", f"the queue is full ({self.queue.maxsize} waiting); retry shortly",
-                           headers={"Retry-After": str(self.retry_after_s)}) from None
-        self.metrics.queue_depth.set(self.queue.qsize())
+    def depth_of(self, priority: Priority) -> int:
+        return len(self._queues[priority])
+
+    def submit(self, inputs: TryOnInputs | GarmentsInputs, deadline: float,
+               priority: Priority | str = Priority.INTERACTIVE) -> Job:
+        """Queues one request; raises at once when it cannot be served: DeviceFailed,
+        ShuttingDown, QueueFull, or Overloaded when it would not finish by ``deadline``."""
+        if self.device_failure is not None:
+            raise DeviceFailed(f"the device failed ({self.device_failure}); this server is being replaced")
+        if self._closed:
+            raise ShuttingDown("the server is shutting down")
+        if self.depth >= self.queue_limit:
+            raise QueueFull(f"the queue is full ({self.queue_limit} waiting); retry shortly")
+        job = Job(inputs=inputs, deadline=deadline, future=asyncio.get_running_loop().create_future(),
+                  priority=Priority(priority))
+        garments = job.inputs.cloths.shape[0] if job.is_garments else None
+        self.admit(deadline, job.priority, garments, self._chunk_size(job))
+        self._queues[job.priority].append(job)
+        self._report_depth()
         self._arrived.set()
         return job
 
-    async def _next_batch(self) -> list[Job]:
-        while self.queue.empty():
+    def admit(self, deadline: float, priority: Priority, garments: int | None = None,
+              chunk_size: int | None = None) -> None:
+        """Raises Overloaded when a request (one try-on, or ``garments`` in chunks) would not finish
+        by ``deadline``. submit() checks it; a route may check it before decoding, to spend no
+        work on a request that would be refused."""
+        budget = deadline - asyncio.get_running_loop().time()
+        estimate = self.estimate(Priority(priority), garments, chunk_size or self.max_batch_size)
+        if estimate.refuses(budget):
+            raise Overloaded(f"the server is overloaded: {estimate.items_ahead} items are queued ahead and this "
+                             f"request would finish in about {estimate.seconds:.1f} s, past its deadline of "
+                             f"{max(budget, 0.0):.1f} s; retry later or elsewhere",
+                             retry_after_s=estimate.retry_after_s(budget))
+
+    def estimate(self, priority: Priority, garments: int | None = None, chunk_size: int = 1) -> Estimate:
+        """When a request would finish if queued now: the engine call running, then every job queued
+        at its priority or above (bulk waits for interactive work too), then its own (one try-on,
+        or ``garments`` run ``chunk_size`` at a time)."""
+        ahead = [Priority.INTERACTIVE] if priority is Priority.INTERACTIVE else list(Priority)
+        seconds = max(0.0, self._running_until - asyncio.get_running_loop().time())
+        singles = items = 0
+        for level in ahead:
+            for queued in self._queues[level]:
+                items += queued.items_left
+                if queued.is_garments:
+                    seconds += self.rate.items_seconds(queued.items_left, self._chunk_size(queued))
+                else:
+                    singles += 1
+        if garments is None:
+            singles += 1
+        else:
+            seconds += self.rate.items_seconds(garments, min(chunk_size, self.max_batch_size))
+        return Estimate(seconds + self.rate.items_seconds(singles, self.max_batch_size), items)
+
+    def _chunk_size(self, job: Job) -> int:
+        if not job.is_garments:
+            return 1
+        return min(job.inputs.chunk_size or self.max_batch_size, self.max_batch_size)
+
+    # -- the worker ------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            await self._wait_for_work()
+            await self._batch_window()
+            step = self._next_step()
+            try:
+                if isinstance(step, Job):
+                    await self._run_garments_step(step)
+                elif step:
+                    await self._run_batch(step)
+            except Exception as exc:  # the worker must outlive any one batch
+                log.exception("the worker's step failed")
+                self._fail_all(self._running, InferenceFailed(f"inference failed: {exc}"))
+            # Not in a finally: when the worker is cancelled, stop() answers what was running.
+            self._running = []
+
+    async def _wait_for_work(self) -> None:
+        while self.depth == 0:
             self._arrived.clear()
             await self._arrived.wait()
+
+    async def _batch_window(self) -> None:
+        """When singles come next, wait up to max_wait_s for a full batch of them."""
+        head = self._head()
+        if head is None or head.is_garments:
+            return
         loop = asyncio.get_running_loop()
         window_end = loop.time() + self.max_wait_s
-        while self.queue.qsize() < self.max_batch_size:
+        while self._singles_waiting() < self.max_batch_size:
             remaining = window_end - loop.time()
             if remaining <= 0:
                 break
@@ -198,127 +314,182 @@ class Batcher:
                 await asyncio.wait_for(self._arrived.wait(), remaining)
             except TimeoutError:
                 break
-        jobs = [self.queue.get_nowait() for _ in range(min(self.queue.qsize(), self.max_batch_size))]
-        self.metrics.queue_depth.set(self.queue.qsize())
-        return jobs
 
-    def _live(self, jobs: list[Job]) -> list[Job]:
+    def _head(self) -> Job | None:
+        for priority in Priority:
+            if self._queues[priority]:
+                return self._queues[priority][0]
+        return None
+
+    def _singles_waiting(self) -> int:
+        return sum(not job.is_garments for q in self._queues.values() for job in q)
+
+    def _next_step(self) -> Job | list[Job] | None:
+        """The highest priority's first job: a garments job runs one chunk; singles form a batch
+        from that priority first, filled from the lower ones."""
+        self._drop_dead()
+        for rank, priority in enumerate(Priority):
+            queue = self._queues[priority]
+            if not queue:
+                continue
+            if queue[0].is_garments:
+                return queue[0]
+            batch: list[Job] = []
+            for lower in list(Priority)[rank:]:
+                batch += self._take_singles(self._queues[lower], self.max_batch_size - len(batch))
+            self._report_depth()
+            return batch
+        return None
+
+    @staticmethod
+    def _take_singles(queue: deque[Job], most: int) -> list[Job]:
+        taken = [job for job in queue if not job.is_garments][:most]
+        for job in taken:
+            queue.remove(job)
+        return taken
+
+    def _drop_dead(self) -> None:
         now = asyncio.get_running_loop().time()
-        live = []
-        for job in jobs:
-            if job.future.done() or now >= job.deadline:
-                reason = job.drop_reason or "deadline"
-                self.metrics.dropped.labels(reason).inc()
+        for queue in self._queues.values():
+            for job in [job for job in queue if job.dead(now)]:
+                queue.remove(job)
+                reason = job.drop_reason or DropReason.DEADLINE
+                self.metrics.dropped.labels(reason.value).inc()
+                if job.stream is not None and reason is DropReason.DEADLINE:
+                    job.stream.put(DeadlineExceeded("this garment was not dressed within the request's deadline"))
                 job.abandon(reason)
-            else:
-                live.append(job)
-        return live
+                self._close_chunks(job)
+        self._report_depth()
 
-    async def _run(self) -> None:
-        while True:
-            jobs = self._live(await self._next_batch())
-            singles = [job for job in jobs if not isinstance(job.inputs, GarmentsInputs)]
-            if singles:
-                await self._guarded(self._run_batch, singles)
-            for job in jobs:
-                if isinstance(job.inputs, GarmentsInputs) and self._live([job]):
-                    await self._guarded(self._run_garments, [job])
-
-    async def _guarded(self, run: Callable, jobs: list[Job]) -> None:
-        try:
-            await run(jobs)
-        except Exception as exc:  # the worker must outlive any one batch
-            log.exception("batch of %d failed", len(jobs))
-            for job in jobs:
-                if not job.future.done():
-                    job.future.set_exception(ApiError(500, "inference_failed", f"inference failed: {exc}"))
-
-    async def _run_garments(self, jobs: list[Job]) -> None:
-        job = jobs[0]
+    def _begin(self, jobs: list[Job], batch_size: int) -> float:
+        self._running = jobs
         loop = asyncio.get_running_loop()
-        n = job.inputs.cloths.shape[0]
-        stream = GarmentsStream(job, n, time.perf_counter() - job.enqueued_at)
-        self.metrics.batch_size.observe(n)
-
-        def deliver(item: GarmentsChunk | BaseException) -> None:  # on the event loop
-            if job.future.cancelled():  # abandoned before its first chunk: nobody reads on
-                return
-            if isinstance(item, BaseException) and not isinstance(item, ApiError):
-                item = self._failure(item)
-            if job.future.done():
-                stream.put(item)
-            elif isinstance(item, ApiError):
-                job.future.set_exception(item)
-            else:
-                stream.put(item)
-                job.future.set_result(stream)
-
-        def deliver_threadsafe(item: GarmentsChunk | BaseException) -> None:
-            try:
-                loop.call_soon_threadsafe(deliver, item)
-            except RuntimeError:  # the loop has closed: the server is gone, nobody to tell
-                pass
-
-        try:
-            await loop.run_in_executor(self._executor, self._dress, job, deliver_threadsafe)
-        except asyncio.CancelledError:  # the worker is stopping: the request must not wait forever
-            job.drop_reason = job.drop_reason or "shutting_down"
-            deliver(ApiError(503, "shutting_down", "the server is shutting down",
-                             headers={"Retry-After": str(self.retry_after_s)}))
-            raise
-
-    def _dress(self, job: Job, deliver: Callable[[GarmentsChunk | BaseException], None]) -> None:
-        """On the engine thread: runs the job's chunks, handing each over as it is done,
-        until the last one, a failure, or the request is abandoned."""
-        person = job.inputs
-        chunks = self.engine.iter_garments(person.pose[None], person.masked_model[None], person.cloths,
-                                           person.chunk_size)
-        try:
-            while job.drop_reason is None:
-                started = time.perf_counter()
-                try:
-                    start, outputs = next(chunks)
-                except StopIteration:
-                    return
-                elapsed = time.perf_counter() - started
-                # Observed here, before the hand-over: the metric counts chunks computed.
-                self.metrics.inference.observe(elapsed)
-                deliver(GarmentsChunk(start, outputs, elapsed))
-        except Exception as exc:  # the engine failed: the request learns it, the worker carries on
-            log.exception("inference failed for %d garments", person.cloths.shape[0])
-            if isinstance(exc, torch.cuda.OutOfMemoryError) and torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            deliver(exc)
-        finally:
-            chunks.close()
-
-    def _failure(self, exc: BaseException) -> ApiError:
-        if isinstance(exc, torch.cuda.OutOfMemoryError):
-            return ApiError(503, "out_of_memory", "the device ran out of memory for this request even alone; "
-                            "retry later", headers={"Retry-After": str(self.retry_after_s)})
-        return ApiError(500, "inference_failed", f"inference failed: {exc}")
+        self._running_until = loop.time() + self.rate.seconds(batch_size)
+        return time.perf_counter()
 
     async def _run_batch(self, jobs: list[Job]) -> None:
         loop = asyncio.get_running_loop()
-        started = time.perf_counter()
+        started = self._begin(jobs, len(jobs))
         pose, masked, cloth = (torch.stack([getattr(j.inputs, name) for j in jobs])
                                for name in ("pose", "masked_model", "cloth"))
+        splits: list[int] = []
         try:
             outputs = await loop.run_in_executor(self._executor, infer_splitting_on_oom, self.engine.infer,
-                                                 pose, masked, cloth, self._count_split)
+                                                 pose, masked, cloth, splits.append)
         except Exception as exc:  # the engine itself failed: every request of the batch learns it
             log.exception("inference failed for a batch of %d", len(jobs))
             outputs = [exc] * len(jobs)
         elapsed = time.perf_counter() - started
+        for n in splits:
+            self._count_split(n)
+        if not splits and not isinstance(outputs[0], BaseException):
+            self.rate.record(len(jobs), elapsed)
         self.metrics.batch_size.observe(len(jobs))
         self.metrics.inference.observe(elapsed)
         for job, out in zip(jobs, outputs):
             if job.future.done():
                 continue
             if isinstance(out, BaseException):
-                job.future.set_exception(self._failure(out))
+                job.fail(self._outcome(out))
             else:
                 job.future.set_result(JobResult(out, started - job.enqueued_at, elapsed, len(jobs)))
+
+    async def _run_garments_step(self, job: Job) -> None:
+        """One chunk of a garments job, then the job goes to the back of its queue (or leaves it)."""
+        loop = asyncio.get_running_loop()
+        chunk_size = min(self._chunk_size(job), job.items_left)
+        started = self._begin([job], chunk_size)
+        try:
+            chunk = await loop.run_in_executor(self._executor, self._dress_one_chunk, job)
+        except Exception as exc:  # the engine failed: the request learns it, the worker carries on
+            log.exception("inference failed for %d garments", job.inputs.cloths.shape[0])
+            chunk = exc
+        queue = self._queues[job.priority]
+        if job in queue:
+            queue.remove(job)
+        if isinstance(chunk, BaseException):
+            self._close_chunks(job)
+            job.fail(self._outcome(chunk))
+            self._report_depth()
+            return
+        self.rate.record(chunk.outputs.shape[0], chunk.inference_s)
+        self.metrics.inference.observe(chunk.inference_s)
+        if job.stream is None:
+            if job.future.done():  # abandoned before its first chunk: nobody reads on
+                self._close_chunks(job)
+                return
+            job.stream = GarmentsStream(job, job.inputs.cloths.shape[0], started - job.enqueued_at)
+            self.metrics.batch_size.observe(job.inputs.cloths.shape[0])
+            job.future.set_result(job.stream)
+        job.stream.put(chunk)
+        job.dressed += chunk.outputs.shape[0]
+        if job.items_left > 0 and job.drop_reason is None:
+            queue.append(job)  # its next chunk after what waits behind it
+        else:
+            self._close_chunks(job)
+        self._report_depth()
+
+    def _dress_one_chunk(self, job: Job) -> GarmentsChunk:
+        """On the engine thread: the job's next chunk (the first call encodes the person)."""
+        person = job.inputs
+        if job.chunks is None:
+            job.chunks = self.engine.iter_garments(person.pose[None], person.masked_model[None], person.cloths,
+                                                   self._chunk_size(job))
+        started = time.perf_counter()
+        start, outputs = next(job.chunks)
+        return GarmentsChunk(start, outputs, time.perf_counter() - started)
+
+    @staticmethod
+    def _close_chunks(job: Job) -> None:
+        if job.chunks is not None:
+            try:
+                job.chunks.close()
+            except ValueError:  # still running on the engine thread (stopping): it ends with that chunk
+                pass
+            job.chunks = None
+
+    def _outcome(self, exc: BaseException) -> QueueError:
+        """The engine's exception as the request's outcome; a broken device fails the whole queue."""
+        if isinstance(exc, QueueError):
+            return exc
+        if is_out_of_memory(exc):
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            return DeviceOutOfMemory("the device ran out of memory for this request even alone; retry later")
+        reason = device_failure(exc)
+        if reason is not None:
+            self._fail_device(reason)
+            return DeviceFailed(f"the device failed ({reason}); this server is being replaced")
+        return InferenceFailed(f"inference failed: {exc}")
+
+    def _fail_device(self, reason: str) -> None:
+        if self.device_failure is not None:
+            return
+        self.device_failure = reason
+        log.critical("DEVICE FAILED: %s; refusing all work, answering what is queued, then exiting", reason)
+        self._fail_all(self._take_all(), DeviceFailed(f"the device failed ({reason}); this server is being "
+                                                      "replaced"), DropReason.DEVICE_FAILED)
+        if self.on_device_failure is not None:
+            self.on_device_failure(reason)
+
+    def _take_all(self) -> list[Job]:
+        jobs = [job for queue in self._queues.values() for job in queue]
+        for queue in self._queues.values():
+            queue.clear()
+        self._report_depth()
+        return jobs
+
+    def _fail_all(self, jobs: list[Job], error: QueueError, reason: DropReason | None = None) -> None:
+        for job in jobs:
+            self._close_chunks(job)
+            if reason is not None:
+                self.metrics.dropped.labels(reason.value).inc()
+            job.fail(error)
+
+    def _report_depth(self) -> None:
+        self.metrics.queue_depth.set(self.depth)
+        for priority in Priority:
+            self.metrics.pending.labels(priority.value).set(len(self._queues[priority]))
 
     def _count_split(self, n: int) -> None:
         log.warning("device out of memory on a batch of %d: splitting it and retrying", n)

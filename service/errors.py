@@ -6,11 +6,15 @@ anything unexpected) ends here, so a client parses a single format.
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .outcomes import (DeadlineExceeded, DeviceFailed, DeviceOutOfMemory, InferenceFailed, Overloaded, QueueError,
+                       QueueFull, ShuttingDown)
 
 log = logging.getLogger("service.errors")
 
@@ -33,6 +37,24 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+# The queue's outcomes as answers: 503s say "try again (elsewhere)", with Retry-After.
+_QUEUE_ERRORS: dict[type[QueueError], tuple[int, str]] = {
+    QueueFull: (503, "queue_full"),
+    Overloaded: (503, "overloaded"),
+    ShuttingDown: (503, "shutting_down"),
+    DeviceOutOfMemory: (503, "out_of_memory"),
+    DeviceFailed: (503, "device_failed"),
+    DeadlineExceeded: (504, "deadline_exceeded"),
+    InferenceFailed: (500, "inference_failed"),
+}
+
+
+def from_queue_error(exc: QueueError) -> ApiError:
+    status, code = _QUEUE_ERRORS.get(type(exc), (500, "inference_failed"))
+    headers = {"Retry-After": str(math.ceil(exc.retry_after_s))} if exc.retry_after_s is not None else None
+    return ApiError(status, code, exc.message, headers=headers)
+
+
 def error_response(status: int, code: str, message: str, field: str | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
     body = {"error": {"code": code, "message": message, "field": field}}
@@ -42,6 +64,10 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
     request.state.error_code = exc.code
     return error_response(exc.status, exc.code, exc.message, exc.field, exc.headers)
+
+
+async def _queue_error(request: Request, exc: QueueError) -> JSONResponse:
+    return await _api_error(request, from_queue_error(exc))
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -66,6 +92,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(QueueError, _queue_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -32,13 +32,16 @@ from model.person_inputs import IncompleteInputs, check_person_mix
 
 from .errors import ApiError
 from .fetch import UrlFetcher
+from .outcomes import Priority
 from .settings import Settings
 
 IMAGE_FIELDS = ("masked_model", "pose", "cloth")  # the classic /v1/tryon trio
 PERSON_FIELDS = ("masked_model", "pose", "person", "parse")  # person-side images
 KEYPOINTS_FIELD = "keypoints"
 Garments = Literal["none", "one", "many"]
-OPTION_FIELDS = ("format", "quality", "size")
+OPTION_FIELDS = ("format", "quality", "size", "priority", "timeout")
+# Scheduling options may also come as headers (a proxy or gateway can set them); fields win.
+JOB_OPTION_HEADERS = {"priority": "X-Priority", "timeout": "X-Request-Timeout"}
 
 
 OutputFormat = Literal["jpeg", "png", "webp"]
@@ -51,12 +54,32 @@ class OutputOptions(BaseModel):
     size: OutputSize = "model"
 
 
-def parse_options(values: dict) -> OutputOptions:
+class JobOptions(BaseModel):
+    """How the request is scheduled: its priority (the route's default when absent) and a
+    deadline shorter than TRYON_REQUEST_TIMEOUT_S, in seconds."""
+    priority: Priority | None = None
+    timeout: float | None = Field(None, gt=0, allow_inf_nan=False)
+
+
+def _validated(model: type[BaseModel], values: dict, field_names: dict[str, str] | None = None):
     try:
-        return OutputOptions.model_validate({k: v for k, v in values.items() if k in OPTION_FIELDS})
+        return model.model_validate(values)
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise ApiError(422, "invalid_option", first["msg"], ".".join(str(p) for p in first["loc"])) from None
+        where = ".".join(str(p) for p in first["loc"])
+        raise ApiError(422, "invalid_option", first["msg"], (field_names or {}).get(where, where)) from None
+
+
+def parse_options(values: dict) -> OutputOptions:
+    return _validated(OutputOptions, {k: v for k, v in values.items() if k in OutputOptions.model_fields})
+
+
+def parse_job_options(values: dict, headers) -> JobOptions:
+    """Job options from fields (``values``: body or query) or else headers; an error names
+    the field or header it came from."""
+    from_headers = {k: headers[h] for k, h in JOB_OPTION_HEADERS.items() if h in headers and values.get(k) is None}
+    given = {k: v for k, v in values.items() if k in JobOptions.model_fields and v is not None} | from_headers
+    return _validated(JobOptions, given, {k: JOB_OPTION_HEADERS[k] for k in from_headers})
 
 
 def _is_url(text: str) -> bool:

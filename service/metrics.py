@@ -19,6 +19,8 @@ class Metrics:
         self.latency = Histogram("tryon_http_request_duration_seconds", "HTTP request latency by route",
                                  ["route"], buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("tryon_queue_depth", "Requests waiting for the model worker", registry=r)
+        self.pending = Gauge("tryon_queue_pending", "Requests waiting for the model worker by priority",
+                             ["priority"], registry=r)
         self.batch_size = Histogram("tryon_batch_size", "Requests per batch run through the engine",
                                     buckets=tuple(range(1, max_batch_size + 1)), registry=r)
         self.inference = Histogram("tryon_inference_seconds", "Engine time per batch",
@@ -30,6 +32,9 @@ class Metrics:
         self.oom_splits = Counter("tryon_oom_splits", "Batches split in two after a device out-of-memory",
                                   registry=r)
         self.ready = Gauge("tryon_ready", "1 when loaded, warm and not draining", registry=r)
+        self.healthy = Gauge("tryon_healthy", "0 once the device failed and the process is being replaced",
+                             registry=r)
+        self.healthy.set(1)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -13,10 +13,11 @@ from model.images import MEDIA_TYPES, TryOnInputs, encode_image, output_image
 
 from .batcher import GarmentsStream, Job, JobResult
 from .errors import ApiError
-from .inputs import (KEYPOINTS_FIELD, PERSON_FIELDS, Garments, OutputFormat, OutputOptions, OutputSize,
-                     RequestParts, fetch_parts, has_urls, read_request)
+from .inputs import (KEYPOINTS_FIELD, PERSON_FIELDS, Garments, JobOptions, OutputFormat, OutputOptions,
+                     OutputSize, RequestParts, fetch_parts, has_urls, parse_job_options, read_request)
 from .metrics import CONTENT_TYPE_LATEST
 from .middleware import CLIENT_GONE
+from .outcomes import DeadlineExceeded, DropReason, Priority
 from .person import decode_garment, decode_person
 from .state import ServiceState, get_service
 
@@ -25,9 +26,11 @@ STREAM_CHUNK = 64 * 1024
 operations = APIRouter(tags=["operations"])
 
 
-@operations.get("/healthz", summary="Liveness: the process answers")
-async def healthz() -> dict:
-    return {"status": "alive"}
+@operations.get("/healthz", summary="Liveness: the process answers and its device works")
+async def healthz(service: ServiceState = Depends(get_service)) -> JSONResponse:
+    if not service.healthy:
+        return JSONResponse({"status": "device_failed", "reason": service.batcher.device_failure}, status_code=503)
+    return JSONResponse({"status": "alive"})
 
 
 @operations.get("/readyz", summary="Readiness: 200 only when loaded, warm and not draining")
@@ -63,7 +66,10 @@ _KEYPOINTS = {"description": "body keypoints as JSON (OpenPose, a list of 18/25/
                              "points, or COCO): a text field or a file"}
 _OPTIONS = {"format": {"type": "string", "enum": ["jpeg", "png", "webp"], "default": "jpeg"},
             "quality": {"type": "integer", "minimum": 1, "maximum": 100, "default": 90},
-            "size": {"type": "string", "enum": ["model", "original"], "default": "model"}}
+            "size": {"type": "string", "enum": ["model", "original"], "default": "model"},
+            "priority": {"type": "string", "enum": [p.value for p in Priority]},
+            "timeout": {"type": "number", "exclusiveMinimum": 0,
+                        "description": "seconds, at most TRYON_REQUEST_TIMEOUT_S"}}
 PERSON_MIX = ("Person side, any mix that determines the masked model and the pose map: masked_model + pose; "
               "person + keypoints (+ parse); masked_model + keypoints; person + keypoints (+ parse) + pose. "
               "An incomplete or ambiguous mix is a 422 whose `field` lists the inputs concerned.")
@@ -100,17 +106,27 @@ def require_ready(service: ServiceState) -> None:
 
 @dataclass
 class Work:
-    """A request about to queue work: its deadline and the timings it collects
-    (shared with the access log through ``request.state``)."""
+    """A request about to queue work: when it arrived, its deadline and priority, and the
+    timings it collects (shared with the access log through ``request.state``)."""
+    arrived: float  # on the event loop's clock
     deadline: float
     timings: dict[str, float]
+    priority: Priority = Priority.INTERACTIVE
+
+    def schedule(self, options: JobOptions, default_priority: Priority) -> None:
+        """Applies the request's own priority and (shorter) timeout; TRYON_REQUEST_TIMEOUT_S caps it."""
+        self.priority = options.priority or default_priority
+        if options.timeout is not None:
+            self.deadline = min(self.deadline, self.arrived + options.timeout)
 
 
 async def begin_work(request: Request, service: ServiceState = Depends(get_service)) -> Work:
     """Dependency of the routes that run the model: ready or 503, deadline from now."""
     require_ready(service)
-    work = Work(asyncio.get_running_loop().time() + service.settings.request_timeout_s, {})
+    now = asyncio.get_running_loop().time()
+    work = Work(now, now + service.settings.request_timeout_s, {})
     request.state.timings_ms = work.timings
+    request.state.work_arrived = now
     return work
 
 
@@ -118,9 +134,14 @@ def output_query(
         format: OutputFormat | None = Query(None, description="output format (jpeg)"),
         quality: int | None = Query(None, ge=1, le=100, description="JPEG/WebP quality (90)"),
         size: OutputSize | None = Query(None, description="model size, or the person image's original size (model)"),
+        priority: str | None = Query(None, description="interactive or bulk (also X-Priority); "
+                                     "interactive work is batched first (default: interactive, bulk for "
+                                     "/v1/tryon/batch)"),
+        timeout: str | None = Query(None, description="seconds this request may take, at most "
+                                    "TRYON_REQUEST_TIMEOUT_S (also X-Request-Timeout)"),
 ) -> dict:
-    """The output options given as query parameters; body fields of the same names win."""
-    return {"format": format, "quality": quality, "size": size}
+    """The options given as query parameters; body fields of the same names win."""
+    return {"format": format, "quality": quality, "size": size, "priority": priority, "timeout": timeout}
 
 
 class ClientGone(Exception):
@@ -144,32 +165,39 @@ async def await_job(job: Job, request: Request) -> JobResult:
     if job.future in done:
         return job.future.result()
     if watcher in done:
-        job.abandon("client_gone")
+        job.abandon(DropReason.CLIENT_GONE)
         raise ClientGone
-    job.abandon("deadline")
-    raise ApiError(504, "deadline_exceeded", "the request was not served within its deadline "
-                   f"({request.app.state.service.settings.request_timeout_s:g} s)")
+    job.abandon(DropReason.DEADLINE)
+    raise DeadlineExceeded("the request was not served within its deadline "
+                           f"({job.deadline - request.state.work_arrived:.3g} s)")
 
 
 async def read_parts(request: Request, service: ServiceState, query: dict, garments: Garments,
-                     timings: dict[str, float]) -> tuple[RequestParts, OutputOptions]:
-    """The request's parts with every URL fetched (``timings["fetch"]`` when there were any)."""
+                     timings: dict[str, float], work: Work | None = None,
+                     default_priority: Priority = Priority.INTERACTIVE) -> tuple[RequestParts, OutputOptions]:
+    """The request's parts with every URL fetched (``timings["fetch"]`` when there were any);
+    ``work``, when given, takes the request's priority and timeout."""
     mark = time.perf_counter()
     query = {k: v for k, v in query.items() if v is not None}
     parts, options = await read_request(request, service.settings, query, garments)
+    if work is not None:
+        work.schedule(parse_job_options(query | parts.options, request.headers), default_priority)
+        # Refused now rather than after decoding, when the queue already says it would not finish in time.
+        garments = len(parts.cloths) if garments == "many" else None
+        service.batcher.admit(work.deadline, work.priority, garments,
+                              service.settings.garment_chunk_for(service.engine.device.type))
     if has_urls(parts):
         parts = await fetch_parts(parts, service.fetcher)
         timings["fetch"] = (time.perf_counter() - mark) * 1000
     return parts, options
 
 
-async def run_job(service: ServiceState, inputs, deadline: float,
-                  request: Request) -> JobResult | GarmentsStream | None:
+async def run_job(service: ServiceState, inputs, work: Work, request: Request) -> JobResult | GarmentsStream | None:
     """Queues the work and waits for it; None when the client has gone (answer CLIENT_GONE)."""
-    if asyncio.get_running_loop().time() >= deadline:
-        raise ApiError(504, "deadline_exceeded", "the deadline passed before the request reached the queue")
+    if asyncio.get_running_loop().time() >= work.deadline:
+        raise DeadlineExceeded("the deadline passed before the request reached the queue")
     try:
-        return await await_job(service.batcher.submit(inputs, deadline), request)
+        return await await_job(service.batcher.submit(inputs, work.deadline, work.priority), request)
     except ClientGone:
         request.state.client_gone = True
         request.state.error_code = "client_gone"
@@ -206,15 +234,15 @@ async def tryon_image(
         query: dict = Depends(output_query),
 ) -> Response:
     """Options may also be sent as body fields of the same names, which win over the query."""
-    deadline, timings = work.deadline, work.timings
-    parts, options = await read_parts(request, service, query, "one", timings)
+    timings = work.timings
+    parts, options = await read_parts(request, service, query, "one", timings, work)
     mark = time.perf_counter()
     if isinstance(parts.cloths[0], ApiError):
         raise parts.cloths[0]
     inputs = await asyncio.to_thread(_decode, parts, service.settings)
     timings["decode"] = (time.perf_counter() - mark) * 1000
 
-    result = await run_job(service, inputs, deadline, request)
+    result = await run_job(service, inputs, work, request)
     if result is None:
         return Response(status_code=CLIENT_GONE)
     timings["queue"] = result.queue_s * 1000

@@ -23,7 +23,8 @@ from fastapi.responses import StreamingResponse
 from model.images import MEDIA_TYPES
 
 from .batcher import GarmentsInputs, GarmentsStream
-from .errors import ApiError
+from .outcomes import Priority, QueueError
+from .errors import ApiError, from_queue_error
 from .middleware import CLIENT_GONE
 from .parts import NDJSON, MultipartMixed, Part, accepts, json_item
 from .person import decode_garments, decode_person
@@ -59,9 +60,9 @@ async def tryon_garments(
         query: dict = Depends(output_query),
 ) -> Response:
     settings = service.settings
-    deadline, timings = work.deadline, work.timings
-
-    parts, options = await read_parts(request, service, query, "many", timings)
+    timings = work.timings
+    # A many-garments job is catalog work unless the request says otherwise.
+    parts, options = await read_parts(request, service, query, "many", timings, work, Priority.BULK)
     mark = time.perf_counter()
     person = await asyncio.to_thread(decode_person, parts, settings)
     garments = await asyncio.to_thread(decode_garments, person, parts.cloths, settings)
@@ -74,7 +75,7 @@ async def tryon_garments(
     chunk_size = settings.garment_chunk_for(service.engine.device.type)
     job_inputs = GarmentsInputs(first.pose, first.masked_model, torch.stack([garments[i].cloth for i in usable]),
                                 chunk_size)
-    stream: GarmentsStream | None = await run_job(service, job_inputs, deadline, request)
+    stream: GarmentsStream | None = await run_job(service, job_inputs, work, request)
     if stream is None:
         return Response(status_code=CLIENT_GONE)
     timings["queue"] = stream.queue_s * 1000
@@ -91,8 +92,8 @@ async def tryon_garments(
                     continue
                 while position[index] not in ready and failure is None:
                     item = await anext(chunks)
-                    if isinstance(item, ApiError):
-                        failure = item
+                    if isinstance(item, QueueError):
+                        failure = from_queue_error(item)
                     else:
                         ready |= {item.start + k: (out, item.inference_s) for k, out in enumerate(item.outputs)}
                 if failure is not None and position[index] not in ready:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import time
 from pathlib import Path
+from typing import Callable
 
 from fastapi import Request
 
 from model.engine import Engine, EngineConfig, pick_device
 from model.kernels import resolve as resolve_sampler
 
+from .admission import ServiceRate
 from .batcher import Batcher
 from .fetch import UrlFetcher
 from .metrics import Metrics
@@ -19,11 +23,19 @@ from .settings import Settings
 
 log = logging.getLogger("service")
 EXAMPLES = Path(__file__).resolve().parent / "examples"
+# After a device failure, time for the failed requests' answers to leave, and for probes to
+# see the 503, before the drain starts.
+DEVICE_FAILURE_EXIT_DELAY_S = 1.0
+# The exit status of a process that shut down because its device failed (an orchestrator restarts it).
+DEVICE_FAILURE_EXIT = 4
 
 
 class ServiceState:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, engine_factory: Callable[[EngineConfig], Engine] = Engine):
+        """``engine_factory`` builds the engine from its config: the real Engine, or in test and
+        benchmark harnesses a stand-in (never chosen by a setting)."""
         self.settings = settings
+        self.engine_factory = engine_factory
         self.metrics = Metrics(settings.max_batch_size)
         self.engine: Engine | None = None
         self.batcher: Batcher | None = None
@@ -42,11 +54,16 @@ class ServiceState:
     @property
     def info(self) -> dict:
         s = self.settings
-        status = "draining" if self.draining else "ready" if self.ready else "starting"
+        status = ("device_failed" if not self.healthy else "draining" if self.draining
+                  else "ready" if self.ready else "starting")
         info = {"status": status, "ready": status == "ready", "draining": self.draining,
                 "max_batch_size": s.max_batch_size, "max_batch_wait_ms": s.max_batch_wait_ms,
                 "queue_limit": s.queue_limit, "queue_depth": self.batcher.depth if self.batcher else 0,
                 "request_timeout_s": s.request_timeout_s, "sampler": s.sampler}
+        if not self.healthy:
+            info["device_failure"] = self.batcher.device_failure
+        if self.batcher is not None:
+            info["service_seconds_by_batch_size"] = {str(k): round(v, 4) for k, v in self.batcher.rate.snapshot().items()}
         if self.engine is not None:
             info |= self.engine.info
             info["sampler_in_use"] = resolve_sampler(s.sampler, self.engine.device)
@@ -61,13 +78,18 @@ class ServiceState:
         config = EngineConfig(device=s.device, precision=s.precision, batch_sizes=batch_sizes,
                               image_size=s.image_hw, weights=s.weights, sampler=s.sampler)
         started = time.perf_counter()
-        self.engine = await asyncio.to_thread(Engine, config)
+        self.engine = await asyncio.to_thread(self.engine_factory, config)
         if self.engine.weights.random:
             log.warning("SERVING RANDOM WEIGHTS: no checkpoint was found, every output is meaningless; "
                         "set TRYON_WEIGHTS or put a checkpoint in weights/ (X-Weights: random)")
         warmup = await asyncio.to_thread(self.engine.warmup)
+        # Admission control starts from the smallest and largest batch timed once warm (sizes
+        # between are interpolated) and follows every batch the engine runs from then on.
+        rate = await asyncio.to_thread(ServiceRate.measured, self.engine.infer, s.image_hw,
+                                       {batch_sizes[0], batch_sizes[-1]})
         self.batcher = Batcher(self.engine, max_batch_size=s.max_batch_size, max_wait_s=s.max_batch_wait_ms / 1000,
-                               queue_limit=s.queue_limit, metrics=self.metrics)
+                               queue_limit=s.queue_limit, metrics=self.metrics, rate=rate,
+                               on_device_failure=self.device_failed)
         self.batcher.start()
         self.fetcher = UrlFetcher(s)
         self.ready = True
@@ -87,6 +109,19 @@ class ServiceState:
         parts = " ".join(f"-F {name}=@{path}" for name, path in files.items())
         key = " -H 'Authorization: Bearer YOUR_API_KEY'" if s.api_keys else ""
         return f"curl -sS -o tryon.jpg -D -{key} {parts} http://{host}:{s.port}/v1/tryon"
+
+    @property
+    def healthy(self) -> bool:
+        """False once the device failed: every later batch would fail, so the process must go."""
+        return self.batcher is None or self.batcher.device_failure is None
+
+    def device_failed(self, reason: str) -> None:
+        """The batcher saw the device break: liveness and readiness turn 503 and the process
+        shuts down (SIGTERM to itself: the usual drain answers what it holds, then exits non-zero)."""
+        self.metrics.ready.set(0)
+        self.metrics.healthy.set(0)
+        if self._loop is not None:
+            self._loop.call_later(DEVICE_FAILURE_EXIT_DELAY_S, os.kill, os.getpid(), signal.SIGTERM)
 
     def begin_drain(self) -> None:
         """Called from the SIGTERM handler: readiness turns 503 at once; accepted work carries on."""

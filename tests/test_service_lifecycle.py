@@ -15,7 +15,8 @@ import pytest
 from model.weights import find_weights
 from service import create_app
 from service.settings import Settings
-from tests.fixtures.service.harness import fixture_bytes, running_server, sample_key
+from service.state import DEVICE_FAILURE_EXIT
+from tests.fixtures.service.harness import ServerProcess, fixture_bytes, running_server, sample_key
 
 FILES = {name: (f"{name}.png", fixture_bytes(f"{name}_64x64.png"), "image/png")
          for name in ("masked_model", "pose", "cloth")}
@@ -97,3 +98,37 @@ def test_settings_from_environment(monkeypatch):
     monkeypatch.setenv("TRYON_IMAGE_SIZE", "big")
     with pytest.raises(ValueError):
         Settings()
+
+
+def test_cudnn_allocation_failure_is_out_of_memory_not_500(tmp_path):
+    """cuDNN reports running out of memory as a plain RuntimeError: still a 503 the client may
+    retry, and the process stays healthy."""
+    with running_server({"BROKEN_DEVICE_ERROR": "cudnn_alloc"}, tmp_path,
+                        module="tests.fixtures.service.broken_device") as server:
+        answer = httpx.post(f"{server.url}/v1/tryon", files=FILES, timeout=30)
+        assert answer.status_code == 503 and answer.json()["error"]["code"] == "out_of_memory", answer.text
+        assert answer.headers["retry-after"]
+        assert httpx.get(f"{server.url}/healthz").status_code == 200
+        assert httpx.get(f"{server.url}/readyz").status_code == 200
+
+
+def test_a_broken_device_turns_probes_503_and_the_process_exits(tmp_path):
+    """An illegal address poisons the CUDA context: every request held is answered 503
+    device_failed, liveness and readiness say so with the reason, then the process exits
+    non-zero so the orchestrator replaces it."""
+    proc = ServerProcess({"BROKEN_DEVICE_ERROR": "illegal_address", "TRYON_MAX_BATCH_SIZE": "2",
+                          "TRYON_MAX_BATCH_WAIT_MS": "300"}, tmp_path, module="tests.fixtures.service.broken_device")
+    try:
+        proc.wait_ready()
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda _: httpx.post(f"{proc.url}/v1/tryon", files=FILES, timeout=30), range(4)))
+        assert {(a.status_code, a.json()["error"]["code"]) for a in answers} == {(503, "device_failed")}
+        assert all(a.headers["retry-after"] for a in answers)
+        health = httpx.get(f"{proc.url}/healthz")
+        assert health.status_code == 503 and "illegal memory access" in health.json()["reason"]
+        ready = httpx.get(f"{proc.url}/readyz")
+        assert ready.status_code == 503 and ready.json()["status"] == "device_failed"
+        assert proc.process.wait(30) == DEVICE_FAILURE_EXIT
+        assert "DEVICE FAILED" in proc.stderr
+    finally:
+        proc.stop()

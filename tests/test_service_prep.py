@@ -4,7 +4,6 @@ for one person through /v1/tryon/batch. Expected images come from the model
 code itself (model.person_inputs.person_images and the network)."""
 from __future__ import annotations
 
-import asyncio
 import base64
 import concurrent.futures
 import io
@@ -21,9 +20,6 @@ from PIL import Image, ImageOps
 from model import create_model, load_weights
 from model.images import assemble_inputs, encode_image, output_image
 from model.person_inputs import person_images
-from service.batcher import Batcher, GarmentsInputs
-from service.errors import ApiError
-from service.metrics import Metrics
 from service.settings import Settings
 from tests.fixtures.service.harness import REPO, ServerProcess, fixture_bytes, running_server, sample_key
 
@@ -360,53 +356,6 @@ def test_batch_stops_after_the_current_chunk_when_the_client_goes(slow_server):
     assert single.status_code == 200, single.text
     # The single request ran after the garments job ended (one worker): two chunks and itself.
     assert slow_server.metrics()[ENGINE_CALLS] - before == 3
-
-
-class RunsOutOfMemory:
-    """An engine stand-in that plays a GPU running out of memory once, at chunk ``fail_at`` (none runs here)."""
-
-    def __init__(self, fail_at: int):
-        self.fail_at = fail_at
-
-    def iter_garments(self, pose, masked_model, cloths, chunk_size=None):
-        for start in range(cloths.shape[0]):
-            if start == self.fail_at:
-                self.fail_at = None
-                raise torch.cuda.OutOfMemoryError("CUDA out of memory (stand-in)")
-            yield start, cloths[start:start + 1] * 0
-
-
-def test_garments_job_failing_mid_stream_ends_cleanly():
-    """Out of memory on the first chunk: the request fails as a whole (503, before any
-    byte is sent); on a later chunk: the chunks done are delivered, then one error
-    that stands for the rest. Either way the worker carries on."""
-    async def run(fail_at: int) -> tuple[list, list]:
-        """What a job of three garments gets, and then what the next job gets."""
-        batcher = Batcher(RunsOutOfMemory(fail_at), max_batch_size=2, max_wait_s=0, queue_limit=4,
-                          metrics=Metrics(2))
-        batcher.start()
-        person = torch.zeros(3, 64, 64)
-
-        async def job_items() -> list:
-            deadline = asyncio.get_running_loop().time() + 30
-            job = batcher.submit(GarmentsInputs(person, person, torch.ones(3, 3, 64, 64), 1), deadline)
-            try:
-                stream = await job.future
-            except ApiError as error:
-                return [error]
-            return [item async for item in stream.chunks()]
-        try:
-            return await job_items(), await job_items()
-        finally:
-            await batcher.stop()
-
-    (first,), after = asyncio.run(run(fail_at=0))
-    assert (first.status, first.code) == (503, "out_of_memory")
-    assert [item.start for item in after] == [0, 1, 2]
-    (done, failure), after = asyncio.run(run(fail_at=1))
-    assert done.start == 0 and done.outputs.shape == (1, 3, 64, 64)
-    assert (failure.status, failure.code) == (503, "out_of_memory")
-    assert [item.start for item in after] == [0, 1, 2]
 
 
 def test_batch_refuses_too_many_garments(client):

@@ -1,0 +1,63 @@
+"""What the queue says about work it did not finish: one exception per outcome.
+
+The batcher raises (or resolves a job's future with) these and knows nothing
+of HTTP; service/errors.py maps each to its status and error code once.
+"""
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Priority(str, Enum):
+    """Interactive work (a shopper waiting) is batched first; bulk work (catalog jobs) fills the rest."""
+    INTERACTIVE = "interactive"
+    BULK = "bulk"
+
+
+class DropReason(str, Enum):
+    """Why a queued job was never run (the ``reason`` label of tryon_dropped_total)."""
+    CLIENT_GONE = "client_gone"
+    DEADLINE = "deadline"
+    FINISHED = "finished"  # a garments answer that ended early
+    SHUTTING_DOWN = "shutting_down"
+    DEVICE_FAILED = "device_failed"
+
+
+class QueueError(Exception):
+    """Work the queue refused or could not finish; ``retry_after_s`` when retrying can help."""
+    retry_after_s: float | None = None
+
+    def __init__(self, message: str, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.message = message
+        if retry_after_s is not None:
+            self.retry_after_s = retry_after_s
+
+
+class QueueFull(QueueError):
+    retry_after_s = 1.0
+
+
+class Overloaded(QueueError):
+    """Admission control: the work queued ahead would not let this request finish in time."""
+
+
+class DeadlineExceeded(QueueError):
+    pass
+
+
+class ShuttingDown(QueueError):
+    retry_after_s = 1.0
+
+
+class DeviceOutOfMemory(QueueError):
+    retry_after_s = 1.0
+
+
+class DeviceFailed(QueueError):
+    """The device's context is broken: this process will serve nothing more and is exiting."""
+    retry_after_s = 1.0
+
+
+class InferenceFailed(QueueError):
+    pass
