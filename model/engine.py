@@ -193,6 +193,34 @@ class Engine:
                                          for t in (pose, masked_model, cloth))
             return self._forward(pose_d, masked_d, cloth_d)[:n].float().cpu()
 
+    @property
+    def pausable(self) -> bool:
+        """Whether ``iter_infer`` pays off: without CUDA graphs a forward run in steps costs the
+        same as one call (with graphs, one replay beats any steps)."""
+        return not self.use_graphs
+
+    def iter_infer(self, pose: torch.Tensor, masked_model: torch.Tensor,
+                   cloth: torch.Tensor) -> Iterator[torch.Tensor | None]:
+        """``infer`` in steps that a caller may pause between (bulk work on a CPU, so that
+        interactive work waits for one step, not a whole forward): both encoders, then each flow
+        level, then the render. Yields None after every step but the last, then the (N, 3, H, W)
+        float32 CPU outputs. Eager; the lock is held per step, never across a ``yield``."""
+        n = pose.shape[0]
+        padded = self.padded_size(n)
+        with self._lock, torch.inference_mode():
+            pose_d, masked_d, cloth_d = (self._to_device(self._pad(t, padded)) for t in (pose, masked_model, cloth))
+            garment = self.net.encode_garment(cloth_d)
+            person = self.net.encode_person(torch.cat((pose_d, masked_d), dim=1))
+        yield None
+        flows = None
+        for level in range(len(garment)):
+            with self._lock, torch.inference_mode():
+                flows = self.net.dafnet.level(level, garment, person, flows)
+            yield None
+        with self._lock, torch.inference_mode():
+            output = self.net.dafnet.render(cloth_d, masked_d, *flows)[:n].float().cpu()
+        yield output
+
     def infer_garments(self, pose: torch.Tensor, masked_model: torch.Tensor, cloths: torch.Tensor) -> torch.Tensor:
         """One person, many garments: (1, 3, H, W) or (3, H, W) pose and masked
         model, (N, 3, H, W) garments -> (N, 3, H, W) float32 CPU outputs

@@ -6,6 +6,8 @@ layer description this follows.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -115,6 +117,15 @@ class FlowEstimator(nn.Module):
         return self.layers(x)
 
 
+class FlowState(NamedTuple):
+    """A level's result, upsampled for the next: flows (N*K, 2, h, w) and attention (N, K, h, w),
+    in the order render takes them."""
+    cross_flows: torch.Tensor
+    cross_att: torch.Tensor
+    self_flows: torch.Tensor
+    self_att: torch.Tensor
+
+
 class DAFlowNet(nn.Module):
     """Deformable attention flows from garment and person pyramids, applied to
     the images through a light encoder/decoder."""
@@ -161,46 +172,53 @@ class DAFlowNet(nn.Module):
         warped_person = self.warp(self.lights_encoder(masked_model), self_flows, self_att)
         return self.lights_decoder(warped_cloth + warped_person)
 
-    def forward(self, source_pyramid, reference_pyramid, cloth, masked_model, return_all: bool = False):
+    def level(self, i: int, source_pyramid: list[torch.Tensor], reference_pyramid: list[torch.Tensor],
+              flows: FlowState | None) -> FlowState:
+        """Flow level ``i`` (0 is the coarsest): refines the previous level's flows (None at level 0)
+        and returns them, with their attention, upsampled to the next level's size."""
         k = self.heads
-        cross_flows = self_flows = cross_att = self_att = None
-        per_level = []
         levels = len(source_pyramid)
-        for i in range(levels):
-            source = source_pyramid[levels - 1 - i]
-            reference = reference_pyramid[levels - 1 - i]
-            if i == 0:
-                source_pre, reference_pre = source, reference
-            else:
-                source_pre = self.warp(source, cross_flows, cross_att)
-                reference_pre = self.warp(reference, self_flows, self_att)
+        source = source_pyramid[levels - 1 - i]
+        reference = reference_pyramid[levels - 1 - i]
+        if flows is None:
+            cross_flows = self_flows = None
+            source_pre, reference_pre = source, reference
+        else:
+            cross_flows, cross_att, self_flows, self_att = flows
+            source_pre = self.warp(source, cross_flows, cross_att)
+            reference_pre = self.warp(reference, self_flows, self_att)
 
-            # The cross block sees the un-warped person features (R, not R').
-            cross_flows, cross_att = self.estimate(self.Cross_MFEs[i], source_pre, reference, cross_flows)
-            source_warped = self.warp(source, cross_flows, cross_att)
-            self_flows, self_att = self.estimate(self.Self_MFEs[i], source_warped, reference_pre, self_flows)
-            reference_warped = self.warp(reference, self_flows, self_att)
+        # The cross block sees the un-warped person features (R, not R').
+        cross_flows, cross_att = self.estimate(self.Cross_MFEs[i], source_pre, reference, cross_flows)
+        source_warped = self.warp(source, cross_flows, cross_att)
+        self_flows, self_att = self.estimate(self.Self_MFEs[i], source_warped, reference_pre, self_flows)
+        reference_warped = self.warp(reference, self_flows, self_att)
 
-            y = self.Refine_MFEs[i](torch.cat((source_warped, reference_warped), dim=1))
-            cross_flows = self.compose(cross_flows, y[:, 0:2 * k])
-            self_flows = self.compose(self_flows, y[:, 2 * k:4 * k])
-            attention = torch.softmax(y[:, 4 * k:6 * k].float(), dim=1)
+        y = self.Refine_MFEs[i](torch.cat((source_warped, reference_warped), dim=1))
+        cross_flows = self.compose(cross_flows, y[:, 0:2 * k])
+        self_flows = self.compose(self_flows, y[:, 2 * k:4 * k])
+        attention = torch.softmax(y[:, 4 * k:6 * k].float(), dim=1)
 
-            # Offsets list cross first; the refined weights list self first.
-            cross_flows = upsample2x(cross_flows)
-            self_flows = upsample2x(self_flows)
-            self_att = upsample2x(attention[:, :k])
-            cross_att = upsample2x(attention[:, k:])
+        # Offsets list cross first; the refined weights list self first.
+        return FlowState(upsample2x(cross_flows), upsample2x(attention[:, k:]),
+                         upsample2x(self_flows), upsample2x(attention[:, :k]))
 
+    def forward(self, source_pyramid: list[torch.Tensor], reference_pyramid: list[torch.Tensor],
+                cloth: torch.Tensor, masked_model: torch.Tensor, return_all: bool = False):
+        """Pyramids finest first; (N, 3, H, W) images -> (N, 3, H, W), or with ``return_all``
+        the result rendered at every level, coarsest first."""
+        flows = None
+        per_level = []
+        for i in range(len(source_pyramid)):
+            flows = self.level(i, source_pyramid, reference_pyramid, flows)
             if return_all:
-                size = cross_att.shape[-2:]
+                size = flows.cross_att.shape[-2:]
                 per_level.append(self.render(
                     F.interpolate(cloth, size=size, mode="bilinear", align_corners=False),
-                    F.interpolate(masked_model, size=size, mode="bilinear", align_corners=False),
-                    cross_flows, cross_att, self_flows, self_att))
+                    F.interpolate(masked_model, size=size, mode="bilinear", align_corners=False), *flows))
         if return_all:
             return per_level
-        return self.render(cloth, masked_model, cross_flows, cross_att, self_flows, self_att)
+        return self.render(cloth, masked_model, *flows)
 
 
 class DAFlow(nn.Module):

@@ -51,6 +51,11 @@ log = logging.getLogger("service.batcher")
 class InferenceEngine(Protocol):
     def infer(self, pose: torch.Tensor, masked_model: torch.Tensor, cloth: torch.Tensor) -> torch.Tensor: ...
 
+    # Optional (model.engine.Engine has them): a forward in steps, for bulk batches that
+    # interactive work may overtake between steps.
+    # pausable: bool
+    # def iter_infer(self, pose, masked_model, cloth) -> Iterator[torch.Tensor | None]: ...
+
     def iter_garments(self, pose: torch.Tensor, masked_model: torch.Tensor, cloths: torch.Tensor,
                       chunk_size: int | None = None) -> Iterator[tuple[int, torch.Tensor]]: ...
 
@@ -362,10 +367,15 @@ class Batcher:
         self._report_depth()
 
     def _begin(self, jobs: list[Job], batch_size: int) -> float:
-        self._running = jobs
+        self._running = self._running + jobs  # a batch run while a bulk batch is paused adds to it
         loop = asyncio.get_running_loop()
         self._running_until = loop.time() + self.rate.seconds(batch_size)
         return time.perf_counter()
+
+    def _pausable(self, jobs: list[Job]) -> bool:
+        """Bulk-only batches run step by step where the engine can, so interactive work overtakes them."""
+        return (getattr(self.engine, "pausable", False)
+                and all(job.priority is Priority.BULK for job in jobs))
 
     async def _run_batch(self, jobs: list[Job]) -> None:
         loop = asyncio.get_running_loop()
@@ -374,16 +384,21 @@ class Batcher:
                                for name in ("pose", "masked_model", "cloth"))
         splits: list[int] = []
         try:
-            outputs = await loop.run_in_executor(self._executor, infer_splitting_on_oom, self.engine.infer,
-                                                 pose, masked, cloth, splits.append)
+            outputs, overtaken = None, 0
+            if self._pausable(jobs):
+                outputs, overtaken = await self._run_in_steps(pose, masked, cloth)
+            if outputs is None:
+                outputs = await loop.run_in_executor(self._executor, infer_splitting_on_oom, self.engine.infer,
+                                                     pose, masked, cloth, splits.append)
         except Exception as exc:  # the engine itself failed: every request of the batch learns it
             log.exception("inference failed for a batch of %d", len(jobs))
             outputs = [exc] * len(jobs)
         elapsed = time.perf_counter() - started
+        self._running = [job for job in self._running if job not in jobs]
         for n in splits:
             self._count_split(n)
-        if not splits and not isinstance(outputs[0], BaseException):
-            self.rate.record(len(jobs), elapsed)
+        if not splits and not overtaken and not isinstance(outputs[0], BaseException):
+            self.rate.record(len(jobs), elapsed)  # (a batch that was overtaken took longer than it costs)
         self.metrics.batch_size.observe(len(jobs))
         self.metrics.inference.observe(elapsed)
         for job, out in zip(jobs, outputs):
@@ -393,6 +408,43 @@ class Batcher:
                 job.fail(self._outcome(out))
             else:
                 job.future.set_result(JobResult(out, started - job.enqueued_at, elapsed, len(jobs)))
+
+    async def _run_in_steps(self, pose: torch.Tensor, masked: torch.Tensor,
+                            cloth: torch.Tensor) -> tuple[list | None, int]:
+        """A bulk batch step by step; between steps, interactive requests that arrived run as a
+        batch of their own. Returns the outputs (None when the device ran out of memory: the
+        caller splits instead) and how many batches overtook it."""
+        loop = asyncio.get_running_loop()
+        steps = self.engine.iter_infer(pose, masked, cloth)
+        overtaken = 0
+        try:
+            while True:
+                output = await loop.run_in_executor(self._executor, next, steps)
+                if output is not None:
+                    return list(output), overtaken
+                overtaken += await self._let_interactive_work_in()
+        except RuntimeError as exc:
+            if not is_out_of_memory(exc):
+                raise
+            return None, overtaken
+        finally:
+            try:
+                steps.close()
+            except ValueError:  # still running on the engine thread (the worker was cancelled)
+                pass
+
+    async def _let_interactive_work_in(self) -> int:
+        """Runs the interactive singles waiting now (and any that come meanwhile); returns the batches run."""
+        queue = self._queues[Priority.INTERACTIVE]
+        batches = 0
+        while any(not job.is_garments for job in queue):
+            self._drop_dead()
+            batch = self._take_singles(queue, self.max_batch_size)
+            self._report_depth()
+            if batch:
+                batches += 1
+                await self._run_batch(batch)
+        return batches
 
     async def _run_garments_step(self, job: Job) -> None:
         """One chunk of a garments job, then the job goes to the back of its queue (or leaves it)."""

@@ -237,6 +237,42 @@ def test_a_garments_job_yields_to_waiting_requests_between_its_chunks():
     assert calls[2:] == [("g", 9, 1), ("g", 9, 2)]
 
 
+class SteppedEngine(StandInEngine):
+    """A CPU-like engine whose forward runs in ``steps`` steps (model.engine.Engine.iter_infer)."""
+    pausable = True
+
+    def __init__(self, steps: int = 3, **kwargs):
+        super().__init__(**kwargs)
+        self.steps = steps
+
+    def iter_infer(self, pose, masked_model, cloth):
+        tags = [int(t) for t in pose[:, 0, 0, 0]]
+        for step in range(self.steps):
+            self._call(("step", tags, step), pose.shape[0])
+            yield None
+        yield pose + 2 * masked_model - cloth
+
+
+def test_interactive_work_overtakes_a_bulk_batch_between_its_steps():
+    async def scenario():
+        gate = threading.Event()
+        engine = SteppedEngine(gate=gate)
+        batcher = make_batcher(engine, max_batch_size=2)
+        batcher.start()
+        catalog = [batcher.submit(single(tag), deadline(), Priority.BULK) for tag in (1, 2)]
+        await engine_called(engine)  # the bulk batch is in its first step
+        shopper = batcher.submit(single(7), deadline())
+        gate.set()
+        results = await asyncio.gather(shopper.future, *(j.future for j in catalog))
+        await batcher.stop()
+        return engine.calls, results
+
+    calls, results = asyncio.run(scenario())
+    # The shopper waited for one step of the bulk batch, not for all three.
+    assert calls == [("step", [1, 2], 0), [7], ("step", [1, 2], 1), ("step", [1, 2], 2)]
+    assert [int(r.output[0, 0, 0]) for r in results] == [7, 1, 2]
+
+
 # -- admission control ------------------------------------------------------------------------------
 
 def test_admission_refuses_at_once_what_could_not_finish_in_time():

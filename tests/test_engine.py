@@ -193,3 +193,15 @@ def test_gpu_benchmark_fails_clearly_without_cuda():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "needs a CUDA GPU" in result.stderr and not list((root / "bench" / "results").glob("gpu-*.json"))
+
+
+def test_iter_infer_in_steps_equals_infer(weights_file):
+    """A forward run step by step (so bulk work can be paused between steps) gives infer's output."""
+    engine = Engine(EngineConfig(device="cpu", precision="fp32", batch_sizes=(1, 2), image_size=SIZE,
+                                 weights=weights_file))
+    gen = torch.Generator().manual_seed(3)
+    pose, masked, cloth = (torch.rand(2, 3, *SIZE, generator=gen) * 2 - 1 for _ in range(3))
+    steps = list(engine.iter_infer(pose, masked, cloth))
+    assert all(step is None for step in steps[:-1]) and len(steps) == 2 + 5  # encoders, 5 levels, render
+    assert engine.pausable
+    assert (steps[-1] - engine.infer(pose, masked, cloth)).abs().max().item() < 1e-5
