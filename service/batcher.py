@@ -227,12 +227,6 @@ class Batcher:
                priority: Priority | str = Priority.INTERACTIVE) -> Job:
         """Queues one request; raises at once when it cannot be served: DeviceFailed,
         ShuttingDown, QueueFull, or Overloaded when it would not finish by ``deadline``."""
-        if self.device_failure is not None:
-            raise DeviceFailed(f"the device failed ({self.device_failure}); this server is being replaced")
-        if self._closed:
-            raise ShuttingDown("the server is shutting down")
-        if self.depth >= self.queue_limit:
-            raise QueueFull(f"the queue is full ({self.queue_limit} waiting); retry shortly")
         job = Job(inputs=inputs, deadline=deadline, future=asyncio.get_running_loop().create_future(),
                   priority=Priority(priority))
         garments = job.inputs.cloths.shape[0] if job.is_garments else None
@@ -244,9 +238,15 @@ class Batcher:
 
     def admit(self, deadline: float, priority: Priority, garments: int | None = None,
               chunk_size: int | None = None) -> None:
-        """Raises Overloaded when a request (one try-on, or ``garments`` in chunks) would not finish
-        by ``deadline``. submit() checks it; a route may check it before decoding, to spend no
-        work on a request that would be refused."""
+        """Raises what submit() would: DeviceFailed, ShuttingDown, QueueFull, or Overloaded when a
+        request (one try-on, or ``garments`` in chunks) would not finish by ``deadline``. A route
+        may check it before decoding, to spend no work on a request that would be refused."""
+        if self.device_failure is not None:
+            raise DeviceFailed(f"the device failed ({self.device_failure}); this server is being replaced")
+        if self._closed:
+            raise ShuttingDown("the server is shutting down")
+        if self.depth >= self.queue_limit:
+            raise QueueFull(f"the queue is full ({self.queue_limit} waiting); retry shortly")
         budget = deadline - asyncio.get_running_loop().time()
         estimate = self.estimate(Priority(priority), garments, chunk_size or self.max_batch_size)
         if estimate.refuses(budget):
