@@ -239,6 +239,7 @@ class Batcher:
         n = job.inputs.cloths.shape[0]
         stream = GarmentsStream(job, n, time.perf_counter() - job.enqueued_at)
         self.metrics.batch_size.observe(n)
+        self.metrics.queue_duration.observe(stream.queue_s)
 
         def deliver(item: GarmentsChunk | BaseException) -> None:  # on the event loop
             if job.future.cancelled():  # abandoned before its first chunk: nobody reads on
@@ -283,6 +284,7 @@ class Batcher:
                 elapsed = time.perf_counter() - started
                 # Observed here, before the hand-over: the metric counts chunks computed.
                 self.metrics.inference.observe(elapsed)
+                self.metrics.observe_execution(outputs.shape[0], elapsed, [])
                 deliver(GarmentsChunk(start, outputs, elapsed))
         except Exception as exc:  # the engine failed: the request learns it, the worker carries on
             log.exception("inference failed for %d garments", person.cloths.shape[0])
@@ -312,6 +314,7 @@ class Batcher:
         elapsed = time.perf_counter() - started
         self.metrics.batch_size.observe(len(jobs))
         self.metrics.inference.observe(elapsed)
+        self.metrics.observe_execution(len(jobs), elapsed, [started - job.enqueued_at for job in jobs])
         for job, out in zip(jobs, outputs):
             if job.future.done():
                 continue

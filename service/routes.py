@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from model.images import MEDIA_TYPES, TryOnInputs, encode_image, output_image
 
 from .batcher import GarmentsStream, Job, JobResult
+from .cache import CachedResponse
 from .errors import ApiError
 from .inputs import (KEYPOINTS_FIELD, PERSON_FIELDS, Garments, OutputFormat, OutputOptions, OutputSize,
                      RequestParts, fetch_parts, has_urls, read_request)
@@ -21,6 +22,7 @@ from .person import decode_garment, decode_person
 from .state import ServiceState, get_service
 
 STREAM_CHUNK = 64 * 1024
+TRYON_ROUTE = "/v1/tryon"
 
 operations = APIRouter(tags=["operations"])
 
@@ -38,8 +40,8 @@ async def readyz(service: ServiceState = Depends(get_service)) -> JSONResponse:
 
 @operations.get("/metrics", summary="Prometheus metrics")
 async def metrics(service: ServiceState = Depends(get_service)) -> Response:
-    if service.batcher is not None:
-        service.metrics.queue_depth.set(service.batcher.depth)
+    service.metrics.refresh(service.batcher.depth if service.batcher else 0,
+                            service.engine.device if service.engine else None)
     return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -196,7 +198,7 @@ def encode_output(output, frame, options: OutputOptions) -> bytes:
     return encode_image(output_image(output, frame, options.size), options.format, options.quality)
 
 
-@tryon.post("/v1/tryon", summary="Dress the person in the cloth; the image comes back streamed",
+@tryon.post(TRYON_ROUTE, summary="Dress the person in the cloth; the image comes back streamed",
             description=PERSON_MIX,
             response_class=Response, openapi_extra=TRYON_OPENAPI)
 async def tryon_image(
@@ -214,6 +216,15 @@ async def tryon_image(
     inputs = await asyncio.to_thread(_decode, parts, service.settings)
     timings["decode"] = (time.perf_counter() - mark) * 1000
 
+    cache = service.cache
+    if cache is not None:
+        mark = time.perf_counter()
+        key = await asyncio.to_thread(cache.key, inputs, options)
+        cached = await cache.lookup(key, TRYON_ROUTE)
+        timings["cache"] = (time.perf_counter() - mark) * 1000
+        if cached is not None:  # answered without queueing
+            return _image_response(cached.body, cached.media_type, options, timings, {"X-Cache": "hit"})
+
     result = await run_job(service, inputs, deadline, request)
     if result is None:
         return Response(status_code=CLIENT_GONE)
@@ -223,7 +234,16 @@ async def tryon_image(
     mark = time.perf_counter()
     body = await asyncio.to_thread(encode_output, result.output, inputs.person_frame, options)
     timings["encode"] = (time.perf_counter() - mark) * 1000
-    headers = {"Server-Timing": server_timing(timings),
-               "Content-Length": str(len(body)), "X-Batch-Size": str(result.batch_size),
-               "Content-Disposition": f'inline; filename="tryon.{options.format}"'}
-    return StreamingResponse(_chunks(body), media_type=MEDIA_TYPES[options.format], headers=headers)
+    media_type = MEDIA_TYPES[options.format]
+    headers = {"X-Batch-Size": str(result.batch_size)}
+    if cache is not None:
+        cache.remember(key, CachedResponse(media_type, body))
+        headers["X-Cache"] = "miss"
+    return _image_response(body, media_type, options, timings, headers)
+
+
+def _image_response(body: bytes, media_type: str, options: OutputOptions, timings: dict[str, float],
+                    headers: dict[str, str]) -> StreamingResponse:
+    headers = {"Server-Timing": server_timing(timings), "Content-Length": str(len(body)),
+               "Content-Disposition": f'inline; filename="tryon.{options.format}"', **headers}
+    return StreamingResponse(_chunks(body), media_type=media_type, headers=headers)
