@@ -55,14 +55,15 @@ class RequestContextMiddleware:
         metrics = self.service.metrics
         metrics.requests.labels(route, scope["method"], str(status)).inc()
         metrics.latency.labels(route).observe(seconds)
+        reason = state.get("error_code") or str(status)
         if route in TRYON_ROUTES and status >= 400:
-            metrics.rejected.labels(state.get("error_code") or str(status)).inc()
+            metrics.rejected.labels(reason).inc()
         if route in INFERENCE_ROUTES:
             if status < 400:
                 metrics.request_success.labels(route).inc()
                 metrics.request_duration.labels(route).observe(seconds)
             else:
-                metrics.request_failure.labels(route, state.get("error_code") or str(status)).inc()
+                metrics.request_failure.labels(route, reason).inc()
         fields = {"request_id": state["request_id"], "method": scope["method"], "path": scope["path"],
                   "status": status, "duration_ms": round(seconds * 1000, 2)}
         if "timings_ms" in state:

@@ -4,7 +4,9 @@ redis-server, and a Redis that dies or hangs costing requests nothing but the ca
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
+import json
 import re
 import time
 
@@ -52,6 +54,18 @@ def redis(redis_binary, tmp_path):
 def post(url: str, params: dict | None = None, images: dict = IMAGES) -> httpx.Response:
     files = {name: (f"{name}.png", data, "image/png") for name, data in images.items()}
     return httpx.post(f"{url}/v1/tryon", files=files, params=params, timeout=60)
+
+
+def post_batch(url: str, cloths: list[bytes]) -> httpx.Response:
+    files = [(name, (f"{name}.png", IMAGES[name], "image/png")) for name in ("masked_model", "pose")]
+    files += [("cloth", (f"cloth{i}.png", data, "image/png")) for i, data in enumerate(cloths)]
+    answer = httpx.post(f"{url}/v1/tryon/batch", files=files, headers={"Accept": "application/x-ndjson"}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    return answer
+
+
+def answer_lines(answer: httpx.Response) -> list[dict]:
+    return [json.loads(line) for line in answer.text.splitlines()]
 
 
 def timing(answer: httpx.Response, stage: str) -> float | None:
@@ -216,8 +230,11 @@ def test_a_repeated_request_is_answered_from_the_lru_without_queueing(tmp_path, 
         # Other output options are another answer.
         png = post(server.url, params={"format": "png"})
         assert png.headers["x-cache"] == "miss" and png.headers["content-type"] == "image/png"
+        bad = post(server.url, images=IMAGES | {"cloth": b"not an image"})
+        assert bad.status_code == 415 and "x-cache" not in bad.headers
         after = server.metrics()
         route = {"route": "/v1/tryon"}
+        assert after[sample_key("tryon_request_failure_total", route | {"reason": "not_an_image"})] == 1
         assert after[sample_key("tryon_cache_hits_total", route)] == 1
         assert after[sample_key("tryon_cache_misses_total", route)] == 2
         assert after[sample_key("tryon_cache_hit_ratio")] == pytest.approx(1 / 3)
@@ -228,6 +245,24 @@ def test_a_repeated_request_is_answered_from_the_lru_without_queueing(tmp_path, 
                      "tryon_queue_duration_seconds_count", "tryon_compute_infer_duration_seconds_count"):
             assert after[sample_key(name)] - before[sample_key(name)] == 1, name
         assert after[sample_key("tryon_cache_bytes")] > len(first.content) + len(png.content)
+
+        # /v1/tryon/batch looks each garment up as /v1/tryon would, and runs only the misses.
+        cloths = [IMAGES["cloth"], IMAGES["pose"]]
+        answer = post_batch(server.url, cloths)
+        assert answer.headers["x-cache"] == "miss" and answer.headers["x-cache-hits"] == "1"
+        assert answer.headers["x-batch-size"] == "1"
+        hit, computed = answer_lines(answer)
+        assert hit["status"] == 200 and "cache_ms" in hit and "inference_ms" not in hit
+        assert base64.b64decode(hit["image"]) == first.content
+        assert computed["status"] == 200 and "inference_ms" in computed and "cache_ms" not in computed
+        again = post_batch(server.url, cloths)
+        assert again.headers["x-cache"] == "hit" and again.headers["x-batch-size"] == "0"
+        assert [line["image"] for line in answer_lines(again)] == [hit["image"], computed["image"]]
+        batch_route = {"route": "/v1/tryon/batch"}
+        final = server.metrics()
+        assert final[sample_key("tryon_cache_hits_total", batch_route)] == 3
+        assert final[sample_key("tryon_cache_misses_total", batch_route)] == 1
+        assert final[sample_key("tryon_inference_count_total")] - after[sample_key("tryon_inference_count_total")] == 1
 
 
 def test_replicas_share_redis_and_outlive_it(tmp_path, standin_weights_file, redis):
