@@ -221,7 +221,8 @@ def measure_server(args, sizes: list[int], report: dict) -> None:
         env = {"TRYON_WEIGHTS": str(standin_weights_file(Path(tmp))), "TRYON_IMAGE_SIZE": args.image_size,
                "TRYON_SAMPLER": args.sampler, "TRYON_MAX_BATCH_SIZE": args.max_batch_size,
                "TRYON_MAX_GARMENTS": str(max(sizes)), "TRYON_REQUEST_TIMEOUT_S": str(args.timeout),
-               "TRYON_LOG_LEVEL": "warning"}
+               "TRYON_LOG_LEVEL": "warning",
+               "TRYON_CACHE_BYTES": "0"}  # the engine path: repeated inputs must not be cache hits
         if args.threads:
             env["OMP_NUM_THREADS"] = str(args.threads)
         url = f"http://127.0.0.1:{port}"

@@ -155,7 +155,8 @@ def main(argv=None) -> None:
                 port = 18000 + os.getpid() % 1000
                 env = {"TRYON_WEIGHTS": weights, "TRYON_IMAGE_SIZE": args.image_size, "TRYON_SAMPLER": args.sampler,
                        "TRYON_MAX_BATCH_SIZE": max_batch, "TRYON_MAX_BATCH_WAIT_MS": args.batch_wait_ms,
-                       "TRYON_REQUEST_TIMEOUT_S": str(args.timeout), "TRYON_LOG_LEVEL": "warning"}
+                       "TRYON_REQUEST_TIMEOUT_S": str(args.timeout), "TRYON_LOG_LEVEL": "warning",
+                       "TRYON_CACHE_BYTES": "0"}  # the engine path: repeated inputs must not be cache hits
                 if args.threads:
                     env["OMP_NUM_THREADS"] = str(args.threads)
                 process = start_server(port, env, Path(tmp) / f"{name}.log")

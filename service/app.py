@@ -18,7 +18,7 @@ from .settings import Settings
 from .state import ServiceState
 
 EXPOSED_HEADERS = ["X-Request-ID", "X-Weights", "Server-Timing", "X-Batch-Size", "X-Garments", "X-Image-Size",
-                   "Retry-After"]
+                   "Retry-After", "X-Cache", "X-Cache-Hits"]
 
 
 @asynccontextmanager

@@ -401,6 +401,7 @@ class Batcher:
             self.rate.record(len(jobs), elapsed)  # (a batch that was overtaken took longer than it costs)
         self.metrics.batch_size.observe(len(jobs))
         self.metrics.inference.observe(elapsed)
+        self.metrics.observe_execution(len(jobs), elapsed, [started - job.enqueued_at for job in jobs])
         for job, out in zip(jobs, outputs):
             if job.future.done():
                 continue
@@ -466,7 +467,10 @@ class Batcher:
             return
         self.rate.record(chunk.outputs.shape[0], chunk.inference_s)
         self.metrics.inference.observe(chunk.inference_s)
-        if job.stream is None:
+        first = job.stream is None
+        self.metrics.observe_execution(chunk.outputs.shape[0], chunk.inference_s,
+                                       [started - job.enqueued_at] if first else [])
+        if first:
             if job.future.done():  # abandoned before its first chunk: nobody reads on
                 self._close_chunks(job)
                 return

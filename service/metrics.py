@@ -1,6 +1,12 @@
-"""Prometheus metrics, one registry per app (two apps in a process never clash)."""
+"""Prometheus metrics, one registry per app (two apps in a process never clash).
+
+The names marked "Triton:" mean what the NVIDIA Triton metric named beside
+them means (service/README.md has the table), in seconds rather than
+microseconds and as histograms rather than running sums.
+"""
 from __future__ import annotations
 
+import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401  (re-exported for the route)
 
@@ -8,6 +14,8 @@ from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401  (re-exported fo
 disable_created_metrics()
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60)
+# Queue waits and cache hits take milliseconds: finer at the low end.
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, *LATENCY_BUCKETS)
 
 
 class Metrics:
@@ -36,5 +44,67 @@ class Metrics:
                              registry=r)
         self.healthy.set(1)
 
+        # Triton: nv_inference_request_success / _failure / _request_duration_us (per try-on request;
+        # a cache hit is a success).
+        self.request_success = Counter("tryon_request_success", "Try-on requests answered successfully "
+                                       "(cache hits included)", ["route"], registry=r)
+        self.request_failure = Counter("tryon_request_failure", "Try-on requests that failed, by reason "
+                                       "(error code)", ["route", "reason"], registry=r)
+        self.request_duration = Histogram("tryon_request_duration_seconds", "Whole successful try-on requests, "
+                                          "arrival to last byte", ["route"], buckets=DURATION_BUCKETS, registry=r)
+        # Triton: nv_inference_count / nv_inference_exec_count (cache hits are in neither).
+        self.inference_count = Counter("tryon_inference_count", "Items run through the engine (a request, "
+                                       "or one garment of a batch request)", registry=r)
+        self.exec_count = Counter("tryon_inference_exec_count", "Engine executions (batches and garment chunks); "
+                                  "inference_count / exec_count is the average batch size", registry=r)
+        # Triton: nv_inference_queue_duration_us / nv_inference_compute_infer_duration_us.
+        self.queue_duration = Histogram("tryon_queue_duration_seconds", "Time a request waited in the queue "
+                                        "before the engine took it", buckets=DURATION_BUCKETS, registry=r)
+        self.compute_duration = Histogram("tryon_compute_infer_duration_seconds", "Engine time per request and "
+                                          "execution (a batch's time counts for each request in it)",
+                                          buckets=DURATION_BUCKETS, registry=r)
+        # Triton: nv_cache_num_hits_per_model / nv_cache_num_misses_per_model.
+        self.cache_hits = Counter("tryon_cache_hits", "Response cache look-ups that found the answer",
+                                  ["route"], registry=r)
+        self.cache_misses = Counter("tryon_cache_misses", "Response cache look-ups that did not (the store "
+                                    "failing included)", ["route"], registry=r)
+        self.cache_hit_ratio = Gauge("tryon_cache_hit_ratio", "Hits / look-ups since start (0 before any)",
+                                     registry=r)
+        self.cache_store_errors = Counter("tryon_cache_store_errors", "Cache store operations that failed, "
+                                          "timed out or were skipped after a failure; the request went on "
+                                          "uncached", ["store", "operation", "reason"], registry=r)
+        self.cache_bytes = Gauge("tryon_cache_bytes", "Bytes held by the in-process cache", registry=r)
+        self.cache_evictions = Counter("tryon_cache_evictions", "In-process cache entries evicted to stay "
+                                       "within TRYON_CACHE_BYTES", registry=r)
+        # Triton: nv_gpu_memory_used_bytes / nv_gpu_memory_total_bytes (only on a GPU).
+        self.gpu_memory_used = Gauge("tryon_gpu_memory_used_bytes", "Device memory in use (all processes)",
+                                     ["device"], registry=r)
+        self.gpu_memory_total = Gauge("tryon_gpu_memory_total_bytes", "Device memory", ["device"], registry=r)
+
+    def observe_execution(self, items: int, compute_s: float, queue_s: list[float]) -> None:
+        """One engine execution of ``items`` items, for the requests that waited ``queue_s`` (one per
+        request that left the queue with it; none for a garments job's later chunks)."""
+        self.exec_count.inc()
+        self.inference_count.inc(items)
+        for waited in queue_s:
+            self.queue_duration.observe(waited)
+        for _ in range(max(1, len(queue_s))):
+            self.compute_duration.observe(compute_s)
+
+    def refresh(self, queue_depth: int, device: torch.device | None) -> None:
+        """Gauges read at scrape time: the queue, the hit ratio, and a GPU's memory."""
+        self.queue_depth.set(queue_depth)
+        hits = sum(s.value for s in _samples(self.cache_hits, "_total"))
+        lookups = hits + sum(s.value for s in _samples(self.cache_misses, "_total"))
+        self.cache_hit_ratio.set(hits / lookups if lookups else 0.0)
+        if device is not None and device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(device)
+            self.gpu_memory_used.labels(str(device)).set(total - free)
+            self.gpu_memory_total.labels(str(device)).set(total)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _samples(metric, suffix: str):
+    return [s for family in metric.collect() for s in family.samples if s.name.endswith(suffix)]

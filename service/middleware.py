@@ -15,6 +15,7 @@ from .state import ServiceState
 log = logging.getLogger("service.access")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 TRYON_ROUTES = ("/v1/tryon", "/v1/tryon/batch", "/v1/prepare")
+INFERENCE_ROUTES = ("/v1/tryon", "/v1/tryon/batch")  # the requests Triton's request metrics count
 QUIET_ROUTES = ("/healthz", "/readyz", "/metrics")
 CLIENT_GONE = 499  # nginx's code for "client closed request"; never reaches a client
 
@@ -54,8 +55,15 @@ class RequestContextMiddleware:
         metrics = self.service.metrics
         metrics.requests.labels(route, scope["method"], str(status)).inc()
         metrics.latency.labels(route).observe(seconds)
+        reason = state.get("error_code") or str(status)
         if route in TRYON_ROUTES and status >= 400:
-            metrics.rejected.labels(state.get("error_code") or str(status)).inc()
+            metrics.rejected.labels(reason).inc()
+        if route in INFERENCE_ROUTES:
+            if status < 400:
+                metrics.request_success.labels(route).inc()
+                metrics.request_duration.labels(route).observe(seconds)
+            else:
+                metrics.request_failure.labels(route, reason).inc()
         fields = {"request_id": state["request_id"], "method": scope["method"], "path": scope["path"],
                   "status": status, "duration_ms": round(seconds * 1000, 2)}
         if "timings_ms" in state:

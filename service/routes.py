@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from model.images import MEDIA_TYPES, TryOnInputs, encode_image, output_image
 
 from .batcher import GarmentsStream, Job, JobResult
+from .cache import CachedResponse, ResponseCache
 from .errors import ApiError
 from .inputs import (KEYPOINTS_FIELD, PERSON_FIELDS, Garments, JobOptions, OutputFormat, OutputOptions,
                      OutputSize, RequestParts, fetch_parts, has_urls, parse_job_options, read_request)
@@ -22,6 +23,7 @@ from .person import decode_garment, decode_person
 from .state import ServiceState, get_service
 
 STREAM_CHUNK = 64 * 1024
+TRYON_ROUTE = "/v1/tryon"
 
 operations = APIRouter(tags=["operations"])
 
@@ -41,8 +43,8 @@ async def readyz(service: ServiceState = Depends(get_service)) -> JSONResponse:
 
 @operations.get("/metrics", summary="Prometheus metrics")
 async def metrics(service: ServiceState = Depends(get_service)) -> Response:
-    if service.batcher is not None:
-        service.metrics.queue_depth.set(service.batcher.depth)
+    service.metrics.refresh(service.batcher.depth if service.batcher else 0,
+                            service.engine.device if service.engine else None)
     return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -181,11 +183,8 @@ async def read_parts(request: Request, service: ServiceState, query: dict, garme
     query = {k: v for k, v in query.items() if v is not None}
     parts, options = await read_request(request, service.settings, query, garments)
     if work is not None:
+        # Admission control waits for submit (after decoding): a cache hit is answered whatever the queue holds.
         work.schedule(parse_job_options(query | parts.options, request.headers), default_priority)
-        # Refused now rather than after decoding, when the queue already says it would not finish in time.
-        garments = len(parts.cloths) if garments == "many" else None
-        service.batcher.admit(work.deadline, work.priority, garments,
-                              service.settings.garment_chunk_for(service.engine.device.type))
     if has_urls(parts):
         parts = await fetch_parts(parts, service.fetcher)
         timings["fetch"] = (time.perf_counter() - mark) * 1000
@@ -215,8 +214,10 @@ async def _chunks(body: bytes):
         yield body[start:start + STREAM_CHUNK]
 
 
-def _decode(parts, settings) -> TryOnInputs:
-    return decode_garment(decode_person(parts, settings), parts.cloths[0], settings)
+def _decode(parts, settings, cache: ResponseCache | None, options: OutputOptions) -> tuple[TryOnInputs, str | None]:
+    """What the model sees, and its cache key (hashed in the same thread hop: a hit's time is mostly this)."""
+    inputs = decode_garment(decode_person(parts, settings), parts.cloths[0], settings)
+    return inputs, cache.key(inputs, options) if cache is not None else None
 
 
 def encode_output(output, frame, options: OutputOptions) -> bytes:
@@ -224,7 +225,7 @@ def encode_output(output, frame, options: OutputOptions) -> bytes:
     return encode_image(output_image(output, frame, options.size), options.format, options.quality)
 
 
-@tryon.post("/v1/tryon", summary="Dress the person in the cloth; the image comes back streamed",
+@tryon.post(TRYON_ROUTE, summary="Dress the person in the cloth; the image comes back streamed",
             description=PERSON_MIX,
             response_class=Response, openapi_extra=TRYON_OPENAPI)
 async def tryon_image(
@@ -239,8 +240,16 @@ async def tryon_image(
     mark = time.perf_counter()
     if isinstance(parts.cloths[0], ApiError):
         raise parts.cloths[0]
-    inputs = await asyncio.to_thread(_decode, parts, service.settings)
+    cache = service.cache
+    inputs, key = await asyncio.to_thread(_decode, parts, service.settings, cache, options)
     timings["decode"] = (time.perf_counter() - mark) * 1000
+
+    if cache is not None:
+        mark = time.perf_counter()
+        cached = await cache.lookup(key, TRYON_ROUTE)
+        timings["cache"] = (time.perf_counter() - mark) * 1000
+        if cached is not None:  # answered without queueing, whatever the queue holds
+            return _image_response(cached.body, cached.media_type, options, timings, {"X-Cache": "hit"})
 
     result = await run_job(service, inputs, work, request)
     if result is None:
@@ -251,7 +260,16 @@ async def tryon_image(
     mark = time.perf_counter()
     body = await asyncio.to_thread(encode_output, result.output, inputs.person_frame, options)
     timings["encode"] = (time.perf_counter() - mark) * 1000
-    headers = {"Server-Timing": server_timing(timings),
-               "Content-Length": str(len(body)), "X-Batch-Size": str(result.batch_size),
-               "Content-Disposition": f'inline; filename="tryon.{options.format}"'}
-    return StreamingResponse(_chunks(body), media_type=MEDIA_TYPES[options.format], headers=headers)
+    media_type = MEDIA_TYPES[options.format]
+    headers = {"X-Batch-Size": str(result.batch_size)}
+    if cache is not None:
+        cache.remember(key, CachedResponse(media_type, body))
+        headers["X-Cache"] = "miss"
+    return _image_response(body, media_type, options, timings, headers)
+
+
+def _image_response(body: bytes, media_type: str, options: OutputOptions, timings: dict[str, float],
+                    headers: dict[str, str]) -> StreamingResponse:
+    headers = {"Server-Timing": server_timing(timings), "Content-Length": str(len(body)),
+               "Content-Disposition": f'inline; filename="tryon.{options.format}"', **headers}
+    return StreamingResponse(_chunks(body), media_type=media_type, headers=headers)

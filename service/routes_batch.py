@@ -23,8 +23,9 @@ from fastapi.responses import StreamingResponse
 from model.images import MEDIA_TYPES
 
 from .batcher import GarmentsInputs, GarmentsStream
-from .outcomes import Priority, QueueError
+from .cache import CachedResponse
 from .errors import ApiError, from_queue_error
+from .outcomes import Priority, QueueError
 from .middleware import CLIENT_GONE
 from .parts import NDJSON, MultipartMixed, Part, accepts, json_item
 from .person import decode_garments, decode_person
@@ -33,6 +34,7 @@ from .routes import (PERSON_MIX, IMAGE_SCHEMA, JSON_IMAGE, encode_output, person
 from .state import ServiceState, get_service
 
 batch = APIRouter(tags=["try-on"], dependencies=[Depends(require_api_key)])
+BATCH_ROUTE = "/v1/tryon/batch"
 
 BATCH_OPENAPI = {
     "requestBody": person_request_body(
@@ -51,7 +53,7 @@ BATCH_DESCRIPTION = PERSON_MIX + (
     "that could not be read is an error part (`X-Status`, or `status` + `error`) and does not stop the others.")
 
 
-@batch.post("/v1/tryon/batch", summary="Dress one person in many garments; results streamed, one part each",
+@batch.post(BATCH_ROUTE, summary="Dress one person in many garments; results streamed, one part each",
             description=BATCH_DESCRIPTION, response_class=Response, openapi_extra=BATCH_OPENAPI)
 async def tryon_garments(
         request: Request,
@@ -71,24 +73,39 @@ async def tryon_garments(
     if not usable:  # nothing to dress: fail like /v1/tryon would
         raise garments[0]
 
-    first = garments[usable[0]]
+    cache, keys, cached = service.cache, {}, {}
+    if cache is not None:  # each garment is looked up as its own /v1/tryon would be
+        mark = time.perf_counter()
+        keys = await asyncio.to_thread(lambda: {i: cache.key(garments[i], options) for i in usable})
+        found = await asyncio.gather(*(cache.lookup(keys[i], BATCH_ROUTE) for i in usable))
+        cached = {i: hit for i, hit in zip(usable, found) if hit is not None}
+        timings["cache"] = (time.perf_counter() - mark) * 1000
+    to_run = [i for i in usable if i not in cached]
+
     chunk_size = settings.garment_chunk_for(service.engine.device.type)
-    job_inputs = GarmentsInputs(first.pose, first.masked_model, torch.stack([garments[i].cloth for i in usable]),
-                                chunk_size)
-    stream: GarmentsStream | None = await run_job(service, job_inputs, work, request)
-    if stream is None:
-        return Response(status_code=CLIENT_GONE)
-    timings["queue"] = stream.queue_s * 1000
-    position = {index: at for at, index in enumerate(usable)}  # input index -> place in the job
+    stream: GarmentsStream | None = None
+    if to_run:
+        first = garments[to_run[0]]
+        job_inputs = GarmentsInputs(first.pose, first.masked_model,
+                                    torch.stack([garments[i].cloth for i in to_run]), chunk_size)
+        stream = await run_job(service, job_inputs, work, request)
+        if stream is None:
+            return Response(status_code=CLIENT_GONE)
+        timings["queue"] = stream.queue_s * 1000
+    position = {index: at for at, index in enumerate(to_run)}  # input index -> place in the job
 
     async def results():
-        chunks = stream.chunks()
+        chunks = stream.chunks() if stream is not None else None
         ready: dict[int, tuple[torch.Tensor, float]] = {}  # place in the job -> (output, chunk seconds)
         failure: ApiError | None = None
         try:
             for index, garment in enumerate(garments):
                 if isinstance(garment, ApiError):
                     yield Part.failed("result", garment, index)
+                    continue
+                if index in cached:
+                    hit = cached[index]
+                    yield Part("result", hit.media_type, hit.body, index, timings_ms={"cache": timings["cache"]})
                     continue
                 while position[index] not in ready and failure is None:
                     item = await anext(chunks)
@@ -103,14 +120,19 @@ async def tryon_garments(
                 mark = time.perf_counter()
                 body = await asyncio.to_thread(encode_output, output, person.frame, options)
                 part_timings = {"inference": inference_s * 1000, "encode": (time.perf_counter() - mark) * 1000}
+                if cache is not None:
+                    cache.remember(keys[index], CachedResponse(MEDIA_TYPES[options.format], body))
                 yield Part("result", MEDIA_TYPES[options.format], body, index, timings_ms=part_timings)
         finally:
-            stream.close()
-            await chunks.aclose()
+            if stream is not None:
+                stream.close()
+                await chunks.aclose()
 
-    headers = {"Server-Timing": server_timing(timings), "X-Batch-Size": str(len(usable)),
+    headers = {"Server-Timing": server_timing(timings), "X-Batch-Size": str(len(to_run)),
                "X-Garments": str(len(garments)), "X-Garment-Chunk": str(chunk_size),
                "X-Accel-Buffering": "no"}  # a proxy in front passes each part on at once
+    if cache is not None:  # hit: every garment came from the cache and nothing was queued
+        headers |= {"X-Cache": "hit" if not to_run else "miss", "X-Cache-Hits": str(len(cached))}
     if accepts(request, NDJSON):
         async def lines():
             async with aclosing(results()) as answer_parts:

