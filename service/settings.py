@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     url_allow_hosts: CommaList = []
     api_keys: CommaList = []
     cors_origins: CommaList = []
+    # GET / serves the try-on page (service/static/); turn it off where only the API should answer.
+    demo_page: bool = True
     log_level: str = "info"
 
     @field_validator("url_allow_hosts", "api_keys", "cors_origins", mode="before")
