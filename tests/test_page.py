@@ -144,6 +144,18 @@ def second_garment(tmp_path_factory):
     return path
 
 
+def test_page_files_are_served_with_their_types(server):
+    page = httpx.get(f"{server.url}/", timeout=10)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "script-src" not in page.headers["content-security-policy"]  # 'self' only, from default-src
+    assert "non-commercial research and education only" in page.text
+    script = httpx.get(f"{server.url}/static/app.js", timeout=10)
+    assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+    for outside in ("/static/..%2Fapp.py", "/static/nothing.js", "/examples/draw_garment.py"):
+        missing = httpx.get(f"{server.url}{outside}", timeout=10)
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
 def test_page_shows_the_api_answer(browser, server):
     open_page(browser, f"{server.url}/")
     person = {"masked_model": EXAMPLES / "masked_model.png", "pose": EXAMPLES / "pose.png"}
