@@ -220,6 +220,10 @@ async function readParts(res, started) {
       if (line) showPart(JSON.parse(line), (performance.now() - started) / 1000);
     }
   }
+  for (const left of document.querySelectorAll('.result-card[data-state="pending"]')) {
+    addResult(Number(left.dataset.index), {seconds: (performance.now() - started) / 1000, error: {
+      status: 0, code: "incomplete", field: null, message: "the answer ended before this garment's result"}});
+  }
 }
 
 function showPart(part, seconds) {
@@ -330,7 +334,7 @@ function addResult(index, {image, mediaType, error, seconds, timings = []}) {
     const box = document.createElement("div");
     box.className = "error part-error";
     box.innerHTML = "<p class=\"error-head\"></p><p class=\"message\"></p><p class=\"error-field\">Field: <code></code></p>";
-    box.querySelector(".error-head").textContent = `HTTP ${error.status} ${error.code}`;
+    box.querySelector(".error-head").textContent = error.status ? `HTTP ${error.status} ${error.code}` : error.code;
     box.querySelector(".message").textContent = error.message;
     box.querySelector("code").textContent = error.field || "—";
     el.replaceChildren(box, caption);
