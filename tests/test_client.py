@@ -199,7 +199,7 @@ def test_a_client_started_with_the_server_gets_its_answer(tmp_path, standin_weig
     """Connection refused while the model loads, then the answer: the retries cover a starting service."""
     process = ServerProcess({"TRYON_WEIGHTS": str(standin_weights_file), "TRYON_MAX_BATCH_SIZE": "1"}, tmp_path)
     try:
-        with TryOnClient(process.url, retries=8) as tryon:
+        with TryOnClient(process.url, retries=10) as tryon:  # 0.5 s doubling, then 30 s: up to 2.5 min
             assert tryon.tryon(**PERSON, cloth=CLOTH).image == reference
     finally:
         assert stop_process(process.process) == 0, process.stderr[-3000:]

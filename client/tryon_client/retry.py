@@ -32,7 +32,7 @@ def retry_after_seconds(header: Optional[str]) -> Optional[float]:
 @dataclass(frozen=True)
 class RetryPolicy:
     """``retries`` more attempts at most; between them the server's Retry-After, or ``backoff_s`` doubling
-    each time; never a wait longer than ``max_wait_s`` (a server asking for more gets no retry)."""
+    each time up to ``max_wait_s``. A server asking for a longer wait than ``max_wait_s`` gets no retry."""
     retries: int = 3
     backoff_s: float = 0.5
     max_wait_s: float = 30.0
@@ -41,5 +41,6 @@ class RetryPolicy:
         """Seconds to wait before attempt ``attempt + 1`` (``attempt`` counts from 0), or None: give up."""
         if attempt >= self.retries:
             return None
-        wait = retry_after if retry_after is not None else self.backoff_s * 2 ** attempt
-        return wait if wait <= self.max_wait_s else None
+        if retry_after is None:
+            return min(self.backoff_s * 2 ** attempt, self.max_wait_s)
+        return retry_after if retry_after <= self.max_wait_s else None
