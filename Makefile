@@ -7,10 +7,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: serve test test-all test-avx2 infer bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml client/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "torch==$(TORCH_VERSION)"
 	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ./client    # tryon-client, its own distribution (tests/test_client.py)
 	touch $(STAMP)
 
 serve: $(STAMP)

@@ -13,6 +13,7 @@ from .errors import install_error_handlers
 from .middleware import RequestContextMiddleware
 from .routes import operations, tryon
 from .routes_batch import batch
+from .routes_page import page
 from .routes_prepare import prepare
 from .settings import Settings
 from .state import ServiceState
@@ -49,4 +50,6 @@ def create_app(settings: Settings | None = None, engine_factory: Callable[[Engin
     app.include_router(tryon)
     app.include_router(batch)
     app.include_router(prepare)
+    if settings.demo_page:
+        app.include_router(page)
     return app

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     url_allow_hosts: CommaList = []
     api_keys: CommaList = []
     cors_origins: CommaList = []
+    # GET / serves the try-on page (service/static/); turn it off where only the API should answer.
+    demo_page: bool = True
     log_level: str = "info"
     # The response cache (service/cache.py): an in-process LRU of this many bytes (0: off), or
     # with cache_url (redis://host:6379/0) Redis, shared by every replica, entries kept cache_ttl_s.

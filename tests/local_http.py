@@ -1,4 +1,5 @@
-"""A real HTTP server on 127.0.0.1 for tests: answers GETs from a routes table,
+"""A real HTTP server on 127.0.0.1 for tests: answers GETs and POSTs from a routes
+table (a route may be a list of answers, taken in turn, the last one repeated),
 honours Range requests on 200 routes, can delay an answer or cut the next
 one short (a broken download), and records every request."""
 from __future__ import annotations
@@ -13,7 +14,7 @@ Route = tuple[int, dict, bytes]  # status, headers ("delay": seconds to wait fir
 
 class LocalServer:
     def __init__(self, routes: dict[str, Route] | None = None):
-        self.routes: dict[str, Route] = dict(routes or {})
+        self.routes: dict[str, Route | list[Route]] = dict(routes or {})
         self.cut_next_after: int | None = None
         self.hits: list[tuple[str, str | None]] = []  # (path, Host header)
         self.ranges: list[tuple[str, str | None]] = []  # (path, Range header)
@@ -23,10 +24,14 @@ class LocalServer:
             def log_message(self, *args):
                 pass
 
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.do_GET()
+
             def do_GET(self):
                 server.hits.append((self.path, self.headers.get("Host")))
                 server.ranges.append((self.path, self.headers.get("Range")))
-                status, headers, body = server.routes.get(self.path, (404, {}, b"not found"))
+                status, headers, body = server.answer(self.path)
                 headers = dict(headers)
                 time.sleep(float(headers.pop("delay", 0)))
                 match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
@@ -57,6 +62,12 @@ class LocalServer:
         self.port = self.httpd.server_address[1]
         self.base = f"http://127.0.0.1:{self.port}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def answer(self, path: str) -> Route:
+        route = self.routes.get(path, (404, {}, b"not found"))
+        if isinstance(route, list):
+            return route.pop(0) if len(route) > 1 else route[0]
+        return route
 
     def add(self, path: str, body: bytes, content_type: str = "application/octet-stream") -> str:
         self.routes[path] = (200, {"Content-Type": content_type}, body)

@@ -1,0 +1,95 @@
+"""What the calls return, read from the service's answers."""
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
+
+import httpx
+
+from .errors import TryOnError
+
+
+def server_timing(header: Optional[str]) -> Dict[str, float]:
+    """``Server-Timing: decode;dur=3.1, queue;dur=0.2`` as {"decode": 3.1, "queue": 0.2} (ms)."""
+    timings = {}
+    for item in (header or "").split(","):
+        name, _, params = item.strip().partition(";")
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if name and key == "dur":
+                try:
+                    timings[name] = float(value)
+                except ValueError:
+                    pass
+    return timings
+
+
+@dataclass(frozen=True)
+class TryOnResult:
+    """One try-on image: its encoded bytes and the service's account of it."""
+    image: bytes
+    media_type: str
+    timings: Dict[str, float] = field(default_factory=dict)  # ms per stage: fetch, decode, queue, inference, encode
+    weights: Optional[str] = None  # the checkpoint's file name, or "random"
+    request_id: Optional[str] = None
+
+    def save(self, path: str) -> None:
+        with open(path, "wb") as f:
+            f.write(self.image)
+
+    @classmethod
+    def from_response(cls, response: httpx.Response) -> "TryOnResult":
+        return cls(response.content, response.headers.get("content-type", ""),
+                   server_timing(response.headers.get("server-timing")),
+                   response.headers.get("x-weights"), response.headers.get("x-request-id"))
+
+
+@dataclass(frozen=True)
+class GarmentResult:
+    """One garment of ``tryon_batch``: the image, or ``error`` when that garment was refused (the others
+    are still dressed). ``timings``: the request's stages before the first part (fetch, decode, queue)
+    and this part's own (inference of its chunk, encode)."""
+    index: int
+    image: Optional[bytes]
+    media_type: Optional[str]
+    timings: Dict[str, float]
+    error: Optional[TryOnError] = None
+    weights: Optional[str] = None
+    request_id: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def save(self, path: str) -> None:
+        if self.error is not None:
+            raise self.error
+        with open(path, "wb") as f:
+            f.write(self.image)
+
+    @classmethod
+    def from_line(cls, item: dict, response: httpx.Response) -> "GarmentResult":
+        """One NDJSON line of /v1/tryon/batch."""
+        timings = server_timing(response.headers.get("server-timing"))
+        timings |= {key[:-3]: float(value) for key, value in item.items() if key.endswith("_ms")}
+        context = {"weights": response.headers.get("x-weights"), "request_id": response.headers.get("x-request-id")}
+        if item.get("status", 200) != 200:
+            error = TryOnError.from_body(item["status"], item, request_id=context["request_id"])
+            return cls(item["index"], None, None, timings, error, **context)
+        return cls(item["index"], base64.b64decode(item["image"]), item["media_type"], timings, **context)
+
+
+@dataclass(frozen=True)
+class PreparedPerson:
+    """What the model will see for a person: the masked model and the pose map, PNG, at ``size`` (H, W)."""
+    masked_model: bytes
+    pose: bytes
+    size: Tuple[int, int]
+    timings: Dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_response(cls, response: httpx.Response) -> "PreparedPerson":
+        body = response.json()
+        return cls(base64.b64decode(body["masked_model"]), base64.b64decode(body["pose"]), tuple(body["size"]),
+                   server_timing(response.headers.get("server-timing")))
