@@ -40,6 +40,13 @@ OURS, BASELINE = "numba", "published"
 # oneDNN's convolutions take channels-last directly and the sampler reads it as is.
 MEMORY_FORMATS = {BASELINE: torch.contiguous_format, OURS: torch.channels_last}
 THREAD_ENV = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOMP_SPINCOUNT", "MKL_NUM_THREADS")
+# Caps on the instruction set oneDNN (convolutions), ATen (grid_sample, elementwise) and
+# Numba (the sampler) compile for: `ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
+# NUMBA_CPU_NAME=haswell` runs an AVX-512 CPU as an AVX2 one.
+ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "NUMBA_CPU_NAME")
+# The CPU flags that decide which kernels oneDNN, ATen and Numba's LLVM pick.
+VECTOR_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                "avx512_bf16", "amx_tile", "amx_bf16")
 MEMORY_METHOD = (
     "each (sampler, batch) in its own subprocess: load model and inputs, one warm-up forward, "
     "gc + malloc_trim, reset the kernel's RSS high-water mark (write 5 to /proc/self/clear_refs), "
@@ -133,25 +140,42 @@ def measure_memory(sampler: str, batch: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def cpu_model_name() -> str:
+def cpuinfo_field(name: str) -> str | None:
+    """The first CPU's ``name`` line of /proc/cpuinfo (None where there is none)."""
     for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
+        if line.split(":", 1)[0].strip() == name:
             return line.split(":", 1)[1].strip()
-    return platform.processor()
+    return None
+
+
+def cpu_model_name() -> str:
+    return cpuinfo_field("model name") or platform.processor()
 
 
 def environment() -> dict:
+    from llvmlite import binding as llvm
+
+    flags = set((cpuinfo_field("flags") or "").split())
     return {"torch": torch.__version__, "numba": numba.__version__, "numpy": np.__version__,
             "python": platform.python_version(), "cpu": cpu_model_name(), "cpu_count": os.cpu_count(),
+            "cpu_vector_flags": [f for f in VECTOR_FLAGS if f in flags],
+            "cpu_flags": sorted(flags),
+            # What ATen dispatches to (after ATEN_CPU_CAPABILITY) and what Numba compiles
+            # for (the host CPU unless NUMBA_CPU_NAME says otherwise).
+            "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "numba_cpu": numba.config.CPU_NAME or llvm.get_host_cpu_name(),
+            "onednn": torch.backends.mkldnn.is_available(),
             # The Numba sampler shares its rows among torch's thread count.
             "torch_threads": torch.get_num_threads(),
-            # Thread-pool settings change results on a shared CPU: record what was set.
-            "env": {k: os.environ.get(k) for k in THREAD_ENV}}
+            # Thread-pool and ISA settings change results: record what was set.
+            "env": {k: os.environ.get(k) for k in THREAD_ENV + ISA_ENV}}
 
 
 def summary(report: dict) -> str:
-    lines = [f"DAFlow {SIZE[0]}x{SIZE[1]} fp32 on {report['environment']['cpu']}, "
-             f"{report['environment']['torch_threads']} threads"]
+    env = report["environment"]
+    isa = ", ".join(f"{k}={v}" for k, v in env["env"].items() if k in ISA_ENV and v) or "no ISA cap"
+    lines = [f"DAFlow {SIZE[0]}x{SIZE[1]} fp32 on {env['cpu']} ({' '.join(env['cpu_vector_flags'])}; "
+             f"ATen {env['aten_cpu_capability']}, {isa}), {env['torch_threads']} threads"]
     for r in report["timing"]:
         mem = {(m["sampler"], m["batch"]): m for m in report["memory"]}
         for sampler in (BASELINE, OURS):
