@@ -1,7 +1,7 @@
 """CPU benchmark: the whole network with our Numba sampler against the
 published formulation of the sampling, 256x192 fp32, batch 1 and 4.
 
-    python -m bench.cpu_model [--runs 5] [--warmup 2] [--batches 1 4] [--tag NAME]
+    python -m bench.cpu_model [--runs 5] [--warmup 2] [--batches 1 4] [--threads 2] [--tag NAME]
 
 Both run the same network (same stand-in weights, seed 0) on the same
 inputs (the golden 256x192 images, cropped or repeated to the batch size).
@@ -40,6 +40,13 @@ OURS, BASELINE = "numba", "published"
 # oneDNN's convolutions take channels-last directly and the sampler reads it as is.
 MEMORY_FORMATS = {BASELINE: torch.contiguous_format, OURS: torch.channels_last}
 THREAD_ENV = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOMP_SPINCOUNT", "MKL_NUM_THREADS")
+# Caps on the instruction set oneDNN (convolutions), ATen (grid_sample, elementwise) and
+# Numba (the sampler) compile for: `ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
+# NUMBA_CPU_NAME=haswell` runs an AVX-512 CPU as an AVX2 one.
+ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "NUMBA_CPU_NAME")
+# The CPU flags that decide which kernels oneDNN, ATen and Numba's LLVM pick.
+VECTOR_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                "avx512_bf16", "amx_tile", "amx_bf16")
 MEMORY_METHOD = (
     "each (sampler, batch) in its own subprocess: load model and inputs, one warm-up forward, "
     "gc + malloc_trim, reset the kernel's RSS high-water mark (write 5 to /proc/self/clear_refs), "
@@ -111,9 +118,9 @@ def _vm_kb(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def memory_worker(sampler: str, batch: int) -> dict:
+def memory_worker(sampler: str, batch: int, threads: int) -> dict:
     """Run in a fresh process: peak RSS of one steady-state forward."""
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(threads)
     net = standin_model(sampler)
     inputs = golden_inputs(batch)
     forward(net, inputs, sampler)  # warm-up: JIT cache load, allocator state
@@ -127,31 +134,49 @@ def memory_worker(sampler: str, batch: int) -> dict:
             "rss_before_forward_mb": rss_before / 1024, "forward_peak_mb": (peak - rss_before) / 1024}
 
 
-def measure_memory(sampler: str, batch: int) -> dict:
-    cmd = [sys.executable, "-m", "bench.cpu_model", "--memory-worker", sampler, str(batch)]
+def measure_memory(sampler: str, batch: int, threads: int) -> dict:
+    cmd = [sys.executable, "-m", "bench.cpu_model", "--threads", str(threads),
+           "--memory-worker", sampler, str(batch)]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def cpu_model_name() -> str:
+def cpuinfo_field(name: str) -> str | None:
+    """The first CPU's ``name`` line of /proc/cpuinfo (None where there is none)."""
     for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
+        if line.split(":", 1)[0].strip() == name:
             return line.split(":", 1)[1].strip()
-    return platform.processor()
+    return None
+
+
+def cpu_model_name() -> str:
+    return cpuinfo_field("model name") or platform.processor()
 
 
 def environment() -> dict:
+    from llvmlite import binding as llvm
+
+    flags = set((cpuinfo_field("flags") or "").split())
     return {"torch": torch.__version__, "numba": numba.__version__, "numpy": np.__version__,
             "python": platform.python_version(), "cpu": cpu_model_name(), "cpu_count": os.cpu_count(),
+            "cpu_vector_flags": [f for f in VECTOR_FLAGS if f in flags],
+            "cpu_flags": sorted(flags),
+            # What ATen dispatches to (after ATEN_CPU_CAPABILITY) and what Numba compiles
+            # for (the host CPU unless NUMBA_CPU_NAME says otherwise).
+            "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "numba_cpu": numba.config.CPU_NAME or llvm.get_host_cpu_name(),
+            "onednn": torch.backends.mkldnn.is_available(),
             # The Numba sampler shares its rows among torch's thread count.
             "torch_threads": torch.get_num_threads(),
-            # Thread-pool settings change results on a shared CPU: record what was set.
-            "env": {k: os.environ.get(k) for k in THREAD_ENV}}
+            # Thread-pool and ISA settings change results: record what was set.
+            "env": {k: os.environ.get(k) for k in THREAD_ENV + ISA_ENV}}
 
 
 def summary(report: dict) -> str:
-    lines = [f"DAFlow {SIZE[0]}x{SIZE[1]} fp32 on {report['environment']['cpu']}, "
-             f"{report['environment']['torch_threads']} threads"]
+    env = report["environment"]
+    isa = ", ".join(f"{k}={v}" for k, v in env["env"].items() if k in ISA_ENV and v) or "no ISA cap"
+    lines = [f"DAFlow {SIZE[0]}x{SIZE[1]} fp32 on {env['cpu']} ({' '.join(env['cpu_vector_flags'])}; "
+             f"ATen {env['aten_cpu_capability']}, {isa}), {env['torch_threads']} threads"]
     for r in report["timing"]:
         mem = {(m["sampler"], m["batch"]): m for m in report["memory"]}
         for sampler in (BASELINE, OURS):
@@ -172,20 +197,23 @@ def main(argv=None) -> dict:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    # One thread has no OpenMP barrier to wait at for a thread the OS has descheduled,
+    # so on a CPU shared with many busy processes it measures the work, not the queue.
+    parser.add_argument("--threads", type=int, default=THREADS)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--tag", default="", help="suffix for the result file name")
     parser.add_argument("--memory-worker", nargs=2, metavar=("SAMPLER", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_worker:
-        print(json.dumps(memory_worker(args.memory_worker[0], int(args.memory_worker[1]))))
+        print(json.dumps(memory_worker(args.memory_worker[0], int(args.memory_worker[1]), args.threads)))
         return {}
 
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(args.threads)
     started = dt.datetime.now(dt.timezone.utc)
     nets = {sampler: standin_model(sampler) for sampler in (BASELINE, OURS)}
     timing = [time_batch(nets, b, args.runs, args.warmup) for b in args.batches]
     del nets
-    memory = [measure_memory(s, b) for b in args.batches for s in (BASELINE, OURS)]
+    memory = [measure_memory(s, b, args.threads) for b in args.batches for s in (BASELINE, OURS)]
     report = {
         "benchmark": "bench.cpu_model", "date_utc": started.isoformat(timespec="seconds"),
         "image_size_hw": list(SIZE), "dtype": "float32", "weights": STANDIN_LABEL,
