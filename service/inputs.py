@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -29,6 +28,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from model.person_inputs import IncompleteInputs, check_person_mix
+from model.safe_json import JsonError, load_json
 
 from .errors import ApiError
 from .fetch import UrlFetcher
@@ -51,9 +51,11 @@ class OutputOptions(BaseModel):
     size: OutputSize = "model"
 
 
-def parse_options(values: dict) -> OutputOptions:
+def parse_options(values: dict, strict: bool = False) -> OutputOptions:
+    """``strict``: typed JSON values, where ``true`` or ``"5"`` is no quality (multipart and query
+    values are text, converted)."""
     try:
-        return OutputOptions.model_validate({k: v for k, v in values.items() if k in OPTION_FIELDS})
+        return OutputOptions.model_validate({k: v for k, v in values.items() if k in OPTION_FIELDS}, strict=strict)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ApiError(422, "invalid_option", first["msg"], ".".join(str(p) for p in first["loc"])) from None
@@ -114,11 +116,31 @@ def _json_image(value: Any, key: str, settings: Settings) -> bytes | str:
         raise ApiError(422, "invalid_base64", "neither an http(s) URL nor valid base64", key) from None
 
 
-def _keypoints_text(value: str) -> str:
-    if _is_url(value.strip()):
+_JSON_LIMIT_STATUS = {"json_too_deep": 422, "json_too_large": 413}
+
+
+def read_json(data: str | bytes, field: str | None) -> Any:
+    """JSON from the client, parsed within model.safe_json's limits; ``field`` names the
+    field it came in (None: the request body), and is named in the 4xx."""
+    try:
+        return load_json(data)
+    except JsonError as exc:
+        if exc.code == "duplicate_key":
+            known = field or (exc.key if exc.key in (*PERSON_FIELDS, KEYPOINTS_FIELD, *OPTION_FIELDS, "cloth",
+                                                     "cloths") else None)
+            raise ApiError(422, "duplicate_field", exc.message, known) from None
+        if exc.code in _JSON_LIMIT_STATUS:
+            raise ApiError(_JSON_LIMIT_STATUS[exc.code], exc.code, exc.message, field) from None
+        if field is None:
+            raise ApiError(400, "invalid_json", f"the body is {exc.message}") from None
+        raise ApiError(422, f"invalid_{field}", exc.message, field) from None
+
+
+def _keypoints_json(value: str | bytes) -> Any:
+    if isinstance(value, str) and _is_url(value.strip()):
         raise ApiError(422, "invalid_keypoints", "keypoints are taken as JSON (a field or a file), not as a URL",
                        KEYPOINTS_FIELD)
-    return value
+    return read_json(value, KEYPOINTS_FIELD)
 
 
 def _garment(read, garments: Garments):
@@ -154,10 +176,14 @@ async def _from_multipart(request: Request, body: bytes, settings: Settings, gar
             _too_many(f"more than {settings.max_garments}", settings)
         raise ApiError(400, "bad_multipart", f"malformed multipart body ({exc.message})") from None
     parts = RequestParts()
+    seen: set[str] = set()
     try:
         for key, value in form.multi_items():
+            if key in seen and not (key == "cloth" and garments == "many"):
+                raise ApiError(422, "duplicate_field", f"{key} is given twice; send each field once", key)
+            seen.add(key)
             if key == KEYPOINTS_FIELD:
-                parts.keypoints = await value.read() if isinstance(value, UploadFile) else _keypoints_text(value)
+                parts.keypoints = _keypoints_json(await value.read() if isinstance(value, UploadFile) else value)
             elif key in PERSON_FIELDS or (key == "cloth" and garments != "none"):
                 data = await value.read() if isinstance(value, UploadFile) else None
                 source = _garment(lambda: _multipart_image(value, data, key, settings),
@@ -176,10 +202,7 @@ async def _from_multipart(request: Request, body: bytes, settings: Settings, gar
 
 
 def _from_json(body: bytes, settings: Settings, garments: Garments) -> RequestParts:
-    try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON ({exc})") from None
+    document = read_json(body, None)
     if not isinstance(document, dict):
         raise ApiError(422, "invalid_json", "the JSON body must be an object")
     parts = RequestParts(options={k: document[k] for k in OPTION_FIELDS if k in document})
@@ -188,7 +211,7 @@ def _from_json(body: bytes, settings: Settings, garments: Garments) -> RequestPa
             parts.person[key] = _json_image(document[key], key, settings)
     keypoints = document.get(KEYPOINTS_FIELD)
     if keypoints is not None:
-        parts.keypoints = _keypoints_text(keypoints) if isinstance(keypoints, str) else keypoints
+        parts.keypoints = _keypoints_json(keypoints) if isinstance(keypoints, str) else keypoints
     if garments == "one" and document.get("cloth") is not None:
         parts.cloths = [_json_image(document["cloth"], "cloth", settings)]
     elif garments == "many" and document.get("cloths") is not None:
@@ -224,7 +247,7 @@ async def read_request(request: Request, settings: Settings, query_options: dict
     if content_type == "multipart/form-data":
         parts = await _from_multipart(request, body, settings, garments)
     else:
-        parts = _from_json(body, settings, garments)
+        parts = await asyncio.to_thread(_from_json, body, settings, garments)  # megabytes of base64: off the loop
     try:
         check_person_mix(parts.given)
     except IncompleteInputs as exc:
@@ -235,7 +258,7 @@ async def read_request(request: Request, settings: Settings, query_options: dict
         raise ApiError(422, "missing_field", what, "cloth")
     if len(parts.cloths) > settings.max_garments:
         _too_many(len(parts.cloths), settings)
-    return parts, parse_options(query_options | parts.options)
+    return parts, parse_options(query_options | parts.options, strict=content_type == "application/json")
 
 
 async def fetch_parts(parts: RequestParts, fetcher: UrlFetcher) -> RequestParts:

@@ -223,6 +223,9 @@ def test_concurrent_requests_form_batches(server, client):
     assert items == 8 and batches < 8 and singles < batches
 
 
+JSON = {"Content-Type": "application/json"}
+
+
 def _bad_cases(base: str) -> list:
     good = {n: (f"{n}.png", d, "image/png") for n, d in IMAGES.items()}
     truncated = IMAGES["cloth"][: len(IMAGES["cloth"]) // 2]
@@ -254,6 +257,18 @@ def _bad_cases(base: str) -> list:
         ("upstream too big", dict(files=good, data={"cloth": f"{base}/huge.png"}), 413, "image_too_large", "cloth"),
         ("upstream not an image", dict(files=good, data={"pose": f"{base}/text.txt"}), 415, "not_an_image", "pose"),
         ("redirect loop", dict(files=good, data={"pose": f"{base}/loop"}), 502, "upstream_error", "pose"),
+        # Hostile JSON: parsed within limits (model.safe_json), never a RecursionError's 500.
+        ("100,000 nested [", dict(content=b"[" * 100_000, headers=JSON), 422, "json_too_deep", None),
+        ("nested keypoints", dict(files=good, data={"keypoints": "[" * 60_000}), 422, "json_too_deep", "keypoints"),
+        ("5,000-digit integer", dict(content=b'{"quality": ' + b"9" * 5000 + b"}", headers=JSON), 400,
+         "invalid_json", None),
+        ("NaN literal", dict(content=b'{"quality": NaN}', headers=JSON), 400, "invalid_json", None),
+        ("not UTF-8", dict(content=b'{"format": "\xff"}', headers=JSON), 400, "invalid_json", None),
+        ("key given twice", dict(content=b'{"cloth": "a", "cloth": "b"}', headers=JSON), 422, "duplicate_field",
+         "cloth"),
+        ("part given twice", dict(files=list(good.items()) + [("cloth", good["cloth"])]), 422, "duplicate_field",
+         "cloth"),
+        ("quality true in JSON", dict(json={n: base64.b64encode(d).decode() for n, d in IMAGES.items()} | {"quality": True}), 422, "invalid_option", "quality"),
     ]
 
 
