@@ -8,6 +8,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from .errors import install_error_handlers
 from .middleware import RequestContextMiddleware
+from .openapi import install_openapi
 from .routes import operations, tryon
 from .routes_batch import batch
 from .routes_prepare import prepare
@@ -45,4 +46,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tryon)
     app.include_router(batch)
     app.include_router(prepare)
+    install_openapi(app, bool(settings.api_keys))
     return app

@@ -51,11 +51,14 @@ class OutputOptions(BaseModel):
     size: OutputSize = "model"
 
 
-def parse_options(values: dict, strict: bool = False) -> OutputOptions:
-    """``strict``: typed JSON values, where ``true`` or ``"5"`` is no quality (multipart and query
-    values are text, converted)."""
+def parse_options(values: dict, typed: bool = False) -> OutputOptions:
+    """``typed``: JSON values, where ``true`` or ``"5"`` is no quality (multipart and query
+    values are text, converted); 47.0 is, as JSON Schema's integers include it."""
+    quality = values.get("quality")
+    if typed and quality is not None and (isinstance(quality, bool) or not isinstance(quality, (int, float))):
+        raise ApiError(422, "invalid_option", "must be a JSON integer from 1 to 100", "quality")
     try:
-        return OutputOptions.model_validate({k: v for k, v in values.items() if k in OPTION_FIELDS}, strict=strict)
+        return OutputOptions.model_validate({k: v for k, v in values.items() if k in OPTION_FIELDS})
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ApiError(422, "invalid_option", first["msg"], ".".join(str(p) for p in first["loc"])) from None
@@ -143,6 +146,15 @@ def _keypoints_json(value: str | bytes) -> Any:
     return read_json(value, KEYPOINTS_FIELD)
 
 
+def _check_known(key: str, garments: Garments, garment_key: str) -> None:
+    """A field no route reads is refused, not ignored: a misspelt ``clothe`` would otherwise
+    surface as a missing ``cloth``, and the OpenAPI forms allow no other fields."""
+    known = (*PERSON_FIELDS, KEYPOINTS_FIELD, *((garment_key, *OPTION_FIELDS) if garments != "none" else ()))
+    if key not in known:
+        raise ApiError(422, "unknown_field", f"{key!r} is not a field of this endpoint; send only "
+                       f"{', '.join(known)}", key[:64].encode("utf-8", "backslashreplace").decode())
+
+
 def _garment(read, garments: Garments):
     """In a batch a garment's own failure is kept as its result; elsewhere it fails the request."""
     try:
@@ -182,6 +194,7 @@ async def _from_multipart(request: Request, body: bytes, settings: Settings, gar
             if key in seen and not (key == "cloth" and garments == "many"):
                 raise ApiError(422, "duplicate_field", f"{key} is given twice; send each field once", key)
             seen.add(key)
+            _check_known(key, garments, "cloth")
             if key == KEYPOINTS_FIELD:
                 parts.keypoints = _keypoints_json(await value.read() if isinstance(value, UploadFile) else value)
             elif key in PERSON_FIELDS or (key == "cloth" and garments != "none"):
@@ -205,6 +218,8 @@ def _from_json(body: bytes, settings: Settings, garments: Garments) -> RequestPa
     document = read_json(body, None)
     if not isinstance(document, dict):
         raise ApiError(422, "invalid_json", "the JSON body must be an object")
+    for key in document:
+        _check_known(key, garments, "cloths" if garments == "many" else "cloth")
     parts = RequestParts(options={k: document[k] for k in OPTION_FIELDS if k in document})
     for key in PERSON_FIELDS:
         if document.get(key) is not None:
@@ -258,7 +273,7 @@ async def read_request(request: Request, settings: Settings, query_options: dict
         raise ApiError(422, "missing_field", what, "cloth")
     if len(parts.cloths) > settings.max_garments:
         _too_many(len(parts.cloths), settings)
-    return parts, parse_options(query_options | parts.options, strict=content_type == "application/json")
+    return parts, parse_options(query_options | parts.options, typed=content_type == "application/json")
 
 
 async def fetch_parts(parts: RequestParts, fetcher: UrlFetcher) -> RequestParts:

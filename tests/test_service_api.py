@@ -171,7 +171,8 @@ def test_json_base64_equals_model_code(client, network):
 def test_url_fields_and_redirects(client, network, image_server):
     data = {"masked_model": f"{image_server.base}/masked_model.png", "pose": f"{image_server.base}/hop1",
             "cloth": f"{image_server.base}/cloth.png", "format": "png"}
-    answer = client.post("/v1/tryon", data=data, files={"unused": ("x", b"", "text/plain")})
+    # As multipart text fields (no file name): an unknown field to force multipart would be refused now.
+    answer = client.post("/v1/tryon", files={name: (None, value) for name, value in data.items()})
     assert answer.status_code == 200, answer.text
     assert "fetch;dur=" in answer.headers["server-timing"]
     assert np.abs(decoded(answer.content) - expected(network, IMAGES)).max() <= 1
@@ -268,6 +269,8 @@ def _bad_cases(base: str) -> list:
          "cloth"),
         ("part given twice", dict(files=list(good.items()) + [("cloth", good["cloth"])]), 422, "duplicate_field",
          "cloth"),
+        ("misspelt field", dict(files=good, data={"clothe": "x"}), 422, "unknown_field", "clothe"),
+        ("lone surrogate as a key", dict(content=b'{"\\ud800": 1}', headers=JSON), 422, "unknown_field", "\\ud800"),
         ("quality true in JSON", dict(json={n: base64.b64encode(d).decode() for n, d in IMAGES.items()} | {"quality": True}), 422, "invalid_option", "quality"),
     ]
 

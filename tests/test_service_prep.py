@@ -507,7 +507,10 @@ def _with_person(route: str, kwargs: dict) -> dict:
     own = [("person", ("p.png", PERSON, "image/png"))] + ([] if route == "/v1/prepare" else
                                                           [("cloth", ("c.png", CLOTH, "image/png"))])
     if "json" in kwargs:
-        return {"json": {name: b64(data) for name, (_, data, _) in own} | kwargs["json"]}
+        fields = {name: b64(data) for name, (_, data, _) in own}
+        if route == "/v1/tryon/batch":
+            fields["cloths"] = [fields.pop("cloth")]
+        return {"json": fields | kwargs["json"]}
     if "content" in kwargs:
         return kwargs
     files = kwargs.get("files", {})
