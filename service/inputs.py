@@ -26,12 +26,14 @@ from fastapi import Request
 from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from model.person_inputs import IncompleteInputs, check_person_mix
 from model.safe_json import JsonError, load_json
 
 from .errors import ApiError
 from .fetch import UrlFetcher
+from .middleware import CLIENT_GONE
 from .settings import Settings
 
 IMAGE_FIELDS = ("masked_model", "pose", "cloth")  # the classic /v1/tryon trio
@@ -68,16 +70,27 @@ def _is_url(text: str) -> bool:
     return text.lower().startswith(("http://", "https://"))
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The whole body, at most ``limit`` bytes, arrived within ``timeout_s`` (a client that
+    stalls mid-upload would otherwise hold its request open for as long as it likes)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, "payload_too_large", f"the request body is {declared} bytes, over the limit of {limit}")
     chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise ApiError(413, "payload_too_large", f"the request body is over the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                total += len(chunk)
+                if total > limit:
+                    raise ApiError(413, "payload_too_large", f"the request body is over the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(408, "body_timeout", f"the request body did not arrive within {timeout_s:g} s "
+                       f"({total} bytes came); send it at once") from None
+    except ClientDisconnect:  # hung up mid-upload: logged and counted as gone, not as a 500
+        request.state.client_gone = True
+        raise ApiError(CLIENT_GONE, "client_gone", "the client closed the connection while sending the body") \
+            from None
     return b"".join(chunks)
 
 
@@ -258,7 +271,7 @@ async def read_request(request: Request, settings: Settings, query_options: dict
         raise ApiError(415, "unsupported_media_type", "send multipart/form-data or application/json, not "
                        f"{content_type or 'no Content-Type'!r}")
     limit = settings.batch_body_limit if garments == "many" else settings.request_body_limit
-    body = await _read_body(request, limit)
+    body = await _read_body(request, limit, settings.request_timeout_s)
     if content_type == "multipart/form-data":
         parts = await _from_multipart(request, body, settings, garments)
     else:

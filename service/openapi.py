@@ -75,6 +75,7 @@ RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying",
 _ERRORS = {
     400: "`invalid_json` (the body), `bad_multipart`, `url_not_allowed` (a URL to a non-public address)",
     401: "`unauthorized`: a valid API key is required (when the server has TRYON_API_KEYS)",
+    408: "`body_timeout`: the request body did not arrive within TRYON_REQUEST_TIMEOUT_S",
     413: "`payload_too_large` (the body), `image_too_large` (bytes or pixels), `too_many_garments`, "
          "`json_too_large`",
     415: "`unsupported_media_type` (send multipart/form-data or application/json), `not_an_image`",
@@ -97,7 +98,7 @@ def error_responses(*statuses: int) -> dict:
 
 
 # Every person-side route reads a body, may fetch URLs and needs the model loaded.
-INPUT_ERRORS = (400, 401, 413, 415, 422, 502, 503, 504)
+INPUT_ERRORS = (400, 401, 408, 413, 415, 422, 502, 503, 504)
 MODEL_ERRORS = (*INPUT_ERRORS, 500)  # the routes that run the network
 
 

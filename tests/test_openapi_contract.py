@@ -37,9 +37,9 @@ def test_every_route_documents_its_errors_and_real_media_types(server):
     document = httpx.get(f"{server.url}/openapi.json").json()
     paths = document["paths"]
     error_ref = {"$ref": "#/components/schemas/ErrorBody"}
-    for path, statuses in {"/v1/tryon": {400, 401, 413, 415, 422, 500, 502, 503, 504},
-                           "/v1/tryon/batch": {400, 401, 413, 415, 422, 500, 502, 503, 504},
-                           "/v1/prepare": {400, 401, 413, 415, 422, 502, 503, 504}}.items():
+    for path, statuses in {"/v1/tryon": {400, 401, 408, 413, 415, 422, 500, 502, 503, 504},
+                           "/v1/tryon/batch": {400, 401, 408, 413, 415, 422, 500, 502, 503, 504},
+                           "/v1/prepare": {400, 401, 408, 413, 415, 422, 502, 503, 504}}.items():
         responses = paths[path]["post"]["responses"]
         assert {int(s) for s in responses} == statuses | {200}, path
         for status in statuses:

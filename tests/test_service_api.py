@@ -271,6 +271,11 @@ def _bad_cases(base: str) -> list:
          "cloth"),
         ("misspelt field", dict(files=good, data={"clothe": "x"}), 422, "unknown_field", "clothe"),
         ("lone surrogate as a key", dict(content=b'{"\\ud800": 1}', headers=JSON), 422, "unknown_field", "\\ud800"),
+        ("400-digit quality query", dict(files=good, params={"quality": "9" * 400}), 422, "invalid_request",
+         "quality"),
+        ("multipart without a boundary", dict(content=b"x", headers={"Content-Type": "multipart/form-data"}), 400,
+         "bad_multipart", None),
+        ("empty JSON body", dict(content=b"", headers=JSON), 400, "invalid_json", None),
         ("quality true in JSON", dict(json={n: base64.b64encode(d).decode() for n, d in IMAGES.items()} | {"quality": True}), 422, "invalid_option", "quality"),
     ]
 
