@@ -13,7 +13,6 @@ authors' drawing scripts expect, and keep that value through letterboxing.
 """
 from __future__ import annotations
 
-import json
 import math
 import numbers
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .images import Letterbox
+from .safe_json import JsonError, load_json
 
 COCO18_NAMES = (
     "nose", "neck", "right shoulder", "right elbow", "right wrist", "left shoulder",
@@ -147,16 +147,11 @@ def _openpose_person(data: dict) -> np.ndarray:
 
 
 def _decode(source: Any) -> Any:
-    if isinstance(source, (bytes, bytearray, memoryview)):
+    if isinstance(source, (str, bytes, bytearray, memoryview)):
         try:
-            source = bytes(source).decode("utf-8-sig")  # a BOM is harmless
-        except UnicodeDecodeError:
-            raise KeypointsError("not UTF-8 JSON text") from None
-    if isinstance(source, str):
-        try:
-            return json.loads(source)
-        except json.JSONDecodeError as exc:
-            raise KeypointsError(f"not valid JSON ({exc})") from None
+            return load_json(source)
+        except JsonError as exc:
+            raise KeypointsError(exc.message) from None
     return source
 
 

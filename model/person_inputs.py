@@ -112,6 +112,23 @@ class IncompleteInputs(ValueError):
         self.message = message
 
 
+class PersonForm(NamedTuple):
+    """One valid mix of person-side inputs: all of ``required``, any of ``optional``, nothing else."""
+    name: str
+    required: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+
+
+# Every mix check_person_mix accepts, and only those (tests/test_person_inputs.py checks
+# both ways); the service's OpenAPI request forms are generated from this table.
+PERSON_FORMS = (
+    PersonForm("masked model and pose map", ("masked_model", "pose")),
+    PersonForm("photo and keypoints", ("person", "keypoints"), ("parse",)),
+    PersonForm("masked model and keypoints", ("masked_model", "keypoints")),
+    PersonForm("photo, keypoints and pose map", ("person", "keypoints", "pose"), ("parse",)),
+)
+
+
 def check_person_mix(given: set[str]) -> set[str]:
     """Which of masked_model and pose a mix of given input names leaves to draw;
     IncompleteInputs when the mix does not determine them or is ambiguous.

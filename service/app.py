@@ -11,6 +11,7 @@ from model.engine import Engine, EngineConfig
 
 from .errors import install_error_handlers
 from .middleware import RequestContextMiddleware
+from .openapi import install_openapi
 from .routes import operations, tryon
 from .routes_batch import batch
 from .routes_page import page
@@ -43,7 +44,8 @@ def create_app(settings: Settings | None = None, engine_factory: Callable[[Engin
     install_error_handlers(app)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "X-API-Key", "X-Request-ID", "Content-Type"],
+                           allow_headers=["Authorization", "X-API-Key", "X-Request-ID", "Content-Type",
+                                          "X-Priority", "X-Request-Timeout"],
                            expose_headers=EXPOSED_HEADERS)
     app.add_middleware(RequestContextMiddleware, service=service)
     app.include_router(operations)
@@ -52,4 +54,5 @@ def create_app(settings: Settings | None = None, engine_factory: Callable[[Engin
     app.include_router(prepare)
     if settings.demo_page:
         app.include_router(page)
+    install_openapi(app, bool(settings.api_keys))
     return app

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -27,11 +26,14 @@ from fastapi import Request
 from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from model.person_inputs import IncompleteInputs, check_person_mix
+from model.safe_json import JsonError, load_json
 
 from .errors import ApiError
 from .fetch import UrlFetcher
+from .middleware import CLIENT_GONE
 from .outcomes import Priority
 from .settings import Settings
 
@@ -70,7 +72,12 @@ def _validated(model: type[BaseModel], values: dict, field_names: dict[str, str]
         raise ApiError(422, "invalid_option", first["msg"], (field_names or {}).get(where, where)) from None
 
 
-def parse_options(values: dict) -> OutputOptions:
+def parse_options(values: dict, typed: bool = False) -> OutputOptions:
+    """``typed``: JSON values, where ``true`` or ``"5"`` is no quality (multipart and query
+    values are text, converted); 47.0 is, as JSON Schema's integers include it."""
+    quality = values.get("quality")
+    if typed and quality is not None and (isinstance(quality, bool) or not isinstance(quality, (int, float))):
+        raise ApiError(422, "invalid_option", "must be a JSON integer from 1 to 100", "quality")
     return _validated(OutputOptions, {k: v for k, v in values.items() if k in OutputOptions.model_fields})
 
 
@@ -86,16 +93,27 @@ def _is_url(text: str) -> bool:
     return text.lower().startswith(("http://", "https://"))
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The whole body, at most ``limit`` bytes, arrived within ``timeout_s`` (a client that
+    stalls mid-upload would otherwise hold its request open for as long as it likes)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, "payload_too_large", f"the request body is {declared} bytes, over the limit of {limit}")
     chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise ApiError(413, "payload_too_large", f"the request body is over the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                total += len(chunk)
+                if total > limit:
+                    raise ApiError(413, "payload_too_large", f"the request body is over the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(408, "body_timeout", f"the request body did not arrive within {timeout_s:g} s "
+                       f"({total} bytes came); send it at once") from None
+    except ClientDisconnect:  # hung up mid-upload: logged and counted as gone, not as a 500
+        request.state.client_gone = True
+        raise ApiError(CLIENT_GONE, "client_gone", "the client closed the connection while sending the body") \
+            from None
     return b"".join(chunks)
 
 
@@ -137,11 +155,40 @@ def _json_image(value: Any, key: str, settings: Settings) -> bytes | str:
         raise ApiError(422, "invalid_base64", "neither an http(s) URL nor valid base64", key) from None
 
 
-def _keypoints_text(value: str) -> str:
-    if _is_url(value.strip()):
+_JSON_LIMIT_STATUS = {"json_too_deep": 422, "json_too_large": 413}
+
+
+def read_json(data: str | bytes, field: str | None) -> Any:
+    """JSON from the client, parsed within model.safe_json's limits; ``field`` names the
+    field it came in (None: the request body), and is named in the 4xx."""
+    try:
+        return load_json(data)
+    except JsonError as exc:
+        if exc.code == "duplicate_key":
+            known = field or (exc.key if exc.key in (*PERSON_FIELDS, KEYPOINTS_FIELD, *OPTION_FIELDS, "cloth",
+                                                     "cloths") else None)
+            raise ApiError(422, "duplicate_field", exc.message, known) from None
+        if exc.code in _JSON_LIMIT_STATUS:
+            raise ApiError(_JSON_LIMIT_STATUS[exc.code], exc.code, exc.message, field) from None
+        if field is None:
+            raise ApiError(400, "invalid_json", f"the body is {exc.message}") from None
+        raise ApiError(422, f"invalid_{field}", exc.message, field) from None
+
+
+def _keypoints_json(value: str | bytes) -> Any:
+    if isinstance(value, str) and _is_url(value.strip()):
         raise ApiError(422, "invalid_keypoints", "keypoints are taken as JSON (a field or a file), not as a URL",
                        KEYPOINTS_FIELD)
-    return value
+    return read_json(value, KEYPOINTS_FIELD)
+
+
+def _check_known(key: str, garments: Garments, garment_key: str) -> None:
+    """A field no route reads is refused, not ignored: a misspelt ``clothe`` would otherwise
+    surface as a missing ``cloth``, and the OpenAPI forms allow no other fields."""
+    known = (*PERSON_FIELDS, KEYPOINTS_FIELD, *((garment_key, *OPTION_FIELDS) if garments != "none" else ()))
+    if key not in known:
+        raise ApiError(422, "unknown_field", f"{key!r} is not a field of this endpoint; send only "
+                       f"{', '.join(known)}", key[:64].encode("utf-8", "backslashreplace").decode())
 
 
 def _garment(read, garments: Garments):
@@ -177,10 +224,15 @@ async def _from_multipart(request: Request, body: bytes, settings: Settings, gar
             _too_many(f"more than {settings.max_garments}", settings)
         raise ApiError(400, "bad_multipart", f"malformed multipart body ({exc.message})") from None
     parts = RequestParts()
+    seen: set[str] = set()
     try:
         for key, value in form.multi_items():
+            if key in seen and not (key == "cloth" and garments == "many"):
+                raise ApiError(422, "duplicate_field", f"{key} is given twice; send each field once", key)
+            seen.add(key)
+            _check_known(key, garments, "cloth")
             if key == KEYPOINTS_FIELD:
-                parts.keypoints = await value.read() if isinstance(value, UploadFile) else _keypoints_text(value)
+                parts.keypoints = _keypoints_json(await value.read() if isinstance(value, UploadFile) else value)
             elif key in PERSON_FIELDS or (key == "cloth" and garments != "none"):
                 data = await value.read() if isinstance(value, UploadFile) else None
                 source = _garment(lambda: _multipart_image(value, data, key, settings),
@@ -199,19 +251,18 @@ async def _from_multipart(request: Request, body: bytes, settings: Settings, gar
 
 
 def _from_json(body: bytes, settings: Settings, garments: Garments) -> RequestParts:
-    try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON ({exc})") from None
+    document = read_json(body, None)
     if not isinstance(document, dict):
         raise ApiError(422, "invalid_json", "the JSON body must be an object")
+    for key in document:
+        _check_known(key, garments, "cloths" if garments == "many" else "cloth")
     parts = RequestParts(options={k: document[k] for k in OPTION_FIELDS if k in document})
     for key in PERSON_FIELDS:
         if document.get(key) is not None:
             parts.person[key] = _json_image(document[key], key, settings)
     keypoints = document.get(KEYPOINTS_FIELD)
     if keypoints is not None:
-        parts.keypoints = _keypoints_text(keypoints) if isinstance(keypoints, str) else keypoints
+        parts.keypoints = _keypoints_json(keypoints) if isinstance(keypoints, str) else keypoints
     if garments == "one" and document.get("cloth") is not None:
         parts.cloths = [_json_image(document["cloth"], "cloth", settings)]
     elif garments == "many" and document.get("cloths") is not None:
@@ -243,11 +294,11 @@ async def read_request(request: Request, settings: Settings, query_options: dict
         raise ApiError(415, "unsupported_media_type", "send multipart/form-data or application/json, not "
                        f"{content_type or 'no Content-Type'!r}")
     limit = settings.batch_body_limit if garments == "many" else settings.request_body_limit
-    body = await _read_body(request, limit)
+    body = await _read_body(request, limit, settings.request_timeout_s)
     if content_type == "multipart/form-data":
         parts = await _from_multipart(request, body, settings, garments)
     else:
-        parts = _from_json(body, settings, garments)
+        parts = await asyncio.to_thread(_from_json, body, settings, garments)  # megabytes of base64: off the loop
     try:
         check_person_mix(parts.given)
     except IncompleteInputs as exc:
@@ -258,7 +309,7 @@ async def read_request(request: Request, settings: Settings, query_options: dict
         raise ApiError(422, "missing_field", what, "cloth")
     if len(parts.cloths) > settings.max_garments:
         _too_many(len(parts.cloths), settings)
-    return parts, parse_options(query_options | parts.options)
+    return parts, parse_options(query_options | parts.options, typed=content_type == "application/json")
 
 
 async def fetch_parts(parts: RequestParts, fetcher: UrlFetcher) -> RequestParts:

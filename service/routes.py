@@ -14,9 +14,11 @@ from model.images import MEDIA_TYPES, TryOnInputs, encode_image, output_image
 from .batcher import GarmentsStream, Job, JobResult
 from .cache import CachedResponse, ResponseCache
 from .errors import ApiError
-from .inputs import (KEYPOINTS_FIELD, PERSON_FIELDS, Garments, JobOptions, OutputFormat, OutputOptions,
-                     OutputSize, RequestParts, fetch_parts, has_urls, parse_job_options, read_request)
+from .inputs import (Garments, JobOptions, OutputFormat, OutputOptions, OutputSize, RequestParts, fetch_parts, has_urls,
+                     parse_job_options, read_request)
 from .metrics import CONTENT_TYPE_LATEST
+from .openapi import (BINARY, IMAGE_SCHEMA, JSON_IMAGE, MODEL_ERRORS, PERSON_MIX, binary_content, error_responses,
+                      person_request_body)
 from .middleware import CLIENT_GONE
 from .outcomes import DeadlineExceeded, DropReason, Priority
 from .person import decode_garment, decode_person
@@ -35,13 +37,17 @@ async def healthz(service: ServiceState = Depends(get_service)) -> JSONResponse:
     return JSONResponse({"status": "alive"})
 
 
-@operations.get("/readyz", summary="Readiness: 200 only when loaded, warm and not draining")
+@operations.get("/readyz", summary="Readiness: 200 only when loaded, warm and not draining",
+                responses={503: {"description": "starting or draining: the same information, `ready` false",
+                                 "content": {"application/json": {"schema": {"type": "object"}}}}})
 async def readyz(service: ServiceState = Depends(get_service)) -> JSONResponse:
     info = service.info
     return JSONResponse(info, status_code=200 if info["ready"] else 503)
 
 
-@operations.get("/metrics", summary="Prometheus metrics")
+@operations.get("/metrics", summary="Prometheus metrics", response_class=Response,
+                responses={200: {"description": "Prometheus text exposition",
+                                 "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}})
 async def metrics(service: ServiceState = Depends(get_service)) -> Response:
     service.metrics.refresh(service.batcher.depth if service.batcher else 0,
                             service.engine.device if service.engine else None)
@@ -62,42 +68,10 @@ def require_api_key(request: Request, service: ServiceState = Depends(get_servic
 
 tryon = APIRouter(tags=["try-on"], dependencies=[Depends(require_api_key)])
 
-IMAGE_SCHEMA = {"type": "string", "description": "an image file, or an http(s) URL as a text field"}
-JSON_IMAGE = {"type": "string", "description": "an http(s) URL, or the image's bytes as base64 (or a data: URL)"}
-_KEYPOINTS = {"description": "body keypoints as JSON (OpenPose, a list of 18/25/17 (x, y, confidence) "
-                             "points, or COCO): a text field or a file"}
-_OPTIONS = {"format": {"type": "string", "enum": ["jpeg", "png", "webp"], "default": "jpeg"},
-            "quality": {"type": "integer", "minimum": 1, "maximum": 100, "default": 90},
-            "size": {"type": "string", "enum": ["model", "original"], "default": "model"},
-            "priority": {"type": "string", "enum": [p.value for p in Priority]},
-            "timeout": {"type": "number", "exclusiveMinimum": 0,
-                        "description": "seconds, at most TRYON_REQUEST_TIMEOUT_S"}}
-PERSON_MIX = ("Person side, any mix that determines the masked model and the pose map: masked_model + pose; "
-              "person + keypoints (+ parse); masked_model + keypoints; person + keypoints (+ parse) + pose. "
-              "An incomplete or ambiguous mix is a 422 whose `field` lists the inputs concerned.")
-
-
-def person_request_body(garments: dict, required: list[str]) -> dict:
-    """The OpenAPI request body of an endpoint taking the person-side inputs plus ``garments``."""
-    multipart = {**{f: {**IMAGE_SCHEMA, "format": "binary"} for f in PERSON_FIELDS},
-                 KEYPOINTS_FIELD: {**_KEYPOINTS, "type": "string"}}
-    json_body = {**{f: JSON_IMAGE for f in PERSON_FIELDS},
-                 KEYPOINTS_FIELD: {**_KEYPOINTS, "oneOf": [{"type": "object"}, {"type": "array"},
-                                                           {"type": "string"}]}}
-    return {"required": True, "content": {
-        "multipart/form-data": {"schema": {"type": "object", "required": required, "properties": {
-            **multipart, **garments.get("multipart", {}), **_OPTIONS}}},
-        "application/json": {"schema": {"type": "object", "required": required, "properties": {
-            **json_body, **garments.get("json", {}), **_OPTIONS}}},
-    }}
-
-
 TRYON_OPENAPI = {
-    "requestBody": person_request_body({"multipart": {"cloth": {**IMAGE_SCHEMA, "format": "binary"}},
-                                        "json": {"cloth": JSON_IMAGE}}, ["cloth"]),
-    "responses": {"200": {"description": "the try-on image, streamed",
-                          "content": {m: {"schema": {"type": "string", "format": "binary"}}
-                                      for m in MEDIA_TYPES.values()}}},
+    "requestBody": person_request_body({"multipart": {"cloth": {**IMAGE_SCHEMA, **BINARY}},
+                                        "json": {"cloth": JSON_IMAGE}}),
+    "responses": {"200": {"description": "the try-on image, streamed", "content": binary_content(*MEDIA_TYPES.values())}},
 }
 
 
@@ -227,7 +201,7 @@ def encode_output(output, frame, options: OutputOptions) -> bytes:
 
 @tryon.post(TRYON_ROUTE, summary="Dress the person in the cloth; the image comes back streamed",
             description=PERSON_MIX,
-            response_class=Response, openapi_extra=TRYON_OPENAPI)
+            response_class=Response, openapi_extra=TRYON_OPENAPI, responses=error_responses(*MODEL_ERRORS))
 async def tryon_image(
         request: Request,
         service: ServiceState = Depends(get_service),

@@ -29,8 +29,10 @@ from .outcomes import Priority, QueueError
 from .middleware import CLIENT_GONE
 from .parts import NDJSON, MultipartMixed, Part, accepts, json_item
 from .person import decode_garments, decode_person
-from .routes import (PERSON_MIX, IMAGE_SCHEMA, JSON_IMAGE, encode_output, person_request_body, read_parts,
-                     Work, begin_work, output_query, require_api_key, run_job, server_timing)
+from .openapi import (BINARY, IMAGE_SCHEMA, JSON_IMAGE, MODEL_ERRORS, PERSON_MIX, binary_content, error_responses,
+                      person_request_body)
+from .routes import (encode_output, read_parts, Work, begin_work, output_query, require_api_key, run_job,
+                     server_timing)
 from .state import ServiceState, get_service
 
 batch = APIRouter(tags=["try-on"], dependencies=[Depends(require_api_key)])
@@ -38,13 +40,13 @@ BATCH_ROUTE = "/v1/tryon/batch"
 
 BATCH_OPENAPI = {
     "requestBody": person_request_body(
-        {"multipart": {"cloth": {"type": "array", "items": {**IMAGE_SCHEMA, "format": "binary"},
-                                 "description": "repeat the field, once per garment"}},
-         "json": {"cloths": {"type": "array", "items": JSON_IMAGE}}}, []),
+        {"multipart": {"cloth": {"type": "array", "items": {**IMAGE_SCHEMA, **BINARY}, "minItems": 1,
+                                 "description": "repeat the field, once per garment (at most TRYON_MAX_GARMENTS)"}},
+         "json": {"cloths": {"type": "array", "items": JSON_IMAGE, "minItems": 1,
+                             "description": "at most TRYON_MAX_GARMENTS"}}}),
     "responses": {"200": {"description": "one part per garment, in input order, each with its index: "
                                          "multipart/mixed (default) or NDJSON (Accept: application/x-ndjson)",
-                          "content": {"multipart/mixed": {"schema": {"type": "string", "format": "binary"}},
-                                      NDJSON: {"schema": {"type": "string"}}}}},
+                          "content": binary_content("multipart/mixed", NDJSON)}},
 }
 BATCH_DESCRIPTION = PERSON_MIX + (
     " Garments: `cloth` repeated (multipart) or `cloths` (JSON list), at most TRYON_MAX_GARMENTS. Parts come "
@@ -54,7 +56,8 @@ BATCH_DESCRIPTION = PERSON_MIX + (
 
 
 @batch.post(BATCH_ROUTE, summary="Dress one person in many garments; results streamed, one part each",
-            description=BATCH_DESCRIPTION, response_class=Response, openapi_extra=BATCH_OPENAPI)
+            description=BATCH_DESCRIPTION, response_class=Response, openapi_extra=BATCH_OPENAPI,
+            responses=error_responses(*MODEL_ERRORS))
 async def tryon_garments(
         request: Request,
         service: ServiceState = Depends(get_service),

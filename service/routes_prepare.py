@@ -13,7 +13,8 @@ from model.images import encode_image
 
 from .parts import MultipartMixed, Part, accepts
 from .person import decode_person
-from .routes import PERSON_MIX, person_request_body, read_parts, require_api_key, require_ready
+from .openapi import INPUT_ERRORS, PERSON_MIX, binary_content, error_responses, person_request_body
+from .routes import read_parts, require_api_key, require_ready
 from .state import ServiceState, get_service
 
 PrepareOutput = Literal["masked_model", "pose"]
@@ -22,17 +23,21 @@ PNG = "image/png"
 prepare = APIRouter(tags=["try-on"], dependencies=[Depends(require_api_key)])
 
 PREPARE_OPENAPI = {
-    "requestBody": person_request_body({}, []),
+    "requestBody": person_request_body({}, options=False),
     "responses": {"200": {"description": "with ?output=: that image as PNG; without: both, as multipart/mixed "
                                          "(default) or JSON with base64 (Accept: application/json)",
-                          "content": {PNG: {"schema": {"type": "string", "format": "binary"}},
-                                      "multipart/mixed": {"schema": {"type": "string", "format": "binary"}},
-                                      "application/json": {"schema": {"type": "object"}}}}},
+                          "content": binary_content(PNG, "multipart/mixed") | {
+                              "application/json": {"schema": {"type": "object", "required": ["size", "media_type"],
+                                                              "properties": {"size": {"type": "array"},
+                                                                             "media_type": {"type": "string"},
+                                                                             "masked_model": {"type": "string"},
+                                                                             "pose": {"type": "string"}}}}}}},
 }
 
 
 @prepare.post("/v1/prepare", summary="The masked model and pose map the model will see, as PNG at its size",
-              description=PERSON_MIX, response_class=Response, openapi_extra=PREPARE_OPENAPI)
+              description=PERSON_MIX, response_class=Response, openapi_extra=PREPARE_OPENAPI,
+              responses=error_responses(*INPUT_ERRORS))
 async def prepare_person(
         request: Request,
         service: ServiceState = Depends(get_service),

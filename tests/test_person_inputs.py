@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 from PIL import Image
 
 from model.images import ImageTooLarge
-from model.person_inputs import IncompleteInputs, person_images
+from model.person_inputs import PERSON_FORMS, IncompleteInputs, check_person_mix, person_images
 
 PREP = Path(__file__).parent / "fixtures" / "prep"
 
@@ -61,6 +62,23 @@ def test_incomplete_or_ambiguous_mixes(kwargs, fields, words):
     with pytest.raises(IncompleteInputs) as err:
         person_images(**{k: _read(v) for k, v in kwargs.items()})
     assert err.value.fields == fields and words in err.value.message
+
+
+def test_the_forms_table_is_exactly_what_the_mix_check_accepts():
+    """The service documents PERSON_FORMS as its request forms: no valid mix may be missing
+    from it, and none in it may be refused."""
+    names = ("masked_model", "pose", "person", "keypoints", "parse")
+    in_table = {frozenset(form.required) | frozenset(extra) for form in PERSON_FORMS
+                for extra in itertools.chain.from_iterable(itertools.combinations(form.optional, k)
+                                                           for k in range(len(form.optional) + 1))}
+    for mask in range(1 << len(names)):
+        given = {name for i, name in enumerate(names) if mask >> i & 1}
+        try:
+            check_person_mix(given)
+            accepted = True
+        except IncompleteInputs:
+            accepted = False
+        assert accepted == (frozenset(given) in in_table), sorted(given)
 
 
 def test_parse_map_pixel_limit_is_checked_before_decoding_like_any_image():

@@ -114,7 +114,7 @@ BAD = {
     "null": ([[10, 10, 1]] * 3 + [[10, None, 1]] + [[10, 10, 1]] * 14, "point 3 y is not a number: None"),
     "bool": ([[10, 10, True]] * 18, "point 0 confidence is not a number: True"),
     "nan": ('{"people": [{"pose_keypoints": [' + ", ".join(["NaN"] + ["1"] * 53) + "]}]}",
-            "point 0 x is NaN or infinite"),
+            "NaN is not a JSON number"),  # refused by the JSON parser (model.safe_json), before any point
     "inf": ([[10, 10, 1]] * 5 + [[math.inf, 10, 1]] + [[10, 10, 1]] * 12, "point 5 x is NaN or infinite"),
     "far outside": ([[10, 10, 1]] * 4 + [[10, 400, 1]] + [[10, 10, 1]] * 13,
                     r"point 4 \(right wrist\) at \(10, 400\) is far outside the 192x256 image"),

@@ -170,7 +170,8 @@ def test_json_base64_equals_model_code(client, network):
 def test_url_fields_and_redirects(client, network, image_server):
     data = {"masked_model": f"{image_server.base}/masked_model.png", "pose": f"{image_server.base}/hop1",
             "cloth": f"{image_server.base}/cloth.png", "format": "png"}
-    answer = client.post("/v1/tryon", data=data, files={"unused": ("x", b"", "text/plain")})
+    # As multipart text fields (no file name): an unknown field to force multipart would be refused now.
+    answer = client.post("/v1/tryon", files={name: (None, value) for name, value in data.items()})
     assert answer.status_code == 200, answer.text
     assert "fetch;dur=" in answer.headers["server-timing"]
     assert np.abs(decoded(answer.content) - expected(network, IMAGES)).max() <= 1
@@ -222,6 +223,9 @@ def test_concurrent_requests_form_batches(server, client):
     assert items == 8 and batches < 8 and singles < batches
 
 
+JSON = {"Content-Type": "application/json"}
+
+
 def _bad_cases(base: str) -> list:
     good = {n: (f"{n}.png", d, "image/png") for n, d in IMAGES.items()}
     truncated = IMAGES["cloth"][: len(IMAGES["cloth"]) // 2]
@@ -253,6 +257,25 @@ def _bad_cases(base: str) -> list:
         ("upstream too big", dict(files=good, data={"cloth": f"{base}/huge.png"}), 413, "image_too_large", "cloth"),
         ("upstream not an image", dict(files=good, data={"pose": f"{base}/text.txt"}), 415, "not_an_image", "pose"),
         ("redirect loop", dict(files=good, data={"pose": f"{base}/loop"}), 502, "upstream_error", "pose"),
+        # Hostile JSON: parsed within limits (model.safe_json), never a RecursionError's 500.
+        ("100,000 nested [", dict(content=b"[" * 100_000, headers=JSON), 422, "json_too_deep", None),
+        ("nested keypoints", dict(files=good, data={"keypoints": "[" * 60_000}), 422, "json_too_deep", "keypoints"),
+        ("5,000-digit integer", dict(content=b'{"quality": ' + b"9" * 5000 + b"}", headers=JSON), 400,
+         "invalid_json", None),
+        ("NaN literal", dict(content=b'{"quality": NaN}', headers=JSON), 400, "invalid_json", None),
+        ("not UTF-8", dict(content=b'{"format": "\xff"}', headers=JSON), 400, "invalid_json", None),
+        ("key given twice", dict(content=b'{"cloth": "a", "cloth": "b"}', headers=JSON), 422, "duplicate_field",
+         "cloth"),
+        ("part given twice", dict(files=list(good.items()) + [("cloth", good["cloth"])]), 422, "duplicate_field",
+         "cloth"),
+        ("misspelt field", dict(files=good, data={"clothe": "x"}), 422, "unknown_field", "clothe"),
+        ("lone surrogate as a key", dict(content=b'{"\\ud800": 1}', headers=JSON), 422, "unknown_field", "\\ud800"),
+        ("400-digit quality query", dict(files=good, params={"quality": "9" * 400}), 422, "invalid_request",
+         "quality"),
+        ("multipart without a boundary", dict(content=b"x", headers={"Content-Type": "multipart/form-data"}), 400,
+         "bad_multipart", None),
+        ("empty JSON body", dict(content=b"", headers=JSON), 400, "invalid_json", None),
+        ("quality true in JSON", dict(json={n: base64.b64encode(d).decode() for n, d in IMAGES.items()} | {"quality": True}), 422, "invalid_option", "quality"),
     ]
 
 

@@ -426,3 +426,52 @@ def test_batch_jobs_respect_the_queue_limit_and_drain_on_sigterm(tmp_path, stand
     finally:
         proc.stop()
 
+
+
+DEEP = "[" * 100_000
+# (name, request kwargs without the route's own images, status, code, field)
+HOSTILE_JSON = [
+    ("nested body", dict(content=DEEP.encode(), headers={"Content-Type": "application/json"}), 422, "json_too_deep",
+     None),
+    ("nested keypoints file", dict(files={"keypoints": ("k.json", DEEP.encode(), "application/json")}), 422,
+     "json_too_deep", "keypoints"),
+    ("nested keypoints in a JSON string", dict(json={"keypoints": DEEP}), 422, "json_too_deep", "keypoints"),
+    ("NaN literal in keypoints", dict(data={"keypoints": json.dumps(TRIPLES).replace("[", "[NaN, ", 1)}), 422,
+     "invalid_keypoints", "keypoints"),
+    ("5,000-digit integer in keypoints", dict(data={"keypoints": "[" + "9" * 5000 + "]"}), 422, "invalid_keypoints",
+     "keypoints"),
+    ("key twice in keypoints", dict(data={"keypoints": '{"people": [], "people": []}'}), 422, "duplicate_field",
+     "keypoints"),
+    ("keypoints part twice", dict(files=[("keypoints", ("a.json", KEYPOINTS_TEXT.encode(), "application/json")),
+                                         ("keypoints", ("b.json", KEYPOINTS_TEXT.encode(), "application/json"))]),
+     422, "duplicate_field", "keypoints"),
+    ("a million values in a keypoints file", dict(files={"keypoints": ("k.json", b"[" + b"0," * 600_000 + b"0]",
+                                                                       "application/json")}),
+     413, "json_too_large", "keypoints"),
+]
+
+
+def _with_person(route: str, kwargs: dict) -> dict:
+    """The hostile part plus the person photo (and a garment where the route takes one)."""
+    own = [("person", ("p.png", PERSON, "image/png"))] + ([] if route == "/v1/prepare" else
+                                                          [("cloth", ("c.png", CLOTH, "image/png"))])
+    if "json" in kwargs:
+        fields = {name: b64(data) for name, (_, data, _) in own}
+        if route == "/v1/tryon/batch":
+            fields["cloths"] = [fields.pop("cloth")]
+        return {"json": fields | kwargs["json"]}
+    if "content" in kwargs:
+        return kwargs
+    files = kwargs.get("files", {})
+    return {"files": own + (list(files.items()) if isinstance(files, dict) else files),
+            "data": kwargs.get("data", {})}
+
+
+@pytest.mark.parametrize("route", ["/v1/tryon", "/v1/prepare", "/v1/tryon/batch"])
+@pytest.mark.parametrize("name, kwargs, status, code, field", HOSTILE_JSON, ids=[h[0] for h in HOSTILE_JSON])
+def test_hostile_json_is_a_4xx_naming_the_field_on_every_route(client, route, name, kwargs, status, code, field):
+    answer = client.post(route, **_with_person(route, kwargs))
+    assert answer.status_code == status, answer.text
+    error = answer.json()["error"]
+    assert (error["code"], error["field"]) == (code, field)
+    assert error["message"]

@@ -79,3 +79,24 @@ def test_client_gone_while_queued_is_not_run(server):
     assert engine_runs(server) == runs
     assert server.metrics()[sample_key("tryon_http_requests_total",
                                        {"route": "/v1/tryon", "method": "POST", "status": "499"})] >= 1
+
+
+def test_a_body_that_stalls_is_408_and_one_that_breaks_off_is_no_500(server):
+    """Hostile uploads: half a body then silence is answered once the request's time
+    is up (not held open for ever); half a body then a hang-up is counted as gone."""
+    head = (b"POST /v1/tryon HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n{\"cloth\": ")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as stalled:
+        started = time.monotonic()
+        stalled.sendall(head)
+        answer = b""
+        while not answer.endswith(b"}}"):  # the head and the JSON body may come in two reads
+            answer += stalled.recv(4096) or b"}}"
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b'"code":"body_timeout"' in answer and time.monotonic() - started < TIMEOUT_S + 5
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as gone:
+        gone.sendall(head)
+    assert server.wait_metric("tryon_http_requests_total", {"route": "/v1/tryon", "method": "POST", "status": "499"},
+                              1) >= 1
+    assert server.metrics().get(sample_key("tryon_http_requests_total", {"route": "/v1/tryon", "method": "POST",
+                                                                         "status": "500"}), 0) == 0

@@ -1,0 +1,127 @@
+"""The OpenAPI document as the contract a generated client can trust.
+
+Pieces the routes put in their decorators: the one error body (a named
+component, ``ErrorBody``), the statuses each kind of route can answer with
+it, the real media types, and the request bodies of the person-side routes
+as ``oneOf`` forms generated from model.person_inputs.PERSON_FORMS, the
+table the service's mix check agrees with. ``install_openapi`` adds the
+security schemes the API key dependency accepts.
+"""
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel, Field
+
+from model.person_inputs import PERSON_FORMS
+
+from .inputs import KEYPOINTS_FIELD, JobOptions, OutputOptions
+
+BINARY = {"type": "string", "format": "binary"}
+IMAGE_SCHEMA = {"type": "string", "description": "an image file, or an http(s) URL as a text field"}
+JSON_IMAGE = {"type": "string", "description": "an http(s) URL, or the image's bytes as base64 (or a data: URL)"}
+_KEYPOINTS = {"description": "body keypoints as JSON (OpenPose, a list of 18/25/17 (x, y, confidence) "
+                             "points, or COCO): a text field or a file"}
+_FORM_FIELDS = {"multipart": {KEYPOINTS_FIELD: {**_KEYPOINTS, "type": "string"}},
+                "json": {KEYPOINTS_FIELD: {**_KEYPOINTS, "anyOf": [{"type": "object"}, {"type": "array"},
+                                                                   {"type": "string"}]}}}
+_IMAGE_FIELD = {"multipart": {**IMAGE_SCHEMA, **BINARY}, "json": JSON_IMAGE}
+
+
+def _options() -> dict:
+    """The output and scheduling options' properties, from the models that validate them."""
+    properties = OutputOptions.model_json_schema()["properties"] | JobOptions.model_json_schema()["properties"]
+    return {name: {k: v for k, v in prop.items() if k != "title"} for name, prop in properties.items()}
+
+
+PERSON_MIX = ("Person side: exactly one of these forms (the request body's `oneOf`): "
+              + "; ".join(f"{form.name}: {' + '.join(form.required)}"
+                          + "".join(f" (+ {name})" for name in form.optional) for form in PERSON_FORMS)
+              + ". Any other mix is a 422 (`incomplete_inputs` or `ambiguous_inputs`) whose `field` lists the "
+                "inputs concerned. A field given twice is a 422 `duplicate_field`.")
+
+
+PERSON_INPUTS = tuple(dict.fromkeys(name for form in PERSON_FORMS for name in (*form.required, *form.optional)))
+
+
+def person_request_body(garments: dict, options: bool = True) -> dict:
+    """The request body of an endpoint taking the person-side inputs plus ``garments``
+    ({"multipart": {...}, "json": {...}} properties, all required) and the output options.
+    ``oneOf`` the forms, each naming the person-side inputs it takes and no others; every
+    field is also a property of the body itself, so that a file part is known as one."""
+    def schema(kind: str) -> dict:
+        fields = {name: _FORM_FIELDS[kind].get(name, _IMAGE_FIELD[kind]) for name in PERSON_INPUTS}
+        common = {**garments.get(kind, {}), **(_options() if options else {})}
+        forms = [{"title": form.name, "type": "object", "required": [*form.required, *garments.get(kind, {})],
+                  "properties": {**{name: fields[name] for name in (*form.required, *form.optional)}, **common},
+                  "additionalProperties": False} for form in PERSON_FORMS]
+        return {"type": "object", "properties": {**fields, **common}, "oneOf": forms}
+    return {"required": True, "content": {media: {"schema": schema(kind)} for media, kind in
+                                          (("multipart/form-data", "multipart"), ("application/json", "json"))}}
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="machine-readable, e.g. not_an_image, queue_full")
+    message: str = Field(description="what went wrong and what to do")
+    field: str | None = Field(description="the input at fault (several: comma-separated), or null")
+
+
+class ErrorBody(BaseModel):
+    """Every answer other than success has this body."""
+    error: ErrorDetail
+
+
+RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
+_ERRORS = {
+    400: "`invalid_json` (the body), `bad_multipart`, `url_not_allowed` (a URL to a non-public address)",
+    401: "`unauthorized`: a valid API key is required (when the server has TRYON_API_KEYS)",
+    408: "`body_timeout`: the request body did not arrive within TRYON_REQUEST_TIMEOUT_S",
+    413: "`payload_too_large` (the body), `image_too_large` (bytes or pixels), `too_many_garments`, "
+         "`json_too_large`",
+    415: "`unsupported_media_type` (send multipart/form-data or application/json), `not_an_image`",
+    422: "`incomplete_inputs`, `ambiguous_inputs`, `missing_field`, `duplicate_field`, `invalid_field`, "
+         "`invalid_base64`, `invalid_url`, `invalid_keypoints`, `invalid_<image>`, `invalid_option`, "
+         "`invalid_request` (a query parameter), `json_too_deep`",
+    500: "`inference_failed`: the model failed on this batch",
+    502: "`upstream_unreachable`, `upstream_error`: a URL input could not be fetched",
+    503: "`queue_full`, `overloaded`, `not_ready`, `shutting_down`, `out_of_memory`: retry after Retry-After",
+    504: "`deadline_exceeded` (not served in time), `upstream_timeout` (a URL input)",
+}
+
+
+def error_responses(*statuses: int) -> dict:
+    """``responses=`` of a route: each status with the error body (and Retry-After on 503)."""
+    return {status: {"model": ErrorBody, "description": _ERRORS[status],
+                     **({"headers": RETRY_AFTER} if status == 503 else {}),
+                     **({"headers": {"WWW-Authenticate": {"schema": {"type": "string"}}}} if status == 401 else {})}
+            for status in statuses}
+
+
+# Every person-side route reads a body, may fetch URLs and needs the model loaded.
+INPUT_ERRORS = (400, 401, 408, 413, 415, 422, 502, 503, 504)
+MODEL_ERRORS = (*INPUT_ERRORS, 500)  # the routes that run the network
+
+
+def binary_content(*media_types: str) -> dict:
+    return {media: {"schema": BINARY} for media in media_types}
+
+
+SECURITY_SCHEMES = {"bearer": {"type": "http", "scheme": "bearer"},
+                    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
+
+
+def install_openapi(app: FastAPI, api_keys: bool) -> None:
+    """The generated document; with ``api_keys`` (TRYON_API_KEYS set) the routes that check
+    them (tag "try-on") require a Bearer token or X-API-Key, and say so."""
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            if api_keys:
+                schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+                for operation in (op for path in schema["paths"].values() for op in path.values()):
+                    if "try-on" in operation.get("tags", ()):
+                        operation["security"] = [{name: []} for name in SECURITY_SCHEMES]
+            app.openapi_schema = schema
+        return app.openapi_schema
+    app.openapi = openapi
