@@ -10,7 +10,6 @@ from pathlib import Path
 from fastapi import Request
 
 from model.engine import Engine, EngineConfig, pick_device
-from model.kernels import resolve as resolve_sampler
 
 from .batcher import Batcher
 from .fetch import UrlFetcher
@@ -49,7 +48,7 @@ class ServiceState:
                 "request_timeout_s": s.request_timeout_s, "sampler": s.sampler}
         if self.engine is not None:
             info |= self.engine.info
-            info["sampler_in_use"] = resolve_sampler(s.sampler, self.engine.device)
+            info["sampler_in_use"] = self.engine.sampler
             info["weights_sha256"] = self.engine.weights.sha256
         return info
 
@@ -59,13 +58,15 @@ class ServiceState:
         self._loop = asyncio.get_running_loop()
         batch_sizes = s.batch_sizes_for(pick_device(s.device).type)
         config = EngineConfig(device=s.device, precision=s.precision, batch_sizes=batch_sizes,
-                              image_size=s.image_hw, weights=s.weights, sampler=s.sampler)
+                              image_size=s.image_hw, weights=s.weights, sampler=s.sampler,
+                              check_inputs=str(EXAMPLES))
         started = time.perf_counter()
         self.engine = await asyncio.to_thread(Engine, config)
         if self.engine.weights.random:
             log.warning("SERVING RANDOM WEIGHTS: no checkpoint was found, every output is meaningless; "
                         "set TRYON_WEIGHTS or put a checkpoint in weights/ (X-Weights: random)")
         warmup = await asyncio.to_thread(self.engine.warmup)
+        self.metrics.sampler.labels(sampler=self.engine.sampler).set(1)
         self.batcher = Batcher(self.engine, max_batch_size=s.max_batch_size, max_wait_s=s.max_batch_wait_ms / 1000,
                                queue_limit=s.queue_limit, metrics=self.metrics)
         self.batcher.start()

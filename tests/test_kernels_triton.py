@@ -164,22 +164,6 @@ def test_auto_picks_triton_on_cuda_and_env_forces(monkeypatch):
         resolve("auto", torch.device("cpu"))
 
 
-@pytest.fixture
-def ieee_fp32_convolutions():
-    """On a GPU: cuDNN without TF32 (on by default: 0.014 off the golden output) and
-    with deterministic algorithms, whatever ran before in the process; restored after."""
-    if not CUDA:
-        yield
-        return
-    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
-             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    yield
-    (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
-     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) = saved
-
-
 def test_network_with_kernels_matches_golden(standin_state, ieee_fp32_convolutions):
     """The whole network on the Triton path (sampling and composition) gives the
     golden 64x64 output within 1e-4 in fp32."""
