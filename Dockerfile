@@ -47,9 +47,13 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && pip install --no-cache-dir -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
-# Code is owned by root and read-only to the service's user.
+# Code is owned by root and read-only to the service's user. Triton's compiled kernels
+# (compiles and autotuning at warm-up: the cold start) go to a folder the user owns;
+# mount a volume there (docker-compose.yml, docker/k8s) so restarts start warm.
+ENV TRITON_CACHE_DIR=/var/cache/triton
 RUN useradd --no-log-init --create-home --uid 10001 --user-group tryon \
-    && mkdir -p /app/weights
+    && mkdir -p /app/weights "$TRITON_CACHE_DIR" \
+    && chown 10001:10001 "$TRITON_CACHE_DIR"
 COPY model/ model/
 COPY service/ service/
 COPY docker/healthcheck.py docker/healthcheck.py

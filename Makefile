@@ -5,7 +5,7 @@ TORCH_VERSION ?= 2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test test-all test-avx2 infer bench clean
+.PHONY: serve test test-all test-avx2 infer bench gpu-check clean
 
 $(STAMP): pyproject.toml client/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ test-avx2: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.cpu_model
+
+# On a GPU box: the CUDA tests, bench.gpu_bench and bench.accuracy --device cuda, one JSON
+# in bench/results/gpu-check-*.json (docs/gpu.md). Exits 2, saying so, where there is no CUDA.
+gpu-check: $(STAMP)
+	$(PY) -m bench.gpu_check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

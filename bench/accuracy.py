@@ -23,12 +23,11 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from bench.common import FIXTURES, RESULTS, STANDIN_LABEL, standin_state, write_report
-from model.engine import HALF_PRECISIONS, pick_device, prepare_network, set_cuda_math
-from model.images import psnr, tensor_to_image
+from model.engine import pick_device, run_in_precision
+from model.images import psnr_8bit
 from model.weights import create_model, load_weights
 
 GOLDEN_FILES = {"64x64": "golden_64x64.pt", "256x192": "golden_256x192.pt"}
@@ -36,28 +35,10 @@ CPU_MODES = ("bf16", "fp16")
 GPU_MODES = ("tf32", "bf16", "fp16")
 
 
-def to_8bit(images: torch.Tensor) -> np.ndarray:
-    """(N, 3, H, W) network outputs -> (N, H, W, 3) uint8, as the service encodes them."""
-    return np.stack([np.asarray(tensor_to_image(t)) for t in images])
-
-
-def psnr_8bit(ours: torch.Tensor, reference: torch.Tensor) -> float:
-    """PSNR in dB of the 8-bit images of two outputs; inf when identical."""
-    return psnr(to_8bit(ours), to_8bit(reference))
-
-
 def run_mode(state, golden: dict, precision: str, device: torch.device, sampler: str) -> torch.Tensor:
     """The network's output on the golden inputs in one precision mode, as float32 CPU."""
-    channels_last = device.type == "cuda" and precision in HALF_PRECISIONS
-    if device.type == "cuda":
-        set_cuda_math(precision)
-    net = prepare_network(load_weights(create_model(sampler=sampler), state), device, precision, channels_last)
-    dtype = next(p.dtype for name, p in net.named_parameters() if "encoders.0.0.block.2" in name)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    pose, masked, cloth = (golden[k].to(device, dtype).contiguous(memory_format=memory_format)
-                           for k in ("pose", "masked_model", "cloth"))
-    with torch.inference_mode():
-        return net(torch.cat((pose, masked), dim=1), cloth, masked).float().cpu()
+    net = load_weights(create_model(sampler=sampler), state)
+    return run_in_precision(net, tuple(golden[k] for k in ("pose", "masked_model", "cloth")), precision, device)
 
 
 def measure(state, device: torch.device, sizes, modes, sampler: str) -> dict:

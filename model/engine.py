@@ -15,19 +15,33 @@ On a GPU (docs/gpu.md):
   input buffers; a batch is copied into the smallest buffer it fits.
 On the CPU: fp32 or bf16, eager, no graphs; tf32 means fp32 there and fp16
 means bf16 (logged).
+
+Checked at start-up, each falling back with one loud line (reported in ``info``):
+- the half mode against fp32 on example inputs, with real weights on a GPU:
+  non-finite or under MIN_PSNR_DB -> bf16, then fp32 (``choose_precision``);
+- the fused sampler against the torch reference at warm-up: an error or a
+  mismatch -> the reference sampler (model.kernels.selfcheck).
+Every call that runs the network runs inside its device (``torch.cuda.device``),
+whichever thread makes it: Triton launches on the current device and stream.
 """
 from __future__ import annotations
 
 import bisect
+import contextlib
+import copy
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
+from .images import prepare_inputs, psnr_8bit
+from .kernels import resolve as resolve_sampler
+from .kernels.selfcheck import REFERENCE as REFERENCE_SAMPLER, check_fused
 from .network import DAFlow, check_size
 from .weights import build_model
 
@@ -40,6 +54,10 @@ AUTO_GPU_PRECISION = "fp16"
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_FALLBACK = {"tf32": "fp32", "fp16": "bf16", "auto": "fp32"}
 HALF_PRECISIONS = ("bf16", "fp16")
+# What a half mode falls back to, in order, when its output on the check inputs is
+# non-finite or further than MIN_PSNR_DB from fp32 (the bar AUTO_GPU_PRECISION met).
+PRECISION_FALLBACKS = {"fp16": ("bf16", "fp32"), "bf16": ("fp32",)}
+MIN_PSNR_DB = 40.0
 # Eager runs on a side stream before capture (cudnn.benchmark and Triton autotuning happen there).
 GRAPH_WARMUP_RUNS = 2
 
@@ -74,6 +92,13 @@ def set_cuda_math(precision: str) -> None:
     torch.backends.cudnn.benchmark = True
 
 
+def default_channels_last(device: torch.device, precision: str) -> bool:
+    """Channels-last on a CPU (oneDNN's convolutions take it as is, and the Numba sampler
+    reads it without a copy: 9-14% faster at 256x192) and on a GPU in the half modes
+    (tensor cores)."""
+    return device.type != "cuda" or precision in HALF_PRECISIONS
+
+
 def prepare_network(net: DAFlow, device: torch.device, precision: str, channels_last: bool = False) -> DAFlow:
     """Moves the network to device and its convolutions to the precision's dtype.
     BatchNorm keeps its fp32 parameters and statistics (it normalises half
@@ -87,6 +112,43 @@ def prepare_network(net: DAFlow, device: torch.device, precision: str, channels_
     return net.eval()
 
 
+def run_in_precision(net: DAFlow, inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], precision: str,
+                     device: torch.device) -> torch.Tensor:
+    """``net`` prepared as the engine prepares it for ``precision`` (net itself is moved
+    and cast: pass a copy to keep it), run once on (pose, masked_model, cloth)
+    (N, 3, H, W) in [-1, 1] -> (N, 3, H, W) float32 CPU output."""
+    channels_last = default_channels_last(device, precision)
+    if device.type == "cuda":
+        set_cuda_math(precision)
+    net = prepare_network(net, device, precision, channels_last)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    pose, masked, cloth = (t.to(device, DTYPES[precision]).contiguous(memory_format=layout) for t in inputs)
+    with torch.inference_mode():
+        return net(torch.cat((pose, masked), dim=1), cloth, masked).float().cpu()
+
+
+def choose_precision(precision: str, run: Callable[[str], torch.Tensor],
+                     min_psnr_db: float = MIN_PSNR_DB) -> tuple[str, list[str]]:
+    """The first of ``precision`` and its fallbacks whose output (``run(mode)``) is finite
+    and at least ``min_psnr_db`` from fp32's, and why each one before it was refused."""
+    if precision not in PRECISION_FALLBACKS:
+        return precision, []
+    chain = (precision, *PRECISION_FALLBACKS[precision])
+    reference = run("fp32")
+    refused = []
+    for mode in chain[:-1]:
+        out = run(mode)
+        if not torch.isfinite(out).all():
+            refused.append(f"{mode}: non-finite output")
+            continue
+        db = psnr_8bit(out, reference)
+        if db < min_psnr_db:
+            refused.append(f"{mode}: {db:.1f} dB against fp32 (< {min_psnr_db:g})")
+            continue
+        return mode, refused
+    return chain[-1], refused
+
+
 @dataclass
 class EngineConfig:
     device: str = "auto"
@@ -97,6 +159,11 @@ class EngineConfig:
     sampler: str = "auto"
     cuda_graphs: bool = True  # GPU only
     channels_last: bool | None = None  # None: on a CPU, and on a GPU in the half modes
+    # The half mode against fp32 at start-up; None: on a GPU when the weights are real.
+    check_precision: bool | None = None
+    # A folder with pose.png, masked_model.png and cloth.png for that check (the
+    # service's examples); None: seeded random images.
+    check_inputs: str | None = None
 
 
 @dataclass
@@ -114,22 +181,39 @@ class Engine:
         cfg = self.config
         check_size(*cfg.image_size)
         self.device = pick_device(cfg.device)
-        self.precision = effective_precision(cfg.precision, self.device)
-        self.dtype = DTYPES[self.precision]
         cuda = self.device.type == "cuda"
-        # Channels-last by default on a CPU (oneDNN convolutions take it as is, and the
-        # Numba sampler reads it without a copy: 9-14% faster at 256x192 here) and on a
-        # GPU in the half modes (tensor cores).
+        if cuda and self.device.index is None:
+            # Pinned now: a thread that later runs the engine may have another current device.
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.batch_sizes = tuple(sorted(set(cfg.batch_sizes)))
+        # Resolved once (TRYON_SAMPLER included); warm-up may fall back to the reference.
+        self.sampler = resolve_sampler(cfg.sampler, self.device)
+        self.sampler_fallback: str | None = None
+        net, self.weights = build_model(cfg.weights, sampler=self.sampler)
+        self.precision = effective_precision(cfg.precision, self.device)
+        self.precision_fallback: list[str] = []
+        check = cfg.check_precision if cfg.check_precision is not None else cuda and not self.weights.random
+        if check:
+            # The PSNR bar is the default's (auto, fp16); an explicit bf16 is a chosen trade
+            # (about 35 dB, docs/gpu.md) and falls back only when it overflows.
+            bar = MIN_PSNR_DB if cfg.precision in ("auto", "fp16") else float("-inf")
+            with self._device():
+                self.precision, self.precision_fallback = choose_precision(
+                    self.precision, self._precision_runner(net), bar)
+            if self.precision_fallback:
+                log.error("PRECISION FALLBACK: %s refused on the check inputs (%s); serving %s",
+                          cfg.precision, "; ".join(self.precision_fallback), self.precision)
+        self.dtype = DTYPES[self.precision]
         self.channels_last = (cfg.channels_last if cfg.channels_last is not None
-                              else not cuda or self.precision in HALF_PRECISIONS)
+                              else default_channels_last(self.device, self.precision))
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.use_graphs = cuda and cfg.cuda_graphs
         if cuda:
             set_cuda_math(self.precision)
-        self.batch_sizes = tuple(sorted(set(cfg.batch_sizes)))
-        net, self.weights = build_model(cfg.weights, sampler=cfg.sampler)
         self.net = prepare_network(net, self.device, self.precision, self.channels_last)
         self.warm = False
+        # Bytes the garments path (eager, outside the graphs' pool) reserved at warm-up.
+        self.garments_reserved_bytes = 0
         self._graphs: dict[int, _Graph] = {}
         # One memory pool for all graphs: only one replays at a time (under the
         # lock) and its output is copied out before the next replay.
@@ -145,29 +229,75 @@ class Engine:
     @property
     def info(self) -> dict:
         return {"device": str(self.device), "precision": self.precision,
-                "requested_precision": self.config.precision,
+                "requested_precision": self.config.precision, "precision_fallback": self.precision_fallback,
                 "batch_sizes": list(self.batch_sizes), "image_size": list(self.config.image_size),
                 "weights": self.weights.name, "random_weights": self.weights.random, "warm": self.warm,
                 "cuda_graphs": self.use_graphs, "channels_last": self.channels_last,
-                "sampler": self.config.sampler}
+                "sampler": self.sampler, "requested_sampler": self.config.sampler,
+                "sampler_fallback": self.sampler_fallback,
+                "garments_reserved_bytes": self.garments_reserved_bytes}
+
+    def _device(self):
+        """The engine's device made current (a no-op on the CPU)."""
+        return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def _running(self):
+        """One step of the network: the lock, inference mode, the engine's device."""
+        with self._lock, torch.inference_mode(), self._device():
+            yield
+
+    def _precision_runner(self, net: DAFlow) -> Callable[[str], torch.Tensor]:
+        """run(mode) -> a copy of net's output on the check inputs in that mode."""
+        h, w = self.config.image_size
+        folder = self.config.check_inputs
+        if folder is not None:
+            example = prepare_inputs(*((Path(folder) / f"{name}.png").read_bytes()
+                                       for name in ("masked_model", "pose", "cloth")), size=(h, w))
+            inputs = tuple(t.unsqueeze(0) for t in (example.pose, example.masked_model, example.cloth))
+        else:
+            gen = torch.Generator().manual_seed(0)
+            inputs = tuple(torch.rand(1, 3, h, w, generator=gen) * 2 - 1 for _ in range(3))
+
+        def run(mode: str) -> torch.Tensor:
+            # The reference sampler: this checks the convolutions' precision (sampling sums in
+            # fp32 in every mode), and the fused kernels are checked on their own at warm-up.
+            trial = copy.deepcopy(net)
+            trial.dafnet.sampler = REFERENCE_SAMPLER
+            return run_in_precision(trial, inputs, mode, self.device)
+        return run
+
+    def _check_sampler(self) -> None:
+        """The fused kernels against the reference, once; on failure the reference serves."""
+        with self._device():
+            reason = check_fused(self.sampler, self.device, self.dtype)
+        if reason is None:
+            return
+        log.error("SAMPLER FALLBACK: %s; serving with the %s reference sampler", reason, REFERENCE_SAMPLER)
+        self.sampler_fallback = reason
+        self.sampler = REFERENCE_SAMPLER
+        self.net.dafnet.sampler = REFERENCE_SAMPLER
 
     def padded_size(self, n: int) -> int:
         i = bisect.bisect_left(self.batch_sizes, n)
         return self.batch_sizes[i] if i < len(self.batch_sizes) else n
 
     def warmup(self) -> dict[int, float]:
-        """One forward at every batch size (on a GPU with graphs: the capture,
-        largest first so the shared pool is sized once); returns seconds per size."""
+        """The sampler check, then one forward at every batch size (on a GPU with graphs:
+        the capture, largest first so the shared pool is sized once) and one garments
+        chunk of every size; returns seconds per batch size."""
         h, w = self.config.image_size
+        self._check_sampler()
         seconds = {}
         for n in sorted(self.batch_sizes, reverse=True):
             start = time.perf_counter()
             if self.use_graphs:
-                with self._lock:
+                with self._running():
                     self._graphs[n] = self._capture(n)
             zeros = torch.zeros(n, 3, h, w)
             self.infer(zeros, zeros, zeros)
             seconds[n] = time.perf_counter() - start
+        self._warm_garments()
         self.warm = True
         log.info("engine warm on %s (%s, graphs=%s): %s", self.device, self.precision, self.use_graphs,
                  {k: round(v, 3) for k, v in sorted(seconds.items())})
@@ -181,7 +311,7 @@ class Engine:
                                          cloth[i:i + self.max_batch_size])
                               for i in range(0, n, self.max_batch_size)])
         padded = self.padded_size(n)
-        with self._lock, torch.inference_mode():
+        with self._running():
             graph = self._graphs.get(padded)
             if graph is not None:
                 # Rows past n keep the previous batch's data: batch items are independent.
@@ -207,17 +337,17 @@ class Engine:
         float32 CPU outputs. Eager; the lock is held per step, never across a ``yield``."""
         n = pose.shape[0]
         padded = self.padded_size(n)
-        with self._lock, torch.inference_mode():
+        with self._running():
             pose_d, masked_d, cloth_d = (self._to_device(self._pad(t, padded)) for t in (pose, masked_model, cloth))
             garment = self.net.encode_garment(cloth_d)
             person = self.net.encode_person(torch.cat((pose_d, masked_d), dim=1))
         yield None
         flows = None
         for level in range(len(garment)):
-            with self._lock, torch.inference_mode():
+            with self._running():
                 flows = self.net.dafnet.level(level, garment, person, flows)
             yield None
-        with self._lock, torch.inference_mode():
+        with self._running():
             output = self.net.dafnet.render(cloth_d, masked_d, *flows)[:n].float().cpu()
         yield output
 
@@ -244,13 +374,27 @@ class Engine:
         step = min(chunk_size or self.max_batch_size, self.max_batch_size)
         if step < 1:
             raise ValueError(f"chunk_size must be at least 1, not {chunk_size}")
-        with self._lock, torch.inference_mode():
+        with self._running():
             masked_d = self._to_device(masked_model)
             person = self.net.encode_person(torch.cat((self._to_device(pose), masked_d), dim=1))
         for start in range(0, cloths.shape[0], step):
-            with self._lock, torch.inference_mode():
+            with self._running():
                 outputs = self._dress(person, masked_d, cloths[start:start + step])
             yield start, outputs
+
+    def _warm_garments(self) -> None:
+        """One garments chunk of every batch size: cudnn.benchmark and the Triton autotuner
+        see the path's shapes at start-up, not under the first batch request's lock; on a
+        GPU the memory it reserves beyond the graphs' pool is counted."""
+        if self.device.type != "cuda":
+            return
+        h, w = self.config.image_size
+        before = torch.cuda.memory_reserved(self.device)
+        zeros = torch.zeros(1, 3, h, w)
+        for n in self.batch_sizes:
+            for _ in self.iter_garments(zeros, zeros, torch.zeros(n, 3, h, w), chunk_size=n):
+                pass
+        self.garments_reserved_bytes = torch.cuda.memory_reserved(self.device) - before
 
     def _dress(self, person: list[torch.Tensor], masked_d: torch.Tensor, cloths: torch.Tensor) -> torch.Tensor:
         """One chunk of garments on an encoded person -> (n, 3, H, W) float32 CPU outputs."""

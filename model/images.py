@@ -214,6 +214,16 @@ def psnr(ours: np.ndarray, reference: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
 
 
+def to_8bit(images: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) network outputs -> (N, H, W, 3) uint8, as the service encodes them."""
+    return np.stack([np.asarray(tensor_to_image(t)) for t in images])
+
+
+def psnr_8bit(ours: torch.Tensor, reference: torch.Tensor) -> float:
+    """PSNR in dB of the 8-bit images of two network outputs; inf when identical."""
+    return psnr(to_8bit(ours), to_8bit(reference))
+
+
 ENCODE_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
 MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 

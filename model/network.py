@@ -117,6 +117,15 @@ class FlowEstimator(nn.Module):
         return self.layers(x)
 
 
+def cat_channels(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """torch.cat along channels, in a's layout. A person pyramid shared across garments is
+    an expanded view (batch stride 0), for which torch.cat returns NCHW even from
+    channels-last garment features: every convolution of the flow estimator would then
+    re-lay out its input. A no-op where the layouts already agree."""
+    layout = torch.channels_last if a.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    return torch.cat((a, b), dim=1).contiguous(memory_format=layout)
+
+
 class FlowState(NamedTuple):
     """A level's result, upsampled for the next: flows (N*K, 2, h, w) and attention (N, K, h, w),
     in the order render takes them."""
@@ -159,7 +168,7 @@ class DAFlowNet(nn.Module):
         """One flow block: attention from channels 2K:3K, offsets from 0:2K.
         Flows and attention are fp32 whatever the convolutions run in."""
         k = self.heads
-        y = block(torch.cat((source, reference), dim=1))
+        y = block(cat_channels(source, reference))
         attention = torch.softmax(y[:, 2 * k:3 * k].float(), dim=1)
         if flows is None:
             flows = offsets_to_flow(self.offsets(y[:, :2 * k].float()))
@@ -194,7 +203,7 @@ class DAFlowNet(nn.Module):
         self_flows, self_att = self.estimate(self.Self_MFEs[i], source_warped, reference_pre, self_flows)
         reference_warped = self.warp(reference, self_flows, self_att)
 
-        y = self.Refine_MFEs[i](torch.cat((source_warped, reference_warped), dim=1))
+        y = self.Refine_MFEs[i](cat_channels(source_warped, reference_warped))
         cross_flows = self.compose(cross_flows, y[:, 0:2 * k])
         self_flows = self.compose(self_flows, y[:, 2 * k:4 * k])
         attention = torch.softmax(y[:, 4 * k:6 * k].float(), dim=1)

@@ -18,6 +18,8 @@ from .outcomes import (DeadlineExceeded, DeviceFailed, DeviceOutOfMemory, Infere
 
 log = logging.getLogger("service.errors")
 
+CLIENT_GONE = 499  # nginx's code for "client closed request"; never reaches a client
+
 _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                  405: "method_not_allowed", 406: "not_acceptable", 413: "payload_too_large",
                  415: "unsupported_media_type", 422: "invalid_request", 429: "too_many_requests",

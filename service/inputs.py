@@ -31,9 +31,8 @@ from starlette.requests import ClientDisconnect
 from model.person_inputs import IncompleteInputs, check_person_mix
 from model.safe_json import JsonError, load_json
 
-from .errors import ApiError
+from .errors import CLIENT_GONE, ApiError
 from .fetch import UrlFetcher
-from .middleware import CLIENT_GONE
 from .outcomes import Priority
 from .settings import Settings
 

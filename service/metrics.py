@@ -39,6 +39,8 @@ class Metrics:
                                ["reason"], registry=r)
         self.oom_splits = Counter("tryon_oom_splits", "Batches split in two after a device out-of-memory",
                                   registry=r)
+        self.sampler = Gauge("tryon_sampler", "1 for the deformable-sampling implementation serving "
+                             "(after the warm-up check of the fused kernels)", ["sampler"], registry=r)
         self.ready = Gauge("tryon_ready", "1 when loaded, warm and not draining", registry=r)
         self.healthy = Gauge("tryon_healthy", "0 once the device failed and the process is being replaced",
                              registry=r)

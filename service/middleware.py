@@ -10,6 +10,7 @@ import uuid
 
 from starlette.datastructures import MutableHeaders
 
+from .errors import CLIENT_GONE
 from .state import ServiceState
 
 log = logging.getLogger("service.access")
@@ -17,7 +18,6 @@ _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 TRYON_ROUTES = ("/v1/tryon", "/v1/tryon/batch", "/v1/prepare")
 INFERENCE_ROUTES = ("/v1/tryon", "/v1/tryon/batch")  # the requests Triton's request metrics count
 QUIET_ROUTES = ("/healthz", "/readyz", "/metrics")
-CLIENT_GONE = 499  # nginx's code for "client closed request"; never reaches a client
 
 
 class RequestContextMiddleware:

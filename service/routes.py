@@ -13,13 +13,12 @@ from model.images import MEDIA_TYPES, TryOnInputs, encode_image, output_image
 
 from .batcher import GarmentsStream, Job, JobResult
 from .cache import CachedResponse, ResponseCache
-from .errors import ApiError
+from .errors import CLIENT_GONE, ApiError
 from .inputs import (Garments, JobOptions, OutputFormat, OutputOptions, OutputSize, RequestParts, fetch_parts, has_urls,
                      parse_job_options, read_request)
 from .metrics import CONTENT_TYPE_LATEST
 from .openapi import (BINARY, IMAGE_SCHEMA, JSON_IMAGE, MODEL_ERRORS, PERSON_MIX, binary_content, error_responses,
                       person_request_body)
-from .middleware import CLIENT_GONE
 from .outcomes import DeadlineExceeded, DropReason, Priority
 from .person import decode_garment, decode_person
 from .state import ServiceState, get_service

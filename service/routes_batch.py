@@ -24,9 +24,8 @@ from model.images import MEDIA_TYPES
 
 from .batcher import GarmentsInputs, GarmentsStream
 from .cache import CachedResponse
-from .errors import ApiError, from_queue_error
+from .errors import CLIENT_GONE, ApiError, from_queue_error
 from .outcomes import Priority, QueueError
-from .middleware import CLIENT_GONE
 from .parts import NDJSON, MultipartMixed, Part, accepts, json_item
 from .person import decode_garments, decode_person
 from .openapi import (BINARY, IMAGE_SCHEMA, JSON_IMAGE, MODEL_ERRORS, PERSON_MIX, binary_content, error_responses,

@@ -13,7 +13,6 @@ from typing import Callable
 from fastapi import Request
 
 from model.engine import Engine, EngineConfig, pick_device
-from model.kernels import resolve as resolve_sampler
 
 from .admission import ServiceRate
 from .batcher import Batcher
@@ -69,7 +68,7 @@ class ServiceState:
             info["service_seconds_by_batch_size"] = {str(k): round(v, 4) for k, v in self.batcher.rate.snapshot().items()}
         if self.engine is not None:
             info |= self.engine.info
-            info["sampler_in_use"] = resolve_sampler(s.sampler, self.engine.device)
+            info["sampler_in_use"] = self.engine.sampler
             info["weights_sha256"] = self.engine.weights.sha256
         return info
 
@@ -79,13 +78,15 @@ class ServiceState:
         self._loop = asyncio.get_running_loop()
         batch_sizes = s.batch_sizes_for(pick_device(s.device).type)
         config = EngineConfig(device=s.device, precision=s.precision, batch_sizes=batch_sizes,
-                              image_size=s.image_hw, weights=s.weights, sampler=s.sampler)
+                              image_size=s.image_hw, weights=s.weights, sampler=s.sampler,
+                              check_inputs=str(EXAMPLES))
         started = time.perf_counter()
         self.engine = await asyncio.to_thread(self.engine_factory, config)
         if self.engine.weights.random:
             log.warning("SERVING RANDOM WEIGHTS: no checkpoint was found, every output is meaningless; "
                         "set TRYON_WEIGHTS or put a checkpoint in weights/ (X-Weights: random)")
         warmup = await asyncio.to_thread(self.engine.warmup)
+        self.metrics.sampler.labels(sampler=self.engine.sampler).set(1)
         # Admission control starts from the smallest and largest batch timed once warm (sizes
         # between are interpolated) and follows every batch the engine runs from then on.
         rate = await asyncio.to_thread(ServiceRate.measured, self.engine.infer, s.image_hw,
@@ -96,7 +97,7 @@ class ServiceState:
         self.batcher.start()
         self.fetcher = UrlFetcher(s)
         identity = model_identity(self.engine.weights.sha256, self.engine.precision,
-                                  resolve_sampler(s.sampler, self.engine.device), s.image_hw)
+                                  self.engine.sampler, s.image_hw)
         self.cache = open_cache(s, identity, self.metrics)
         self.ready = True
         self.metrics.ready.set(1)

@@ -38,3 +38,20 @@ def standin_weights_file(tmp_path_factory, standin_state):
 
 def load_golden(name: str) -> dict:
     return torch.load(FIXTURES / name, weights_only=True)
+
+
+@pytest.fixture
+def ieee_fp32_convolutions():
+    """On a GPU: cuDNN without TF32 (on by default: 0.014 off the golden output) and
+    with deterministic algorithms, whatever ran before in the process; restored after.
+    An engine still sets TF32 for its own mode (model.engine.set_cuda_math)."""
+    if not torch.cuda.is_available():
+        yield
+        return
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    yield
+    (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
+     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) = saved

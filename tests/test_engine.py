@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.accuracy import psnr_8bit, run_mode
-from model.engine import AUTO_GPU_PRECISION, Engine, EngineConfig, effective_precision
+from model import create_model, load_weights
+from model.engine import AUTO_GPU_PRECISION, Engine, EngineConfig, effective_precision, run_in_precision
+from model.images import psnr_8bit
 from tests.conftest import load_golden
 
 # Numeric: run a second time in CI with oneDNN and ATen held to AVX2 (Makefile, test-avx2).
@@ -34,8 +35,9 @@ def golden():
 
 
 def make_engine(weights_file, **overrides) -> Engine:
+    # The mode asked for, unchecked: these tests measure each mode (test_engine_fallbacks checks).
     config = dict(device="cpu", precision="fp32", batch_sizes=(1, 2), image_size=SIZE,
-                  weights=weights_file, sampler="torch")
+                  weights=weights_file, sampler="torch", check_precision=False)
     config.update(overrides)
     return Engine(EngineConfig(**config))
 
@@ -148,7 +150,8 @@ def test_default_reduced_precision_keeps_40db(standin_state, golden):
     64x64 keeps PSNR >= 40 dB against fp32. On the CPU, fp16 convolutions take
     the slow reference path (about 20 s); on a GPU this is instant."""
     device = torch.device("cuda" if CUDA else "cpu")
-    out = run_mode(standin_state, golden, AUTO_GPU_PRECISION, device, "auto" if CUDA else "torch")
+    net = load_weights(create_model(sampler="auto" if CUDA else "torch"), standin_state)
+    out = run_in_precision(net, (golden["pose"], golden["masked_model"], golden["cloth"]), AUTO_GPU_PRECISION, device)
     assert psnr_8bit(out, golden["tryon"]) >= 40
 
 
@@ -157,7 +160,7 @@ gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 
 @gpu
 @pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16", "fp16"])
-def test_gpu_engine_graphs_match_eager_and_golden(weights_file, golden, precision):
+def test_gpu_engine_graphs_match_eager_and_golden(weights_file, golden, precision, ieee_fp32_convolutions):
     graphs = make_engine(weights_file, device="cuda", precision=precision, sampler="auto", batch_sizes=(1, 2))
     graphs.warmup()
     assert graphs.info["cuda_graphs"] and set(graphs._graphs) == {1, 2}
@@ -186,13 +189,16 @@ def test_gpu_infer_garments_equals_separate_runs(weights_file, golden):
 
 
 @pytest.mark.skipif(CUDA, reason="checks the message on a machine without CUDA")
-def test_gpu_benchmark_fails_clearly_without_cuda():
+@pytest.mark.parametrize("module", ["bench.gpu_bench", "bench.gpu_check"])
+def test_gpu_benchmarks_fail_clearly_without_cuda(module):
+    """bench.gpu_check is what `make gpu-check` runs."""
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": str(root)}
-    result = subprocess.run([sys.executable, "-m", "bench.gpu_bench", "--quick"], cwd=root, env=env,
+    result = subprocess.run([sys.executable, "-m", module, "--quick"], cwd=root, env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert "needs a CUDA GPU" in result.stderr and not list((root / "bench" / "results").glob("gpu-*.json"))
+    assert f"{module}" in result.stderr and "needs a CUDA GPU" in result.stderr
+    assert not list((root / "bench" / "results").glob("gpu-*.json"))
 
 
 def test_iter_infer_in_steps_equals_infer(weights_file):

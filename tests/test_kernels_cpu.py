@@ -7,6 +7,7 @@ import torch
 from model.kernels import deformable_sample
 from model.kernels.cpu_sampling import deformable_sample_cpu
 from model.sampling import deformable_sample_published, deformable_sample_reference
+from tests.kernel_cases import assert_close, random_case
 
 # Numeric: run a second time in CI with oneDNN and ATen held to AVX2 (Makefile, test-avx2).
 pytestmark = pytest.mark.numeric
@@ -15,24 +16,9 @@ ATOL = 1e-5
 RTOL = 1e-5
 
 
-def random_case(gen, b, k, c, in_hw, out_hw, flow_scale, weight_kind):
-    features = torch.randn(b, c, *in_hw, generator=gen)
-    flows = torch.randn(b * k, 2, *out_hw, generator=gen) * flow_scale
-    logits = torch.randn(b, k, *out_hw, generator=gen)
-    if weight_kind == "peaked":
-        weights = torch.softmax(logits * 50, dim=1)
-    elif weight_kind == "flat":
-        weights = torch.full((b, k, *out_hw), 1.0 / k)
-    else:  # any real numbers, negative included
-        weights = logits
-    return features, flows, weights
-
-
 def assert_matches_reference(features, flows, weights):
-    ours = deformable_sample_cpu(features, flows, weights)
-    ref = deformable_sample_reference(features, flows, weights)
-    assert ours.shape == ref.shape and ours.dtype == ref.dtype
-    torch.testing.assert_close(ours, ref, atol=ATOL, rtol=RTOL)
+    assert_close(deformable_sample_cpu(features, flows, weights), deformable_sample_reference(features, flows, weights),
+                 ATOL, RTOL)
 
 
 def test_many_random_shapes():
@@ -91,22 +77,21 @@ def test_other_dtypes_are_computed_in_fp32():
     out = deformable_sample_cpu(features.double(), flows.double(), weights.double())
     assert out.dtype == torch.float64
     ref = deformable_sample_reference(features.double(), flows.double(), weights.double())
-    torch.testing.assert_close(out, ref, atol=ATOL, rtol=RTOL)
+    assert_close(out, ref, ATOL, RTOL)
 
 
 @pytest.mark.parametrize("impl", ["numba", "published"])
 def test_dispatch_names(impl):
     gen = torch.Generator().manual_seed(4)
     features, flows, weights = random_case(gen, 2, 6, 16, (12, 10), (12, 10), 1.0, "peaked")
-    torch.testing.assert_close(deformable_sample(features, flows, weights, impl=impl),
-                               deformable_sample_reference(features, flows, weights), atol=ATOL, rtol=RTOL)
+    assert_close(deformable_sample(features, flows, weights, impl=impl),
+                 deformable_sample_reference(features, flows, weights), ATOL, RTOL)
 
 
 def test_published_formulation_is_the_same_sum():
     gen = torch.Generator().manual_seed(5)
     case = random_case(gen, 3, 6, 8, (10, 6), (10, 6), 2.0, "signed")
-    torch.testing.assert_close(deformable_sample_published(*case), deformable_sample_reference(*case),
-                               atol=ATOL, rtol=RTOL)
+    assert_close(deformable_sample_published(*case), deformable_sample_reference(*case), ATOL, RTOL)
 
 
 def test_refuses_what_it_cannot_do():

@@ -75,3 +75,17 @@ def test_check_size(h, w, ok):
     else:
         with pytest.raises(ValueError):
             check_size(h, w)
+
+
+def test_concatenation_keeps_the_garment_layout_with_a_shared_person():
+    """One person's features expanded over N garments (batch stride 0) with channels-last
+    garment features: the concatenation stays channels-last, equal to torch.cat."""
+    from model.network import cat_channels
+    garments = torch.randn(3, 8, 5, 6).contiguous(memory_format=torch.channels_last)
+    person = torch.randn(1, 8, 5, 6).contiguous(memory_format=torch.channels_last).expand(3, -1, -1, -1)
+    assert not torch.cat((garments, person), dim=1).is_contiguous(memory_format=torch.channels_last)
+    joined = cat_channels(garments, person)
+    assert joined.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(joined, torch.cat((garments, person), dim=1))
+    nchw = cat_channels(garments.contiguous(), person.contiguous())
+    assert nchw.is_contiguous() and torch.equal(nchw, joined)

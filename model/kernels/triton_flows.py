@@ -15,7 +15,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_sampling import INTERPRETED, _bilinear_corners
+from .triton_utils import INTERPRETED, bilinear_corners
+
+# Pixels per program on a GPU (the default 4 warps); smaller maps take the next power of 2.
+COMPOSE_BLOCK = 256
 
 
 @triton.jit
@@ -39,7 +42,7 @@ def _compose_kernel(flow_ptr, off_ptr, out_ptr, H, W,
     # offsets_to_flow: the align-corners-true normalisation (ARCHITECTURE.md).
     gx = (x.to(tl.float32) + ox) / ((W - 1.0) * 0.5) - 1.0
     gy = (y.to(tl.float32) + oy) / ((H - 1.0) * 0.5) - 1.0
-    x0, x1, y0, y1, wx0, wx1, wy0, wy1 = _bilinear_corners(gx, gy, W, H)
+    x0, x1, y0, y1, wx0, wx1, wy0, wy1 = bilinear_corners(gx, gy, W, H)
     w00 = wx0 * wy0
     w01 = wx1 * wy0
     w10 = wx0 * wy1
@@ -65,9 +68,14 @@ def compose_head_flows_triton(flow: torch.Tensor, block_offsets: torch.Tensor, h
     out = torch.empty((n, 2, h, w), device=flow.device, dtype=torch.float32)
     if out.numel() == 0:
         return out
-    block = min(triton.next_power_of_2(h * w), 4096 if INTERPRETED else 256)
+    block = min(triton.next_power_of_2(h * w), 4096 if INTERPRETED else COMPOSE_BLOCK)
     grid = (triton.cdiv(h * w, block), n)
-    _compose_kernel[grid](flow, block_offsets, out, h, w,
-                          *flow.stride(), *block_offsets.stride(), *out.stride(),
-                          K=heads, BLOCK=block)
+    _compose_kernel[grid](*compose_kernel_args(flow, block_offsets, out), K=heads, BLOCK=block)
     return out
+
+
+def compose_kernel_args(flow: torch.Tensor, block_offsets: torch.Tensor, out: torch.Tensor) -> list:
+    """The kernel's runtime arguments in order (also what model.kernels.compile_check
+    specialises a compile on)."""
+    _, _, h, w = flow.shape
+    return [flow, block_offsets, out, h, w, *flow.stride(), *block_offsets.stride(), *out.stride()]

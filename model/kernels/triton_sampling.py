@@ -19,40 +19,13 @@ run the kernels on CPU tensors (tests do, in a subprocess).
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+from .triton_utils import INTERPRETED, bilinear_corners
+
 FEATURE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-@triton.jit
-def _bilinear_corners(gx, gy, W, H):
-    """Source pixel of a normalised (gx, gy) as grid_sample computes it with
-    align_corners=False and border padding: the top-left corner, its clamped
-    right/bottom neighbour and the four interpolation weights' factors."""
-    ix = ((gx + 1.0) * W - 1.0) * 0.5
-    iy = ((gy + 1.0) * H - 1.0) * 0.5
-    ix = tl.minimum(tl.maximum(ix, 0.0), W - 1.0)
-    iy = tl.minimum(tl.maximum(iy, 0.0), H - 1.0)
-    x0f = tl.floor(ix)
-    y0f = tl.floor(iy)
-    # Same factor formulas as ATen's grid sampler (east weight = x - x0,
-    # west weight = (x0 + 1) - x), so rounding matches the reference.
-    wx1 = ix - x0f
-    wx0 = (x0f + 1.0) - ix
-    wy1 = iy - y0f
-    wy0 = (y0f + 1.0) - iy
-    x0 = x0f.to(tl.int32)
-    y0 = y0f.to(tl.int32)
-    # After the border clamp the far neighbour only leaves the image when its
-    # weight is exactly zero, so clamping it reads a valid pixel at weight 0.
-    x1 = tl.minimum(x0 + 1, W - 1)
-    y1 = tl.minimum(y0 + 1, H - 1)
-    return x0, x1, y0, y1, wx0, wx1, wy0, wy1
 
 
 @triton.jit
@@ -75,38 +48,49 @@ def _deformable_sample_kernel(
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask = (c < C)[:, None] & p_mask[None, :]
 
-    feat = feat_ptr + b * sf_b + (c * sf_c)[:, None]
+    # One image's base pointer and 32-bit offsets within it (check_sampling_inputs keeps an
+    # image under 2**31 elements): a tile of 64-bit pointers per corner would double the
+    # registers the addresses take.
+    feat = feat_ptr + b * sf_b
+    channel = (c * sf_c)[:, None]
     acc = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
-    for k in tl.static_range(K):
+    # A runtime loop over the heads, not tl.static_range: unrolled, the six heads'
+    # addresses and factors stay live together and ptxas spilled every NCHW variant on
+    # sm_89/sm_90 (255 registers, 32-528 bytes); the loop needs about 150 and no spill
+    # (bench/results/kernel_resources.json, tests/test_kernels_compile.py).
+    for k in range(K):
         flow = flow_ptr + (b * K + k) * sg_n + y * sg_h + x * sg_w
         gx = tl.load(flow, mask=p_mask, other=0.0).to(tl.float32)
         gy = tl.load(flow + sg_c, mask=p_mask, other=0.0).to(tl.float32)
         a = tl.load(weight_ptr + b * sa_b + k * sa_k + y * sa_h + x * sa_w,
                     mask=p_mask, other=0.0).to(tl.float32)
-        x0, x1, y0, y1, wx0, wx1, wy0, wy1 = _bilinear_corners(gx, gy, W, H)
+        x0, x1, y0, y1, wx0, wx1, wy0, wy1 = bilinear_corners(gx, gy, W, H)
         ay0 = a * wy0
         ay1 = a * wy1
         row0 = y0 * sf_h
         row1 = y1 * sf_h
         col0 = x0 * sf_w
         col1 = x1 * sf_w
-        v = tl.load(feat + (row0 + col0)[None, :], mask=mask, other=0.0).to(tl.float32)
+        v = tl.load(feat + (channel + (row0 + col0)[None, :]), mask=mask, other=0.0).to(tl.float32)
         acc += v * (wx0 * ay0)[None, :]
-        v = tl.load(feat + (row0 + col1)[None, :], mask=mask, other=0.0).to(tl.float32)
+        v = tl.load(feat + (channel + (row0 + col1)[None, :]), mask=mask, other=0.0).to(tl.float32)
         acc += v * (wx1 * ay0)[None, :]
-        v = tl.load(feat + (row1 + col0)[None, :], mask=mask, other=0.0).to(tl.float32)
+        v = tl.load(feat + (channel + (row1 + col0)[None, :]), mask=mask, other=0.0).to(tl.float32)
         acc += v * (wx0 * ay1)[None, :]
-        v = tl.load(feat + (row1 + col1)[None, :], mask=mask, other=0.0).to(tl.float32)
+        v = tl.load(feat + (channel + (row1 + col1)[None, :]), mask=mask, other=0.0).to(tl.float32)
         acc += v * (wx1 * ay1)[None, :]
 
     out = out_ptr + b * so_b + (c * so_c)[:, None] + (y * so_h + x * so_w)[None, :]
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _sample_configs():
-    """Candidate tilings, tried once per (C, H, W, layout) on the GPU at warm-up."""
-    return [triton.Config({"BLOCK_P": p, "BLOCK_C": c}, num_warps=w)
-            for p, c, w in ((64, 32, 4), (128, 16, 4), (32, 64, 4), (128, 32, 8), (256, 8, 4), (16, 64, 2))]
+# Candidate tilings, tried once per (C, H, W, layout) on the GPU at warm-up; every one is
+# compiled for sm_80/89/90 and checked free of spills by tests/test_kernels_compile.py.
+# The 128x32 tile runs on 4 warps: on 8, ptxas (sm_90) held the half-precision
+# channels-last variants to 64 registers and spilled.
+SAMPLE_CONFIGS = tuple(triton.Config({"BLOCK_P": p, "BLOCK_C": c}, num_warps=w)
+                       for p, c, w in ((64, 32, 4), (128, 16, 4), (32, 64, 4), (128, 32, 4), (256, 8, 4),
+                                       (16, 64, 2)))
 
 
 _tuned_sample_kernel = None
@@ -122,7 +106,7 @@ def _launcher(channels: int, pixels: int):
                                            "BLOCK_C": min(triton.next_power_of_2(channels), 64)}
     if _tuned_sample_kernel is None:
         _tuned_sample_kernel = triton.autotune(
-            configs=_sample_configs(), key=["C", "H", "W", "K", "sf_c", "sf_w"])(_deformable_sample_kernel)
+            configs=list(SAMPLE_CONFIGS), key=["C", "H", "W", "K", "sf_c", "sf_w"])(_deformable_sample_kernel)
     return _tuned_sample_kernel, {}
 
 
@@ -136,6 +120,9 @@ def check_sampling_inputs(features: torch.Tensor, flows: torch.Tensor, weights: 
         raise ValueError(f"weights {tuple(weights.shape)} do not fit features {tuple(features.shape)}")
     if tuple(flows.shape) != (b * k, 2, h, w):
         raise ValueError(f"flows {tuple(flows.shape)} must be {(b * k, 2, h, w)}")
+    if sum((n - 1) * s for n, s in zip(features.shape[1:], features.stride()[1:])) >= 2**31:
+        raise ValueError(f"features {tuple(features.shape)}: one image must stay under 2**31 elements "
+                         "(the kernel's offsets within an image are 32-bit)")
     if features.dtype not in FEATURE_DTYPES:
         raise TypeError(f"features dtype {features.dtype} not supported; use one of {FEATURE_DTYPES}")
     if not (features.device == flows.device == weights.device):
@@ -158,7 +145,14 @@ def deformable_sample_triton(features: torch.Tensor, flows: torch.Tensor,
     def grid(meta):
         return triton.cdiv(h * w, meta["BLOCK_P"]), triton.cdiv(c, meta["BLOCK_C"]), b
 
-    kernel[grid](features, flows, weights, out, c, h, w,
-                 *features.stride(), *flows.stride(), *weights.stride(), *out.stride(),
-                 K=k, **fixed)
+    kernel[grid](*sample_kernel_args(features, flows, weights, out), K=k, **fixed)
     return out
+
+
+def sample_kernel_args(features: torch.Tensor, flows: torch.Tensor, weights: torch.Tensor,
+                       out: torch.Tensor) -> list:
+    """The kernel's runtime arguments in order (also what model.kernels.compile_check
+    specialises a compile on)."""
+    _, c, h, w = features.shape
+    return [features, flows, weights, out, c, h, w,
+            *features.stride(), *flows.stride(), *weights.stride(), *out.stride()]
