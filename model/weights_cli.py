@@ -1,4 +1,4 @@
-"""tryon-weights: check, convert and download DAFlow checkpoints."""
+"""tryon-weights: check, convert, download and export (to ONNX) DAFlow checkpoints."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +10,8 @@ from urllib.parse import urlparse
 import torch
 
 from .download import DownloadError, download
+from .onnx_export import (DEFAULT_IMAGE_SIZE, DEFAULT_OPSET, IMAGE_SIZE_ENV, ExportError, export_onnx,
+                          parse_image_size)
 from .weights import WEIGHTS_DIR, WeightsError, create_model, load_weights, read_checkpoint, sha256_of
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -61,6 +63,12 @@ def main(argv=None) -> int:
     p_download.add_argument("url")
     p_download.add_argument("--sha256", help="expected hex digest")
     p_download.add_argument("--out", help=f"destination (default: {WEIGHTS_DIR}/<name in URL>)")
+    p_onnx = sub.add_parser("export-onnx", help="write the network as one ONNX file (docs/onnx.md)")
+    p_onnx.add_argument("out", help="the .onnx file to write")
+    p_onnx.add_argument("--weights", help="checkpoint file (default: $TRYON_WEIGHTS, then weights/)")
+    p_onnx.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default: %(default)s)")
+    p_onnx.add_argument("--image-size", help=f"HxW fixed in the graph (default: ${IMAGE_SIZE_ENV}, "
+                                             f"else {'x'.join(map(str, DEFAULT_IMAGE_SIZE))})")
     args = parser.parse_args(argv)
     try:
         if args.command == "check":
@@ -70,12 +78,17 @@ def main(argv=None) -> int:
         elif args.command == "convert":
             out = convert(args.file, args.out, args.dtype)
             print(f"wrote {out} ({args.dtype}, sha256 {sha256_of(out)})")
+        elif args.command == "export-onnx":
+            size_hw = parse_image_size(args.image_size) if args.image_size else None
+            weights = export_onnx(args.out, args.weights, size_hw, args.opset)
+            print(f"wrote {args.out} (opset {args.opset}, weights {weights.name}"
+                  f"{', RANDOM: outputs are meaningless' if weights.random else ''})")
         else:
             name = Path(urlparse(args.url).path).name or "ckpt_viton.pt"
             dest = Path(args.out) if args.out else WEIGHTS_DIR / name
             out = download(args.url, dest, sha256=args.sha256, verify=_verify)
             print(f"downloaded {out} (sha256 {sha256_of(out)})")
-    except (WeightsError, DownloadError, OSError) as exc:
+    except (WeightsError, DownloadError, ExportError, OSError) as exc:
         print(f"tryon-weights: error: {exc}", file=sys.stderr)
         return 1
     return 0
