@@ -49,13 +49,14 @@ def parse_args(argv=None) -> dict:
     return {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
 
 
-def main(argv=None) -> None:
+def main(argv=None, engine_factory=None) -> None:
+    """``engine_factory``: a stand-in for the model (bench/frontend_server.py); None serves the model."""
     try:
         settings = Settings(**parse_args(argv))
     except ValidationError as exc:
         sys.exit(f"tryon-serve: invalid settings:\n{exc}")
     configure_logging(settings.log_level)
-    app = create_app(settings)
+    app = create_app(settings, engine_factory)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
                             log_level=settings.log_level, lifespan="on",
                             timeout_graceful_shutdown=settings.drain_timeout_s)

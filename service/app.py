@@ -12,7 +12,7 @@ from .routes import operations, tryon
 from .routes_batch import batch
 from .routes_prepare import prepare
 from .settings import Settings
-from .state import ServiceState
+from .state import EngineFactory, ServiceState
 
 EXPOSED_HEADERS = ["X-Request-ID", "X-Weights", "Server-Timing", "X-Batch-Size", "X-Garments", "X-Image-Size",
                    "Retry-After"]
@@ -28,9 +28,9 @@ async def lifespan(app: FastAPI):
         await service.stop()
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, engine_factory: EngineFactory | None = None) -> FastAPI:
     settings = settings or Settings()
-    service = ServiceState(settings)
+    service = ServiceState(settings, engine_factory)
     app = FastAPI(title="DAFlow virtual try-on", version="0.1.0", lifespan=lifespan,
                   description="POST a person (a masked model and pose map, or a photo and its keypoints) and a "
                               "garment, or many garments; get the try-on images back.")

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from pathlib import Path
+from typing import Callable
 
 from fastapi import Request
 
@@ -21,9 +22,13 @@ log = logging.getLogger("service")
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 
 
+EngineFactory = Callable[[EngineConfig], Engine]
+
+
 class ServiceState:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, engine_factory: EngineFactory | None = None):
         self.settings = settings
+        self.engine_factory = engine_factory or Engine  # a benchmark's stand-in replaces the model here
         self.metrics = Metrics(settings.max_batch_size)
         self.engine: Engine | None = None
         self.batcher: Batcher | None = None
@@ -61,7 +66,7 @@ class ServiceState:
         config = EngineConfig(device=s.device, precision=s.precision, batch_sizes=batch_sizes,
                               image_size=s.image_hw, weights=s.weights, sampler=s.sampler)
         started = time.perf_counter()
-        self.engine = await asyncio.to_thread(Engine, config)
+        self.engine = await asyncio.to_thread(self.engine_factory, config)
         if self.engine.weights.random:
             log.warning("SERVING RANDOM WEIGHTS: no checkpoint was found, every output is meaningless; "
                         "set TRYON_WEIGHTS or put a checkpoint in weights/ (X-Weights: random)")
