@@ -10,7 +10,10 @@ server CPU milliseconds per request (user + system time of the server's
 processes, from /proc, over the measured requests), the mean time per stage
 (the Server-Timing header), requests per second, and the batch sizes formed.
 
-    python -m bench.frontend --requests 300 --clients 16 --repeats 2 --out bench/results/frontend-cpu.json
+    python -m bench.frontend --baseline 61db89b --requests 300 --repeats 3 --out bench/results/frontend-cpu.json
+
+``--baseline REF`` measures that commit too, alternating with the work tree in the same
+run (it must hold bench/frontend_server.py: this file's first commit has it).
 """
 from __future__ import annotations
 
@@ -104,18 +107,28 @@ async def drive(url: str, inputs: dict[str, bytes], requests: int, clients: int)
             "stage_ms": {name: round(sum(v) / len(v), 3) for name, v in stages.items()}}
 
 
-def start_server(port: int, workers: int, tmp: Path) -> subprocess.Popen:
+def start_server(code: Path, port: int, workers: int, tmp: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRYON_")}
-    env |= {"PYTHONPATH": str(ROOT), "TRYON_DEVICE": "cpu", "TRYON_WORKERS": str(workers),
+    # One torch thread: the stand-in needs none, and idle OpenMP workers spinning on a busy
+    # machine would be charged to the request path.
+    env |= {"PYTHONPATH": str(code), "OMP_NUM_THREADS": "1", "TRYON_DEVICE": "cpu", "TRYON_WORKERS": str(workers),
             "TRYON_LOG_LEVEL": "info", "TRYON_QUEUE_LIMIT": "256"}
     log = open(tmp / f"server-{port}.log", "wb")
     return subprocess.Popen([sys.executable, "-m", "bench.frontend_server", "--host", "127.0.0.1",
-                             "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+                             "--port", str(port)], cwd=code, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def measure(workers: int, size: str, args, tmp: Path) -> dict:
+def checkout(ref: str, folder: Path) -> Path:
+    """The files of commit ``ref`` (for a baseline measured in the same run)."""
+    folder.mkdir()
+    archive = subprocess.run(["git", "archive", ref], cwd=ROOT, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder
+
+
+def measure(code: str, workers: int, size: str, args, tmp: Path) -> dict:
     port = 19000 + os.getpid() % 1000
-    process = start_server(port, workers, tmp)
+    process = start_server(args.code[code], port, workers, tmp)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, process)
@@ -131,7 +144,7 @@ def measure(workers: int, size: str, args, tmp: Path) -> dict:
         process.send_signal(signal.SIGTERM)
         process.wait(60)
     ok = result["statuses"].get("200", 0)
-    return {"workers": workers, "inputs": size, "input_bytes": sum(map(len, inputs.values())),
+    return {"code": code, "workers": workers, "inputs": size, "input_bytes": sum(map(len, inputs.values())),
             "requests": args.requests, "clients": args.clients, "server_processes": len(pids),
             "server_cpu_ms_per_request": round(cpu * 1000 / max(ok, 1), 3), **result,
             "batches_formed": formed, "loadavg_1min_before": round(load, 2),
@@ -143,18 +156,18 @@ def summary(results: list[dict]) -> dict:
     ratio of req/s of 2 front-end processes to 1."""
     by = defaultdict(list)
     for r in results:
-        by[(r["inputs"], r["workers"])].append(r)
+        by[(r["code"], r["inputs"], r["workers"])].append(r)
 
     def median(values):
         values = sorted(values)
         return values[len(values) // 2]
-    table = {f"{size} workers={w}": {"cpu_ms_per_request": median([r["server_cpu_ms_per_request"] for r in rs]),
-                                     "requests_per_s": median([r["requests_per_s"] for r in rs])}
-             for (size, w), rs in sorted(by.items())}
-    for size in SIZES:
-        one, two = table.get(f"{size} workers=1"), table.get(f"{size} workers=2")
+    table = {f"{code} {size} workers={w}": {
+        "cpu_ms_per_request": median([r["server_cpu_ms_per_request"] for r in rs]),
+        "requests_per_s": median([r["requests_per_s"] for r in rs])} for (code, size, w), rs in sorted(by.items())}
+    for code, size in {(code, size) for code, size, _ in by}:
+        one, two = table.get(f"{code} {size} workers=1"), table.get(f"{code} {size} workers=2")
         if one and two:
-            table[f"{size} speed-up 2 vs 1"] = round(two["requests_per_s"] / one["requests_per_s"], 3)
+            table[f"{code} {size} speed-up 2 vs 1"] = round(two["requests_per_s"] / one["requests_per_s"], 3)
     return table
 
 
@@ -166,6 +179,7 @@ def main(argv=None) -> None:
     parser.add_argument("--sizes", default=",".join(SIZES), help="input sizes, WxH (192x256,768x1024)")
     parser.add_argument("--repeats", type=int, default=2, help="rounds over all configurations, alternating")
     parser.add_argument("--label", default="", help="what code was measured (e.g. baseline)")
+    parser.add_argument("--baseline", help="also measure this commit (git archive), alternating with the work tree")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
 
@@ -175,10 +189,18 @@ def main(argv=None) -> None:
                           "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
               "results": []}
     with tempfile.TemporaryDirectory() as tmp:
+        args.code = {"ours": ROOT}
+        if args.baseline:
+            args.code["baseline"] = checkout(args.baseline, Path(tmp) / "baseline")
+            report["baseline"] = subprocess.run(["git", "rev-parse", args.baseline], cwd=ROOT, text=True,
+                                                capture_output=True).stdout.strip()
         for _ in range(args.repeats):
             for size in args.sizes.split(","):
-                for workers in map(int, args.workers.split(",")):
-                    report["results"].append(measure(workers, size, args, Path(tmp)))
+                for code in args.code:
+                    for workers in map(int, args.workers.split(",")):
+                        if code == "baseline" and workers > 1:
+                            continue  # one process is all the baseline has
+                        report["results"].append(measure(code, workers, size, args, Path(tmp)))
                     print(json.dumps(report["results"][-1]), file=sys.stderr, flush=True)
     report["summary"] = summary(report["results"])
     report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
