@@ -190,17 +190,26 @@ class Letterbox:
 _LEVELS = torch.arange(256, dtype=torch.float32).div(127.5).sub(1.0).numpy()
 
 
+def levels_to_tensor(levels: np.ndarray) -> torch.Tensor:
+    """8-bit levels, (..., 3, H, W) uint8 -> the network's float32 in [-1, 1], as x / 127.5 - 1."""
+    return torch.from_numpy(np.take(_LEVELS, levels))
+
+
+def tensor_to_levels(t: torch.Tensor) -> np.ndarray:
+    """Network values (..., 3, H, W) -> uint8 levels: clamp to [-1, 1], (y + 1) * 127.5, rounded.
+    Inverts levels_to_tensor exactly; numpy, so no torch thread pool is woken for a small image."""
+    arr = t.detach().float().cpu().numpy()
+    return np.rint((np.clip(arr, -1.0, 1.0) + np.float32(1.0)) * np.float32(127.5)).astype(np.uint8)
+
+
 def image_to_tensor(img: Image.Image) -> torch.Tensor:
     """8-bit RGB -> (3, H, W) float32 in [-1, 1], as x / 127.5 - 1."""
-    pixels = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
-    return torch.from_numpy(np.take(_LEVELS, pixels.transpose(2, 0, 1)))
+    return levels_to_tensor(np.asarray(img if img.mode == "RGB" else img.convert("RGB")).transpose(2, 0, 1))
 
 
 def tensor_to_image(t: torch.Tensor) -> Image.Image:
     """(3, H, W) network output -> 8-bit RGB: clamp to [-1, 1], (y + 1) * 127.5, rounded."""
-    arr = t.detach().float().cpu().numpy()  # numpy: no torch thread pool woken for a small image
-    arr = np.rint((np.clip(arr, -1.0, 1.0) + np.float32(1.0)) * np.float32(127.5))
-    return Image.fromarray(np.ascontiguousarray(arr.astype(np.uint8).transpose(1, 2, 0)))
+    return Image.fromarray(np.ascontiguousarray(tensor_to_levels(t).transpose(1, 2, 0)))
 
 
 @dataclass

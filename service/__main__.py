@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import socket
 import sys
 
 import uvicorn
@@ -42,6 +43,7 @@ def parse_args(argv=None) -> dict:
     flag("--weights", help="TRYON_WEIGHTS: checkpoint path (unset: look in weights/)")
     flag("--sampler", help="TRYON_SAMPLER: auto, torch, numba, triton (auto)")
     flag("--image-size", help="TRYON_IMAGE_SIZE: HxW (256x192)")
+    flag("--workers", type=int, help="TRYON_WORKERS: front-end processes feeding the one engine process (1)")
     flag("--max-batch-size", type=int, help="TRYON_MAX_BATCH_SIZE (8)")
     flag("--max-batch-wait-ms", type=float, help="TRYON_MAX_BATCH_WAIT_MS (5)")
     flag("--queue-limit", type=int, help="TRYON_QUEUE_LIMIT (64)")
@@ -56,7 +58,14 @@ def main(argv=None, engine_factory=None) -> None:
     except ValidationError as exc:
         sys.exit(f"tryon-serve: invalid settings:\n{exc}")
     configure_logging(settings.log_level)
-    app = create_app(settings, engine_factory)
+    if settings.workers > 1:
+        from .workers import serve_with_workers  # noqa: PLC0415  (it imports this module)
+        sys.exit(serve_with_workers(settings, engine_factory))
+    serve(create_app(settings, engine_factory), settings)
+
+
+def serve(app, settings: Settings, sockets: list[socket.socket] | None = None) -> None:
+    """uvicorn around ``app``, on settings.host:port or on ``sockets`` already listening."""
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
                             log_level=settings.log_level, lifespan="on",
                             timeout_graceful_shutdown=settings.drain_timeout_s)
@@ -64,7 +73,7 @@ def main(argv=None, engine_factory=None) -> None:
     # uvicorn re-raises SIGTERM once it has drained, through the handler that was there before it:
     # a drained shutdown is a normal exit (status 0), as the deploy contract says.
     signal.signal(signal.SIGTERM, _drained_exit)
-    server.run()
+    server.run(sockets=sockets)
     if not server.started:
         sys.exit(STARTUP_FAILURE)
 

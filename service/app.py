@@ -28,9 +28,11 @@ async def lifespan(app: FastAPI):
         await service.stop()
 
 
-def create_app(settings: Settings | None = None, engine_factory: EngineFactory | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, engine_factory: EngineFactory | None = None,
+               engine_socket: str | None = None) -> FastAPI:
+    """``engine_socket``: a front-end process of TRYON_WORKERS > 1, fed by the engine process there."""
     settings = settings or Settings()
-    service = ServiceState(settings, engine_factory)
+    service = ServiceState(settings, engine_factory, engine_socket)
     app = FastAPI(title="DAFlow virtual try-on", version="0.1.0", lifespan=lifespan,
                   description="POST a person (a masked model and pose map, or a photo and its keypoints) and a "
                               "garment, or many garments; get the try-on images back.")

@@ -1,13 +1,28 @@
-"""Prometheus metrics, one registry per app (two apps in a process never clash)."""
+"""Prometheus metrics, one registry per app (two apps in a process never clash).
+
+With TRYON_WORKERS > 1 every process (the engine's and each front end's) writes its
+values to files in PROMETHEUS_MULTIPROC_DIR, and /metrics sums them: requests from
+every front end, batch sizes as the engine process formed them.
+"""
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401  (re-exported for the route)
 
 # The *_created series only double the output; dashboards use the counters themselves.
 disable_created_metrics()
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60)
+
+
+class ReportedElsewhere:
+    """In place of a gauge that another process owns: a front end's queue depth is the engine's."""
+
+    def set(self, value: float) -> None:
+        pass
 
 
 class Metrics:
@@ -18,7 +33,8 @@ class Metrics:
                                 ["route", "method", "status"], registry=r)
         self.latency = Histogram("tryon_http_request_duration_seconds", "HTTP request latency by route",
                                  ["route"], buckets=LATENCY_BUCKETS, registry=r)
-        self.queue_depth = Gauge("tryon_queue_depth", "Requests waiting for the model worker", registry=r)
+        self.queue_depth = Gauge("tryon_queue_depth", "Requests waiting for the model worker", registry=r,
+                                 multiprocess_mode="livemostrecent")
         self.batch_size = Histogram("tryon_batch_size", "Requests per batch run through the engine",
                                     buckets=tuple(range(1, max_batch_size + 1)), registry=r)
         self.inference = Histogram("tryon_inference_seconds", "Engine time per batch",
@@ -29,7 +45,12 @@ class Metrics:
                                ["reason"], registry=r)
         self.oom_splits = Counter("tryon_oom_splits", "Batches split in two after a device out-of-memory",
                                   registry=r)
-        self.ready = Gauge("tryon_ready", "1 when loaded, warm and not draining", registry=r)
+        self.ready = Gauge("tryon_ready", "1 when loaded, warm and not draining", registry=r,
+                           multiprocess_mode="livemin")
 
     def render(self) -> bytes:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            summed = CollectorRegistry()
+            MultiProcessCollector(summed)
+            return generate_latest(summed)
         return generate_latest(self.registry)

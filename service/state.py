@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -15,7 +16,8 @@ from model.kernels import resolve as resolve_sampler
 
 from .batcher import Batcher
 from .fetch import UrlFetcher
-from .metrics import Metrics
+from .metrics import Metrics, ReportedElsewhere
+from .remote import RemoteBatcher, RemoteEngine
 from .settings import Settings
 
 log = logging.getLogger("service")
@@ -26,12 +28,15 @@ EngineFactory = Callable[[EngineConfig], Engine]
 
 
 class ServiceState:
-    def __init__(self, settings: Settings, engine_factory: EngineFactory | None = None):
+    def __init__(self, settings: Settings, engine_factory: EngineFactory | None = None,
+                 engine_socket: str | None = None):
         self.settings = settings
         self.engine_factory = engine_factory or Engine  # a benchmark's stand-in replaces the model here
+        # A front-end process of TRYON_WORKERS > 1: the engine and its queue live behind this socket.
+        self.engine_socket = engine_socket
         self.metrics = Metrics(settings.max_batch_size)
-        self.engine: Engine | None = None
-        self.batcher: Batcher | None = None
+        self.engine: Engine | RemoteEngine | None = None
+        self.batcher: Batcher | RemoteBatcher | None = None
         self.fetcher: UrlFetcher | None = None
         self.ready = False
         self.draining = False
@@ -62,6 +67,8 @@ class ServiceState:
         """Loads the engine once, warms every batch size it will run, then opens for traffic."""
         s = self.settings
         self._loop = asyncio.get_running_loop()
+        if self.engine_socket is not None:
+            return await self._connect_engine()
         batch_sizes = s.batch_sizes_for(pick_device(s.device).type)
         config = EngineConfig(device=s.device, precision=s.precision, batch_sizes=batch_sizes,
                               image_size=s.image_hw, weights=s.weights, sampler=s.sampler)
@@ -83,6 +90,23 @@ class ServiceState:
         line = self.curl_line()
         log.info("try it: %s", line)
         print(line, flush=True)
+
+    async def _connect_engine(self) -> None:
+        """A front-end process: the engine process has loaded and warmed the model already."""
+        self.batcher = RemoteBatcher(on_lost=_engine_lost)
+        self.engine = RemoteEngine(await self.batcher.connect(self.engine_socket))
+        self.metrics.queue_depth = ReportedElsewhere()  # the engine process's batcher sets it
+        self.fetcher = UrlFetcher(self.settings)
+        self.ready = True
+        self.metrics.ready.set(1)
+        log.info("front end ready", extra={"device": str(self.engine.device), "weights": self.weights_label})
+
+    @property
+    def hello(self) -> dict:
+        """What a front-end process learns of the engine when it connects (service/remote.py)."""
+        weights = self.engine.weights
+        return {"info": self.engine.info, "device": str(self.engine.device),
+                "weights": {"name": weights.name, "random": weights.random, "sha256": weights.sha256}}
 
     def curl_line(self) -> str:
         s = self.settings
@@ -110,6 +134,12 @@ class ServiceState:
         if self.fetcher is not None:
             await self.fetcher.aclose()
         log.info("stopped")
+
+
+def _engine_lost() -> None:
+    """A front end without its engine process (killed) serves nothing: it goes at once, as a single
+    process would, so a load balancer's connections fail and it retries elsewhere."""
+    os._exit(1)
 
 
 def get_service(request: Request) -> ServiceState:
