@@ -201,7 +201,7 @@ def main(argv=None) -> None:
                         if code == "baseline" and workers > 1:
                             continue  # one process is all the baseline has
                         report["results"].append(measure(code, workers, size, args, Path(tmp)))
-                    print(json.dumps(report["results"][-1]), file=sys.stderr, flush=True)
+                        print(json.dumps(report["results"][-1]), file=sys.stderr, flush=True)
     report["summary"] = summary(report["results"])
     report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     if args.out:
