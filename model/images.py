@@ -13,6 +13,7 @@ scaled) to the person image's original size.
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from typing import Union
 
@@ -56,7 +57,7 @@ def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
         canvas = Image.new("RGB", rgba.size, background)
         canvas.paste(rgba, mask=rgba.getchannel("A"))
         return canvas
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def open_image(source: ImageSource, field: str, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -89,10 +90,46 @@ def decode_image(source: ImageSource, field: str, *, background=WHITE,
     EXIF orientation is applied; transparency is flattened onto ``background``.
     Raises as ``open_image`` does, and ImageError for a corrupt or truncated image.
     """
+    return _upright_rgb(open_image(source, field, max_pixels=max_pixels), field, background)
+
+
+def decode_to_fit(source: ImageSource, field: str, target_wh: tuple[int, int], *, background=WHITE,
+                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, tuple[int, int]]:
+    """As ``decode_image``, for an image about to be letterboxed into ``target_wh`` (W, H):
+    a JPEG at least 2 x REDUCED_DECODE_MARGIN times larger is decoded by libjpeg at 1/2, 1/4
+    or 1/8 scale, never below REDUCED_DECODE_MARGIN times the size it will be scaled to, so
+    the letterbox's own resize still does the last step. Returns the image and the upright
+    size (W, H) of the whole picture, the frame a Letterbox maps (``Letterbox.fit``).
+    """
     img = open_image(source, field, max_pixels=max_pixels)
+    width, height = img.size
+    swapped = _orientation(img) in _QUARTER_TURNS
+    full_wh = (height, width) if swapped else (width, height)
+    scale = min(target_wh[0] / full_wh[0], target_wh[1] / full_wh[1]) * REDUCED_DECODE_MARGIN
+    if scale < 1:  # only JPEG files implement draft; for every other source it changes nothing
+        img.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
+    return _upright_rgb(img, field, background), full_wh
+
+
+# libjpeg's reduced decoding averages in the DCT domain, the letterbox resizes bicubically:
+# decoding at twice the final size at least keeps the two within a few levels (tests/test_images_decode.py).
+REDUCED_DECODE_MARGIN = 2
+_ORIENTATION_TAG = 0x0112
+_QUARTER_TURNS = (5, 6, 7, 8)
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        return int(img.getexif().get(_ORIENTATION_TAG, 1))
+    except (OSError, ValueError, SyntaxError, TypeError):
+        return 1  # an unreadable EXIF block: ImageOps.exif_transpose would not turn it either
+
+
+def _upright_rgb(img: Image.Image, field: str, background) -> Image.Image:
     try:
         img.load()
-        img = ImageOps.exif_transpose(img)
+        if _orientation(img) != 1:  # exif_transpose copies even an upright image
+            img = ImageOps.exif_transpose(img)
         return _to_rgb(img, background)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ImageError(field, f"corrupt or truncated image ({exc})") from None
@@ -118,13 +155,21 @@ class Letterbox:
         return left, top, left + w, top + h
 
     def apply(self, img: Image.Image, fill=WHITE) -> Image.Image:
+        """``img`` of another size than the source is first scaled to it (a pose map of the same frame)."""
         if img.size != self.source_size:
             img = img.resize(self.source_size, Image.BICUBIC)
+        return self.fit(img, fill)
+
+    def fit(self, img: Image.Image, fill=WHITE) -> Image.Image:
+        """``img`` shows the whole source frame at any resolution (``decode_to_fit``): one resize
+        into the content box; the same as ``apply`` for an image of the source's size."""
+        left, top, right, bottom = self.content_box
+        if img.size != (right - left, bottom - top):
+            img = img.resize((right - left, bottom - top), Image.BICUBIC)
         if img.size == self.target_size:
             return img
-        left, top, right, bottom = self.content_box
         canvas = Image.new("RGB", self.target_size, fill)
-        canvas.paste(img.resize((right - left, bottom - top), Image.BICUBIC), (left, top))
+        canvas.paste(img, (left, top))
         return canvas
 
     def apply_points(self, xy: np.ndarray) -> np.ndarray:
@@ -141,17 +186,30 @@ class Letterbox:
         return img.crop(self.content_box).resize(self.source_size, Image.BICUBIC)
 
 
+# x / 127.5 - 1 in float32 for every 8-bit level: converting is one table lookup per value.
+_LEVELS = torch.arange(256, dtype=torch.float32).div(127.5).sub(1.0).numpy()
+
+
+def levels_to_tensor(levels: np.ndarray) -> torch.Tensor:
+    """8-bit levels, (..., 3, H, W) uint8 -> the network's float32 in [-1, 1], as x / 127.5 - 1."""
+    return torch.from_numpy(np.take(_LEVELS, levels))
+
+
+def tensor_to_levels(t: torch.Tensor) -> np.ndarray:
+    """Network values (..., 3, H, W) -> uint8 levels: clamp to [-1, 1], (y + 1) * 127.5, rounded.
+    Inverts levels_to_tensor exactly; numpy, so no torch thread pool is woken for a small image."""
+    arr = t.detach().float().cpu().numpy()
+    return np.rint((np.clip(arr, -1.0, 1.0) + np.float32(1.0)) * np.float32(127.5)).astype(np.uint8)
+
+
 def image_to_tensor(img: Image.Image) -> torch.Tensor:
     """8-bit RGB -> (3, H, W) float32 in [-1, 1], as x / 127.5 - 1."""
-    arr = np.asarray(img.convert("RGB"), dtype=np.float32)
-    return torch.from_numpy(arr).permute(2, 0, 1).div(127.5).sub(1.0).contiguous()
+    return levels_to_tensor(np.asarray(img if img.mode == "RGB" else img.convert("RGB")).transpose(2, 0, 1))
 
 
 def tensor_to_image(t: torch.Tensor) -> Image.Image:
     """(3, H, W) network output -> 8-bit RGB: clamp to [-1, 1], (y + 1) * 127.5, rounded."""
-    t = t.detach().float().cpu().clamp(-1.0, 1.0)
-    arr = ((t + 1.0) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    return Image.fromarray(arr)
+    return Image.fromarray(np.ascontiguousarray(tensor_to_levels(t).transpose(1, 2, 0)))
 
 
 @dataclass
@@ -171,20 +229,26 @@ def letterbox_person(masked_model: ImageSource, pose: ImageSource, *, size: tupl
     A pose map of another size than the masked model is taken to span the same
     frame and scaled to it first, so both get the same transform.
     """
-    person = decode_image(masked_model, "masked_model", background=WHITE, max_pixels=max_pixels)
-    skeleton = decode_image(pose, "pose", background=BLACK, max_pixels=max_pixels)
-    frame = Letterbox(person.size, (size[1], size[0]))
-    return frame.apply(person, WHITE), frame.apply(skeleton, BLACK), frame
+    target_wh = (size[1], size[0])
+    person, person_wh = decode_to_fit(masked_model, "masked_model", target_wh, background=WHITE,
+                                      max_pixels=max_pixels)
+    frame = Letterbox(person_wh, target_wh)
+    skeleton, skeleton_wh = decode_to_fit(pose, "pose", target_wh, background=BLACK, max_pixels=max_pixels)
+    if skeleton_wh == person_wh:
+        boxed_skeleton = frame.fit(skeleton, BLACK)
+    else:  # rare: scaled to the person's size at full resolution first, as always
+        boxed_skeleton = frame.apply(decode_image(pose, "pose", background=BLACK, max_pixels=max_pixels), BLACK)
+    return frame.fit(person, WHITE), boxed_skeleton, frame
 
 
 def assemble_inputs(masked_model: Image.Image, pose: Image.Image, frame: Letterbox, cloth: ImageSource, *,
                     max_pixels: int | None = DEFAULT_MAX_PIXELS) -> TryOnInputs:
     """Model-size person images (and their frame) plus the garment -> tensors."""
-    garment = decode_image(cloth, "cloth", background=WHITE, max_pixels=max_pixels)
+    garment, garment_wh = decode_to_fit(cloth, "cloth", frame.target_size, background=WHITE, max_pixels=max_pixels)
     return TryOnInputs(
         masked_model=image_to_tensor(masked_model),
         pose=image_to_tensor(pose),
-        cloth=image_to_tensor(Letterbox(garment.size, frame.target_size).apply(garment, WHITE)),
+        cloth=image_to_tensor(Letterbox(garment_wh, frame.target_size).fit(garment, WHITE)),
         person_frame=frame,
     )
 

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from .images import (BLACK, DEFAULT_MAX_PIXELS, MODEL_SIZE, WHITE, ImageError, ImageSource, Letterbox, decode_image,
-                     letterbox_person, open_image)
+                     decode_to_fit, letterbox_person, open_image)
 from .keypoints import Keypoints, check_in_frame, parse_keypoints
 from .masking import mask_person, mask_person_from_pose
 from .pose_map import draw_pose_map
@@ -85,19 +85,19 @@ def draw_inputs(person: ImageSource, keypoints: Keypoints | Any, parse: ImageSou
     keypoints-only masking. Raises KeypointsError or ImageError (``field`` names
     the input) for unusable inputs.
     """
-    photo = decode_image(person, "person", background=WHITE, max_pixels=max_pixels)
+    photo, photo_wh = decode_to_fit(person, "person", (size[1], size[0]), background=WHITE, max_pixels=max_pixels)
     if isinstance(keypoints, Keypoints):
-        check_in_frame(keypoints, photo.size)
+        check_in_frame(keypoints, photo_wh)
     else:
-        keypoints = parse_keypoints(keypoints, photo.size)
-    frame = Letterbox(photo.size, (size[1], size[0]))
+        keypoints = parse_keypoints(keypoints, photo_wh)
+    frame = Letterbox(photo_wh, (size[1], size[0]))
     points = keypoints.letterboxed(frame)
-    boxed = frame.apply(photo, WHITE)
+    boxed = frame.fit(photo, WHITE)
     if parse is None:
         masked = mask_person_from_pose(boxed, points)
     else:
         labels = decode_parse(parse, max_pixels=max_pixels)
-        _check_parse_frame(labels, photo.size)
+        _check_parse_frame(labels, photo_wh)
         masked = mask_person(boxed, letterbox_labels(labels, frame), points)
     return PersonInputs(masked, draw_pose_map(points, frame.target_size), frame)
 
@@ -174,8 +174,9 @@ def person_images(*, masked_model: ImageSource | None = None, pose: ImageSource 
         skeleton = decode_image(pose, "pose", background=BLACK, max_pixels=max_pixels)
         return PersonInputs(drawn_inputs.masked_model, drawn_inputs.frame.apply(skeleton, BLACK), drawn_inputs.frame)
     # Only the pose map is drawn: in the frame of the given masked model.
-    photo = decode_image(masked_model, "masked_model", background=WHITE, max_pixels=max_pixels)
-    points = keypoints if isinstance(keypoints, Keypoints) else parse_keypoints(keypoints, photo.size)
-    check_in_frame(points, photo.size)
-    frame = Letterbox(photo.size, (size[1], size[0]))
-    return PersonInputs(frame.apply(photo, WHITE), draw_pose_map(points.letterboxed(frame), frame.target_size), frame)
+    photo, photo_wh = decode_to_fit(masked_model, "masked_model", (size[1], size[0]), background=WHITE,
+                                    max_pixels=max_pixels)
+    points = keypoints if isinstance(keypoints, Keypoints) else parse_keypoints(keypoints, photo_wh)
+    check_in_frame(points, photo_wh)
+    frame = Letterbox(photo_wh, (size[1], size[0]))
+    return PersonInputs(frame.fit(photo, WHITE), draw_pose_map(points.letterboxed(frame), frame.target_size), frame)

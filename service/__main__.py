@@ -3,18 +3,16 @@ from __future__ import annotations
 
 import argparse
 import signal
+import socket
 import sys
-from typing import Callable
 
 import uvicorn
 from pydantic import ValidationError
 
-from model.engine import Engine, EngineConfig
-
 from .app import create_app
 from .logs import configure_logging
 from .settings import Settings
-from .state import DEVICE_FAILURE_EXIT, ServiceState
+from .state import DEVICE_FAILURE_EXIT, EngineFactory, ServiceState
 
 STARTUP_FAILURE = 3
 
@@ -50,6 +48,7 @@ def parse_args(argv=None) -> dict:
     flag("--weights", help="TRYON_WEIGHTS: checkpoint path (unset: look in weights/)")
     flag("--sampler", help="TRYON_SAMPLER: auto, torch, numba, triton (auto)")
     flag("--image-size", help="TRYON_IMAGE_SIZE: HxW (256x192)")
+    flag("--workers", type=int, help="TRYON_WORKERS: front-end processes feeding the one engine process (1)")
     flag("--max-batch-size", type=int, help="TRYON_MAX_BATCH_SIZE (8)")
     flag("--max-batch-wait-ms", type=float, help="TRYON_MAX_BATCH_WAIT_MS (5)")
     flag("--queue-limit", type=int, help="TRYON_QUEUE_LIMIT (64)")
@@ -57,13 +56,21 @@ def parse_args(argv=None) -> dict:
     return {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
 
 
-def main(argv=None, engine_factory: Callable[[EngineConfig], Engine] = Engine) -> None:
+def main(argv=None, engine_factory: EngineFactory | None = None) -> None:
+    """``engine_factory``: a stand-in for the model (bench/frontend_server.py); None serves the model."""
     try:
         settings = Settings(**parse_args(argv))
     except ValidationError as exc:
         sys.exit(f"tryon-serve: invalid settings:\n{exc}")
     configure_logging(settings.log_level)
-    app = create_app(settings, engine_factory)
+    if settings.workers > 1:
+        from .workers import serve_with_workers  # noqa: PLC0415  (it imports this module)
+        sys.exit(serve_with_workers(settings, engine_factory))
+    serve(create_app(settings, engine_factory), settings)
+
+
+def serve(app, settings: Settings, sockets: list[socket.socket] | None = None) -> None:
+    """uvicorn around ``app``, on settings.host:port or on ``sockets`` already listening."""
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
                             log_level=settings.log_level, lifespan="on",
                             timeout_graceful_shutdown=settings.drain_timeout_s)
@@ -72,7 +79,7 @@ def main(argv=None, engine_factory: Callable[[EngineConfig], Engine] = Engine) -
     # a drained shutdown is a normal exit (status 0), as the deploy contract says.
     service = app.state.service
     signal.signal(signal.SIGTERM, drained_exit(service))
-    server.run()
+    server.run(sockets=sockets)
     if not server.started:
         sys.exit(STARTUP_FAILURE)
     if not service.healthy:

@@ -2,12 +2,9 @@
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
-from typing import Callable
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-
-from model.engine import Engine, EngineConfig
 
 from .errors import install_error_handlers
 from .middleware import RequestContextMiddleware
@@ -17,7 +14,7 @@ from .routes_batch import batch
 from .routes_page import page
 from .routes_prepare import prepare
 from .settings import Settings
-from .state import ServiceState
+from .state import EngineFactory, ServiceState
 
 EXPOSED_HEADERS = ["X-Request-ID", "X-Weights", "Server-Timing", "X-Batch-Size", "X-Garments", "X-Image-Size",
                    "Retry-After", "X-Cache", "X-Cache-Hits"]
@@ -33,10 +30,11 @@ async def lifespan(app: FastAPI):
         await service.stop()
 
 
-def create_app(settings: Settings | None = None, engine_factory: Callable[[EngineConfig], Engine] = Engine) -> FastAPI:
-    """The app; ``engine_factory`` is a seam for test and benchmark harnesses (see ServiceState)."""
+def create_app(settings: Settings | None = None, engine_factory: EngineFactory | None = None,
+               engine_socket: str | None = None) -> FastAPI:
+    """``engine_socket``: a front-end process of TRYON_WORKERS > 1, fed by the engine process there."""
     settings = settings or Settings()
-    service = ServiceState(settings, engine_factory)
+    service = ServiceState(settings, engine_factory, engine_socket)
     app = FastAPI(title="DAFlow virtual try-on", version="0.1.0", lifespan=lifespan,
                   description="POST a person (a masked model and pose map, or a photo and its keypoints) and a "
                               "garment, or many garments; get the try-on images back.")

@@ -3,11 +3,18 @@
 The names marked "Triton:" mean what the NVIDIA Triton metric named beside
 them means (service/README.md has the table), in seconds rather than
 microseconds and as histograms rather than running sums.
+
+With TRYON_WORKERS > 1 every process (the engine's and each front end's) writes its
+values to files in PROMETHEUS_MULTIPROC_DIR, and /metrics sums them: requests from
+every front end, batch sizes as the engine process formed them.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401  (re-exported for the route)
 
 # The *_created series only double the output; dashboards use the counters themselves.
@@ -18,6 +25,13 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60)
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, *LATENCY_BUCKETS)
 
 
+class ReportedElsewhere:
+    """In place of a gauge that another process owns: a front end's queue depth is the engine's."""
+
+    def set(self, value: float) -> None:
+        pass
+
+
 class Metrics:
     def __init__(self, max_batch_size: int):
         self.registry = CollectorRegistry()
@@ -26,9 +40,10 @@ class Metrics:
                                 ["route", "method", "status"], registry=r)
         self.latency = Histogram("tryon_http_request_duration_seconds", "HTTP request latency by route",
                                  ["route"], buckets=LATENCY_BUCKETS, registry=r)
-        self.queue_depth = Gauge("tryon_queue_depth", "Requests waiting for the model worker", registry=r)
+        self.queue_depth = Gauge("tryon_queue_depth", "Requests waiting for the model worker", registry=r,
+                                 multiprocess_mode="livemostrecent")
         self.pending = Gauge("tryon_queue_pending", "Requests waiting for the model worker by priority",
-                             ["priority"], registry=r)
+                             ["priority"], registry=r, multiprocess_mode="livemostrecent")
         self.batch_size = Histogram("tryon_batch_size", "Requests per batch run through the engine",
                                     buckets=tuple(range(1, max_batch_size + 1)), registry=r)
         self.inference = Histogram("tryon_inference_seconds", "Engine time per batch",
@@ -41,9 +56,10 @@ class Metrics:
                                   registry=r)
         self.sampler = Gauge("tryon_sampler", "1 for the deformable-sampling implementation serving "
                              "(after the warm-up check of the fused kernels)", ["sampler"], registry=r)
-        self.ready = Gauge("tryon_ready", "1 when loaded, warm and not draining", registry=r)
+        self.ready = Gauge("tryon_ready", "1 when loaded, warm and not draining", registry=r,
+                           multiprocess_mode="livemin")
         self.healthy = Gauge("tryon_healthy", "0 once the device failed and the process is being replaced",
-                             registry=r)
+                             registry=r, multiprocess_mode="livemin")
         self.healthy.set(1)
 
         # Triton: nv_inference_request_success / _failure / _request_duration_us (per try-on request;
@@ -105,6 +121,10 @@ class Metrics:
             self.gpu_memory_total.labels(str(device)).set(total)
 
     def render(self) -> bytes:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            summed = CollectorRegistry()
+            MultiProcessCollector(summed)
+            return generate_latest(summed)
         return generate_latest(self.registry)
 
 

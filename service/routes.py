@@ -169,7 +169,7 @@ async def run_job(service: ServiceState, inputs, work: Work, request: Request) -
     if asyncio.get_running_loop().time() >= work.deadline:
         raise DeadlineExceeded("the deadline passed before the request reached the queue")
     try:
-        return await await_job(service.batcher.submit(inputs, work.deadline, work.priority), request)
+        return await await_job(service.batcher.submit(inputs, work.deadline, priority=work.priority), request)
     except ClientGone:
         request.state.client_gone = True
         request.state.error_code = "client_gone"

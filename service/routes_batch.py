@@ -111,8 +111,8 @@ async def tryon_garments(
                     continue
                 while position[index] not in ready and failure is None:
                     item = await anext(chunks)
-                    if isinstance(item, QueueError):
-                        failure = from_queue_error(item)
+                    if isinstance(item, (QueueError, ApiError)):  # ApiError: from an engine process
+                        failure = from_queue_error(item) if isinstance(item, QueueError) else item
                     else:
                         ready |= {item.start + k: (out, item.inference_s) for k, out in enumerate(item.outputs)}
                 if failure is not None and position[index] not in ready:

@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     sampler: Literal["auto", "triton", "numba", "torch"] = "auto"
     weights: str | None = None
     image_size: str = "256x192"
+    # Front-end processes (HTTP, fetching, decoding, encoding) feeding the one engine process;
+    # 1: everything in one process.
+    workers: int = Field(1, ge=1)
     max_batch_size: int = Field(8, ge=1)
     max_batch_wait_ms: float = Field(5, ge=0)
     queue_limit: int = Field(64, ge=1)

@@ -18,7 +18,8 @@ from .admission import ServiceRate
 from .batcher import Batcher
 from .cache import ResponseCache, model_identity, open_cache
 from .fetch import UrlFetcher
-from .metrics import Metrics
+from .metrics import Metrics, ReportedElsewhere
+from .remote import RemoteBatcher, RemoteEngine
 from .settings import Settings
 
 log = logging.getLogger("service")
@@ -30,15 +31,19 @@ DEVICE_FAILURE_EXIT_DELAY_S = 1.0
 DEVICE_FAILURE_EXIT = 4
 
 
+EngineFactory = Callable[[EngineConfig], Engine]
+
+
 class ServiceState:
-    def __init__(self, settings: Settings, engine_factory: Callable[[EngineConfig], Engine] = Engine):
-        """``engine_factory`` builds the engine from its config: the real Engine, or in test and
-        benchmark harnesses a stand-in (never chosen by a setting)."""
+    def __init__(self, settings: Settings, engine_factory: EngineFactory | None = None,
+                 engine_socket: str | None = None):
         self.settings = settings
-        self.engine_factory = engine_factory
+        self.engine_factory = engine_factory or Engine  # a benchmark's stand-in replaces the model here
+        # A front-end process of TRYON_WORKERS > 1: the engine and its queue live behind this socket.
+        self.engine_socket = engine_socket
         self.metrics = Metrics(settings.max_batch_size)
-        self.engine: Engine | None = None
-        self.batcher: Batcher | None = None
+        self.engine: Engine | RemoteEngine | None = None
+        self.batcher: Batcher | RemoteBatcher | None = None
         self.fetcher: UrlFetcher | None = None
         self.cache: ResponseCache | None = None
         self.ready = False
@@ -64,7 +69,7 @@ class ServiceState:
                 "cache": self.cache.store.name if self.cache else None}
         if not self.healthy:
             info["device_failure"] = self.batcher.device_failure
-        if self.batcher is not None:
+        if self.batcher is not None and self.batcher.rate is not None:
             info["service_seconds_by_batch_size"] = {str(k): round(v, 4) for k, v in self.batcher.rate.snapshot().items()}
         if self.engine is not None:
             info |= self.engine.info
@@ -76,6 +81,8 @@ class ServiceState:
         """Loads the engine once, warms every batch size it will run, then opens for traffic."""
         s = self.settings
         self._loop = asyncio.get_running_loop()
+        if self.engine_socket is not None:
+            return await self._connect_engine()
         batch_sizes = s.batch_sizes_for(pick_device(s.device).type)
         config = EngineConfig(device=s.device, precision=s.precision, batch_sizes=batch_sizes,
                               image_size=s.image_hw, weights=s.weights, sampler=s.sampler,
@@ -96,9 +103,7 @@ class ServiceState:
                                on_device_failure=self.device_failed)
         self.batcher.start()
         self.fetcher = UrlFetcher(s)
-        identity = model_identity(self.engine.weights.sha256, self.engine.precision,
-                                  self.engine.sampler, s.image_hw)
-        self.cache = open_cache(s, identity, self.metrics)
+        self.cache = self._open_cache()
         self.ready = True
         self.metrics.ready.set(1)
         log.info("ready", extra={"device": str(self.engine.device), "weights": self.weights_label,
@@ -107,6 +112,31 @@ class ServiceState:
         line = self.curl_line()
         log.info("try it: %s", line)
         print(line, flush=True)
+
+    async def _connect_engine(self) -> None:
+        """A front-end process: the engine process has loaded and warmed the model already."""
+        self.batcher = RemoteBatcher(on_lost=_engine_lost)
+        self.engine = RemoteEngine(await self.batcher.connect(self.engine_socket))
+        self.metrics.queue_depth = ReportedElsewhere()  # the engine process's batcher sets it
+        self.fetcher = UrlFetcher(self.settings)
+        self.cache = self._open_cache()
+        self.ready = True
+        self.metrics.ready.set(1)
+        log.info("front end ready", extra={"device": str(self.engine.device), "weights": self.weights_label})
+
+    def _open_cache(self) -> ResponseCache | None:
+        """The response cache, keyed by what makes an answer (model_identity); in every process
+        that answers HTTP, so a front end of TRYON_WORKERS > 1 answers hits without the engine."""
+        identity = model_identity(self.engine.weights.sha256, self.engine.precision, self.engine.sampler,
+                                  self.settings.image_hw)
+        return open_cache(self.settings, identity, self.metrics)
+
+    @property
+    def hello(self) -> dict:
+        """What a front-end process learns of the engine when it connects (service/remote.py)."""
+        weights = self.engine.weights
+        return {"info": self.engine.info, "device": str(self.engine.device),
+                "weights": {"name": weights.name, "random": weights.random, "sha256": weights.sha256}}
 
     def curl_line(self) -> str:
         s = self.settings
@@ -149,6 +179,12 @@ class ServiceState:
         if self.cache is not None:
             await self.cache.close()
         log.info("stopped")
+
+
+def _engine_lost() -> None:
+    """A front end without its engine process (killed) serves nothing: it goes at once, as a single
+    process would, so a load balancer's connections fail and it retries elsewhere."""
+    os._exit(1)
 
 
 def get_service(request: Request) -> ServiceState:

@@ -1,0 +1,99 @@
+"""The engine process's side of TRYON_WORKERS > 1: one Unix socket in front of the one
+Batcher, so the requests of every front-end process meet in the same queue and
+batches form across them; the model is loaded once, here.
+
+Each front-end process holds one connection (service/remote.py). A submitted job
+is handed to ``Batcher.submit`` with the deadline rebuilt on this loop's clock;
+its outcome (a result, an ApiError or the queue's outcome, or a garments stream's chunks) goes back on
+the same connection. A front end that abandons a job, or goes away, abandons it
+here too, so the worker never runs work nobody will read.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from model.images import TryOnInputs
+
+from .batcher import Batcher, GarmentsInputs, GarmentsStream
+from .errors import ApiError
+from .outcomes import DropReason, QueueError
+from .wire import error_fields, frame, pack, read_message, unpack
+
+log = logging.getLogger("service.engine_server")
+
+
+class EngineServer:
+    def __init__(self, batcher: Batcher, hello: dict):
+        self.batcher = batcher
+        self.hello = hello  # the engine's description, sent to each front end as it connects
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self, path: str) -> None:
+        self._server = await asyncio.start_unix_server(self._connection, path, limit=2 ** 26)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        jobs: dict[int, tuple] = {}  # id -> (Job, the task answering it)
+        try:
+            while True:
+                header, payload = await read_message(reader)
+                if header["op"] == "hello":
+                    writer.write(frame({"type": "hello", **self.hello}))
+                elif header["op"] == "submit":
+                    self._submit(header, payload, writer, jobs)
+                elif header["op"] == "abandon" and header["id"] in jobs:
+                    job, task = jobs.pop(header["id"])
+                    job.abandon(DropReason(header["reason"]))
+                    task.cancel()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the front end has gone: nobody reads its answers
+        finally:
+            for job, task in jobs.values():
+                job.abandon(DropReason.CLIENT_GONE)
+                task.cancel()
+            writer.close()
+
+    def _submit(self, header: dict, payload: bytes, writer: asyncio.StreamWriter, jobs: dict) -> None:
+        job_id = header["id"]
+        pose, masked_model, cloth = unpack(header["shapes"], payload)
+        inputs = (GarmentsInputs(pose, masked_model, cloth, header["chunk_size"]) if header["garments"]
+                  else TryOnInputs(masked_model=masked_model, pose=pose, cloth=cloth, person_frame=None))
+        deadline = asyncio.get_running_loop().time() + header["remaining_s"]
+        try:
+            job = self.batcher.submit(inputs, deadline, **header["options"])
+        except (ApiError, QueueError) as exc:
+            writer.write(frame({"id": job_id, "type": "error", "error": error_fields(exc)}))
+            return
+        task = asyncio.get_running_loop().create_task(self._answer(job_id, job, writer))
+        jobs[job_id] = (job, task)
+        task.add_done_callback(lambda _: jobs.pop(job_id, None))
+
+    async def _answer(self, job_id: int, job, writer: asyncio.StreamWriter) -> None:
+        depth = {"depth": self.batcher.depth}
+        try:
+            result = await job.future
+        except (ApiError, QueueError) as exc:
+            writer.write(frame({"id": job_id, "type": "error", "error": error_fields(exc), **depth}))
+            return
+        if not isinstance(result, GarmentsStream):
+            shapes, data = pack([result.output])
+            writer.write(frame({"id": job_id, "type": "result", "shapes": shapes, "queue_s": result.queue_s,
+                                "inference_s": result.inference_s, "batch_size": result.batch_size, **depth}, data))
+            return
+        writer.write(frame({"id": job_id, "type": "stream", "garments": result.garments, "queue_s": result.queue_s,
+                            **depth}))
+        try:
+            async for item in result.chunks():
+                if isinstance(item, (ApiError, QueueError)):
+                    writer.write(frame({"id": job_id, "type": "chunk_error", "error": error_fields(item)}))
+                else:
+                    shapes, data = pack([item.outputs])
+                    writer.write(frame({"id": job_id, "type": "chunk", "start": item.start, "shapes": shapes,
+                                        "inference_s": item.inference_s}, data))
+                await writer.drain()
+        finally:
+            result.close()

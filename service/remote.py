@@ -1,0 +1,154 @@
+"""A front-end process's side of TRYON_WORKERS > 1: the Batcher's interface
+(``submit(inputs, deadline, ...) -> job``, ``await job.future``) over the engine
+process's Unix socket (service/engine_server.py).
+
+A refusal at submission (queue full, overloaded) arrives through the job's future
+rather than from ``submit`` itself; the routes await that future, so the client
+gets the same answer either way.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .batcher import GarmentsChunk, GarmentsInputs, GarmentsStream, JobResult
+from .errors import ApiError
+from .wire import error_from, frame, pack, read_message, unpack
+
+log = logging.getLogger("service.remote")
+
+
+@dataclass(frozen=True)
+class RemoteWeights:
+    name: str
+    random: bool
+    sha256: str | None
+
+
+class RemoteEngine:
+    """What the front end reports of the engine it feeds (readiness, X-Weights)."""
+
+    def __init__(self, hello: dict):
+        self.info = hello["info"]
+        self.weights = RemoteWeights(**hello["weights"])
+        self.device = torch.device(hello["device"])
+        self.sampler = self.info["sampler"]  # in use, after the engine's start-up checks
+        self.precision = self.info["precision"]
+
+
+@dataclass(eq=False)
+class RemoteJob:
+    id: int
+    deadline: float  # on this process's event loop's clock
+    future: asyncio.Future
+    batcher: "RemoteBatcher"
+    stream: GarmentsStream | None = None
+    drop_reason: str | None = field(default=None)
+
+    def abandon(self, reason: str) -> None:
+        if self.drop_reason is None:
+            self.batcher.send({"op": "abandon", "id": self.id, "reason": reason})
+        self.drop_reason = reason
+        self.future.cancel()
+
+
+class RemoteBatcher:
+    # The engine process decides admission and notices a broken device (it then exits, and
+    # on_lost takes this front end down with it): nothing of either is kept here.
+    device_failure: str | None = None
+    rate = None
+
+    def __init__(self, on_lost: Callable[[], None] | None = None):
+        self.depth = 0  # the engine's queue depth, as last reported
+        self.on_lost = on_lost  # called when the engine process goes away while this one still serves
+        self._stopping = False
+        self._jobs: dict[int, RemoteJob] = {}
+        self._ids = itertools.count()
+        self._writer: asyncio.StreamWriter | None = None
+        self._reading: asyncio.Task | None = None
+
+    async def connect(self, path: str) -> dict:
+        """Connects to the engine process; its hello (engine info, weights, device)."""
+        reader, self._writer = await asyncio.open_unix_connection(path, limit=2 ** 26)
+        self.send({"op": "hello"})
+        hello, _ = await read_message(reader)
+        self._reading = asyncio.get_running_loop().create_task(self._read(reader), name="tryon-remote-batcher")
+        return hello
+
+    def send(self, header: dict, payload: bytes = b"") -> None:
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(frame(header, payload))
+
+    def submit(self, inputs, deadline: float, **options) -> RemoteJob:
+        loop = asyncio.get_running_loop()
+        job = RemoteJob(next(self._ids), deadline, loop.create_future(), self)
+        if self._writer is None or self._writer.is_closing():
+            raise ApiError(503, "not_ready", "the engine process is not reachable", headers={"Retry-After": "5"})
+        garments = isinstance(inputs, GarmentsInputs)
+        shapes, data = pack([inputs.pose, inputs.masked_model, inputs.cloths if garments else inputs.cloth])
+        self._jobs[job.id] = job
+        self.send({"op": "submit", "id": job.id, "garments": garments, "shapes": shapes,
+                   "chunk_size": inputs.chunk_size if garments else None,
+                   "remaining_s": deadline - loop.time(), "options": options}, data)
+        return job
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                header, payload = await read_message(reader)
+                self.depth = header.get("depth", self.depth)
+                job = self._jobs.get(header["id"])
+                if job is not None:
+                    self._deliver(job, header, payload)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            if not self._stopping:
+                log.error("the engine process closed the connection")
+                if self.on_lost is not None:
+                    self.on_lost()
+        finally:
+            gone = ApiError(503, "shutting_down", "the server is shutting down", headers={"Retry-After": "1"})
+            for job in self._jobs.values():
+                self._fail(job, gone)
+            self._jobs.clear()
+            if self._writer is not None:
+                self._writer.close()
+
+    def _deliver(self, job: RemoteJob, header: dict, payload: bytes) -> None:
+        kind = header["type"]
+        if kind in ("result", "error", "chunk_error"):
+            self._jobs.pop(job.id, None)
+        if job.future.cancelled():
+            return
+        if kind == "error" or kind == "chunk_error":
+            self._fail(job, error_from(header["error"]))
+        elif kind == "result":
+            output, = unpack(header["shapes"], payload)
+            job.future.set_result(JobResult(output, header["queue_s"], header["inference_s"], header["batch_size"]))
+        elif kind == "stream":
+            job.stream = GarmentsStream(job, header["garments"], header["queue_s"])
+            job.future.set_result(job.stream)
+        elif kind == "chunk":
+            outputs, = unpack(header["shapes"], payload)
+            job.stream.put(GarmentsChunk(header["start"], outputs, header["inference_s"]))
+            if header["start"] + outputs.shape[0] >= job.stream.garments:
+                self._jobs.pop(job.id, None)
+
+    @staticmethod
+    def _fail(job: RemoteJob, error: ApiError) -> None:
+        if job.stream is not None:
+            job.stream.put(error)
+        elif not job.future.done():
+            job.future.set_exception(error)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._writer is not None:
+            self._writer.close()
+        if self._reading is not None:
+            self._reading.cancel()
+            await asyncio.gather(self._reading, return_exceptions=True)

@@ -1,0 +1,146 @@
+"""TRYON_WORKERS > 1: one engine process, N front-end processes, one listening port.
+
+The process tryon-serve starts loads and warms the model once, runs the one
+Batcher, and serves it on a Unix socket (service/engine_server.py). It then
+binds the HTTP port and starts N front-end processes (``python -m
+service.workers``) that share that listening socket: each runs the whole HTTP
+app (parsing, fetching, decoding, encoding) and queues its work through a
+RemoteBatcher, so batches still form from every request in one place.
+
+SIGTERM (or SIGINT) to the engine process: it reports draining, passes the
+signal to every front end, which drains as a single process does (readiness
+503, accepted requests finished), waits for them, then stops the engine.
+A front end that dies ends the service (exit 1), for the orchestrator to restart.
+
+Metrics: every process writes to PROMETHEUS_MULTIPROC_DIR, which prometheus_client
+reads when imported; when it is not set, the command line is executed again with a
+fresh folder (the same process id, so signals still reach it).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from prometheus_client import multiprocess
+
+from .__main__ import STARTUP_FAILURE, serve
+from .app import create_app
+from .engine_server import EngineServer
+from .logs import configure_logging
+from .settings import Settings
+from .state import EngineFactory, ServiceState
+
+log = logging.getLogger("service.workers")
+METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+_OWNED_METRICS_DIR = "TRYON_OWNED_METRICS_DIR"  # set when this module made the folder (and removes it)
+
+
+def serve_with_workers(settings: Settings, engine_factory: EngineFactory | None = None) -> int:
+    if not os.environ.get(METRICS_DIR):
+        folder = tempfile.mkdtemp(prefix="tryon-metrics-")
+        os.environ |= {METRICS_DIR: folder, _OWNED_METRICS_DIR: folder}
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+    for stale in Path(os.environ[METRICS_DIR]).glob("*.db"):  # a previous run's values
+        stale.unlink()
+    try:
+        return asyncio.run(_supervise(settings, engine_factory))
+    finally:
+        if os.environ.get(_OWNED_METRICS_DIR) == os.environ[METRICS_DIR]:
+            shutil.rmtree(os.environ[METRICS_DIR], ignore_errors=True)
+
+
+def _listen(settings: Settings) -> socket.socket:
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.create_server((settings.host, settings.port), family=family, backlog=2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _start_front_end(settings: Settings, listener: socket.socket, engine_socket: str) -> subprocess.Popen:
+    process = subprocess.Popen([sys.executable, "-m", "service.workers", "--fd", str(listener.fileno()),
+                                "--engine-socket", engine_socket], pass_fds=[listener.fileno()],
+                               stdin=subprocess.PIPE)
+    # The settings as this process resolved them (flags included) go through a pipe, not the
+    # command line, where API keys would show in a process list.
+    process.stdin.write(settings.model_dump_json().encode())
+    process.stdin.close()
+    return process
+
+
+async def _supervise(settings: Settings, engine_factory: EngineFactory | None) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    state = ServiceState(settings, engine_factory)
+    folder = tempfile.mkdtemp(prefix="tryon-engine-")
+    front_ends: list[subprocess.Popen] = []
+    try:
+        try:
+            await state.start()
+            engine_server = EngineServer(state.batcher, state.hello)
+            await engine_server.start(os.path.join(folder, "engine.sock"))
+            listener = _listen(settings)
+        except Exception:
+            log.exception("startup failed")
+            return STARTUP_FAILURE
+        front_ends = [_start_front_end(settings, listener, os.path.join(folder, "engine.sock"))
+                      for _ in range(settings.workers)]
+        listener.close()  # the front ends hold it now
+        log.info("engine process serving %d front-end processes", len(front_ends),
+                 extra={"front_end_pids": [p.pid for p in front_ends]})
+        exits = [loop.run_in_executor(None, p.wait) for p in front_ends]
+        stopping = loop.create_task(stop.wait())
+        await asyncio.wait([stopping, *exits], return_when=asyncio.FIRST_COMPLETED)
+        failed = not stop.is_set()
+        if failed:
+            log.error("a front-end process exited: stopping the service")
+        state.begin_drain()
+        for process in front_ends:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        await asyncio.wait(exits, timeout=settings.drain_timeout_s + 10)
+        stopping.cancel()
+        await engine_server.stop()
+        return 1 if failed else 0
+    finally:
+        _end(front_ends)
+        await state.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _end(front_ends: list[subprocess.Popen]) -> None:
+    for process in front_ends:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        multiprocess.mark_process_dead(process.pid)
+
+
+def front_end_main(argv=None) -> None:
+    """One front-end process: the HTTP app on the inherited listening socket."""
+    parser = argparse.ArgumentParser(prog="service.workers")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--engine-socket", required=True)
+    args = parser.parse_args(argv)
+    settings = Settings(**json.loads(sys.stdin.read()))
+    configure_logging(settings.log_level)
+    torch.set_num_threads(1)  # no model here: small tensor work only, no thread pool to spin
+    serve(create_app(settings, engine_socket=args.engine_socket), settings, sockets=[socket.socket(fileno=args.fd)])
+
+
+if __name__ == "__main__":
+    front_end_main()

@@ -1,0 +1,124 @@
+"""The cheap decoding path (reduced JPEG decoding, one resize, no needless copies, one
+conversion to float) against the decoding as it was (61db89b: the whole picture
+decoded, exif_transpose and convert copying, Letterbox.apply, float conversion
+through float32 numpy), on real JPEGs: the service's example masked model, pose
+map and cloth, at the model's size and as a shop's 768x1024 photo.
+
+At the model's size nothing is resized or drawn at reduced scale: the tensors are
+equal bit for bit. A larger JPEG is decoded by libjpeg at 1/2 (or 1/4, 1/8), at
+least twice the size it is letterboxed to, then resized bicubically as before;
+the bound is the letterbox's own latitude: new and old differ less than the
+choice of the resampling filter itself does (bicubic vs Lanczos on the old path),
+within 2 dB, and the new tensors are as faithful to the picture the large JPEG
+was scaled up from as the old ones (within 1 dB PSNR).
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model.images import Letterbox, decode_image, image_to_tensor, prepare_inputs, psnr, tensor_to_image
+from tests.fixtures.service.harness import REPO
+
+# Numeric: libjpeg's SIMD paths differ by instruction set; run again under AVX2 (Makefile).
+pytestmark = pytest.mark.numeric
+
+NAMES = ("masked_model", "pose", "cloth")
+BACKGROUNDS = {"masked_model": (255, 255, 255), "pose": (0, 0, 0), "cloth": (255, 255, 255)}
+MODEL_HW = (256, 192)
+
+
+def example(name: str) -> Image.Image:
+    return Image.open(REPO / "service" / "examples" / f"{name}.png").convert("RGB")
+
+
+def jpeg(img: Image.Image, orientation: int | None = None) -> bytes:
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    if orientation:
+        exif[0x0112] = orientation
+    img.save(buf, "JPEG", quality=90, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+def old_tensor(img: Image.Image) -> torch.Tensor:
+    """image_to_tensor as it was."""
+    arr = np.asarray(img.convert("RGB"), dtype=np.float32)
+    return torch.from_numpy(arr).permute(2, 0, 1).div(127.5).sub(1.0).contiguous()
+
+
+def old_inputs(sources: dict[str, bytes], resample=Image.BICUBIC) -> dict[str, torch.Tensor]:
+    """prepare_inputs as it was: each picture decoded whole, letterboxed with ``resample``."""
+    target_wh = (MODEL_HW[1], MODEL_HW[0])
+    out = {}
+    for name, data in sources.items():
+        img = decode_image(data, name, background=BACKGROUNDS[name])
+        frame = Letterbox(img.size, target_wh)
+        left, top, right, bottom = frame.content_box
+        canvas = Image.new("RGB", target_wh, BACKGROUNDS[name])
+        canvas.paste(img.resize((right - left, bottom - top), resample), (left, top))
+        out[name] = old_tensor(canvas)
+    return out
+
+
+def new_inputs(sources: dict[str, bytes]) -> dict[str, torch.Tensor]:
+    made = prepare_inputs(sources["masked_model"], sources["pose"], sources["cloth"], size=MODEL_HW)
+    return {name: getattr(made, name) for name in NAMES}
+
+
+def levels(t: torch.Tensor) -> np.ndarray:
+    return ((t + 1) * 127.5).round().permute(1, 2, 0).numpy()
+
+
+def test_image_to_tensor_is_bit_exact():
+    for name in NAMES:
+        img = example(name)
+        assert torch.equal(image_to_tensor(img), old_tensor(img))
+        assert image_to_tensor(img).is_contiguous()
+
+
+def test_tensor_to_image_is_bit_exact():
+    """Against the torch arithmetic it replaces, on every rounding tie and out-of-range values."""
+    ties = torch.tensor([(k + 0.5) / 127.5 - 1 for k in range(255)], dtype=torch.float32)
+    values = torch.cat([ties, torch.randn(3 * 64 * 64 - 255, generator=torch.Generator().manual_seed(0)) * 0.8])
+    t = values.reshape(3, 64, 64)
+    old = ((t.clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    assert np.array_equal(np.asarray(tensor_to_image(t)), old)
+
+
+def test_model_size_jpegs_give_equal_tensors():
+    sources = {name: jpeg(example(name)) for name in NAMES}
+    old, new = old_inputs(sources), new_inputs(sources)
+    for name in NAMES:
+        assert torch.equal(new[name], old[name]), name
+
+
+@pytest.mark.parametrize("size_wh, orientation", [((768, 1024), None), ((1536, 2048), None), ((770, 1030), None),
+                                                  ((1024, 768), 6)])
+def test_large_jpegs_stay_within_the_letterbox_latitude(size_wh, orientation):
+    pictures = {name: example(name) for name in NAMES}
+    # A quarter-turned file with EXIF orientation 6 is upright once decoded: the same picture.
+    stored = {name: img.resize(size_wh if orientation is None else size_wh[::-1], Image.BICUBIC)
+              for name, img in pictures.items()}
+    if orientation == 6:
+        stored = {name: img.transpose(Image.Transpose.ROTATE_90) for name, img in stored.items()}
+    sources = {name: jpeg(img, orientation) for name, img in stored.items()}
+    old, new, lanczos = old_inputs(sources), new_inputs(sources), old_inputs(sources, Image.LANCZOS)
+    for name in NAMES:
+        ours, theirs, filter_choice = levels(new[name]), levels(old[name]), levels(lanczos[name])
+        truth = np.asarray(pictures[name], dtype=np.float64)
+        assert psnr(ours, theirs) >= min(40.0, psnr(filter_choice, theirs) - 2.0), name
+        assert np.abs(ours - theirs).mean() <= 5.0, name
+        assert psnr(ours, truth) >= psnr(theirs, truth) - 1.0, name
+
+
+def test_reduced_decoding_keeps_the_frame_of_the_whole_picture():
+    """The Letterbox maps the photo's own size (restoring the output's original size needs it)."""
+    sources = {name: jpeg(example(name).resize((768, 1024), Image.BICUBIC)) for name in NAMES}
+    made = prepare_inputs(sources["masked_model"], sources["pose"], sources["cloth"], size=MODEL_HW)
+    assert made.person_frame.source_size == (768, 1024)
+    assert made.person_frame.target_size == (192, 256)

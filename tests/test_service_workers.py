@@ -1,0 +1,108 @@
+"""TRYON_WORKERS=2: the service API tests' checks, unchanged, against two front-end
+processes feeding one engine process (responses, errors, headers, golden outputs,
+batching, metrics, logs); batches formed from requests of different front ends;
+SIGTERM drains through both."""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+
+import httpx
+import pytest
+import torch
+
+from bench.frontend import process_tree
+from bench.frontend_server import StandInEngine
+from model.engine import EngineConfig
+from model.images import TryOnInputs
+from service.batcher import Batcher, GarmentsInputs, GarmentsStream
+from service.engine_server import EngineServer
+from service.errors import ApiError
+from service.metrics import Metrics
+from service.remote import RemoteBatcher
+from tests.fixtures.service.harness import ServerProcess, running_server, sample_key
+from tests.test_service_api import *  # noqa: F401,F403  (every check of the single-process API tests)
+from tests.test_service_api import post_files
+
+TWO_FRONT_ENDS = {"TRYON_WORKERS": "2"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def two_front_ends():
+    """Every server this module starts (the imported tests' too) runs two front-end processes."""
+    ServerProcess.overrides = TWO_FRONT_ENDS
+    yield
+    ServerProcess.overrides = {}
+
+
+def test_the_front_ends_are_separate_processes(server):
+    assert len(process_tree(server.process.pid)) == 3  # the engine process and two front ends
+
+
+def levels_tensor(seed: int, n: int | None = None) -> torch.Tensor:
+    """A tensor of 8-bit levels, as every image the service queues is."""
+    shape = (3, 8, 8) if n is None else (n, 3, 8, 8)
+    return torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(seed)).float() / 127.5 - 1
+
+
+def test_one_batch_from_two_front_ends(tmp_path):
+    async def scenario():
+        engine = StandInEngine(EngineConfig(device="cpu", batch_sizes=(1, 2, 3, 4), image_size=(8, 8)))
+        batcher = Batcher(engine, max_batch_size=4, max_wait_s=0.5, queue_limit=3, metrics=Metrics(4))
+        batcher.start()
+        server = EngineServer(batcher, {"info": engine.info, "device": "cpu",
+                                        "weights": {"name": "x", "random": False, "sha256": None}})
+        path = str(tmp_path / "engine.sock")
+        await server.start(path)
+        fronts = [RemoteBatcher(), RemoteBatcher()]
+        for front in fronts:
+            await front.connect(path)
+        deadline = asyncio.get_running_loop().time() + 10
+        inputs = [TryOnInputs(levels_tensor(3 * i), levels_tensor(3 * i + 1), levels_tensor(3 * i + 2), None)
+                  for i in range(2)]
+        jobs = [front.submit(x, deadline) for front, x in zip(fronts, inputs)]
+        results = [await job.future for job in jobs]
+
+        cloths = levels_tensor(7, n=3)
+        garments = fronts[1].submit(GarmentsInputs(inputs[0].pose, inputs[0].masked_model, cloths, 2), deadline)
+        stream = await garments.future
+        chunks = [chunk async for chunk in stream.chunks()]
+
+        waiting = [fronts[0].submit(inputs[0], deadline) for _ in range(4)]  # one over the queue limit
+        outcomes = await asyncio.gather(*(job.future for job in waiting), return_exceptions=True)
+        for front in fronts:
+            await front.stop()
+        await server.stop()
+        await batcher.stop()
+        return inputs, results, cloths, stream, chunks, outcomes
+
+    inputs, results, cloths, stream, chunks, outcomes = asyncio.run(scenario())
+    assert [r.batch_size for r in results] == [2, 2]  # one batch, a request from each front end
+    for x, r in zip(inputs, results):
+        assert torch.equal(r.output, x.cloth)  # the stand-in answers the garment: it crossed both ways intact
+    assert isinstance(stream, GarmentsStream) and [c.start for c in chunks] == [0, 2]
+    assert torch.equal(torch.cat([c.outputs for c in chunks]), cloths)
+    refused = [o for o in outcomes if isinstance(o, ApiError)]
+    assert len(refused) == 1 and refused[0].status == 503 and refused[0].code == "queue_full"
+    assert refused[0].headers.get("Retry-After") == "1"
+
+
+def test_sigterm_drains_through_both_front_ends(tmp_path, standin_weights_file):
+    in_flight = 6
+    env = {"TRYON_WEIGHTS": str(standin_weights_file), "TRYON_MAX_BATCH_SIZE": "8", "TRYON_MAX_BATCH_WAIT_MS": "1500",
+           "TRYON_DRAIN_TIMEOUT_S": "20"}
+    with running_server(env, tmp_path) as server:
+        with httpx.Client(base_url=server.url, timeout=60) as client, \
+                concurrent.futures.ThreadPoolExecutor(in_flight) as pool:
+            pending = [pool.submit(post_files, client) for _ in range(in_flight)]
+            end = time.monotonic() + 20
+            while server.metrics().get(sample_key("tryon_queue_depth"), 0) < in_flight:  # all queued, none run
+                assert time.monotonic() < end
+                time.sleep(0.02)
+            server.process.terminate()
+            answers = [p.result() for p in pending]
+        assert [a.status_code for a in answers] == [200] * in_flight
+        assert all(a.content[:3] == b"\xff\xd8\xff" for a in answers)
+    log = server.stderr
+    assert log.count("draining: readiness is now 503") == 3  # the engine process and each front end
