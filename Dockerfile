@@ -47,6 +47,11 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && pip install --no-cache-dir -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
+# The person detector's models ship in this wheel; --no-deps keeps out jax, jaxlib, sounddevice
+# and the GUI OpenCV it declares (pyproject.toml lists what it really imports).
+ARG MEDIAPIPE_VERSION=0.10.14
+RUN pip install --no-cache-dir --no-deps "mediapipe==${MEDIAPIPE_VERSION}"
+
 # Code is owned by root and read-only to the service's user.
 RUN useradd --no-log-init --create-home --uid 10001 --user-group tryon \
     && mkdir -p /app/weights

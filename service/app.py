@@ -15,7 +15,7 @@ from .settings import Settings
 from .state import ServiceState
 
 EXPOSED_HEADERS = ["X-Request-ID", "X-Weights", "Server-Timing", "X-Batch-Size", "X-Garments", "X-Image-Size",
-                   "Retry-After"]
+                   "X-Person-Count", "X-Person-Warning", "Retry-After"]
 
 
 @asynccontextmanager
@@ -32,7 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     service = ServiceState(settings)
     app = FastAPI(title="DAFlow virtual try-on", version="0.1.0", lifespan=lifespan,
-                  description="POST a person (a masked model and pose map, or a photo and its keypoints) and a "
+                  description="POST a person (a masked model and pose map, or a photo, keypoints optional) and a "
                               "garment, or many garments; get the try-on images back.")
     app.state.service = service
     install_error_handlers(app)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from model.images import MEDIA_TYPES, TryOnInputs, encode_image, output_image
+from model.person import PersonInputs
 
 from .batcher import GarmentsStream, Job, JobResult
 from .errors import ApiError
@@ -17,7 +18,7 @@ from .inputs import (KEYPOINTS_FIELD, PERSON_FIELDS, Garments, OutputFormat, Out
                      RequestParts, fetch_parts, has_urls, read_request)
 from .metrics import CONTENT_TYPE_LATEST
 from .middleware import CLIENT_GONE
-from .person import decode_garment, decode_person
+from .person import decode_garment, decode_person, detection_report
 from .state import ServiceState, get_service
 
 STREAM_CHUNK = 64 * 1024
@@ -65,7 +66,9 @@ _OPTIONS = {"format": {"type": "string", "enum": ["jpeg", "png", "webp"], "defau
             "quality": {"type": "integer", "minimum": 1, "maximum": 100, "default": 90},
             "size": {"type": "string", "enum": ["model", "original"], "default": "model"}}
 PERSON_MIX = ("Person side, any mix that determines the masked model and the pose map: masked_model + pose; "
-              "person + keypoints (+ parse); masked_model + keypoints; person + keypoints (+ parse) + pose. "
+              "person + keypoints (+ parse); masked_model + keypoints; person + keypoints (+ parse) + pose; "
+              "person alone (+ parse, + pose): its keypoints are detected (`X-Person-Count`; 422 `no_person`, "
+              "`missing_body_points`, `person_too_small`). "
               "An incomplete or ambiguous mix is a 422 whose `field` lists the inputs concerned.")
 
 
@@ -187,8 +190,9 @@ async def _chunks(body: bytes):
         yield body[start:start + STREAM_CHUNK]
 
 
-def _decode(parts, settings) -> TryOnInputs:
-    return decode_garment(decode_person(parts, settings), parts.cloths[0], settings)
+def _decode(parts, settings) -> tuple[PersonInputs, TryOnInputs]:
+    person = decode_person(parts, settings)
+    return person, decode_garment(person, parts.cloths[0], settings)
 
 
 def encode_output(output, frame, options: OutputOptions) -> bytes:
@@ -211,8 +215,9 @@ async def tryon_image(
     mark = time.perf_counter()
     if isinstance(parts.cloths[0], ApiError):
         raise parts.cloths[0]
-    inputs = await asyncio.to_thread(_decode, parts, service.settings)
+    person, inputs = await asyncio.to_thread(_decode, parts, service.settings)
     timings["decode"] = (time.perf_counter() - mark) * 1000
+    person_headers = detection_report(person, timings, service.metrics)
 
     result = await run_job(service, inputs, deadline, request)
     if result is None:
@@ -225,5 +230,5 @@ async def tryon_image(
     timings["encode"] = (time.perf_counter() - mark) * 1000
     headers = {"Server-Timing": server_timing(timings),
                "Content-Length": str(len(body)), "X-Batch-Size": str(result.batch_size),
-               "Content-Disposition": f'inline; filename="tryon.{options.format}"'}
+               "Content-Disposition": f'inline; filename="tryon.{options.format}"'} | person_headers
     return StreamingResponse(_chunks(body), media_type=MEDIA_TYPES[options.format], headers=headers)

@@ -26,7 +26,7 @@ from .batcher import GarmentsInputs, GarmentsStream
 from .errors import ApiError
 from .middleware import CLIENT_GONE
 from .parts import NDJSON, MultipartMixed, Part, accepts, json_item
-from .person import decode_garments, decode_person
+from .person import decode_garments, decode_person, detection_report
 from .routes import (PERSON_MIX, IMAGE_SCHEMA, JSON_IMAGE, encode_output, person_request_body, read_parts,
                      Work, begin_work, output_query, require_api_key, run_job, server_timing)
 from .state import ServiceState, get_service
@@ -66,6 +66,7 @@ async def tryon_garments(
     person = await asyncio.to_thread(decode_person, parts, settings)
     garments = await asyncio.to_thread(decode_garments, person, parts.cloths, settings)
     timings["decode"] = (time.perf_counter() - mark) * 1000
+    person_headers = detection_report(person, timings, service.metrics)
     usable = [i for i, g in enumerate(garments) if not isinstance(g, ApiError)]
     if not usable:  # nothing to dress: fail like /v1/tryon would
         raise garments[0]
@@ -109,7 +110,7 @@ async def tryon_garments(
 
     headers = {"Server-Timing": server_timing(timings), "X-Batch-Size": str(len(usable)),
                "X-Garments": str(len(garments)), "X-Garment-Chunk": str(chunk_size),
-               "X-Accel-Buffering": "no"}  # a proxy in front passes each part on at once
+               "X-Accel-Buffering": "no"} | person_headers  # a proxy in front passes each part on at once
     if accepts(request, NDJSON):
         async def lines():
             async with aclosing(results()) as answer_parts:

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     api_keys: CommaList = []
     cors_origins: CommaList = []
     log_level: str = "info"
+    # A person photo sent alone: the keypoints-only masking leaves the background that selfie
+    # segmentation finds as it is. Off until shown to help with the real checkpoint.
+    person_silhouette: bool = False
 
     @field_validator("url_allow_hosts", "api_keys", "cors_origins", mode="before")
     @classmethod

@@ -11,6 +11,7 @@ from fastapi import Request
 
 from model.engine import Engine, EngineConfig, pick_device
 from model.kernels import resolve as resolve_sampler
+from model.person import warm as warm_detector
 
 from .batcher import Batcher
 from .fetch import UrlFetcher
@@ -66,6 +67,8 @@ class ServiceState:
             log.warning("SERVING RANDOM WEIGHTS: no checkpoint was found, every output is meaningless; "
                         "set TRYON_WEIGHTS or put a checkpoint in weights/ (X-Weights: random)")
         warmup = await asyncio.to_thread(self.engine.warmup)
+        # The person detector is loaded and run once here, so the first plain photo is not slow.
+        detector_s = await asyncio.to_thread(warm_detector)
         self.batcher = Batcher(self.engine, max_batch_size=s.max_batch_size, max_wait_s=s.max_batch_wait_ms / 1000,
                                queue_limit=s.queue_limit, metrics=self.metrics)
         self.batcher.start()
@@ -74,6 +77,7 @@ class ServiceState:
         self.metrics.ready.set(1)
         log.info("ready", extra={"device": str(self.engine.device), "weights": self.weights_label,
                                  "warmup_s": {str(k): round(v, 3) for k, v in warmup.items()},
+                                 "detector_warmup_s": round(detector_s, 3),
                                  "startup_s": round(time.perf_counter() - started, 3)})
         line = self.curl_line()
         log.info("try it: %s", line)

@@ -1,7 +1,7 @@
 """The person-side inputs shops really have, through a real server over real HTTP:
 photo + keypoints (+ parse) for /v1/tryon, /v1/prepare, and many garments
 for one person through /v1/tryon/batch. Expected images come from the model
-code itself (model.person_inputs.person_images and the network)."""
+code itself (model.person.person_images and the network)."""
 from __future__ import annotations
 
 import asyncio
@@ -20,7 +20,7 @@ from PIL import Image, ImageOps
 
 from model import create_model, load_weights
 from model.images import assemble_inputs, encode_image, output_image
-from model.person_inputs import person_images
+from model.person.person_inputs import person_images
 from service.batcher import Batcher, GarmentsInputs
 from service.errors import ApiError
 from service.metrics import Metrics

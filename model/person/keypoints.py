@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .images import Letterbox
+from ..images import Letterbox
 
 COCO18_NAMES = (
     "nose", "neck", "right shoulder", "right elbow", "right wrist", "left shoulder",
@@ -231,6 +231,14 @@ def load_keypoints(path: str | Path, image_size: tuple[int, int] | None = None) 
     except OSError as exc:
         raise KeypointsError(f"cannot read {path}: {exc.strerror or exc}") from None
     return parse_keypoints(text, image_size)
+
+
+def openpose_json(keypoints: Keypoints) -> dict:
+    """OpenPose's JSON for one person (COCO-18 ``pose_keypoints_2d``), as parse_keypoints reads it back."""
+    # Pixels to 1/100; confidences as they are, so none crosses the missing threshold.
+    flat = [v for (x, y), c in zip(keypoints.xy, keypoints.confidence) for v in (round(float(x), 2),
+                                                                                round(float(y), 2), float(c))]
+    return {"version": 1.3, "people": [{"pose_keypoints_2d": flat}]}
 
 
 def require(keypoints: Keypoints, indices: Sequence[int], purpose: str) -> None:
