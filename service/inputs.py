@@ -208,7 +208,7 @@ def _too_many(count: int | str, settings: Settings) -> None:
 
 def person_mix_error(exc: IncompleteInputs) -> ApiError:
     """The model's mix rule failure as the service's 422; ``field`` lists the inputs concerned."""
-    code = "ambiguous_inputs" if exc.message.startswith("ambiguous") else "incomplete_inputs"
+    code = f"{exc.kind}_inputs"
     return ApiError(422, code, exc.message, ",".join(exc.fields))
 
 

@@ -1,9 +1,10 @@
-"""Shared fixtures: the stand-in weights of fill_weights.py and the golden files."""
+"""Shared fixtures: the stand-in weights of fill_weights.py, the golden files, a client of a module's server."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 
@@ -38,3 +39,10 @@ def standin_weights_file(tmp_path_factory, standin_state):
 
 def load_golden(name: str) -> dict:
     return torch.load(FIXTURES / name, weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    """An HTTP client of the test module's ``server`` (a ServerProcess fixture)."""
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        yield c

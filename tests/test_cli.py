@@ -19,6 +19,7 @@ from model.person import load_keypoints
 from model.person.keypoints import L_SHOULDER, R_SHOULDER
 from tests.conftest import load_golden
 from tests.local_http import LocalServer
+from tests.photos import PHOTOS
 
 # Numeric: run a second time in CI with oneDNN and ATen held to AVX2 (Makefile, test-avx2).
 pytestmark = pytest.mark.numeric
@@ -167,7 +168,6 @@ def test_download_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
 
 
 PREP = Path(__file__).parent / "fixtures" / "prep"
-PHOTOS = Path(__file__).parent / "fixtures" / "photos"
 
 
 def test_infer_from_person_photo_and_keypoints(tmp_path, standin_weights_file, image_files):

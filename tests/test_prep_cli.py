@@ -11,10 +11,10 @@ from PIL import Image
 
 from model.person import load_keypoints
 from model.person.keypoints import L_SHOULDER, R_SHOULDER
+from tests.photos import PHOTOS
 from tests.test_prep import PREP, SIZE, assert_matches, difference, raw_points, reference
 
 ROOT = Path(__file__).resolve().parents[1]
-PHOTOS = ROOT / "tests" / "fixtures" / "photos"
 
 
 def prepare(*args: str) -> subprocess.CompletedProcess:

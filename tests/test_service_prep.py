@@ -105,12 +105,6 @@ def server(tmp_path_factory, standin_weights_file):
 
 
 @pytest.fixture(scope="module")
-def client(server):
-    with httpx.Client(base_url=server.url, timeout=60) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def network(standin_state):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the server shares the cores
@@ -161,15 +155,15 @@ def test_tryon_input_mixes_equal_model_code(client, network, name, person, reque
 
 
 @pytest.mark.parametrize("kwargs, code, fields", [
-    (dict(files={"person": ("p.png", PERSON, "image/png"), "cloth": ("c.png", CLOTH, "image/png")}),
-     "incomplete_inputs", "masked_model,keypoints"),
+    (dict(files={"pose": ("p.png", POSE, "image/png"), "cloth": ("c.png", CLOTH, "image/png")}),
+     "incomplete_inputs", "masked_model,person"),
     (dict(json={"masked_model": b64(MASKED), "cloth": b64(CLOTH)}), "incomplete_inputs", "pose,keypoints"),
     (dict(json={"masked_model": b64(MASKED), "pose": b64(POSE), "keypoints": KEYPOINTS, "cloth": b64(CLOTH)}),
      "ambiguous_inputs", "keypoints"),
     (dict(files={"masked_model": ("m.png", MASKED, "image/png"), "pose": ("p.png", POSE, "image/png"),
                  "person": ("q.png", PERSON, "image/png"), "cloth": ("c.png", CLOTH, "image/png")}),
      "ambiguous_inputs", "person"),
-], ids=["person alone", "masked model alone", "keypoints besides both images", "person besides both images"])
+], ids=["pose alone", "masked model alone", "keypoints besides both images", "person besides both images"])
 def test_incomplete_or_ambiguous_mix_is_422_naming_the_fields(client, kwargs, code, fields):
     answer = client.post("/v1/tryon", **kwargs)
     assert answer.status_code == 422, answer.text
@@ -218,8 +212,8 @@ def test_prepare_both_as_multipart_and_as_json(client, prepared):
 
 
 def test_prepare_refuses_an_incomplete_mix(client):
-    answer = client.post("/v1/prepare", files={"person": ("p.png", PERSON, "image/png")})
-    assert answer.status_code == 422 and answer.json()["error"]["field"] == "masked_model,keypoints"
+    answer = client.post("/v1/prepare", files={"parse": ("s.png", PARSE, "image/png")})
+    assert answer.status_code == 422 and answer.json()["error"]["field"] == "person"
 
 
 @pytest.fixture(scope="module")

@@ -2,12 +2,13 @@
 
 The models ship inside the mediapipe 0.10.14 wheel, so nothing is downloaded:
 BlazePose full (``modules/pose_detection/pose_detection.tflite`` and
-``modules/pose_landmark/pose_landmark_full.tflite``) finds one person's 33
-landmarks; the full-range face detector (``modules/face_detection/
-face_detection_full_range_sparse.tflite``) counts the people, and picks the
-most prominent (largest face) when there are several; selfie segmentation
-(``modules/selfie_segmentation/selfie_segmentation.tflite``) gives the
-silhouette. Code and models: Apache-2.0 (weights/README.md).
+``modules/pose_landmark/pose_landmark_full.tflite``) finds the 33 landmarks of
+one person, the one its detector is surest of: in a group, the most prominent
+(tests/test_person_detect.py: the larger of two people, on either side); the
+full-range face detector (``modules/face_detection/
+face_detection_full_range_sparse.tflite``) counts the people; selfie
+segmentation (``modules/selfie_segmentation/selfie_segmentation.tflite``)
+gives the silhouette. Code and models: Apache-2.0 (weights/README.md).
 
 BlazePose's landmarks become COCO-18 in the photo's own pixels: the neck is
 the midpoint of the shoulders, and a point BlazePose is not sure it sees
@@ -41,9 +42,6 @@ VISIBLE = 0.5  # BlazePose visibility below this: the point is absent
 FOUND = 0.5  # detection confidence of the person and face detectors
 DETECT_MAX_SIDE = 1024  # photos are scaled down to this for detection; the landmark model sees 256 px anyway
 MIN_PERSON_SHARE = 0.25  # the person's keypoints must span this share of the model's height once letterboxed
-# With several people, a strip this many face widths either side of the most prominent face
-# is searched again when BlazePose found someone else.
-STRIP_FACE_WIDTHS = 4
 
 
 # protobuf 4 warns on each call mediapipe 0.10.14 makes to an API it deprecated; nothing to act on.
@@ -94,8 +92,9 @@ def check_person(keypoints: Keypoints, photo_size: tuple[int, int], model_hw: tu
     both shoulders seen, and the person big enough once the photo is letterboxed to ``model_hw``."""
     missing = [COCO18_NAMES[i] for i in (R_SHOULDER, L_SHOULDER) if not keypoints.present[i]]
     if missing:
-        raise DetectionError("missing_body_points", f"the {' and '.join(missing)} of the person are not "
-                             "visible in the photo; the masked model needs both shoulders")
+        raise DetectionError("missing_body_points", f"the person's {' and '.join(missing)} "
+                             f"{'are' if len(missing) > 1 else 'is'} not visible in the photo; the masked model "
+                             "needs both shoulders")
     width, height = photo_size
     top, bottom = keypoints.xy[keypoints.present, 1].min(), keypoints.xy[keypoints.present, 1].max()
     scale = min(model_hw[0] / height, model_hw[1] / width)
@@ -112,7 +111,11 @@ class PersonDetector:
 
     def __init__(self):
         # Imported here: mediapipe takes a second to import, and only detection needs it.
-        from mediapipe.python.solutions import face_detection, pose, selfie_segmentation
+        try:
+            from mediapipe.python.solutions import face_detection, pose, selfie_segmentation
+        except ImportError as exc:
+            raise RuntimeError(f"the person detector needs mediapipe ({exc}): pip install --no-deps "
+                               "mediapipe==0.10.14, as the Makefile does; pyproject.toml lists the rest") from None
 
         self._lock = threading.Lock()
         with _native_notes_held_back():
@@ -131,8 +134,8 @@ class PersonDetector:
         small = _scaled_down(photo)
         rgb = np.asarray(small.convert("RGB"))
         with self._lock:
-            faces = self._face_boxes(rgb)
-            landmarks = self._landmarks(rgb, faces)
+            faces = self._faces.process(rgb).detections or []
+            landmarks = self._pose_rows(rgb)
             mask = self._silhouette(rgb, photo.size) if silhouette else None
         if landmarks is None:
             raise DetectionError("no_person", "no person found in the photo")
@@ -145,36 +148,12 @@ class PersonDetector:
         with self._lock:
             return self._silhouette(rgb, photo.size)
 
-    def _face_boxes(self, rgb: np.ndarray) -> list[tuple[float, float, float, float]]:
-        """Faces as normalised (left, top, width, height), largest first."""
-        found = self._faces.process(rgb).detections or []
-        boxes = [(b.xmin, b.ymin, b.width, b.height) for b in (d.location_data.relative_bounding_box for d in found)]
-        return sorted(boxes, key=lambda b: b[2] * b[3], reverse=True)
-
     def _pose_rows(self, rgb: np.ndarray) -> np.ndarray | None:
+        """(33, 3) landmarks (x, y normalised, visibility) of the person BlazePose's detector is surest of."""
         found = self._pose.process(rgb).pose_landmarks
         if found is None:
             return None
         return np.array([(p.x, p.y, p.visibility) for p in found.landmark])
-
-    def _landmarks(self, rgb: np.ndarray, faces: list) -> np.ndarray | None:
-        """(33, 3) landmarks of the most prominent person, normalised to the whole image."""
-        rows = self._pose_rows(rgb)
-        if len(faces) < 2 or rows is None:
-            return rows
-        left, top, width, height = faces[0]
-        nose_x, nose_y = rows[0, :2]
-        if left - width / 2 <= nose_x <= left + 1.5 * width and top - height / 2 <= nose_y <= top + 1.5 * height:
-            return rows
-        # BlazePose took someone else: search again in a strip around the largest face.
-        image_w = rgb.shape[1]
-        x0 = max(0, int((left - STRIP_FACE_WIDTHS * width) * image_w))
-        x1 = min(image_w, int((left + (1 + STRIP_FACE_WIDTHS) * width) * image_w))
-        strip = self._pose_rows(np.ascontiguousarray(rgb[:, x0:x1]))
-        if strip is None:
-            return rows
-        strip[:, 0] = (strip[:, 0] * (x1 - x0) + x0) / image_w
-        return strip
 
     def _silhouette(self, rgb: np.ndarray, size: tuple[int, int]) -> Image.Image:
         mask = self._segmentation.process(rgb).segmentation_mask

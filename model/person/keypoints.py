@@ -30,7 +30,7 @@ COCO18_NAMES = (
     "left knee", "left ankle", "right eye", "left eye", "right ear", "left ear",
 )
 NOSE, NECK, R_SHOULDER, R_ELBOW, R_WRIST, L_SHOULDER, L_ELBOW, L_WRIST = range(8)
-R_HIP, R_KNEE, R_ANKLE, L_HIP, L_KNEE, L_ANKLE = range(8, 14)
+R_HIP, R_KNEE, R_ANKLE, L_HIP, L_KNEE, L_ANKLE, R_EYE, L_EYE, R_EAR, L_EAR = range(8, 18)
 
 # COCO-18 point i is BODY-25 point BODY25_TO_COCO18[i] (BODY-25 puts a mid-hip at 8
 # and six foot points at 19-24, which COCO-18 has not).
