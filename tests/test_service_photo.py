@@ -11,6 +11,9 @@ from PIL import Image
 
 from model.person import parse_keypoints, person_images
 from model.person.keypoints import L_SHOULDER, NOSE, R_SHOULDER
+from service.inputs import RequestParts
+from service.person import decode_person
+from service.settings import Settings
 from tests.fixtures.service.harness import fixture_bytes, running_server, sample_key
 from tests.photos import PHOTOS, group_photo, jpeg
 GRACE = (PHOTOS / "grace_hopper.jpg").read_bytes()
@@ -118,3 +121,15 @@ def test_the_batch_route_detects_once_for_all_garments(client, server):
     lines = [json.loads(line) for line in answer.text.splitlines()]
     assert [line["index"] for line in lines] == [0, 1] and all(line["status"] == 200 for line in lines)
     assert detections(server) == before + 1
+
+
+def test_the_silhouette_setting_reaches_the_drawing(monkeypatch):
+    """TRYON_PERSON_SILHOUETTE=true: the person photo's mask is drawn as person_images(silhouette=True)."""
+    monkeypatch.setenv("TRYON_PERSON_SILHOUETTE", "true")
+    on = Settings(image_size="64x64")
+    assert on.person_silhouette and Settings.model_fields["person_silhouette"].default is False
+    got = decode_person(RequestParts(person={"person": GRACE}), on)
+    want = person_images(person=GRACE, size=SIZE, silhouette=True)
+    plain = person_images(person=GRACE, size=SIZE)
+    assert np.array_equal(np.asarray(got.masked_model), np.asarray(want.masked_model))
+    assert not np.array_equal(np.asarray(want.masked_model), np.asarray(plain.masked_model))
