@@ -47,6 +47,11 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && pip install --no-cache-dir -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
+# The person detector's models ship in this wheel; --no-deps keeps out jax, jaxlib, sounddevice
+# and the GUI OpenCV it declares (pyproject.toml lists what it really imports).
+ARG MEDIAPIPE_VERSION=0.10.14
+RUN pip install --no-cache-dir --no-deps "mediapipe==${MEDIAPIPE_VERSION}"
+
 # Code is owned by root and read-only to the service's user. Triton's compiled kernels
 # (compiles and autotuning at warm-up: the cold start) go to a folder the user owns;
 # mount a volume there (docker-compose.yml, docker/k8s) so restarts start warm.

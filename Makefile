@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_VERSION ?= 2.13.0
+# The person detector (model/person/detect.py); --no-deps: pyproject.toml lists what it needs.
+MEDIAPIPE := mediapipe==0.10.14
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
@@ -12,6 +14,7 @@ $(STAMP): pyproject.toml client/pyproject.toml
 	$(PY) -m pip install -q "torch==$(TORCH_VERSION)"
 	$(PY) -m pip install -q -e ".[test]"
 	$(PY) -m pip install -q -e ./client    # tryon-client, its own distribution (tests/test_client.py)
+	$(PY) -m pip install -q --no-deps "$(MEDIAPIPE)"
 	touch $(STAMP)
 
 serve: $(STAMP)

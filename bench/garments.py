@@ -117,7 +117,7 @@ class EngineWays:
 
         from model.engine import Engine, EngineConfig
         from model.images import assemble_inputs
-        from model.person_inputs import person_images
+        from model.person.person_inputs import person_images
 
         height, width = (int(v) for v in image_size.split("x"))
         self.engine = Engine(EngineConfig(device="cpu", batch_sizes=tuple(range(1, max_batch_size + 1)),

@@ -1,7 +1,8 @@
 """tryon-infer: the person-side inputs and a garment (files or URLs) in, one try-on image out.
 
 Person side: --masked-model and --pose as drawn for the published model, or
---person with --keypoints (and optionally --parse) to draw them, or a mix.
+--person with --keypoints (and optionally --parse) to draw them, or --person
+alone (the keypoints are detected and written beside --out), or a mix.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import httpx
 
 from .engine import Engine, EngineConfig
 from .images import assemble_inputs, encode_image, output_image
-from .person_inputs import person_images
+from .person import person_images
+from .prepare_cli import write_keypoints
 from .weights import WeightsError
 
 SUFFIX_FORMATS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".webp": "webp"}
@@ -54,11 +56,14 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tryon-infer", description=__doc__)
     p.add_argument("--masked-model", help="person photo with the upper garment blacked out")
     p.add_argument("--pose", help="OpenPose-style pose map of the same person")
-    p.add_argument("--person", help="person photo: the masked model is drawn from it and --keypoints")
+    p.add_argument("--person", help="person photo: the masked model is drawn from it and --keypoints, or "
+                                    "keypoints detected in it (written to OUT_keypoints.json)")
     p.add_argument("--keypoints", help="JSON keypoints in the person photo's pixels (OpenPose COCO-18 or "
                                        "BODY-25, 18 triples, or COCO-17); draws whichever of --pose and "
                                        "--masked-model is not given")
     p.add_argument("--parse", help="human-parsing map of --person (LIP/CIHP labels); optional")
+    p.add_argument("--silhouette", action="store_true",
+                   help="keypoints-only masking: leave the background found by segmentation as it is")
     p.add_argument("--cloth", required=True, help="in-shop garment photo")
     p.add_argument("--out", default="result.jpg", help="output file; format from its suffix (.jpg .png .webp)")
     p.add_argument("--weights", help="checkpoint file (default: $TRYON_WEIGHTS, then weights/)")
@@ -82,14 +87,19 @@ def run(args: argparse.Namespace) -> dict:
                    for field in ("masked_model", "pose", "person", "keypoints", "parse", "cloth")}
     with stage(timings, "prepare"):
         cloth = sources.pop("cloth")
-        person = person_images(**sources, size=engine.config.image_size)
+        person = person_images(**sources, size=engine.config.image_size, silhouette=args.silhouette)
         inputs = assemble_inputs(person.masked_model, person.pose, person.frame, cloth)
     with stage(timings, "inference"):
         out = engine.infer(inputs.pose[None], inputs.masked_model[None], inputs.cloth[None])
     with stage(timings, "encode"):
         data = encode_image(output_image(out[0], inputs.person_frame, args.size), fmt, args.quality)
         Path(args.out).write_bytes(data)
-    return {"out": args.out, "timings": timings, "weights": engine.weights, "device": engine.device}
+    out = Path(args.out)
+    keypoints_file = None
+    if person.detection is not None:
+        keypoints_file = write_keypoints(person.keypoints, out.with_name(f"{out.stem}_keypoints.json"))
+    return {"out": args.out, "timings": timings, "weights": engine.weights, "device": engine.device,
+            "keypoints": keypoints_file}
 
 
 def infer_main(argv=None) -> int:
@@ -104,6 +114,8 @@ def infer_main(argv=None) -> int:
     stages = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in result["timings"].items())
     warning = " [RANDOM WEIGHTS: output is meaningless]" if result["weights"].random else ""
     print(f"wrote {result['out']} on {result['device']} with weights {result['weights'].name}{warning}")
+    if result["keypoints"] is not None:
+        print(f"wrote the detected keypoints to {result['keypoints']}")
     print(f"stages: {stages}")
     return 0
 

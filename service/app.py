@@ -17,7 +17,7 @@ from .settings import Settings
 from .state import EngineFactory, ServiceState
 
 EXPOSED_HEADERS = ["X-Request-ID", "X-Weights", "Server-Timing", "X-Batch-Size", "X-Garments", "X-Image-Size",
-                   "Retry-After", "X-Cache", "X-Cache-Hits"]
+                   "Retry-After", "X-Cache", "X-Cache-Hits", "X-Person-Count", "X-Person-Warning"]
 
 
 @asynccontextmanager
@@ -36,7 +36,7 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory |
     settings = settings or Settings()
     service = ServiceState(settings, engine_factory, engine_socket)
     app = FastAPI(title="DAFlow virtual try-on", version="0.1.0", lifespan=lifespan,
-                  description="POST a person (a masked model and pose map, or a photo and its keypoints) and a "
+                  description="POST a person (a masked model and pose map, or a photo, keypoints optional) and a "
                               "garment, or many garments; get the try-on images back.")
     app.state.service = service
     install_error_handlers(app)

@@ -5,7 +5,7 @@ file, as a multipart text field or JSON string holding an http(s) URL, or
 as a JSON base64 string (a ``data:`` URL is fine). Keypoints come as JSON:
 a multipart file or text field, or a JSON field holding the object or list
 itself or its text. Which person-side inputs make a valid mix is
-model.person_inputs' rule, checked here by name before any bytes are
+model.person's rule (check_person_mix), checked here by name before any bytes are
 decoded. Garments: one ``cloth``, or for the batch endpoint ``cloth``
 repeated (multipart) or a ``cloths`` list (JSON). Options (format, quality,
 size) come from query parameters or body fields. Limits: the request body, bytes
@@ -28,7 +28,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
-from model.person_inputs import IncompleteInputs, check_person_mix
+from model.person import IncompleteInputs, check_person_mix
 from model.safe_json import JsonError, load_json
 
 from .errors import CLIENT_GONE, ApiError
@@ -281,7 +281,7 @@ def _too_many(count: int | str, settings: Settings) -> None:
 
 def person_mix_error(exc: IncompleteInputs) -> ApiError:
     """The model's mix rule failure as the service's 422; ``field`` lists the inputs concerned."""
-    code = "ambiguous_inputs" if exc.message.startswith("ambiguous") else "incomplete_inputs"
+    code = f"{exc.kind}_inputs"
     return ApiError(422, code, exc.message, ",".join(exc.fields))
 
 

@@ -23,6 +23,7 @@ disable_created_metrics()
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60)
 # Queue waits and cache hits take milliseconds: finer at the low end.
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, *LATENCY_BUCKETS)
+DETECTION_BUCKETS = (0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5)
 
 
 class ReportedElsewhere:
@@ -48,6 +49,8 @@ class Metrics:
                                     buckets=tuple(range(1, max_batch_size + 1)), registry=r)
         self.inference = Histogram("tryon_inference_seconds", "Engine time per batch",
                                    buckets=LATENCY_BUCKETS, registry=r)
+        self.detection = Histogram("tryon_person_detection_seconds", "Time to find the person's keypoints in a "
+                                   "photo sent without them", buckets=DETECTION_BUCKETS, registry=r)
         self.rejected = Counter("tryon_rejected", "Error answers of the /v1 endpoints by reason (error code)",
                                 ["reason"], registry=r)
         self.dropped = Counter("tryon_dropped", "Queued requests dropped before the engine ran them",

@@ -3,17 +3,19 @@
 Pieces the routes put in their decorators: the one error body (a named
 component, ``ErrorBody``), the statuses each kind of route can answer with
 it, the real media types, and the request bodies of the person-side routes
-as ``oneOf`` forms generated from model.person_inputs.PERSON_FORMS, the
+as ``oneOf`` forms generated from model.person.PERSON_MIXES, the
 table the service's mix check agrees with. ``install_openapi`` adds the
 security schemes the API key dependency accepts.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, Field
 
-from model.person_inputs import PERSON_FORMS
+from model.person import PERSON_MIXES
 
 from .inputs import KEYPOINTS_FIELD, JobOptions, OutputOptions
 
@@ -34,9 +36,27 @@ def _options() -> dict:
     return {name: {k: v for k, v in prop.items() if k != "title"} for name, prop in properties.items()}
 
 
+_NAME_ORDER = ("masked_model", "pose", "person", "keypoints", "parse")
+
+
+class _Form(NamedTuple):
+    name: str
+    required: tuple[str, ...]
+    optional: tuple[str, ...]
+
+
+def _ordered(names) -> tuple[str, ...]:
+    return tuple(sorted(names, key=_NAME_ORDER.index))
+
+
+PERSON_FORMS = [_Form(" + ".join(_ordered(mix.required)), _ordered(mix.required), _ordered(mix.optional))
+                for mix in PERSON_MIXES]
 PERSON_MIX = ("Person side: exactly one of these forms (the request body's `oneOf`): "
-              + "; ".join(f"{form.name}: {' + '.join(form.required)}"
-                          + "".join(f" (+ {name})" for name in form.optional) for form in PERSON_FORMS)
+              + "; ".join(f"{' + '.join(_ordered(mix.required))}"
+                          + "".join(f" (+ {name})" for name in _ordered(mix.optional)) + f": {mix.summary}"
+                          for mix in PERSON_MIXES)
+              + ". A person photo alone has its keypoints detected on the server (`X-Person-Count`; 422 "
+                "`no_person`, `missing_body_points`, `person_too_small`)"
               + ". Any other mix is a 422 (`incomplete_inputs` or `ambiguous_inputs`) whose `field` lists the "
                 "inputs concerned. A field given twice is a 422 `duplicate_field`.")
 

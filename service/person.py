@@ -1,7 +1,7 @@
 """Decoded request parts -> what the model sees, with the model's errors as the service's.
 
 Runs in a thread (decoding and drawing are CPU work). The person side goes
-through model.person_inputs.person_images, so the service draws exactly what
+through model.person.person_images, so the service draws exactly what
 the CLI and the library draw; each garment is then letterboxed into the
 person's frame on its own, so one unreadable garment fails only itself.
 """
@@ -10,11 +10,11 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 from model.images import ImageError, ImageTooLarge, TryOnInputs, assemble_inputs
-from model.keypoints import KeypointsError
-from model.person_inputs import IncompleteInputs, PersonInputs, person_images
+from model.person import DetectionError, IncompleteInputs, KeypointsError, PersonInputs, person_images
 
 from .errors import ApiError
 from .inputs import RequestParts, person_mix_error
+from .metrics import Metrics
 from .settings import Settings
 
 # ImageError messages that mean "these bytes are no image" (415); others (a parsing
@@ -30,6 +30,8 @@ def model_errors():
         yield
     except IncompleteInputs as exc:
         raise person_mix_error(exc) from None
+    except DetectionError as exc:
+        raise ApiError(422, exc.code, exc.message, exc.field) from None
     except KeypointsError as exc:
         raise ApiError(422, "invalid_keypoints", exc.message, "keypoints") from None
     except ImageTooLarge as exc:
@@ -41,10 +43,26 @@ def model_errors():
 
 
 def decode_person(parts: RequestParts, settings: Settings) -> PersonInputs:
-    """The masked model and pose map at the model's size, drawn where not given."""
+    """The masked model and pose map at the model's size, drawn where not given
+    (a person photo alone: its keypoints detected here, in the same thread)."""
     with model_errors():
         return person_images(**parts.person, keypoints=parts.keypoints, size=settings.image_hw,
-                             max_pixels=settings.max_image_pixels)
+                             max_pixels=settings.max_image_pixels, silhouette=settings.person_silhouette)
+
+
+def detection_report(person: PersonInputs, timings: dict[str, float], metrics: Metrics) -> dict[str, str]:
+    """Where the keypoints were detected: ``detect`` in the timings, the histogram observed, and
+    the headers that say how many people the photo holds (several: the most prominent was used)."""
+    detection = person.detection
+    if detection is None:
+        return {}
+    timings["detect"] = detection.seconds * 1000
+    metrics.detection.observe(detection.seconds)
+    headers = {"X-Person-Count": str(detection.person_count)}
+    if detection.person_count > 1:
+        headers["X-Person-Warning"] = (f"{detection.person_count} people in the person photo; "
+                                       "the most prominent one was used")
+    return headers
 
 
 def decode_garment(person: PersonInputs, cloth: bytes, settings: Settings) -> TryOnInputs:

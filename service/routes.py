@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from model.images import MEDIA_TYPES, TryOnInputs, encode_image, output_image
+from model.person import PersonInputs
 
 from .batcher import GarmentsStream, Job, JobResult
 from .cache import CachedResponse, ResponseCache
@@ -20,7 +21,7 @@ from .metrics import CONTENT_TYPE_LATEST
 from .openapi import (BINARY, IMAGE_SCHEMA, JSON_IMAGE, MODEL_ERRORS, PERSON_MIX, binary_content, error_responses,
                       person_request_body)
 from .outcomes import DeadlineExceeded, DropReason, Priority
-from .person import decode_garment, decode_person
+from .person import decode_garment, decode_person, detection_report
 from .state import ServiceState, get_service
 
 STREAM_CHUNK = 64 * 1024
@@ -187,10 +188,12 @@ async def _chunks(body: bytes):
         yield body[start:start + STREAM_CHUNK]
 
 
-def _decode(parts, settings, cache: ResponseCache | None, options: OutputOptions) -> tuple[TryOnInputs, str | None]:
+def _decode(parts, settings, cache: ResponseCache | None,
+            options: OutputOptions) -> tuple[PersonInputs, TryOnInputs, str | None]:
     """What the model sees, and its cache key (hashed in the same thread hop: a hit's time is mostly this)."""
-    inputs = decode_garment(decode_person(parts, settings), parts.cloths[0], settings)
-    return inputs, cache.key(inputs, options) if cache is not None else None
+    person = decode_person(parts, settings)
+    inputs = decode_garment(person, parts.cloths[0], settings)
+    return person, inputs, cache.key(inputs, options) if cache is not None else None
 
 
 def encode_output(output, frame, options: OutputOptions) -> bytes:
@@ -214,15 +217,17 @@ async def tryon_image(
     if isinstance(parts.cloths[0], ApiError):
         raise parts.cloths[0]
     cache = service.cache
-    inputs, key = await asyncio.to_thread(_decode, parts, service.settings, cache, options)
+    person, inputs, key = await asyncio.to_thread(_decode, parts, service.settings, cache, options)
     timings["decode"] = (time.perf_counter() - mark) * 1000
+    person_headers = detection_report(person, timings, service.metrics)
 
     if cache is not None:
         mark = time.perf_counter()
         cached = await cache.lookup(key, TRYON_ROUTE)
         timings["cache"] = (time.perf_counter() - mark) * 1000
         if cached is not None:  # answered without queueing, whatever the queue holds
-            return _image_response(cached.body, cached.media_type, options, timings, {"X-Cache": "hit"})
+            return _image_response(cached.body, cached.media_type, options, timings,
+                                   {"X-Cache": "hit"} | person_headers)
 
     result = await run_job(service, inputs, work, request)
     if result is None:
@@ -234,7 +239,7 @@ async def tryon_image(
     body = await asyncio.to_thread(encode_output, result.output, inputs.person_frame, options)
     timings["encode"] = (time.perf_counter() - mark) * 1000
     media_type = MEDIA_TYPES[options.format]
-    headers = {"X-Batch-Size": str(result.batch_size)}
+    headers = {"X-Batch-Size": str(result.batch_size)} | person_headers
     if cache is not None:
         cache.remember(key, CachedResponse(media_type, body))
         headers["X-Cache"] = "miss"

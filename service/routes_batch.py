@@ -27,7 +27,7 @@ from .cache import CachedResponse
 from .errors import CLIENT_GONE, ApiError, from_queue_error
 from .outcomes import Priority, QueueError
 from .parts import NDJSON, MultipartMixed, Part, accepts, json_item
-from .person import decode_garments, decode_person
+from .person import decode_garments, decode_person, detection_report
 from .openapi import (BINARY, IMAGE_SCHEMA, JSON_IMAGE, MODEL_ERRORS, PERSON_MIX, binary_content, error_responses,
                       person_request_body)
 from .routes import (encode_output, read_parts, Work, begin_work, output_query, require_api_key, run_job,
@@ -71,6 +71,7 @@ async def tryon_garments(
     person = await asyncio.to_thread(decode_person, parts, settings)
     garments = await asyncio.to_thread(decode_garments, person, parts.cloths, settings)
     timings["decode"] = (time.perf_counter() - mark) * 1000
+    person_headers = detection_report(person, timings, service.metrics)
     usable = [i for i, g in enumerate(garments) if not isinstance(g, ApiError)]
     if not usable:  # nothing to dress: fail like /v1/tryon would
         raise garments[0]
@@ -132,7 +133,7 @@ async def tryon_garments(
 
     headers = {"Server-Timing": server_timing(timings), "X-Batch-Size": str(len(to_run)),
                "X-Garments": str(len(garments)), "X-Garment-Chunk": str(chunk_size),
-               "X-Accel-Buffering": "no"}  # a proxy in front passes each part on at once
+               "X-Accel-Buffering": "no"} | person_headers  # a proxy in front passes each part on at once
     if cache is not None:  # hit: every garment came from the cache and nothing was queued
         headers |= {"X-Cache": "hit" if not to_run else "miss", "X-Cache-Hits": str(len(cached))}
     if accepts(request, NDJSON):

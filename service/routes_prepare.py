@@ -10,28 +10,34 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from model.images import encode_image
+from model.person import openpose_json
 
+from .errors import ApiError
 from .parts import MultipartMixed, Part, accepts
-from .person import decode_person
+from .person import decode_person, detection_report
 from .openapi import INPUT_ERRORS, PERSON_MIX, binary_content, error_responses, person_request_body
-from .routes import read_parts, require_api_key, require_ready
+from .routes import read_parts, require_api_key, require_ready, server_timing
 from .state import ServiceState, get_service
 
-PrepareOutput = Literal["masked_model", "pose"]
+PrepareOutput = Literal["masked_model", "pose", "keypoints"]
 PNG = "image/png"
 
 prepare = APIRouter(tags=["try-on"], dependencies=[Depends(require_api_key)])
 
 PREPARE_OPENAPI = {
     "requestBody": person_request_body({}, options=False),
-    "responses": {"200": {"description": "with ?output=: that image as PNG; without: both, as multipart/mixed "
+    "responses": {"200": {"description": "with ?output=masked_model or pose: that image as PNG; with "
+                                         "?output=keypoints: OpenPose JSON (`people[0].pose_keypoints_2d`, COCO-18, "
+                                         "the photo's pixels); without: both images, as multipart/mixed "
                                          "(default) or JSON with base64 (Accept: application/json)",
                           "content": binary_content(PNG, "multipart/mixed") | {
-                              "application/json": {"schema": {"type": "object", "required": ["size", "media_type"],
-                                                              "properties": {"size": {"type": "array"},
-                                                                             "media_type": {"type": "string"},
-                                                                             "masked_model": {"type": "string"},
-                                                                             "pose": {"type": "string"}}}}}}},
+                              "application/json": {"schema": {"oneOf": [
+                                  {"type": "object", "required": ["size", "media_type"],
+                                   "properties": {"size": {"type": "array"}, "media_type": {"type": "string"},
+                                                  "masked_model": {"type": "string"}, "pose": {"type": "string"}}},
+                                  {"type": "object", "required": ["people"], "description": "?output=keypoints",
+                                   "properties": {"version": {"type": "number"}, "people": {"type": "array"}}},
+                              ]}}}}},
 }
 
 
@@ -41,18 +47,28 @@ PREPARE_OPENAPI = {
 async def prepare_person(
         request: Request,
         service: ServiceState = Depends(get_service),
-        output: PrepareOutput | None = Query(None, description="one image only, as image/png"),
+        output: PrepareOutput | None = Query(None, description="one image only, as image/png, or the keypoints "
+                                                               "used (detected or sent) as OpenPose JSON"),
 ) -> Response:
     require_ready(service)
     settings = service.settings
     mark = time.perf_counter()
     parts, _ = await read_parts(request, service, {}, "none", {})
     person = await asyncio.to_thread(decode_person, parts, settings)
+    timings: dict[str, float] = {}
+    person_headers = detection_report(person, timings, service.metrics)
+    height, width = settings.image_hw
+    if output == "keypoints":
+        if person.keypoints is None:
+            raise ApiError(422, "no_keypoints", "masked_model and pose were given: there are no keypoints to "
+                           "return; send the person photo", "output")
+        timings["prepare"] = (time.perf_counter() - mark) * 1000
+        return JSONResponse(openpose_json(person.keypoints), headers={
+            "Server-Timing": server_timing(timings), **person_headers})
     names = (output,) if output else ("masked_model", "pose")
     images = await asyncio.to_thread(lambda: {name: encode_image(getattr(person, name), "png") for name in names})
-    height, width = settings.image_hw
-    headers = {"Server-Timing": f"prepare;dur={(time.perf_counter() - mark) * 1000:.2f}",
-               "X-Image-Size": f"{height}x{width}"}
+    timings["prepare"] = (time.perf_counter() - mark) * 1000
+    headers = {"Server-Timing": server_timing(timings), "X-Image-Size": f"{height}x{width}", **person_headers}
     if output:
         return Response(images[output], media_type=PNG, headers=headers | {
             "Content-Disposition": f'inline; filename="{output}.png"'})

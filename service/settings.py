@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     cache_url: str | None = None
     cache_ttl_s: float = Field(86_400, gt=0)
     cache_timeout_ms: float = Field(50, gt=0)
+    # A person photo sent alone: the keypoints-only masking leaves the background that selfie
+    # segmentation finds as it is. Off until shown to help with the real checkpoint.
+    person_silhouette: bool = False
 
     @field_validator("url_allow_hosts", "api_keys", "cors_origins", mode="before")
     @classmethod

@@ -13,6 +13,7 @@ from typing import Callable
 from fastapi import Request
 
 from model.engine import Engine, EngineConfig, pick_device
+from model.person import warm as warm_detector
 
 from .admission import ServiceRate
 from .batcher import Batcher
@@ -93,6 +94,8 @@ class ServiceState:
             log.warning("SERVING RANDOM WEIGHTS: no checkpoint was found, every output is meaningless; "
                         "set TRYON_WEIGHTS or put a checkpoint in weights/ (X-Weights: random)")
         warmup = await asyncio.to_thread(self.engine.warmup)
+        # The person detector is loaded and run once here, so the first plain photo is not slow.
+        detector_s = await asyncio.to_thread(warm_detector)
         self.metrics.sampler.labels(sampler=self.engine.sampler).set(1)
         # Admission control starts from the smallest and largest batch timed once warm (sizes
         # between are interpolated) and follows every batch the engine runs from then on.
@@ -108,6 +111,7 @@ class ServiceState:
         self.metrics.ready.set(1)
         log.info("ready", extra={"device": str(self.engine.device), "weights": self.weights_label,
                                  "warmup_s": {str(k): round(v, 3) for k, v in warmup.items()},
+                                 "detector_warmup_s": round(detector_s, 3),
                                  "startup_s": round(time.perf_counter() - started, 3)})
         line = self.curl_line()
         log.info("try it: %s", line)

@@ -1,9 +1,10 @@
-"""Shared fixtures: the stand-in weights of fill_weights.py and the golden files."""
+"""Shared fixtures: the stand-in weights of fill_weights.py, the golden files, a client of a module's server."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 
@@ -55,3 +56,10 @@ def ieee_fp32_convolutions():
     yield
     (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
      torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) = saved
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    """An HTTP client of the test module's ``server`` (a ServerProcess fixture)."""
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        yield c

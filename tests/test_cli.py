@@ -15,8 +15,11 @@ from safetensors.torch import load_file, save_file
 
 from model import create_model, load_weights
 from model.images import output_image, prepare_inputs, tensor_to_image
+from model.person import load_keypoints
+from model.person.keypoints import L_SHOULDER, R_SHOULDER
 from tests.conftest import load_golden
 from tests.local_http import LocalServer
+from tests.photos import PHOTOS
 
 # Numeric: run a second time in CI with oneDNN and ATen held to AVX2 (Makefile, test-avx2).
 pytestmark = pytest.mark.numeric
@@ -177,6 +180,24 @@ def test_infer_from_person_photo_and_keypoints(tmp_path, standin_weights_file, i
 
 
 def test_infer_with_an_incomplete_mix_names_what_is_missing(tmp_path, standin_weights_file, image_files):
-    proc = run_cli("model.cli", "--person", str(PREP / "front_person.png"), "--cloth", str(image_files["cloth"]),
+    proc = run_cli("model.cli", "--keypoints", str(PREP / "front_keypoints.json"), "--cloth",
+                   str(image_files["cloth"]), "--out", str(tmp_path / "r.jpg"), "--weights", str(standin_weights_file))
+    assert proc.returncode == 2 and "missing: masked_model, person" in proc.stderr
+
+
+def test_infer_from_a_plain_photo_writes_the_detected_keypoints(tmp_path, standin_weights_file, image_files):
+    out = tmp_path / "result.jpg"
+    proc = run_cli("model.cli", "--person", str(PHOTOS / "grace_hopper.jpg"), "--cloth", str(image_files["cloth"]),
+                   "--out", str(out), "--weights", str(standin_weights_file))
+    assert proc.returncode == 0, proc.stderr
+    assert Image.open(out).size == (192, 256)
+    keypoints = load_keypoints(tmp_path / "result_keypoints.json", (512, 600))
+    assert keypoints.present[[R_SHOULDER, L_SHOULDER]].all()
+    assert f"wrote the detected keypoints to {tmp_path / 'result_keypoints.json'}" in proc.stdout
+
+
+def test_infer_from_a_photo_with_nobody_in_it_says_so(tmp_path, standin_weights_file, image_files):
+    proc = run_cli("model.cli", "--person", str(PHOTOS / "coffee.jpg"), "--cloth", str(image_files["cloth"]),
                    "--out", str(tmp_path / "r.jpg"), "--weights", str(standin_weights_file))
-    assert proc.returncode == 2 and "missing: keypoints" in proc.stderr
+    assert proc.returncode == 2 and "person: no person found in the photo" in proc.stderr
+    assert not (tmp_path / "r.jpg").exists()

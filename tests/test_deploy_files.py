@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -317,3 +318,16 @@ def test_kubernetes_replicas_share_one_redis_cache(manifests):
     tryon_labels = manifests["Deployment", "daflow-tryon"]["spec"]["template"]["metadata"]["labels"]
     assert not service["spec"]["selector"].items() <= tryon_labels.items()
     assert not manifests["Service", "daflow-tryon"]["spec"]["selector"].items() <= cache["metadata"]["labels"].items()
+
+
+def test_the_person_detector_is_installed_alike_everywhere():
+    """mediapipe comes without its declared dependencies (jax, sounddevice, GUI OpenCV) in the
+    Makefile and the image, at one version; what it imports is in pyproject.toml."""
+    makefile = re.search(r"^MEDIAPIPE := mediapipe==(\S+)$", (ROOT / "Makefile").read_text(), re.M)
+    assert makefile and "pip install -q --no-deps \"$(MEDIAPIPE)\"" in (ROOT / "Makefile").read_text()
+    steps = [f"{k} {v}" for k, v in dockerfile_instructions()]
+    assert f"ARG MEDIAPIPE_VERSION={makefile.group(1)}" in steps
+    assert any("pip install --no-cache-dir --no-deps \"mediapipe==${MEDIAPIPE_VERSION}\"" in s for s in steps)
+    dependencies = " ".join(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
+    assert "protobuf>=4.25.3,<5" in dependencies
+    assert not re.search(r"\b(jax|jaxlib|sounddevice|opencv-contrib-python|mediapipe)\b", dependencies)

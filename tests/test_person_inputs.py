@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import io
-import itertools
+from itertools import chain, combinations
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from model.images import ImageTooLarge
-from model.person_inputs import PERSON_FORMS, IncompleteInputs, check_person_mix, person_images
+from model.person.person_inputs import PERSON_INPUTS, PERSON_MIXES, IncompleteInputs, check_person_mix, person_images
 
 PREP = Path(__file__).parent / "fixtures" / "prep"
 
@@ -47,10 +47,11 @@ def test_pose_given_masked_model_drawn():
 
 
 @pytest.mark.parametrize("kwargs,fields,words", [
-    ({"person": "front_person.png"}, ("masked_model", "keypoints"), "missing: keypoints"),
-    ({"keypoints": "front_keypoints.json"}, ("masked_model", "person"), "missing: person"),
-    ({"masked_model": "front_masked_model.png"}, ("pose", "keypoints"), "pose is missing"),
-    ({"parse": "front_parse.png", "keypoints": "front_keypoints.json"}, ("masked_model", "person"), "missing: person"),
+    ({"keypoints": "front_keypoints.json"}, ("masked_model", "person"), "missing: masked_model, person"),
+    ({"masked_model": "front_masked_model.png"}, ("pose", "keypoints"), "add pose (for masked_model + pose) or "
+                                                                        "keypoints (for keypoints + masked_model)"),
+    ({"parse": "front_parse.png", "keypoints": "front_keypoints.json"}, ("person",), "missing: person"),
+    ({"pose": "front_pose.png"}, ("masked_model", "person"), "missing: masked_model, person"),
     ({"masked_model": "front_masked_model.png", "pose": "front_pose.png", "person": "front_person.png"},
      ("person",), "ambiguous"),
     ({"masked_model": "front_masked_model.png", "pose": "front_pose.png", "keypoints": "front_keypoints.json"},
@@ -64,21 +65,19 @@ def test_incomplete_or_ambiguous_mixes(kwargs, fields, words):
     assert err.value.fields == fields and words in err.value.message
 
 
-def test_the_forms_table_is_exactly_what_the_mix_check_accepts():
-    """The service documents PERSON_FORMS as its request forms: no valid mix may be missing
-    from it, and none in it may be refused."""
-    names = ("masked_model", "pose", "person", "keypoints", "parse")
-    in_table = {frozenset(form.required) | frozenset(extra) for form in PERSON_FORMS
-                for extra in itertools.chain.from_iterable(itertools.combinations(form.optional, k)
-                                                           for k in range(len(form.optional) + 1))}
-    for mask in range(1 << len(names)):
-        given = {name for i, name in enumerate(names) if mask >> i & 1}
-        try:
-            check_person_mix(given)
-            accepted = True
-        except IncompleteInputs:
-            accepted = False
-        assert accepted == (frozenset(given) in in_table), sorted(given)
+def test_the_mix_table_accepts_exactly_its_forms():
+    """Every subset of the five inputs: valid exactly when it is one of PERSON_MIXES' forms."""
+    names = sorted(PERSON_INPUTS)
+    forms = {m.required | frozenset(extra) for m in PERSON_MIXES
+             for extra in chain.from_iterable(combinations(sorted(m.optional), k) for k in range(3))}
+    for given in chain.from_iterable(combinations(names, k) for k in range(len(names) + 1)):
+        if frozenset(given) in forms:
+            assert check_person_mix(set(given)).required <= set(given)
+        else:
+            with pytest.raises(IncompleteInputs) as err:
+                check_person_mix(set(given))
+            assert err.value.fields and set(err.value.fields) <= set(names)
+    assert check_person_mix({"person"}).summary.startswith("the keypoints detected")
 
 
 def test_parse_map_pixel_limit_is_checked_before_decoding_like_any_image():

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.keypoints import COCO18_NAMES, L_SHOULDER, NECK, R_SHOULDER, Keypoints, KeypointsError, load_keypoints
-from model.masking import mask_person, mask_person_from_pose
-from model.person_inputs import draw_inputs
-from model.pose_map import draw_pose_map
+from model.person.keypoints import COCO18_NAMES, L_SHOULDER, NECK, R_SHOULDER, Keypoints, KeypointsError, load_keypoints
+from model.person.masking import mask_person, mask_person_from_pose
+from model.person.person_inputs import draw_inputs
+from model.person.pose_map import draw_pose_map
 
 PREP = Path(__file__).parent / "fixtures" / "prep"
 POSES = ("front", "bent", "partial")

@@ -9,6 +9,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from model.person import load_keypoints
+from model.person.keypoints import L_SHOULDER, R_SHOULDER
+from tests.photos import PHOTOS
 from tests.test_prep import PREP, SIZE, assert_matches, difference, raw_points, reference
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +27,8 @@ def test_writes_the_authors_pose_map_and_masked_model(tmp_path):
     done = prepare("--person", PREP / "partial_person.png", "--keypoints", PREP / "partial_keypoints.json",
                    "--parse", PREP / "partial_parse.png", "--out-dir", tmp_path / "out")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == [str(tmp_path / "out" / "pose.png"), str(tmp_path / "out" / "masked_model.png")]
+    assert done.stdout.split() == [str(tmp_path / "out" / name) for name in ("pose.png", "masked_model.png",
+                                                                             "keypoints.json")]
     assert_matches(Image.open(tmp_path / "out" / "pose.png"), "partial_pose")
     assert_matches(Image.open(tmp_path / "out" / "masked_model.png"), "partial_masked_model")
 
@@ -62,3 +66,24 @@ def test_bad_inputs_exit_non_zero_with_one_line(tmp_path):
         assert done.returncode == 1, (message, done.stderr)
         assert done.stderr.startswith(f"tryon-prepare: error: {message}"), done.stderr
         assert done.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+def test_a_plain_photo_gets_its_keypoints_detected_and_written(tmp_path):
+    done = prepare("--person", PHOTOS / "grace_hopper.jpg", "--out-dir", tmp_path, "--size", "original")
+    assert done.returncode == 0, done.stderr
+    assert Image.open(tmp_path / "masked_model.png").size == (512, 600)
+    written = json.loads((tmp_path / "keypoints.json").read_text())
+    points = load_keypoints(tmp_path / "keypoints.json", (512, 600))
+    assert len(written["people"][0]["pose_keypoints_2d"]) == 54 and points.present[[R_SHOULDER, L_SHOULDER]].all()
+    # Sent back as --keypoints, they draw the very same images.
+    again = prepare("--person", PHOTOS / "grace_hopper.jpg", "--keypoints", tmp_path / "keypoints.json",
+                    "--out-dir", tmp_path / "again", "--size", "original")
+    assert again.returncode == 0, again.stderr
+    for name in ("pose.png", "masked_model.png"):
+        assert difference(Image.open(tmp_path / name), Image.open(tmp_path / "again" / name))[0] < 0.05
+
+
+def test_a_photo_with_nobody_in_it_is_an_error(tmp_path):
+    done = prepare("--person", PHOTOS / "coffee.jpg", "--out-dir", tmp_path / "out")
+    assert done.returncode == 1 and done.stderr == "tryon-prepare: error: person: no person found in the photo\n"
+    assert not (tmp_path / "out").exists()

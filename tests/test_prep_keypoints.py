@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from model.images import Letterbox
-from model.keypoints import (BODY25_TO_COCO18, COCO17_TO_COCO18, L_SHOULDER, NECK, R_SHOULDER, R_WRIST,
+from model.person.keypoints import (BODY25_TO_COCO18, COCO17_TO_COCO18, L_SHOULDER, NECK, R_SHOULDER, R_WRIST,
                              KeypointsError, parse_keypoints)
-from model.pose_map import draw_pose_map
+from model.person.pose_map import draw_pose_map
 from tests.test_prep import SIZE, assert_matches, raw_points
 
 FRONT = np.asarray(raw_points("front"), dtype=float).reshape(18, 3)

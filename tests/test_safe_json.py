@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from model.keypoints import KeypointsError, load_keypoints, parse_keypoints
+from model.person.keypoints import KeypointsError, load_keypoints, parse_keypoints
 from model.safe_json import MAX_DEPTH, MAX_STRUCTURE, JsonError, load_json
 
 

@@ -1,7 +1,7 @@
 """The person-side inputs shops really have, through a real server over real HTTP:
 photo + keypoints (+ parse) for /v1/tryon, /v1/prepare, and many garments
 for one person through /v1/tryon/batch. Expected images come from the model
-code itself (model.person_inputs.person_images and the network)."""
+code itself (model.person.person_images and the network)."""
 from __future__ import annotations
 
 import base64
@@ -19,7 +19,7 @@ from PIL import Image, ImageOps
 
 from model import create_model, load_weights
 from model.images import assemble_inputs, encode_image, output_image
-from model.person_inputs import person_images
+from model.person.person_inputs import person_images
 from service.settings import Settings
 from tests.fixtures.service.harness import REPO, ServerProcess, fixture_bytes, running_server, sample_key
 
@@ -101,12 +101,6 @@ def server(tmp_path_factory, standin_weights_file):
 
 
 @pytest.fixture(scope="module")
-def client(server):
-    with httpx.Client(base_url=server.url, timeout=60) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def network(standin_state):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the server shares the cores
@@ -157,15 +151,15 @@ def test_tryon_input_mixes_equal_model_code(client, network, name, person, reque
 
 
 @pytest.mark.parametrize("kwargs, code, fields", [
-    (dict(files={"person": ("p.png", PERSON, "image/png"), "cloth": ("c.png", CLOTH, "image/png")}),
-     "incomplete_inputs", "masked_model,keypoints"),
+    (dict(files={"pose": ("p.png", POSE, "image/png"), "cloth": ("c.png", CLOTH, "image/png")}),
+     "incomplete_inputs", "masked_model,person"),
     (dict(json={"masked_model": b64(MASKED), "cloth": b64(CLOTH)}), "incomplete_inputs", "pose,keypoints"),
     (dict(json={"masked_model": b64(MASKED), "pose": b64(POSE), "keypoints": KEYPOINTS, "cloth": b64(CLOTH)}),
      "ambiguous_inputs", "keypoints"),
     (dict(files={"masked_model": ("m.png", MASKED, "image/png"), "pose": ("p.png", POSE, "image/png"),
                  "person": ("q.png", PERSON, "image/png"), "cloth": ("c.png", CLOTH, "image/png")}),
      "ambiguous_inputs", "person"),
-], ids=["person alone", "masked model alone", "keypoints besides both images", "person besides both images"])
+], ids=["pose alone", "masked model alone", "keypoints besides both images", "person besides both images"])
 def test_incomplete_or_ambiguous_mix_is_422_naming_the_fields(client, kwargs, code, fields):
     answer = client.post("/v1/tryon", **kwargs)
     assert answer.status_code == 422, answer.text
@@ -214,8 +208,8 @@ def test_prepare_both_as_multipart_and_as_json(client, prepared):
 
 
 def test_prepare_refuses_an_incomplete_mix(client):
-    answer = client.post("/v1/prepare", files={"person": ("p.png", PERSON, "image/png")})
-    assert answer.status_code == 422 and answer.json()["error"]["field"] == "masked_model,keypoints"
+    answer = client.post("/v1/prepare", files={"parse": ("s.png", PARSE, "image/png")})
+    assert answer.status_code == 422 and answer.json()["error"]["field"] == "person"
 
 
 @pytest.fixture(scope="module")

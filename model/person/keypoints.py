@@ -21,8 +21,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .images import Letterbox
-from .safe_json import JsonError, load_json
+from ..images import Letterbox
+from ..safe_json import JsonError, load_json
 
 COCO18_NAMES = (
     "nose", "neck", "right shoulder", "right elbow", "right wrist", "left shoulder",
@@ -30,7 +30,7 @@ COCO18_NAMES = (
     "left knee", "left ankle", "right eye", "left eye", "right ear", "left ear",
 )
 NOSE, NECK, R_SHOULDER, R_ELBOW, R_WRIST, L_SHOULDER, L_ELBOW, L_WRIST = range(8)
-R_HIP, R_KNEE, R_ANKLE, L_HIP, L_KNEE, L_ANKLE = range(8, 14)
+R_HIP, R_KNEE, R_ANKLE, L_HIP, L_KNEE, L_ANKLE, R_EYE, L_EYE, R_EAR, L_EAR = range(8, 18)
 
 # COCO-18 point i is BODY-25 point BODY25_TO_COCO18[i] (BODY-25 puts a mid-hip at 8
 # and six foot points at 19-24, which COCO-18 has not).
@@ -226,6 +226,14 @@ def load_keypoints(path: str | Path, image_size: tuple[int, int] | None = None) 
     except OSError as exc:
         raise KeypointsError(f"cannot read {path}: {exc.strerror or exc}") from None
     return parse_keypoints(text, image_size)
+
+
+def openpose_json(keypoints: Keypoints) -> dict:
+    """OpenPose's JSON for one person (COCO-18 ``pose_keypoints_2d``), as parse_keypoints reads it back."""
+    # Pixels to 1/100; confidences as they are, so none crosses the missing threshold.
+    flat = [v for (x, y), c in zip(keypoints.xy, keypoints.confidence) for v in (round(float(x), 2),
+                                                                                round(float(y), 2), float(c))]
+    return {"version": 1.3, "people": [{"pose_keypoints_2d": flat}]}
 
 
 def require(keypoints: Keypoints, indices: Sequence[int], purpose: str) -> None:

@@ -1,0 +1,214 @@
+"""Body keypoints (and, on request, the silhouette) found in a plain person photo, offline.
+
+The models ship inside the mediapipe 0.10.14 wheel, so nothing is downloaded:
+BlazePose full (``modules/pose_detection/pose_detection.tflite`` and
+``modules/pose_landmark/pose_landmark_full.tflite``) finds the 33 landmarks of
+one person, the one its detector is surest of: in a group, the most prominent
+(tests/test_person_detect.py: the larger of two people, on either side); the
+full-range face detector (``modules/face_detection/
+face_detection_full_range_sparse.tflite``) counts the people; selfie
+segmentation (``modules/selfie_segmentation/selfie_segmentation.tflite``)
+gives the silhouette. Code and models: Apache-2.0 (weights/README.md).
+
+BlazePose's landmarks become COCO-18 in the photo's own pixels: the neck is
+the midpoint of the shoulders, and a point BlazePose is not sure it sees
+(visibility below VISIBLE) or places outside the photo is absent, as
+OpenPose leaves points it does not see.
+
+One detector per process (``get_detector``): mediapipe graphs are not
+safe to share between threads, so each call holds the detector's lock.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from .keypoints import COCO18_NAMES, L_SHOULDER, NECK, R_SHOULDER, Keypoints
+
+# COCO-18 point i is BlazePose landmark BLAZEPOSE_TO_COCO18[i]; None is the neck, which
+# BlazePose lacks. Both name sides from the person's point of view.
+BLAZEPOSE_TO_COCO18 = (0, None, 12, 14, 16, 11, 13, 15, 24, 26, 28, 23, 25, 27, 5, 2, 8, 7)
+VISIBLE = 0.5  # BlazePose visibility below this: the point is absent
+FOUND = 0.5  # detection confidence of the person and face detectors
+DETECT_MAX_SIDE = 1024  # photos are scaled down to this for detection; the landmark model sees 256 px anyway
+MIN_PERSON_SHARE = 0.25  # the person's keypoints must span this share of the model's height once letterboxed
+
+
+# protobuf 4 warns on each call mediapipe 0.10.14 makes to an API it deprecated; nothing to act on.
+warnings.filterwarnings("ignore", message=r"SymbolDatabase\.GetPrototype\(\) is deprecated", category=UserWarning)
+
+
+class DetectionError(ValueError):
+    """No usable person in the photo; ``code`` says why (no_person, missing_body_points,
+    person_too_small) and the message gives what was found."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"person: {message}")
+        self.code = code
+        self.field = "person"
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Detection:
+    """What was found in one photo: keypoints in its pixels, how many people, how long it took."""
+    keypoints: Keypoints
+    person_count: int
+    seconds: float
+    silhouette: Image.Image | None = None  # mode L, 255 = person, the photo's size
+
+
+def coco18_from_blazepose(landmarks: np.ndarray, size: tuple[int, int]) -> Keypoints:
+    """(33, 3) BlazePose rows (x, y normalised to the image, visibility) -> COCO-18 in
+    pixels of an image of ``size`` (W, H)."""
+    width, height = size
+    xy = np.zeros((18, 2))
+    confidence = np.zeros(18)
+    for i, j in enumerate(BLAZEPOSE_TO_COCO18):
+        if j is None:
+            continue
+        x, y, visibility = landmarks[j]
+        if visibility >= VISIBLE and 0 <= x <= 1 and 0 <= y <= 1:
+            xy[i] = (x * width, y * height)
+            confidence[i] = visibility
+    if confidence[R_SHOULDER] and confidence[L_SHOULDER]:
+        xy[NECK] = (xy[R_SHOULDER] + xy[L_SHOULDER]) / 2
+        confidence[NECK] = min(confidence[R_SHOULDER], confidence[L_SHOULDER])
+    return Keypoints(xy, confidence)
+
+
+def check_person(keypoints: Keypoints, photo_size: tuple[int, int], model_hw: tuple[int, int]) -> None:
+    """DetectionError unless the masked model can be drawn from detected ``keypoints``:
+    both shoulders seen, and the person big enough once the photo is letterboxed to ``model_hw``."""
+    missing = [COCO18_NAMES[i] for i in (R_SHOULDER, L_SHOULDER) if not keypoints.present[i]]
+    if missing:
+        raise DetectionError("missing_body_points", f"the person's {' and '.join(missing)} "
+                             f"{'are' if len(missing) > 1 else 'is'} not visible in the photo; the masked model "
+                             "needs both shoulders")
+    width, height = photo_size
+    top, bottom = keypoints.xy[keypoints.present, 1].min(), keypoints.xy[keypoints.present, 1].max()
+    scale = min(model_hw[0] / height, model_hw[1] / width)
+    span = (bottom - top) * scale
+    if span < MIN_PERSON_SHARE * model_hw[0]:
+        raise DetectionError("person_too_small", f"the person found spans {bottom - top:.0f} px of the "
+                             f"{width}x{height} photo's height, {span:.0f} px of the model's {model_hw[0]} once "
+                             f"the photo is fitted in; at least {MIN_PERSON_SHARE * model_hw[0]:.0f} are needed: "
+                             "crop the photo closer to the person")
+
+
+class PersonDetector:
+    """BlazePose + face counting + selfie segmentation, one call at a time; all loaded and run once when made."""
+
+    def __init__(self):
+        # Imported here: mediapipe takes a second to import, and only detection needs it.
+        try:
+            from mediapipe.python.solutions import face_detection, pose, selfie_segmentation
+        except ImportError as exc:
+            raise RuntimeError(f"the person detector needs mediapipe ({exc}): pip install --no-deps "
+                               "mediapipe==0.10.14, as the Makefile does; pyproject.toml lists the rest") from None
+
+        self._lock = threading.Lock()
+        with _native_notes_held_back():
+            self._pose = pose.Pose(static_image_mode=True, model_complexity=1, enable_segmentation=False,
+                                   min_detection_confidence=FOUND)
+            self._faces = face_detection.FaceDetection(model_selection=1, min_detection_confidence=FOUND)
+            self._segmentation = selfie_segmentation.SelfieSegmentation(model_selection=0)
+            # Each graph starts on its first image: started here, their notes are held back too.
+            blank = np.full((256, 192, 3), 255, dtype=np.uint8)
+            for graph in (self._pose, self._faces, self._segmentation):
+                graph.process(blank)
+
+    def detect(self, photo: Image.Image, *, silhouette: bool = False) -> Detection:
+        """The most prominent person in ``photo`` (upright RGB). DetectionError no_person when none."""
+        started = time.perf_counter()
+        small = _scaled_down(photo)
+        rgb = np.asarray(small.convert("RGB"))
+        with self._lock:
+            faces = self._faces.process(rgb).detections or []
+            landmarks = self._pose_rows(rgb)
+            mask = self._silhouette(rgb, photo.size) if silhouette else None
+        if landmarks is None:
+            raise DetectionError("no_person", "no person found in the photo")
+        keypoints = coco18_from_blazepose(landmarks, photo.size)
+        return Detection(keypoints, max(1, len(faces)), time.perf_counter() - started, mask)
+
+    def segment(self, photo: Image.Image) -> Image.Image:
+        """The silhouette of the people in ``photo``: mode L, its size, 255 = person."""
+        rgb = np.asarray(_scaled_down(photo).convert("RGB"))
+        with self._lock:
+            return self._silhouette(rgb, photo.size)
+
+    def _pose_rows(self, rgb: np.ndarray) -> np.ndarray | None:
+        """(33, 3) landmarks (x, y normalised, visibility) of the person BlazePose's detector is surest of."""
+        found = self._pose.process(rgb).pose_landmarks
+        if found is None:
+            return None
+        return np.array([(p.x, p.y, p.visibility) for p in found.landmark])
+
+    def _silhouette(self, rgb: np.ndarray, size: tuple[int, int]) -> Image.Image:
+        mask = self._segmentation.process(rgb).segmentation_mask
+        # Scaled as probabilities, then cut: a smoother edge than scaling the cut mask.
+        scaled = Image.fromarray((np.clip(mask, 0, 1) * 255).astype(np.uint8), mode="L").resize(size, Image.BILINEAR)
+        return scaled.point(lambda v: 255 if v > 127 else 0)
+
+
+# What mediapipe's native code prints straight to file descriptor 2 as its graphs start.
+_NATIVE_NOTES = re.compile(r"XNNPACK delegate|absl::InitializeLog|inference_feedback_manager|"
+                           r"gl_context|landmark_projection_calculator")
+
+
+@contextmanager
+def _native_notes_held_back():
+    """Holds back mediapipe's start-up notes (file descriptor 2, below Python) so a CLI's error
+    stays one line; anything else written meanwhile is passed on."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            for line in sink.read().decode(errors="replace").splitlines(keepends=True):
+                if not _NATIVE_NOTES.search(line):
+                    sys.stderr.write(line)
+
+
+def _scaled_down(photo: Image.Image) -> Image.Image:
+    scale = DETECT_MAX_SIDE / max(photo.size)
+    if scale >= 1:
+        return photo
+    return photo.resize((max(1, round(photo.width * scale)), max(1, round(photo.height * scale))), Image.BILINEAR)
+
+
+_detector: PersonDetector | None = None
+_detector_pid: int | None = None
+_detector_lock = threading.Lock()
+
+
+def get_detector() -> PersonDetector:
+    """This process's detector, made on first use (a forked child makes its own)."""
+    global _detector, _detector_pid
+    with _detector_lock:
+        if _detector is None or _detector_pid != os.getpid():
+            _detector, _detector_pid = PersonDetector(), os.getpid()
+        return _detector
+
+
+def warm() -> float:
+    """Loads this process's detector (which runs each model once); returns the seconds it took."""
+    started = time.perf_counter()
+    get_detector()
+    return time.perf_counter() - started

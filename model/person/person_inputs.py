@@ -1,0 +1,221 @@
+"""From what a shop has (a person photo, keypoints, maybe a parsing map) to the
+two person-side inputs of the network: the masked model and the pose map.
+
+The authors drew both at the published size, 192 x 256, with fixed pixel
+sizes (circles of radius 4, limbs 8 wide, mask shapes in units of 10 pixels).
+Drawn on a larger photo and scaled down afterwards they would come out thinner
+than anything the model was trained on, so the photo, its parsing map and
+the keypoints are first letterboxed to the model's size by one Letterbox and
+the drawing happens there. ``PersonInputs.frame`` is that Letterbox: it maps
+a result back to the photo's own size (``frame.restore``). Images already at
+the model's size are drawn as they are, pixel for pixel as the authors'.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+from PIL import Image
+
+from ..images import (BLACK, DEFAULT_MAX_PIXELS, MODEL_SIZE, WHITE, ImageError, ImageSource, Letterbox, decode_image,
+                      decode_to_fit, letterbox_person, open_image)
+from .detect import Detection, check_person, get_detector
+from .keypoints import Keypoints, check_in_frame, parse_keypoints
+from .masking import mask_person, mask_person_from_pose
+from .pose_map import draw_pose_map
+
+ASPECT_TOLERANCE = 0.02  # a parsing map may differ this much in aspect ratio from its photo (rounding)
+
+
+class PersonInputs(NamedTuple):
+    masked_model: Image.Image  # RGB, model size
+    pose: Image.Image  # RGB, model size
+    frame: Letterbox  # the person photo's frame -> the model's
+    keypoints: Keypoints | None = None  # those used, in the photo's pixels (None: both images given)
+    detection: Detection | None = None  # when the keypoints were found in the photo
+
+
+def decode_parse(source: ImageSource, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """A human-parsing map (bytes or PIL) -> mode L, one label a pixel.
+
+    Accepts greyscale and palette images (palette indices are the labels, as
+    LIP and CIHP ship them) and RGB images whose three channels are equal;
+    a colour-coded visualisation is refused, since its colours are not labels.
+    """
+    img = open_image(source, "parse", max_pixels=max_pixels)
+    try:
+        labels = np.asarray(img)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageError("parse", f"corrupt or truncated image ({exc})") from None
+    if labels.ndim == 3:
+        if labels.shape[2] in (3, 4) and (labels[..., 0] == labels[..., 1]).all() \
+                and (labels[..., 0] == labels[..., 2]).all():
+            labels = labels[..., 0]
+        else:
+            raise ImageError("parse", f"expected a one-channel label map (one label a pixel), got a "
+                                      f"{img.mode} image with colours; save the parser's labels, not its "
+                                      "visualisation")
+    if labels.max(initial=0) > 255 or labels.min(initial=0) < 0:
+        raise ImageError("parse", "labels must lie in 0..255")
+    return Image.fromarray(labels.astype(np.uint8), mode="L")
+
+
+def letterbox_labels(parse: Image.Image, frame: Letterbox) -> Image.Image:
+    """A label map through ``frame``: nearest-neighbour scaling (labels stay
+    labels) and background (0) padding."""
+    left, top, right, bottom = frame.content_box
+    if (right - left, bottom - top) == frame.target_size:
+        return parse.resize(frame.target_size, Image.NEAREST)
+    canvas = Image.new("L", frame.target_size, 0)
+    canvas.paste(parse.resize((right - left, bottom - top), Image.NEAREST), (left, top))
+    return canvas
+
+
+def _check_parse_frame(parse: Image.Image, person_size: tuple[int, int]) -> None:
+    (pw, ph), (w, h) = parse.size, person_size
+    if abs((pw / ph) / (w / h) - 1) > ASPECT_TOLERANCE:
+        raise ImageError("parse", f"{pw}x{ph} has not the person image's aspect ratio ({w}x{h}); "
+                                  "the parsing map must be of the same photo")
+
+
+def draw_inputs(person: ImageSource, keypoints: Keypoints | Any, parse: ImageSource | None = None, *,
+                size: tuple[int, int] = MODEL_SIZE, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                silhouette: Image.Image | None = None) -> PersonInputs:
+    """Masked model and pose map at ``size`` (H, W) from a person photo.
+
+    ``keypoints``: a Keypoints, or anything parse_keypoints accepts, in the
+    photo's pixel frame. ``parse``: its human-parsing map, or None for the
+    keypoints-only masking. ``silhouette`` (mode L, the photo's size, 255 =
+    person): the keypoints-only masking blacks out nothing outside it, so the
+    background stays as it is. Raises KeypointsError or ImageError (``field``
+    names the input) for unusable inputs.
+    """
+    photo, photo_wh = decode_to_fit(person, "person", (size[1], size[0]), background=WHITE, max_pixels=max_pixels)
+    if isinstance(keypoints, Keypoints):
+        check_in_frame(keypoints, photo_wh)
+    else:
+        keypoints = parse_keypoints(keypoints, photo_wh)
+    frame = Letterbox(photo_wh, (size[1], size[0]))
+    points = keypoints.letterboxed(frame)
+    boxed = frame.fit(photo, WHITE)
+    if parse is None:
+        masked = mask_person_from_pose(boxed, points)
+        if silhouette is not None:
+            masked = Image.composite(masked, boxed, letterbox_labels(silhouette, frame))
+    else:
+        labels = decode_parse(parse, max_pixels=max_pixels)
+        _check_parse_frame(labels, photo_wh)
+        masked = mask_person(boxed, letterbox_labels(labels, frame), points)
+    return PersonInputs(masked, draw_pose_map(points, frame.target_size), frame, keypoints)
+
+
+class IncompleteInputs(ValueError):
+    """A mix of person-side inputs that does not determine the model's inputs
+    (``kind`` "incomplete"), or determines them twice ("ambiguous");
+    ``fields`` names the inputs concerned."""
+
+    def __init__(self, kind: str, fields: tuple[str, ...], message: str):
+        super().__init__(message)
+        self.kind = kind
+        self.fields = fields
+        self.message = message
+
+
+@dataclass(frozen=True)
+class PersonMix:
+    """One valid form of the person side: the inputs it needs, those it may add, and what happens."""
+    required: frozenset[str]
+    optional: frozenset[str]
+    summary: str
+
+    @property
+    def allowed(self) -> frozenset[str]:
+        return self.required | self.optional
+
+
+def _mix(required: str, optional: str, summary: str) -> PersonMix:
+    return PersonMix(frozenset(required.split()), frozenset(optional.split()), summary)
+
+
+# Every valid person-side mix (the service's API document lists these). Order is preference:
+# when a mix has inputs to spare, the first mix it contains says which ones would be ignored,
+# so given images win over what would be drawn.
+PERSON_MIXES = (
+    _mix("masked_model pose", "", "both images used as they are"),
+    _mix("masked_model keypoints", "", "the pose map drawn from the keypoints in the masked model's frame"),
+    _mix("person keypoints", "parse pose", "the masked model drawn from the photo and keypoints (with `parse`: "
+         "the parsing-map masking); the pose map drawn from the keypoints unless given"),
+    _mix("person", "parse pose", "the keypoints detected in the photo, then drawn as for person + keypoints"),
+)
+PERSON_INPUTS = frozenset().union(*(m.allowed for m in PERSON_MIXES))
+
+
+def check_person_mix(given: set[str]) -> PersonMix:
+    """The mix ``given`` (names of the person-side inputs sent) is, or IncompleteInputs
+    naming what is missing or what would be ignored. Looks at names only, so a caller
+    can refuse a mix before reading any bytes."""
+    given = frozenset(given) & PERSON_INPUTS
+    contained = [m for m in PERSON_MIXES if m.required <= given]
+    for mix in contained:
+        if given <= mix.allowed:
+            return mix
+    if contained:
+        best = min(contained, key=lambda m: len(given - m.allowed))
+        unused = tuple(sorted(given - best.allowed))
+        raise IncompleteInputs("ambiguous", unused, f"ambiguous: {', '.join(unused)} would be ignored, since "
+                               f"{' and '.join(sorted(best.required))} are given; send one form of each input")
+    # Incomplete: the mixes that would use everything given, closest first.
+    fitting = [m for m in PERSON_MIXES if given <= m.allowed] or list(PERSON_MIXES)
+    fewest = min(len(m.required - given) for m in fitting)
+    closest = [m for m in fitting if len(m.required - given) == fewest]
+    lacking = tuple(dict.fromkeys(f for m in closest for f in sorted(m.required - given)))
+    forms = " or ".join(f"{' + '.join(sorted(m.required - given))} (for {' + '.join(sorted(m.required))})"
+                        for m in closest)
+    raise IncompleteInputs("incomplete", lacking, f"incomplete person side: add {forms}; missing: "
+                           f"{', '.join(lacking)}")
+
+
+def person_images(*, masked_model: ImageSource | None = None, pose: ImageSource | None = None,
+                  person: ImageSource | None = None, keypoints: Any = None, parse: ImageSource | None = None,
+                  size: tuple[int, int] = MODEL_SIZE, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                  silhouette: bool = False) -> PersonInputs:
+    """The masked model and pose map at ``size`` from any mix that determines them (PERSON_MIXES).
+
+    Given images are used as they are; a missing masked model is drawn from
+    ``person`` + ``keypoints`` (+ ``parse``), a missing pose map from
+    ``keypoints`` in the frame of ``person``, or of ``masked_model`` when that
+    is given instead. A ``person`` with no ``keypoints``: they are detected in
+    it (DetectionError when no usable person is found). ``silhouette``: the
+    keypoints-only masking leaves the background found by segmentation as it is.
+    Inputs that would be ignored make the mix ambiguous: IncompleteInputs.
+    """
+    given = {name for name, value in (("masked_model", masked_model), ("pose", pose), ("person", person),
+                                      ("keypoints", keypoints), ("parse", parse)) if value is not None}
+    check_person_mix(given)
+    if masked_model is not None and pose is not None:
+        masked, skeleton, frame = letterbox_person(masked_model, pose, size=size, max_pixels=max_pixels)
+        return PersonInputs(masked, skeleton, frame)
+    if masked_model is not None:
+        # Only the pose map is drawn: in the frame of the given masked model.
+        photo, photo_wh = decode_to_fit(masked_model, "masked_model", (size[1], size[0]), background=WHITE,
+                                        max_pixels=max_pixels)
+        points = keypoints if isinstance(keypoints, Keypoints) else parse_keypoints(keypoints, photo_wh)
+        check_in_frame(points, photo_wh)
+        frame = Letterbox(photo_wh, (size[1], size[0]))
+        return PersonInputs(frame.fit(photo, WHITE), draw_pose_map(points.letterboxed(frame), frame.target_size),
+                            frame, points)
+    photo = decode_image(person, "person", background=WHITE, max_pixels=max_pixels)
+    mask, detection = None, None
+    silhouette = silhouette and parse is None  # the parsing map's masking keeps the background anyway
+    if keypoints is None:
+        detection = get_detector().detect(photo, silhouette=silhouette)
+        check_person(detection.keypoints, photo.size, size)
+        keypoints, mask = detection.keypoints, detection.silhouette
+    elif silhouette:
+        mask = get_detector().segment(photo)
+    drawn = draw_inputs(photo, keypoints, parse, size=size, max_pixels=max_pixels, silhouette=mask)
+    if pose is not None:
+        skeleton = decode_image(pose, "pose", background=BLACK, max_pixels=max_pixels)
+        drawn = drawn._replace(pose=drawn.frame.apply(skeleton, BLACK))
+    return drawn._replace(detection=detection)
