@@ -218,10 +218,12 @@ class Batcher:
 
     @property
     def depth(self) -> int:
-        return sum(len(q) for q in self._queues.values())
+        """Jobs waiting to start: what TRYON_QUEUE_LIMIT bounds. A garments job whose first chunk
+        is out is in service (as the running batch is), though it still queues for its next chunk."""
+        return sum(self.depth_of(priority) for priority in Priority)
 
     def depth_of(self, priority: Priority) -> int:
-        return len(self._queues[priority])
+        return sum(job.stream is None and job not in self._running for job in self._queues[priority])
 
     def submit(self, inputs: TryOnInputs | GarmentsInputs, deadline: float,
                priority: Priority | str = Priority.INTERACTIVE) -> Job:
@@ -299,7 +301,7 @@ class Batcher:
             self._running = []
 
     async def _wait_for_work(self) -> None:
-        while self.depth == 0:
+        while not any(self._queues.values()):
             self._arrived.clear()
             await self._arrived.wait()
 
@@ -545,7 +547,7 @@ class Batcher:
     def _report_depth(self) -> None:
         self.metrics.queue_depth.set(self.depth)
         for priority in Priority:
-            self.metrics.pending.labels(priority.value).set(len(self._queues[priority]))
+            self.metrics.pending.labels(priority.value).set(self.depth_of(priority))
 
     def _count_split(self, n: int) -> None:
         log.warning("device out of memory on a batch of %d: splitting it and retrying", n)

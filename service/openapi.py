@@ -30,10 +30,33 @@ _FORM_FIELDS = {"multipart": {KEYPOINTS_FIELD: {**_KEYPOINTS, "type": "string"}}
 _IMAGE_FIELD = {"multipart": {**IMAGE_SCHEMA, **BINARY}, "json": JSON_IMAGE}
 
 
+def _inlined(schema, definitions: dict):
+    """``schema`` with its ``$ref``s to pydantic's ``$defs`` replaced by what they name (a body
+    schema has no ``$defs`` of its own to point into)."""
+    if isinstance(schema, dict):
+        if "$ref" in schema:
+            return _inlined(definitions[schema["$ref"].rsplit("/", 1)[-1]], definitions)
+        return {k: _inlined(v, definitions) for k, v in schema.items() if k != "title"}
+    if isinstance(schema, list):
+        return [_inlined(item, definitions) for item in schema]
+    return schema
+
+
 def _options() -> dict:
     """The output and scheduling options' properties, from the models that validate them."""
-    properties = OutputOptions.model_json_schema()["properties"] | JobOptions.model_json_schema()["properties"]
-    return {name: {k: v for k, v in prop.items() if k != "title"} for name, prop in properties.items()}
+    properties = {}
+    for model in (OutputOptions, JobOptions):
+        schema = model.model_json_schema()
+        properties |= _inlined(schema["properties"], schema.get("$defs", {}))
+    return {name: _not_null(prop) for name, prop in properties.items()}
+
+
+def _not_null(prop: dict) -> dict:
+    """An optional field (``X | None = None``) as what a client sends: leaving it out is the None."""
+    branches = [b for b in prop.get("anyOf", ()) if b != {"type": "null"}]
+    if len(branches) != 1:
+        return prop
+    return {**branches[0], **{k: v for k, v in prop.items() if k not in ("anyOf", "default")}}
 
 
 _NAME_ORDER = ("masked_model", "pose", "person", "keypoints", "parse")

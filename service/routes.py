@@ -110,10 +110,10 @@ def output_query(
         format: OutputFormat | None = Query(None, description="output format (jpeg)"),
         quality: int | None = Query(None, ge=1, le=100, description="JPEG/WebP quality (90)"),
         size: OutputSize | None = Query(None, description="model size, or the person image's original size (model)"),
-        priority: str | None = Query(None, description="interactive or bulk (also X-Priority); "
+        priority: Priority | None = Query(None, description="interactive or bulk (also X-Priority); "
                                      "interactive work is batched first (default: interactive, bulk for "
                                      "/v1/tryon/batch)"),
-        timeout: str | None = Query(None, description="seconds this request may take, at most "
+        timeout: float | None = Query(None, gt=0, allow_inf_nan=False, description="seconds this request may take, at most "
                                     "TRYON_REQUEST_TIMEOUT_S (also X-Request-Timeout)"),
 ) -> dict:
     """The options given as query parameters; body fields of the same names win."""
