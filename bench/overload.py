@@ -88,7 +88,8 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         port = 18500 + os.getpid() % 400
         env = {"TRYON_WEIGHTS": str(standin_weights_file(Path(tmp))), "TRYON_IMAGE_SIZE": args.image_size,
-               "TRYON_LOG_LEVEL": "warning"}
+               "TRYON_LOG_LEVEL": "warning",
+               "TRYON_CACHE_BYTES": "0"}
         process = start_server(port, env, Path(tmp) / "server.log")
         url = f"http://127.0.0.1:{port}"
         try:

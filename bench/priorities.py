@@ -101,6 +101,7 @@ def main(argv=None) -> None:
         port = 18900 + os.getpid() % 90
         env = {"TRYON_WEIGHTS": str(standin_weights_file(Path(tmp))), "TRYON_IMAGE_SIZE": args.image_size,
                "TRYON_MAX_BATCH_SIZE": args.max_batch, "TRYON_LOG_LEVEL": "warning",
+               "TRYON_CACHE_BYTES": "0",
                "TRYON_REQUEST_TIMEOUT_S": "120"}
         process = start_server(port, env, Path(tmp) / "server.log")
         url = f"http://127.0.0.1:{port}"

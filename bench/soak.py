@@ -160,6 +160,7 @@ def main(argv=None) -> None:
         port = 19000 + os.getpid() % 400
         env = {"TRYON_WEIGHTS": str(standin_weights_file(Path(tmp))), "TRYON_IMAGE_SIZE": "64x64",
                "TRYON_QUEUE_LIMIT": "8", "TRYON_MAX_BATCH_SIZE": "4", "TRYON_LOG_LEVEL": "warning",
+               "TRYON_CACHE_BYTES": "0",
                "TRYON_URL_CONNECT_TIMEOUT_S": "1"}
         process = start_server(port, env, Path(tmp) / "server.log")
         url = f"http://127.0.0.1:{port}"
