@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import io
+import json
 import time
 
 import httpx
@@ -257,6 +258,18 @@ def _bad_cases(base: str) -> list:
         ("upstream too big", dict(files=good, data={"cloth": f"{base}/huge.png"}), 413, "image_too_large", "cloth"),
         ("upstream not an image", dict(files=good, data={"pose": f"{base}/text.txt"}), 415, "not_an_image", "pose"),
         ("redirect loop", dict(files=good, data={"pose": f"{base}/loop"}), 502, "upstream_error", "pose"),
+        # Scheduling options: each refusal names the field or header it came from.
+        ("unknown priority field", dict(files=good, data={"priority": "urgent"}), 422, "invalid_option", "priority"),
+        ("unknown priority header", dict(files=good, headers={"X-Priority": "urgent"}), 422, "invalid_option",
+         "X-Priority"),
+        ("unknown priority query", dict(files=good, params={"priority": "urgent"}), 422, "invalid_request",
+         "priority"),
+        ("negative timeout field", dict(files=good, data={"timeout": "-1"}), 422, "invalid_option", "timeout"),
+        ("timeout header not a number", dict(files=good, headers={"X-Request-Timeout": "soon"}), 422,
+         "invalid_option", "X-Request-Timeout"),
+        ("infinite timeout in JSON", dict(content=json.dumps({n: base64.b64encode(d).decode() for n, d in IMAGES.items()})
+                                          .replace("}", ', "timeout": 1e999}').encode(), headers=JSON),
+         422, "invalid_option", "timeout"),
         # Hostile JSON: parsed within limits (model.safe_json), never a RecursionError's 500.
         ("100,000 nested [", dict(content=b"[" * 100_000, headers=JSON), 422, "json_too_deep", None),
         ("nested keypoints", dict(files=good, data={"keypoints": "[" * 60_000}), 422, "json_too_deep", "keypoints"),
@@ -351,3 +364,18 @@ def test_metrics_docs_and_logs(server, client):
     assert "/v1/tryon" in httpx.get(f"{server.url}/openapi.json").json()["paths"]
     assert "swagger" in httpx.get(f"{server.url}/docs").text.lower()
     assert '"request_id": "shop-42"' in server.stderr and '"timings_ms"' in server.stderr
+
+
+def test_priority_and_a_deadline_the_queue_cannot_meet(client):
+    """A bulk request is served like any other when nothing waits; a deadline shorter than one
+    forward is refused at once as overloaded, with Retry-After, not answered 504 after it."""
+    bulk = post_files(client, headers={"X-Priority": "bulk"})
+    assert bulk.status_code == 200, bulk.text
+    started = time.monotonic()
+    hopeless = post_files(client, params={"timeout": 1e-6})
+    assert time.monotonic() - started < 5
+    assert hopeless.status_code in (503, 504), hopeless.text
+    code = hopeless.json()["error"]["code"]
+    assert code in ("overloaded", "deadline_exceeded")
+    if code == "overloaded":
+        assert int(hopeless.headers["retry-after"]) >= 1
