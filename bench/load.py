@@ -17,12 +17,16 @@ import json
 import os
 import platform
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -105,6 +109,36 @@ def wait_ready(url: str, process: subprocess.Popen | None, timeout: float = 300)
         return wait_until_ok(f"{url}/readyz", process, timeout, interval=0.5).json()
     except (ServerExited, TimeoutError) as exc:
         raise SystemExit(str(exc)) from None
+
+
+@dataclass
+class StandinServer:
+    """A started ``python -m service`` (see ``standin_server``)."""
+    url: str
+    port: int
+    process: subprocess.Popen
+    ready: dict = field(default_factory=dict)  # its /readyz once ready
+    exit_status: int | None = None  # after the block: its status once SIGTERM'd
+
+
+@contextmanager
+def standin_server(env: dict[str, str]) -> Iterator[StandinServer]:
+    """``python -m service`` on a free 127.0.0.1 port with the stand-in weights, quiet logs, no
+    response cache (a benchmark repeats its inputs) and ``env`` on top; ready for the block,
+    SIGTERM'd after it."""
+    with tempfile.TemporaryDirectory() as tmp, socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        env = {"TRYON_WEIGHTS": str(standin_weights_file(Path(tmp))), "TRYON_LOG_LEVEL": "warning",
+               "TRYON_CACHE_BYTES": "0"} | env
+        server = StandinServer(f"http://127.0.0.1:{port}", port, start_server(port, env, Path(tmp) / "server.log"))
+        try:
+            server.ready = wait_ready(server.url, server.process)
+            yield server
+        finally:
+            server.process.send_signal(signal.SIGTERM)
+            server.exit_status = server.process.wait(120)
 
 
 def measure(name: str, url: str, args, process=None) -> dict:

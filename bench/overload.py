@@ -16,8 +16,6 @@ import asyncio
 import json
 import os
 import platform
-import signal
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -25,8 +23,8 @@ from pathlib import Path
 import httpx
 import torch
 
-from bench.common import ROOT, standin_weights_file, write_report
-from bench.load import percentile, start_server, wait_ready
+from bench.common import ROOT, write_report
+from bench.load import percentile, standin_server
 
 EXAMPLES = ROOT / "service" / "examples"
 FILES = {name: (f"{name}.png", (EXAMPLES / f"{name}.png").read_bytes(), "image/png")
@@ -85,27 +83,16 @@ def main(argv=None) -> None:
                           "python": platform.python_version(), "torch": torch.__version__},
               "settings": "defaults (TRYON_MAX_BATCH_SIZE 8, TRYON_QUEUE_LIMIT 64, TRYON_REQUEST_TIMEOUT_S 30), "
                           f"image size {args.image_size}, stand-in weights", "rounds": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        port = 18500 + os.getpid() % 400
-        env = {"TRYON_WEIGHTS": str(standin_weights_file(Path(tmp))), "TRYON_IMAGE_SIZE": args.image_size,
-               "TRYON_LOG_LEVEL": "warning",
-               "TRYON_CACHE_BYTES": "0"}
-        process = start_server(port, env, Path(tmp) / "server.log")
-        url = f"http://127.0.0.1:{port}"
-        try:
-            ready = wait_ready(url, process)
-            report["service_seconds_by_batch_size_at_start"] = ready.get("service_seconds_by_batch_size")
-            for _ in range(args.rounds):
-                load = os.getloadavg()
-                answers = asyncio.run(burst(url, args.burst, deadline_s + 30))
-                result = summarise(answers, deadline_s) | {"loadavg_before": [round(x, 2) for x in load]}
-                report["rounds"].append(result)
-                print(json.dumps({k: v for k, v in result.items() if k != "other"}), flush=True)
-            report["service_seconds_by_batch_size_at_end"] = httpx.get(f"{url}/readyz").json().get(
-                "service_seconds_by_batch_size")
-        finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(120)
+    with standin_server({"TRYON_IMAGE_SIZE": args.image_size}) as server:
+        report["service_seconds_by_batch_size_at_start"] = server.ready.get("service_seconds_by_batch_size")
+        for _ in range(args.rounds):
+            load = os.getloadavg()
+            answers = asyncio.run(burst(server.url, args.burst, deadline_s + 30))
+            result = summarise(answers, deadline_s) | {"loadavg_before": [round(x, 2) for x in load]}
+            report["rounds"].append(result)
+            print(json.dumps({k: v for k, v in result.items() if k != "other"}), flush=True)
+        report["service_seconds_by_batch_size_at_end"] = httpx.get(f"{server.url}/readyz").json().get(
+            "service_seconds_by_batch_size")
     report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     report["passed"] = all(r["passed"] for r in report["rounds"])
     if args.out:

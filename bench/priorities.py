@@ -19,17 +19,15 @@ import json
 import os
 import platform
 import random
-import signal
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import torch
 
-from bench.common import ROOT, standin_weights_file, write_report
-from bench.load import percentile, start_server, wait_ready
+from bench.common import ROOT, write_report
+from bench.load import percentile, standin_server
 
 EXAMPLES = ROOT / "service" / "examples"
 IMAGES = {name: (EXAMPLES / f"{name}.png").read_bytes() for name in ("masked_model", "pose", "cloth")}
@@ -97,30 +95,20 @@ def main(argv=None) -> None:
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
               "settings": {"image_size": args.image_size, "max_batch_size": args.max_batch,
                            "bulk_clients": args.bulk_clients, "interactive_gap_s": args.gap}}
-    with tempfile.TemporaryDirectory() as tmp:
-        port = 18900 + os.getpid() % 90
-        env = {"TRYON_WEIGHTS": str(standin_weights_file(Path(tmp))), "TRYON_IMAGE_SIZE": args.image_size,
-               "TRYON_MAX_BATCH_SIZE": args.max_batch, "TRYON_LOG_LEVEL": "warning",
-               "TRYON_CACHE_BYTES": "0",
-               "TRYON_REQUEST_TIMEOUT_S": "120"}
-        process = start_server(port, env, Path(tmp) / "server.log")
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_ready(url, process)
-            alone = asyncio.run(phase(url, args.seconds / 2, bulk_clients=0, garments=0, gap_s=args.gap / 4))
-            bulk_alone = asyncio.run(phase(url, args.seconds / 2, bulk_clients=args.bulk_clients, garments=0,
-                                           gap_s=None))
-            both = asyncio.run(phase(url, args.seconds, bulk_clients=args.bulk_clients, garments=0, gap_s=args.gap))
-            report["phases"] = {"interactive_alone": alone, "bulk_alone": bulk_alone, "both": both}
-            if args.garments:
-                garments_alone = asyncio.run(phase(url, args.seconds / 2, bulk_clients=args.bulk_clients,
-                                                   garments=args.garments, gap_s=None))
-                garments_both = asyncio.run(phase(url, args.seconds, bulk_clients=args.bulk_clients,
-                                                  garments=args.garments, gap_s=args.gap))
-                report["phases"] |= {"garments_alone": garments_alone, "garments_both": garments_both}
-        finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(120)
+    with standin_server({"TRYON_IMAGE_SIZE": args.image_size, "TRYON_MAX_BATCH_SIZE": args.max_batch,
+                         "TRYON_REQUEST_TIMEOUT_S": "120"}) as server:
+        url = server.url
+        alone = asyncio.run(phase(url, args.seconds / 2, bulk_clients=0, garments=0, gap_s=args.gap / 4))
+        bulk_alone = asyncio.run(phase(url, args.seconds / 2, bulk_clients=args.bulk_clients, garments=0,
+                                       gap_s=None))
+        both = asyncio.run(phase(url, args.seconds, bulk_clients=args.bulk_clients, garments=0, gap_s=args.gap))
+        report["phases"] = {"interactive_alone": alone, "bulk_alone": bulk_alone, "both": both}
+        if args.garments:
+            garments_alone = asyncio.run(phase(url, args.seconds / 2, bulk_clients=args.bulk_clients,
+                                               garments=args.garments, gap_s=None))
+            garments_both = asyncio.run(phase(url, args.seconds, bulk_clients=args.bulk_clients,
+                                              garments=args.garments, gap_s=args.gap))
+            report["phases"] |= {"garments_alone": garments_alone, "garments_both": garments_both}
     phases = report["phases"]
     unloaded = phases["interactive_alone"]["interactive"]["p50_s"]
     report["results"] = {}

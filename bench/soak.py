@@ -20,9 +20,7 @@ import json
 import os
 import platform
 import random
-import signal
 import socket
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -30,8 +28,8 @@ from pathlib import Path
 import httpx
 import torch
 
-from bench.common import ROOT, standin_weights_file, write_report
-from bench.load import start_server, wait_ready
+from bench.common import ROOT, write_report
+from bench.load import standin_server
 
 FIXTURES = ROOT / "tests" / "fixtures" / "service"
 IMAGES = {name: (FIXTURES / f"{name}_64x64.png").read_bytes() for name in ("masked_model", "pose", "cloth")}
@@ -156,22 +154,13 @@ def main(argv=None) -> None:
                           "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
               "settings": {"image_size": "64x64", "queue_limit": 8, "max_batch_size": 4, "minutes": args.minutes,
                            "loops": args.loops, "burst": args.burst}}
-    with tempfile.TemporaryDirectory() as tmp:
-        port = 19000 + os.getpid() % 400
-        env = {"TRYON_WEIGHTS": str(standin_weights_file(Path(tmp))), "TRYON_IMAGE_SIZE": "64x64",
-               "TRYON_QUEUE_LIMIT": "8", "TRYON_MAX_BATCH_SIZE": "4", "TRYON_LOG_LEVEL": "warning",
-               "TRYON_CACHE_BYTES": "0",
-               "TRYON_URL_CONNECT_TIMEOUT_S": "1"}
-        process = start_server(port, env, Path(tmp) / "server.log")
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_ready(url, process)
-            report["idle_before"] = proc_stats(process.pid)
-            report |= asyncio.run(soak(url, port, process.pid, args.minutes, args.loops, args.burst))
-            report["healthz_after"] = httpx.get(f"{url}/healthz").status_code
-        finally:
-            process.send_signal(signal.SIGTERM)
-            report["exit_status"] = process.wait(120)
+    with standin_server({"TRYON_IMAGE_SIZE": "64x64", "TRYON_QUEUE_LIMIT": "8", "TRYON_MAX_BATCH_SIZE": "4",
+                         "TRYON_URL_CONNECT_TIMEOUT_S": "1"}) as server:
+        report["idle_before"] = proc_stats(server.process.pid)
+        report |= asyncio.run(soak(server.url, server.port, server.process.pid, args.minutes, args.loops,
+                                   args.burst))
+        report["healthz_after"] = httpx.get(f"{server.url}/healthz").status_code
+    report["exit_status"] = server.exit_status
     after_first_minute = next(s for s in report["samples"] if s["t_s"] >= 60)
     last = report["samples"][-1]
     growth = (last["rss_mb"] - after_first_minute["rss_mb"]) / after_first_minute["rss_mb"]
