@@ -240,9 +240,10 @@ class Batcher:
 
     def admit(self, deadline: float, priority: Priority, garments: int | None = None,
               chunk_size: int | None = None) -> None:
-        """Raises what submit() would: DeviceFailed, ShuttingDown, QueueFull, or Overloaded when a
-        request (one try-on, or ``garments`` in chunks) would not finish by ``deadline``. A route
-        may check it before decoding, to spend no work on a request that would be refused."""
+        """Raises what submit() refuses with: DeviceFailed, ShuttingDown, QueueFull, or Overloaded
+        when a request (one try-on, or ``garments`` in chunks) would not finish by ``deadline``.
+        (The routes leave it to submit, after the cache lookup: a hit is answered whatever the
+        queue holds.)"""
         if self.device_failure is not None:
             raise DeviceFailed(f"the device failed ({self.device_failure}); this server is being replaced")
         if self._closed:
