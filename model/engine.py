@@ -1,8 +1,11 @@
 """The warm, device-resident network that callers run batches through.
 
 Owns device choice, precision, the set of batch sizes it runs (inputs are
-padded up to the nearest) and warm-up. Callers hand it normalised CPU
-tensors and get float32 CPU tensors back; they never touch the nn.Module.
+padded up to the nearest) and warm-up. Callers hand it CPU tensors, either
+uint8 levels or normalised float, and get the outputs back on the CPU in the
+same form (levels are normalised and quantised on the device, so a batch
+crosses to and from a GPU as a quarter of float32's bytes); they never touch
+the nn.Module.
 
 On a GPU (docs/gpu.md):
 - precision "fp32" (true fp32: TF32 off), "tf32" (TF32 convolutions), "bf16"
@@ -39,7 +42,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from .images import prepare_inputs, psnr_8bit
+from .images import levels_to_tensor, prepare_inputs, psnr_8bit, tensor_to_levels
 from .kernels import resolve as resolve_sampler
 from .kernels.selfcheck import REFERENCE as REFERENCE_SAMPLER, check_fused
 from .network import DAFlow, check_size
@@ -254,7 +257,7 @@ class Engine:
         if folder is not None:
             example = prepare_inputs(*((Path(folder) / f"{name}.png").read_bytes()
                                        for name in ("masked_model", "pose", "cloth")), size=(h, w))
-            inputs = tuple(t.unsqueeze(0) for t in (example.pose, example.masked_model, example.cloth))
+            inputs = example.batch()
         else:
             gen = torch.Generator().manual_seed(0)
             inputs = tuple(torch.rand(1, 3, h, w, generator=gen) * 2 - 1 for _ in range(3))
@@ -304,7 +307,8 @@ class Engine:
         return dict(sorted(seconds.items()))
 
     def infer(self, pose: torch.Tensor, masked_model: torch.Tensor, cloth: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) inputs in [-1, 1] -> (N, 3, H, W) float32 CPU outputs."""
+        """(N, 3, H, W) inputs in [-1, 1] -> (N, 3, H, W) float32 CPU outputs; uint8 levels in,
+        uint8 levels out."""
         n = pose.shape[0]
         if n > self.max_batch_size:
             return torch.cat([self.infer(pose[i:i + self.max_batch_size], masked_model[i:i + self.max_batch_size],
@@ -316,12 +320,12 @@ class Engine:
             if graph is not None:
                 # Rows past n keep the previous batch's data: batch items are independent.
                 for static, t in zip(graph.inputs, (pose, masked_model, cloth)):
-                    static[:n].copy_(t)
+                    static[:n].copy_(self._normalised(t))
                 graph.graph.replay()
-                return graph.output[:n].float().cpu()
+                return self._from_device(graph.output[:n], like=pose)
             pose_d, masked_d, cloth_d = (self._to_device(self._pad(t, padded))
                                          for t in (pose, masked_model, cloth))
-            return self._forward(pose_d, masked_d, cloth_d)[:n].float().cpu()
+            return self._from_device(self._forward(pose_d, masked_d, cloth_d)[:n], like=pose)
 
     @property
     def pausable(self) -> bool:
@@ -334,7 +338,8 @@ class Engine:
         """``infer`` in steps that a caller may pause between (bulk work on a CPU, so that
         interactive work waits for one step, not a whole forward): both encoders, then each flow
         level, then the render. Yields None after every step but the last, then the (N, 3, H, W)
-        float32 CPU outputs. Eager; the lock is held per step, never across a ``yield``."""
+        CPU outputs (as ``infer`` gives them). Eager; the lock is held per step, never across a
+        ``yield``."""
         n = pose.shape[0]
         padded = self.padded_size(n)
         with self._running():
@@ -348,7 +353,7 @@ class Engine:
                 flows = self.net.dafnet.level(level, garment, person, flows)
             yield None
         with self._running():
-            output = self.net.dafnet.render(cloth_d, masked_d, *flows)[:n].float().cpu()
+            output = self._from_device(self.net.dafnet.render(cloth_d, masked_d, *flows)[:n], like=pose)
         yield output
 
     def infer_garments(self, pose: torch.Tensor, masked_model: torch.Tensor, cloths: torch.Tensor) -> torch.Tensor:
@@ -360,7 +365,7 @@ class Engine:
     def iter_garments(self, pose: torch.Tensor, masked_model: torch.Tensor, cloths: torch.Tensor,
                       chunk_size: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
         """One person, many garments, chunk by chunk: yields (index of the chunk's first
-        garment, (n, 3, H, W) float32 CPU outputs) as each chunk of at most ``chunk_size``
+        garment, (n, 3, H, W) CPU outputs, as ``infer`` gives them) as each chunk of at most ``chunk_size``
         garments (default and cap: the largest batch size) is done. The person's feature
         pyramid is computed once, before the first chunk, and shared by every garment
         (eager, chunks padded up to a batch size).
@@ -397,7 +402,7 @@ class Engine:
         self.garments_reserved_bytes = torch.cuda.memory_reserved(self.device) - before
 
     def _dress(self, person: list[torch.Tensor], masked_d: torch.Tensor, cloths: torch.Tensor) -> torch.Tensor:
-        """One chunk of garments on an encoded person -> (n, 3, H, W) float32 CPU outputs."""
+        """One chunk of garments on an encoded person -> (n, 3, H, W) CPU outputs."""
         n = cloths.shape[0]
         padded = self.padded_size(n)
         cloth_d = self._to_device(self._pad(cloths, padded))
@@ -405,13 +410,23 @@ class Engine:
         # Expanded views: the person's pyramid is never copied per garment.
         reference = [f.expand(padded, -1, -1, -1) for f in person]
         out = self.net.dafnet(garments, reference, cloth_d, masked_d.expand(padded, -1, -1, -1))
-        return out[:n].float().cpu()
+        return self._from_device(out[:n], like=cloths)
 
     def _forward(self, pose: torch.Tensor, masked_model: torch.Tensor, cloth: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat((pose, masked_model), dim=1), cloth, masked_model)
 
+    def _normalised(self, t: torch.Tensor) -> torch.Tensor:
+        """On the device, in [-1, 1]: uint8 levels are copied as they are and converted there."""
+        t = t.to(self.device, non_blocking=t.is_pinned())
+        return levels_to_tensor(t) if t.dtype == torch.uint8 else t
+
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
-        return t.to(self.device, self.dtype).contiguous(memory_format=self.memory_format)
+        return self._normalised(t).to(self.dtype).contiguous(memory_format=self.memory_format)
+
+    @staticmethod
+    def _from_device(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Outputs in the inputs' form: levels for levels (quantised before the copy back)."""
+        return (tensor_to_levels(out) if like.dtype == torch.uint8 else out.float()).cpu()
 
     def _capture(self, n: int) -> _Graph:
         """A CUDA graph of one forward at batch n over static input buffers."""

@@ -42,7 +42,7 @@ class ServiceRate:
         first call compiles kernels and, on a GPU, each size captures a graph."""
         rate = cls()
         for n in sorted(set(batch_sizes)):
-            zeros = torch.zeros(n, 3, *image_size)
+            zeros = torch.zeros(n, 3, *image_size, dtype=torch.uint8)  # levels, as the service queues them
             started = time.perf_counter()
             infer(zeros, zeros, zeros)
             rate.record(n, time.perf_counter() - started)

@@ -1,9 +1,8 @@
 """What crosses the Unix socket between front-end processes and the engine process.
 
 A message is a JSON header and a binary payload, each length-prefixed. Images
-cross as uint8 levels (a quarter of float32's bytes); every tensor the service
-queues was made from 8-bit levels by model.images, and an output's levels are
-what its encoder would make of it, so nothing a client sees changes.
+cross as the uint8 levels they are on both sides (model.images: the service
+queues levels, the engine gives levels back), in pixel order, as decoded.
 Errors cross as the fields of an ApiError; deadlines as remaining seconds,
 since each process's event loop has its own clock.
 """
@@ -11,12 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import struct
 
-import numpy as np
 import torch
 
-from model.images import levels_to_tensor, tensor_to_levels
 
 from .errors import ApiError, from_queue_error
 from .outcomes import QueueError
@@ -29,25 +27,28 @@ def frame(header: dict, payload: bytes | memoryview = b"") -> bytes:
     return b"".join((_LENGTHS.pack(len(text), len(payload)), text, payload))
 
 
-async def read_message(reader: asyncio.StreamReader) -> tuple[dict, bytes]:
+async def read_message(reader: asyncio.StreamReader) -> tuple[dict, bytearray]:
     """The next message; asyncio.IncompleteReadError when the other side has gone."""
     header_len, payload_len = _LENGTHS.unpack(await reader.readexactly(_LENGTHS.size))
     header = json.loads(await reader.readexactly(header_len))
-    return header, await reader.readexactly(payload_len) if payload_len else b""
+    return header, bytearray(await reader.readexactly(payload_len)) if payload_len else bytearray()
 
 
 def pack(tensors: list[torch.Tensor]) -> tuple[list[list[int]], bytes]:
-    """Tensors in [-1, 1] -> their shapes and their uint8 levels, concatenated."""
-    levels = [tensor_to_levels(t) for t in tensors]
-    return [list(x.shape) for x in levels], b"".join(x.tobytes() for x in levels)
+    """uint8 (..., 3, H, W) levels -> their shapes and their bytes in pixel order (..., H, W, 3),
+    the layout they were decoded in: no copy is made to send a decoded image."""
+    pixels = [t.movedim(-3, -1).contiguous() for t in tensors]
+    return [list(t.shape) for t in tensors], b"".join(memoryview(p.numpy()) for p in pixels)
 
 
-def unpack(shapes: list[list[int]], payload: bytes) -> list[torch.Tensor]:
+def unpack(shapes: list[list[int]], payload: bytearray) -> list[torch.Tensor]:
+    """The tensors ``pack`` sent, as views of ``payload`` (writable: torch wants no read-only memory)."""
     tensors, start = [], 0
     for shape in shapes:
-        size = int(np.prod(shape))
-        levels = np.frombuffer(payload, dtype=np.uint8, count=size, offset=start).reshape(shape)
-        tensors.append(levels_to_tensor(levels))
+        *lead, channels, height, width = shape
+        size = math.prod(shape)
+        pixels = torch.frombuffer(payload, dtype=torch.uint8, count=size, offset=start)
+        tensors.append(pixels.view(*lead, height, width, channels).movedim(-1, -3))
         start += size
     return tensors
 

@@ -59,8 +59,8 @@ def test_infer_end_to_end_matches_the_network(tmp_path, standin_weights_file, st
     inputs = prepare_inputs(*(image_files[f].read_bytes() for f in ("masked_model", "pose", "cloth")))
     net = load_weights(create_model(), standin_state)
     with torch.inference_mode():
-        expected = net(torch.cat((inputs.pose, inputs.masked_model))[None], inputs.cloth[None],
-                       inputs.masked_model[None])
+        pose, masked_model, cloth = inputs.batch()
+        expected = net(torch.cat((pose, masked_model), dim=1), cloth, masked_model)
     want = np.asarray(output_image(expected[0]))
     assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
 

@@ -12,7 +12,7 @@ import torch
 
 from model import create_model, load_weights
 from model.engine import AUTO_GPU_PRECISION, Engine, EngineConfig, effective_precision, run_in_precision
-from model.images import psnr_8bit
+from model.images import levels_to_tensor, psnr_8bit, tensor_to_levels
 from tests.conftest import load_golden
 
 # Numeric: run a second time in CI with oneDNN and ATen held to AVX2 (Makefile, test-avx2).
@@ -122,6 +122,28 @@ def test_iter_garments_streams_chunks_encoding_the_person_once(cpu_engine, golde
     assert starts == [0, 2]
 
 
+def random_levels(n, seed):
+    """8-bit levels as the service queues them: (n, 3, H, W) views of pixel-order (H, W, 3) images."""
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 256, (n, *SIZE, 3), generator=gen, dtype=torch.uint8).permute(0, 3, 1, 2)
+            for _ in range(3)]
+
+
+def test_levels_in_levels_out(cpu_engine):
+    """uint8 levels are normalised where the engine runs and the outputs quantised there: the
+    same as converting on the CPU before and after, to the level, on every path."""
+    pose, masked, cloth = random_levels(3, seed=7)
+    floats = [levels_to_tensor(t) for t in (pose, masked, cloth)]
+    out = cpu_engine.infer(pose, masked, cloth)
+    assert out.dtype == torch.uint8 and out.shape == (3, 3, *SIZE)
+    assert torch.equal(out, tensor_to_levels(cpu_engine.infer(*floats)))
+    assert torch.equal(list(cpu_engine.iter_infer(pose, masked, cloth))[-1],
+                       tensor_to_levels(list(cpu_engine.iter_infer(*floats))[-1]))
+    garments = torch.cat([chunk for _, chunk in cpu_engine.iter_garments(pose[:1], masked[:1], cloth)])
+    assert garments.dtype == torch.uint8
+    assert torch.equal(garments, tensor_to_levels(cpu_engine.infer_garments(floats[0][:1], floats[1][:1], floats[2])))
+
+
 @pytest.mark.parametrize("requested,cpu,gpu", [("fp32", "fp32", "fp32"), ("tf32", "fp32", "tf32"),
                                                ("bf16", "bf16", "bf16"), ("fp16", "bf16", "fp16"),
                                                ("auto", "fp32", AUTO_GPU_PRECISION)])
@@ -170,6 +192,8 @@ def test_gpu_engine_graphs_match_eager_and_golden(weights_file, golden, precisio
     a = graphs.infer(pose, masked, cloth)
     b = eager.infer(pose, masked, cloth)
     assert (a - b).abs().max().item() < 1e-3
+    levels = random_levels(2, seed=8)
+    assert torch.equal(graphs.infer(*levels), tensor_to_levels(graphs.infer(*(levels_to_tensor(t) for t in levels))))
     out = graphs.infer(golden["pose"], golden["masked_model"], golden["cloth"])
     if precision == "fp32":
         assert (out - golden["tryon"]).abs().max().item() < 1e-4

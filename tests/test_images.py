@@ -111,12 +111,13 @@ def test_prepare_inputs_shares_the_person_transform():
     cloth = _gradient(500, 200)
     inputs = prepare_inputs(_bytes(person, "PNG"), _bytes(pose, "PNG"), _bytes(cloth, "PNG"), size=(256, 192))
     for t in (inputs.masked_model, inputs.pose, inputs.cloth):
-        assert t.shape == (3, 256, 192) and t.dtype == torch.float32
-        assert t.min() >= -1 and t.max() <= 1
+        assert t.shape == (3, 256, 192) and t.dtype == torch.uint8  # levels: the engine normalises
     assert inputs.person_frame.content_box == (0, 32, 192, 224)
-    assert inputs.masked_model[:, 5, 100].tolist() == [1.0, 1.0, 1.0]  # white pad above the person
-    assert inputs.pose[:, 5, 100].tolist() == [-1.0, -1.0, -1.0]  # black pad on the pose map
-    assert inputs.pose[0, 128, 96] > 0.5  # the dot lands in the same place as in the person frame
+    assert inputs.masked_model[:, 5, 100].tolist() == [255, 255, 255]  # white pad above the person
+    assert inputs.pose[:, 5, 100].tolist() == [0, 0, 0]  # black pad on the pose map
+    assert inputs.pose[0, 128, 96] > 191  # the dot lands in the same place as in the person frame
+    for t in inputs.batch():
+        assert t.shape == (1, 3, 256, 192) and t.dtype == torch.float32 and t.min() >= -1 and t.max() <= 1
 
 
 def test_tensor_round_trip_and_output_clamp():

@@ -100,8 +100,8 @@ def expected(network, images: dict, size: str = "model") -> np.ndarray:
     """What the model code gives for the same bytes: the golden check through HTTP."""
     inputs = prepare_inputs(images["masked_model"], images["pose"], images["cloth"], size=(64, 64))
     with torch.inference_mode():
-        out = network(torch.cat((inputs.pose, inputs.masked_model))[None].reshape(1, 6, 64, 64),
-                      inputs.cloth[None], inputs.masked_model[None])
+        pose, masked_model, cloth = inputs.batch()
+        out = network(torch.cat((pose, masked_model), dim=1), cloth, masked_model)
     return np.asarray(output_image(out[0], inputs.person_frame, size), dtype=np.int16)
 
 

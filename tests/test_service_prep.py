@@ -112,8 +112,8 @@ def expected_tryon(network, cloth: bytes = CLOTH, **person) -> np.ndarray:
     drawn = person_images(size=SIZE, **person)
     inputs = assemble_inputs(drawn.masked_model, drawn.pose, drawn.frame, cloth)
     with torch.inference_mode():
-        out = network(torch.cat((inputs.pose, inputs.masked_model))[None], inputs.cloth[None],
-                      inputs.masked_model[None])
+        pose, masked_model, cloth = inputs.batch()
+        out = network(torch.cat((pose, masked_model), dim=1), cloth, masked_model)
     return np.asarray(output_image(out[0]), dtype=np.int16)
 
 

@@ -41,9 +41,9 @@ def test_the_front_ends_are_separate_processes(server):
 
 
 def levels_tensor(seed: int, n: int | None = None) -> torch.Tensor:
-    """A tensor of 8-bit levels, as every image the service queues is."""
+    """8-bit levels, as every image the service queues is."""
     shape = (3, 8, 8) if n is None else (n, 3, 8, 8)
-    return torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(seed)).float() / 127.5 - 1
+    return torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
 
 
 def test_one_batch_from_two_front_ends(tmp_path):
