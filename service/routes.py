@@ -54,7 +54,7 @@ async def metrics(service: ServiceState = Depends(get_service)) -> Response:
     return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
-def require_api_key(request: Request, service: ServiceState = Depends(get_service)) -> None:
+async def require_api_key(request: Request, service: ServiceState = Depends(get_service)) -> None:
     """Open when TRYON_API_KEYS is empty; otherwise ``Authorization: Bearer`` or ``X-API-Key``."""
     keys = service.settings.api_keys
     if not keys:
@@ -106,7 +106,7 @@ async def begin_work(request: Request, service: ServiceState = Depends(get_servi
     return work
 
 
-def output_query(
+async def output_query(
         format: OutputFormat | None = Query(None, description="output format (jpeg)"),
         quality: int | None = Query(None, ge=1, le=100, description="JPEG/WebP quality (90)"),
         size: OutputSize | None = Query(None, description="model size, or the person image's original size (model)"),
@@ -247,7 +247,11 @@ async def tryon_image(
 
 
 def _image_response(body: bytes, media_type: str, options: OutputOptions, timings: dict[str, float],
-                    headers: dict[str, str]) -> StreamingResponse:
+                    headers: dict[str, str]) -> Response:
+    """Streamed in STREAM_CHUNK pieces; a body of one piece is sent as it is (the same bytes and
+    headers, without a streaming task per response)."""
     headers = {"Server-Timing": server_timing(timings), "Content-Length": str(len(body)),
                "Content-Disposition": f'inline; filename="tryon.{options.format}"', **headers}
+    if len(body) <= STREAM_CHUNK:
+        return Response(body, media_type=media_type, headers=headers)
     return StreamingResponse(_chunks(body), media_type=media_type, headers=headers)

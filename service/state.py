@@ -191,5 +191,6 @@ def _engine_lost() -> None:
     os._exit(1)
 
 
-def get_service(request: Request) -> ServiceState:
+async def get_service(request: Request) -> ServiceState:
+    """(async: FastAPI would run a plain function in its thread pool, a thread hop per request)"""
     return request.app.state.service
