@@ -13,7 +13,7 @@ processes, from /proc, over the measured requests), the mean time per stage
     python -m bench.frontend --baseline 61db89b --requests 300 --repeats 3 --out bench/results/frontend-cpu.json
 
 ``--baseline REF`` measures that commit too, alternating with the work tree in the same
-run (it must hold bench/frontend_server.py: this file's first commit has it).
+run, served by this tree's stand-in (bench/frontend_server.py, copied into it).
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,17 +44,27 @@ SIZES = {"192x256": (192, 256), "768x1024": (768, 1024)}  # W x H of the inputs 
 JPEG_QUALITY = 90
 
 
-def jpeg_inputs(size_wh: tuple[int, int]) -> dict[str, bytes]:
-    """The examples as JPEGs of ``size_wh`` (scaled with bicubic when not at their own size)."""
-    inputs = {}
+def jpeg_inputs(size_wh: tuple[int, int], garments: int) -> list[dict[str, bytes]]:
+    """The examples as JPEGs of ``size_wh`` (scaled with bicubic when not at their own size),
+    ``garments`` times with a cloth of its own (a corner block of pixels numbers it): every
+    request is a miss of the response cache, which stays on as served."""
+    pictures = {}
     for name in ("masked_model", "pose", "cloth"):
         img = Image.open(EXAMPLES / f"{name}.png").convert("RGB")
-        if img.size != size_wh:
-            img = img.resize(size_wh, Image.BICUBIC)
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=JPEG_QUALITY)
-        inputs[name] = buf.getvalue()
-    return inputs
+        pictures[name] = img if img.size == size_wh else img.resize(size_wh, Image.BICUBIC)
+    person = {name: _jpeg(pictures[name]) for name in ("masked_model", "pose")}
+    requests = []
+    for i in range(garments):
+        cloth = pictures["cloth"].copy()
+        cloth.paste((i % 256, i // 256 % 256, 77), (0, 0, 16, 16))
+        requests.append(person | {"cloth": _jpeg(cloth)})
+    return requests
+
+
+def _jpeg(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=JPEG_QUALITY)
+    return buf.getvalue()
 
 
 def _ticks(pid: int) -> int:
@@ -82,14 +93,15 @@ def cpu_seconds(pids: list[int]) -> float:
     return sum(_ticks(p) for p in pids) / os.sysconf("SC_CLK_TCK")
 
 
-async def drive(url: str, inputs: dict[str, bytes], requests: int, clients: int) -> dict:
-    files = {name: (f"{name}.jpg", data, "image/jpeg") for name, data in inputs.items()}
+async def drive(url: str, inputs: list[dict[str, bytes]], clients: int) -> dict:
+    """POSTs each of ``inputs`` once, ``clients`` at a time."""
     statuses: Counter = Counter()
     stages: dict[str, list[float]] = defaultdict(list)
-    remaining = iter(range(requests))
+    remaining = iter(inputs)
 
     async def client_loop(client: httpx.AsyncClient):
-        for _ in remaining:
+        for request in remaining:
+            files = {name: (f"{name}.jpg", data, "image/jpeg") for name, data in request.items()}
             answer = await client.post("/v1/tryon", files=files)
             statuses[str(answer.status_code)] += 1
             for item in answer.headers.get("server-timing", "").split(","):
@@ -107,11 +119,37 @@ async def drive(url: str, inputs: dict[str, bytes], requests: int, clients: int)
             "stage_ms": {name: round(sum(v) / len(v), 3) for name, v in stages.items()}}
 
 
+WRK_SCRIPT = ROOT / "bench" / "frontend_wrk.lua"
+
+
+BOUNDARY = "tryon-bench-frontend"
+
+
+def drive_wrk(url: str, inputs: list[dict[str, bytes]], clients: int, seconds: int, folder: Path) -> dict:
+    """As ``drive``, by wrk (C, one thread) for ``seconds``: the load generator shares this
+    machine's cores with the server, and httpx spends more CPU per request than the server
+    does. Each of ``inputs`` is sent once; ``reused`` counts requests past them (cache hits)."""
+    folder.mkdir(exist_ok=True)
+    for i, request in enumerate(inputs, 1):
+        built = httpx.Request("POST", url, headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+                              files={name: (f"{name}.jpg", data, "image/jpeg") for name, data in request.items()})
+        (folder / f"{i}.body").write_bytes(built.read())
+    run = subprocess.run(["wrk", "-t1", f"-c{clients}", f"-d{seconds}s", "--timeout", "60s", "-s", str(WRK_SCRIPT),
+                          url, "--", str(folder), str(len(inputs)), BOUNDARY], capture_output=True, text=True, check=True)
+    shutil.rmtree(folder)
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    elapsed, ok = report["duration_us"] / 1e6, report["requests"] - report["non_2xx"]
+    return {"elapsed_s": round(elapsed, 3), "requests": report["requests"], "non_2xx": report["non_2xx"],
+            "socket_errors": report["socket_errors"], "reused": max(0, report["requests"] - len(inputs)),
+            "requests_per_s": round(ok / elapsed, 1)}
+
+
 def start_server(code: Path, port: int, workers: int, tmp: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRYON_")}
     # One torch thread: the stand-in needs none, and idle OpenMP workers spinning on a busy
     # machine would be charged to the request path.
-    env |= {"PYTHONPATH": str(code), "OMP_NUM_THREADS": "1", "TRYON_DEVICE": "cpu", "TRYON_WORKERS": str(workers),
+    hidden = code / "_hidden"  # (a baseline's) modules made unimportable
+    env |= {"PYTHONPATH": os.pathsep.join(map(str, [hidden, code] if hidden.exists() else [code])), "OMP_NUM_THREADS": "1", "TRYON_DEVICE": "cpu", "TRYON_WORKERS": str(workers),
             "TRYON_LOG_LEVEL": "info", "TRYON_QUEUE_LIMIT": "256"}
     log = open(tmp / f"server-{port}.log", "wb")
     return subprocess.Popen([sys.executable, "-m", "bench.frontend_server", "--host", "127.0.0.1",
@@ -119,10 +157,16 @@ def start_server(code: Path, port: int, workers: int, tmp: Path) -> subprocess.P
 
 
 def checkout(ref: str, folder: Path) -> Path:
-    """The files of commit ``ref`` (for a baseline measured in the same run)."""
+    """The files of commit ``ref`` (for a baseline measured in the same run), with this tree's
+    stand-in engine, so both are measured with the same one."""
     folder.mkdir()
     archive = subprocess.run(["git", "archive", ref], cwd=ROOT, check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    shutil.copy(ROOT / "bench" / "frontend_server.py", folder / "bench" / "frontend_server.py")
+    # As it was served: it did not depend on httptools and uvloop, so uvicorn ran h11 and asyncio.
+    for module in ("httptools", "uvloop"):
+        (folder / "_hidden" / module).mkdir(parents=True)
+        (folder / "_hidden" / module / "__init__.py").write_text(f"raise ImportError('{module}: not in the baseline')\n")
     return folder
 
 
@@ -132,22 +176,28 @@ def measure(code: str, workers: int, size: str, args, tmp: Path) -> dict:
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, process)
-        inputs = jpeg_inputs(SIZES[size])
-        asyncio.run(drive(url, inputs, args.clients * 4, args.clients))  # warm: imports, first allocations
+        inputs = jpeg_inputs(SIZES[size], args.clients * 4 + args.requests + (args.wrk_bodies if args.wrk else 0))
+        asyncio.run(drive(url, inputs[:args.clients * 4], args.clients))  # warm: imports, first allocations
         pids = process_tree(process.pid)
         before, histogram = cpu_seconds(pids), batch_histogram(httpx.get(f"{url}/metrics").text)
         load = os.getloadavg()[0]
-        result = asyncio.run(drive(url, inputs, args.requests, args.clients))
+        result = asyncio.run(drive(url, inputs[args.clients * 4:args.clients * 4 + args.requests], args.clients))
         cpu = cpu_seconds(pids) - before
         formed = batches_formed(histogram, batch_histogram(httpx.get(f"{url}/metrics").text))
+        if args.wrk:  # the same number of other garments (each a cache miss), by a cheaper client
+            before = cpu_seconds(pids)
+            by_wrk = drive_wrk(url, inputs[args.clients * 4 + args.requests:], args.clients, args.wrk_seconds,
+                               tmp / "bodies")
+            by_wrk["server_cpu_ms_per_request"] = round((cpu_seconds(pids) - before) * 1000 /
+                                                        max(by_wrk["requests"] - by_wrk["non_2xx"], 1), 3)
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(60)
     ok = result["statuses"].get("200", 0)
-    return {"code": code, "workers": workers, "inputs": size, "input_bytes": sum(map(len, inputs.values())),
+    return {"code": code, "workers": workers, "inputs": size, "input_bytes": sum(map(len, inputs[0].values())),
             "requests": args.requests, "clients": args.clients, "server_processes": len(pids),
             "server_cpu_ms_per_request": round(cpu * 1000 / max(ok, 1), 3), **result,
-            "batches_formed": formed, "loadavg_1min_before": round(load, 2),
+            "batches_formed": formed, **({"wrk": by_wrk} if args.wrk else {}), "loadavg_1min_before": round(load, 2),
             "loadavg_1min_after": round(os.getloadavg()[0], 2)}
 
 
@@ -161,13 +211,20 @@ def summary(results: list[dict]) -> dict:
     def median(values):
         values = sorted(values)
         return values[len(values) // 2]
-    table = {f"{code} {size} workers={w}": {
-        "cpu_ms_per_request": median([r["server_cpu_ms_per_request"] for r in rs]),
-        "requests_per_s": median([r["requests_per_s"] for r in rs])} for (code, size, w), rs in sorted(by.items())}
+    table = {}
+    for (code, size, w), rs in sorted(by.items()):
+        row = {"cpu_ms_per_request": median([r["server_cpu_ms_per_request"] for r in rs]),
+               "requests_per_s": median([r["requests_per_s"] for r in rs])}
+        if all("wrk" in r for r in rs):
+            row |= {"wrk_cpu_ms_per_request": median([r["wrk"]["server_cpu_ms_per_request"] for r in rs]),
+                    "wrk_requests_per_s": median([r["wrk"]["requests_per_s"] for r in rs])}
+        table[f"{code} {size} workers={w}"] = row
     for code, size in {(code, size) for code, size, _ in by}:
         one, two = table.get(f"{code} {size} workers=1"), table.get(f"{code} {size} workers=2")
-        if one and two:
-            table[f"{code} {size} speed-up 2 vs 1"] = round(two["requests_per_s"] / one["requests_per_s"], 3)
+        for client in ("", "wrk_"):
+            if one and two and f"{client}requests_per_s" in one:
+                table[f"{code} {size} {client}speed-up 2 vs 1"] = round(
+                    two[f"{client}requests_per_s"] / one[f"{client}requests_per_s"], 3)
     return table
 
 
@@ -180,8 +237,13 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="rounds over all configurations, alternating")
     parser.add_argument("--label", default="", help="what code was measured (e.g. baseline)")
     parser.add_argument("--baseline", help="also measure this commit (git archive), alternating with the work tree")
+    parser.add_argument("--no-wrk", dest="wrk", action="store_false",
+                        help="httpx only (by default wrk, where installed, also sends for --wrk-seconds)")
+    parser.add_argument("--wrk-seconds", type=int, default=4)
+    parser.add_argument("--wrk-bodies", type=int, default=1500, help="distinct requests prepared for wrk")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
+    args.wrk = args.wrk and shutil.which("wrk") is not None
 
     report = {"label": args.label, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model_name(), "platform": platform.platform(),

@@ -35,6 +35,8 @@ class StandInEngine:
         self.device = pick_device(config.device)
         self.weights = NoWeights()
         self.batch_sizes = tuple(config.batch_sizes)
+        self.sampler = "stand-in"
+        self.precision = "fp32"
 
     def warmup(self) -> dict[int, float]:
         return {n: 0.0 for n in self.batch_sizes}
@@ -43,7 +45,8 @@ class StandInEngine:
     def info(self) -> dict:
         return {"device": str(self.device), "batch_sizes": list(self.batch_sizes),
                 "image_size": list(self.config.image_size), "weights": self.weights.name,
-                "random_weights": False, "warm": True, "sampler": self.config.sampler}
+                "random_weights": False, "warm": True, "sampler": self.sampler,
+                "precision": self.precision}
 
     def infer(self, pose: torch.Tensor, masked_model: torch.Tensor, cloth: torch.Tensor) -> torch.Tensor:
         return cloth
