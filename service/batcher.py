@@ -74,13 +74,13 @@ class GarmentsInputs:
 class GarmentsChunk:
     """The results of consecutive garments of a job, from one engine call."""
     start: int  # position of its first garment in GarmentsInputs.cloths
-    outputs: torch.Tensor  # (n, 3, H, W) in [-1, 1]
+    outputs: torch.Tensor  # (n, 3, H, W), as the engine gives them (uint8 levels for levels)
     inference_s: float  # the engine call (the first chunk's includes encoding the person)
 
 
 @dataclass(frozen=True)
 class JobResult:
-    output: torch.Tensor  # (3, H, W) in [-1, 1]
+    output: torch.Tensor  # (3, H, W), as the engine gives it (uint8 levels for levels)
     queue_s: float
     inference_s: float
     batch_size: int
