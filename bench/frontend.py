@@ -10,7 +10,8 @@ server CPU milliseconds per request (user + system time of the server's
 processes, from /proc, over the measured requests), the mean time per stage
 (the Server-Timing header), requests per second, and the batch sizes formed.
 
-    python -m bench.frontend --baseline 61db89b --requests 300 --repeats 3 --out bench/results/frontend-cpu.json
+    python -m bench.frontend --baseline ef5db43 --requests 300 --repeats 2 --wrk-bodies 1800 \
+        --out bench/results/frontend-cpu.json
 
 ``--baseline REF`` measures that commit too, alternating with the work tree in the same
 run, served by this tree's stand-in (bench/frontend_server.py, copied into it).
@@ -93,6 +94,10 @@ def cpu_seconds(pids: list[int]) -> float:
     return sum(_ticks(p) for p in pids) / os.sysconf("SC_CLK_TCK")
 
 
+def multipart_files(request: dict[str, bytes]) -> dict:
+    return {name: (f"{name}.jpg", data, "image/jpeg") for name, data in request.items()}
+
+
 async def drive(url: str, inputs: list[dict[str, bytes]], clients: int) -> dict:
     """POSTs each of ``inputs`` once, ``clients`` at a time."""
     statuses: Counter = Counter()
@@ -101,8 +106,7 @@ async def drive(url: str, inputs: list[dict[str, bytes]], clients: int) -> dict:
 
     async def client_loop(client: httpx.AsyncClient):
         for request in remaining:
-            files = {name: (f"{name}.jpg", data, "image/jpeg") for name, data in request.items()}
-            answer = await client.post("/v1/tryon", files=files)
+            answer = await client.post("/v1/tryon", files=multipart_files(request))
             statuses[str(answer.status_code)] += 1
             for item in answer.headers.get("server-timing", "").split(","):
                 name, _, duration = item.strip().partition(";dur=")
@@ -120,8 +124,6 @@ async def drive(url: str, inputs: list[dict[str, bytes]], clients: int) -> dict:
 
 
 WRK_SCRIPT = ROOT / "bench" / "frontend_wrk.lua"
-
-
 BOUNDARY = "tryon-bench-frontend"
 
 
@@ -132,10 +134,11 @@ def drive_wrk(url: str, inputs: list[dict[str, bytes]], clients: int, seconds: i
     folder.mkdir(exist_ok=True)
     for i, request in enumerate(inputs, 1):
         built = httpx.Request("POST", url, headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
-                              files={name: (f"{name}.jpg", data, "image/jpeg") for name, data in request.items()})
+                              files=multipart_files(request))
         (folder / f"{i}.body").write_bytes(built.read())
     run = subprocess.run(["wrk", "-t1", f"-c{clients}", f"-d{seconds}s", "--timeout", "60s", "-s", str(WRK_SCRIPT),
-                          url, "--", str(folder), str(len(inputs)), BOUNDARY], capture_output=True, text=True, check=True)
+                          url, "--", str(folder), str(len(inputs)), BOUNDARY],
+                         capture_output=True, text=True, check=True)
     shutil.rmtree(folder)
     report = json.loads(run.stdout.strip().splitlines()[-1])
     elapsed, ok = report["duration_us"] / 1e6, report["requests"] - report["non_2xx"]
@@ -149,7 +152,8 @@ def start_server(code: Path, port: int, workers: int, tmp: Path) -> subprocess.P
     # One torch thread: the stand-in needs none, and idle OpenMP workers spinning on a busy
     # machine would be charged to the request path.
     hidden = code / "_hidden"  # (a baseline's) modules made unimportable
-    env |= {"PYTHONPATH": os.pathsep.join(map(str, [hidden, code] if hidden.exists() else [code])), "OMP_NUM_THREADS": "1", "TRYON_DEVICE": "cpu", "TRYON_WORKERS": str(workers),
+    env |= {"PYTHONPATH": os.pathsep.join(map(str, [hidden, code] if hidden.exists() else [code])),
+            "OMP_NUM_THREADS": "1", "TRYON_DEVICE": "cpu", "TRYON_WORKERS": str(workers),
             "TRYON_LOG_LEVEL": "info", "TRYON_QUEUE_LIMIT": "256"}
     log = open(tmp / f"server-{port}.log", "wb")
     return subprocess.Popen([sys.executable, "-m", "bench.frontend_server", "--host", "127.0.0.1",
@@ -165,8 +169,9 @@ def checkout(ref: str, folder: Path) -> Path:
     shutil.copy(ROOT / "bench" / "frontend_server.py", folder / "bench" / "frontend_server.py")
     # As it was served: it did not depend on httptools and uvloop, so uvicorn ran h11 and asyncio.
     for module in ("httptools", "uvloop"):
-        (folder / "_hidden" / module).mkdir(parents=True)
-        (folder / "_hidden" / module / "__init__.py").write_text(f"raise ImportError('{module}: not in the baseline')\n")
+        package = folder / "_hidden" / module
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text(f"raise ImportError('{module}: not in the baseline')\n")
     return folder
 
 
@@ -184,7 +189,7 @@ def measure(code: str, workers: int, size: str, args, tmp: Path) -> dict:
         result = asyncio.run(drive(url, inputs[args.clients * 4:args.clients * 4 + args.requests], args.clients))
         cpu = cpu_seconds(pids) - before
         formed = batches_formed(histogram, batch_histogram(httpx.get(f"{url}/metrics").text))
-        if args.wrk:  # the same number of other garments (each a cache miss), by a cheaper client
+        if args.wrk:  # other garments (each a cache miss) for --wrk-seconds, by a cheaper client
             before = cpu_seconds(pids)
             by_wrk = drive_wrk(url, inputs[args.clients * 4 + args.requests:], args.clients, args.wrk_seconds,
                                tmp / "bodies")
@@ -197,7 +202,8 @@ def measure(code: str, workers: int, size: str, args, tmp: Path) -> dict:
     return {"code": code, "workers": workers, "inputs": size, "input_bytes": sum(map(len, inputs[0].values())),
             "requests": args.requests, "clients": args.clients, "server_processes": len(pids),
             "server_cpu_ms_per_request": round(cpu * 1000 / max(ok, 1), 3), **result,
-            "batches_formed": formed, **({"wrk": by_wrk} if args.wrk else {}), "loadavg_1min_before": round(load, 2),
+            "batches_formed": formed, **({"wrk": by_wrk} if args.wrk else {}),
+            "loadavg_1min_before": round(load, 2),
             "loadavg_1min_after": round(os.getloadavg()[0], 2)}
 
 

@@ -135,6 +135,12 @@ def _upright_rgb(img: Image.Image, field: str, background) -> Image.Image:
         raise ImageError(field, f"corrupt or truncated image ({exc})") from None
 
 
+def image_to_levels(img: Image.Image) -> torch.Tensor:
+    """8-bit RGB -> (3, H, W) uint8 levels, a channels-last view of one copy of the pixels
+    (the batch stacks into the layout the engine runs, and nothing is transposed here)."""
+    return torch.from_numpy(np.array(img if img.mode == "RGB" else img.convert("RGB"))).permute(2, 0, 1)
+
+
 def resize_bicubic(img: Image.Image, size_wh: tuple[int, int]) -> Image.Image:
     """Pillow's bicubic resize (antialiased, a = -0.5). Shrinking, it runs as torch's 8-bit
     kernel, vectorised where Pillow's is not: six times faster, and within one level of
@@ -142,9 +148,8 @@ def resize_bicubic(img: Image.Image, size_wh: tuple[int, int]) -> Image.Image:
     (tests/test_images_decode.py)."""
     if size_wh[0] > img.width or size_wh[1] > img.height:
         return img.resize(size_wh, Image.BICUBIC)
-    levels = torch.from_numpy(np.array(img if img.mode == "RGB" else img.convert("RGB"))).permute(2, 0, 1)
-    resized = torch.nn.functional.interpolate(levels[None], size=(size_wh[1], size_wh[0]), mode="bicubic",
-                                              antialias=True)
+    resized = torch.nn.functional.interpolate(image_to_levels(img)[None], size=(size_wh[1], size_wh[0]),
+                                              mode="bicubic", antialias=True)
     return Image.fromarray(resized[0].permute(1, 2, 0).contiguous().numpy())
 
 
@@ -199,12 +204,6 @@ class Letterbox:
         return img.crop(self.content_box).resize(self.source_size, Image.BICUBIC)
 
 
-def image_to_levels(img: Image.Image) -> torch.Tensor:
-    """8-bit RGB -> (3, H, W) uint8 levels, a channels-last view of one copy of the pixels
-    (the batch stacks into the layout the engine runs, and nothing is transposed here)."""
-    return torch.from_numpy(np.array(img if img.mode == "RGB" else img.convert("RGB"))).permute(2, 0, 1)
-
-
 def levels_to_tensor(levels: torch.Tensor) -> torch.Tensor:
     """8-bit levels (..., 3, H, W) uint8 -> the network's float32 in [-1, 1], as x / 127.5 - 1
     (on the levels' device: the engine converts a batch where it runs)."""
@@ -244,7 +243,8 @@ class TryOnInputs:
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(pose, masked_model, cloth), each a batch of one in [-1, 1]: the network's own inputs."""
-        return tuple(levels_to_tensor(t.unsqueeze(0)).contiguous() for t in (self.pose, self.masked_model, self.cloth))
+        return tuple(levels_to_tensor(t.unsqueeze(0)).contiguous()
+                     for t in (self.pose, self.masked_model, self.cloth))
 
 
 def letterbox_person(masked_model: ImageSource, pose: ImageSource, *, size: tuple[int, int] = MODEL_SIZE,

@@ -15,7 +15,6 @@ import struct
 
 import torch
 
-
 from .errors import ApiError, from_queue_error
 from .outcomes import QueueError
 
