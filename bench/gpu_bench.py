@@ -99,10 +99,12 @@ def copy_bandwidth_gbs(device) -> float:
 
 
 def time_engine(engine, batch: int, seconds: float, min_iters: int) -> dict:
-    """Whole infer() calls (host copies in and out included), as the service makes them."""
+    """Whole infer() calls (host copies in and out included), as the service makes them: uint8
+    levels in pixel order in, levels out (model.images.TryOnInputs)."""
     h, w = engine.config.image_size
     gen = torch.Generator().manual_seed(batch)
-    pose, masked, cloth = (torch.rand(batch, 3, h, w, generator=gen) * 2 - 1 for _ in range(3))
+    pose, masked, cloth = (torch.randint(0, 256, (batch, h, w, 3), generator=gen, dtype=torch.uint8).permute(0, 3, 1, 2)
+                           for _ in range(3))
     engine.infer(pose, masked, cloth)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
