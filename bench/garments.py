@@ -124,7 +124,7 @@ class EngineWays:
                                           image_size=(height, width), sampler=sampler))
         person = person_images(person=PERSON, keypoints=KEYPOINTS, size=(height, width))
         # The tensors the service would make: the person's once, each garment in the person's frame.
-        inputs = [assemble_inputs(person.masked_model, person.pose, person.frame, c) for c in garments(8)]
+        inputs = [assemble_inputs(person.masked_model_levels, person.pose_levels, person.frame, c) for c in garments(8)]
         self.pose, self.masked = inputs[0].pose[None], inputs[0].masked_model[None]
         self.cloths = lambda n: torch.stack([inputs[i % len(inputs)].cloth for i in range(n)])
         self.batch(None, 2, None), self.separate(None, 2, None)  # first calls, not recorded

@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> dict:
     with stage(timings, "prepare"):
         cloth = sources.pop("cloth")
         person = person_images(**sources, size=engine.config.image_size, silhouette=args.silhouette)
-        inputs = assemble_inputs(person.masked_model, person.pose, person.frame, cloth)
+        inputs = assemble_inputs(person.masked_model_levels, person.pose_levels, person.frame, cloth)
     with stage(timings, "inference"):
         out = engine.infer(inputs.pose[None], inputs.masked_model[None], inputs.cloth[None])
     with stage(timings, "encode"):

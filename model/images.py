@@ -141,16 +141,20 @@ def image_to_levels(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.array(img if img.mode == "RGB" else img.convert("RGB"))).permute(2, 0, 1)
 
 
-def resize_bicubic(img: Image.Image, size_wh: tuple[int, int]) -> Image.Image:
-    """Pillow's bicubic resize (antialiased, a = -0.5). Shrinking, it runs as torch's 8-bit
-    kernel, vectorised where Pillow's is not: six times faster, and within one level of
-    Pillow but for a few pixels in a thousand where the filter overshoots the 8-bit range
-    (tests/test_images_decode.py)."""
+def resize_levels(img: Image.Image, size_wh: tuple[int, int]) -> torch.Tensor:
+    """Pillow's bicubic resize (antialiased, a = -0.5) as (3, H, W) uint8 levels. Shrinking, it
+    runs as torch's 8-bit kernel, vectorised where Pillow's is not: six times faster, and within
+    one level of Pillow but for a few pixels in a thousand where the filter overshoots the 8-bit
+    range (tests/test_images_decode.py). Growing stays with Pillow."""
     if size_wh[0] > img.width or size_wh[1] > img.height:
-        return img.resize(size_wh, Image.BICUBIC)
-    resized = torch.nn.functional.interpolate(image_to_levels(img)[None], size=(size_wh[1], size_wh[0]),
-                                              mode="bicubic", antialias=True)
-    return Image.fromarray(resized[0].permute(1, 2, 0).contiguous().numpy())
+        return image_to_levels(img.resize(size_wh, Image.BICUBIC))
+    return torch.nn.functional.interpolate(image_to_levels(img)[None], size=(size_wh[1], size_wh[0]),
+                                           mode="bicubic", antialias=True)[0]
+
+
+def resize_bicubic(img: Image.Image, size_wh: tuple[int, int]) -> Image.Image:
+    """``resize_levels`` as an image."""
+    return tensor_to_image(resize_levels(img, size_wh))
 
 
 @dataclass(frozen=True)
@@ -181,14 +185,21 @@ class Letterbox:
     def fit(self, img: Image.Image, fill=WHITE) -> Image.Image:
         """``img`` shows the whole source frame at any resolution (``decode_to_fit``): one resize
         into the content box; the same as ``apply`` for an image of the source's size."""
-        left, top, right, bottom = self.content_box
-        if img.size != (right - left, bottom - top):
-            img = resize_bicubic(img, (right - left, bottom - top))
         if img.size == self.target_size:
             return img
-        canvas = Image.new("RGB", self.target_size, fill)
-        canvas.paste(img, (left, top))
-        return canvas
+        return tensor_to_image(self.fit_levels(img, fill))
+
+    def fit_levels(self, img: Image.Image, fill=WHITE) -> torch.Tensor:
+        """``fit`` as (3, H, W) uint8 levels in pixel order, with no image in between (each
+        conversion of Pillow's 4-byte pixels costs as much as a resize's last step)."""
+        left, top, right, bottom = self.content_box
+        content = image_to_levels(img) if img.size == (right - left, bottom - top) else \
+            resize_levels(img, (right - left, bottom - top))
+        canvas = torch.empty((self.target_size[1], self.target_size[0], 3), dtype=torch.uint8)
+        if content.shape[1:] != canvas.shape[:2]:
+            canvas[:] = torch.tensor(fill, dtype=torch.uint8)
+        canvas[top:bottom, left:right] = content.permute(1, 2, 0)
+        return canvas.permute(2, 0, 1)
 
     def apply_points(self, xy: np.ndarray) -> np.ndarray:
         """Maps (N, 2) pixel coordinates of the source frame into the target frame."""
@@ -248,8 +259,8 @@ class TryOnInputs:
 
 
 def letterbox_person(masked_model: ImageSource, pose: ImageSource, *, size: tuple[int, int] = MODEL_SIZE,
-                     max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, Image.Image, Letterbox]:
-    """Masked model and pose map at ``size`` (H, W) through one transform.
+                     max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[torch.Tensor, torch.Tensor, Letterbox]:
+    """Masked model and pose map at ``size`` (H, W) through one transform, as (3, H, W) levels.
 
     A pose map of another size than the masked model is taken to span the same
     frame and scaled to it first, so both get the same transform.
@@ -260,20 +271,21 @@ def letterbox_person(masked_model: ImageSource, pose: ImageSource, *, size: tupl
     frame = Letterbox(person_wh, target_wh)
     skeleton, skeleton_wh = decode_to_fit(pose, "pose", target_wh, background=BLACK, max_pixels=max_pixels)
     if skeleton_wh == person_wh:
-        boxed_skeleton = frame.fit(skeleton, BLACK)
+        boxed_skeleton = frame.fit_levels(skeleton, BLACK)
     else:  # rare: scaled to the person's size at full resolution first, as always
-        boxed_skeleton = frame.apply(decode_image(pose, "pose", background=BLACK, max_pixels=max_pixels), BLACK)
-    return frame.fit(person, WHITE), boxed_skeleton, frame
+        boxed_skeleton = image_to_levels(frame.apply(decode_image(pose, "pose", background=BLACK,
+                                                                  max_pixels=max_pixels), BLACK))
+    return frame.fit_levels(person, WHITE), boxed_skeleton, frame
 
 
-def assemble_inputs(masked_model: Image.Image, pose: Image.Image, frame: Letterbox, cloth: ImageSource, *,
-                    max_pixels: int | None = DEFAULT_MAX_PIXELS) -> TryOnInputs:
-    """Model-size person images (and their frame) plus the garment -> tensors."""
+def assemble_inputs(masked_model: Image.Image | torch.Tensor, pose: Image.Image | torch.Tensor, frame: Letterbox,
+                    cloth: ImageSource, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> TryOnInputs:
+    """Model-size person images, as images or levels (and their frame), plus the garment -> levels."""
     garment, garment_wh = decode_to_fit(cloth, "cloth", frame.target_size, background=WHITE, max_pixels=max_pixels)
     return TryOnInputs(
-        masked_model=image_to_levels(masked_model),
-        pose=image_to_levels(pose),
-        cloth=image_to_levels(Letterbox(garment_wh, frame.target_size).fit(garment, WHITE)),
+        masked_model=masked_model if isinstance(masked_model, torch.Tensor) else image_to_levels(masked_model),
+        pose=pose if isinstance(pose, torch.Tensor) else image_to_levels(pose),
+        cloth=Letterbox(garment_wh, frame.target_size).fit_levels(garment, WHITE),
         person_frame=frame,
     )
 

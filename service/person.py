@@ -68,7 +68,7 @@ def detection_report(person: PersonInputs, timings: dict[str, float], metrics: M
 def decode_garment(person: PersonInputs, cloth: bytes, settings: Settings) -> TryOnInputs:
     """One garment with the person's images: the model's three input tensors."""
     with model_errors():
-        return assemble_inputs(person.masked_model, person.pose, person.frame, cloth,
+        return assemble_inputs(person.masked_model_levels, person.pose_levels, person.frame, cloth,
                                max_pixels=settings.max_image_pixels)
 
 

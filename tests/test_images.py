@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from model.images import (ImageError, ImageTooLarge, Letterbox, decode_image, encode_image, image_to_tensor,
-                          output_image, prepare_inputs, tensor_to_image)
+from model.images import (BLACK, ImageError, ImageTooLarge, Letterbox, decode_image, encode_image, image_to_levels,
+                          image_to_tensor, output_image, prepare_inputs, resize_bicubic, tensor_to_image)
 
 
 def _bytes(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -102,6 +102,22 @@ def test_letterbox_keeps_aspect_and_round_trips(size):
         assert np.abs(np.asarray(back, np.int16) - np.asarray(src, np.int16)).mean() < 6
     corners = np.array([[0, 0], [size[0], size[1]]])
     assert np.allclose(frame.apply_points(corners), [[left, top], [right, bottom]])
+
+
+@pytest.mark.parametrize("size", [(192, 256), (384, 512), (1000, 500), (300, 1200), (37, 91)])
+def test_fit_levels_is_the_letterbox_drawn_on_a_canvas(size):
+    """Levels straight from the decoded image: what resizing, then pasting on a canvas of the
+    pad colour, gives (shrinking, growing, padding, or none of them)."""
+    frame = Letterbox(size, (192, 256))
+    src = _gradient(*size)
+    left, top, right, bottom = frame.content_box
+    canvas = Image.new("RGB", (192, 256), BLACK)
+    canvas.paste(resize_bicubic(src, (right - left, bottom - top)) if src.size != (right - left, bottom - top)
+                 else src, (left, top))
+    levels = frame.fit_levels(src, BLACK)
+    assert levels.shape == (3, 256, 192) and levels.permute(1, 2, 0).is_contiguous()  # pixel order
+    assert torch.equal(levels, image_to_levels(canvas))
+    assert torch.equal(image_to_levels(frame.fit(src, BLACK)), levels)
 
 
 def test_prepare_inputs_shares_the_person_transform():

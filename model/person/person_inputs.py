@@ -12,14 +12,15 @@ the model's size are drawn as they are, pixel for pixel as the authors'.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from ..images import (BLACK, DEFAULT_MAX_PIXELS, MODEL_SIZE, WHITE, ImageError, ImageSource, Letterbox, decode_image,
-                      decode_to_fit, letterbox_person, open_image)
+                      decode_to_fit, image_to_levels, letterbox_person, open_image, tensor_to_image)
 from .detect import Detection, check_person, get_detector
 from .keypoints import Keypoints, check_in_frame, parse_keypoints
 from .masking import mask_person, mask_person_from_pose
@@ -28,12 +29,28 @@ from .pose_map import draw_pose_map
 ASPECT_TOLERANCE = 0.02  # a parsing map may differ this much in aspect ratio from its photo (rounding)
 
 
-class PersonInputs(NamedTuple):
-    masked_model: Image.Image  # RGB, model size
-    pose: Image.Image  # RGB, model size
+@dataclass(frozen=True)
+class PersonInputs:
+    """The person side at model size, as the network gets it: (3, H, W) uint8 levels."""
+    masked_model_levels: torch.Tensor
+    pose_levels: torch.Tensor
     frame: Letterbox  # the person photo's frame -> the model's
     keypoints: Keypoints | None = None  # those used, in the photo's pixels (None: both images given)
     detection: Detection | None = None  # when the keypoints were found in the photo
+
+    @classmethod
+    def drawn(cls, masked_model: Image.Image, pose: Image.Image, frame: Letterbox,
+              keypoints: Keypoints | None = None) -> PersonInputs:
+        return cls(image_to_levels(masked_model), image_to_levels(pose), frame, keypoints)
+
+    @property
+    def masked_model(self) -> Image.Image:
+        """8-bit RGB, model size (to look at, encode or compare)."""
+        return tensor_to_image(self.masked_model_levels)
+
+    @property
+    def pose(self) -> Image.Image:
+        return tensor_to_image(self.pose_levels)
 
 
 def decode_parse(source: ImageSource, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -107,7 +124,7 @@ def draw_inputs(person: ImageSource, keypoints: Keypoints | Any, parse: ImageSou
         labels = decode_parse(parse, max_pixels=max_pixels)
         _check_parse_frame(labels, photo_wh)
         masked = mask_person(boxed, letterbox_labels(labels, frame), points)
-    return PersonInputs(masked, draw_pose_map(points, frame.target_size), frame, keypoints)
+    return PersonInputs.drawn(masked, draw_pose_map(points, frame.target_size), frame, keypoints)
 
 
 class IncompleteInputs(ValueError):
@@ -203,8 +220,8 @@ def person_images(*, masked_model: ImageSource | None = None, pose: ImageSource 
         points = keypoints if isinstance(keypoints, Keypoints) else parse_keypoints(keypoints, photo_wh)
         check_in_frame(points, photo_wh)
         frame = Letterbox(photo_wh, (size[1], size[0]))
-        return PersonInputs(frame.fit(photo, WHITE), draw_pose_map(points.letterboxed(frame), frame.target_size),
-                            frame, points)
+        return PersonInputs(frame.fit_levels(photo, WHITE),
+                            image_to_levels(draw_pose_map(points.letterboxed(frame), frame.target_size)), frame, points)
     photo = decode_image(person, "person", background=WHITE, max_pixels=max_pixels)
     mask, detection = None, None
     silhouette = silhouette and parse is None  # the parsing map's masking keeps the background anyway
@@ -217,5 +234,5 @@ def person_images(*, masked_model: ImageSource | None = None, pose: ImageSource 
     drawn = draw_inputs(photo, keypoints, parse, size=size, max_pixels=max_pixels, silhouette=mask)
     if pose is not None:
         skeleton = decode_image(pose, "pose", background=BLACK, max_pixels=max_pixels)
-        drawn = drawn._replace(pose=drawn.frame.apply(skeleton, BLACK))
-    return drawn._replace(detection=detection)
+        drawn = replace(drawn, pose_levels=image_to_levels(drawn.frame.apply(skeleton, BLACK)))
+    return replace(drawn, detection=detection)
