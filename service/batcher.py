@@ -38,7 +38,7 @@ from typing import AsyncIterator, Callable, Iterator, Protocol
 import torch
 
 from model.device_errors import device_failure, is_out_of_memory
-from model.images import TryOnInputs
+from model.images import TryOnInputs, stack_levels
 
 from .admission import Estimate, ServiceRate
 from .metrics import Metrics
@@ -383,7 +383,7 @@ class Batcher:
     async def _run_batch(self, jobs: list[Job]) -> None:
         loop = asyncio.get_running_loop()
         started = self._begin(jobs, len(jobs))
-        pose, masked, cloth = (torch.stack([getattr(j.inputs, name) for j in jobs])
+        pose, masked, cloth = (stack_levels([getattr(j.inputs, name) for j in jobs])
                                for name in ("pose", "masked_model", "cloth"))
         splits: list[int] = []
         try:

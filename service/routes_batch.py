@@ -20,7 +20,7 @@ import torch
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
-from model.images import MEDIA_TYPES
+from model.images import MEDIA_TYPES, stack_levels
 
 from .batcher import GarmentsInputs, GarmentsStream
 from .cache import CachedResponse
@@ -90,7 +90,7 @@ async def tryon_garments(
     if to_run:
         first = garments[to_run[0]]
         job_inputs = GarmentsInputs(first.pose, first.masked_model,
-                                    torch.stack([garments[i].cloth for i in to_run]), chunk_size)
+                                    stack_levels([garments[i].cloth for i in to_run]), chunk_size)
         stream = await run_job(service, job_inputs, work, request)
         if stream is None:
             return Response(status_code=CLIENT_GONE)

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from model.images import (BLACK, ImageError, ImageTooLarge, Letterbox, decode_image, encode_image, image_to_levels,
-                          image_to_tensor, output_image, prepare_inputs, resize_bicubic, tensor_to_image)
+                          image_to_tensor, output_image, prepare_inputs, resize_bicubic, stack_levels, tensor_to_image)
 
 
 def _bytes(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -118,6 +118,13 @@ def test_fit_levels_is_the_letterbox_drawn_on_a_canvas(size):
     assert levels.shape == (3, 256, 192) and levels.permute(1, 2, 0).is_contiguous()  # pixel order
     assert torch.equal(levels, image_to_levels(canvas))
     assert torch.equal(image_to_levels(frame.fit(src, BLACK)), levels)
+
+
+def test_stack_levels_is_torch_stack_in_pixel_order():
+    levels = [image_to_levels(_gradient(48 + i, 64)).roll(i, 2)[:, :, :48] for i in range(3)]
+    batch = stack_levels(levels)
+    assert torch.equal(batch, torch.stack(levels))
+    assert batch.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_prepare_inputs_shares_the_person_transform():
