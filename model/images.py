@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Union
 
 import numpy as np
+import simplejpeg
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -101,6 +102,21 @@ def decode_to_fit(source: ImageSource, field: str, target_wh: tuple[int, int], *
     the letterbox's own resize still does the last step. Returns the image and the upright
     size (W, H) of the whole picture, the frame a Letterbox maps (``Letterbox.fit``).
     """
+    img, full_wh = _open_to_fit(source, field, target_wh, max_pixels)
+    return _upright_rgb(img, field, background), full_wh
+
+
+def decode_levels_to_fit(source: ImageSource, field: str, target_wh: tuple[int, int], *, background=WHITE,
+                         max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[torch.Tensor, tuple[int, int]]:
+    """``decode_to_fit`` as (3, H, W) uint8 levels in pixel order."""
+    img, full_wh = _open_to_fit(source, field, target_wh, max_pixels)
+    levels = _turbo_levels(source, img)
+    return (image_to_levels(_upright_rgb(img, field, background)) if levels is None else levels), full_wh
+
+
+def _open_to_fit(source: ImageSource, field: str, target_wh: tuple[int, int],
+                 max_pixels: int | None) -> tuple[Image.Image, tuple[int, int]]:
+    """Opened, not decoded, at the reduced scale ``decode_to_fit`` decodes at; and the upright full size."""
     img = open_image(source, field, max_pixels=max_pixels)
     width, height = img.size
     swapped = _orientation(img) in _QUARTER_TURNS
@@ -108,7 +124,25 @@ def decode_to_fit(source: ImageSource, field: str, target_wh: tuple[int, int], *
     scale = min(target_wh[0] / full_wh[0], target_wh[1] / full_wh[1]) * REDUCED_DECODE_MARGIN
     if scale < 1:  # only JPEG files implement draft; for every other source it changes nothing
         img.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
-    return _upright_rgb(img, field, background), full_wh
+    return img, full_wh
+
+
+def _turbo_levels(source: ImageSource, img: Image.Image) -> torch.Tensor | None:
+    """A JPEG in colour or grey, upright, decoded by simplejpeg at the size ``img`` (opened, its
+    scale drafted) would decode to: the same libjpeg-turbo with the same settings, so the same
+    pixels (tests/test_images_decode.py), at a third to a half of Pillow's CPU time (no 4-byte
+    pixels, no decoding loop in Python). None for any other image, and for whatever simplejpeg
+    refuses: Pillow then decodes it, or says what is wrong with it."""
+    if isinstance(source, Image.Image) or img.format != "JPEG" or img.mode not in ("RGB", "L") \
+            or _orientation(img) != 1:
+        return None
+    try:
+        pixels = simplejpeg.decode_jpeg(source, "RGB", min_width=img.width, min_height=img.height)
+    except ValueError:
+        return None
+    if pixels.shape[:2] != (img.height, img.width):  # another of libjpeg-turbo's scales than Pillow's
+        return None
+    return torch.from_numpy(pixels).permute(2, 0, 1)
 
 
 # libjpeg's reduced decoding averages in the DCT domain, the letterbox resizes bicubically:
@@ -148,14 +182,28 @@ def stack_levels(levels: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([t.permute(1, 2, 0) for t in levels]).permute(0, 3, 1, 2)
 
 
-def resize_levels(img: Image.Image, size_wh: tuple[int, int]) -> torch.Tensor:
+# A decoded picture: an 8-bit RGB image, or its (3, H, W) uint8 levels.
+Picture = Union[Image.Image, torch.Tensor]
+
+
+def picture_size(picture: Picture) -> tuple[int, int]:
+    """(W, H)"""
+    return picture.size if isinstance(picture, Image.Image) else (picture.shape[2], picture.shape[1])
+
+
+def picture_levels(picture: Picture) -> torch.Tensor:
+    return image_to_levels(picture) if isinstance(picture, Image.Image) else picture
+
+
+def resize_levels(picture: Picture, size_wh: tuple[int, int]) -> torch.Tensor:
     """Pillow's bicubic resize (antialiased, a = -0.5) as (3, H, W) uint8 levels. Shrinking, it
     runs as torch's 8-bit kernel, vectorised where Pillow's is not: six times faster, and within
     one level of Pillow but for a few pixels in a thousand where the filter overshoots the 8-bit
     range (tests/test_images_decode.py). Growing stays with Pillow."""
-    if size_wh[0] > img.width or size_wh[1] > img.height:
-        return image_to_levels(img.resize(size_wh, Image.BICUBIC))
-    return torch.nn.functional.interpolate(image_to_levels(img)[None], size=(size_wh[1], size_wh[0]),
+    if size_wh[0] > picture_size(picture)[0] or size_wh[1] > picture_size(picture)[1]:
+        image = picture if isinstance(picture, Image.Image) else tensor_to_image(picture)
+        return image_to_levels(image.resize(size_wh, Image.BICUBIC))
+    return torch.nn.functional.interpolate(picture_levels(picture)[None], size=(size_wh[1], size_wh[0]),
                                            mode="bicubic", antialias=True)[0]
 
 
@@ -196,12 +244,17 @@ class Letterbox:
             return img
         return tensor_to_image(self.fit_levels(img, fill))
 
-    def fit_levels(self, img: Image.Image, fill=WHITE) -> torch.Tensor:
+    def fit_levels(self, picture: Picture, fill=WHITE) -> torch.Tensor:
         """``fit`` as (3, H, W) uint8 levels in pixel order, with no image in between (each
         conversion of Pillow's 4-byte pixels costs as much as a resize's last step)."""
         left, top, right, bottom = self.content_box
-        content = image_to_levels(img) if img.size == (right - left, bottom - top) else \
-            resize_levels(img, (right - left, bottom - top))
+        if picture_size(picture) == (right - left, bottom - top):
+            content = picture_levels(picture)
+        else:
+            content = resize_levels(picture, (right - left, bottom - top))
+        if content.shape[1:] == (self.target_size[1], self.target_size[0]) \
+                and content.permute(1, 2, 0).is_contiguous():
+            return content
         canvas = torch.empty((self.target_size[1], self.target_size[0], 3), dtype=torch.uint8)
         if content.shape[1:] != canvas.shape[:2]:
             canvas[:] = torch.tensor(fill, dtype=torch.uint8)
@@ -273,10 +326,10 @@ def letterbox_person(masked_model: ImageSource, pose: ImageSource, *, size: tupl
     frame and scaled to it first, so both get the same transform.
     """
     target_wh = (size[1], size[0])
-    person, person_wh = decode_to_fit(masked_model, "masked_model", target_wh, background=WHITE,
-                                      max_pixels=max_pixels)
+    person, person_wh = decode_levels_to_fit(masked_model, "masked_model", target_wh, background=WHITE,
+                                             max_pixels=max_pixels)
     frame = Letterbox(person_wh, target_wh)
-    skeleton, skeleton_wh = decode_to_fit(pose, "pose", target_wh, background=BLACK, max_pixels=max_pixels)
+    skeleton, skeleton_wh = decode_levels_to_fit(pose, "pose", target_wh, background=BLACK, max_pixels=max_pixels)
     if skeleton_wh == person_wh:
         boxed_skeleton = frame.fit_levels(skeleton, BLACK)
     else:  # rare: scaled to the person's size at full resolution first, as always
@@ -288,7 +341,8 @@ def letterbox_person(masked_model: ImageSource, pose: ImageSource, *, size: tupl
 def assemble_inputs(masked_model: Image.Image | torch.Tensor, pose: Image.Image | torch.Tensor, frame: Letterbox,
                     cloth: ImageSource, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> TryOnInputs:
     """Model-size person images, as images or levels (and their frame), plus the garment -> levels."""
-    garment, garment_wh = decode_to_fit(cloth, "cloth", frame.target_size, background=WHITE, max_pixels=max_pixels)
+    garment, garment_wh = decode_levels_to_fit(cloth, "cloth", frame.target_size, background=WHITE,
+                                               max_pixels=max_pixels)
     return TryOnInputs(
         masked_model=masked_model if isinstance(masked_model, torch.Tensor) else image_to_levels(masked_model),
         pose=pose if isinstance(pose, torch.Tensor) else image_to_levels(pose),

@@ -23,8 +23,8 @@ import pytest
 import torch
 from PIL import Image
 
-from model.images import (Letterbox, decode_image, image_to_tensor, levels_to_tensor, prepare_inputs, psnr,
-                          resize_bicubic, tensor_to_image)
+from model.images import (ImageError, Letterbox, decode_image, decode_levels_to_fit, decode_to_fit, image_to_levels,
+                          image_to_tensor, levels_to_tensor, prepare_inputs, psnr, resize_bicubic, tensor_to_image)
 from tests.fixtures.service.harness import REPO
 
 # Numeric: libjpeg's SIMD paths differ by instruction set; run again under AVX2 (Makefile).
@@ -145,3 +145,51 @@ def test_resize_bicubic_is_pillows_within_a_level():
             assert (off > 1).mean() <= 0.002, size
             if size == (384, 512) or box[0] > size[0]:
                 assert off.max() <= 1 if box[0] < size[0] else off.max() == 0, size
+
+
+def _jpeg_variant(img: Image.Image, **save) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", **save)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("size_wh", [(192, 256), (768, 1024), (1536, 2048), (3072, 4096), (770, 1030), (201, 263)])
+@pytest.mark.parametrize("variant", [{"quality": 90}, {"quality": 75, "progressive": True},
+                                     {"quality": 95, "subsampling": 0}, {"quality": 85, "subsampling": 1},
+                                     {"quality": 90, "grey": True}])
+def test_jpegs_decode_to_pillows_levels_through_simplejpeg(size_wh, variant):
+    """decode_levels_to_fit decodes plain JPEGs with simplejpeg (libjpeg-turbo without Pillow):
+    at every reduced scale, baseline or progressive, 4:2:0, 4:2:2 or 4:4:4, colour or grey,
+    the levels are Pillow's bit for bit."""
+    variant = dict(variant)
+    picture = example("masked_model").resize(size_wh, Image.BICUBIC)
+    data = _jpeg_variant(picture.convert("L") if variant.pop("grey", False) else picture, **variant)
+    ours, ours_wh = decode_levels_to_fit(data, "masked_model", (192, 256))
+    img, img_wh = decode_to_fit(data, "masked_model", (192, 256))
+    assert ours_wh == img_wh == size_wh
+    assert torch.equal(ours, image_to_levels(img))
+
+
+@pytest.mark.parametrize("kind", ["cmyk", "rotated", "truncated", "png"])
+def test_other_images_decode_through_pillow(kind):
+    """What simplejpeg is not given (CMYK, an EXIF turn, a PNG) or refuses (a truncated file)
+    decodes, or fails, exactly as through Pillow."""
+    picture = example("cloth").resize((384, 512), Image.BICUBIC)
+    data = {"cmyk": lambda: _jpeg_variant(picture.convert("CMYK"), quality=90),
+            "rotated": lambda: jpeg(picture, orientation=6),
+            "truncated": lambda: jpeg(picture)[:8_000],
+            "png": lambda: _png(picture)}[kind]()
+    if kind == "truncated":
+        with pytest.raises(ImageError, match="corrupt or truncated"):
+            decode_levels_to_fit(data, "cloth", (192, 256))
+        return
+    ours, ours_wh = decode_levels_to_fit(data, "cloth", (192, 256))
+    img, img_wh = decode_to_fit(data, "cloth", (192, 256))
+    assert ours_wh == img_wh
+    assert torch.equal(ours, image_to_levels(img))
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
