@@ -26,6 +26,11 @@ from .state import ServiceState, get_service
 
 STREAM_CHUNK = 64 * 1024
 TRYON_ROUTE = "/v1/tryon"
+# Short CPU work runs on the event loop: handing it to a thread and back cost more server CPU
+# than the work itself (measured, docs/scaling.md). Long work (a person photo's detection, big
+# files, big outputs) still goes to a thread, so the loop is never held for long.
+INLINE_DECODE_BYTES = 512 * 1024  # the images of a request, as sent: some 7 ms of JPEG decoding here
+INLINE_ENCODE_PIXELS = 1 << 20
 
 operations = APIRouter(tags=["operations"])
 
@@ -188,9 +193,22 @@ async def _chunks(body: bytes):
         yield body[start:start + STREAM_CHUNK]
 
 
+async def off_loop_unless(short: bool, work, *args):
+    """``work(*args)`` on the event loop when ``short``, else in a thread."""
+    return work(*args) if short else await asyncio.to_thread(work, *args)
+
+
+def short_decode(parts: RequestParts) -> bool:
+    """A masked model and pose map as they are (letterboxed, nothing drawn or detected) and a
+    garment, of at most INLINE_DECODE_BYTES together."""
+    images = [parts.person.get("masked_model"), parts.person.get("pose"), parts.cloths[0]]
+    return (set(parts.given) == {"masked_model", "pose"} and all(isinstance(i, bytes) for i in images)
+            and sum(map(len, images)) <= INLINE_DECODE_BYTES)
+
+
 def _decode(parts, settings, cache: ResponseCache | None,
             options: OutputOptions) -> tuple[PersonInputs, TryOnInputs, str | None]:
-    """What the model sees, and its cache key (hashed in the same thread hop: a hit's time is mostly this)."""
+    """What the model sees, and its cache key (a hit's time is mostly this)."""
     person = decode_person(parts, settings)
     inputs = decode_garment(person, parts.cloths[0], settings)
     return person, inputs, cache.key(inputs, options) if cache is not None else None
@@ -217,7 +235,7 @@ async def tryon_image(
     if isinstance(parts.cloths[0], ApiError):
         raise parts.cloths[0]
     cache = service.cache
-    person, inputs, key = await asyncio.to_thread(_decode, parts, service.settings, cache, options)
+    person, inputs, key = await off_loop_unless(short_decode(parts), _decode, parts, service.settings, cache, options)
     timings["decode"] = (time.perf_counter() - mark) * 1000
     person_headers = detection_report(person, timings, service.metrics)
 
@@ -236,7 +254,9 @@ async def tryon_image(
     timings["inference"] = result.inference_s * 1000
 
     mark = time.perf_counter()
-    body = await asyncio.to_thread(encode_output, result.output, inputs.person_frame, options)
+    short = options.size == "model" or inputs.person_frame.source_size[0] * inputs.person_frame.source_size[1] \
+        <= INLINE_ENCODE_PIXELS
+    body = await off_loop_unless(short, encode_output, result.output, inputs.person_frame, options)
     timings["encode"] = (time.perf_counter() - mark) * 1000
     media_type = MEDIA_TYPES[options.format]
     headers = {"X-Batch-Size": str(result.batch_size)} | person_headers
