@@ -3,9 +3,13 @@
 The process tryon-serve starts loads and warms the model once, runs the one
 Batcher, and serves it on a Unix socket (service/engine_server.py). It then
 binds the HTTP port and starts N front-end processes (``python -m
-service.workers``) that share that listening socket: each runs the whole HTTP
-app (parsing, fetching, decoding, encoding) and queues its work through a
-RemoteBatcher, so batches still form from every request in one place.
+service.workers``), each on a listening socket of its own on that port
+(SO_REUSEPORT, where Linux spreads new connections evenly over them; a shared
+socket went to whichever process woke first, and its event loop accepted every
+waiting connection at once, so one front end could hold all of a load
+balancer's keep-alive connections). Each runs the whole HTTP app (parsing,
+fetching, decoding, encoding) and queues its work through a RemoteBatcher, so
+batches still form from every request in one place.
 
 SIGTERM (or SIGINT) to the engine process: it reports draining, passes the
 signal to every front end, which drains as a single process does (readiness
@@ -62,11 +66,19 @@ def serve_with_workers(settings: Settings, engine_factory: EngineFactory | None 
             shutil.rmtree(os.environ[METRICS_DIR], ignore_errors=True)
 
 
-def _listen(settings: Settings) -> socket.socket:
+def _listen(settings: Settings, count: int) -> list[socket.socket]:
+    """``count`` listening sockets on the port, with SO_REUSEPORT on Linux; elsewhere one, shared."""
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    sock = socket.create_server((settings.host, settings.port), family=family, backlog=2048)
-    sock.set_inheritable(True)
-    return sock
+    # Bound once without SO_REUSEPORT first: a port another server already holds fails here, as
+    # it always did, instead of being shared with it (that server's connections split between us).
+    with socket.create_server((settings.host, settings.port), family=family) as probe:
+        port = probe.getsockname()[1]  # the one bound, when settings.port is 0
+    reuse_port = sys.platform == "linux"
+    sockets = [socket.create_server((settings.host, port), family=family, backlog=2048, reuse_port=reuse_port)
+               for _ in range(count if reuse_port else 1)]
+    for sock in sockets:
+        sock.set_inheritable(True)
+    return sockets
 
 
 def _start_front_end(settings: Settings, listener: socket.socket, engine_socket: str) -> subprocess.Popen:
@@ -93,13 +105,14 @@ async def _supervise(settings: Settings, engine_factory: EngineFactory | None) -
             await state.start()
             engine_server = EngineServer(state.batcher, state.hello)
             await engine_server.start(os.path.join(folder, "engine.sock"))
-            listener = _listen(settings)
+            listeners = _listen(settings, settings.workers)
         except Exception:
             log.exception("startup failed")
             return STARTUP_FAILURE
-        front_ends = [_start_front_end(settings, listener, os.path.join(folder, "engine.sock"))
-                      for _ in range(settings.workers)]
-        listener.close()  # the front ends hold it now
+        front_ends = [_start_front_end(settings, listeners[i % len(listeners)], os.path.join(folder, "engine.sock"))
+                      for i in range(settings.workers)]
+        for listener in listeners:
+            listener.close()  # the front ends hold them now
         log.info("engine process serving %d front-end processes", len(front_ends),
                  extra={"front_end_pids": [p.pid for p in front_ends]})
         exits = [loop.run_in_executor(None, p.wait) for p in front_ends]

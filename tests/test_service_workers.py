@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import glob
+import os
 import time
 
 import httpx
@@ -38,6 +40,31 @@ def two_front_ends():
 
 def test_the_front_ends_are_separate_processes(server):
     assert len(process_tree(server.process.pid)) == 3  # the engine process and two front ends
+
+
+def listening_sockets(port: int) -> set[str]:
+    """The inodes of the TCP sockets listening on ``port`` (/proc/net/tcp, IPv4)."""
+    found = set()
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == "0A":  # 0A: LISTEN
+            found.add(fields[9])
+    return found
+
+
+def socket_inodes(pid: int) -> set[str]:
+    links = (os.readlink(f) for f in glob.glob(f"/proc/{pid}/fd/*"))
+    return {link[len("socket:["):-1] for link in links if link.startswith("socket:[")}
+
+
+def test_each_front_end_listens_on_a_socket_of_its_own(server):
+    """SO_REUSEPORT: Linux spreads new connections over the front ends' sockets. (On one shared
+    socket, the front end that woke first accepted every waiting connection at once.)"""
+    engine, *front_ends = process_tree(server.process.pid)
+    listening = listening_sockets(server.port)
+    held = [socket_inodes(pid) & listening for pid in front_ends]
+    assert len(listening) == 2 and all(len(inodes) == 1 for inodes in held) and held[0] != held[1]
+    assert not socket_inodes(engine) & listening
 
 
 def levels_tensor(seed: int, n: int | None = None) -> torch.Tensor:
