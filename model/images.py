@@ -109,9 +109,11 @@ def decode_to_fit(source: ImageSource, field: str, target_wh: tuple[int, int], *
 def decode_levels_to_fit(source: ImageSource, field: str, target_wh: tuple[int, int], *, background=WHITE,
                          max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[torch.Tensor, tuple[int, int]]:
     """``decode_to_fit`` as (3, H, W) uint8 levels in pixel order."""
+    decoded = _turbo_levels_to_fit(source, target_wh, max_pixels)
+    if decoded is not None:
+        return decoded
     img, full_wh = _open_to_fit(source, field, target_wh, max_pixels)
-    levels = _turbo_levels(source, img)
-    return (image_to_levels(_upright_rgb(img, field, background)) if levels is None else levels), full_wh
+    return image_to_levels(_upright_rgb(img, field, background)), full_wh
 
 
 def _open_to_fit(source: ImageSource, field: str, target_wh: tuple[int, int],
@@ -127,22 +129,59 @@ def _open_to_fit(source: ImageSource, field: str, target_wh: tuple[int, int],
     return img, full_wh
 
 
-def _turbo_levels(source: ImageSource, img: Image.Image) -> torch.Tensor | None:
-    """A JPEG in colour or grey, upright, decoded by simplejpeg at the size ``img`` (opened, its
-    scale drafted) would decode to: the same libjpeg-turbo with the same settings, so the same
+def _turbo_levels_to_fit(source: ImageSource, target_wh: tuple[int, int],
+                         max_pixels: int | None) -> tuple[torch.Tensor, tuple[int, int]] | None:
+    """A plain JPEG (colour or grey, no APP1 block, so no EXIF or XMP turn) decoded by simplejpeg
+    at the scale Pillow's draft picks: the same libjpeg-turbo with the same settings, so the same
     pixels (tests/test_images_decode.py), at a third to a half of Pillow's CPU time (no 4-byte
-    pixels, no decoding loop in Python). None for any other image, and for whatever simplejpeg
-    refuses: Pillow then decodes it, or says what is wrong with it."""
-    if isinstance(source, Image.Image) or img.format != "JPEG" or img.mode not in ("RGB", "L") \
-            or _orientation(img) != 1:
+    pixels, no decoding loop or header parsing in Python). None for anything else, and for
+    whatever simplejpeg refuses: Pillow then decodes it, or says what is wrong with it."""
+    if isinstance(source, Image.Image) or not _plain_jpeg(source):
         return None
     try:
-        pixels = simplejpeg.decode_jpeg(source, "RGB", min_width=img.width, min_height=img.height)
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(source)
     except ValueError:
         return None
-    if pixels.shape[:2] != (img.height, img.width):  # another of libjpeg-turbo's scales than Pillow's
+    if colorspace not in ("YCbCr", "Gray", "RGB") or width < 1 or height < 1 \
+            or width * height > min(max_pixels or Image.MAX_IMAGE_PIXELS, Image.MAX_IMAGE_PIXELS):
+        return None  # and Pillow's refusals of too many pixels stay Pillow's
+    scale = min(target_wh[0] / width, target_wh[1] / height) * REDUCED_DECODE_MARGIN
+    reduction = _draft_reduction((width, height), (math.ceil(width * scale), math.ceil(height * scale))) \
+        if scale < 1 else 1
+    size_wh = (-(-width // reduction), -(-height // reduction))
+    try:
+        pixels = simplejpeg.decode_jpeg(source, "RGB", min_width=size_wh[0], min_height=size_wh[1])
+    except ValueError:
         return None
-    return torch.from_numpy(pixels).permute(2, 0, 1)
+    if pixels.shape[:2] != (size_wh[1], size_wh[0]):  # another of libjpeg-turbo's scales than Pillow's
+        return None
+    return torch.from_numpy(pixels).permute(2, 0, 1), (width, height)
+
+
+def _draft_reduction(size_wh: tuple[int, int], requested_wh: tuple[int, int]) -> int:
+    """The reduction Pillow's JPEG ``draft`` picks: the largest of 8, 4, 2 and 1 that leaves at
+    least ``requested_wh``."""
+    fits = min(size_wh[0] // requested_wh[0], size_wh[1] // requested_wh[1])
+    return next(s for s in (8, 4, 2, 1) if fits >= s)
+
+
+def _plain_jpeg(data: bytes | bytearray | memoryview) -> bool:
+    """JPEG bytes with no APP1 block (EXIF or XMP, where an orientation would be) before the image data."""
+    data = memoryview(data)
+    if data[:3] != b"\xff\xd8\xff":
+        return False
+    at = 2
+    while at + 4 <= len(data) and data[at] == 0xFF:
+        marker = data[at + 1]
+        if marker == 0xFF:  # a fill byte
+            at += 1
+        elif marker == 0xDA:  # start of scan: the image data follows
+            return True
+        elif marker == 0xE1:
+            return False
+        else:
+            at += 2 + (data[at + 2] << 8 | data[at + 3])
+    return False
 
 
 # libjpeg's reduced decoding averages in the DCT domain, the letterbox resizes bicubically:

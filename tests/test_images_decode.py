@@ -23,8 +23,9 @@ import pytest
 import torch
 from PIL import Image
 
-from model.images import (ImageError, Letterbox, decode_image, decode_levels_to_fit, decode_to_fit, image_to_levels,
-                          image_to_tensor, levels_to_tensor, prepare_inputs, psnr, resize_bicubic, tensor_to_image)
+from model.images import (ImageError, ImageTooLarge, Letterbox, _turbo_levels_to_fit, decode_image,
+                          decode_levels_to_fit, decode_to_fit, image_to_levels, image_to_tensor, levels_to_tensor,
+                          prepare_inputs, psnr, resize_bicubic, tensor_to_image)
 from tests.fixtures.service.harness import REPO
 
 # Numeric: libjpeg's SIMD paths differ by instruction set; run again under AVX2 (Makefile).
@@ -164,29 +165,44 @@ def test_jpegs_decode_to_pillows_levels_through_simplejpeg(size_wh, variant):
     variant = dict(variant)
     picture = example("masked_model").resize(size_wh, Image.BICUBIC)
     data = _jpeg_variant(picture.convert("L") if variant.pop("grey", False) else picture, **variant)
+    assert _turbo_levels_to_fit(data, (192, 256), None) is not None  # (not Pillow's path after all)
     ours, ours_wh = decode_levels_to_fit(data, "masked_model", (192, 256))
     img, img_wh = decode_to_fit(data, "masked_model", (192, 256))
     assert ours_wh == img_wh == size_wh
     assert torch.equal(ours, image_to_levels(img))
 
 
-@pytest.mark.parametrize("kind", ["cmyk", "rotated", "truncated", "png"])
+@pytest.mark.parametrize("kind", ["cmyk", "rotated", "upright exif", "xmp turn", "truncated", "png"])
 def test_other_images_decode_through_pillow(kind):
-    """What simplejpeg is not given (CMYK, an EXIF turn, a PNG) or refuses (a truncated file)
-    decodes, or fails, exactly as through Pillow."""
+    """What simplejpeg is not given (CMYK, any EXIF or XMP block, which may turn the picture, a
+    PNG) or refuses (a truncated file) decodes, or fails, exactly as through Pillow."""
     picture = example("cloth").resize((384, 512), Image.BICUBIC)
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">' \
+          b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
     data = {"cmyk": lambda: _jpeg_variant(picture.convert("CMYK"), quality=90),
             "rotated": lambda: jpeg(picture, orientation=6),
+            "upright exif": lambda: jpeg(picture, orientation=1),
+            "xmp turn": lambda: _jpeg_variant(picture, quality=90, xmp=xmp),
             "truncated": lambda: jpeg(picture)[:8_000],
             "png": lambda: _png(picture)}[kind]()
+    assert _turbo_levels_to_fit(data, (192, 256), None) is None
     if kind == "truncated":
         with pytest.raises(ImageError, match="corrupt or truncated"):
             decode_levels_to_fit(data, "cloth", (192, 256))
         return
+    if kind == "xmp turn":
+        assert decode_to_fit(data, "cloth", (192, 256))[1] == (512, 384)  # Pillow turns it
     ours, ours_wh = decode_levels_to_fit(data, "cloth", (192, 256))
     img, img_wh = decode_to_fit(data, "cloth", (192, 256))
     assert ours_wh == img_wh
     assert torch.equal(ours, image_to_levels(img))
+
+
+def test_the_pixel_limit_holds_on_either_path():
+    data = _jpeg_variant(example("cloth").resize((768, 1024), Image.BICUBIC), quality=90)
+    for decode in (decode_levels_to_fit, decode_to_fit):
+        with pytest.raises(ImageTooLarge, match="768x1024"):
+            decode(data, "cloth", (192, 256), max_pixels=500_000)
 
 
 def _png(img: Image.Image) -> bytes:
