@@ -10,11 +10,11 @@ server CPU milliseconds per request (user + system time of the server's
 processes, from /proc, over the measured requests), the mean time per stage
 (the Server-Timing header), requests per second, and the batch sizes formed.
 
-    python -m bench.frontend --baseline ef5db43 --requests 300 --repeats 2 --wrk-bodies 1800 \
-        --out bench/results/frontend-cpu.json
+    python -m bench.frontend --baseline ef5db43 --baseline 9b66cf2 --requests 300 --repeats 3 --wrk-seconds 3 \
+        --wrk-bodies 3200 --out bench/results/frontend-cpu.json
 
-``--baseline REF`` measures that commit too, alternating with the work tree in the same
-run, served by this tree's stand-in (bench/frontend_server.py, copied into it).
+``--baseline REF`` (repeatable) measures that commit too, alternating with the work tree in
+the same run, served by this tree's stand-in (bench/frontend_server.py, copied into it).
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
+from importlib import metadata
 from pathlib import Path
 
 import httpx
@@ -41,6 +42,8 @@ from bench.cpu_model import cpu_model_name
 from bench.load import batch_histogram, batches_formed, wait_ready
 
 EXAMPLES = ROOT / "service" / "examples"
+PACKAGES = ("fastapi", "starlette", "uvicorn", "httptools", "uvloop", "python-multipart", "torch", "pillow",
+            "simplejpeg", "blake3")
 SIZES = {"192x256": (192, 256), "768x1024": (768, 1024)}  # W x H of the inputs sent
 JPEG_QUALITY = 90
 
@@ -167,7 +170,9 @@ def checkout(ref: str, folder: Path) -> Path:
     archive = subprocess.run(["git", "archive", ref], cwd=ROOT, check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
     shutil.copy(ROOT / "bench" / "frontend_server.py", folder / "bench" / "frontend_server.py")
-    # As it was served: it did not depend on httptools and uvloop, so uvicorn ran h11 and asyncio.
+    # As it was served: a commit that did not depend on httptools and uvloop ran on h11 and asyncio.
+    if "httptools" in (folder / "pyproject.toml").read_text():
+        return folder
     for module in ("httptools", "uvloop"):
         package = folder / "_hidden" / module
         package.mkdir(parents=True)
@@ -242,7 +247,8 @@ def main(argv=None) -> None:
     parser.add_argument("--sizes", default=",".join(SIZES), help="input sizes, WxH (192x256,768x1024)")
     parser.add_argument("--repeats", type=int, default=2, help="rounds over all configurations, alternating")
     parser.add_argument("--label", default="", help="what code was measured (e.g. baseline)")
-    parser.add_argument("--baseline", help="also measure this commit (git archive), alternating with the work tree")
+    parser.add_argument("--baseline", action="append", default=[],
+                        help="also measure this commit (git archive), alternating with the work tree; repeatable")
     parser.add_argument("--no-wrk", dest="wrk", action="store_false",
                         help="httpx only (by default wrk, where installed, also sends for --wrk-seconds)")
     parser.add_argument("--wrk-seconds", type=int, default=4)
@@ -254,20 +260,22 @@ def main(argv=None) -> None:
     report = {"label": args.label, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model_name(), "platform": platform.platform(),
                           "python": platform.python_version(), "pillow": Image.__version__,
+                          "packages": {name: metadata.version(name) for name in PACKAGES},
                           "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
               "results": []}
     with tempfile.TemporaryDirectory() as tmp:
         args.code = {"ours": ROOT}
-        if args.baseline:
-            args.code["baseline"] = checkout(args.baseline, Path(tmp) / "baseline")
-            report["baseline"] = subprocess.run(["git", "rev-parse", args.baseline], cwd=ROOT, text=True,
-                                                capture_output=True).stdout.strip()
+        report["baselines"] = {}
+        for ref in args.baseline:
+            args.code[f"baseline {ref}"] = checkout(ref, Path(tmp) / f"baseline-{ref}")
+            report["baselines"][ref] = subprocess.run(["git", "rev-parse", ref], cwd=ROOT, text=True,
+                                                      capture_output=True).stdout.strip()
         for _ in range(args.repeats):
             for size in args.sizes.split(","):
                 for code in args.code:
                     for workers in map(int, args.workers.split(",")):
-                        if code == "baseline" and workers > 1:
-                            continue  # one process is all the baseline has
+                        if workers > 1 and not (args.code[code] / "service" / "workers.py").exists():
+                            continue  # one process is all that commit has
                         report["results"].append(measure(code, workers, size, args, Path(tmp)))
                         print(json.dumps(report["results"][-1]), file=sys.stderr, flush=True)
     report["summary"] = summary(report["results"])
