@@ -123,10 +123,18 @@ def _open_to_fit(source: ImageSource, field: str, target_wh: tuple[int, int],
     width, height = img.size
     swapped = _orientation(img) in _QUARTER_TURNS
     full_wh = (height, width) if swapped else (width, height)
-    scale = min(target_wh[0] / full_wh[0], target_wh[1] / full_wh[1]) * REDUCED_DECODE_MARGIN
-    if scale < 1:  # only JPEG files implement draft; for every other source it changes nothing
-        img.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
+    reduced_wh = _reduced_decode_size((width, height), full_wh, target_wh)
+    if reduced_wh is not None:  # only JPEG files implement draft; for every other source it changes nothing
+        img.draft(None, reduced_wh)
     return img, full_wh
+
+
+def _reduced_decode_size(stored_wh: tuple[int, int], upright_wh: tuple[int, int],
+                         target_wh: tuple[int, int]) -> tuple[int, int] | None:
+    """The size (as stored) a JPEG may be decoded down to for a letterbox into ``target_wh``:
+    REDUCED_DECODE_MARGIN times the size it will be scaled to; None when it is not larger."""
+    scale = min(target_wh[0] / upright_wh[0], target_wh[1] / upright_wh[1]) * REDUCED_DECODE_MARGIN
+    return (math.ceil(stored_wh[0] * scale), math.ceil(stored_wh[1] * scale)) if scale < 1 else None
 
 
 def _turbo_levels_to_fit(source: ImageSource, target_wh: tuple[int, int],
@@ -142,12 +150,11 @@ def _turbo_levels_to_fit(source: ImageSource, target_wh: tuple[int, int],
         height, width, colorspace, _ = simplejpeg.decode_jpeg_header(source)
     except ValueError:
         return None
-    if colorspace not in ("YCbCr", "Gray", "RGB") or width < 1 or height < 1 \
-            or width * height > min(max_pixels or Image.MAX_IMAGE_PIXELS, Image.MAX_IMAGE_PIXELS):
+    pixel_limit = min(limit for limit in (max_pixels, Image.MAX_IMAGE_PIXELS, math.inf) if limit)
+    if colorspace not in ("YCbCr", "Gray", "RGB") or width < 1 or height < 1 or width * height > pixel_limit:
         return None  # and Pillow's refusals of too many pixels stay Pillow's
-    scale = min(target_wh[0] / width, target_wh[1] / height) * REDUCED_DECODE_MARGIN
-    reduction = _draft_reduction((width, height), (math.ceil(width * scale), math.ceil(height * scale))) \
-        if scale < 1 else 1
+    reduced_wh = _reduced_decode_size((width, height), (width, height), target_wh)
+    reduction = 1 if reduced_wh is None else _draft_reduction((width, height), reduced_wh)
     size_wh = (-(-width // reduction), -(-height // reduction))
     try:
         pixels = simplejpeg.decode_jpeg(source, "RGB", min_width=size_wh[0], min_height=size_wh[1])
