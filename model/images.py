@@ -246,7 +246,8 @@ def resize_levels(picture: Picture, size_wh: tuple[int, int]) -> torch.Tensor:
     Shrinking, it runs as torch's 8-bit kernel, vectorised where Pillow's is not: six times
     faster, and within one level of Pillow but for a few pixels in a thousand where the filter
     overshoots the 8-bit range (tests/test_images_decode.py). Growing stays with Pillow."""
-    if size_wh[0] > picture_size(picture)[0] or size_wh[1] > picture_size(picture)[1]:
+    width, height = picture_size(picture)
+    if size_wh[0] > width or size_wh[1] > height:
         image = picture if isinstance(picture, Image.Image) else tensor_to_image(picture)
         return image_to_levels(image.resize(size_wh, Image.BICUBIC))
     # interpolate(mode="bicubic", antialias=True) itself, into a pixel-order tensor: interpolate
@@ -388,14 +389,14 @@ def letterbox_person(masked_model: ImageSource, pose: ImageSource, *, size: tupl
     return frame.fit_levels(person, WHITE), boxed_skeleton, frame
 
 
-def assemble_inputs(masked_model: Image.Image | torch.Tensor, pose: Image.Image | torch.Tensor, frame: Letterbox,
-                    cloth: ImageSource, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> TryOnInputs:
+def assemble_inputs(masked_model: Picture, pose: Picture, frame: Letterbox, cloth: ImageSource, *,
+                    max_pixels: int | None = DEFAULT_MAX_PIXELS) -> TryOnInputs:
     """Model-size person images, as images or levels (and their frame), plus the garment -> levels."""
     garment, garment_wh = decode_levels_to_fit(cloth, "cloth", frame.target_size, background=WHITE,
                                                max_pixels=max_pixels)
     return TryOnInputs(
-        masked_model=masked_model if isinstance(masked_model, torch.Tensor) else image_to_levels(masked_model),
-        pose=pose if isinstance(pose, torch.Tensor) else image_to_levels(pose),
+        masked_model=picture_levels(masked_model),
+        pose=picture_levels(pose),
         cloth=Letterbox(garment_wh, frame.target_size).fit_levels(garment, WHITE),
         person_frame=frame,
     )

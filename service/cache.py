@@ -83,8 +83,8 @@ def model_identity(weights_sha256: str | None, precision: str, sampler: str, ima
 def response_key(identity: str, inputs: TryOnInputs, options: OutputOptions) -> str:
     """The cache key of one try-on answer (it hashes ~440 kB at 256x192)."""
     # BLAKE3: 3.4 times SHA-256 with SHA extensions here, and SIMD on every x86 (SHA-256 without
-    # them, as on many Xeons, is five times slower still); cryptographic, so no client can craft
-    # inputs that collide with another's.
+    # them, as on many Xeons, is several times slower again); cryptographic, so no client can
+    # craft inputs that collide with another's.
     digest = blake3()
     answer = options.model_dump()
     if options.size == "original":  # the answer is mapped back to the person's own frame
