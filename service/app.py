@@ -9,6 +9,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from .errors import install_error_handlers
 from .middleware import RequestContextMiddleware
 from .openapi import install_openapi
+from .remote import EngineLink
 from .routes import operations, tryon
 from .routes_batch import batch
 from .routes_page import page
@@ -31,10 +32,10 @@ async def lifespan(app: FastAPI):
 
 
 def create_app(settings: Settings | None = None, engine_factory: EngineFactory | None = None,
-               engine_socket: str | None = None) -> FastAPI:
-    """``engine_socket``: a front-end process of TRYON_WORKERS > 1, fed by the engine process there."""
+               engine_link: EngineLink | None = None) -> FastAPI:
+    """``engine_link``: a front-end process of TRYON_WORKERS > 1, fed by the engine process there."""
     settings = settings or Settings()
-    service = ServiceState(settings, engine_factory, engine_socket)
+    service = ServiceState(settings, engine_factory, engine_link)
     app = FastAPI(title="DAFlow virtual try-on", version="0.1.0", lifespan=lifespan,
                   description="POST a person (a masked model and pose map, or a photo, keypoints optional) and a "
                               "garment, or many garments; get the try-on images back.")

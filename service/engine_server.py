@@ -2,19 +2,25 @@
 Batcher, so the requests of every front-end process meet in the same queue and
 batches form across them; the model is loaded once, here.
 
-Each front-end process holds one connection (service/remote.py). A submitted job
+Each front-end process holds one connection (service/remote.py), and names in its
+hello the arena it shares with this process (service/arena.py). A submitted job
 is handed to ``Batcher.submit`` with the deadline rebuilt on this loop's clock;
 its outcome (a result, an ApiError or the queue's outcome, or a garments stream's chunks) goes back on
-the same connection. A front end that abandons a job, or goes away, abandons it
-here too, so the worker never runs work nobody will read.
+the same connection. A job submitted in a slot of the arena is read from there and
+its output written there, by this event loop only: once it has read the front end's
+abandon, it writes nothing more in that slot. A front end that abandons a job, or goes
+away, abandons it here too, so the worker never runs work nobody will read.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 
+import torch
+
 from model.images import TryOnInputs
 
+from .arena import Arena
 from .batcher import Batcher, GarmentsInputs, GarmentsStream
 from .errors import ApiError
 from .outcomes import DropReason, QueueError
@@ -24,9 +30,10 @@ log = logging.getLogger("service.engine_server")
 
 
 class EngineServer:
-    def __init__(self, batcher: Batcher, hello: dict):
+    def __init__(self, batcher: Batcher, hello: dict, arenas: list[Arena] = ()):
         self.batcher = batcher
         self.hello = hello  # the engine's description, sent to each front end as it connects
+        self.arenas = list(arenas)  # one per front-end process, which says which in its hello
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self, path: str) -> None:
@@ -38,13 +45,15 @@ class EngineServer:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         jobs: dict[int, tuple] = {}  # id -> (Job, the task answering it)
+        arena: Arena | None = None
         try:
             while True:
                 header, payload = await read_message(reader)
                 if header["op"] == "hello":
+                    arena = self.arenas[header["arena"]] if header.get("arena") is not None else None
                     writer.write(frame({"type": "hello", **self.hello}))
                 elif header["op"] == "submit":
-                    self._submit(header, payload, writer, jobs)
+                    self._submit(header, payload, arena, writer, jobs)
                 elif header["op"] == "abandon" and header["id"] in jobs:
                     job, task = jobs.pop(header["id"])
                     job.abandon(DropReason(header["reason"]))
@@ -57,9 +66,10 @@ class EngineServer:
                 task.cancel()
             writer.close()
 
-    def _submit(self, header: dict, payload: bytes, writer: asyncio.StreamWriter, jobs: dict) -> None:
-        job_id = header["id"]
-        pose, masked_model, cloth = unpack(header["shapes"], payload)
+    def _submit(self, header: dict, payload: bytes, arena: Arena | None, writer: asyncio.StreamWriter,
+                jobs: dict) -> None:
+        job_id, slot = header["id"], header.get("slot")
+        pose, masked_model, cloth = arena.inputs(slot) if slot is not None else unpack(header["shapes"], payload)
         inputs = (GarmentsInputs(pose, masked_model, cloth, header["chunk_size"]) if header["garments"]
                   else TryOnInputs(masked_model=masked_model, pose=pose, cloth=cloth, person_frame=None))
         deadline = asyncio.get_running_loop().time() + header["remaining_s"]
@@ -68,11 +78,13 @@ class EngineServer:
         except (ApiError, QueueError) as exc:
             writer.write(frame({"id": job_id, "type": "error", "error": error_fields(exc)}))
             return
-        task = asyncio.get_running_loop().create_task(self._answer(job_id, job, writer))
+        output = arena.output(slot) if slot is not None else None
+        task = asyncio.get_running_loop().create_task(self._answer(job_id, job, writer, output))
         jobs[job_id] = (job, task)
         task.add_done_callback(lambda _: jobs.pop(job_id, None))
 
-    async def _answer(self, job_id: int, job, writer: asyncio.StreamWriter) -> None:
+    async def _answer(self, job_id: int, job, writer: asyncio.StreamWriter, slot_output: torch.Tensor | None) -> None:
+        """``slot_output``: the job's output place in its arena slot, when it came in one."""
         depth = {"depth": self.batcher.depth}
         try:
             result = await job.future
@@ -80,9 +92,14 @@ class EngineServer:
             writer.write(frame({"id": job_id, "type": "error", "error": error_fields(exc), **depth}))
             return
         if not isinstance(result, GarmentsStream):
-            shapes, data = pack([result.output])
-            writer.write(frame({"id": job_id, "type": "result", "shapes": shapes, "queue_s": result.queue_s,
-                                "inference_s": result.inference_s, "batch_size": result.batch_size, **depth}, data))
+            answer = {"id": job_id, "type": "result", "queue_s": result.queue_s, "inference_s": result.inference_s,
+                      "batch_size": result.batch_size, **depth}
+            if slot_output is not None:
+                slot_output.copy_(result.output)
+                writer.write(frame(answer))
+            else:
+                shapes, data = pack([result.output])
+                writer.write(frame(answer | {"shapes": shapes}, data))
             return
         writer.write(frame({"id": job_id, "type": "stream", "garments": result.garments, "queue_s": result.queue_s,
                             **depth}))

@@ -16,11 +16,21 @@ from typing import Callable
 
 import torch
 
+from .arena import Arena
 from .batcher import GarmentsChunk, GarmentsInputs, GarmentsStream, JobResult
 from .errors import ApiError
 from .wire import error_from, frame, pack, read_message, unpack
 
 log = logging.getLogger("service.remote")
+
+
+@dataclass(frozen=True)
+class EngineLink:
+    """How a front-end process reaches the engine process: its socket, and the arena they share
+    (its number there, and this process's descriptor of it)."""
+    socket: str
+    arena_id: int | None = None
+    arena_fd: int | None = None
 
 
 @dataclass(frozen=True)
@@ -47,12 +57,16 @@ class RemoteJob:
     deadline: float  # on this process's event loop's clock
     future: asyncio.Future
     batcher: "RemoteBatcher"
+    slot: int | None = None  # of the batcher's arena, while the job holds one
     stream: GarmentsStream | None = None
     drop_reason: str | None = field(default=None)
 
     def abandon(self, reason: str) -> None:
         if self.drop_reason is None:
             self.batcher.send({"op": "abandon", "id": self.id, "reason": reason})
+            # Free now: the engine writes this slot's output before it reads the abandon, if at all,
+            # and the next job's output after; it may still read these inputs, for nobody.
+            self.batcher.release_slot(self)
         self.drop_reason = reason
         self.future.cancel()
 
@@ -63,9 +77,10 @@ class RemoteBatcher:
     device_failure: str | None = None
     rate = None
 
-    def __init__(self, on_lost: Callable[[], None] | None = None):
+    def __init__(self, on_lost: Callable[[], None] | None = None, arena: tuple[int, Arena] | None = None):
         self.depth = 0  # the engine's queue depth, as last reported
         self.on_lost = on_lost  # called when the engine process goes away while this one still serves
+        self.arena_id, self.arena = arena or (None, None)  # (the engine's number for it, the arena)
         self._stopping = False
         self._jobs: dict[int, RemoteJob] = {}
         self._ids = itertools.count()
@@ -75,7 +90,7 @@ class RemoteBatcher:
     async def connect(self, path: str) -> dict:
         """Connects to the engine process; its hello (engine info, weights, device)."""
         reader, self._writer = await asyncio.open_unix_connection(path, limit=2 ** 26)
-        self.send({"op": "hello"})
+        self.send({"op": "hello", "arena": self.arena_id})
         hello, _ = await read_message(reader)
         self._reading = asyncio.get_running_loop().create_task(self._read(reader), name="tryon-remote-batcher")
         return hello
@@ -90,12 +105,22 @@ class RemoteBatcher:
         if self._writer is None or self._writer.is_closing():
             raise ApiError(503, "not_ready", "the engine process is not reachable", headers={"Retry-After": "5"})
         garments = isinstance(inputs, GarmentsInputs)
-        shapes, data = pack([inputs.pose, inputs.masked_model, inputs.cloths if garments else inputs.cloth])
+        header = {"op": "submit", "id": job.id, "garments": garments, "remaining_s": deadline - loop.time(),
+                  "chunk_size": inputs.chunk_size if garments else None, "options": options}
+        if not garments and self.arena is not None:
+            job.slot = self.arena.put(inputs.pose, inputs.masked_model, inputs.cloth)
         self._jobs[job.id] = job
-        self.send({"op": "submit", "id": job.id, "garments": garments, "shapes": shapes,
-                   "chunk_size": inputs.chunk_size if garments else None,
-                   "remaining_s": deadline - loop.time(), "options": options}, data)
+        if job.slot is not None:
+            self.send(header | {"slot": job.slot})
+        else:
+            shapes, data = pack([inputs.pose, inputs.masked_model, inputs.cloths if garments else inputs.cloth])
+            self.send(header | {"shapes": shapes}, data)
         return job
+
+    def release_slot(self, job: RemoteJob) -> None:
+        if job.slot is not None:
+            self.arena.release(job.slot)
+            job.slot = None
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
@@ -113,6 +138,7 @@ class RemoteBatcher:
         finally:
             gone = ApiError(503, "shutting_down", "the server is shutting down", headers={"Retry-After": "1"})
             for job in self._jobs.values():
+                self.release_slot(job)
                 self._fail(job, gone)
             self._jobs.clear()
             if self._writer is not None:
@@ -125,9 +151,14 @@ class RemoteBatcher:
         if job.future.cancelled():
             return
         if kind == "error" or kind == "chunk_error":
+            self.release_slot(job)
             self._fail(job, error_from(header["error"]))
         elif kind == "result":
-            output, = unpack(header["shapes"], payload)
+            if "shapes" in header:
+                output, = unpack(header["shapes"], payload)
+            else:  # in the job's slot: a copy of its own, for the slot is free from here on
+                output = self.arena.output(job.slot).clone()
+            self.release_slot(job)
             job.future.set_result(JobResult(output, header["queue_s"], header["inference_s"], header["batch_size"]))
         elif kind == "stream":
             job.stream = GarmentsStream(job, header["garments"], header["queue_s"])

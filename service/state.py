@@ -16,11 +16,12 @@ from model.engine import Engine, EngineConfig, pick_device
 from model.person import warm as warm_detector
 
 from .admission import ServiceRate
+from .arena import Arena
 from .batcher import Batcher
 from .cache import ResponseCache, model_identity, open_cache
 from .fetch import UrlFetcher
 from .metrics import Metrics, ReportedElsewhere
-from .remote import RemoteBatcher, RemoteEngine
+from .remote import EngineLink, RemoteBatcher, RemoteEngine
 from .settings import Settings
 
 log = logging.getLogger("service")
@@ -37,11 +38,11 @@ EngineFactory = Callable[[EngineConfig], Engine]
 
 class ServiceState:
     def __init__(self, settings: Settings, engine_factory: EngineFactory | None = None,
-                 engine_socket: str | None = None):
+                 engine_link: EngineLink | None = None):
         self.settings = settings
         self.engine_factory = engine_factory or Engine  # a benchmark's stand-in replaces the model here
-        # A front-end process of TRYON_WORKERS > 1: the engine and its queue live behind this socket.
-        self.engine_socket = engine_socket
+        # A front-end process of TRYON_WORKERS > 1: the engine and its queue live behind this link.
+        self.engine_link = engine_link
         self.metrics = Metrics(settings.max_batch_size)
         self.engine: Engine | RemoteEngine | None = None
         self.batcher: Batcher | RemoteBatcher | None = None
@@ -82,7 +83,7 @@ class ServiceState:
         """Loads the engine once, warms every batch size it will run, then opens for traffic."""
         s = self.settings
         self._loop = asyncio.get_running_loop()
-        if self.engine_socket is not None:
+        if self.engine_link is not None:
             return await self._connect_engine()
         batch_sizes = s.batch_sizes_for(pick_device(s.device).type)
         config = EngineConfig(device=s.device, precision=s.precision, batch_sizes=batch_sizes,
@@ -119,8 +120,10 @@ class ServiceState:
 
     async def _connect_engine(self) -> None:
         """A front-end process: the engine process has loaded and warmed the model already."""
-        self.batcher = RemoteBatcher(on_lost=_engine_lost)
-        self.engine = RemoteEngine(await self.batcher.connect(self.engine_socket))
+        link = self.engine_link
+        arena = (link.arena_id, Arena(link.arena_fd, self.settings.image_hw)) if link.arena_fd is not None else None
+        self.batcher = RemoteBatcher(on_lost=_engine_lost, arena=arena)
+        self.engine = RemoteEngine(await self.batcher.connect(link.socket))
         self.metrics.queue_depth = ReportedElsewhere()  # the engine process's batcher sets it
         self.fetcher = UrlFetcher(self.settings)
         self.cache = self._open_cache()

@@ -1,8 +1,10 @@
 """What crosses the Unix socket between front-end processes and the engine process.
 
-A message is a JSON header and a binary payload, each length-prefixed. Images
-cross as the uint8 levels they are on both sides (model.images: the service
-queues levels, the engine gives levels back), in pixel order, as decoded.
+A message is a JSON header and a binary payload, each length-prefixed. A try-on's
+images cross in a slot of the memory the two processes share (service/arena.py),
+which the message names; others (a garments request's, or when no slot is free)
+cross in the payload, as the uint8 levels they are on both sides (model.images: the
+service queues levels, the engine gives levels back), in pixel order, as decoded.
 Errors cross as the fields of an ApiError; deadlines as remaining seconds,
 since each process's event loop has its own clock.
 """

@@ -9,7 +9,8 @@ socket went to whichever process woke first, and its event loop accepted every
 waiting connection at once, so one front end could hold all of a load
 balancer's keep-alive connections). Each runs the whole HTTP app (parsing,
 fetching, decoding, encoding) and queues its work through a RemoteBatcher, so
-batches still form from every request in one place.
+batches still form from every request in one place; the images of a try-on cross in an
+arena of memory the two processes share (service/arena.py), not through the socket.
 
 SIGTERM (or SIGINT) to the engine process: it reports draining, passes the
 signal to every front end, which drains as a single process does (readiness
@@ -40,8 +41,10 @@ from prometheus_client import multiprocess
 
 from .__main__ import STARTUP_FAILURE, serve
 from .app import create_app
+from .arena import Arena
 from .engine_server import EngineServer
 from .logs import configure_logging
+from .remote import EngineLink
 from .settings import Settings
 from .state import EngineFactory, ServiceState
 
@@ -93,10 +96,12 @@ def _listen(settings: Settings, count: int) -> list[socket.socket]:
     return sockets
 
 
-def _start_front_end(settings: Settings, listener: socket.socket, engine_socket: str) -> subprocess.Popen:
+def _start_front_end(settings: Settings, listener: socket.socket, engine_socket: str, arena_id: int,
+                     arena: Arena) -> subprocess.Popen:
     process = subprocess.Popen([sys.executable, "-m", "service.workers", "--fd", str(listener.fileno()),
-                                "--engine-socket", engine_socket], pass_fds=[listener.fileno()],
-                               stdin=subprocess.PIPE)
+                                "--engine-socket", engine_socket, "--arena-id", str(arena_id),
+                                "--arena-fd", str(arena.fd)],
+                               pass_fds=[listener.fileno(), arena.fd], stdin=subprocess.PIPE)
     # The settings as this process resolved them (flags included) go through a pipe, not the
     # command line, where API keys would show in a process list.
     process.stdin.write(settings.model_dump_json().encode())
@@ -115,14 +120,18 @@ async def _supervise(settings: Settings, engine_factory: EngineFactory | None) -
     try:
         try:
             await state.start()
-            engine_server = EngineServer(state.batcher, state.hello)
+            # A slot for every job the queue admits and the engine runs at once; more (a front end's
+            # jobs in transit) cross through the socket.
+            arenas = [Arena.create(settings.queue_limit + settings.max_batch_size, settings.image_hw)
+                      for _ in range(settings.workers)]
+            engine_server = EngineServer(state.batcher, state.hello, arenas)
             await engine_server.start(os.path.join(folder, "engine.sock"))
             listeners = _listen(settings, settings.workers)
         except Exception:
             log.exception("startup failed")
             return STARTUP_FAILURE
-        front_ends = [_start_front_end(settings, listeners[i % len(listeners)], os.path.join(folder, "engine.sock"))
-                      for i in range(settings.workers)]
+        front_ends = [_start_front_end(settings, listeners[i % len(listeners)], os.path.join(folder, "engine.sock"),
+                                       i, arenas[i]) for i in range(settings.workers)]
         for listener in listeners:
             listener.close()  # the front ends hold them now
         log.info("engine process serving %d front-end processes", len(front_ends),
@@ -160,11 +169,14 @@ def front_end_main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="service.workers")
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--engine-socket", required=True)
+    parser.add_argument("--arena-id", type=int, required=True)
+    parser.add_argument("--arena-fd", type=int, required=True)
     args = parser.parse_args(argv)
     settings = Settings(**json.loads(sys.stdin.read()))
     configure_logging(settings.log_level)
     torch.set_num_threads(1)  # no model here: small tensor work only, no thread pool to spin
-    serve(create_app(settings, engine_socket=args.engine_socket), settings, sockets=[socket.socket(fileno=args.fd)])
+    link = EngineLink(args.engine_socket, args.arena_id, args.arena_fd)
+    serve(create_app(settings, engine_link=link), settings, sockets=[socket.socket(fileno=args.fd)])
 
 
 if __name__ == "__main__":

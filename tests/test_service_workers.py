@@ -18,6 +18,7 @@ from bench.frontend import process_tree
 from bench.frontend_server import StandInEngine
 from model.engine import EngineConfig
 from model.images import TryOnInputs
+from service.arena import Arena
 from service.batcher import Batcher, GarmentsInputs, GarmentsStream
 from service.engine_server import EngineServer
 from service.errors import ApiError
@@ -113,6 +114,56 @@ def test_one_batch_from_two_front_ends(tmp_path):
     refused = [o for o in outcomes if isinstance(o, ApiError)]
     assert len(refused) == 1 and refused[0].status == 503 and refused[0].code == "queue_full"
     assert refused[0].headers.get("Retry-After") == "1"
+
+
+def test_try_ons_cross_in_shared_slots_which_every_outcome_frees(tmp_path):
+    """A try-on's images go through the front end's arena, not the socket; a slot comes back
+    with the answer, the refusal or the abandon, and a job finding none free crosses in its message."""
+    async def scenario():
+        engine = StandInEngine(EngineConfig(device="cpu", batch_sizes=(1, 2), image_size=(8, 8)))
+        batcher = Batcher(engine, max_batch_size=2, max_wait_s=0.3, queue_limit=3, metrics=Metrics(2))
+        batcher.start()
+        arena = Arena.create(2, (8, 8))
+        server = EngineServer(batcher, {"info": engine.info, "device": "cpu",
+                                        "weights": {"name": "x", "random": False, "sha256": None}},
+                              [Arena.create(0, (8, 8)), Arena(arena.fd, (8, 8))])  # this front end's is the second
+        path = str(tmp_path / "engine.sock")
+        await server.start(path)
+        front = RemoteBatcher(arena=(1, arena))
+        await front.connect(path)
+        loop = asyncio.get_running_loop()
+        inputs = [TryOnInputs(levels_tensor(3 * i), levels_tensor(3 * i + 1), levels_tensor(3 * i + 2), None)
+                  for i in range(4)]
+        jobs = [front.submit(x, loop.time() + 10) for x in inputs[:3]]  # two slots: the third goes inline
+        slots = [job.slot for job in jobs]
+        free_while_queued = arena.free
+        outcomes = await asyncio.gather(*(job.future for job in jobs), front.submit(inputs[3], loop.time() + 10).future,
+                                        return_exceptions=True)  # the fourth: over the queue limit
+        free_when_answered = arena.free
+        late = front.submit(inputs[0], loop.time() - 1)  # in a slot, and refused: its deadline has passed
+        late_slot = late.slot
+        outcomes.append(await asyncio.gather(late.future, return_exceptions=True))
+        free_when_refused = arena.free
+
+        abandoned = front.submit(inputs[0], loop.time() + 10)
+        abandoned.abandon("client_gone")
+        free_when_abandoned = arena.free
+        after = front.submit(inputs[1], loop.time() + 10)
+        result_after = await after.future
+        await front.stop()
+        await server.stop()
+        await batcher.stop()
+        return (inputs, slots, free_while_queued, outcomes, late_slot, (free_when_answered, free_when_refused,
+                free_when_abandoned), result_after)
+
+    inputs, slots, free_while_queued, outcomes, late_slot, free, after = asyncio.run(scenario())
+    assert slots == [0, 1, None] and free_while_queued == 0
+    for x, outcome in zip(inputs, outcomes[:3]):
+        assert torch.equal(outcome.output, x.cloth)  # through a slot or the message: the same answer
+    assert isinstance(outcomes[3], ApiError) and outcomes[3].code == "queue_full"
+    assert late_slot is not None and outcomes[4][0].status == 503  # overloaded: it could not finish in time
+    assert free == (2, 2, 2)
+    assert torch.equal(after.output, inputs[1].cloth)  # a slot freed by an abandon serves the next job intact
 
 
 def test_sigterm_drains_through_both_front_ends(tmp_path, standin_weights_file):
