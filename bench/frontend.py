@@ -24,6 +24,7 @@ import io
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import subprocess
@@ -139,15 +140,19 @@ def drive_wrk(url: str, inputs: list[dict[str, bytes]], clients: int, seconds: i
         built = httpx.Request("POST", url, headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
                               files=multipart_files(request))
         (folder / f"{i}.body").write_bytes(built.read())
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     run = subprocess.run(["wrk", "-t1", f"-c{clients}", f"-d{seconds}s", "--timeout", "60s", "-s", str(WRK_SCRIPT),
                           url, "--", str(folder), str(len(inputs)), BOUNDARY],
                          capture_output=True, text=True, check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     shutil.rmtree(folder)
     report = json.loads(run.stdout.strip().splitlines()[-1])
     elapsed, ok = report["duration_us"] / 1e6, report["requests"] - report["non_2xx"]
     return {"elapsed_s": round(elapsed, 3), "requests": report["requests"], "non_2xx": report["non_2xx"],
             "socket_errors": report["socket_errors"], "reused": max(0, report["requests"] - len(inputs)),
-            "requests_per_s": round(ok / elapsed, 1)}
+            "requests_per_s": round(ok / elapsed, 1),
+            "client_cpu_ms_per_request": round((after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+                                               * 1000 / max(report["requests"], 1), 3)}
 
 
 def start_server(code: Path, port: int, workers: int, tmp: Path) -> subprocess.Popen:
@@ -200,6 +205,9 @@ def measure(code: str, workers: int, size: str, args, tmp: Path) -> dict:
                                tmp / "bodies")
             by_wrk["server_cpu_ms_per_request"] = round((cpu_seconds(pids) - before) * 1000 /
                                                         max(by_wrk["requests"] - by_wrk["non_2xx"], 1), 3)
+            # Server and client together: how many of the machine's cores the run kept busy.
+            by_wrk["cores_busy"] = round((by_wrk["server_cpu_ms_per_request"] + by_wrk["client_cpu_ms_per_request"])
+                                         * by_wrk["requests_per_s"] / 1000, 2)
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(60)
@@ -229,6 +237,9 @@ def summary(results: list[dict]) -> dict:
         if all("wrk" in r for r in rs):
             row |= {"wrk_cpu_ms_per_request": median([r["wrk"]["server_cpu_ms_per_request"] for r in rs]),
                     "wrk_requests_per_s": median([r["wrk"]["requests_per_s"] for r in rs])}
+            if all("client_cpu_ms_per_request" in r["wrk"] for r in rs):
+                row["wrk_client_cpu_ms_per_request"] = median([r["wrk"]["client_cpu_ms_per_request"] for r in rs])
+                row["wrk_cores_busy"] = median([r["wrk"]["cores_busy"] for r in rs])
         table[f"{code} {size} workers={w}"] = row
     for code, size in {(code, size) for code, size, _ in by}:
         one, two = table.get(f"{code} {size} workers=1"), table.get(f"{code} {size} workers=2")
