@@ -42,6 +42,7 @@ from service.engine_server import EngineServer
 from service.remote import RemoteBatcher
 from service.settings import Settings
 from service.state import ServiceState
+from service.workers import event_loop_factory
 
 SETTINGS = Settings(device="cpu", queue_limit=256)  # the queue never refuses the driver's load
 
@@ -113,7 +114,8 @@ def main(argv=None) -> None:
     parser.add_argument("--serve", nargs=2, metavar=("SOCKET", "ARENA_FD"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        return asyncio.run(serve_engine(args.serve[0], int(args.serve[1])))
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:  # the engine process's own loop
+            return runner.run(serve_engine(args.serve[0], int(args.serve[1])))
 
     arena = Arena.create(256, SETTINGS.image_hw)
     report = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

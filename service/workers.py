@@ -63,14 +63,14 @@ def serve_with_workers(settings: Settings, engine_factory: EngineFactory | None 
     for stale in Path(os.environ[METRICS_DIR]).glob("*.db"):  # a previous run's values
         stale.unlink()
     try:
-        with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
             return runner.run(_supervise(settings, engine_factory))
     finally:
         if os.environ.get(_OWNED_METRICS_DIR) == os.environ[METRICS_DIR]:
             shutil.rmtree(os.environ[METRICS_DIR], ignore_errors=True)
 
 
-def _event_loop_factory():
+def event_loop_factory():
     """uvloop's loop where it is installed, as uvicorn picks for the front ends: the engine
     process reads every request's images off its socket, which took asyncio's own loop about
     twice the CPU (0.6 against 1.1 ms per request with 768x1024 inputs, bench/frontend.py)."""
