@@ -101,7 +101,7 @@ def summary(results: list[dict]) -> dict:
     for r in results:
         table.setdefault(f"{r['images_cross']} in_flight={r['in_flight']}", []).append(r["engine_cpu_ms_per_request"])
     return {key: {"engine_cpu_ms_per_request_median": sorted(v)[len(v) // 2],
-                  "one_engine_process_at_most_req_s": round(1000 / sorted(v)[len(v) // 2])}
+                  "requests_per_s_per_engine_core": round(1000 / sorted(v)[len(v) // 2])}
             for key, v in table.items()}
 
 

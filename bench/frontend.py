@@ -10,7 +10,7 @@ server CPU milliseconds per request (user + system time of the server's
 processes, from /proc, over the measured requests), the mean time per stage
 (the Server-Timing header), requests per second, and the batch sizes formed.
 
-    python -m bench.frontend --baseline ef5db43 --baseline 9b66cf2 --requests 300 --repeats 3 --wrk-seconds 3 \
+    python -m bench.frontend --baseline ef5db43 --baseline dfa3cbe --requests 300 --repeats 3 --wrk-seconds 3 \
         --wrk-bodies 3200 --out bench/results/frontend-cpu.json
 
 ``--baseline REF`` (repeatable) measures that commit too, alternating with the work tree in
