@@ -546,9 +546,10 @@ class Batcher:
             job.fail(error)
 
     def _report_depth(self) -> None:
-        self.metrics.queue_depth.set(self.depth)
-        for priority in Priority:
-            self.metrics.pending.labels(priority.value).set(self.depth_of(priority))
+        depths = [(priority, self.depth_of(priority)) for priority in Priority]
+        self.metrics.queue_depth.set(sum(n for _, n in depths))
+        for priority, n in depths:
+            self.metrics.pending.labels(priority.value).set(n)
 
     def _count_split(self, n: int) -> None:
         log.warning("device out of memory on a batch of %d: splitting it and retrying", n)
