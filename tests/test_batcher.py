@@ -202,14 +202,18 @@ def test_batches_take_interactive_work_first_and_fill_with_bulk():
         jobs = [batcher.submit(single(tag), deadline(), priority)
                 for tag, priority in [(1, "bulk"), (2, "bulk"), (3, "interactive"), (4, "bulk"), (5, "interactive"),
                                       (6, "interactive"), (7, "interactive")]]
+        registry = batcher.metrics.registry
+        gauges = [registry.get_sample_value("tryon_queue_depth")] + [
+            registry.get_sample_value("tryon_queue_pending", {"priority": p}) for p in ("interactive", "bulk")]
         gate.set()
         await asyncio.gather(blocker.future, *(j.future for j in jobs))
         await batcher.stop()
-        return engine.calls
+        return engine.calls, gauges
 
-    calls = asyncio.run(scenario())
+    calls, gauges = asyncio.run(scenario())
     # Interactive 3, 5, 6 first; then interactive 7 filled with the oldest bulk; then the rest of bulk.
     assert calls == [[0], [3, 5, 6], [7, 1, 2], [4]]
+    assert gauges == [7, 4, 3]  # waiting while the engine held the first: in all, and by priority
 
 
 def test_a_garments_job_yields_to_waiting_requests_between_its_chunks():
