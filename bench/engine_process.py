@@ -21,20 +21,16 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from importlib import metadata
 from pathlib import Path
 
 import torch
 
-from bench.common import write_report
-from bench.cpu_model import cpu_model_name
-from bench.frontend import cpu_seconds
+from bench.frontend import cpu_seconds, finish, machine, median
 from bench.frontend_server import StandInEngine
 from model.images import TryOnInputs
 from service.arena import Arena
@@ -100,8 +96,7 @@ def summary(results: list[dict]) -> dict:
     table: dict[str, dict] = {}
     for r in results:
         table.setdefault(f"{r['images_cross']} in_flight={r['in_flight']}", []).append(r["engine_cpu_ms_per_request"])
-    return {key: {"engine_cpu_ms_per_request_median": sorted(v)[len(v) // 2],
-                  "requests_per_s_per_engine_core": round(1000 / sorted(v)[len(v) // 2])}
+    return {key: {"engine_cpu_ms_per_request_median": median(v), "requests_per_s_per_engine_core": round(1000 / median(v))}
             for key, v in table.items()}
 
 
@@ -119,9 +114,7 @@ def main(argv=None) -> None:
 
     arena = Arena.create(256, SETTINGS.image_hw)
     report = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model_name(), "platform": platform.platform(),
-                          "python": platform.python_version(),
-                          "packages": {name: metadata.version(name) for name in ("torch", "uvloop")}},
+              "machine": machine(("torch", "uvloop")),
               "settings": {"max_batch_size": SETTINGS.max_batch_size, "max_batch_wait_ms": SETTINGS.max_batch_wait_ms,
                            "image_size": SETTINGS.image_size},
               "results": []}
@@ -144,11 +137,7 @@ def main(argv=None) -> None:
         finally:
             engine.kill()
             engine.wait()
-    report["summary"] = summary(report["results"])
-    report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    if args.out:
-        write_report(report, args.out)
-    print(json.dumps(report["summary"], indent=2))
+    finish(report, summary(report["results"]), args.out)
 
 
 if __name__ == "__main__":

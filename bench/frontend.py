@@ -220,16 +220,34 @@ def measure(code: str, workers: int, size: str, args, tmp: Path) -> dict:
             "loadavg_1min_after": round(os.getloadavg()[0], 2)}
 
 
+def median(values):
+    """The middle value (of an even count, the upper one: a value that was measured)."""
+    values = sorted(values)
+    return values[len(values) // 2]
+
+
+def machine(packages: tuple[str, ...]) -> dict:
+    """What a report says of where it ran."""
+    return {"cpus": os.cpu_count(), "cpu_model": cpu_model_name(), "platform": platform.platform(),
+            "python": platform.python_version(), "packages": {name: metadata.version(name) for name in packages},
+            "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
+
+
+def finish(report: dict, summary: dict, out: Path | None) -> None:
+    """Adds the summary and the end time, writes the raw JSON to ``out`` and prints the summary."""
+    report["summary"] = summary
+    report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if out:
+        write_report(report, out)
+    print(json.dumps(summary, indent=2))
+
+
 def summary(results: list[dict]) -> dict:
     """Per (inputs, workers): the median CPU per request and req/s over the repeats; the
     ratio of req/s of 2 front-end processes to 1."""
     by = defaultdict(list)
     for r in results:
         by[(r["code"], r["inputs"], r["workers"])].append(r)
-
-    def median(values):
-        values = sorted(values)
-        return values[len(values) // 2]
     table = {}
     for (code, size, w), rs in sorted(by.items()):
         row = {"cpu_ms_per_request": median([r["server_cpu_ms_per_request"] for r in rs]),
@@ -269,11 +287,7 @@ def main(argv=None) -> None:
     args.wrk = args.wrk and shutil.which("wrk") is not None
 
     report = {"label": args.label, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model_name(), "platform": platform.platform(),
-                          "python": platform.python_version(), "pillow": Image.__version__,
-                          "packages": {name: metadata.version(name) for name in PACKAGES},
-                          "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
-              "results": []}
+              "machine": machine(PACKAGES) | {"pillow": Image.__version__}, "results": []}
     with tempfile.TemporaryDirectory() as tmp:
         args.code = {"ours": ROOT}
         report["baselines"] = {}
@@ -289,11 +303,7 @@ def main(argv=None) -> None:
                             continue  # one process is all that commit has
                         report["results"].append(measure(code, workers, size, args, Path(tmp)))
                         print(json.dumps(report["results"][-1]), file=sys.stderr, flush=True)
-    report["summary"] = summary(report["results"])
-    report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    if args.out:
-        write_report(report, args.out)
-    print(json.dumps(report["summary"], indent=2))
+    finish(report, summary(report["results"]), args.out)
 
 
 if __name__ == "__main__":
