@@ -25,6 +25,10 @@ import torch
 _IMAGES = 4  # pose, masked model, cloth, output
 
 
+def _slot_bytes(image_hw: tuple[int, int]) -> int:
+    return _IMAGES * image_hw[0] * image_hw[1] * 3
+
+
 class Arena:
     def __init__(self, fd: int, image_hw: tuple[int, int]):
         """Maps the arena file ``fd`` (its size gives the number of slots) for images of ``image_hw``."""
@@ -32,10 +36,10 @@ class Arena:
         self.fd = fd
         self.image_shape = torch.Size((3, height, width))
         size = os.fstat(fd).st_size
-        self.slots = size // (_IMAGES * height * width * 3)
+        self.slots = size // _slot_bytes(image_hw)
         memory = (torch.frombuffer(mmap.mmap(fd, size), dtype=torch.uint8) if self.slots
                   else torch.empty(0, dtype=torch.uint8))
-        images = memory[:self.slots * _IMAGES * height * width * 3].view(self.slots, _IMAGES, height, width, 3)
+        images = memory[:self.slots * _slot_bytes(image_hw)].view(self.slots, _IMAGES, height, width, 3)
         self._views = [tuple(slot.permute(0, 3, 1, 2).unbind(0)) for slot in images]  # once, not per request
         # Taken from the end: the slot freed last goes first, so the pages in use stay the same few.
         self._free = list(range(self.slots))[::-1]
@@ -48,7 +52,7 @@ class Arena:
         else:  # an unlinked file: the same, where the system cannot make one in memory alone
             fd, path = tempfile.mkstemp(prefix="tryon-arena-")
             os.unlink(path)
-        os.ftruncate(fd, slots * _IMAGES * image_hw[0] * image_hw[1] * 3)
+        os.ftruncate(fd, slots * _slot_bytes(image_hw))
         return cls(fd, image_hw)
 
     @property

@@ -74,13 +74,18 @@ def levels_tensor(seed: int, n: int | None = None) -> torch.Tensor:
     return torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
 
 
+def engine_server(batcher: Batcher, engine: StandInEngine, arenas: list[Arena] = ()) -> EngineServer:
+    """The engine process's side, in this process, with the hello it sends each front end."""
+    return EngineServer(batcher, {"info": engine.info, "device": "cpu",
+                                  "weights": {"name": "x", "random": False, "sha256": None}}, arenas)
+
+
 def test_one_batch_from_two_front_ends(tmp_path):
     async def scenario():
         engine = StandInEngine(EngineConfig(device="cpu", batch_sizes=(1, 2, 3, 4), image_size=(8, 8)))
         batcher = Batcher(engine, max_batch_size=4, max_wait_s=0.5, queue_limit=3, metrics=Metrics(4))
         batcher.start()
-        server = EngineServer(batcher, {"info": engine.info, "device": "cpu",
-                                        "weights": {"name": "x", "random": False, "sha256": None}})
+        server = engine_server(batcher, engine)
         path = str(tmp_path / "engine.sock")
         await server.start(path)
         fronts = [RemoteBatcher(), RemoteBatcher()]
@@ -124,9 +129,7 @@ def test_try_ons_cross_in_shared_slots_which_every_outcome_frees(tmp_path):
         batcher = Batcher(engine, max_batch_size=2, max_wait_s=0.3, queue_limit=3, metrics=Metrics(2))
         batcher.start()
         arena = Arena.create(2, (8, 8))
-        server = EngineServer(batcher, {"info": engine.info, "device": "cpu",
-                                        "weights": {"name": "x", "random": False, "sha256": None}},
-                              [Arena.create(0, (8, 8)), Arena(arena.fd, (8, 8))])  # this front end's is the second
+        server = engine_server(batcher, engine, [Arena.create(0, (8, 8)), Arena(arena.fd, (8, 8))])  # ours: the second
         path = str(tmp_path / "engine.sock")
         await server.start(path)
         front = RemoteBatcher(arena=(1, arena))
