@@ -2,11 +2,11 @@
 
 Every request of every front end passes through the one engine process: its CPU per
 request bounds what one GPU box can serve, however many front ends feed it. This starts
-that process as served (service/engine_server.py, the one Batcher) with the model replaced
+that process as served (service/processes/engine_server.py, the one Batcher) with the model replaced
 by bench.frontend_server's stand-in, and drives it straight over its Unix socket from this
-process, as a front end would (service/remote.py), with ``--in-flight`` try-ons (256x192
+process, as a front end would (service/processes/remote.py), with ``--in-flight`` try-ons (256x192
 levels) outstanding at once. Each round measures both ways a try-on's images can cross:
-in a slot of the shared arena (service/arena.py) and inside the socket messages (as a
+in a slot of the shared arena (service/processes/arena.py) and inside the socket messages (as a
 garments request's do, or a try-on's when no slot is free), alternating.
 
 Reports the engine process's CPU milliseconds per request (user + system, from /proc)
@@ -31,23 +31,24 @@ from pathlib import Path
 import torch
 
 from bench.frontend import cpu_seconds, finish, machine, median
-from bench.frontend_server import StandInEngine
 from model.images import TryOnInputs
-from service.arena import Arena
-from service.engine_server import EngineServer
-from service.remote import RemoteBatcher
+from service.metrics import Metrics
+from service.processes.arena import Arena
+from service.processes.engine_server import EngineServer
+from service.processes.remote import RemoteBatcher
+from service.processes.supervisor import event_loop_factory
+from service.queue.host import EngineHost
 from service.settings import Settings
-from service.state import ServiceState
-from service.workers import event_loop_factory
+from tests.fixtures.standin_engine import StandInEngine
 
 SETTINGS = Settings(device="cpu", queue_limit=256)  # the queue never refuses the driver's load
 
 
 async def serve_engine(socket_path: str, arena_fd: int) -> None:
-    """The engine process, as tryon-serve runs it for its front ends (service/workers.py)."""
-    state = ServiceState(SETTINGS, StandInEngine)
-    await state.start()
-    server = EngineServer(state.batcher, state.hello, [Arena(arena_fd, SETTINGS.image_hw)])
+    """The engine process, as tryon-serve runs it for its front ends (service/processes/supervisor.py)."""
+    host = EngineHost(SETTINGS, Metrics(SETTINGS.max_batch_size), StandInEngine)
+    await host.start()
+    server = EngineServer(host.batcher, host.hello, [Arena(arena_fd, SETTINGS.image_hw)])
     await server.start(socket_path)
     print("serving", flush=True)
     await asyncio.Event().wait()

@@ -174,7 +174,8 @@ def checkout(ref: str, folder: Path) -> Path:
     folder.mkdir()
     archive = subprocess.run(["git", "archive", ref], cwd=ROOT, check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
-    shutil.copy(ROOT / "bench" / "frontend_server.py", folder / "bench" / "frontend_server.py")
+    for stand_in in ("bench/frontend_server.py", "tests/fixtures/standin_engine.py"):
+        shutil.copy(ROOT / stand_in, folder / stand_in)
     # As it was served: a commit that did not depend on httptools and uvloop ran on h11 and asyncio.
     if "httptools" in (folder / "pyproject.toml").read_text():
         return folder

@@ -32,7 +32,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import ROOT, standin_weights_file, write_report
-from service.probe import ServerExited, wait_until_ok
+from tests.fixtures.service.probe import ServerExited, wait_until_ok
 
 EXAMPLES = ROOT / "service" / "examples"
 

@@ -1,9 +1,17 @@
 """The try-on HTTP service: FastAPI in front of model.engine (no layer names here).
 
-Data flows request -> inputs (bytes from uploads, URLs or base64; decoded and
-letterboxed off the event loop) -> batcher (one bounded queue, one worker per
-device) -> engine -> encoder -> streamed response.
-"""
-from .app import create_app
+Data flows one way: request -> inputs -> queue -> engine -> encoder -> response.
+The service is three rooms, each importing only the ones below it
+(docs/architecture.md draws them):
 
-__all__ = ["create_app"]
+- ``api/``: the HTTP edge: the app, middleware, errors, OpenAPI, dependencies, one
+  module per router, parsing of inputs, fetching of URLs, the response cache.
+- ``processes/``: TRYON_WORKERS > 1: the supervisor that starts front ends, the
+  engine server, the remote batcher, the wire format, the shared-memory arena.
+- ``queue/``: jobs, batch forming and priorities, admission, splitting on
+  out-of-memory, outcomes; the engine host that loads and warms the model.
+
+Beside them, the foundation every room may import: ``settings``, ``limits``,
+``metrics``, ``logs``. ``__main__`` (tryon-serve) is the one module that
+imports ``api`` and ``processes`` both.
+"""

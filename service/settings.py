@@ -22,20 +22,20 @@ CPU_GARMENT_CHUNK = 1
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TRYON_", extra="ignore")
 
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    device: str = "auto"
+    host: str = Field("127.0.0.1", description="interface to bind")
+    port: int = Field(8000, ge=0, le=65535, description="port to listen on (0: any free one)")
+    device: str = Field("auto", description="auto (CUDA if present, else CPU), cpu, cuda, cuda:1")
     # auto: fp16 convolutions on a GPU (>= 40 dB PSNR against fp32, flows and softmax fp32), fp32 on a CPU.
     precision: Literal["auto", "fp32", "tf32", "bf16", "fp16"] = "auto"
-    sampler: Literal["auto", "triton", "numba", "torch"] = "auto"
-    weights: str | None = None
-    image_size: str = "256x192"
+    sampler: Literal["auto", "triton", "numba", "torch"] = Field("auto", description="deformable sampling implementation")
+    weights: str | None = Field(None, description="checkpoint path; unset: the first known file in weights/")
+    image_size: str = Field("256x192", description="model input size, HxW")
     # Front-end processes (HTTP, fetching, decoding, encoding) feeding the one engine process;
     # 1: everything in one process.
-    workers: int = Field(1, ge=1)
-    max_batch_size: int = Field(8, ge=1)
-    max_batch_wait_ms: float = Field(5, ge=0)
-    queue_limit: int = Field(64, ge=1)
+    workers: int = Field(1, ge=1, description="front-end processes feeding the one engine process")
+    max_batch_size: int = Field(8, ge=1, description="most requests per engine batch")
+    max_batch_wait_ms: float = Field(5, ge=0, description="longest wait for a batch to fill")
+    queue_limit: int = Field(64, ge=1, description="requests waiting for the model; beyond it 503")
     max_garments: int = Field(8, ge=1)
     # Garments per engine call in /v1/tryon/batch (each chunk's results are streamed as it is done);
     # 0 = auto (garment_chunk_for).
@@ -53,8 +53,8 @@ class Settings(BaseSettings):
     cors_origins: CommaList = []
     # GET / serves the try-on page (service/static/); turn it off where only the API should answer.
     demo_page: bool = True
-    log_level: str = "info"
-    # The response cache (service/cache.py): an in-process LRU of this many bytes (0: off), or
+    log_level: str = Field("info", description="critical, error, warning, info or debug")
+    # The response cache (service/api/cache.py): an in-process LRU of this many bytes (0: off), or
     # with cache_url (redis://host:6379/0) Redis, shared by every replica, entries kept cache_ttl_s.
     cache_bytes: int = Field(67_108_864, ge=0)
     cache_url: str | None = None

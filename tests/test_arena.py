@@ -1,9 +1,9 @@
-"""service/arena.py: the slots a front-end process and the engine process share."""
+"""service/processes/arena.py: the slots a front-end process and the engine process share."""
 from __future__ import annotations
 
 import torch
 
-from service.arena import Arena
+from service.processes.arena import Arena
 
 HW = (4, 3)
 

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "docker"))
 
 import render_nginx  # noqa: E402
 
-from service.probe import ServerExited, wait_until_ok  # noqa: E402
+from tests.fixtures.service.probe import ServerExited, wait_until_ok  # noqa: E402
 from tests.fixtures.service.harness import ServerProcess, free_port, stop_process  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)

@@ -1,4 +1,4 @@
-"""The response cache (service/cache.py): its key, its two stores, and through
+"""The response cache (service/api/cache.py): its key, its two stores, and through
 real server processes a hit without queueing, replicas sharing one real
 redis-server, and a Redis that dies or hangs costing requests nothing but the cache."""
 from __future__ import annotations
@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from model.images import prepare_inputs
-from service.cache import (KEY_PREFIX, CachedResponse, MemoryStore, RedisStore, ResponseCache, model_identity,
+from service.api.cache import (KEY_PREFIX, CachedResponse, MemoryStore, RedisStore, ResponseCache, model_identity,
                            response_key)
-from service.inputs import OutputOptions
+from service.api.inputs import OutputOptions
 from service.metrics import Metrics
 from tests.fixtures.service.harness import (ConnectionRecorder, RedisServer, fixture_bytes, redis_server_binary,
                                             running_server, sample_key)

@@ -13,9 +13,9 @@ import httpx
 import pytest
 
 from model.weights import find_weights
-from service import create_app
+from service.api.app import create_app
 from service.settings import Settings
-from service.state import DEVICE_FAILURE_EXIT
+from service.processes.exits import DEVICE_FAILURE_EXIT
 from tests.fixtures.service.harness import ServerProcess, fixture_bytes, running_server, sample_key
 
 FILES = {name: (f"{name}.png", fixture_bytes(f"{name}_64x64.png"), "image/png")

@@ -11,8 +11,8 @@ from PIL import Image
 
 from model.person import parse_keypoints, person_images
 from model.person.keypoints import L_SHOULDER, NOSE, R_SHOULDER
-from service.inputs import RequestParts
-from service.person import decode_person
+from service.api.inputs import RequestParts
+from service.api.person import decode_person
 from service.settings import Settings
 from tests.fixtures.service.harness import fixture_bytes, running_server, sample_key
 from tests.photos import PHOTOS, group_photo, jpeg

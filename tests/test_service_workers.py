@@ -15,15 +15,17 @@ import pytest
 import torch
 
 from bench.frontend import process_tree
-from bench.frontend_server import StandInEngine
 from model.engine import EngineConfig
 from model.images import TryOnInputs
-from service.arena import Arena
-from service.batcher import Batcher, GarmentsInputs, GarmentsStream
-from service.engine_server import EngineServer
-from service.errors import ApiError
+from service.processes.arena import Arena
+from service.queue.batcher import Batcher
+from service.queue.jobs import GarmentsInputs, GarmentsStream
+from service.queue.outcomes import DropReason, QueueError, QueueFull
+from tests.fixtures.standin_engine import StandInEngine
+from service.processes.engine_server import EngineServer
+from service.api.errors import from_queue_error
 from service.metrics import Metrics
-from service.remote import RemoteBatcher
+from service.processes.remote import RemoteBatcher
 from tests.fixtures.service.harness import ServerProcess, running_server, sample_key
 from tests.test_service_api import *  # noqa: F401,F403  (every check of the single-process API tests)
 from tests.test_service_api import post_files
@@ -116,7 +118,8 @@ def test_one_batch_from_two_front_ends(tmp_path):
         assert torch.equal(r.output, x.cloth)  # the stand-in answers the garment: it crossed both ways intact
     assert isinstance(stream, GarmentsStream) and [c.start for c in chunks] == [0, 2]
     assert torch.equal(torch.cat([c.outputs for c in chunks]), cloths)
-    refused = [o for o in outcomes if isinstance(o, ApiError)]
+    # Refusals cross as the queue's outcomes, and answer as the engine process's own would.
+    refused = [from_queue_error(o) for o in outcomes if isinstance(o, QueueError)]
     assert len(refused) == 1 and refused[0].status == 503 and refused[0].code == "queue_full"
     assert refused[0].headers.get("Retry-After") == "1"
 
@@ -149,7 +152,7 @@ def test_try_ons_cross_in_shared_slots_which_every_outcome_frees(tmp_path):
         free_when_refused = arena.free
 
         abandoned = front.submit(inputs[0], loop.time() + 10)
-        abandoned.abandon("client_gone")
+        abandoned.abandon(DropReason.CLIENT_GONE)
         free_when_abandoned = arena.free
         after = front.submit(inputs[1], loop.time() + 10)
         result_after = await after.future
@@ -163,8 +166,8 @@ def test_try_ons_cross_in_shared_slots_which_every_outcome_frees(tmp_path):
     assert slots == [0, 1, None] and free_while_queued == 0
     for x, outcome in zip(inputs, outcomes[:3]):
         assert torch.equal(outcome.output, x.cloth)  # through a slot or the message: the same answer
-    assert isinstance(outcomes[3], ApiError) and outcomes[3].code == "queue_full"
-    assert late_slot is not None and outcomes[4][0].status == 503  # overloaded: it could not finish in time
+    assert isinstance(outcomes[3], QueueFull) and from_queue_error(outcomes[3]).code == "queue_full"
+    assert late_slot is not None and from_queue_error(outcomes[4][0]).status == 503  # overloaded: too late to finish
     assert free == (2, 2, 2)
     assert torch.equal(after.output, inputs[1].cloth)  # a slot freed by an abandon serves the next job intact
 

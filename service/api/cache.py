@@ -33,8 +33,8 @@ from redis.exceptions import TimeoutError as RedisTimeout
 from model.images import TryOnInputs
 
 from .inputs import OutputOptions
-from .metrics import Metrics
-from .settings import Settings
+from ..metrics import Metrics
+from ..settings import Settings
 
 log = logging.getLogger("service.cache")
 KEY_PREFIX = "tryon:response:v2:"  # v2: BLAKE3 (v1 was SHA-256)

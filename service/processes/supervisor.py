@@ -1,16 +1,16 @@
 """TRYON_WORKERS > 1: one engine process, N front-end processes, one listening port.
 
 The process tryon-serve starts loads and warms the model once, runs the one
-Batcher, and serves it on a Unix socket (service/engine_server.py). It then
-binds the HTTP port and starts N front-end processes (``python -m
-service.workers``), each on a listening socket of its own on that port
+Batcher (service/queue/host.py), and serves it on a Unix socket
+(service/processes/engine_server.py). It then binds the HTTP port and starts N
+front-end processes (``python -m service.api.front_end``), each on a listening socket of its own on that port
 (SO_REUSEPORT, where Linux spreads new connections evenly over them; a shared
 socket went to whichever process woke first, and its event loop accepted every
 waiting connection at once, so one front end could hold all of a load
 balancer's keep-alive connections). Each runs the whole HTTP app (parsing,
 fetching, decoding, encoding) and queues its work through a RemoteBatcher, so
 batches still form from every request in one place; the images of a try-on cross in an
-arena of memory the two processes share (service/arena.py), not through the socket.
+arena of memory the two processes share (service/processes/arena.py), not through the socket.
 
 SIGTERM (or SIGINT) to the engine process: it reports draining, passes the
 signal to every front end, which drains as a single process does (readiness
@@ -23,9 +23,7 @@ fresh folder (the same process id, so signals still reach it).
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import logging
 import os
 import shutil
@@ -36,19 +34,20 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
 from prometheus_client import multiprocess
 
-from .__main__ import STARTUP_FAILURE, serve
-from .app import create_app
+from ..logs import announce_ready
+from ..metrics import Metrics
+from ..queue.host import EngineFactory, EngineHost, weights_label
+from ..settings import Settings
 from .arena import Arena
 from .engine_server import EngineServer
-from .logs import configure_logging
-from .remote import EngineLink
-from .settings import Settings
-from .state import EngineFactory, ServiceState
+from .exits import STARTUP_FAILURE, drain_after_device_failure
 
 log = logging.getLogger("service.workers")
+# What each front-end process runs: the HTTP app on an inherited socket (a module of the HTTP
+# edge, started by name: this room imports nothing of it).
+FRONT_END_MODULE = "service.api.front_end"
 METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 _OWNED_METRICS_DIR = "TRYON_OWNED_METRICS_DIR"  # set when this module made the folder (and removes it)
 
@@ -98,7 +97,7 @@ def _listen(settings: Settings, count: int) -> list[socket.socket]:
 
 def _start_front_end(settings: Settings, listener: socket.socket, engine_socket: str, arena_id: int,
                      arena: Arena) -> subprocess.Popen:
-    process = subprocess.Popen([sys.executable, "-m", "service.workers", "--fd", str(listener.fileno()),
+    process = subprocess.Popen([sys.executable, "-m", FRONT_END_MODULE, "--fd", str(listener.fileno()),
                                 "--engine-socket", engine_socket, "--arena-id", str(arena_id),
                                 "--arena-fd", str(arena.fd)],
                                pass_fds=[listener.fileno(), arena.fd], stdin=subprocess.PIPE)
@@ -114,17 +113,26 @@ async def _supervise(settings: Settings, engine_factory: EngineFactory | None) -
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    state = ServiceState(settings, engine_factory)
+    metrics = Metrics(settings.max_batch_size)
+
+    def device_failed(reason: str) -> None:
+        metrics.ready.set(0)
+        metrics.healthy.set(0)
+        drain_after_device_failure(loop)
+
+    host = EngineHost(settings, metrics, engine_factory, on_device_failure=device_failed)
     folder = tempfile.mkdtemp(prefix="tryon-engine-")
     front_ends: list[subprocess.Popen] = []
     try:
         try:
-            await state.start()
+            await host.start()
+            metrics.ready.set(1)
+            announce_ready(settings, str(host.engine.device), weights_label(host.engine.weights), host.startup_s)
             # A slot for every job the queue admits and the engine runs at once; more (a front end's
             # jobs in transit) cross through the socket.
             arenas = [Arena.create(settings.queue_limit + settings.max_batch_size, settings.image_hw)
                       for _ in range(settings.workers)]
-            engine_server = EngineServer(state.batcher, state.hello, arenas)
+            engine_server = EngineServer(host.batcher, host.hello, arenas)
             await engine_server.start(os.path.join(folder, "engine.sock"))
             listeners = _listen(settings, settings.workers)
         except Exception:
@@ -142,7 +150,8 @@ async def _supervise(settings: Settings, engine_factory: EngineFactory | None) -
         failed = not stop.is_set()
         if failed:
             log.error("a front-end process exited: stopping the service")
-        state.begin_drain()
+        metrics.ready.set(0)
+        log.info("draining: readiness is now 503, finishing %d queued and in-flight requests", host.batcher.depth)
         for process in front_ends:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
@@ -152,7 +161,9 @@ async def _supervise(settings: Settings, engine_factory: EngineFactory | None) -
         return 1 if failed else 0
     finally:
         _end(front_ends)
-        await state.stop()
+        metrics.ready.set(0)
+        await host.stop()
+        log.info("stopped")
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -162,22 +173,3 @@ def _end(front_ends: list[subprocess.Popen]) -> None:
             process.kill()
             process.wait()
         multiprocess.mark_process_dead(process.pid)
-
-
-def front_end_main(argv=None) -> None:
-    """One front-end process: the HTTP app on the inherited listening socket."""
-    parser = argparse.ArgumentParser(prog="service.workers")
-    parser.add_argument("--fd", type=int, required=True)
-    parser.add_argument("--engine-socket", required=True)
-    parser.add_argument("--arena-id", type=int, required=True)
-    parser.add_argument("--arena-fd", type=int, required=True)
-    args = parser.parse_args(argv)
-    settings = Settings(**json.loads(sys.stdin.read()))
-    configure_logging(settings.log_level)
-    torch.set_num_threads(1)  # no model here: small tensor work only, no thread pool to spin
-    link = EngineLink(args.engine_socket, args.arena_id, args.arena_fd)
-    serve(create_app(settings, engine_link=link), settings, sockets=[socket.socket(fileno=args.fd)])
-
-
-if __name__ == "__main__":
-    front_end_main()

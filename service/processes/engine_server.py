@@ -2,10 +2,10 @@
 Batcher, so the requests of every front-end process meet in the same queue and
 batches form across them; the model is loaded once, here.
 
-Each front-end process holds one connection (service/remote.py), and names in its
-hello the arena it shares with this process (service/arena.py). A submitted job
+Each front-end process holds one connection (service/processes/remote.py), and names in its
+hello the arena it shares with this process (service/processes/arena.py). A submitted job
 is handed to ``Batcher.submit`` with the deadline rebuilt on this loop's clock;
-its outcome (a result, an ApiError or the queue's outcome, or a garments stream's chunks) goes back on
+its outcome (a result, the queue's outcome, or a garments stream's chunks) goes back on
 the same connection. A job submitted in a slot of the arena is read from there and
 its output written there, by this event loop only: once it has read the front end's
 abandon, it writes nothing more in that slot. A front end that abandons a job, or goes
@@ -20,11 +20,11 @@ import torch
 
 from model.images import TryOnInputs
 
+from ..queue.batcher import Batcher
+from ..queue.jobs import GarmentsInputs, GarmentsStream
+from ..queue.outcomes import DropReason, Priority, QueueError
 from .arena import Arena
-from .batcher import Batcher, GarmentsInputs, GarmentsStream
-from .errors import ApiError
-from .outcomes import DropReason, QueueError
-from .wire import error_fields, frame, pack, read_message, unpack
+from .wire import Chunk, EngineHello, Error, Result, StreamStart, Submit, frame, outcome_fields, pack, read_message, unpack
 
 log = logging.getLogger("service.engine_server")
 
@@ -51,7 +51,7 @@ class EngineServer:
                 header, payload = await read_message(reader)
                 if header["op"] == "hello":
                     arena = self.arenas[header["arena"]] if header.get("arena") is not None else None
-                    writer.write(frame({"type": "hello", **self.hello}))
+                    writer.write(frame(EngineHello(type="hello", **self.hello)))
                 elif header["op"] == "submit":
                     self._submit(header, payload, arena, writer, jobs)
                 elif header["op"] == "abandon" and header["id"] in jobs:
@@ -66,7 +66,7 @@ class EngineServer:
                 task.cancel()
             writer.close()
 
-    def _submit(self, header: dict, payload: bytes, arena: Arena | None, writer: asyncio.StreamWriter,
+    def _submit(self, header: Submit, payload: bytes, arena: Arena | None, writer: asyncio.StreamWriter,
                 jobs: dict) -> None:
         job_id, slot = header["id"], header.get("slot")
         pose, masked_model, cloth = arena.inputs(slot) if slot is not None else unpack(header["shapes"], payload)
@@ -74,9 +74,9 @@ class EngineServer:
                   else TryOnInputs(masked_model=masked_model, pose=pose, cloth=cloth, person_frame=None))
         deadline = asyncio.get_running_loop().time() + header["remaining_s"]
         try:
-            job = self.batcher.submit(inputs, deadline, **header["options"])
-        except (ApiError, QueueError) as exc:
-            writer.write(frame({"id": job_id, "type": "error", "error": error_fields(exc)}))
+            job = self.batcher.submit(inputs, deadline, Priority(header["priority"]))
+        except QueueError as exc:
+            writer.write(frame(Error(id=job_id, type="error", outcome=outcome_fields(exc))))
             return
         output = arena.output(slot) if slot is not None else None
         task = asyncio.get_running_loop().create_task(self._answer(job_id, job, writer, output))
@@ -85,15 +85,15 @@ class EngineServer:
 
     async def _answer(self, job_id: int, job, writer: asyncio.StreamWriter, slot_output: torch.Tensor | None) -> None:
         """``slot_output``: the job's output place in its arena slot, when it came in one."""
-        depth = {"depth": self.batcher.depth}
+        depth = self.batcher.depth
         try:
             result = await job.future
-        except (ApiError, QueueError) as exc:
-            writer.write(frame({"id": job_id, "type": "error", "error": error_fields(exc), **depth}))
+        except QueueError as exc:
+            writer.write(frame(Error(id=job_id, type="error", outcome=outcome_fields(exc), depth=depth)))
             return
         if not isinstance(result, GarmentsStream):
-            answer = {"id": job_id, "type": "result", "queue_s": result.queue_s, "inference_s": result.inference_s,
-                      "batch_size": result.batch_size, **depth}
+            answer = Result(id=job_id, type="result", queue_s=result.queue_s, inference_s=result.inference_s,
+                            batch_size=result.batch_size, depth=depth)
             if slot_output is not None:
                 slot_output.copy_(result.output)
                 writer.write(frame(answer))
@@ -101,16 +101,16 @@ class EngineServer:
                 shapes, data = pack([result.output])
                 writer.write(frame(answer | {"shapes": shapes}, data))
             return
-        writer.write(frame({"id": job_id, "type": "stream", "garments": result.garments, "queue_s": result.queue_s,
-                            **depth}))
+        writer.write(frame(StreamStart(id=job_id, type="stream", garments=result.garments, queue_s=result.queue_s,
+                                       depth=depth)))
         try:
             async for item in result.chunks():
-                if isinstance(item, (ApiError, QueueError)):
-                    writer.write(frame({"id": job_id, "type": "chunk_error", "error": error_fields(item)}))
+                if isinstance(item, QueueError):
+                    writer.write(frame(Error(id=job_id, type="chunk_error", outcome=outcome_fields(item))))
                 else:
                     shapes, data = pack([item.outputs])
-                    writer.write(frame({"id": job_id, "type": "chunk", "start": item.start, "shapes": shapes,
-                                        "inference_s": item.inference_s}, data))
+                    writer.write(frame(Chunk(id=job_id, type="chunk", start=item.start, shapes=shapes,
+                                             inference_s=item.inference_s), data))
                 await writer.drain()
         finally:
             result.close()

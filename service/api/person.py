@@ -14,8 +14,8 @@ from model.person import DetectionError, IncompleteInputs, KeypointsError, Perso
 
 from .errors import ApiError
 from .inputs import RequestParts, person_mix_error
-from .metrics import Metrics
-from .settings import Settings
+from ..metrics import Metrics
+from ..settings import Settings
 
 # ImageError messages that mean "these bytes are no image" (415); others (a parsing
 # map of another aspect ratio, a colour visualisation) are unusable content (422).

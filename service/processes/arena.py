@@ -7,7 +7,7 @@ each holding one try-on's pose, masked model and cloth, then its output, every o
 uint8 levels in pixel order (as decoded, and as the batch is stacked). The front end keeps the
 free list: it takes a slot to submit, the engine reads the inputs and writes the output in
 place, and the front end frees the slot once it has the answer or has abandoned the job (the
-engine then writes nothing more there: see service/engine_server.py). A job whose images are
+engine then writes nothing more there: see service/processes/engine_server.py). A job whose images are
 not model-sized (a garments request), or for which no slot is free, crosses in its message.
 
 Through the socket, reading three images in and writing one out made up most of what the

@@ -6,16 +6,18 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from ..processes.remote import EngineLink
+from ..queue.host import EngineFactory
+from ..settings import Settings
 from .errors import install_error_handlers
 from .middleware import RequestContextMiddleware
 from .openapi import install_openapi
-from .remote import EngineLink
-from .routes import operations, tryon
-from .routes_batch import batch
-from .routes_page import page
-from .routes_prepare import prepare
-from .settings import Settings
-from .state import EngineFactory, ServiceState
+from .routes.batch import batch
+from .routes.operations import operations
+from .routes.page import page
+from .routes.prepare import prepare
+from .routes.tryon import tryon
+from .state import ServiceState
 
 EXPOSED_HEADERS = ["X-Request-ID", "X-Weights", "Server-Timing", "X-Batch-Size", "X-Garments", "X-Image-Size",
                    "Retry-After", "X-Cache", "X-Cache-Hits", "X-Person-Count", "X-Person-Warning"]

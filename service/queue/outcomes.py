@@ -1,7 +1,7 @@
 """What the queue says about work it did not finish: one exception per outcome.
 
 The batcher raises (or resolves a job's future with) these and knows nothing
-of HTTP; service/errors.py maps each to its status and error code once.
+of HTTP; service/api/errors.py maps each to its status and error code once.
 """
 from __future__ import annotations
 
@@ -61,3 +61,8 @@ class DeviceFailed(QueueError):
 
 class InferenceFailed(QueueError):
     pass
+
+
+class EngineUnreachable(QueueError):
+    """A front-end process whose engine process is not (yet, or any longer) connected."""
+    retry_after_s = 5.0

@@ -16,14 +16,14 @@ the engine between its chunks. Each chunk is handed to the event loop at once:
 the job's future resolves with a ``GarmentsStream`` after the first chunk, the
 later chunks follow through that stream.
 
-Admission control (service/admission.py) refuses a request on arrival when
+Admission control (service/queue/admission.py) refuses a request on arrival when
 the work ahead of it would not let it finish before its deadline. Requests
 whose client has gone or whose deadline passed are dropped before the engine
 sees them. A device out-of-memory error (torch's, cuDNN's or cuBLAS's) splits
 a batch in two and retries each half; an error that breaks the device for
 good fails what it ran, refuses everything after it and tells the owner
 (``on_device_failure``) so the process can be replaced. Outcomes are the
-exceptions of service/outcomes.py; this module knows nothing of HTTP.
+exceptions of service/queue/outcomes.py; this module knows nothing of HTTP.
 """
 from __future__ import annotations
 
@@ -32,153 +32,22 @@ import logging
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable, Iterator, Protocol
+from typing import Callable
 
 import torch
 
 from model.device_errors import device_failure, is_out_of_memory
 from model.images import TryOnInputs, stack_levels
 
+from ..metrics import Metrics
 from .admission import Estimate, ServiceRate
-from .metrics import Metrics
+from .interface import InferenceEngine
+from .jobs import GarmentsChunk, GarmentsInputs, GarmentsStream, Job, JobResult
 from .outcomes import (DeadlineExceeded, DeviceFailed, DeviceOutOfMemory, DropReason, InferenceFailed, Overloaded,
                        Priority, QueueError, QueueFull, ShuttingDown)
+from .splitting import infer_splitting_on_oom
 
 log = logging.getLogger("service.batcher")
-
-
-class InferenceEngine(Protocol):
-    def infer(self, pose: torch.Tensor, masked_model: torch.Tensor, cloth: torch.Tensor) -> torch.Tensor: ...
-
-    # Optional (model.engine.Engine has them): a forward in steps, for bulk batches that
-    # interactive work may overtake between steps.
-    # pausable: bool
-    # def iter_infer(self, pose, masked_model, cloth) -> Iterator[torch.Tensor | None]: ...
-
-    def iter_garments(self, pose: torch.Tensor, masked_model: torch.Tensor, cloths: torch.Tensor,
-                      chunk_size: int | None = None) -> Iterator[tuple[int, torch.Tensor]]: ...
-
-
-@dataclass(frozen=True)
-class GarmentsInputs:
-    """One person, many garments: (3, H, W) pose and masked model, (N, 3, H, W) garments,
-    run ``chunk_size`` garments per engine call (None: the engine's largest batch)."""
-    pose: torch.Tensor
-    masked_model: torch.Tensor
-    cloths: torch.Tensor
-    chunk_size: int | None = None
-
-
-@dataclass(frozen=True)
-class GarmentsChunk:
-    """The results of consecutive garments of a job, from one engine call."""
-    start: int  # position of its first garment in GarmentsInputs.cloths
-    outputs: torch.Tensor  # (n, 3, H, W), as the engine gives them (uint8 levels for levels)
-    inference_s: float  # the engine call (the first chunk's includes encoding the person)
-
-
-@dataclass(frozen=True)
-class JobResult:
-    output: torch.Tensor  # (3, H, W), as the engine gives it (uint8 levels for levels)
-    queue_s: float
-    inference_s: float
-    batch_size: int
-
-
-@dataclass(eq=False)
-class Job:
-    inputs: TryOnInputs | GarmentsInputs
-    deadline: float  # on the event loop's clock
-    future: asyncio.Future
-    priority: Priority = Priority.INTERACTIVE
-    enqueued_at: float = field(default_factory=time.perf_counter)
-    drop_reason: DropReason | None = None
-    # A garments job once its first chunk is out: where later chunks go, and its engine iterator.
-    stream: GarmentsStream | None = None
-    chunks: Iterator[tuple[int, torch.Tensor]] | None = None
-    dressed: int = 0
-
-    @property
-    def is_garments(self) -> bool:
-        return isinstance(self.inputs, GarmentsInputs)
-
-    @property
-    def items_left(self) -> int:
-        return self.inputs.cloths.shape[0] - self.dressed if self.is_garments else 1
-
-    def abandon(self, reason: DropReason) -> None:
-        """The client will not read the answer (gone, or deadline passed): never run it."""
-        self.drop_reason = reason
-        self.future.cancel()
-
-    def dead(self, now: float) -> bool:
-        if self.drop_reason is not None or now >= self.deadline:
-            return True
-        return self.stream is None and self.future.done()
-
-    def fail(self, error: QueueError) -> None:
-        """Tells the waiting request; a started garments job's stream ends with the error."""
-        if self.stream is not None:
-            self.stream.put(error)
-        elif not self.future.done():
-            self.future.set_exception(error)
-
-
-class GarmentsStream:
-    """A running garments job, as its future's result: the chunks in garment order, each
-    as soon as the worker has it. It ends after the last garment, or with one QueueError
-    that stands for every garment not yet delivered (the engine failed, the request's
-    deadline passed, or the server is shutting down)."""
-
-    def __init__(self, job: Job, garments: int, queue_s: float):
-        self.garments = garments
-        self.queue_s = queue_s
-        self._job = job
-        self._items: asyncio.Queue[GarmentsChunk | QueueError] = asyncio.Queue()
-
-    def put(self, item: GarmentsChunk | QueueError) -> None:
-        self._items.put_nowait(item)
-
-    async def chunks(self) -> AsyncIterator[GarmentsChunk | QueueError]:
-        loop = asyncio.get_running_loop()
-        delivered = 0
-        while delivered < self.garments:
-            try:
-                item = await asyncio.wait_for(self._items.get(), max(0.0, self._job.deadline - loop.time()))
-            except TimeoutError:
-                self._job.abandon(DropReason.DEADLINE)
-                item = DeadlineExceeded("this garment was not dressed within the request's deadline")
-            yield item
-            if isinstance(item, QueueError):
-                return
-            delivered += item.outputs.shape[0]
-
-    def close(self) -> None:
-        """The answer is over (or its client gone): the worker runs no further chunk."""
-        if self._job.drop_reason is None:
-            self._job.abandon(DropReason.FINISHED)
-
-
-def infer_splitting_on_oom(infer: Callable, pose: torch.Tensor, masked_model: torch.Tensor, cloth: torch.Tensor,
-                           on_split: Callable[[int], None] | None = None) -> list[torch.Tensor | BaseException]:
-    """Per-item outputs of ``infer``; on an out-of-memory error (any library's) the batch is
-    halved and each half retried, down to single items (whose own OOM is returned, not raised)."""
-    try:
-        return list(infer(pose, masked_model, cloth))
-    except RuntimeError as exc:
-        if not is_out_of_memory(exc):
-            raise
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        n = pose.shape[0]
-        if n == 1:
-            return [exc]
-        if on_split is not None:
-            on_split(n)
-        half = (n + 1) // 2
-        return (infer_splitting_on_oom(infer, pose[:half], masked_model[:half], cloth[:half], on_split)
-                + infer_splitting_on_oom(infer, pose[half:], masked_model[half:], cloth[half:], on_split))
 
 
 class Batcher:
@@ -226,11 +95,11 @@ class Batcher:
         return sum(job.stream is None and job not in self._running for job in self._queues[priority])
 
     def submit(self, inputs: TryOnInputs | GarmentsInputs, deadline: float,
-               priority: Priority | str = Priority.INTERACTIVE) -> Job:
+               priority: Priority = Priority.INTERACTIVE) -> Job:
         """Queues one request; raises at once when it cannot be served: DeviceFailed,
         ShuttingDown, QueueFull, or Overloaded when it would not finish by ``deadline``."""
         job = Job(inputs=inputs, deadline=deadline, future=asyncio.get_running_loop().create_future(),
-                  priority=Priority(priority))
+                  priority=priority)
         garments = job.inputs.cloths.shape[0] if job.is_garments else None
         self.admit(deadline, job.priority, garments, self._chunk_size(job))
         self._queues[job.priority].append(job)
@@ -251,7 +120,7 @@ class Batcher:
         if self.depth >= self.queue_limit:
             raise QueueFull(f"the queue is full ({self.queue_limit} waiting); retry shortly")
         budget = deadline - asyncio.get_running_loop().time()
-        estimate = self.estimate(Priority(priority), garments, chunk_size or self.max_batch_size)
+        estimate = self.estimate(priority, garments, chunk_size or self.max_batch_size)
         if estimate.refuses(budget):
             raise Overloaded(f"the server is overloaded: {estimate.items_ahead} items are queued ahead and this "
                              f"request would finish in about {estimate.seconds:.1f} s, past its deadline of "
@@ -377,7 +246,7 @@ class Batcher:
 
     def _pausable(self, jobs: list[Job]) -> bool:
         """Bulk-only batches run step by step where the engine can, so interactive work overtakes them."""
-        return (getattr(self.engine, "pausable", False)
+        return (self.engine.pausable
                 and all(job.priority is Priority.BULK for job in jobs))
 
     async def _run_batch(self, jobs: list[Job]) -> None:

@@ -1,6 +1,6 @@
-"""A front-end process's side of TRYON_WORKERS > 1: the Batcher's interface
-(``submit(inputs, deadline, ...) -> job``, ``await job.future``) over the engine
-process's Unix socket (service/engine_server.py).
+"""A front-end process's side of TRYON_WORKERS > 1: the queue's interface
+(service/queue/interface.py: ``submit(inputs, deadline, priority) -> job``, ``await
+job.future``) over the engine process's Unix socket (service/processes/engine_server.py).
 
 A refusal at submission (queue full, overloaded) arrives through the job's future
 rather than from ``submit`` itself; the routes await that future, so the client
@@ -16,10 +16,12 @@ from typing import Callable
 
 import torch
 
+from model.images import TryOnInputs
+
+from ..queue.jobs import GarmentsChunk, GarmentsInputs, GarmentsStream, JobResult
+from ..queue.outcomes import DropReason, EngineUnreachable, Priority, QueueError, ShuttingDown
 from .arena import Arena
-from .batcher import GarmentsChunk, GarmentsInputs, GarmentsStream, JobResult
-from .errors import ApiError
-from .wire import error_from, frame, pack, read_message, unpack
+from .wire import Abandon, Hello, Submit, frame, outcome_from, pack, read_message, unpack
 
 log = logging.getLogger("service.remote")
 
@@ -59,11 +61,11 @@ class RemoteJob:
     batcher: "RemoteBatcher"
     slot: int | None = None  # of the batcher's arena, while the job holds one
     stream: GarmentsStream | None = None
-    drop_reason: str | None = field(default=None)
+    drop_reason: DropReason | None = field(default=None)
 
-    def abandon(self, reason: str) -> None:
+    def abandon(self, reason: DropReason) -> None:
         if self.drop_reason is None:
-            self.batcher.send({"op": "abandon", "id": self.id, "reason": reason})
+            self.batcher.send(Abandon(op="abandon", id=self.id, reason=reason.value))
             # Free now: the engine writes this slot's output before it reads the abandon, if at all,
             # and the next job's output after; it may still read these inputs, for nobody.
             self.batcher.release_slot(self)
@@ -90,7 +92,7 @@ class RemoteBatcher:
     async def connect(self, path: str) -> dict:
         """Connects to the engine process; its hello (engine info, weights, device)."""
         reader, self._writer = await asyncio.open_unix_connection(path, limit=2 ** 26)
-        self.send({"op": "hello", "arena": self.arena_id})
+        self.send(Hello(op="hello", arena=self.arena_id))
         hello, _ = await read_message(reader)
         self._reading = asyncio.get_running_loop().create_task(self._read(reader), name="tryon-remote-batcher")
         return hello
@@ -99,14 +101,15 @@ class RemoteBatcher:
         if self._writer is not None and not self._writer.is_closing():
             self._writer.write(frame(header, payload))
 
-    def submit(self, inputs, deadline: float, **options) -> RemoteJob:
+    def submit(self, inputs: TryOnInputs | GarmentsInputs, deadline: float,
+               priority: Priority = Priority.INTERACTIVE) -> RemoteJob:
         loop = asyncio.get_running_loop()
         job = RemoteJob(next(self._ids), deadline, loop.create_future(), self)
         if self._writer is None or self._writer.is_closing():
-            raise ApiError(503, "not_ready", "the engine process is not reachable", headers={"Retry-After": "5"})
+            raise EngineUnreachable("the engine process is not reachable")
         garments = isinstance(inputs, GarmentsInputs)
-        header = {"op": "submit", "id": job.id, "garments": garments, "remaining_s": deadline - loop.time(),
-                  "chunk_size": inputs.chunk_size if garments else None, "options": options}
+        header = Submit(op="submit", id=job.id, garments=garments, remaining_s=deadline - loop.time(),
+                        chunk_size=inputs.chunk_size if garments else None, priority=priority.value)
         if not garments and self.arena is not None:
             job.slot = self.arena.put(inputs.pose, inputs.masked_model, inputs.cloth)
         self._jobs[job.id] = job
@@ -136,7 +139,7 @@ class RemoteBatcher:
                 if self.on_lost is not None:
                     self.on_lost()
         finally:
-            gone = ApiError(503, "shutting_down", "the server is shutting down", headers={"Retry-After": "1"})
+            gone = ShuttingDown("the server is shutting down")
             for job in self._jobs.values():
                 self.release_slot(job)
                 self._fail(job, gone)
@@ -152,7 +155,7 @@ class RemoteBatcher:
             return
         if kind == "error" or kind == "chunk_error":
             self.release_slot(job)
-            self._fail(job, error_from(header["error"]))
+            self._fail(job, outcome_from(header["outcome"]))
         elif kind == "result":
             if "shapes" in header:
                 output, = unpack(header["shapes"], payload)
@@ -170,7 +173,7 @@ class RemoteBatcher:
                 self._jobs.pop(job.id, None)
 
     @staticmethod
-    def _fail(job: RemoteJob, error: ApiError) -> None:
+    def _fail(job: RemoteJob, error: QueueError) -> None:
         if job.stream is not None:
             job.stream.put(error)
         elif not job.future.done():

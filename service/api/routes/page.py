@@ -12,10 +12,10 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-from .errors import ApiError
-from .state import EXAMPLES
+from ...examples import EXAMPLES
+from ..errors import ApiError
 
-STATIC = Path(__file__).resolve().parent / "static"
+STATIC = Path(__file__).resolve().parents[2] / "static"
 MEDIA_TYPES = {".html": "text/html; charset=utf-8", ".css": "text/css; charset=utf-8",
                ".js": "text/javascript; charset=utf-8", ".png": "image/png", ".jpg": "image/jpeg",
                ".json": "application/json"}

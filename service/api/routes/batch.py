@@ -22,17 +22,16 @@ from fastapi.responses import StreamingResponse
 
 from model.images import MEDIA_TYPES, stack_levels
 
-from .batcher import GarmentsInputs, GarmentsStream
-from .cache import CachedResponse
-from .errors import CLIENT_GONE, ApiError, from_queue_error
-from .outcomes import Priority, QueueError
-from .parts import NDJSON, MultipartMixed, Part, accepts, json_item
-from .person import decode_garments, decode_person, detection_report
-from .openapi import (BINARY, IMAGE_SCHEMA, JSON_IMAGE, MODEL_ERRORS, PERSON_MIX, binary_content, error_responses,
-                      person_request_body)
-from .routes import (encode_output, read_parts, Work, begin_work, output_query, require_api_key, run_job,
-                     server_timing)
-from .state import ServiceState, get_service
+from ...queue.jobs import GarmentsInputs, GarmentsStream
+from ...queue.outcomes import Priority, QueueError
+from ..cache import CachedResponse
+from ..deps import QueryDep, ServiceDep, WorkDep, require_api_key
+from ..errors import CLIENT_GONE, ApiError, from_queue_error
+from ..openapi import (BINARY, IMAGE_SCHEMA, JSON_IMAGE, MODEL_ERRORS, PERSON_MIX, binary_content, error_responses,
+                       person_request_body)
+from ..parts import NDJSON, MultipartMixed, Part, accepts, json_item
+from ..person import decode_garments, decode_person, detection_report
+from ..steps import encode_output, read_parts, run_job, server_timing
 
 batch = APIRouter(tags=["try-on"], dependencies=[Depends(require_api_key)])
 BATCH_ROUTE = "/v1/tryon/batch"
@@ -57,12 +56,7 @@ BATCH_DESCRIPTION = PERSON_MIX + (
 @batch.post(BATCH_ROUTE, summary="Dress one person in many garments; results streamed, one part each",
             description=BATCH_DESCRIPTION, response_class=Response, openapi_extra=BATCH_OPENAPI,
             responses=error_responses(*MODEL_ERRORS))
-async def tryon_garments(
-        request: Request,
-        service: ServiceState = Depends(get_service),
-        work: Work = Depends(begin_work),
-        query: dict = Depends(output_query),
-) -> Response:
+async def tryon_garments(request: Request, service: ServiceDep, work: WorkDep, query: QueryDep) -> Response:
     settings = service.settings
     timings = work.timings
     # A many-garments job is catalog work unless the request says otherwise.
@@ -112,8 +106,8 @@ async def tryon_garments(
                     continue
                 while position[index] not in ready and failure is None:
                     item = await anext(chunks)
-                    if isinstance(item, (QueueError, ApiError)):  # ApiError: from an engine process
-                        failure = from_queue_error(item) if isinstance(item, QueueError) else item
+                    if isinstance(item, QueueError):
+                        failure = from_queue_error(item)
                     else:
                         ready |= {item.start + k: (out, item.inference_s) for k, out in enumerate(item.outputs)}
                 if failure is not None and position[index] not in ready:

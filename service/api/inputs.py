@@ -31,10 +31,11 @@ from starlette.requests import ClientDisconnect
 from model.person import IncompleteInputs, check_person_mix
 from model.safe_json import JsonError, load_json
 
+from .context import request_context
 from .errors import CLIENT_GONE, ApiError
 from .fetch import UrlFetcher
-from .outcomes import Priority
-from .settings import Settings
+from ..queue.outcomes import Priority
+from ..settings import Settings
 
 IMAGE_FIELDS = ("masked_model", "pose", "cloth")  # the classic /v1/tryon trio
 PERSON_FIELDS = ("masked_model", "pose", "person", "parse")  # person-side images
@@ -110,7 +111,7 @@ async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
         raise ApiError(408, "body_timeout", f"the request body did not arrive within {timeout_s:g} s "
                        f"({total} bytes came); send it at once") from None
     except ClientDisconnect:  # hung up mid-upload: logged and counted as gone, not as a 500
-        request.state.client_gone = True
+        request_context(request).client_gone = True
         raise ApiError(CLIENT_GONE, "client_gone", "the client closed the connection while sending the body") \
             from None
     return b"".join(chunks)

@@ -10,6 +10,7 @@ import uuid
 
 from starlette.datastructures import MutableHeaders
 
+from .context import RequestContext
 from .errors import CLIENT_GONE
 from .state import ServiceState
 
@@ -30,8 +31,8 @@ class RequestContextMiddleware:
             return await self.app(scope, receive, send)
         sent_id = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         request_id = sent_id if _CLIENT_ID.match(sent_id) else uuid.uuid4().hex
-        state = scope.setdefault("state", {})
-        state["request_id"] = request_id
+        context = RequestContext(request_id)
+        scope.setdefault("state", {})["context"] = context
         started = time.perf_counter()
         status = [500]
 
@@ -47,15 +48,15 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
-            self._record(scope, state, status[0], time.perf_counter() - started)
+            self._record(scope, context, status[0], time.perf_counter() - started)
 
-    def _record(self, scope, state: dict, status: int, seconds: float) -> None:
+    def _record(self, scope, context: RequestContext, status: int, seconds: float) -> None:
         route = getattr(scope.get("route"), "path", None) or "unmatched"
-        status = CLIENT_GONE if state.get("client_gone") else status
+        status = CLIENT_GONE if context.client_gone else status
         metrics = self.service.metrics
         metrics.requests.labels(route, scope["method"], str(status)).inc()
         metrics.latency.labels(route).observe(seconds)
-        reason = state.get("error_code") or str(status)
+        reason = context.error_code or str(status)
         if route in TRYON_ROUTES and status >= 400:
             metrics.rejected.labels(reason).inc()
         if route in INFERENCE_ROUTES:
@@ -64,12 +65,12 @@ class RequestContextMiddleware:
                 metrics.request_duration.labels(route).observe(seconds)
             else:
                 metrics.request_failure.labels(route, reason).inc()
-        fields = {"request_id": state["request_id"], "method": scope["method"], "path": scope["path"],
+        fields = {"request_id": context.request_id, "method": scope["method"], "path": scope["path"],
                   "status": status, "duration_ms": round(seconds * 1000, 2)}
-        if "timings_ms" in state:
-            fields["timings_ms"] = state["timings_ms"]
-        if "error_code" in state:
-            fields["error_code"] = state["error_code"]
+        if context.timings_ms is not None:
+            fields["timings_ms"] = context.timings_ms
+        if context.error_code is not None:
+            fields["error_code"] = context.error_code
         # Probes and scrapes arrive every few seconds: only their failures are worth a line at info.
         quiet = route in QUIET_ROUTES and status < 400
         log.log(logging.DEBUG if quiet else logging.INFO, "request", extra=fields)

@@ -12,12 +12,12 @@ from fastapi.responses import JSONResponse
 from model.images import encode_image
 from model.person import openpose_json
 
-from .errors import ApiError
-from .parts import MultipartMixed, Part, accepts
-from .person import decode_person, detection_report
-from .openapi import INPUT_ERRORS, PERSON_MIX, binary_content, error_responses, person_request_body
-from .routes import read_parts, require_api_key, require_ready, server_timing
-from .state import ServiceState, get_service
+from ..deps import ServiceDep, require_api_key, require_ready
+from ..errors import ApiError
+from ..openapi import INPUT_ERRORS, PERSON_MIX, binary_content, error_responses, person_request_body
+from ..parts import MultipartMixed, Part, accepts
+from ..person import decode_person, detection_report
+from ..steps import read_parts, server_timing
 
 PrepareOutput = Literal["masked_model", "pose", "keypoints"]
 PNG = "image/png"
@@ -46,14 +46,14 @@ PREPARE_OPENAPI = {
               responses=error_responses(*INPUT_ERRORS))
 async def prepare_person(
         request: Request,
-        service: ServiceState = Depends(get_service),
+        service: ServiceDep,
         output: PrepareOutput | None = Query(None, description="one image only, as image/png, or the keypoints "
                                                                "used (detected or sent) as OpenPose JSON"),
 ) -> Response:
     require_ready(service)
     settings = service.settings
     mark = time.perf_counter()
-    parts, _ = await read_parts(request, service, {}, "none", {})
+    parts, _ = await read_parts(request, service, None, "none", {})
     person = await asyncio.to_thread(decode_person, parts, settings)
     timings: dict[str, float] = {}
     person_headers = detection_report(person, timings, service.metrics)

@@ -13,8 +13,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .outcomes import (DeadlineExceeded, DeviceFailed, DeviceOutOfMemory, InferenceFailed, Overloaded, QueueError,
-                       QueueFull, ShuttingDown)
+from ..queue.outcomes import (DeadlineExceeded, DeviceFailed, DeviceOutOfMemory, EngineUnreachable, InferenceFailed,
+                              Overloaded, QueueError, QueueFull, ShuttingDown)
+from .context import request_context
 
 log = logging.getLogger("service.errors")
 
@@ -48,6 +49,7 @@ _QUEUE_ERRORS: dict[type[QueueError], tuple[int, str]] = {
     DeviceFailed: (503, "device_failed"),
     DeadlineExceeded: (504, "deadline_exceeded"),
     InferenceFailed: (500, "inference_failed"),
+    EngineUnreachable: (503, "not_ready"),
 }
 
 
@@ -64,7 +66,7 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
 
 
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-    request.state.error_code = exc.code
+    request_context(request).error_code = exc.code
     return error_response(exc.status, exc.code, exc.message, exc.field, exc.headers)
 
 
@@ -74,21 +76,22 @@ async def _queue_error(request: Request, exc: QueueError) -> JSONResponse:
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     code = _STATUS_CODES.get(exc.status_code, "http_error")
-    request.state.error_code = code
+    request_context(request).error_code = code
     return error_response(exc.status_code, code, str(exc.detail), None, getattr(exc, "headers", None))
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     first = exc.errors()[0] if exc.errors() else {}
     location = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "header", "path")]
-    request.state.error_code = "invalid_request"
+    request_context(request).error_code = "invalid_request"
     return error_response(422, "invalid_request", first.get("msg", "invalid request"),
                           ".".join(location) or None)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error", extra={"request_id": getattr(request.state, "request_id", None)})
-    request.state.error_code = "internal"
+    context = request_context(request)
+    log.exception("unhandled error", extra={"request_id": context.request_id})
+    context.error_code = "internal"
     return error_response(500, "internal", "internal server error")
 
 

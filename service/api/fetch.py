@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import httpx
 
 from .errors import ApiError
-from .settings import Settings
+from ..settings import Settings
 
 MAX_REDIRECTS = 3
 DEFAULT_PORTS = {"http": 80, "https": 443}

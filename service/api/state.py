@@ -5,47 +5,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
-import time
-from pathlib import Path
-from typing import Callable
 
-from fastapi import Request
+from model.engine import Engine
 
-from model.engine import Engine, EngineConfig, pick_device
-from model.person import warm as warm_detector
-
-from .admission import ServiceRate
-from .arena import Arena
-from .batcher import Batcher
+from ..logs import announce_ready
+from ..metrics import Metrics, ReportedElsewhere
+from ..processes.arena import Arena
+from ..processes.exits import drain_after_device_failure
+from ..processes.remote import EngineLink, RemoteBatcher, RemoteEngine
+from ..queue.host import EngineFactory, EngineHost, weights_label
+from ..queue.interface import JobQueue
+from ..settings import Settings
 from .cache import ResponseCache, model_identity, open_cache
 from .fetch import UrlFetcher
-from .metrics import Metrics, ReportedElsewhere
-from .remote import EngineLink, RemoteBatcher, RemoteEngine
-from .settings import Settings
 
 log = logging.getLogger("service")
-EXAMPLES = Path(__file__).resolve().parent / "examples"
-# After a device failure, time for the failed requests' answers to leave, and for probes to
-# see the 503, before the drain starts.
-DEVICE_FAILURE_EXIT_DELAY_S = 1.0
-# The exit status of a process that shut down because its device failed (an orchestrator restarts it).
-DEVICE_FAILURE_EXIT = 4
-
-
-EngineFactory = Callable[[EngineConfig], Engine]
 
 
 class ServiceState:
     def __init__(self, settings: Settings, engine_factory: EngineFactory | None = None,
                  engine_link: EngineLink | None = None):
         self.settings = settings
-        self.engine_factory = engine_factory or Engine  # a benchmark's stand-in replaces the model here
-        # A front-end process of TRYON_WORKERS > 1: the engine and its queue live behind this link.
-        self.engine_link = engine_link
         self.metrics = Metrics(settings.max_batch_size)
+        # The engine and its queue: here (EngineHost), or behind engine_link in a front-end
+        # process of TRYON_WORKERS > 1.
+        self.engine_link = engine_link
+        self.host = EngineHost(settings, self.metrics, engine_factory, on_device_failure=self.device_failed)
         self.engine: Engine | RemoteEngine | None = None
-        self.batcher: Batcher | RemoteBatcher | None = None
+        self.batcher: JobQueue | None = None
         self.fetcher: UrlFetcher | None = None
         self.cache: ResponseCache | None = None
         self.ready = False
@@ -55,9 +42,7 @@ class ServiceState:
     @property
     def weights_label(self) -> str | None:
         """The X-Weights header: the checkpoint's file name, or "random"."""
-        if self.engine is None:
-            return None
-        return "random" if self.engine.weights.random else self.engine.weights.name
+        return weights_label(self.engine.weights) if self.engine is not None else None
 
     @property
     def info(self) -> dict:
@@ -81,42 +66,16 @@ class ServiceState:
 
     async def start(self) -> None:
         """Loads the engine once, warms every batch size it will run, then opens for traffic."""
-        s = self.settings
         self._loop = asyncio.get_running_loop()
         if self.engine_link is not None:
             return await self._connect_engine()
-        batch_sizes = s.batch_sizes_for(pick_device(s.device).type)
-        config = EngineConfig(device=s.device, precision=s.precision, batch_sizes=batch_sizes,
-                              image_size=s.image_hw, weights=s.weights, sampler=s.sampler,
-                              check_inputs=str(EXAMPLES))
-        started = time.perf_counter()
-        self.engine = await asyncio.to_thread(self.engine_factory, config)
-        if self.engine.weights.random:
-            log.warning("SERVING RANDOM WEIGHTS: no checkpoint was found, every output is meaningless; "
-                        "set TRYON_WEIGHTS or put a checkpoint in weights/ (X-Weights: random)")
-        warmup = await asyncio.to_thread(self.engine.warmup)
-        # The person detector is loaded and run once here, so the first plain photo is not slow.
-        detector_s = await asyncio.to_thread(warm_detector)
-        self.metrics.sampler.labels(sampler=self.engine.sampler).set(1)
-        # Admission control starts from the smallest and largest batch timed once warm (sizes
-        # between are interpolated) and follows every batch the engine runs from then on.
-        rate = await asyncio.to_thread(ServiceRate.measured, self.engine.infer, s.image_hw,
-                                       {batch_sizes[0], batch_sizes[-1]})
-        self.batcher = Batcher(self.engine, max_batch_size=s.max_batch_size, max_wait_s=s.max_batch_wait_ms / 1000,
-                               queue_limit=s.queue_limit, metrics=self.metrics, rate=rate,
-                               on_device_failure=self.device_failed)
-        self.batcher.start()
-        self.fetcher = UrlFetcher(s)
+        await self.host.start()
+        self.engine, self.batcher = self.host.engine, self.host.batcher
+        self.fetcher = UrlFetcher(self.settings)
         self.cache = self._open_cache()
         self.ready = True
         self.metrics.ready.set(1)
-        log.info("ready", extra={"device": str(self.engine.device), "weights": self.weights_label,
-                                 "warmup_s": {str(k): round(v, 3) for k, v in warmup.items()},
-                                 "detector_warmup_s": round(detector_s, 3),
-                                 "startup_s": round(time.perf_counter() - started, 3)})
-        line = self.curl_line()
-        log.info("try it: %s", line)
-        print(line, flush=True)
+        announce_ready(self.settings, str(self.engine.device), self.weights_label, self.host.startup_s)
 
     async def _connect_engine(self) -> None:
         """A front-end process: the engine process has loaded and warmed the model already."""
@@ -139,22 +98,6 @@ class ServiceState:
         return open_cache(self.settings, identity, self.metrics)
 
     @property
-    def hello(self) -> dict:
-        """What a front-end process learns of the engine when it connects (service/remote.py)."""
-        weights = self.engine.weights
-        return {"info": self.engine.info, "device": str(self.engine.device),
-                "weights": {"name": weights.name, "random": weights.random, "sha256": weights.sha256}}
-
-    def curl_line(self) -> str:
-        s = self.settings
-        host = "127.0.0.1" if s.host in ("0.0.0.0", "::", "") else s.host
-        host = f"[{host}]" if ":" in host else host
-        files = {name: EXAMPLES / f"{name}.png" for name in ("masked_model", "pose", "cloth")}
-        parts = " ".join(f"-F {name}=@{path}" for name, path in files.items())
-        key = " -H 'Authorization: Bearer YOUR_API_KEY'" if s.api_keys else ""
-        return f"curl -sS -o tryon.jpg -D -{key} {parts} http://{host}:{s.port}/v1/tryon"
-
-    @property
     def healthy(self) -> bool:
         """False once the device failed: every later batch would fail, so the process must go."""
         return self.batcher is None or self.batcher.device_failure is None
@@ -165,7 +108,7 @@ class ServiceState:
         self.metrics.ready.set(0)
         self.metrics.healthy.set(0)
         if self._loop is not None:
-            self._loop.call_later(DEVICE_FAILURE_EXIT_DELAY_S, os.kill, os.getpid(), signal.SIGTERM)
+            drain_after_device_failure(self._loop)
 
     def begin_drain(self) -> None:
         """Called from the SIGTERM handler: readiness turns 503 at once; accepted work carries on."""
@@ -192,8 +135,3 @@ def _engine_lost() -> None:
     """A front end without its engine process (killed) serves nothing: it goes at once, as a single
     process would, so a load balancer's connections fail and it retries elsewhere."""
     os._exit(1)
-
-
-async def get_service(request: Request) -> ServiceState:
-    """(async: FastAPI would run a plain function in its thread pool, a thread hop per request)"""
-    return request.app.state.service

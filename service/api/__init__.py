@@ -1,0 +1,12 @@
+"""The HTTP edge: the app, middleware, errors, OpenAPI, dependencies, one module per router,
+parsing of inputs, fetching of URLs, the response cache, and uvicorn around it all.
+
+A request's way: ``middleware`` (request id, metrics, the access log line) -> a router
+in ``routes/`` -> ``deps`` (API key, readiness, options) -> ``steps`` (``inputs`` parses,
+``fetch`` fetches, ``person`` decodes, the cache is asked, the queue runs the job, the
+image is encoded) -> the response. ``errors`` maps every failure, the queue's outcomes
+included, to the one JSON error shape.
+
+May import: ``service.processes`` (a front end's remote batcher), ``service.queue``,
+``model`` and the foundation (``service.settings``, ``metrics``, ``logs``, ``limits``).
+"""

@@ -1,0 +1,104 @@
+"""The routes' dependencies, each once, as typed ``Annotated`` aliases.
+
+``ServiceDep``: the app's ServiceState. ``WorkDep``: a request about to queue work
+(ready or 503, its deadline counted from now). ``QueryDep``: the output and scheduling
+options given as query parameters (body fields of the same names win, service/api/inputs.py).
+``require_api_key`` guards every try-on router.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+from dataclasses import asdict, dataclass
+from typing import Annotated
+
+from fastapi import Depends, Query, Request
+
+from ..queue.outcomes import Priority
+from .context import request_context
+from .errors import ApiError
+from .inputs import JobOptions, OutputFormat, OutputSize
+from .state import ServiceState
+
+
+async def get_service(request: Request) -> ServiceState:
+    """(async: FastAPI would run a plain function in its thread pool, a thread hop per request)"""
+    return request.app.state.service
+
+
+ServiceDep = Annotated[ServiceState, Depends(get_service)]
+
+
+async def require_api_key(request: Request, service: ServiceDep) -> None:
+    """Open when TRYON_API_KEYS is empty; otherwise ``Authorization: Bearer`` or ``X-API-Key``."""
+    keys = service.settings.api_keys
+    if not keys:
+        return
+    auth = request.headers.get("authorization", "")
+    given = auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
+    if not any(hmac.compare_digest(given.encode(), key.encode()) for key in keys):
+        raise ApiError(401, "unauthorized", "a valid API key is required (Authorization: Bearer KEY or X-API-Key)",
+                       headers={"WWW-Authenticate": "Bearer"})
+
+
+def require_ready(service: ServiceState) -> None:
+    if not service.ready or service.batcher is None:
+        raise ApiError(503, "not_ready", "the model is not loaded yet", headers={"Retry-After": "5"})
+
+
+@dataclass
+class Work:
+    """A request about to queue work: when it arrived, its deadline and priority, and the
+    timings it collects (shared with the access log through its RequestContext)."""
+    arrived: float  # on the event loop's clock
+    deadline: float
+    timings: dict[str, float]
+    priority: Priority | None = None  # set by schedule(): the request's, or the route's default
+
+    def schedule(self, options: JobOptions, default_priority: Priority) -> None:
+        """Applies the request's own priority and (shorter) timeout; TRYON_REQUEST_TIMEOUT_S caps it."""
+        self.priority = options.priority or default_priority
+        if options.timeout is not None:
+            self.deadline = min(self.deadline, self.arrived + options.timeout)
+
+
+async def begin_work(request: Request, service: ServiceDep) -> Work:
+    """Dependency of the routes that run the model: ready or 503, deadline from now."""
+    require_ready(service)
+    now = asyncio.get_running_loop().time()
+    work = Work(now, now + service.settings.request_timeout_s, {})
+    request_context(request).timings_ms = work.timings
+    return work
+
+
+WorkDep = Annotated[Work, Depends(begin_work)]
+
+
+@dataclass(frozen=True)
+class QueryOptions:
+    """The options given as query parameters (None: not given)."""
+    format: OutputFormat | None = None
+    quality: int | None = None
+    size: OutputSize | None = None
+    priority: Priority | None = None
+    timeout: float | None = None
+
+    def given(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+async def output_query(
+        format: OutputFormat | None = Query(None, description="output format (jpeg)"),
+        quality: int | None = Query(None, ge=1, le=100, description="JPEG/WebP quality (90)"),
+        size: OutputSize | None = Query(None, description="model size, or the person image's original size (model)"),
+        priority: Priority | None = Query(None, description="interactive or bulk (also X-Priority); "
+                                     "interactive work is batched first (default: interactive, bulk for "
+                                     "/v1/tryon/batch)"),
+        timeout: float | None = Query(None, gt=0, allow_inf_nan=False, description="seconds this request may take, at most "
+                                    "TRYON_REQUEST_TIMEOUT_S (also X-Request-Timeout)"),
+) -> QueryOptions:
+    """The options given as query parameters; body fields of the same names win."""
+    return QueryOptions(format, quality, size, priority, timeout)
+
+
+QueryDep = Annotated[QueryOptions, Depends(output_query)]

@@ -1,0 +1,111 @@
+"""The steps the routes that run the model share: read the parts, queue the job and wait for it,
+encode, Server-Timing, stream the image back. No route imports from another route."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+from fastapi import Request, Response
+from fastapi.responses import StreamingResponse
+
+from model.images import TryOnInputs, encode_image, output_image
+
+from ..queue.interface import QueuedJob
+from ..queue.jobs import GarmentsInputs, GarmentsStream, JobResult
+from ..queue.outcomes import DeadlineExceeded, DropReason, Priority
+from .context import request_context
+from .deps import QueryOptions, Work
+from .inputs import Garments, OutputOptions, RequestParts, fetch_parts, has_urls, parse_job_options, read_request
+from .state import ServiceState
+
+STREAM_CHUNK = 64 * 1024
+
+
+class ClientGone(Exception):
+    """The client disconnected while its request waited."""
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns when the client disconnects (the body has been read, so only that can arrive)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def await_job(job: QueuedJob, work: Work, request: Request) -> JobResult | GarmentsStream:
+    loop = asyncio.get_running_loop()
+    watcher = loop.create_task(_client_gone(request))
+    try:
+        done, _ = await asyncio.wait({job.future, watcher}, timeout=max(0.0, job.deadline - loop.time()),
+                                     return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if job.future in done:
+        return job.future.result()
+    if watcher in done:
+        job.abandon(DropReason.CLIENT_GONE)
+        raise ClientGone
+    job.abandon(DropReason.DEADLINE)
+    raise DeadlineExceeded(f"the request was not served within its deadline ({job.deadline - work.arrived:.3g} s)")
+
+
+async def read_parts(request: Request, service: ServiceState, query: QueryOptions | None, garments: Garments,
+                     timings: dict[str, float], work: Work | None = None,
+                     default_priority: Priority = Priority.INTERACTIVE) -> tuple[RequestParts, OutputOptions]:
+    """The request's parts with every URL fetched (``timings["fetch"]`` when there were any);
+    ``work``, when given, takes the request's priority and timeout."""
+    mark = time.perf_counter()
+    given = query.given() if query is not None else {}
+    parts, options = await read_request(request, service.settings, given, garments)
+    if work is not None:
+        # Admission control waits for submit (after decoding): a cache hit is answered whatever the queue holds.
+        work.schedule(parse_job_options(given | parts.options, request.headers), default_priority)
+    if has_urls(parts):
+        parts = await fetch_parts(parts, service.fetcher)
+        timings["fetch"] = (time.perf_counter() - mark) * 1000
+    return parts, options
+
+
+async def run_job(service: ServiceState, inputs: TryOnInputs | GarmentsInputs, work: Work,
+                  request: Request) -> JobResult | GarmentsStream | None:
+    """Queues the work and waits for it; None when the client has gone (answer CLIENT_GONE)."""
+    if asyncio.get_running_loop().time() >= work.deadline:
+        raise DeadlineExceeded("the deadline passed before the request reached the queue")
+    try:
+        return await await_job(service.batcher.submit(inputs, work.deadline, work.priority), work, request)
+    except ClientGone:
+        context = request_context(request)
+        context.client_gone = True
+        context.error_code = "client_gone"
+        return None
+
+
+def server_timing(timings: dict[str, float]) -> str:
+    """The Server-Timing header; rounds ``timings`` in place for the access log too."""
+    timings.update({k: round(v, 2) for k, v in timings.items()})
+    return ", ".join(f"{k};dur={v}" for k, v in timings.items())
+
+
+async def off_loop_unless(short: bool, work, *args):
+    """``work(*args)`` on the event loop when ``short``, else in a thread."""
+    return work(*args) if short else await asyncio.to_thread(work, *args)
+
+
+def encode_output(output, frame, options: OutputOptions) -> bytes:
+    """One (3, H, W) result as image bytes, at model size or the person's original size."""
+    return encode_image(output_image(output, frame, options.size), options.format, options.quality)
+
+
+async def _chunks(body: bytes):
+    for start in range(0, len(body), STREAM_CHUNK):
+        yield body[start:start + STREAM_CHUNK]
+
+
+def image_response(body: bytes, media_type: str, options: OutputOptions, timings: dict[str, float],
+                   headers: dict[str, str]) -> Response:
+    """Streamed in STREAM_CHUNK pieces; a body of one piece is sent as it is (the same bytes and
+    headers, without a streaming task per response)."""
+    headers = {"Server-Timing": server_timing(timings), "Content-Length": str(len(body)),
+               "Content-Disposition": f'inline; filename="tryon.{options.format}"', **headers}
+    if len(body) <= STREAM_CHUNK:
+        return Response(body, media_type=media_type, headers=headers)
+    return StreamingResponse(_chunks(body), media_type=media_type, headers=headers)

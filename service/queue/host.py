@@ -1,0 +1,83 @@
+"""The engine and its queue in this process: loaded once, warmed, timed, then batching.
+
+``EngineHost.start`` loads the model onto its device, warms every batch size it
+will run, warms the person detector (so the first plain photo is not slow), times
+the smallest and largest batch for admission control, and starts the one
+``Batcher``. The single process of ``TRYON_WORKERS=1`` holds one, as does the
+engine process of ``TRYON_WORKERS > 1`` (service/processes/supervisor.py), whose
+front ends learn of it through ``hello``.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable
+
+from model.engine import Engine, EngineConfig, pick_device
+from model.person import warm as warm_detector
+
+from ..examples import EXAMPLES
+from ..metrics import Metrics
+from ..settings import Settings
+from .admission import ServiceRate
+from .batcher import Batcher
+from .interface import InferenceEngine
+
+log = logging.getLogger("service")
+
+EngineFactory = Callable[[EngineConfig], InferenceEngine]
+
+
+def weights_label(weights) -> str:
+    """The X-Weights header: the checkpoint's file name, or "random"."""
+    return "random" if weights.random else weights.name
+
+
+class EngineHost:
+    def __init__(self, settings: Settings, metrics: Metrics, engine_factory: EngineFactory | None = None,
+                 on_device_failure: Callable[[str], None] | None = None):
+        self.settings = settings
+        self.metrics = metrics
+        self.engine_factory = engine_factory or Engine  # a benchmark's or test's stand-in replaces the model here
+        self.on_device_failure = on_device_failure
+        self.engine: Engine | None = None
+        self.batcher: Batcher | None = None
+        self.startup_s: dict = {}  # what start() took, for the "ready" log line
+
+    async def start(self) -> None:
+        s = self.settings
+        batch_sizes = s.batch_sizes_for(pick_device(s.device).type)
+        config = EngineConfig(device=s.device, precision=s.precision, batch_sizes=batch_sizes,
+                              image_size=s.image_hw, weights=s.weights, sampler=s.sampler,
+                              check_inputs=str(EXAMPLES))
+        started = time.perf_counter()
+        self.engine = await asyncio.to_thread(self.engine_factory, config)
+        if self.engine.weights.random:
+            log.warning("SERVING RANDOM WEIGHTS: no checkpoint was found, every output is meaningless; "
+                        "set TRYON_WEIGHTS or put a checkpoint in weights/ (X-Weights: random)")
+        warmup = await asyncio.to_thread(self.engine.warmup)
+        detector_s = await asyncio.to_thread(warm_detector)
+        self.metrics.sampler.labels(sampler=self.engine.sampler).set(1)
+        # Admission control starts from the smallest and largest batch timed once warm (sizes
+        # between are interpolated) and follows every batch the engine runs from then on.
+        rate = await asyncio.to_thread(ServiceRate.measured, self.engine.infer, s.image_hw,
+                                       {batch_sizes[0], batch_sizes[-1]})
+        self.batcher = Batcher(self.engine, max_batch_size=s.max_batch_size, max_wait_s=s.max_batch_wait_ms / 1000,
+                               queue_limit=s.queue_limit, metrics=self.metrics, rate=rate,
+                               on_device_failure=self.on_device_failure)
+        self.batcher.start()
+        self.startup_s = {"warmup_s": {str(k): round(v, 3) for k, v in warmup.items()},
+                          "detector_warmup_s": round(detector_s, 3),
+                          "startup_s": round(time.perf_counter() - started, 3)}
+
+    @property
+    def hello(self) -> dict:
+        """What a front-end process learns of the engine when it connects (service/processes/remote.py)."""
+        weights = self.engine.weights
+        return {"info": self.engine.info, "device": str(self.engine.device),
+                "weights": {"name": weights.name, "random": weights.random, "sha256": weights.sha256}}
+
+    async def stop(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.stop()

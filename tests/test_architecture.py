@@ -1,0 +1,73 @@
+"""The rooms of service/ (docs/architecture.md) import one way: api -> processes -> queue -> the
+foundation (settings, limits, metrics, logs, examples) -> model; model knows nothing of the service.
+Read from the source with ast, so a new import that breaks the rule fails here, not in review."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FOUNDATION = {"settings", "limits", "metrics", "logs", "examples"}
+# What each room may import of the service (besides itself and model/).
+ALLOWED = {
+    "model": set(),
+    "foundation": {"foundation"},
+    "queue": {"foundation"},
+    "processes": {"queue", "foundation"},
+    "api": {"processes", "queue", "foundation"},
+    "main": {"api", "processes", "queue", "foundation"},
+}
+
+
+def room_of(module: str) -> str | None:
+    """'service.api.routes.tryon' -> 'api'; None outside model/ and service/."""
+    parts = module.split(".")
+    if parts[0] == "model":
+        return "model"
+    if parts[0] != "service":
+        return None
+    if len(parts) == 1 or parts[1] == "__main__":
+        return "main"
+    return "foundation" if parts[1] in FOUNDATION else parts[1]
+
+
+def imports_of(path: Path) -> list[str]:
+    """The modules ``path`` imports, relative imports resolved."""
+    module = ".".join(path.relative_to(REPO).with_suffix("").parts)
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package[:len(package) - node.level + 1] if node.level else []
+            target = ".".join(base + ([node.module] if node.module else []))
+            found += [target] if node.module else [f"{target}.{alias.name}" for alias in node.names]
+    return found
+
+
+SOURCES = sorted(p for folder in ("model", "service") for p in (REPO / folder).rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(REPO)))
+def test_imports_run_one_way_between_rooms(path):
+    room = room_of(".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"))
+    wrong = [name for name in imports_of(path)
+             if room_of(name) not in (None, room, "model") and room_of(name) not in ALLOWED[room]]
+    if room == "model":
+        wrong = [name for name in imports_of(path) if room_of(name) not in (None, "model")]
+    assert not wrong, f"{path.relative_to(REPO)} ({room}) may not import {wrong}"
+
+
+def test_no_service_module_is_over_about_400_lines():
+    long = {str(p.relative_to(REPO)): n for p in (REPO / "service").rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 430}
+    assert not long
+
+
+def test_the_rule_itself_sees_a_wrong_import():
+    assert room_of("service.api.deps") == "api" and room_of("service.settings") == "foundation"
+    assert "api" not in ALLOWED["queue"] and room_of("service.__main__") == "main"
+    assert "service.api.app" in imports_of(REPO / "service" / "__main__.py")
