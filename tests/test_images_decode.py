@@ -23,9 +23,10 @@ import pytest
 import torch
 from PIL import Image
 
-from model.images import (ImageError, ImageTooLarge, Letterbox, _turbo_levels_to_fit, decode_image,
-                          decode_levels_to_fit, decode_to_fit, image_to_levels, image_to_tensor, levels_to_tensor,
-                          prepare_inputs, psnr, resize_bicubic, tensor_to_image)
+from model.images import (ImageError, ImageTooLarge, Letterbox, decode_image, decode_levels_to_fit, decode_to_fit,
+                          image_to_levels, image_to_tensor, levels_to_tensor, prepare_inputs, psnr, resize_bicubic,
+                          tensor_to_image)
+from model.images.decode import _turbo_levels_to_fit
 from tests.fixtures.service.harness import REPO
 
 # Numeric: libjpeg's SIMD paths differ by instruction set; run again under AVX2 (Makefile).
