@@ -7,7 +7,8 @@ input of any size fits the model's), ``inputs`` (one request's three model input
 """
 from .decode import (DEFAULT_MAX_PIXELS, ImageError, ImageSource, ImageTooLarge, decode_image,
                      decode_levels_to_fit, decode_to_fit, open_image)
-from .encode import ENCODE_FORMATS, MEDIA_TYPES, encode_image, output_image
+from .encode import (DEFAULT_QUALITY, ENCODE_FORMATS, MEDIA_TYPES, OUTPUT_FORMATS, OUTPUT_SIZES, OutputFormat,
+                     OutputSize, encode_image, output_image)
 from .inputs import MODEL_SIZE, TryOnInputs, assemble_inputs, letterbox_person, prepare_inputs
 from .letterbox import Letterbox
 from .levels import (BLACK, WHITE, Picture, as_levels, image_to_levels, image_to_tensor, levels_to_tensor,
@@ -15,8 +16,9 @@ from .levels import (BLACK, WHITE, Picture, as_levels, image_to_levels, image_to
                      tensor_to_levels)
 from .quality import psnr, psnr_8bit, to_8bit
 
-__all__ = ["BLACK", "DEFAULT_MAX_PIXELS", "ENCODE_FORMATS", "MEDIA_TYPES", "MODEL_SIZE", "WHITE", "ImageError",
-           "ImageSource", "ImageTooLarge", "Letterbox", "Picture", "TryOnInputs", "as_levels", "assemble_inputs",
+__all__ = ["BLACK", "DEFAULT_MAX_PIXELS", "DEFAULT_QUALITY", "ENCODE_FORMATS", "MEDIA_TYPES", "MODEL_SIZE",
+           "OUTPUT_FORMATS", "OUTPUT_SIZES", "WHITE", "ImageError", "ImageSource", "ImageTooLarge", "Letterbox",
+           "OutputFormat", "OutputSize", "Picture", "TryOnInputs", "as_levels", "assemble_inputs",
            "decode_image", "decode_levels_to_fit", "decode_to_fit", "encode_image", "image_to_levels",
            "image_to_tensor", "letterbox_person", "levels_to_tensor", "open_image", "output_image",
            "picture_levels", "picture_size", "prepare_inputs", "psnr", "psnr_8bit", "resize_bicubic",
