@@ -44,7 +44,7 @@ class StandInEngine:
     @property
     def info(self) -> dict:
         return {"device": str(self.device), "batch_sizes": list(self.batch_sizes),
-                "image_size": list(self.config.image_size), "weights": self.weights.name,
+                "image_size": list(self.config.image_size_hw), "weights": self.weights.name,
                 "random_weights": False, "warm": True, "sampler": self.sampler,
                 "precision": self.precision}
 

@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> dict:
                    for field in ("masked_model", "pose", "person", "keypoints", "parse", "cloth")}
     with stage(timings, "prepare"):
         cloth = sources.pop("cloth")
-        person = person_images(**sources, size=engine.config.image_size, silhouette=args.silhouette)
+        person = person_images(**sources, size_hw=engine.config.image_size_hw, silhouette=args.silhouette)
         inputs = assemble_inputs(person.masked_model_levels, person.pose_levels, person.frame, cloth)
     with stage(timings, "inference"):
         out = engine.infer(inputs.pose[None], inputs.masked_model[None], inputs.cloth[None])

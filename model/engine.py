@@ -42,7 +42,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from .images import levels_to_tensor, prepare_inputs, psnr_8bit, tensor_to_levels
+from .images import MODEL_SIZE_HW, levels_to_tensor, prepare_inputs, psnr_8bit, tensor_to_levels
 from .kernels import resolve as resolve_sampler
 from .kernels.selfcheck import REFERENCE as REFERENCE_SAMPLER, check_fused
 from .network import DAFlow, check_size
@@ -157,7 +157,7 @@ class EngineConfig:
     device: str = "auto"
     precision: str = "fp32"
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8)
-    image_size: tuple[int, int] = (256, 192)  # H, W
+    image_size_hw: tuple[int, int] = MODEL_SIZE_HW
     weights: str | None = None
     sampler: str = "auto"
     cuda_graphs: bool = True  # GPU only
@@ -182,7 +182,7 @@ class Engine:
 
     def __post_init__(self):
         cfg = self.config
-        check_size(*cfg.image_size)
+        check_size(*cfg.image_size_hw)
         self.device = pick_device(cfg.device)
         cuda = self.device.type == "cuda"
         if cuda and self.device.index is None:
@@ -233,7 +233,7 @@ class Engine:
     def info(self) -> dict:
         return {"device": str(self.device), "precision": self.precision,
                 "requested_precision": self.config.precision, "precision_fallback": self.precision_fallback,
-                "batch_sizes": list(self.batch_sizes), "image_size": list(self.config.image_size),
+                "batch_sizes": list(self.batch_sizes), "image_size": list(self.config.image_size_hw),
                 "weights": self.weights.name, "random_weights": self.weights.random, "warm": self.warm,
                 "cuda_graphs": self.use_graphs, "channels_last": self.channels_last,
                 "sampler": self.sampler, "requested_sampler": self.config.sampler,
@@ -252,11 +252,11 @@ class Engine:
 
     def _precision_runner(self, net: DAFlow) -> Callable[[str], torch.Tensor]:
         """run(mode) -> a copy of net's output on the check inputs in that mode."""
-        h, w = self.config.image_size
+        h, w = self.config.image_size_hw
         folder = self.config.check_inputs
         if folder is not None:
             example = prepare_inputs(*((Path(folder) / f"{name}.png").read_bytes()
-                                       for name in ("masked_model", "pose", "cloth")), size=(h, w))
+                                       for name in ("masked_model", "pose", "cloth")), size_hw=(h, w))
             inputs = example.batch()
         else:
             gen = torch.Generator().manual_seed(0)
@@ -289,7 +289,7 @@ class Engine:
         """The sampler check, then one forward at every batch size (on a GPU with graphs:
         the capture, largest first so the shared pool is sized once) and one garments
         chunk of every size; returns seconds per batch size."""
-        h, w = self.config.image_size
+        h, w = self.config.image_size_hw
         self._check_sampler()
         seconds = {}
         for n in sorted(self.batch_sizes, reverse=True):
@@ -393,7 +393,7 @@ class Engine:
         GPU the memory it reserves beyond the graphs' pool is counted."""
         if self.device.type != "cuda":
             return
-        h, w = self.config.image_size
+        h, w = self.config.image_size_hw
         before = torch.cuda.memory_reserved(self.device)
         zeros = torch.zeros(1, 3, h, w)
         for n in self.batch_sizes:
@@ -430,7 +430,7 @@ class Engine:
 
     def _capture(self, n: int) -> _Graph:
         """A CUDA graph of one forward at batch n over static input buffers."""
-        h, w = self.config.image_size
+        h, w = self.config.image_size_hw
         with torch.inference_mode():
             inputs = tuple(torch.zeros(n, 3, h, w, device=self.device, dtype=self.dtype)
                            .contiguous(memory_format=self.memory_format) for _ in range(3))

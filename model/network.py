@@ -221,10 +221,10 @@ class DAFlowNet(nn.Module):
         for i in range(len(source_pyramid)):
             flows = self.level(i, source_pyramid, reference_pyramid, flows)
             if return_all:
-                size = flows.cross_att.shape[-2:]
+                size_hw = flows.cross_att.shape[-2:]
                 per_level.append(self.render(
-                    F.interpolate(cloth, size=size, mode="bilinear", align_corners=False),
-                    F.interpolate(masked_model, size=size, mode="bilinear", align_corners=False), *flows))
+                    F.interpolate(cloth, size=size_hw, mode="bilinear", align_corners=False),
+                    F.interpolate(masked_model, size=size_hw, mode="bilinear", align_corners=False), *flows))
         if return_all:
             return per_level
         return self.render(cloth, masked_model, *flows)

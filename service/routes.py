@@ -254,7 +254,7 @@ async def tryon_image(
     timings["inference"] = result.inference_s * 1000
 
     mark = time.perf_counter()
-    short = options.size == "model" or inputs.person_frame.source_size[0] * inputs.person_frame.source_size[1] \
+    short = options.size == "model" or inputs.person_frame.source_size_wh[0] * inputs.person_frame.source_size_wh[1] \
         <= INLINE_ENCODE_PIXELS
     body = await off_loop_unless(short, encode_output, result.output, inputs.person_frame, options)
     timings["encode"] = (time.perf_counter() - mark) * 1000

@@ -36,7 +36,7 @@ def golden():
 
 def make_engine(weights_file, **overrides) -> Engine:
     # The mode asked for, unchecked: these tests measure each mode (test_engine_fallbacks checks).
-    config = dict(device="cpu", precision="fp32", batch_sizes=(1, 2), image_size=SIZE,
+    config = dict(device="cpu", precision="fp32", batch_sizes=(1, 2), image_size_hw=SIZE,
                   weights=weights_file, sampler="torch", check_precision=False)
     config.update(overrides)
     return Engine(EngineConfig(**config))
@@ -227,7 +227,7 @@ def test_gpu_benchmarks_fail_clearly_without_cuda(module):
 
 def test_iter_infer_in_steps_equals_infer(weights_file):
     """A forward run step by step (so bulk work can be paused between steps) gives infer's output."""
-    engine = Engine(EngineConfig(device="cpu", precision="fp32", batch_sizes=(1, 2), image_size=SIZE,
+    engine = Engine(EngineConfig(device="cpu", precision="fp32", batch_sizes=(1, 2), image_size_hw=SIZE,
                                  weights=weights_file))
     gen = torch.Generator().manual_seed(3)
     pose, masked, cloth = (torch.rand(2, 3, *SIZE, generator=gen) * 2 - 1 for _ in range(3))

@@ -41,7 +41,7 @@ def golden() -> dict:
 
 def engine(weights_file: str, **overrides) -> Engine:
     """A one-size CPU engine; unlike tests/test_engine.py's, its checks stay on."""
-    return Engine(EngineConfig(**({"device": "cpu", "precision": "fp32", "batch_sizes": (1,), "image_size": SIZE,
+    return Engine(EngineConfig(**({"device": "cpu", "precision": "fp32", "batch_sizes": (1,), "image_size_hw": SIZE,
                                    "weights": weights_file} | overrides)))
 
 
@@ -111,7 +111,7 @@ def test_triton_that_cannot_launch_falls_back_for_real(weights_file):
         from model.engine import Engine, EngineConfig
         from tests.conftest import load_golden
         g = load_golden("golden_64x64.pt")
-        e = Engine(EngineConfig(device="cpu", precision="fp32", batch_sizes=(1,), image_size=(64, 64),
+        e = Engine(EngineConfig(device="cpu", precision="fp32", batch_sizes=(1,), image_size_hw=(64, 64),
                                 weights={weights_file!r}, sampler="triton"))
         e.warmup()
         out = e.infer(g["pose"], g["masked_model"], g["cloth"])

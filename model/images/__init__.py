@@ -9,17 +9,17 @@ from .decode import (DEFAULT_MAX_PIXELS, ImageError, ImageSource, ImageTooLarge,
                      decode_levels_to_fit, decode_to_fit, open_image)
 from .encode import (DEFAULT_QUALITY, ENCODE_FORMATS, MEDIA_TYPES, OUTPUT_FORMATS, OUTPUT_SIZES, OutputFormat,
                      OutputSize, encode_image, output_image)
-from .inputs import MODEL_SIZE, TryOnInputs, assemble_inputs, letterbox_person, prepare_inputs
+from .inputs import MODEL_SIZE_HW, TryOnInputs, assemble_inputs, letterbox_person, prepare_inputs
 from .letterbox import Letterbox
 from .levels import (BLACK, WHITE, Picture, as_levels, image_to_levels, image_to_tensor, levels_to_tensor,
-                     picture_levels, picture_size, resize_bicubic, resize_levels, stack_levels, tensor_to_image,
+                     picture_levels, picture_size_wh, resize_bicubic, resize_levels, stack_levels, tensor_to_image,
                      tensor_to_levels)
 from .quality import psnr, psnr_8bit, to_8bit
 
-__all__ = ["BLACK", "DEFAULT_MAX_PIXELS", "DEFAULT_QUALITY", "ENCODE_FORMATS", "MEDIA_TYPES", "MODEL_SIZE",
+__all__ = ["BLACK", "DEFAULT_MAX_PIXELS", "DEFAULT_QUALITY", "ENCODE_FORMATS", "MEDIA_TYPES", "MODEL_SIZE_HW",
            "OUTPUT_FORMATS", "OUTPUT_SIZES", "WHITE", "ImageError", "ImageSource", "ImageTooLarge", "Letterbox",
            "OutputFormat", "OutputSize", "Picture", "TryOnInputs", "as_levels", "assemble_inputs",
            "decode_image", "decode_levels_to_fit", "decode_to_fit", "encode_image", "image_to_levels",
            "image_to_tensor", "letterbox_person", "levels_to_tensor", "open_image", "output_image",
-           "picture_levels", "picture_size", "prepare_inputs", "psnr", "psnr_8bit", "resize_bicubic",
+           "picture_levels", "picture_size_wh", "prepare_inputs", "psnr", "psnr_8bit", "resize_bicubic",
            "resize_levels", "stack_levels", "tensor_to_image", "tensor_to_levels", "to_8bit"]

@@ -9,7 +9,7 @@ from .decode import DEFAULT_MAX_PIXELS, ImageSource, decode_image, decode_levels
 from .letterbox import Letterbox
 from .levels import BLACK, WHITE, Picture, image_to_levels, levels_to_tensor, picture_levels
 
-MODEL_SIZE = (256, 192)  # H, W as published
+MODEL_SIZE_HW = (256, 192)  # as published
 
 
 @dataclass
@@ -28,14 +28,14 @@ class TryOnInputs:
                      for t in (self.pose, self.masked_model, self.cloth))
 
 
-def letterbox_person(masked_model: ImageSource, pose: ImageSource, *, size: tuple[int, int] = MODEL_SIZE,
+def letterbox_person(masked_model: ImageSource, pose: ImageSource, *, size_hw: tuple[int, int] = MODEL_SIZE_HW,
                      max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[torch.Tensor, torch.Tensor, Letterbox]:
-    """Masked model and pose map at ``size`` (H, W) through one transform, as (3, H, W) levels.
+    """Masked model and pose map at ``size_hw`` through one transform, as (3, H, W) levels.
 
     A pose map of another size than the masked model is taken to span the same
     frame and scaled to it first, so both get the same transform.
     """
-    target_wh = (size[1], size[0])
+    target_wh = (size_hw[1], size_hw[0])
     person, person_wh = decode_levels_to_fit(masked_model, "masked_model", target_wh, background=WHITE,
                                              max_pixels=max_pixels)
     frame = Letterbox(person_wh, target_wh)
@@ -51,19 +51,19 @@ def letterbox_person(masked_model: ImageSource, pose: ImageSource, *, size: tupl
 def assemble_inputs(masked_model: Picture, pose: Picture, frame: Letterbox, cloth: ImageSource, *,
                     max_pixels: int | None = DEFAULT_MAX_PIXELS) -> TryOnInputs:
     """Model-size person images, as images or levels (and their frame), plus the garment -> levels."""
-    garment, garment_wh = decode_levels_to_fit(cloth, "cloth", frame.target_size, background=WHITE,
+    garment, garment_wh = decode_levels_to_fit(cloth, "cloth", frame.target_size_wh, background=WHITE,
                                                max_pixels=max_pixels)
     return TryOnInputs(
         masked_model=picture_levels(masked_model),
         pose=picture_levels(pose),
-        cloth=Letterbox(garment_wh, frame.target_size).fit_levels(garment, WHITE),
+        cloth=Letterbox(garment_wh, frame.target_size_wh).fit_levels(garment, WHITE),
         person_frame=frame,
     )
 
 
 def prepare_inputs(masked_model: ImageSource, pose: ImageSource, cloth: ImageSource, *,
-                   size: tuple[int, int] = MODEL_SIZE,
+                   size_hw: tuple[int, int] = MODEL_SIZE_HW,
                    max_pixels: int | None = DEFAULT_MAX_PIXELS) -> TryOnInputs:
-    """Decodes and letterboxes the three inputs to ``size`` (H, W)."""
-    person, skeleton, frame = letterbox_person(masked_model, pose, size=size, max_pixels=max_pixels)
+    """Decodes and letterboxes the three inputs to ``size_hw``."""
+    person, skeleton, frame = letterbox_person(masked_model, pose, size_hw=size_hw, max_pixels=max_pixels)
     return assemble_inputs(person, skeleton, frame, cloth, max_pixels=max_pixels)

@@ -30,8 +30,7 @@ def stack_levels(levels: list[torch.Tensor]) -> torch.Tensor:
 Picture = Union[Image.Image, torch.Tensor]
 
 
-def picture_size(picture: Picture) -> tuple[int, int]:
-    """(W, H)"""
+def picture_size_wh(picture: Picture) -> tuple[int, int]:
     return picture.size if isinstance(picture, Image.Image) else (picture.shape[2], picture.shape[1])
 
 
@@ -44,7 +43,7 @@ def resize_levels(picture: Picture, size_wh: tuple[int, int]) -> torch.Tensor:
     Shrinking, it runs as torch's 8-bit kernel, vectorised where Pillow's is not: six times
     faster, and within one level of Pillow but for a few pixels in a thousand where the filter
     overshoots the 8-bit range (tests/test_images_decode.py). Growing stays with Pillow."""
-    width, height = picture_size(picture)
+    width, height = picture_size_wh(picture)
     if size_wh[0] > width or size_wh[1] > height:
         image = picture if isinstance(picture, Image.Image) else tensor_to_image(picture)
         return image_to_levels(image.resize(size_wh, Image.BICUBIC))
