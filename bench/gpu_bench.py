@@ -205,7 +205,7 @@ def bench_kernels(iters: int, bandwidth_gbs: float, nominal_gbs: float | None) -
 
 def summarise(report: dict) -> dict:
     """The issue's targets against what was measured in the engine's GPU default mode."""
-    from model.engine import AUTO_GPU_PRECISION
+    from model.precision import AUTO_GPU_PRECISION
     base = report["baseline"]["runs"][0]["images_per_s"]
     default = report["ours"][AUTO_GPU_PRECISION]["runs"]
     by_batch = {r["batch"]: r for r in default}
@@ -235,7 +235,7 @@ def main(argv=None) -> int:
     require_cuda()
     import triton
 
-    from model.engine import AUTO_GPU_PRECISION, set_cuda_math
+    from model.precision import AUTO_GPU_PRECISION, set_cuda_math
 
     name = torch.cuda.get_device_name(0)
     peaks = device_peaks(name)

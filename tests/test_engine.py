@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from model import create_model, load_weights
-from model.engine import AUTO_GPU_PRECISION, Engine, EngineConfig, effective_precision, run_in_precision
+from model.engine import Engine, EngineConfig
 from model.images import levels_to_tensor, psnr_8bit, tensor_to_levels
+from model.precision import AUTO_GPU_PRECISION, effective_precision, run_in_precision
 from tests.conftest import load_golden
 
 # Numeric: run a second time in CI with oneDNN and ATen held to AVX2 (Makefile, test-avx2).

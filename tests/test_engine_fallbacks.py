@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.engine import Engine, EngineConfig, choose_precision
+from model.engine import Engine, EngineConfig
 from model.images import tensor_to_image
 from model.kernels import cpu_sampling
 from model.kernels.selfcheck import check_fused
+from model.precision import choose_precision
 from model.sampling import deformable_sample_reference
 from tests.conftest import load_golden
 
