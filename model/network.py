@@ -1,8 +1,9 @@
-"""The DAFlow network (Bai et al., ECCV 2022) as plain nn.Modules.
+"""The DAFlow network (Bai et al., ECCV 2022, arXiv 2207.09161, github.com/OFA-Sys/DAFlow) as
+plain nn.Modules.
 
 Module and parameter names match the published checkpoint exactly
-(tests/fixtures/checkpoint_keys.tsv); see ARCHITECTURE.md for the layer-by-
-layer description this follows.
+(tests/fixtures/checkpoint_keys.tsv); docs/architecture.md, "The network", describes the
+parts this follows.
 """
 from __future__ import annotations
 
