@@ -26,8 +26,9 @@ from pathlib import Path
 import torch
 
 from bench.common import FIXTURES, RESULTS, STANDIN_LABEL, standin_state, write_report
-from model.engine import pick_device, run_in_precision
+from model.engine import pick_device
 from model.images import psnr_8bit
+from model.precision import run_in_precision
 from model.weights import create_model, load_weights
 
 GOLDEN_FILES = {"64x64": "golden_64x64.pt", "256x192": "golden_256x192.pt"}

@@ -121,8 +121,8 @@ class EngineWays:
 
         height, width = (int(v) for v in image_size.split("x"))
         self.engine = Engine(EngineConfig(device="cpu", batch_sizes=tuple(range(1, max_batch_size + 1)),
-                                          image_size=(height, width), sampler=sampler))
-        person = person_images(person=PERSON, keypoints=KEYPOINTS, size=(height, width))
+                                          image_size_hw=(height, width), sampler=sampler))
+        person = person_images(person=PERSON, keypoints=KEYPOINTS, size_hw=(height, width))
         # The tensors the service would make: the person's once, each garment in the person's frame.
         inputs = [assemble_inputs(person.masked_model_levels, person.pose_levels, person.frame, c) for c in garments(8)]
         self.pose, self.masked = inputs[0].pose[None], inputs[0].masked_model[None]

@@ -101,7 +101,7 @@ def copy_bandwidth_gbs(device) -> float:
 def time_engine(engine, batch: int, seconds: float, min_iters: int) -> dict:
     """Whole infer() calls (host copies in and out included), as the service makes them: uint8
     levels in pixel order in, levels out (model.images.TryOnInputs)."""
-    h, w = engine.config.image_size
+    h, w = engine.config.image_size_hw
     gen = torch.Generator().manual_seed(batch)
     pose, masked, cloth = (torch.randint(0, 256, (batch, h, w, 3), generator=gen, dtype=torch.uint8).permute(0, 3, 1, 2)
                            for _ in range(3))
@@ -130,7 +130,7 @@ def bench_engine(weights: str, precision: str, batches, image_size, seconds, min
     torch.cuda.reset_peak_memory_stats()
     # check_precision off: each mode is measured as asked, never its fallback.
     engine = Engine(EngineConfig(device="cuda", precision=precision, batch_sizes=tuple(batches),
-                                 image_size=image_size, weights=weights, sampler=sampler,
+                                 image_size_hw=image_size, weights=weights, sampler=sampler,
                                  check_precision=False, **config))
     # The engine turns cudnn.benchmark on; the published code leaves it off.
     torch.backends.cudnn.benchmark = cudnn_benchmark
@@ -205,7 +205,7 @@ def bench_kernels(iters: int, bandwidth_gbs: float, nominal_gbs: float | None) -
 
 def summarise(report: dict) -> dict:
     """The issue's targets against what was measured in the engine's GPU default mode."""
-    from model.engine import AUTO_GPU_PRECISION
+    from model.precision import AUTO_GPU_PRECISION
     base = report["baseline"]["runs"][0]["images_per_s"]
     default = report["ours"][AUTO_GPU_PRECISION]["runs"]
     by_batch = {r["batch"]: r for r in default}
@@ -235,7 +235,7 @@ def main(argv=None) -> int:
     require_cuda()
     import triton
 
-    from model.engine import AUTO_GPU_PRECISION, set_cuda_math
+    from model.precision import AUTO_GPU_PRECISION, set_cuda_math
 
     name = torch.cuda.get_device_name(0)
     peaks = device_peaks(name)

@@ -57,7 +57,7 @@ def main(argv=None) -> dict:
         export_onnx(onnx_path, weights, SIZE, DEFAULT_OPSET)
         export_s = time.perf_counter() - start
         session = onnx_session(onnx_path)
-        engine = Engine(EngineConfig(device="cpu", precision="fp32", batch_sizes=(1,), image_size=SIZE,
+        engine = Engine(EngineConfig(device="cpu", precision="fp32", batch_sizes=(1,), image_size_hw=SIZE,
                                      weights=str(weights)))
     feeds = dict(zip(INPUT_NAMES, (t.numpy() for t in (pose, masked, cloth))))
     runners = {ENGINE: lambda: engine.infer(pose, masked, cloth),

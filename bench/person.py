@@ -91,7 +91,7 @@ def compare_requests(rounds: int, image_size: str) -> dict:
     """Alternating person-only and masked-model requests against one server."""
     grace = (PHOTOS / "grace_hopper.jpg").read_bytes()
     height, width = map(int, image_size.split("x"))
-    drawn = person_images(person=grace, size=(height, width))
+    drawn = person_images(person=grace, size_hw=(height, width))
     masked, pose = encode_image(drawn.masked_model, "png"), encode_image(drawn.pose, "png")
     cloth = CLOTH.read_bytes()
     forms = {

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import httpx
 
 from .engine import Engine, EngineConfig
-from .images import assemble_inputs, encode_image, output_image
+from .images import DEFAULT_QUALITY, OUTPUT_SIZES, assemble_inputs, encode_image, output_image
 from .person import person_images
 from .prepare_cli import write_keypoints
 from .weights import WeightsError
@@ -68,9 +68,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="result.jpg", help="output file; format from its suffix (.jpg .png .webp)")
     p.add_argument("--weights", help="checkpoint file (default: $TRYON_WEIGHTS, then weights/)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    p.add_argument("--size", choices=("model", "original"), default="model",
+    p.add_argument("--size", dest="output_size", choices=OUTPUT_SIZES, default="model",
                    help="result at model size or mapped back to the person image's size")
-    p.add_argument("--quality", type=int, default=92)
+    p.add_argument("--quality", type=int, default=DEFAULT_QUALITY)
     return p
 
 
@@ -87,12 +87,12 @@ def run(args: argparse.Namespace) -> dict:
                    for field in ("masked_model", "pose", "person", "keypoints", "parse", "cloth")}
     with stage(timings, "prepare"):
         cloth = sources.pop("cloth")
-        person = person_images(**sources, size=engine.config.image_size, silhouette=args.silhouette)
+        person = person_images(**sources, size_hw=engine.config.image_size_hw, silhouette=args.silhouette)
         inputs = assemble_inputs(person.masked_model_levels, person.pose_levels, person.frame, cloth)
     with stage(timings, "inference"):
         out = engine.infer(inputs.pose[None], inputs.masked_model[None], inputs.cloth[None])
     with stage(timings, "encode"):
-        data = encode_image(output_image(out[0], inputs.person_frame, args.size), fmt, args.quality)
+        data = encode_image(output_image(out[0], inputs.person_frame, args.output_size), fmt, args.quality)
         Path(args.out).write_bytes(data)
     out = Path(args.out)
     keypoints_file = None

@@ -7,7 +7,7 @@ same form (levels are normalised and quantised on the device, so a batch
 crosses to and from a GPU as a quarter of float32's bytes); they never touch
 the nn.Module.
 
-On a GPU (docs/gpu.md):
+On a GPU (docs/gpu.md; the precision policy is model.precision):
 - precision "fp32" (true fp32: TF32 off), "tf32" (TF32 convolutions), "bf16"
   or "fp16" (convolutions in half precision, BatchNorm parameters in fp32);
   in every mode the flows, the softmax of the attention and the sampling
@@ -35,32 +35,22 @@ import copy
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-from torch import nn
 
-from .images import levels_to_tensor, prepare_inputs, psnr_8bit, tensor_to_levels
+from .images import MODEL_SIZE_HW, levels_to_tensor, prepare_inputs, tensor_to_levels
 from .kernels import resolve as resolve_sampler
 from .kernels.selfcheck import REFERENCE as REFERENCE_SAMPLER, check_fused
 from .network import DAFlow, check_size
+from .precision import (DTYPES, MIN_PSNR_DB, choose_precision, default_channels_last, effective_precision,
+                        prepare_network, run_in_precision, set_cuda_math)
 from .weights import build_model
 
 log = logging.getLogger("model.engine")
 
-PRECISIONS = ("fp32", "tf32", "bf16", "fp16", "auto")
-# The reduced-precision mode "auto" means on a GPU; chosen from bench/results/accuracy-*.json
-# (PSNR of the 8-bit output against fp32 on the golden inputs, >= 40 dB required).
-AUTO_GPU_PRECISION = "fp16"
-DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-CPU_FALLBACK = {"tf32": "fp32", "fp16": "bf16", "auto": "fp32"}
-HALF_PRECISIONS = ("bf16", "fp16")
-# What a half mode falls back to, in order, when its output on the check inputs is
-# non-finite or further than MIN_PSNR_DB from fp32 (the bar AUTO_GPU_PRECISION met).
-PRECISION_FALLBACKS = {"fp16": ("bf16", "fp32"), "bf16": ("fp32",)}
-MIN_PSNR_DB = 40.0
 # Eager runs on a side stream before capture (cudnn.benchmark and Triton autotuning happen there).
 GRAPH_WARMUP_RUNS = 2
 
@@ -74,90 +64,12 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
-def effective_precision(precision: str, device: torch.device) -> str:
-    """The mode actually run: "auto" resolved, CPU-unsupported modes degraded."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
-    if device.type == "cuda":
-        return AUTO_GPU_PRECISION if precision == "auto" else precision
-    chosen = CPU_FALLBACK.get(precision, precision)
-    if chosen != precision and precision != "auto":
-        log.warning("precision %s is not run on the CPU; using %s", precision, chosen)
-    return chosen
-
-
-def set_cuda_math(precision: str) -> None:
-    """TF32 only in the tf32 mode (so fp32 means IEEE fp32); cudnn picks the
-    fastest convolution algorithm per shape (the engine's shapes are fixed)."""
-    tf32 = precision == "tf32"
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
-    torch.backends.cudnn.benchmark = True
-
-
-def default_channels_last(device: torch.device, precision: str) -> bool:
-    """Channels-last on a CPU (oneDNN's convolutions take it as is, and the Numba sampler
-    reads it without a copy: 9-14% faster at 256x192) and on a GPU in the half modes
-    (tensor cores)."""
-    return device.type != "cuda" or precision in HALF_PRECISIONS
-
-
-def prepare_network(net: DAFlow, device: torch.device, precision: str, channels_last: bool = False) -> DAFlow:
-    """Moves the network to device and its convolutions to the precision's dtype.
-    BatchNorm keeps its fp32 parameters and statistics (it normalises half
-    inputs in fp32); the flows never pass through a parameter."""
-    net = net.to(device=device)
-    for module in net.modules():
-        if isinstance(module, nn.Conv2d):
-            module.to(DTYPES[precision])
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    return net.eval()
-
-
-def run_in_precision(net: DAFlow, inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], precision: str,
-                     device: torch.device) -> torch.Tensor:
-    """``net`` prepared as the engine prepares it for ``precision`` (net itself is moved
-    and cast: pass a copy to keep it), run once on (pose, masked_model, cloth)
-    (N, 3, H, W) in [-1, 1] -> (N, 3, H, W) float32 CPU output."""
-    channels_last = default_channels_last(device, precision)
-    if device.type == "cuda":
-        set_cuda_math(precision)
-    net = prepare_network(net, device, precision, channels_last)
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    pose, masked, cloth = (t.to(device, DTYPES[precision]).contiguous(memory_format=layout) for t in inputs)
-    with torch.inference_mode():
-        return net(torch.cat((pose, masked), dim=1), cloth, masked).float().cpu()
-
-
-def choose_precision(precision: str, run: Callable[[str], torch.Tensor],
-                     min_psnr_db: float = MIN_PSNR_DB) -> tuple[str, list[str]]:
-    """The first of ``precision`` and its fallbacks whose output (``run(mode)``) is finite
-    and at least ``min_psnr_db`` from fp32's, and why each one before it was refused."""
-    if precision not in PRECISION_FALLBACKS:
-        return precision, []
-    chain = (precision, *PRECISION_FALLBACKS[precision])
-    reference = run("fp32")
-    refused = []
-    for mode in chain[:-1]:
-        out = run(mode)
-        if not torch.isfinite(out).all():
-            refused.append(f"{mode}: non-finite output")
-            continue
-        db = psnr_8bit(out, reference)
-        if db < min_psnr_db:
-            refused.append(f"{mode}: {db:.1f} dB against fp32 (< {min_psnr_db:g})")
-            continue
-        return mode, refused
-    return chain[-1], refused
-
-
-@dataclass
+@dataclass(frozen=True)
 class EngineConfig:
     device: str = "auto"
     precision: str = "fp32"
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8)
-    image_size: tuple[int, int] = (256, 192)  # H, W
+    image_size_hw: tuple[int, int] = MODEL_SIZE_HW
     weights: str | None = None
     sampler: str = "auto"
     cuda_graphs: bool = True  # GPU only
@@ -176,13 +88,13 @@ class _Graph:
     output: torch.Tensor
 
 
-@dataclass
 class Engine:
-    config: EngineConfig = field(default_factory=EngineConfig)
+    """The network on its device, prepared once from ``config`` (device, precision, sampler,
+    batch sizes, each checked and resolved here and reported in ``info``)."""
 
-    def __post_init__(self):
-        cfg = self.config
-        check_size(*cfg.image_size)
+    def __init__(self, config: EngineConfig):
+        self.config = cfg = config
+        check_size(*cfg.image_size_hw)
         self.device = pick_device(cfg.device)
         cuda = self.device.type == "cuda"
         if cuda and self.device.index is None:
@@ -233,7 +145,7 @@ class Engine:
     def info(self) -> dict:
         return {"device": str(self.device), "precision": self.precision,
                 "requested_precision": self.config.precision, "precision_fallback": self.precision_fallback,
-                "batch_sizes": list(self.batch_sizes), "image_size": list(self.config.image_size),
+                "batch_sizes": list(self.batch_sizes), "image_size": list(self.config.image_size_hw),
                 "weights": self.weights.name, "random_weights": self.weights.random, "warm": self.warm,
                 "cuda_graphs": self.use_graphs, "channels_last": self.channels_last,
                 "sampler": self.sampler, "requested_sampler": self.config.sampler,
@@ -252,11 +164,11 @@ class Engine:
 
     def _precision_runner(self, net: DAFlow) -> Callable[[str], torch.Tensor]:
         """run(mode) -> a copy of net's output on the check inputs in that mode."""
-        h, w = self.config.image_size
+        h, w = self.config.image_size_hw
         folder = self.config.check_inputs
         if folder is not None:
             example = prepare_inputs(*((Path(folder) / f"{name}.png").read_bytes()
-                                       for name in ("masked_model", "pose", "cloth")), size=(h, w))
+                                       for name in ("masked_model", "pose", "cloth")), size_hw=(h, w))
             inputs = example.batch()
         else:
             gen = torch.Generator().manual_seed(0)
@@ -289,7 +201,7 @@ class Engine:
         """The sampler check, then one forward at every batch size (on a GPU with graphs:
         the capture, largest first so the shared pool is sized once) and one garments
         chunk of every size; returns seconds per batch size."""
-        h, w = self.config.image_size
+        h, w = self.config.image_size_hw
         self._check_sampler()
         seconds = {}
         for n in sorted(self.batch_sizes, reverse=True):
@@ -393,7 +305,7 @@ class Engine:
         GPU the memory it reserves beyond the graphs' pool is counted."""
         if self.device.type != "cuda":
             return
-        h, w = self.config.image_size
+        h, w = self.config.image_size_hw
         before = torch.cuda.memory_reserved(self.device)
         zeros = torch.zeros(1, 3, h, w)
         for n in self.batch_sizes:
@@ -430,7 +342,7 @@ class Engine:
 
     def _capture(self, n: int) -> _Graph:
         """A CUDA graph of one forward at batch n over static input buffers."""
-        h, w = self.config.image_size
+        h, w = self.config.image_size_hw
         with torch.inference_mode():
             inputs = tuple(torch.zeros(n, 3, h, w, device=self.device, dtype=self.dtype)
                            .contiguous(memory_format=self.memory_format) for _ in range(3))

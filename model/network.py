@@ -1,8 +1,9 @@
-"""The DAFlow network (Bai et al., ECCV 2022) as plain nn.Modules.
+"""The DAFlow network (Bai et al., ECCV 2022, arXiv 2207.09161, github.com/OFA-Sys/DAFlow) as
+plain nn.Modules.
 
 Module and parameter names match the published checkpoint exactly
-(tests/fixtures/checkpoint_keys.tsv); see ARCHITECTURE.md for the layer-by-
-layer description this follows.
+(tests/fixtures/checkpoint_keys.tsv); docs/architecture.md, "The network", describes the
+parts this follows.
 """
 from __future__ import annotations
 
@@ -154,19 +155,25 @@ class DAFlowNet(nn.Module):
         self.lights_encoder = nn.Sequential(
             nn.Conv2d(3, 32, 3, padding=1), nn.LeakyReLU(0.1, inplace=True), nn.Conv2d(32, 64, 1))
 
-    def warp(self, x, flows, weights):
+    def warp(self, x: torch.Tensor, flows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """(N, C, h, w) features, (N*K, 2, h, w) flows, (N, K, h, w) weights -> (N, C, h, w)."""
         return deformable_sample(x, flows, weights, impl=self.sampler)
 
-    def offsets(self, block_output):
+    def offsets(self, block_output: torch.Tensor) -> torch.Tensor:
+        """(N, 2K, h, w) -> (N*K, 2, h, w), one row a head."""
         return heads_to_batch(block_output, self.heads)
 
-    def compose(self, flows, block_offsets):
-        """Refines the K heads' flows by the offsets in channels 0:2K of block_offsets."""
+    def compose(self, flows: torch.Tensor, block_offsets: torch.Tensor) -> torch.Tensor:
+        """Refines the K heads' flows (N*K, 2, h, w) by the offsets in channels 0:2K of
+        block_offsets (N, >=2K, h, w)."""
         return compose_head_flows(flows, block_offsets, self.heads, impl=self.sampler)
 
-    def estimate(self, block, source, reference, flows):
-        """One flow block: attention from channels 2K:3K, offsets from 0:2K.
-        Flows and attention are fp32 whatever the convolutions run in."""
+    def estimate(self, block: nn.Module, source: torch.Tensor, reference: torch.Tensor,
+                 flows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One flow block: attention from channels 2K:3K, offsets from 0:2K. ``source`` and
+        ``reference`` (N, C, h, w) features, ``flows`` (N*K, 2, h, w) or None at the first block
+        -> flows (N*K, 2, h, w) and attention (N, K, h, w), both fp32 whatever the convolutions
+        run in."""
         k = self.heads
         y = block(cat_channels(source, reference))
         attention = torch.softmax(y[:, 2 * k:3 * k].float(), dim=1)
@@ -176,7 +183,10 @@ class DAFlowNet(nn.Module):
             flows = self.compose(flows, y[:, :2 * k])
         return flows, attention
 
-    def render(self, cloth, masked_model, cross_flows, cross_att, self_flows, self_att):
+    def render(self, cloth: torch.Tensor, masked_model: torch.Tensor, cross_flows: torch.Tensor,
+               cross_att: torch.Tensor, self_flows: torch.Tensor, self_att: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) images warped by a level's flows (N*K, 2, H, W) and attention (N, K, H, W)
+        (a FlowState at the images' size) -> (N, 3, H, W)."""
         warped_cloth = self.warp(self.lights_encoder(cloth), cross_flows, cross_att)
         warped_person = self.warp(self.lights_encoder(masked_model), self_flows, self_att)
         return self.lights_decoder(warped_cloth + warped_person)
@@ -213,7 +223,8 @@ class DAFlowNet(nn.Module):
                          upsample2x(self_flows), upsample2x(attention[:, :k]))
 
     def forward(self, source_pyramid: list[torch.Tensor], reference_pyramid: list[torch.Tensor],
-                cloth: torch.Tensor, masked_model: torch.Tensor, return_all: bool = False):
+                cloth: torch.Tensor, masked_model: torch.Tensor,
+                return_all: bool = False) -> torch.Tensor | list[torch.Tensor]:
         """Pyramids finest first; (N, 3, H, W) images -> (N, 3, H, W), or with ``return_all``
         the result rendered at every level, coarsest first."""
         flows = None
@@ -221,10 +232,10 @@ class DAFlowNet(nn.Module):
         for i in range(len(source_pyramid)):
             flows = self.level(i, source_pyramid, reference_pyramid, flows)
             if return_all:
-                size = flows.cross_att.shape[-2:]
+                size_hw = flows.cross_att.shape[-2:]
                 per_level.append(self.render(
-                    F.interpolate(cloth, size=size, mode="bilinear", align_corners=False),
-                    F.interpolate(masked_model, size=size, mode="bilinear", align_corners=False), *flows))
+                    F.interpolate(cloth, size=size_hw, mode="bilinear", align_corners=False),
+                    F.interpolate(masked_model, size=size_hw, mode="bilinear", align_corners=False), *flows))
         if return_all:
             return per_level
         return self.render(cloth, masked_model, *flows)
@@ -242,15 +253,19 @@ class DAFlow(nn.Module):
         self.reference_FPN = FeaturePyramid()
         self.dafnet = DAFlowNet(sampler=sampler)
 
-    def encode_person(self, ref_input):
-        """The person's feature pyramid, finest first; reusable across garments."""
+    def encode_person(self, ref_input: torch.Tensor) -> list[torch.Tensor]:
+        """(N, 6, H, W) pose and masked model -> the person's feature pyramid, (N, 256, H/2**(i+1),
+        W/2**(i+1)) finest first; reusable across garments."""
         return self.reference_FPN(self.reference_features(ref_input))
 
-    def encode_garment(self, cloth):
-        """The garment's feature pyramid, finest first."""
+    def encode_garment(self, cloth: torch.Tensor) -> list[torch.Tensor]:
+        """(N, 3, H, W) -> the garment's feature pyramid, as ``encode_person``'s."""
         return self.source_FPN(self.source_features(cloth))
 
-    def forward(self, ref_input, cloth, masked_model, return_all: bool = False):
+    def forward(self, ref_input: torch.Tensor, cloth: torch.Tensor, masked_model: torch.Tensor,
+                return_all: bool = False) -> torch.Tensor | list[torch.Tensor]:
+        """(N, 6, H, W) ref_input, (N, 3, H, W) cloth and masked model, in [-1, 1] -> (N, 3, H, W),
+        or with ``return_all`` one result a level (DAFlowNet.forward)."""
         source_pyramid = self.encode_garment(cloth)
         reference_pyramid = self.encode_person(ref_input)
         return self.dafnet(source_pyramid, reference_pyramid, cloth, masked_model, return_all=return_all)

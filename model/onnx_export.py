@@ -33,7 +33,7 @@ EXPORT_SAMPLER = "published"
 DEFAULT_OPSET = 18
 MIN_OPSET = 16
 IMAGE_SIZE_ENV = "TRYON_IMAGE_SIZE"
-DEFAULT_IMAGE_SIZE = EngineConfig().image_size
+DEFAULT_IMAGE_SIZE_HW = EngineConfig().image_size_hw
 
 
 class ExportError(Exception):
@@ -65,21 +65,21 @@ def parse_image_size(text: str) -> tuple[int, int]:
     return size_hw
 
 
-def default_image_size() -> tuple[int, int]:
+def default_image_size_hw() -> tuple[int, int]:
     """TRYON_IMAGE_SIZE when set (the service's setting), else the engine's default."""
     configured = os.environ.get(IMAGE_SIZE_ENV)
-    return parse_image_size(configured) if configured else DEFAULT_IMAGE_SIZE
+    return parse_image_size(configured) if configured else DEFAULT_IMAGE_SIZE_HW
 
 
 def export_onnx(out: str | os.PathLike, weights: str | os.PathLike | None = None,
-                image_size: tuple[int, int] | None = None, opset: int = DEFAULT_OPSET) -> WeightsInfo:
+                image_size_hw: tuple[int, int] | None = None, opset: int = DEFAULT_OPSET) -> WeightsInfo:
     """Writes the network with its checkpoint (found as ``build_model`` finds it) to ``out``
     as a single .onnx file; returns which weights went in."""
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset} has no GridSample; use {MIN_OPSET} or later")
     if importlib.util.find_spec("onnxscript") is None:
         raise ExportError("the ONNX exporter needs onnx and onnxscript: pip install 'daflow-tryon[onnx]'")
-    height, width = image_size or default_image_size()
+    height, width = image_size_hw or default_image_size_hw()
     check_size(height, width)
     net, info = build_model(weights, sampler=EXPORT_SAMPLER)
     graph = TryOnGraph(net).eval()

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .images import ImageError
+from .images import OUTPUT_SIZES, ImageError
 from .person import DetectionError, KeypointsError, load_keypoints, openpose_json, person_images
 
 KEYPOINTS_FILE = "keypoints.json"
@@ -32,7 +32,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default=".", help=f"where pose.png, masked_model.png and {KEYPOINTS_FILE} go")
     p.add_argument("--silhouette", action="store_true",
                    help="keypoints-only masking: leave the background found by segmentation as it is")
-    p.add_argument("--size", choices=("model", "original"), default="model",
+    p.add_argument("--size", dest="output_size", choices=OUTPUT_SIZES, default="model",
                    help="write at the model's size (256x192) or mapped back to the photo's size")
     return p
 
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, img in (("pose.png", inputs.pose), ("masked_model.png", inputs.masked_model)):
-        if args.size == "original":
+        if args.output_size == "original":
             img = inputs.frame.restore(img)
         img.save(out_dir / name)
         written.append(out_dir / name)

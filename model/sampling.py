@@ -1,6 +1,6 @@
 """Flows, grids and the reference deformable attention sampling.
 
-Conventions (ARCHITECTURE.md, "Sampling conventions"): offsets are pixel
+Conventions (docs/architecture.md, "Sampling conventions"): offsets are pixel
 offsets, channel 0 along x; they become grids with the align-corners-*true*
 normalisation, yet every sampling uses ``align_corners=False`` with border
 padding. The mismatch is part of the trained model and is kept on purpose.

@@ -1,6 +1,6 @@
 """Building the network and loading its checkpoint, strictly and safely.
 
-Checkpoint forms accepted (ARCHITECTURE.md, "Published checkpoint files"):
+Checkpoint forms accepted (docs/architecture.md, "Published checkpoint files"):
 a plain state dict (``ckpt_viton.pt``), a ``{"state_dict": ...}`` training
 checkpoint that also pickles an ``argparse.Namespace`` and optimiser state,
 ``module.``-prefixed keys (DataParallel), and ``.safetensors``. Pickles are

@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 import torch
 
 from .download import DownloadError, download
-from .onnx_export import (DEFAULT_IMAGE_SIZE, DEFAULT_OPSET, IMAGE_SIZE_ENV, ExportError, export_onnx,
+from .onnx_export import (DEFAULT_IMAGE_SIZE_HW, DEFAULT_OPSET, IMAGE_SIZE_ENV, ExportError, export_onnx,
                           parse_image_size)
 from .weights import WEIGHTS_DIR, WeightsError, create_model, load_weights, read_checkpoint, sha256_of
 
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     p_onnx.add_argument("--weights", help="checkpoint file (default: $TRYON_WEIGHTS, then weights/)")
     p_onnx.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default: %(default)s)")
     p_onnx.add_argument("--image-size", help=f"HxW fixed in the graph (default: ${IMAGE_SIZE_ENV}, "
-                                             f"else {'x'.join(map(str, DEFAULT_IMAGE_SIZE))})")
+                                             f"else {'x'.join(map(str, DEFAULT_IMAGE_SIZE_HW))})")
     args = parser.parse_args(argv)
     try:
         if args.command == "check":

@@ -11,9 +11,16 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from model.kernels import IMPLEMENTATIONS
+from model.precision import PRECISIONS
+
 from . import limits
 
 CommaList = Annotated[list[str], NoDecode]
+# The engine's choices, named where the engine defines them; "published" (the authors' own
+# sampling, a reference for the tests) is never served.
+Precision = Literal[PRECISIONS]
+Sampler = Literal[tuple(name for name in IMPLEMENTATIONS if name != "published")]
 # The auto TRYON_GARMENT_CHUNK on a CPU (Settings.garment_chunk_for): one garment per call
 # measured cheapest per garment there, and it streams the first result soonest.
 CPU_GARMENT_CHUNK = 1
@@ -26,8 +33,8 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="port to listen on (0: any free one)")
     device: str = Field("auto", description="auto (CUDA if present, else CPU), cpu, cuda, cuda:1")
     # auto: fp16 convolutions on a GPU (>= 40 dB PSNR against fp32, flows and softmax fp32), fp32 on a CPU.
-    precision: Literal["auto", "fp32", "tf32", "bf16", "fp16"] = "auto"
-    sampler: Literal["auto", "triton", "numba", "torch"] = Field("auto", description="deformable sampling implementation")
+    precision: Precision = "auto"
+    sampler: Sampler = Field("auto", description="deformable sampling implementation")
     weights: str | None = Field(None, description="checkpoint path; unset: the first known file in weights/")
     image_size: str = Field("256x192", description="model input size, HxW")
     # Front-end processes (HTTP, fetching, decoding, encoding) feeding the one engine process;

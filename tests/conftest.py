@@ -45,7 +45,7 @@ def load_golden(name: str) -> dict:
 def ieee_fp32_convolutions():
     """On a GPU: cuDNN without TF32 (on by default: 0.014 off the golden output) and
     with deterministic algorithms, whatever ran before in the process; restored after.
-    An engine still sets TF32 for its own mode (model.engine.set_cuda_math)."""
+    An engine still sets TF32 for its own mode (model.precision.set_cuda_math)."""
     if not torch.cuda.is_available():
         yield
         return

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from model import create_model, load_weights
-from model.engine import AUTO_GPU_PRECISION, Engine, EngineConfig, effective_precision, run_in_precision
+from model.engine import Engine, EngineConfig
 from model.images import levels_to_tensor, psnr_8bit, tensor_to_levels
+from model.precision import AUTO_GPU_PRECISION, effective_precision, run_in_precision
 from tests.conftest import load_golden
 
 # Numeric: run a second time in CI with oneDNN and ATen held to AVX2 (Makefile, test-avx2).
@@ -36,7 +37,7 @@ def golden():
 
 def make_engine(weights_file, **overrides) -> Engine:
     # The mode asked for, unchecked: these tests measure each mode (test_engine_fallbacks checks).
-    config = dict(device="cpu", precision="fp32", batch_sizes=(1, 2), image_size=SIZE,
+    config = dict(device="cpu", precision="fp32", batch_sizes=(1, 2), image_size_hw=SIZE,
                   weights=weights_file, sampler="torch", check_precision=False)
     config.update(overrides)
     return Engine(EngineConfig(**config))
@@ -227,7 +228,7 @@ def test_gpu_benchmarks_fail_clearly_without_cuda(module):
 
 def test_iter_infer_in_steps_equals_infer(weights_file):
     """A forward run step by step (so bulk work can be paused between steps) gives infer's output."""
-    engine = Engine(EngineConfig(device="cpu", precision="fp32", batch_sizes=(1, 2), image_size=SIZE,
+    engine = Engine(EngineConfig(device="cpu", precision="fp32", batch_sizes=(1, 2), image_size_hw=SIZE,
                                  weights=weights_file))
     gen = torch.Generator().manual_seed(3)
     pose, masked, cloth = (torch.rand(2, 3, *SIZE, generator=gen) * 2 - 1 for _ in range(3))

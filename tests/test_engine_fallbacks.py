@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.engine import Engine, EngineConfig, choose_precision
+from model.engine import Engine, EngineConfig
 from model.images import tensor_to_image
 from model.kernels import cpu_sampling
 from model.kernels.selfcheck import check_fused
+from model.precision import choose_precision
 from model.sampling import deformable_sample_reference
 from tests.conftest import load_golden
 
@@ -41,7 +42,7 @@ def golden() -> dict:
 
 def engine(weights_file: str, **overrides) -> Engine:
     """A one-size CPU engine; unlike tests/test_engine.py's, its checks stay on."""
-    return Engine(EngineConfig(**({"device": "cpu", "precision": "fp32", "batch_sizes": (1,), "image_size": SIZE,
+    return Engine(EngineConfig(**({"device": "cpu", "precision": "fp32", "batch_sizes": (1,), "image_size_hw": SIZE,
                                    "weights": weights_file} | overrides)))
 
 
@@ -111,7 +112,7 @@ def test_triton_that_cannot_launch_falls_back_for_real(weights_file):
         from model.engine import Engine, EngineConfig
         from tests.conftest import load_golden
         g = load_golden("golden_64x64.pt")
-        e = Engine(EngineConfig(device="cpu", precision="fp32", batch_sizes=(1,), image_size=(64, 64),
+        e = Engine(EngineConfig(device="cpu", precision="fp32", batch_sizes=(1,), image_size_hw=(64, 64),
                                 weights={weights_file!r}, sampler="triton"))
         e.warmup()
         out = e.infer(g["pose"], g["masked_model"], g["cloth"])

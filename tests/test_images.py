@@ -132,7 +132,7 @@ def test_prepare_inputs_shares_the_person_transform():
     pose = Image.new("RGB", (150, 150), (0, 0, 0))
     pose.paste((255, 0, 0), (70, 70, 80, 80))  # a dot in the centre, at half the person's size
     cloth = _gradient(500, 200)
-    inputs = prepare_inputs(_bytes(person, "PNG"), _bytes(pose, "PNG"), _bytes(cloth, "PNG"), size=(256, 192))
+    inputs = prepare_inputs(_bytes(person, "PNG"), _bytes(pose, "PNG"), _bytes(cloth, "PNG"), size_hw=(256, 192))
     for t in (inputs.masked_model, inputs.pose, inputs.cloth):
         assert t.shape == (3, 256, 192) and t.dtype == torch.uint8  # levels: the engine normalises
     assert inputs.person_frame.content_box == (0, 32, 192, 224)

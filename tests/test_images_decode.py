@@ -23,9 +23,10 @@ import pytest
 import torch
 from PIL import Image
 
-from model.images import (ImageError, ImageTooLarge, Letterbox, _turbo_levels_to_fit, decode_image,
-                          decode_levels_to_fit, decode_to_fit, image_to_levels, image_to_tensor, levels_to_tensor,
-                          prepare_inputs, psnr, resize_bicubic, tensor_to_image)
+from model.images import (ImageError, ImageTooLarge, Letterbox, decode_image, decode_levels_to_fit, decode_to_fit,
+                          image_to_levels, image_to_tensor, levels_to_tensor, prepare_inputs, psnr, resize_bicubic,
+                          tensor_to_image)
+from model.images.decode import _turbo_levels_to_fit
 from tests.fixtures.service.harness import REPO
 
 # Numeric: libjpeg's SIMD paths differ by instruction set; run again under AVX2 (Makefile).
@@ -70,7 +71,7 @@ def old_inputs(sources: dict[str, bytes], resample=Image.BICUBIC) -> dict[str, t
 
 
 def new_inputs(sources: dict[str, bytes]) -> dict[str, torch.Tensor]:
-    made = prepare_inputs(sources["masked_model"], sources["pose"], sources["cloth"], size=MODEL_HW)
+    made = prepare_inputs(sources["masked_model"], sources["pose"], sources["cloth"], size_hw=MODEL_HW)
     return {name: levels_to_tensor(getattr(made, name)) for name in NAMES}
 
 
@@ -123,9 +124,9 @@ def test_large_jpegs_stay_within_the_letterbox_latitude(size_wh, orientation):
 def test_reduced_decoding_keeps_the_frame_of_the_whole_picture():
     """The Letterbox maps the photo's own size (restoring the output's original size needs it)."""
     sources = {name: jpeg(example(name).resize((768, 1024), Image.BICUBIC)) for name in NAMES}
-    made = prepare_inputs(sources["masked_model"], sources["pose"], sources["cloth"], size=MODEL_HW)
-    assert made.person_frame.source_size == (768, 1024)
-    assert made.person_frame.target_size == (192, 256)
+    made = prepare_inputs(sources["masked_model"], sources["pose"], sources["cloth"], size_hw=MODEL_HW)
+    assert made.person_frame.source_size_wh == (768, 1024)
+    assert made.person_frame.target_size_wh == (192, 256)
 
 
 def test_resize_bicubic_is_pillows_within_a_level():

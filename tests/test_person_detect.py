@@ -58,7 +58,7 @@ def test_detection_runs_on_the_upright_photo_and_points_are_in_its_frame():
     stored = upright.transpose(Image.Transpose.ROTATE_90)
     got = person_images(person=jpeg(stored, exif=exif.tobytes()))
     want = person_images(person=jpeg(upright))
-    assert got.frame.source_size == upright.size
+    assert got.frame.source_size_wh == upright.size
     shared = got.keypoints.present & want.keypoints.present
     assert shared[[NOSE, R_SHOULDER, L_SHOULDER]].all()
     assert np.abs(got.keypoints.xy[shared] - want.keypoints.xy[shared]).max() < 0.03 * max(upright.size)

@@ -22,7 +22,7 @@ from model.person.pose_map import draw_pose_map
 
 PREP = Path(__file__).parent / "fixtures" / "prep"
 POSES = ("front", "bent", "partial")
-SIZE = (192, 256)  # W, H of every fixture
+SIZE_WH = (192, 256)  # of every fixture
 
 # Bounds per reference image: mean absolute difference over all pixels and
 # channels, and the share of pixels where some channel differs by more than 8.
@@ -36,7 +36,7 @@ def reference(name: str) -> Image.Image:
 
 
 def keypoints_of(pose: str) -> Keypoints:
-    return load_keypoints(PREP / f"{pose}_keypoints.json", SIZE)
+    return load_keypoints(PREP / f"{pose}_keypoints.json", SIZE_WH)
 
 
 def raw_points(pose: str) -> list[float]:
@@ -58,7 +58,7 @@ def assert_matches(img: Image.Image, name: str) -> None:
 
 @pytest.mark.parametrize("pose", POSES)
 def test_pose_map_matches_the_authors(pose):
-    assert_matches(draw_pose_map(keypoints_of(pose), SIZE), f"{pose}_pose")
+    assert_matches(draw_pose_map(keypoints_of(pose), SIZE_WH), f"{pose}_pose")
 
 
 @pytest.mark.parametrize("pose", POSES)
@@ -77,7 +77,7 @@ def test_bounds_catch_a_shifted_drawing():
     # The bounds must be tight enough to notice a limb drawn one pixel off.
     shifted = keypoints_of("front")
     moved = Keypoints(shifted.xy + np.where(np.arange(18)[:, None] == 4, [1.0, 0.0], 0.0), shifted.confidence)
-    mean, share = difference(draw_pose_map(moved, SIZE), reference("front_pose"))
+    mean, share = difference(draw_pose_map(moved, SIZE_WH), reference("front_pose"))
     assert mean > MAX_MEAN_ABS_DIFF and share > MAX_SHARE_DIFFERING
 
 
@@ -85,7 +85,7 @@ def test_partial_pose_skips_missing_points():
     kp = keypoints_of("partial")
     missing = {COCO18_NAMES[i] for i in np.flatnonzero(~kp.present)}
     assert missing == {"right wrist", "right ankle", "left ankle", "right ear"}
-    pose = np.asarray(draw_pose_map(kp, SIZE))
+    pose = np.asarray(draw_pose_map(kp, SIZE_WH))
     # Nothing drawn at the image corner, where a (0, 0) point would land.
     assert not pose[:8, :8].any()
 
@@ -94,7 +94,7 @@ def test_partial_pose_skips_missing_points():
 def test_draw_inputs_at_model_size_is_the_authors_drawing(pose):
     inputs = draw_inputs((PREP / f"{pose}_person.png").read_bytes(), raw_points(pose),
                          (PREP / f"{pose}_parse.png").read_bytes())
-    assert inputs.frame.source_size == inputs.frame.target_size == SIZE
+    assert inputs.frame.source_size_wh == inputs.frame.target_size_wh == SIZE_WH
     assert_matches(inputs.pose, f"{pose}_pose")
     assert_matches(inputs.masked_model, f"{pose}_masked_model")
     no_parse = draw_inputs(reference(f"{pose}_person"), keypoints_of(pose))
@@ -108,7 +108,7 @@ def test_draw_inputs_draws_a_larger_photo_at_model_size():
     parse = reference("bent_parse").resize((384, 512), Image.NEAREST)
     points = [v * 2 if k % 3 != 2 else v for k, v in enumerate(raw_points("bent"))]
     inputs = draw_inputs(person, [points[i:i + 3] for i in range(0, 54, 3)], parse)
-    assert inputs.pose.size == inputs.masked_model.size == SIZE
+    assert inputs.pose.size == inputs.masked_model.size == SIZE_WH
     assert_matches(inputs.pose, "bent_pose")
     # The photo itself went through a bicubic down-scale: small differences in its
     # noisy texture only (measured: mean 1.17, 1.8% of pixels).

@@ -12,7 +12,7 @@ from PIL import Image
 from model.person import load_keypoints
 from model.person.keypoints import L_SHOULDER, R_SHOULDER
 from tests.photos import PHOTOS
-from tests.test_prep import PREP, SIZE, assert_matches, difference, raw_points, reference
+from tests.test_prep import PREP, SIZE_WH, assert_matches, difference, raw_points, reference
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,7 @@ def test_without_parse_and_at_the_photos_size(tmp_path):
         assert Image.open(tmp_path / name).size == (384, 512)
     # Drawn at model size and scaled up: back at model size it is close to the
     # authors' map (measured: mean abs diff 0.69; the two bicubic scalings blur edges).
-    back = Image.open(tmp_path / "pose.png").resize(SIZE, Image.BICUBIC)
+    back = Image.open(tmp_path / "pose.png").resize(SIZE_WH, Image.BICUBIC)
     mean, share = difference(back, reference("front_pose"))
     assert mean < 1.0 and share < 0.08
 

@@ -11,13 +11,13 @@ from model.images import Letterbox
 from model.person.keypoints import (BODY25_TO_COCO18, COCO17_TO_COCO18, L_SHOULDER, NECK, R_SHOULDER, R_WRIST,
                              KeypointsError, parse_keypoints)
 from model.person.pose_map import draw_pose_map
-from tests.test_prep import SIZE, assert_matches, raw_points
+from tests.test_prep import SIZE_WH, assert_matches, raw_points
 
 FRONT = np.asarray(raw_points("front"), dtype=float).reshape(18, 3)
 
 
 def pose_pixels(kp) -> np.ndarray:
-    return np.asarray(draw_pose_map(kp, SIZE))
+    return np.asarray(draw_pose_map(kp, SIZE_WH))
 
 
 def as_body25(coco18: np.ndarray) -> np.ndarray:
@@ -39,53 +39,53 @@ def as_coco17(coco18: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("key", ["pose_keypoints", "pose_keypoints_2d"])
 def test_openpose_coco18_json(key):
     text = json.dumps({"version": 1.3, "people": [{key: FRONT.ravel().tolist()}]})
-    kp = parse_keypoints(text, SIZE)
+    kp = parse_keypoints(text, SIZE_WH)
     assert np.array_equal(kp.as_array(), FRONT)
-    assert_matches(draw_pose_map(kp, SIZE), "front_pose")
+    assert_matches(draw_pose_map(kp, SIZE_WH), "front_pose")
 
 
 def test_openpose_body25_maps_to_coco18_order():
     data = {"people": [{"pose_keypoints_2d": as_body25(FRONT).ravel().tolist()}]}
-    kp = parse_keypoints(json.dumps(data).encode(), SIZE)
+    kp = parse_keypoints(json.dumps(data).encode(), SIZE_WH)
     assert np.array_equal(kp.as_array(), FRONT)
-    assert_matches(draw_pose_map(kp, SIZE), "front_pose")
+    assert_matches(draw_pose_map(kp, SIZE_WH), "front_pose")
 
 
 def test_plain_list_of_triples():
-    kp = parse_keypoints(FRONT.tolist(), SIZE)
-    assert_matches(draw_pose_map(kp, SIZE), "front_pose")
+    kp = parse_keypoints(FRONT.tolist(), SIZE_WH)
+    assert_matches(draw_pose_map(kp, SIZE_WH), "front_pose")
 
 
 def test_coco17_gets_a_neck_between_the_shoulders():
-    kp = parse_keypoints(as_coco17(FRONT).tolist(), SIZE)
+    kp = parse_keypoints(as_coco17(FRONT).tolist(), SIZE_WH)
     expected = FRONT.copy()
     expected[NECK] = [96.0, 74.0, 0.9]  # shoulders at (66, 74) and (126, 74)
     assert np.array_equal(kp.as_array(), expected)
     # Same points as the 18-point list, same map.
-    assert np.array_equal(pose_pixels(kp), pose_pixels(parse_keypoints(expected.tolist(), SIZE)))
+    assert np.array_equal(pose_pixels(kp), pose_pixels(parse_keypoints(expected.tolist(), SIZE_WH)))
     # COCO annotations: a flat list with visibility flags (0 = not labelled).
     flat = as_coco17(FRONT)
     flat[:, 2] = 2
     flat[R_WRIST + 6] = [0, 0, 0]  # COCO-17 index 10 is the right wrist
-    kp = parse_keypoints({"keypoints": flat.ravel().tolist()}, SIZE)
+    kp = parse_keypoints({"keypoints": flat.ravel().tolist()}, SIZE_WH)
     assert not kp.present[R_WRIST] and kp.present.sum() == 17
 
 
 def test_coco17_without_a_shoulder_has_no_neck():
     coco17 = as_coco17(FRONT)
     coco17[6] = 0  # right shoulder
-    kp = parse_keypoints(coco17.tolist(), SIZE)
+    kp = parse_keypoints(coco17.tolist(), SIZE_WH)
     assert not kp.present[NECK] and not kp.present[R_SHOULDER] and kp.present[L_SHOULDER]
 
 
 def test_missing_points_are_zero_however_marked():
     rows = FRONT.copy()
     rows[R_WRIST] = [70, 118, 0.01]  # at the threshold: missing, although it has a place
-    kp = parse_keypoints(rows.tolist(), SIZE)
+    kp = parse_keypoints(rows.tolist(), SIZE_WH)
     assert not kp.present[R_WRIST] and kp.as_array()[R_WRIST].tolist() == [0, 0, 0]
     # Missing points are neither drawn nor checked for lying outside the image.
     rows[R_WRIST] = [5000, 5000, 0]
-    assert not parse_keypoints(rows.tolist(), SIZE).present[R_WRIST]
+    assert not parse_keypoints(rows.tolist(), SIZE_WH).present[R_WRIST]
 
 
 def test_the_most_confident_person_is_chosen():
@@ -100,7 +100,7 @@ def test_letterboxed_points_follow_the_image_and_missing_ones_stay_zero():
     rows = FRONT.copy()
     rows[R_WRIST] = 0
     kp = parse_keypoints(rows.tolist(), (400, 400))
-    frame = Letterbox((400, 400), SIZE)  # scale 0.48, photo 192x192 at top 32
+    frame = Letterbox((400, 400), SIZE_WH)  # scale 0.48, photo 192x192 at top 32
     boxed = kp.letterboxed(frame)
     assert np.allclose(boxed.xy[NECK], [96 * 0.48, 70 * 0.48 + 32])
     assert boxed.xy[R_WRIST].tolist() == [0, 0] and not boxed.present[R_WRIST]
@@ -131,14 +131,14 @@ BAD = {
 def test_bad_keypoints_are_refused_by_name(case):
     source, message = BAD[case]
     with pytest.raises(KeypointsError, match=message) as info:
-        parse_keypoints(source, SIZE)
+        parse_keypoints(source, SIZE_WH)
     assert str(info.value).startswith("keypoints: ") and isinstance(info.value, ValueError)
 
 
 def test_far_means_more_than_half_the_size_beyond_an_edge():
     rows = FRONT.copy()
     rows[R_WRIST] = [-96, 384, 0.9]  # exactly half the width left, half the height below: allowed
-    assert parse_keypoints(rows.tolist(), SIZE).present[R_WRIST]
+    assert parse_keypoints(rows.tolist(), SIZE_WH).present[R_WRIST]
     rows[R_WRIST] = [-96.5, 100, 0.9]
     with pytest.raises(KeypointsError, match="right wrist"):
-        parse_keypoints(rows.tolist(), SIZE)
+        parse_keypoints(rows.tolist(), SIZE_WH)

@@ -98,7 +98,7 @@ def network(standin_state):
 
 def expected(network, images: dict, size: str = "model") -> np.ndarray:
     """What the model code gives for the same bytes: the golden check through HTTP."""
-    inputs = prepare_inputs(images["masked_model"], images["pose"], images["cloth"], size=(64, 64))
+    inputs = prepare_inputs(images["masked_model"], images["pose"], images["cloth"], size_hw=(64, 64))
     with torch.inference_mode():
         pose, masked_model, cloth = inputs.batch()
         out = network(torch.cat((pose, masked_model), dim=1), cloth, masked_model)

@@ -85,14 +85,14 @@ def reencoded_png(data: bytes) -> bytes:
 # The key: what the model sees and what shapes the answer, nothing else.
 
 def test_key_is_what_the_model_sees_and_the_answer_options():
-    inputs = prepare_inputs(IMAGES["masked_model"], IMAGES["pose"], IMAGES["cloth"], size=(64, 64))
+    inputs = prepare_inputs(IMAGES["masked_model"], IMAGES["pose"], IMAGES["cloth"], size_hw=(64, 64))
     key = response_key(IDENTITY, inputs, OutputOptions())
     assert key.startswith(KEY_PREFIX) and len(key) == len(KEY_PREFIX) + 64
     # Other bytes, same pixels: the same tensors, the same key.
-    same = prepare_inputs(reencoded_png(IMAGES["masked_model"]), IMAGES["pose"], IMAGES["cloth"], size=(64, 64))
+    same = prepare_inputs(reencoded_png(IMAGES["masked_model"]), IMAGES["pose"], IMAGES["cloth"], size_hw=(64, 64))
     assert response_key(IDENTITY, same, OutputOptions()) == key
     # Anything that changes the answer's bytes changes the key.
-    other_cloth = prepare_inputs(IMAGES["masked_model"], IMAGES["pose"], IMAGES["pose"], size=(64, 64))
+    other_cloth = prepare_inputs(IMAGES["masked_model"], IMAGES["pose"], IMAGES["pose"], size_hw=(64, 64))
     others = {
         response_key(IDENTITY, other_cloth, OutputOptions()),
         response_key(IDENTITY, inputs, OutputOptions(format="png")),
@@ -107,7 +107,7 @@ def test_key_is_what_the_model_sees_and_the_answer_options():
     big = Image.open(io.BytesIO(IMAGES["masked_model"])).resize((128, 128))
     buf = io.BytesIO()
     big.save(buf, "PNG")
-    bigger = prepare_inputs(buf.getvalue(), IMAGES["pose"], IMAGES["cloth"], size=(64, 64))
+    bigger = prepare_inputs(buf.getvalue(), IMAGES["pose"], IMAGES["cloth"], size_hw=(64, 64))
     original = OutputOptions(size="original")
     assert response_key(IDENTITY, bigger, original) != response_key(IDENTITY, inputs, original)
 

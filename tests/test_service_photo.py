@@ -62,7 +62,7 @@ def test_a_person_photo_alone_is_dressed(client, server):
 
 
 def test_the_server_draws_what_the_model_code_draws(client):
-    want = person_images(person=GRACE, size=SIZE)
+    want = person_images(person=GRACE, size_hw=SIZE)
     for output in ("masked_model", "pose"):
         answer = client.post("/v1/prepare", files=files(), params={"output": output})
         assert answer.status_code == 200, answer.text
@@ -129,7 +129,7 @@ def test_the_silhouette_setting_reaches_the_drawing(monkeypatch):
     on = Settings(image_size="64x64")
     assert on.person_silhouette and Settings.model_fields["person_silhouette"].default is False
     got = decode_person(RequestParts(person={"person": GRACE}), on)
-    want = person_images(person=GRACE, size=SIZE, silhouette=True)
-    plain = person_images(person=GRACE, size=SIZE)
+    want = person_images(person=GRACE, size_hw=SIZE, silhouette=True)
+    plain = person_images(person=GRACE, size_hw=SIZE)
     assert np.array_equal(np.asarray(got.masked_model), np.asarray(want.masked_model))
     assert not np.array_equal(np.asarray(want.masked_model), np.asarray(plain.masked_model))

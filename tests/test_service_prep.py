@@ -109,7 +109,7 @@ def network(standin_state):
 
 
 def expected_tryon(network, cloth: bytes = CLOTH, **person) -> np.ndarray:
-    drawn = person_images(size=SIZE, **person)
+    drawn = person_images(size_hw=SIZE, **person)
     inputs = assemble_inputs(drawn.masked_model, drawn.pose, drawn.frame, cloth)
     with torch.inference_mode():
         pose, masked_model, cloth = inputs.batch()
@@ -175,7 +175,7 @@ PREPARE_FILES = {"person": ("p.png", PERSON, "image/png"), "parse": ("s.png", PA
 @pytest.fixture(scope="module")
 def prepared():
     """What the model code draws for the photo, parse map and keypoints."""
-    return person_images(person=PERSON, parse=PARSE, keypoints=KEYPOINTS_TEXT, size=SIZE)
+    return person_images(person=PERSON, parse=PARSE, keypoints=KEYPOINTS_TEXT, size_hw=SIZE)
 
 
 @pytest.mark.parametrize("output", ["pose", "masked_model"])

@@ -84,7 +84,7 @@ def engine_server(batcher: Batcher, engine: StandInEngine, arenas: list[Arena] =
 
 def test_one_batch_from_two_front_ends(tmp_path):
     async def scenario():
-        engine = StandInEngine(EngineConfig(device="cpu", batch_sizes=(1, 2, 3, 4), image_size=(8, 8)))
+        engine = StandInEngine(EngineConfig(device="cpu", batch_sizes=(1, 2, 3, 4), image_size_hw=(8, 8)))
         batcher = Batcher(engine, max_batch_size=4, max_wait_s=0.5, queue_limit=3, metrics=Metrics(4))
         batcher.start()
         server = engine_server(batcher, engine)
@@ -128,7 +128,7 @@ def test_try_ons_cross_in_shared_slots_which_every_outcome_frees(tmp_path):
     """A try-on's images go through the front end's arena, not the socket; a slot comes back
     with the answer, the refusal or the abandon, and a job finding none free crosses in its message."""
     async def scenario():
-        engine = StandInEngine(EngineConfig(device="cpu", batch_sizes=(1, 2), image_size=(8, 8)))
+        engine = StandInEngine(EngineConfig(device="cpu", batch_sizes=(1, 2), image_size_hw=(8, 8)))
         batcher = Batcher(engine, max_batch_size=2, max_wait_s=0.3, queue_limit=3, metrics=Metrics(2))
         batcher.start()
         arena = Arena.create(2, (8, 8))

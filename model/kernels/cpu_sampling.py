@@ -1,7 +1,7 @@
 """Fused deformable attention sampling on the CPU, compiled with Numba.
 
 Computes ``out[b] = sum_k weights[b, k] * grid_sample(features[b], flows[b*K + k])``
-(bilinear, border padding, align_corners=False; ARCHITECTURE.md, "Sampling
+(bilinear, border padding, align_corners=False; docs/architecture.md, "Sampling
 conventions") in one pass over the output pixels: each pixel reads its K flows
 and weights, gathers the four neighbours of each sample point and accumulates
 in fp32 in its own output row (C numbers, which stay in L1). Nothing is repeated K times. Rows of the

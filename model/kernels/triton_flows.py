@@ -39,7 +39,7 @@ def _compose_kernel(flow_ptr, off_ptr, out_ptr, H, W,
     offsets = off_ptr + b * so_b + (2 * k) * so_c + y * so_h + x * so_w
     ox = tl.load(offsets, mask=mask, other=0.0).to(tl.float32)
     oy = tl.load(offsets + so_c, mask=mask, other=0.0).to(tl.float32)
-    # offsets_to_flow: the align-corners-true normalisation (ARCHITECTURE.md).
+    # offsets_to_flow: the align-corners-true normalisation (docs/architecture.md).
     gx = (x.to(tl.float32) + ox) / ((W - 1.0) * 0.5) - 1.0
     gy = (y.to(tl.float32) + oy) / ((H - 1.0) * 0.5) - 1.0
     x0, x1, y0, y1, wx0, wx1, wy0, wy1 = bilinear_corners(gx, gy, W, H)

@@ -3,7 +3,7 @@
 ``deformable_sample_triton(features, flows, weights)`` computes, in one pass,
 ``out[b] = sum_k weights[b, k] * grid_sample(features[b], flows[b*K + k])``
 with bilinear interpolation, ``align_corners=False`` and border padding
-(ARCHITECTURE.md, "Sampling conventions"). Each program owns a block of
+(docs/architecture.md, "Sampling conventions"). Each program owns a block of
 output pixels and a block of channels of one image: it reads the K flows and
 weights of its pixels once, gathers the four neighbours of every head,
 accumulates in fp32 and writes the result once. There is no K-fold copy of

@@ -68,10 +68,10 @@ class Detection:
     silhouette: Image.Image | None = None  # mode L, 255 = person, the photo's size
 
 
-def coco18_from_blazepose(landmarks: np.ndarray, size: tuple[int, int]) -> Keypoints:
+def coco18_from_blazepose(landmarks: np.ndarray, size_wh: tuple[int, int]) -> Keypoints:
     """(33, 3) BlazePose rows (x, y normalised to the image, visibility) -> COCO-18 in
-    pixels of an image of ``size`` (W, H)."""
-    width, height = size
+    pixels of an image of ``size_wh``."""
+    width, height = size_wh
     xy = np.zeros((18, 2))
     confidence = np.zeros(18)
     for i, j in enumerate(BLAZEPOSE_TO_COCO18):
@@ -87,22 +87,22 @@ def coco18_from_blazepose(landmarks: np.ndarray, size: tuple[int, int]) -> Keypo
     return Keypoints(xy, confidence)
 
 
-def check_person(keypoints: Keypoints, photo_size: tuple[int, int], model_hw: tuple[int, int]) -> None:
+def check_person(keypoints: Keypoints, photo_size_wh: tuple[int, int], model_size_hw: tuple[int, int]) -> None:
     """DetectionError unless the masked model can be drawn from detected ``keypoints``:
-    both shoulders seen, and the person big enough once the photo is letterboxed to ``model_hw``."""
+    both shoulders seen, and the person big enough once the photo is letterboxed to ``model_size_hw``."""
     missing = [COCO18_NAMES[i] for i in (R_SHOULDER, L_SHOULDER) if not keypoints.present[i]]
     if missing:
         raise DetectionError("missing_body_points", f"the person's {' and '.join(missing)} "
                              f"{'are' if len(missing) > 1 else 'is'} not visible in the photo; the masked model "
                              "needs both shoulders")
-    width, height = photo_size
+    width, height = photo_size_wh
     top, bottom = keypoints.xy[keypoints.present, 1].min(), keypoints.xy[keypoints.present, 1].max()
-    scale = min(model_hw[0] / height, model_hw[1] / width)
+    scale = min(model_size_hw[0] / height, model_size_hw[1] / width)
     span = (bottom - top) * scale
-    if span < MIN_PERSON_SHARE * model_hw[0]:
+    if span < MIN_PERSON_SHARE * model_size_hw[0]:
         raise DetectionError("person_too_small", f"the person found spans {bottom - top:.0f} px of the "
-                             f"{width}x{height} photo's height, {span:.0f} px of the model's {model_hw[0]} once "
-                             f"the photo is fitted in; at least {MIN_PERSON_SHARE * model_hw[0]:.0f} are needed: "
+                             f"{width}x{height} photo's height, {span:.0f} px of the model's {model_size_hw[0]} once "
+                             f"the photo is fitted in; at least {MIN_PERSON_SHARE * model_size_hw[0]:.0f} are needed: "
                              "crop the photo closer to the person")
 
 
@@ -155,10 +155,10 @@ class PersonDetector:
             return None
         return np.array([(p.x, p.y, p.visibility) for p in found.landmark])
 
-    def _silhouette(self, rgb: np.ndarray, size: tuple[int, int]) -> Image.Image:
+    def _silhouette(self, rgb: np.ndarray, size_wh: tuple[int, int]) -> Image.Image:
         mask = self._segmentation.process(rgb).segmentation_mask
         # Scaled as probabilities, then cut: a smoother edge than scaling the cut mask.
-        scaled = Image.fromarray((np.clip(mask, 0, 1) * 255).astype(np.uint8), mode="L").resize(size, Image.BILINEAR)
+        scaled = Image.fromarray((np.clip(mask, 0, 1) * 255).astype(np.uint8), mode="L").resize(size_wh, Image.BILINEAR)
         return scaled.point(lambda v: 255 if v > 127 else 0)
 
 

@@ -155,13 +155,13 @@ def _decode(source: Any) -> Any:
     return source
 
 
-def parse_keypoints(source: Any, image_size: tuple[int, int] | None = None) -> Keypoints:
+def parse_keypoints(source: Any, image_size_wh: tuple[int, int] | None = None) -> Keypoints:
     """Any accepted keypoint format (JSON text or bytes, or the decoded object) -> Keypoints.
 
     Accepted: OpenPose JSON ``{"people": [{"pose_keypoints_2d" | "pose_keypoints": [...]}]}``
     with 18 or 25 points; ``{"keypoints": [...]}`` (COCO annotations: 17 points,
     flat or as triples); a list of 18, 25 or 17 (x, y, confidence) triples; the
-    flat list of 54, 75 or 51 numbers. ``image_size`` (W, H) of the person image,
+    flat list of 54, 75 or 51 numbers. ``image_size_wh`` of the person image,
     when given, rejects points far outside it.
     """
     data = _decode(source)
@@ -178,7 +178,7 @@ def parse_keypoints(source: Any, image_size: tuple[int, int] | None = None) -> K
         rows = _from_list(data, "the list")
     else:
         raise KeypointsError(f"expected OpenPose JSON or a list of points, got {type(data).__name__}")
-    return _finish(rows, image_size)
+    return _finish(rows, image_size_wh)
 
 
 def _from_list(data: Any, what: str) -> np.ndarray:
@@ -191,23 +191,23 @@ def _from_list(data: Any, what: str) -> np.ndarray:
     return _to_coco18(_flat_rows(data, what), what)
 
 
-def _finish(rows: np.ndarray, image_size: tuple[int, int] | None) -> Keypoints:
+def _finish(rows: np.ndarray, image_size_wh: tuple[int, int] | None) -> Keypoints:
     present = rows[:, 2] > MISSING_CONFIDENCE
     rows = np.where(present[:, None], rows, 0.0)
     keypoints = Keypoints(rows[:, :2].copy(), rows[:, 2].copy())
-    if image_size is not None:
-        check_in_frame(keypoints, image_size)
+    if image_size_wh is not None:
+        check_in_frame(keypoints, image_size_wh)
     return keypoints
 
 
-def check_in_frame(keypoints: Keypoints, image_size: tuple[int, int]) -> None:
-    """Raises KeypointsError for a found point far outside an image of ``image_size`` (W, H).
+def check_in_frame(keypoints: Keypoints, image_size_wh: tuple[int, int]) -> None:
+    """Raises KeypointsError for a found point far outside an image of ``image_size_wh``.
 
     Far: more than FAR_OUTSIDE (half) of the image's width or height beyond an
     edge. Estimators do put points a little outside (a cut-off elbow), but a
     point that far out means keypoints of another frame or image.
     """
-    width, height = image_size
+    width, height = image_size_wh
     lo = -FAR_OUTSIDE * np.array([width, height])
     hi = (1 + FAR_OUTSIDE) * np.array([width, height])
     for i in np.flatnonzero(keypoints.present):
@@ -219,13 +219,13 @@ def check_in_frame(keypoints: Keypoints, image_size: tuple[int, int]) -> None:
                 "in the person image's pixel frame?")
 
 
-def load_keypoints(path: str | Path, image_size: tuple[int, int] | None = None) -> Keypoints:
+def load_keypoints(path: str | Path, image_size_wh: tuple[int, int] | None = None) -> Keypoints:
     """Keypoints from a JSON file (any format parse_keypoints accepts)."""
     try:
         text = Path(path).read_bytes()
     except OSError as exc:
         raise KeypointsError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return parse_keypoints(text, image_size)
+    return parse_keypoints(text, image_size_wh)
 
 
 def openpose_json(keypoints: Keypoints) -> dict:

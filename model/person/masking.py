@@ -104,15 +104,15 @@ def _label_mask(parse: np.ndarray, labels: tuple[int, ...]) -> Image.Image:
     return Image.fromarray(np.isin(parse, labels).astype(np.uint8) * 255, mode="L")
 
 
-def parse_labels(parse: Image.Image, size: tuple[int, int]) -> np.ndarray:
-    """A human-parsing map (one label a pixel) as an (H, W) uint8 array of ``size`` (W, H).
+def parse_labels(parse: Image.Image, size_wh: tuple[int, int]) -> np.ndarray:
+    """A human-parsing map (one label a pixel) as an (H, W) uint8 array of ``size_wh``.
 
     A map of another size is scaled with nearest neighbour, so labels stay labels.
     """
     if parse.mode not in ("L", "P", "I", "I;16"):
         raise ValueError(f"parse: expected a one-channel label map (mode L or P), got mode {parse.mode}")
-    if parse.size != size:
-        parse = parse.resize(size, Image.NEAREST)
+    if parse.size != size_wh:
+        parse = parse.resize(size_wh, Image.NEAREST)
     return np.asarray(parse).astype(np.uint8)
 
 

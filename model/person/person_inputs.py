@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..images import (BLACK, DEFAULT_MAX_PIXELS, MODEL_SIZE, WHITE, ImageError, ImageSource, Letterbox, decode_image,
-                      decode_to_fit, image_to_levels, letterbox_person, open_image, tensor_to_image)
+from ..images import (BLACK, DEFAULT_MAX_PIXELS, MODEL_SIZE_HW, WHITE, ImageError, ImageSource, Letterbox,
+                      decode_image, decode_to_fit, image_to_levels, letterbox_person, open_image, tensor_to_image)
 from .detect import Detection, check_person, get_detector
 from .keypoints import Keypoints, check_in_frame, parse_keypoints
 from .masking import mask_person, mask_person_from_pose
@@ -82,24 +82,24 @@ def letterbox_labels(parse: Image.Image, frame: Letterbox) -> Image.Image:
     """A label map through ``frame``: nearest-neighbour scaling (labels stay
     labels) and background (0) padding."""
     left, top, right, bottom = frame.content_box
-    if (right - left, bottom - top) == frame.target_size:
-        return parse.resize(frame.target_size, Image.NEAREST)
-    canvas = Image.new("L", frame.target_size, 0)
+    if (right - left, bottom - top) == frame.target_size_wh:
+        return parse.resize(frame.target_size_wh, Image.NEAREST)
+    canvas = Image.new("L", frame.target_size_wh, 0)
     canvas.paste(parse.resize((right - left, bottom - top), Image.NEAREST), (left, top))
     return canvas
 
 
-def _check_parse_frame(parse: Image.Image, person_size: tuple[int, int]) -> None:
-    (pw, ph), (w, h) = parse.size, person_size
+def _check_parse_frame(parse: Image.Image, person_size_wh: tuple[int, int]) -> None:
+    (pw, ph), (w, h) = parse.size, person_size_wh
     if abs((pw / ph) / (w / h) - 1) > ASPECT_TOLERANCE:
         raise ImageError("parse", f"{pw}x{ph} has not the person image's aspect ratio ({w}x{h}); "
                                   "the parsing map must be of the same photo")
 
 
 def draw_inputs(person: ImageSource, keypoints: Keypoints | Any, parse: ImageSource | None = None, *,
-                size: tuple[int, int] = MODEL_SIZE, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                size_hw: tuple[int, int] = MODEL_SIZE_HW, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                 silhouette: Image.Image | None = None) -> PersonInputs:
-    """Masked model and pose map at ``size`` (H, W) from a person photo.
+    """Masked model and pose map at ``size_hw`` from a person photo.
 
     ``keypoints``: a Keypoints, or anything parse_keypoints accepts, in the
     photo's pixel frame. ``parse``: its human-parsing map, or None for the
@@ -108,12 +108,13 @@ def draw_inputs(person: ImageSource, keypoints: Keypoints | Any, parse: ImageSou
     background stays as it is. Raises KeypointsError or ImageError (``field``
     names the input) for unusable inputs.
     """
-    photo, photo_wh = decode_to_fit(person, "person", (size[1], size[0]), background=WHITE, max_pixels=max_pixels)
+    model_wh = (size_hw[1], size_hw[0])
+    photo, photo_wh = decode_to_fit(person, "person", model_wh, background=WHITE, max_pixels=max_pixels)
     if isinstance(keypoints, Keypoints):
         check_in_frame(keypoints, photo_wh)
     else:
         keypoints = parse_keypoints(keypoints, photo_wh)
-    frame = Letterbox(photo_wh, (size[1], size[0]))
+    frame = Letterbox(photo_wh, model_wh)
     points = keypoints.letterboxed(frame)
     boxed = frame.fit(photo, WHITE)
     if parse is None:
@@ -124,7 +125,7 @@ def draw_inputs(person: ImageSource, keypoints: Keypoints | Any, parse: ImageSou
         labels = decode_parse(parse, max_pixels=max_pixels)
         _check_parse_frame(labels, photo_wh)
         masked = mask_person(boxed, letterbox_labels(labels, frame), points)
-    return PersonInputs.drawn(masked, draw_pose_map(points, frame.target_size), frame, keypoints)
+    return PersonInputs.drawn(masked, draw_pose_map(points, frame.target_size_wh), frame, keypoints)
 
 
 class IncompleteInputs(ValueError):
@@ -195,9 +196,9 @@ def check_person_mix(given: set[str]) -> PersonMix:
 
 def person_images(*, masked_model: ImageSource | None = None, pose: ImageSource | None = None,
                   person: ImageSource | None = None, keypoints: Any = None, parse: ImageSource | None = None,
-                  size: tuple[int, int] = MODEL_SIZE, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                  size_hw: tuple[int, int] = MODEL_SIZE_HW, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                   silhouette: bool = False) -> PersonInputs:
-    """The masked model and pose map at ``size`` from any mix that determines them (PERSON_MIXES).
+    """The masked model and pose map at ``size_hw`` from any mix that determines them (PERSON_MIXES).
 
     Given images are used as they are; a missing masked model is drawn from
     ``person`` + ``keypoints`` (+ ``parse``), a missing pose map from
@@ -211,27 +212,28 @@ def person_images(*, masked_model: ImageSource | None = None, pose: ImageSource 
                                       ("keypoints", keypoints), ("parse", parse)) if value is not None}
     check_person_mix(given)
     if masked_model is not None and pose is not None:
-        masked, skeleton, frame = letterbox_person(masked_model, pose, size=size, max_pixels=max_pixels)
+        masked, skeleton, frame = letterbox_person(masked_model, pose, size_hw=size_hw, max_pixels=max_pixels)
         return PersonInputs(masked, skeleton, frame)
     if masked_model is not None:
         # Only the pose map is drawn: in the frame of the given masked model.
-        photo, photo_wh = decode_to_fit(masked_model, "masked_model", (size[1], size[0]), background=WHITE,
+        model_wh = (size_hw[1], size_hw[0])
+        photo, photo_wh = decode_to_fit(masked_model, "masked_model", model_wh, background=WHITE,
                                         max_pixels=max_pixels)
         points = keypoints if isinstance(keypoints, Keypoints) else parse_keypoints(keypoints, photo_wh)
         check_in_frame(points, photo_wh)
-        frame = Letterbox(photo_wh, (size[1], size[0]))
-        return PersonInputs(frame.fit_levels(photo, WHITE),
-                            image_to_levels(draw_pose_map(points.letterboxed(frame), frame.target_size)), frame, points)
+        frame = Letterbox(photo_wh, model_wh)
+        skeleton = draw_pose_map(points.letterboxed(frame), frame.target_size_wh)
+        return PersonInputs(frame.fit_levels(photo, WHITE), image_to_levels(skeleton), frame, points)
     photo = decode_image(person, "person", background=WHITE, max_pixels=max_pixels)
     mask, detection = None, None
     silhouette = silhouette and parse is None  # the parsing map's masking keeps the background anyway
     if keypoints is None:
         detection = get_detector().detect(photo, silhouette=silhouette)
-        check_person(detection.keypoints, photo.size, size)
+        check_person(detection.keypoints, photo.size, size_hw)
         keypoints, mask = detection.keypoints, detection.silhouette
     elif silhouette:
         mask = get_detector().segment(photo)
-    drawn = draw_inputs(photo, keypoints, parse, size=size, max_pixels=max_pixels, silhouette=mask)
+    drawn = draw_inputs(photo, keypoints, parse, size_hw=size_hw, max_pixels=max_pixels, silhouette=mask)
     if pose is not None:
         skeleton = decode_image(pose, "pose", background=BLACK, max_pixels=max_pixels)
         drawn = replace(drawn, pose_levels=image_to_levels(drawn.frame.apply(skeleton, BLACK)))

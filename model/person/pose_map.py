@@ -31,9 +31,9 @@ LIMB_HALF_WIDTH = 4
 LIMB_OPACITY = 0.6  # canvas = 0.4 * canvas + 0.6 * (canvas with the limb)
 
 
-def draw_pose_map(keypoints: Keypoints, size: tuple[int, int]) -> Image.Image:
-    """An RGB pose map of ``size`` (W, H) with the points in that frame."""
-    width, height = size
+def draw_pose_map(keypoints: Keypoints, size_wh: tuple[int, int]) -> Image.Image:
+    """An RGB pose map of ``size_wh`` with the points in that frame."""
+    width, height = size_wh
     canvas = np.zeros((height, width, 3), dtype=np.uint8)
     xy, present = keypoints.xy, keypoints.present
     for i in np.flatnonzero(present):

@@ -89,7 +89,7 @@ def response_key(identity: str, inputs: TryOnInputs, options: OutputOptions) -> 
     answer = options.model_dump()
     if options.size == "original":  # the answer is mapped back to the person's own frame
         frame = inputs.person_frame
-        answer["frame"] = [list(frame.source_size), list(frame.target_size)]
+        answer["frame"] = [list(frame.source_size_wh), list(frame.target_size_wh)]
     digest.update(identity.encode() + b"\n" + json.dumps(answer, sort_keys=True).encode() + b"\n")
     for name in ("masked_model", "pose", "cloth"):
         levels = getattr(inputs, name)

@@ -14,10 +14,12 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request
 
+from model.images import DEFAULT_QUALITY, OutputFormat, OutputSize
+
 from ..queue.outcomes import Priority
 from .context import request_context
 from .errors import ApiError
-from .inputs import JobOptions, OutputFormat, OutputSize
+from .inputs import JobOptions
 from .state import ServiceState
 
 
@@ -89,7 +91,7 @@ class QueryOptions:
 
 async def output_query(
         format: OutputFormat | None = Query(None, description="output format (jpeg)"),
-        quality: int | None = Query(None, ge=1, le=100, description="JPEG/WebP quality (90)"),
+        quality: int | None = Query(None, ge=1, le=100, description=f"JPEG/WebP quality ({DEFAULT_QUALITY})"),
         size: OutputSize | None = Query(None, description="model size, or the person image's original size (model)"),
         priority: Priority | None = Query(None, description="interactive or bulk (also X-Priority); "
                                      "interactive work is batched first (default: interactive, bulk for "

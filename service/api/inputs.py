@@ -28,6 +28,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
+from model.images import DEFAULT_QUALITY, OutputFormat, OutputSize
 from model.person import IncompleteInputs, check_person_mix
 from model.safe_json import JsonError, load_json
 
@@ -46,13 +47,11 @@ OPTION_FIELDS = ("format", "quality", "size", "priority", "timeout")
 JOB_OPTION_HEADERS = {"priority": "X-Priority", "timeout": "X-Request-Timeout"}
 
 
-OutputFormat = Literal["jpeg", "png", "webp"]
-OutputSize = Literal["model", "original"]
 
 
 class OutputOptions(BaseModel):
     format: OutputFormat = "jpeg"
-    quality: int = Field(90, ge=1, le=100)
+    quality: int = Field(DEFAULT_QUALITY, ge=1, le=100)
     size: OutputSize = "model"
 
 

@@ -46,7 +46,7 @@ def decode_person(parts: RequestParts, settings: Settings) -> PersonInputs:
     """The masked model and pose map at the model's size, drawn where not given
     (a person photo alone: its keypoints detected here, in the same thread)."""
     with model_errors():
-        return person_images(**parts.person, keypoints=parts.keypoints, size=settings.image_hw,
+        return person_images(**parts.person, keypoints=parts.keypoints, size_hw=settings.image_hw,
                              max_pixels=settings.max_image_pixels, silhouette=settings.person_silhouette)
 
 

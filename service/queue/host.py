@@ -49,7 +49,7 @@ class EngineHost:
         s = self.settings
         batch_sizes = s.batch_sizes_for(pick_device(s.device).type)
         config = EngineConfig(device=s.device, precision=s.precision, batch_sizes=batch_sizes,
-                              image_size=s.image_hw, weights=s.weights, sampler=s.sampler,
+                              image_size_hw=s.image_hw, weights=s.weights, sampler=s.sampler,
                               check_inputs=str(EXAMPLES))
         started = time.perf_counter()
         self.engine = await asyncio.to_thread(self.engine_factory, config)

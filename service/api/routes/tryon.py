@@ -82,7 +82,7 @@ async def tryon_image(request: Request, service: ServiceDep, work: WorkDep, quer
     timings["inference"] = result.inference_s * 1000
 
     mark = time.perf_counter()
-    source_w, source_h = inputs.person_frame.source_size
+    source_w, source_h = inputs.person_frame.source_size_wh
     short = options.size == "model" or source_w * source_h <= INLINE_ENCODE_PIXELS
     body = await off_loop_unless(short, encode_output, result.output, inputs.person_frame, options)
     timings["encode"] = (time.perf_counter() - mark) * 1000

@@ -1,0 +1,40 @@
+"""The network's result out: as an image at model size or the person's original size, then as
+bytes of an image format. The output options' choices and defaults are defined here, once."""
+from __future__ import annotations
+
+import io
+from typing import Literal, get_args
+
+import torch
+from PIL import Image
+
+from .letterbox import Letterbox
+from .levels import tensor_to_image
+
+# Which size a result is returned at: the model's, or the person image's own (the letterbox undone).
+OutputSize = Literal["model", "original"]
+OUTPUT_SIZES: tuple[str, ...] = get_args(OutputSize)
+OutputFormat = Literal["jpeg", "png", "webp"]
+OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
+ENCODE_FORMATS = {fmt: fmt.upper() for fmt in OUTPUT_FORMATS}  # Pillow's names
+MEDIA_TYPES = {fmt: f"image/{fmt}" for fmt in OUTPUT_FORMATS}
+# JPEG and WebP quality when none is asked for (the service's and the CLI's).
+DEFAULT_QUALITY = 90
+
+
+def output_image(t: torch.Tensor, frame: Letterbox | None = None, output_size: OutputSize = "model") -> Image.Image:
+    """The result as 8-bit RGB at model size, or mapped back to the person's original size."""
+    if output_size not in OUTPUT_SIZES:
+        raise ValueError(f"size must be 'model' or 'original', not {output_size!r}")
+    img = tensor_to_image(t)
+    return frame.restore(img) if output_size == "original" and frame is not None else img
+
+
+def encode_image(img: Image.Image, fmt: OutputFormat = "jpeg", quality: int = DEFAULT_QUALITY) -> bytes:
+    """RGB image -> bytes of ``fmt`` (jpeg, png or webp)."""
+    if fmt not in ENCODE_FORMATS:
+        raise ValueError(f"format must be one of {sorted(ENCODE_FORMATS)}, not {fmt!r}")
+    buf = io.BytesIO()
+    options = {"quality": quality} if fmt in ("jpeg", "webp") else {"optimize": False}
+    img.save(buf, format=ENCODE_FORMATS[fmt], **options)
+    return buf.getvalue()
