@@ -39,6 +39,7 @@ import httpx
 from PIL import Image
 
 from bench.common import ROOT, write_report
+from tests.utils.processes import process_tree
 from bench.cpu_model import cpu_model_name
 from bench.load import batch_histogram, batches_formed, wait_ready
 
@@ -75,22 +76,6 @@ def _jpeg(img: Image.Image) -> bytes:
 def _ticks(pid: int) -> int:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])  # utime, stime
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(c) for c in (task / "children").read_text().split()]
-    return found
-
-
-def process_tree(pid: int) -> list[int]:
-    tree, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        tree.append(p)
-        todo += _children(p)
-    return tree
 
 
 def cpu_seconds(pids: list[int]) -> float:

@@ -31,8 +31,8 @@ import torch
 from bench.common import RESULTS, ROOT, write_report
 from bench.gpu_bench import driver_version, require_cuda
 
-CUDA_TESTS = ("tests/test_kernels_triton.py", "tests/test_engine.py", "tests/test_engine_fallbacks.py",
-              "tests/test_kernels_compile.py")
+CUDA_TESTS = ("tests/model/kernels/test_triton_sampling.py", "tests/model/test_engine.py", "tests/model/test_engine_fallbacks.py",
+              "tests/model/kernels/test_compile_check.py")
 
 
 def run_step(name: str, args: list[str], timeout_s: float) -> dict:

@@ -1,7 +1,7 @@
 """Renders docker/nginx.conf.template for a given set of replica addresses.
 
 One template serves docker compose (upstream ``tryon:8000``, re-resolved
-through Docker's DNS as replicas come and go) and tests/test_load_balancer.py
+through Docker's DNS as replicas come and go) and tests/deploy/test_load_balancer.py
 (replicas on 127.0.0.1 ports, nginx run from a scratch directory). The body
 size limits (one for /v1/tryon/batch, one for the rest) and the timeouts
 follow the service's TRYON_* settings, so nginx never refuses a request the

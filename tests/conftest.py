@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import httpx
 import pytest
 import torch
 
-FIXTURES = Path(__file__).parent / "fixtures"
+from tests.utils import FIXTURES
+
 sys.path.insert(0, str(FIXTURES))
 
 from fill_weights import fill_state_dict, read_keys  # noqa: E402
@@ -35,10 +35,6 @@ def standin_weights_file(tmp_path_factory, standin_state):
     path = tmp_path_factory.mktemp("weights") / "standin.safetensors"
     save_file(standin_state, str(path))
     return path
-
-
-def load_golden(name: str) -> dict:
-    return torch.load(FIXTURES / name, weights_only=True)
 
 
 @pytest.fixture

