@@ -7,7 +7,7 @@ MEDIAPIPE := mediapipe==0.10.14
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test test-all test-avx2 infer bench gpu-check clean
+.PHONY: serve test test-all test-avx2 infer bench gpu-check gpu-check-wheels test-lowest-torch clean
 
 $(STAMP): pyproject.toml client/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,10 +33,38 @@ test-avx2: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.cpu_model
 
-# On a GPU box: the CUDA tests, bench.gpu_bench and bench.accuracy --device cuda, one JSON
-# in bench/results/gpu-check-*.json (docs/gpu.md). Exits 2, saying so, where there is no CUDA.
-gpu-check: $(STAMP)
-	$(PY) -m bench.gpu_check $(GPU_CHECK_ARGS)
+# On a GPU box, offline, with the Python that has its CUDA torch (GPU_PYTHON; no venv is built
+# and nothing comes from the network): the steps of bench.gpu_check within --budget (420 s),
+# one JSON in bench/results/gpu-check-*.json rewritten after every step (docs/gpu.md). What that
+# Python lacks comes from $(GPU_CHECK_WHEELS). Exits 2, saying so, where there is no CUDA.
+GPU_PYTHON ?= python3
+GPU_CHECK_WHEELS ?= wheels/gpu-check
+gpu-check:
+	$(GPU_PYTHON) -m bench.gpu_check --wheels $(GPU_CHECK_WHEELS) $(GPU_CHECK_ARGS)
+
+# On a machine with the registries: the wheels bench/gpu_check_wheels.txt names, for the GPU
+# box's Python 3.12 on manylinux x86-64 (about 12 MiB; copy the folder to the box).
+gpu-check-wheels:
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux_2_28_x86_64 --platform any -d $(GPU_CHECK_WHEELS) \
+		-r bench/gpu_check_wheels.txt
+	du -sh $(GPU_CHECK_WHEELS)
+
+# Not CI: the model, kernel and engine tests and the ahead-of-time compile check (sm_80/89/90)
+# under the lowest torch pyproject.toml supports, with the Triton it pins (2.11: Triton 3.6).
+# The registry's torch is the CUDA build (about 3 GB with NVIDIA's libraries); it runs here
+# without a GPU.
+LOWEST_TORCH ?= 2.11.0
+LOWEST_VENV ?= .venv-lowest-torch
+LOWEST_TESTS := tests/model/test_network.py tests/model/kernels tests/model/test_engine.py \
+	tests/model/test_engine_fallbacks.py tests/model/images/test_images.py
+test-lowest-torch:
+	test -x $(LOWEST_VENV)/bin/python || $(PYTHON) -m venv $(LOWEST_VENV)
+	$(LOWEST_VENV)/bin/python -m pip install -q "torch==$(LOWEST_TORCH)"
+	$(LOWEST_VENV)/bin/python -m pip install -q -e ".[test]" "torch==$(LOWEST_TORCH)"
+	$(LOWEST_VENV)/bin/python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+	$(LOWEST_VENV)/bin/python -m pytest -q -p no:cacheprovider $(LOWEST_TESTS) $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(LOWEST_VENV) .gpu-check .pytest_cache

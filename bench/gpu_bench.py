@@ -36,6 +36,7 @@ from bench.common import RESULTS, STANDIN_LABEL, standin_weights_file, write_rep
 
 GFLOP_PER_IMAGE_256x192 = 149.0
 MODES = ("fp32", "tf32", "bf16", "fp16")
+PARTS = ("engine", "kernels")
 BATCHES = (1, 8, 32, 64)
 # Dense peak TFLOP/s and memory bandwidth (TB/s) from the vendors' data sheets, by name.
 DEVICE_PEAKS = {
@@ -124,16 +125,15 @@ def time_engine(engine, batch: int, seconds: float, min_iters: int) -> dict:
 
 
 def bench_engine(weights: str, precision: str, batches, image_size, seconds, min_iters,
-                 sampler="auto", cudnn_benchmark=True, **config) -> dict:
+                 sampler="auto", **config) -> dict:
     from model.engine import Engine, EngineConfig
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    # check_precision off: each mode is measured as asked, never its fallback.
+    # check_precision off: each mode is measured as asked, never its fallback. The published
+    # code leaves cudnn.benchmark off (cudnn_benchmark=False in config).
     engine = Engine(EngineConfig(device="cuda", precision=precision, batch_sizes=tuple(batches),
                                  image_size_hw=image_size, weights=weights, sampler=sampler,
                                  check_precision=False, **config))
-    # The engine turns cudnn.benchmark on; the published code leaves it off.
-    torch.backends.cudnn.benchmark = cudnn_benchmark
     start = time.perf_counter()
     warmup = engine.warmup()
     result = {"info": engine.info, "warmup_s": round(time.perf_counter() - start, 2),
@@ -211,15 +211,16 @@ def summarise(report: dict) -> dict:
     by_batch = {r["batch"]: r for r in default}
     best = {}
     # Launch-bound batch-1 shapes aside: batches of 8 and 64, flows of a few pixels.
-    sample_rows = [r for r in report["kernels"] if r["op"] == "deformable_sample"
+    sample_rows = [r for r in report.get("kernels", []) if r["op"] == "deformable_sample"
                    and r["flow_spread_px"] == 4.0 and r["shape_bkchw"][0] >= 8]
     if 64 in by_batch:
         best["speedup_at_batch_64"] = by_batch[64]["images_per_s"] / base
     if 1 in by_batch:
         best["batch1_latency_ms"] = by_batch[1]["latency_ms_median"]
-    best["kernel_speedup_vs_reference"] = min(r["speedup_vs_reference"] for r in sample_rows)
-    best["kernel_bandwidth_fraction"] = min(r["fraction_of_nominal_bandwidth"] or r["fraction_of_copy_bandwidth"]
-                                            for r in sample_rows)
+    if sample_rows:
+        best["kernel_speedup_vs_reference"] = min(r["speedup_vs_reference"] for r in sample_rows)
+        best["kernel_bandwidth_fraction"] = min(r["fraction_of_nominal_bandwidth"] or r["fraction_of_copy_bandwidth"]
+                                                for r in sample_rows)
     met = {k: (v <= TARGETS[k] if k.endswith("_ms") else v >= TARGETS[k]) for k, v in best.items()}
     return {"mode": AUTO_GPU_PRECISION, "measured": best, "targets": TARGETS, "met": met}
 
@@ -231,6 +232,9 @@ def main(argv=None) -> int:
     parser.add_argument("--weights", default=None, help="checkpoint; default: the tests' stand-in weights")
     parser.add_argument("--seconds", type=float, default=None, help="timing seconds per batch size")
     parser.add_argument("--out", default=None, help="JSON path; default bench/results/gpu-<device>-<time>.json")
+    parser.add_argument("--batches", default=None, help="comma list of batch sizes (default 1,8,32,64; --quick 1,8)")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {PARTS} (make gpu-check runs "
+                        "each as its own step)")
     args = parser.parse_args(argv)
     require_cuda()
     import triton
@@ -240,7 +244,9 @@ def main(argv=None) -> int:
     name = torch.cuda.get_device_name(0)
     peaks = device_peaks(name)
     nominal_gbs = peaks["bandwidth_tbs"] * 1e3 if peaks else None
-    batches = (1, 8) if args.quick else BATCHES
+    batches = (tuple(int(b) for b in args.batches.split(",")) if args.batches
+               else (1, 8) if args.quick else BATCHES)
+    parts = set(args.parts.split(","))
     seconds = args.seconds if args.seconds is not None else (0.5 if args.quick else 2.0)
     min_iters = 3 if args.quick else 10
     image_size = (256, 192)
@@ -255,12 +261,13 @@ def main(argv=None) -> int:
         report["copy_bandwidth_gbs"] = copy_bandwidth_gbs(torch.device("cuda"))
         print(f"{name}: device copy bandwidth {report['copy_bandwidth_gbs']:.0f} GB/s", flush=True)
 
-        print("baseline: published formulation, fp32, eager, batch 1", flush=True)
-        report["baseline"] = bench_engine(weights, "fp32", (1,), image_size, seconds, min_iters,
-                                          sampler="published", cudnn_benchmark=False, cuda_graphs=False)
-        print(f"  {report['baseline']['runs'][0]}", flush=True)
         report["ours"] = {}
-        for mode in args.modes.split(","):
+        if "engine" in parts:
+            print("baseline: published formulation, fp32, eager, batch 1", flush=True)
+            report["baseline"] = bench_engine(weights, "fp32", (1,), image_size, seconds, min_iters,
+                                              sampler="published", cudnn_benchmark=False, cuda_graphs=False)
+            print(f"  {report['baseline']['runs'][0]}", flush=True)
+        for mode in (args.modes.split(",") if "engine" in parts else ()):
             print(f"ours: {mode}", flush=True)
             report["ours"][mode] = bench_engine(weights, mode, batches, image_size, seconds, min_iters)
             for run in report["ours"][mode]["runs"]:
@@ -269,12 +276,14 @@ def main(argv=None) -> int:
                 print(f"  {run}", flush=True)
         # What the graphs and channels-last buy, in the default half mode.
         report["variants"] = {}
-        for label, config in (("fp16_eager", {"cuda_graphs": False}), ("fp16_no_channels_last", {"channels_last": False})):
+        for label, config in ((("fp16_eager", {"cuda_graphs": False}), ("fp16_no_channels_last", {"channels_last": False}))
+                              if "engine" in parts else ()):
             print(f"variant: {label}", flush=True)
             report["variants"][label] = bench_engine(weights, "fp16", batches, image_size, seconds, min_iters, **config)
-        set_cuda_math("fp32")
-        print("kernels", flush=True)
-        report["kernels"] = bench_kernels(20 if args.quick else 100, report["copy_bandwidth_gbs"], nominal_gbs)
+        set_cuda_math("fp32", cudnn_benchmark=True)
+        if "kernels" in parts:
+            print("kernels", flush=True)
+            report["kernels"] = bench_kernels(20 if args.quick else 100, report["copy_bandwidth_gbs"], nominal_gbs)
     if AUTO_GPU_PRECISION in report["ours"]:
         report["summary"] = summarise(report)
         print(json.dumps(report["summary"], indent=2))

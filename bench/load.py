@@ -173,6 +173,8 @@ def main(argv=None) -> None:
     parser.add_argument("--weights", help="checkpoint for the started servers (default: the stand-in weights)")
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the started servers (default: torch's own)")
     parser.add_argument("--api-key")
+    parser.add_argument("--device", help="TRYON_DEVICE for the started servers (default: the service's)")
+    parser.add_argument("--workers", type=int, help="TRYON_WORKERS for the started servers (default: the service's)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
 
@@ -193,6 +195,10 @@ def main(argv=None) -> None:
                        "TRYON_CACHE_BYTES": "0"}  # the engine path: repeated inputs must not be cache hits
                 if args.threads:
                     env["OMP_NUM_THREADS"] = str(args.threads)
+                if args.device:
+                    env["TRYON_DEVICE"] = args.device
+                if args.workers:
+                    env["TRYON_WORKERS"] = str(args.workers)
                 process = start_server(port, env, Path(tmp) / f"{name}.log")
                 try:
                     report["results"].append(measure(name, f"http://127.0.0.1:{port}", args, process))

@@ -20,6 +20,8 @@ from .sampling import heads_to_batch, offsets_to_flow, upsample2x
 ENCODER_WIDTHS = (64, 128, 256, 256, 256)
 FPN_CHANNELS = 256
 HEADS = 6
+# The light encoder's output, which render warps.
+LIGHTS_CHANNELS = 64
 LEVELS = len(ENCODER_WIDTHS)
 SIZE_MULTIPLE = 2 ** LEVELS
 MIN_SIZE = 64
@@ -146,14 +148,17 @@ class DAFlowNet(nn.Module):
         self.heads = heads
         # Which deformable-sampling implementation forward uses (model.kernels).
         self.sampler = sampler
+        # The channel counts it samples: the pyramids' and the light encoder's (what the
+        # engine's warm-up checks a fused kernel at).
+        self.sampled_channels = (channels, LIGHTS_CHANNELS)
         # Registration order matches the checkpoint's key order.
         self.Self_MFEs = nn.ModuleList(FlowEstimator(2 * channels, 3 * heads, 7) for _ in range(levels))
         self.Cross_MFEs = nn.ModuleList(FlowEstimator(2 * channels, 3 * heads, 3) for _ in range(levels))
         self.Refine_MFEs = nn.ModuleList(FlowEstimator(2 * channels, 6 * heads, 3) for _ in range(levels))
         self.lights_decoder = nn.Sequential(
-            nn.Conv2d(64, 32, 1), nn.LeakyReLU(0.1, inplace=True), nn.Conv2d(32, 3, 3, padding=1))
+            nn.Conv2d(LIGHTS_CHANNELS, 32, 1), nn.LeakyReLU(0.1, inplace=True), nn.Conv2d(32, 3, 3, padding=1))
         self.lights_encoder = nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1), nn.LeakyReLU(0.1, inplace=True), nn.Conv2d(32, 64, 1))
+            nn.Conv2d(3, 32, 3, padding=1), nn.LeakyReLU(0.1, inplace=True), nn.Conv2d(32, LIGHTS_CHANNELS, 1))
 
     def warp(self, x: torch.Tensor, flows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """(N, C, h, w) features, (N*K, 2, h, w) flows, (N, K, h, w) weights -> (N, C, h, w)."""

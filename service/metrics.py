@@ -97,10 +97,13 @@ class Metrics:
         self.cache_bytes = Gauge("tryon_cache_bytes", "Bytes held by the in-process cache", registry=r)
         self.cache_evictions = Counter("tryon_cache_evictions", "In-process cache entries evicted to stay "
                                        "within TRYON_CACHE_BYTES", registry=r)
-        # Triton: nv_gpu_memory_used_bytes / nv_gpu_memory_total_bytes (only on a GPU).
+        # Triton: nv_gpu_memory_used_bytes / nv_gpu_memory_total_bytes (only on a GPU). Set only by
+        # the process that holds the engine (read_device_memory): a front end of TRYON_WORKERS > 1
+        # reads them from the engine process's files, and never opens a CUDA context itself.
         self.gpu_memory_used = Gauge("tryon_gpu_memory_used_bytes", "Device memory in use (all processes)",
-                                     ["device"], registry=r)
-        self.gpu_memory_total = Gauge("tryon_gpu_memory_total_bytes", "Device memory", ["device"], registry=r)
+                                     ["device"], registry=r, multiprocess_mode="livemostrecent")
+        self.gpu_memory_total = Gauge("tryon_gpu_memory_total_bytes", "Device memory", ["device"], registry=r,
+                                      multiprocess_mode="livemostrecent")
 
     def observe_execution(self, items: int, compute_s: float, queue_s: list[float]) -> None:
         """One engine execution of ``items`` items, for the requests that waited ``queue_s`` (one per
@@ -112,13 +115,21 @@ class Metrics:
         for _ in range(max(1, len(queue_s))):
             self.compute_duration.observe(compute_s)
 
-    def refresh(self, queue_depth: int, device: torch.device | None) -> None:
-        """Gauges read at scrape time: the queue, the hit ratio, and a GPU's memory."""
+    def refresh(self, queue_depth: int, engine_device: torch.device | None) -> None:
+        """Gauges read at scrape time: the queue, the hit ratio, and the memory of the GPU of an
+        engine in this process (None in a front end: its engine is in another process)."""
         self.queue_depth.set(queue_depth)
         hits = sum(s.value for s in _samples(self.cache_hits, "_total"))
         lookups = hits + sum(s.value for s in _samples(self.cache_misses, "_total"))
         self.cache_hit_ratio.set(hits / lookups if lookups else 0.0)
-        if device is not None and device.type == "cuda":
+        if engine_device is not None:
+            self.read_device_memory(engine_device)
+
+    def read_device_memory(self, device: torch.device) -> None:
+        """The GPU gauges, from the process whose engine holds the device's context (the single
+        process at scrape time, the engine process of TRYON_WORKERS > 1 every few seconds);
+        nothing on a CPU."""
+        if device.type == "cuda":
             free, total = torch.cuda.mem_get_info(device)
             self.gpu_memory_used.labels(str(device)).set(total - free)
             self.gpu_memory_total.labels(str(device)).set(total)

@@ -61,16 +61,40 @@ def resize_bicubic(img: Image.Image, size_wh: tuple[int, int]) -> Image.Image:
 
 
 
+# The network's value of each 8-bit level, x / 127.5 - 1 as two IEEE fp32 operations (the
+# division, then the subtraction, each rounded once), computed once on the CPU. A table, not
+# arithmetic where the batch is: CUDA divides by a Python scalar as a multiplication by its
+# reciprocal, which puts 111 of the 256 levels one ulp away (tests/model/images/test_images.py); a gather is
+# exact on every device, inside a CUDA graph too.
+LEVEL_VALUES = torch.arange(256, dtype=torch.float32).div_(127.5).sub_(1.0)
+# What quantisation scales by after the +1 shift: exact in fp32, a multiplication on every device.
+LEVEL_SCALE = 127.5
+_level_tables: dict[torch.device, torch.Tensor] = {}
+
+
+def level_table(device: torch.device) -> torch.Tensor:
+    """LEVEL_VALUES on ``device``, copied there once (before a CUDA graph captures a read of it)."""
+    device = torch.device(device)
+    table = _level_tables.get(device)
+    if table is None:
+        table = _level_tables[device] = LEVEL_VALUES.to(device)
+    return table
+
+
 def levels_to_tensor(levels: torch.Tensor) -> torch.Tensor:
-    """8-bit levels (..., 3, H, W) uint8 -> the network's float32 in [-1, 1], as x / 127.5 - 1
-    (on the levels' device: the engine converts a batch where it runs)."""
-    return levels.to(torch.float32).div_(127.5).sub_(1.0)
+    """8-bit levels (..., 3, H, W) uint8 -> the network's float32 in [-1, 1]: LEVEL_VALUES
+    gathered on the levels' device (the engine converts a batch where it runs), the same
+    numbers on every device. The result has the levels' shape, dense in the order of their
+    strides."""
+    return level_table(levels.device)[levels.to(torch.int32)]
 
 
 def tensor_to_levels(t: torch.Tensor) -> torch.Tensor:
     """Network values (..., 3, H, W) -> uint8 levels: clamp to [-1, 1], (y + 1) * 127.5, rounded
-    half to even; inverts levels_to_tensor exactly. On the values' device."""
-    return t.to(torch.float32).clamp(-1.0, 1.0).add_(1.0).mul_(127.5).round_().to(torch.uint8)
+    half to even; inverts levels_to_tensor exactly. An add, a multiplication by an exact
+    constant and a rounding, each IEEE on every device (never a division): the same levels
+    on the CPU and on a GPU, inside a CUDA graph too."""
+    return t.to(torch.float32).clamp(-1.0, 1.0).add_(1.0).mul_(LEVEL_SCALE).round_().to(torch.uint8)
 
 
 def as_levels(t: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,6 @@ from dataclasses import asdict, dataclass
 import torch
 
 TARGETS = (80, 89, 90)
-LAYOUTS = ("nchw", "channels_last")
 # The shapes launched at the finest flow level of a 256x192 image, K heads.
 BATCH, HEADS, CHANNELS, HEIGHT, WIDTH = 1, 6, 256, 128, 96
 WARP_SIZE = 32
@@ -55,12 +54,13 @@ class Variant:
 
 
 def variants() -> list[Variant]:
-    """What the dispatch can launch on a GPU: every config x dtype x layout."""
+    """What the dispatch can launch on a GPU under this Triton: every layout x the configs its
+    autotuner keeps there (``sample_configs``) x dtype."""
     from .triton_flows import COMPOSE_BLOCK
-    from .triton_sampling import FEATURE_DTYPES, SAMPLE_CONFIGS
+    from .triton_sampling import FEATURE_DTYPES, LAYOUTS, sample_configs
     dtypes = [str(d).removeprefix("torch.") for d in FEATURE_DTYPES]
     out = [Variant("deformable_sample", dtype, layout, tuple(sorted(config.kwargs.items())), config.num_warps)
-           for config in SAMPLE_CONFIGS for dtype in dtypes for layout in LAYOUTS]
+           for layout in LAYOUTS for config in sample_configs(layout) for dtype in dtypes]
     # The composition's offsets come from a flow block's output: the convolutions' dtype.
     out += [Variant("compose_head_flows", dtype, layout, (("BLOCK", COMPOSE_BLOCK),), 4)
             for dtype in dtypes for layout in LAYOUTS]
@@ -181,10 +181,11 @@ def main(argv=None) -> int:
     import triton
     start = time.perf_counter()
     rows = compile_all(tuple(int(t) for t in args.targets.split(",")), args.workers)
-    from .triton_sampling import FEATURE_DTYPES, SAMPLE_CONFIGS
+    from .triton_sampling import FEATURE_DTYPES, LAYOUTS, sample_configs
     report = {"triton": triton.__version__, "torch": torch.__version__, "seconds": round(time.perf_counter() - start, 1),
               "shapes": {"batch": BATCH, "heads": HEADS, "channels": CHANNELS, "height": HEIGHT, "width": WIDTH},
-              "sample_configs": [{**c.kwargs, "num_warps": c.num_warps} for c in SAMPLE_CONFIGS],
+              "sample_configs": {layout: [{**c.kwargs, "num_warps": c.num_warps} for c in sample_configs(layout)]
+                                 for layout in LAYOUTS},
               "feature_dtypes": [str(d).removeprefix("torch.") for d in FEATURE_DTYPES],
               "rows": rows}
     if args.json:

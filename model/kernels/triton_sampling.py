@@ -91,6 +91,40 @@ def _deformable_sample_kernel(
 SAMPLE_CONFIGS = tuple(triton.Config({"BLOCK_P": p, "BLOCK_C": c}, num_warps=w)
                        for p, c, w in ((64, 32, 4), (128, 16, 4), (32, 64, 4), (128, 32, 4), (256, 8, 4),
                                        (16, 64, 2)))
+LAYOUTS = ("nchw", "channels_last")
+# Tiles (BLOCK_P, BLOCK_C) that a Triton older than 3.9 spills in NCHW: under Triton 3.6
+# (torch 2.11's) ptxas gave the 64x32 and 32x64 NCHW variants 255 registers and 8-64 bytes of
+# stack on sm_80 and sm_90 (10 variants; tests/model/kernels/test_compile_check.py under `make test-lowest-torch`);
+# Triton 3.9 compiles all of them without a spill. 3.7 and 3.8 were not measured: treated as 3.6.
+SPILLING_NCHW_TILES_BEFORE_3_9 = ((64, 32), (32, 64))
+
+
+def triton_version() -> tuple[int, int]:
+    return tuple(int(part) for part in triton.__version__.split(".")[:2])
+
+
+def sample_configs(layout: str, version: tuple[int, int] | None = None) -> tuple:
+    """The autotune candidates for features in ``layout`` under Triton ``version`` (this one's by
+    default): every SAMPLE_CONFIGS entry that compiles there without a spill. The compile check
+    compiles exactly these, per layout and version."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
+    version = version or triton_version()
+    if layout == "channels_last" or version >= (3, 9):
+        return SAMPLE_CONFIGS
+    return tuple(c for c in SAMPLE_CONFIGS
+                 if (c.kwargs["BLOCK_P"], c.kwargs["BLOCK_C"]) not in SPILLING_NCHW_TILES_BEFORE_3_9)
+
+
+def feature_layout(channel_stride: int) -> str:
+    """The layout a launch's features have: channels-last is the one with unit channel stride."""
+    return "channels_last" if channel_stride == 1 else "nchw"
+
+
+def _prune_configs(configs, named_args, **kwargs):
+    """The autotuner's early prune: only this layout's candidates under this Triton."""
+    allowed = sample_configs(feature_layout(named_args["sf_c"]))
+    return [c for c in configs if c in allowed]
 
 
 _tuned_sample_kernel = None
@@ -106,7 +140,8 @@ def _launcher(channels: int, pixels: int):
                                            "BLOCK_C": min(triton.next_power_of_2(channels), 64)}
     if _tuned_sample_kernel is None:
         _tuned_sample_kernel = triton.autotune(
-            configs=list(SAMPLE_CONFIGS), key=["C", "H", "W", "K", "sf_c", "sf_w"])(_deformable_sample_kernel)
+            configs=list(SAMPLE_CONFIGS), key=["C", "H", "W", "K", "sf_c", "sf_w"],
+            prune_configs_by={"early_config_prune": _prune_configs})(_deformable_sample_kernel)
     return _tuned_sample_kernel, {}
 
 

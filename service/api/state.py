@@ -98,6 +98,13 @@ class ServiceState:
         return open_cache(self.settings, identity, self.metrics)
 
     @property
+    def local_engine_device(self):
+        """The device of an engine in this process; None in a front end of TRYON_WORKERS > 1, whose
+        engine (a RemoteEngine reporting, say, cuda:0) is another process's: nothing here may open
+        a CUDA context on it (half a GB per front end, and refused in exclusive-process mode)."""
+        return self.engine.device if self.engine is not None and self.engine_link is None else None
+
+    @property
     def healthy(self) -> bool:
         """False once the device failed: every later batch would fail, so the process must go."""
         return self.batcher is None or self.batcher.device_failure is None

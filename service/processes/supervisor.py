@@ -48,6 +48,8 @@ log = logging.getLogger("service.workers")
 # What each front-end process runs: the HTTP app on an inherited socket (a module of the HTTP
 # edge, started by name: this room imports nothing of it).
 FRONT_END_MODULE = "service.api.front_end"
+# How often the engine process reads the GPU's memory for the gauges.
+DEVICE_GAUGES_PERIOD_S = 5.0
 METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 _OWNED_METRICS_DIR = "TRYON_OWNED_METRICS_DIR"  # set when this module made the folder (and removes it)
 
@@ -145,6 +147,7 @@ async def _supervise(settings: Settings, engine_factory: EngineFactory | None) -
         log.info("engine process serving %d front-end processes", len(front_ends),
                  extra={"front_end_pids": [p.pid for p in front_ends]})
         exits = [loop.run_in_executor(None, p.wait) for p in front_ends]
+        gauges = loop.create_task(_device_gauges(metrics, host.engine.device))
         stopping = loop.create_task(stop.wait())
         await asyncio.wait([stopping, *exits], return_when=asyncio.FIRST_COMPLETED)
         failed = not stop.is_set()
@@ -157,6 +160,7 @@ async def _supervise(settings: Settings, engine_factory: EngineFactory | None) -
                 process.send_signal(signal.SIGTERM)
         await asyncio.wait(exits, timeout=settings.drain_timeout_s + 10)
         stopping.cancel()
+        gauges.cancel()
         await engine_server.stop()
         return 1 if failed else 0
     finally:
@@ -165,6 +169,16 @@ async def _supervise(settings: Settings, engine_factory: EngineFactory | None) -
         await host.stop()
         log.info("stopped")
         shutil.rmtree(folder, ignore_errors=True)
+
+
+async def _device_gauges(metrics: Metrics, device) -> None:
+    """The GPU gauges from here, the process that holds the device's context, every few seconds
+    (the front ends' /metrics sums this process's files; they never touch CUDA)."""
+    if device.type != "cuda":
+        return
+    while True:
+        await asyncio.to_thread(metrics.read_device_memory, device)
+        await asyncio.sleep(DEVICE_GAUGES_PERIOD_S)
 
 
 def _end(front_ends: list[subprocess.Popen]) -> None:

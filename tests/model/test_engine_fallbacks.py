@@ -14,10 +14,11 @@ import textwrap
 import pytest
 import torch
 
-from model.engine import Engine, EngineConfig
+from model.engine import DeviceFailed, Engine, EngineConfig
 from model.images import tensor_to_image
 from model.kernels import cpu_sampling
 from model.kernels.selfcheck import check_fused
+from model.images import psnr_8bit
 from model.precision import choose_precision
 from model.sampling import deformable_sample_reference
 from tests.utils import REPO, load_golden
@@ -89,7 +90,7 @@ def test_a_sampler_that_is_slightly_wrong_is_replaced(weights_file, golden, monk
     e = engine(weights_file, sampler="numba")
     e.warmup()
     assert e.info["sampler"] == "torch"
-    assert "numba sampling: max abs difference" in e.info["sampler_fallback"]
+    assert "numba sampling (256 channels): max abs difference" in e.info["sampler_fallback"]
     assert (golden_output(e, golden) - golden["tryon"]).abs().max().item() < 1e-4
 
 
@@ -100,6 +101,66 @@ def test_a_sampler_that_returns_nan_is_replaced(weights_file, monkeypatch):
     e = engine(weights_file, sampler="numba")
     e.warmup()
     assert e.info["sampler"] == "torch" and "non-finite" in e.info["sampler_fallback"]
+
+
+def test_the_check_runs_the_variant_that_serves(weights_file, monkeypatch):
+    """The fused kernel is checked as the network will call it: the engine's dtype and layout
+    (bf16 channels-last here) at the network's channel counts (the pyramids' 256 and the light
+    encoder's 64), not a 16-channel NCHW stand-in."""
+    seen = []
+    real = cpu_sampling.deformable_sample_cpu
+
+    def recording(features, flows, weights):
+        seen.append((features.shape[1], features.is_contiguous(memory_format=torch.channels_last)))
+        return real(features, flows, weights)
+    monkeypatch.setattr(cpu_sampling, "deformable_sample_cpu", recording)
+    e = engine(weights_file, sampler="numba", precision="bf16")
+    e._check_sampler()
+    assert e.info["sampler"] == "numba" and e.info["sampler_fallback"] is None
+    assert seen == [(256, True), (64, True)]
+    seen.clear()
+    assert check_fused("numba", torch.device("cpu"), torch.float32, channels_last=False, channels=(8,)) is None
+    assert seen == [(8, False)]
+
+
+def test_a_sticky_device_error_in_the_check_leaves_the_engine_unready(weights_file, monkeypatch, caplog):
+    """An illegal address (CUDA's sticky kind) is no "fallback": every later call on that context
+    fails, so warm-up raises DeviceFailed, the engine never becomes warm, and the service that
+    hosts it never becomes ready."""
+    def dead(features, flows, weights):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+    monkeypatch.setattr(cpu_sampling, "deformable_sample_cpu", dead)
+    e = engine(weights_file, sampler="numba")
+    with caplog.at_level(logging.ERROR, logger="model.engine"), pytest.raises(DeviceFailed, match="illegal memory"):
+        e.warmup()
+    assert not e.info["warm"] and e.info["sampler_fallback"] is None
+    assert any("DEVICE FAILED" in r.message for r in caplog.records)
+    assert not any("SAMPLER FALLBACK" in r.message for r in caplog.records)
+
+
+class CaptureRefused(Engine):
+    """CUDA graphs asked for on the CPU, with the capture failing as a capture does on a GPU
+    (an op the stream cannot capture): nothing else is replaced, the rest runs for real."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.use_graphs = True
+
+    def _capture(self, n):
+        raise RuntimeError("operation not permitted when stream is capturing\nCUDA kernel errors ...")
+
+
+def test_a_failed_capture_falls_back_to_eager_and_says_so(weights_file, golden, caplog):
+    e = CaptureRefused(EngineConfig(device="cpu", precision="fp32", batch_sizes=(1, 2), image_size_hw=SIZE,
+                                    weights=weights_file, sampler="torch"))
+    with caplog.at_level(logging.ERROR, logger="model.engine"):
+        e.warmup()
+    info = e.info
+    assert info["warm"] and info["cuda_graphs"] is False and e._graphs == {}
+    assert info["cuda_graphs_fallback"] == "batch 2: RuntimeError: operation not permitted when stream is capturing"
+    lines = [r.message for r in caplog.records if "CUDA GRAPHS FALLBACK" in r.message]
+    assert len(lines) == 1 and "\n" not in lines[0]
+    assert (golden_output(e, golden) - golden["tryon"]).abs().max().item() < 1e-4
 
 
 def test_triton_that_cannot_launch_falls_back_for_real(weights_file):
@@ -155,8 +216,19 @@ def test_precision_chain_fp16_bf16_fp32():
     run, asked = runs({"fp32": reference, "fp16": torch.full_like(reference, float("inf")), "bf16": far})
     mode, refused = choose_precision("fp16", run)
     assert mode == "fp32" and refused[0] == "fp16: non-finite output"
-    assert refused[1].startswith("bf16: ") and "dB against fp32 (< 40)" in refused[1]
+    assert refused[1].startswith("bf16: ") and "dB against fp32 (< 32)" in refused[1]
     assert asked == ["fp32", "fp16", "bf16"]
+
+    # Each mode is held to its own bar: bf16 at what docs/gpu.md measures it (34.6 dB at
+    # 256x192) is kept when fp16 overflows, and fp16 at that distance is not.
+    levels = torch.arange(256, dtype=torch.float32).div(127.5).sub(1).repeat(48).view(1, 3, 64, 64)
+    bf16_like = levels + 0.037 * torch.sign(torch.sin(torch.arange(levels.numel()).view_as(levels) * 1.7))
+    db = psnr_8bit(bf16_like, levels)
+    assert 34 < db < 35
+    run, asked = runs({"fp32": levels, "fp16": levels * float("nan"), "bf16": bf16_like})
+    assert choose_precision("fp16", run) == ("bf16", ["fp16: non-finite output"])
+    run, asked = runs({"fp32": levels, "fp16": bf16_like, "bf16": bf16_like})
+    assert choose_precision("fp16", run) == ("bf16", [f"fp16: {db:.1f} dB against fp32 (< 40)"])
 
     run, asked = runs({"fp32": reference, "bf16": far})
     assert choose_precision("bf16", run)[0] == "fp32"
@@ -174,24 +246,22 @@ def golden_pngs(golden, tmp_path_factory) -> str:
     return str(folder)
 
 
-def test_engine_refuses_a_half_mode_that_loses_too_much(weights_file, golden, golden_pngs, caplog):
-    """fp16 means bf16 on the CPU, which with the stand-in weights on the golden inputs
-    measures about 37 dB against fp32: asked to check (on a GPU it checks by default
-    with real weights), the engine serves fp32. On the service's examples bf16 keeps
-    45 dB and stays; an explicit bf16 is held to finite output only."""
-    with caplog.at_level(logging.ERROR, logger="model.engine"):
-        e = engine(weights_file, precision="fp16", check_precision=True, check_inputs=golden_pngs)
-    info = e.info
-    assert info["precision"] == "fp32" and info["requested_precision"] == "fp16"
-    assert len(info["precision_fallback"]) == 1 and info["precision_fallback"][0].startswith("bf16: ")
-    assert e.net.source_features.encoders[0][0].block[2].weight.dtype == torch.float32
-    assert sum("PRECISION FALLBACK" in r.message for r in caplog.records) == 1
-    assert (golden_output(e, golden) - golden["tryon"]).abs().max().item() < 1e-4
-
-    kept = engine(weights_file, precision="fp16", check_precision=True, check_inputs=str(EXAMPLES))
+def test_engine_checks_a_half_mode_against_its_own_bar(weights_file, golden, golden_pngs, caplog):
+    """fp16 means bf16 on the CPU, which with the stand-in weights measures about 37 dB
+    against fp32 on the golden inputs and 45 dB on the service's examples: over bf16's bar
+    (32 dB), so asked to check (on a GPU it checks by default with real weights) the engine
+    serves bf16. Under a bar above that, it serves fp32 and says so once."""
+    kept = engine(weights_file, precision="fp16", check_precision=True, check_inputs=golden_pngs)
     assert kept.info["precision"] == "bf16" and kept.info["precision_fallback"] == []
-    chosen = engine(weights_file, precision="bf16", check_precision=True, check_inputs=golden_pngs)
-    assert chosen.info["precision"] == "bf16" and chosen.info["precision_fallback"] == []
+    kept = engine(weights_file, precision="bf16", check_precision=True, check_inputs=str(EXAMPLES))
+    assert kept.info["precision"] == "bf16" and kept.info["precision_fallback"] == []
+
+    with caplog.at_level(logging.ERROR, logger="model.engine"):
+        refused = Engine(EngineConfig(device="cpu", precision="fp16", batch_sizes=(1,), image_size_hw=SIZE,
+                                      weights=weights_file, check_precision=True, check_inputs=golden_pngs))
+        # The same run, held to a 40 dB bar: the chain as choose_precision walks it.
+        mode, why = choose_precision("bf16", refused._precision_runner(refused.net), {"bf16": 40.0})
+    assert mode == "fp32" and len(why) == 1 and why[0].startswith("bf16: 3") and why[0].endswith("(< 40)")
 
 
 def test_cpu_engine_does_not_check_unless_asked(weights_file):

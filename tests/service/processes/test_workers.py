@@ -187,3 +187,66 @@ def test_sigterm_drains_through_both_front_ends(tmp_path, standin_weights_file):
         assert all(a.content[:3] == b"\xff\xd8\xff" for a in answers)
     log = server.stderr
     assert log.count("draining: readiness is now 503") == 3  # the engine process and each front end
+
+
+FRONT_END_ON_A_CUDA_ENGINE = """
+import asyncio, json, sys
+import httpx, torch
+import torch.cuda
+from model.engine import EngineConfig
+from service.api.app import create_app
+from service.metrics import Metrics
+from service.processes.engine_server import EngineServer
+from service.processes.remote import EngineLink
+from service.queue.batcher import Batcher
+from service.settings import Settings
+from tests.fixtures.standin_engine import StandInEngine
+
+# Every way into a CUDA context goes through torch.cuda._lazy_init: recorded, then passed on.
+opened = []
+real = torch.cuda._lazy_init
+def recording():
+    opened.append(True)
+    return real()
+torch.cuda._lazy_init = recording
+
+async def main(path):
+    engine = StandInEngine(EngineConfig(device="cpu", batch_sizes=(1, 2), image_size_hw=(8, 8)))
+    batcher = Batcher(engine, max_batch_size=2, max_wait_s=0.01, queue_limit=4, metrics=Metrics(2))
+    batcher.start()
+    # The engine process as a GPU one introduces itself: its device is cuda:0.
+    server = EngineServer(batcher, {"info": {**engine.info, "device": "cuda:0"}, "device": "cuda:0",
+                                    "weights": {"name": "x", "random": False, "sha256": None}})
+    await server.start(path)
+    app = create_app(Settings(), engine_link=EngineLink(socket=path))
+    service = app.state.service
+    await service.start()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://front") as client:
+        scraped = [(await client.get(route)).status_code for route in ("/metrics", "/readyz", "/metrics")]
+    print(json.dumps({"device": str(service.engine.device), "statuses": scraped, "lazy_init_calls": len(opened),
+                      "initialized": torch.cuda.is_initialized()}))
+    sys.stdout.flush()
+    import os
+    os._exit(0)  # the front end's engine-lost handler would exit 1 as the server goes
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_a_front_end_fed_by_a_cuda_engine_never_opens_a_cuda_context(tmp_path):
+    """A front end of TRYON_WORKERS > 1 whose engine process serves on cuda:0: readiness and two
+    /metrics scrapes answer 200 while torch's CUDA state stays uninitialised there (the GPU gauges
+    are the engine process's). Before, the first scrape called torch.cuda.mem_get_info on cuda:0:
+    half a GB and a second or two per front end on a GPU box, a 500 here."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "TRYON_WORKERS": "1"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    result = subprocess.run([sys.executable, "-c", FRONT_END_ON_A_CUDA_ENGINE, str(tmp_path / "engine.sock")],
+                            cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    import json
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen == {"device": "cuda:0", "statuses": [200, 200, 200], "lazy_init_calls": 0, "initialized": False}
