@@ -25,9 +25,11 @@ IMAGE_SCHEMA = {"type": "string", "description": "an image file, or an http(s) U
 JSON_IMAGE = {"type": "string", "description": "an http(s) URL, or the image's bytes as base64 (or a data: URL)"}
 _KEYPOINTS = {"description": "body keypoints as JSON (OpenPose, a list of 18/25/17 (x, y, confidence) "
                              "points, or COCO): a text field or a file"}
-_FORM_FIELDS = {"multipart": {KEYPOINTS_FIELD: {**_KEYPOINTS, "type": "string"}},
-                "json": {KEYPOINTS_FIELD: {**_KEYPOINTS, "anyOf": [{"type": "object"}, {"type": "array"},
-                                                                   {"type": "string"}]}}}
+# Empty keypoints ("", [], {}) hold no point: not schema-valid, as the service refuses them.
+_FORM_FIELDS = {"multipart": {KEYPOINTS_FIELD: {**_KEYPOINTS, "type": "string", "minLength": 1}},
+                "json": {KEYPOINTS_FIELD: {**_KEYPOINTS, "anyOf": [{"type": "object", "minProperties": 1},
+                                                                   {"type": "array", "minItems": 1},
+                                                                   {"type": "string", "minLength": 1}]}}}
 _IMAGE_FIELD = {"multipart": {**IMAGE_SCHEMA, **BINARY}, "json": JSON_IMAGE}
 
 
