@@ -239,14 +239,14 @@ class Engine:
         i = bisect.bisect_left(self.batch_sizes, n)
         return self.batch_sizes[i] if i < len(self.batch_sizes) else n
 
-    def warmup(self) -> dict[int, float]:
-        """The sampler check, then one forward at every batch size (on a GPU with graphs:
-        the capture, largest first so the shared pool is sized once) and one garments
-        chunk of every size; returns seconds per batch size."""
+    def warmup(self, batch_sizes: tuple[int, ...] | None = None) -> dict[int, float]:
+        """The sampler check, then one forward at every batch size of ``batch_sizes`` (None:
+        all the engine's; on a GPU with graphs: the capture, largest first so the shared pool
+        is sized once) and one garments chunk of every size; returns seconds per batch size."""
         h, w = self.config.image_size_hw
         self._check_sampler()
         seconds = {}
-        for n in sorted(self.batch_sizes, reverse=True):
+        for n in sorted(self.batch_sizes if batch_sizes is None else batch_sizes, reverse=True):
             start = time.perf_counter()
             if self.use_graphs:
                 self._capture_or_fall_back(n)

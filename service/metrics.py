@@ -51,7 +51,7 @@ class Metrics:
                                    buckets=LATENCY_BUCKETS, registry=r)
         self.detection = Histogram("tryon_person_detection_seconds", "Time to find the person's keypoints in a "
                                    "photo sent without them", buckets=DETECTION_BUCKETS, registry=r)
-        self.rejected = Counter("tryon_rejected", "Error answers of the /v1 endpoints by reason (error code)",
+        self.rejected = Counter("tryon_rejected", "Error answers of the /v1 endpoints and the v2 infer by reason (error code)",
                                 ["reason"], registry=r)
         self.dropped = Counter("tryon_dropped", "Queued requests dropped before the engine ran them",
                                ["reason"], registry=r)

@@ -17,6 +17,7 @@ from .routes.operations import operations
 from .routes.page import page
 from .routes.prepare import prepare
 from .routes.tryon import tryon
+from .routes.v2 import health as v2_health, models as v2_models
 from .state import ServiceState
 
 EXPOSED_HEADERS = ["X-Request-ID", "X-Weights", "Server-Timing", "X-Batch-Size", "X-Garments", "X-Image-Size",
@@ -53,6 +54,8 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory |
     app.include_router(tryon)
     app.include_router(batch)
     app.include_router(prepare)
+    app.include_router(v2_health)
+    app.include_router(v2_models)
     if settings.demo_page:
         app.include_router(page)
     install_openapi(app, bool(settings.api_keys))

@@ -19,7 +19,7 @@ from model.images import DEFAULT_QUALITY, OutputFormat, OutputSize
 from ..queue.outcomes import Priority
 from .context import request_context
 from .errors import ApiError
-from .inputs import JobOptions
+from .inputs import MIN_TIMEOUT_S, JobOptions
 from .state import ServiceState
 
 
@@ -96,8 +96,9 @@ async def output_query(
         priority: Priority | None = Query(None, description="interactive or bulk (also X-Priority); "
                                      "interactive work is batched first (default: interactive, bulk for "
                                      "/v1/tryon/batch)"),
-        timeout: float | None = Query(None, gt=0, allow_inf_nan=False, description="seconds this request may take, at most "
-                                    "TRYON_REQUEST_TIMEOUT_S (also X-Request-Timeout)"),
+        timeout: float | None = Query(None, ge=MIN_TIMEOUT_S, allow_inf_nan=False,
+                                      description=f"seconds this request may take, from {MIN_TIMEOUT_S} to "
+                                                  "TRYON_REQUEST_TIMEOUT_S (also X-Request-Timeout)"),
 ) -> QueryOptions:
     """The options given as query parameters; body fields of the same names win."""
     return QueryOptions(format, quality, size, priority, timeout)

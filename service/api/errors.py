@@ -1,7 +1,10 @@
 """The one error shape: ``{"error": {"code", "message", "field"}}`` with the right status.
 
 Every failure path (our own, FastAPI's validation, Starlette's 404/405 and
-anything unexpected) ends here, so a client parses a single format.
+anything unexpected) ends here, so a client parses a single format. Under
+``/v2`` (the Open Inference Protocol, service/api/oip.py) the same answer has
+the protocol's shape, ``{"error": "<code>: <message>"}``, which Triton's and
+KServe's clients read.
 """
 from __future__ import annotations
 
@@ -59,15 +62,27 @@ def from_queue_error(exc: QueueError) -> ApiError:
     return ApiError(status, code, exc.message, headers=headers)
 
 
+PROTOCOL_PREFIX = "/v2"
+
+
+def speaks_protocol(request: Request) -> bool:
+    path = request.url.path
+    return path == PROTOCOL_PREFIX or path.startswith(PROTOCOL_PREFIX + "/")
+
+
 def error_response(status: int, code: str, message: str, field: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    body = {"error": {"code": code, "message": message, "field": field}}
+                   headers: dict[str, str] | None = None, protocol: bool = False) -> JSONResponse:
+    """``protocol``: the Open Inference Protocol's body, the field named in the message."""
+    if protocol:
+        body = {"error": f"{code}: {message}" + (f" (field {field})" if field and field not in message else "")}
+    else:
+        body = {"error": {"code": code, "message": message, "field": field}}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
     request_context(request).error_code = exc.code
-    return error_response(exc.status, exc.code, exc.message, exc.field, exc.headers)
+    return error_response(exc.status, exc.code, exc.message, exc.field, exc.headers, speaks_protocol(request))
 
 
 async def _queue_error(request: Request, exc: QueueError) -> JSONResponse:
@@ -77,7 +92,8 @@ async def _queue_error(request: Request, exc: QueueError) -> JSONResponse:
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     code = _STATUS_CODES.get(exc.status_code, "http_error")
     request_context(request).error_code = code
-    return error_response(exc.status_code, code, str(exc.detail), None, getattr(exc, "headers", None))
+    return error_response(exc.status_code, code, str(exc.detail), None, getattr(exc, "headers", None),
+                          speaks_protocol(request))
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -85,14 +101,14 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     location = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "header", "path")]
     request_context(request).error_code = "invalid_request"
     return error_response(422, "invalid_request", first.get("msg", "invalid request"),
-                          ".".join(location) or None)
+                          ".".join(location) or None, protocol=speaks_protocol(request))
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     context = request_context(request)
     log.exception("unhandled error", extra={"request_id": context.request_id})
     context.error_code = "internal"
-    return error_response(500, "internal", "internal server error")
+    return error_response(500, "internal", "internal server error", protocol=speaks_protocol(request))
 
 
 def install_error_handlers(app: FastAPI) -> None:

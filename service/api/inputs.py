@@ -30,7 +30,7 @@ from starlette.requests import ClientDisconnect
 
 from model.images import DEFAULT_QUALITY, OutputFormat, OutputSize
 from model.person import IncompleteInputs, check_person_mix
-from model.safe_json import JsonError, load_json
+from model.safe_json import MAX_STRUCTURE, JsonError, load_json
 
 from .context import request_context
 from .errors import CLIENT_GONE, ApiError
@@ -45,6 +45,9 @@ Garments = Literal["none", "one", "many"]
 OPTION_FIELDS = ("format", "quality", "size", "priority", "timeout")
 # Scheduling options may also come as headers (a proxy or gateway can set them); fields win.
 JOB_OPTION_HEADERS = {"priority": "X-Priority", "timeout": "X-Request-Timeout"}
+# The shortest timeout accepted, in seconds (stated in the OpenAPI schema as its minimum): a
+# request's own decoding and one forward take longer, so a shorter one could never be met.
+MIN_TIMEOUT_S = 0.01
 
 
 
@@ -59,7 +62,7 @@ class JobOptions(BaseModel):
     """How the request is scheduled: its priority (the route's default when absent) and a
     deadline shorter than TRYON_REQUEST_TIMEOUT_S, in seconds."""
     priority: Priority | None = None
-    timeout: float | None = Field(None, gt=0, allow_inf_nan=False)
+    timeout: float | None = Field(None, ge=MIN_TIMEOUT_S, allow_inf_nan=False)
 
 
 def _validated(model: type[BaseModel], values: dict, field_names: dict[str, str] | None = None):
@@ -92,7 +95,7 @@ def _is_url(text: str) -> bool:
     return text.lower().startswith(("http://", "https://"))
 
 
-async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     """The whole body, at most ``limit`` bytes, arrived within ``timeout_s`` (a client that
     stalls mid-upload would otherwise hold its request open for as long as it likes)."""
     declared = request.headers.get("content-length")
@@ -157,11 +160,12 @@ def _json_image(value: Any, key: str, settings: Settings) -> bytes | str:
 _JSON_LIMIT_STATUS = {"json_too_deep": 422, "json_too_large": 413}
 
 
-def read_json(data: str | bytes, field: str | None) -> Any:
+def read_json(data: str | bytes, field: str | None, max_structure: int = MAX_STRUCTURE) -> Any:
     """JSON from the client, parsed within model.safe_json's limits; ``field`` names the
-    field it came in (None: the request body), and is named in the 4xx."""
+    field it came in (None: the request body), and is named in the 4xx. ``max_structure``:
+    a body whose values are the point (typed tensors) may hold more of them."""
     try:
-        return load_json(data)
+        return load_json(data, max_structure=max_structure)
     except JsonError as exc:
         if exc.code == "duplicate_key":
             known = field or (exc.key if exc.key in (*PERSON_FIELDS, KEYPOINTS_FIELD, *OPTION_FIELDS, "cloth",
@@ -293,7 +297,7 @@ async def read_request(request: Request, settings: Settings, query_options: dict
         raise ApiError(415, "unsupported_media_type", "send multipart/form-data or application/json, not "
                        f"{content_type or 'no Content-Type'!r}")
     limit = settings.batch_body_limit if garments == "many" else settings.request_body_limit
-    body = await _read_body(request, limit, settings.request_timeout_s)
+    body = await read_body(request, limit, settings.request_timeout_s)
     if content_type == "multipart/form-data":
         parts = await _from_multipart(request, body, settings, garments)
     else:

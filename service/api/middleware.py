@@ -12,13 +12,14 @@ from starlette.datastructures import MutableHeaders
 
 from .context import RequestContext
 from .errors import CLIENT_GONE
+from .routes.v2 import INFER_ROUTES, LIVE_ROUTE, READY_ROUTE
 from .state import ServiceState
 
 log = logging.getLogger("service.access")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-TRYON_ROUTES = ("/v1/tryon", "/v1/tryon/batch", "/v1/prepare")
-INFERENCE_ROUTES = ("/v1/tryon", "/v1/tryon/batch")  # the requests Triton's request metrics count
-QUIET_ROUTES = ("/healthz", "/readyz", "/metrics")
+INFERENCE_ROUTES = ("/v1/tryon", "/v1/tryon/batch", *INFER_ROUTES)  # the requests Triton's request metrics count
+TRYON_ROUTES = (*INFERENCE_ROUTES, "/v1/prepare")
+QUIET_ROUTES = ("/healthz", "/readyz", "/metrics", LIVE_ROUTE, READY_ROUTE)
 
 
 class RequestContextMiddleware:

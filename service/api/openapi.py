@@ -18,15 +18,18 @@ from pydantic import BaseModel, Field
 from model.person import PERSON_MIXES
 
 from .inputs import KEYPOINTS_FIELD, JobOptions, OutputOptions
+from .oip import InferRequest, InferResponse
 
 BINARY = {"type": "string", "format": "binary"}
 IMAGE_SCHEMA = {"type": "string", "description": "an image file, or an http(s) URL as a text field"}
 JSON_IMAGE = {"type": "string", "description": "an http(s) URL, or the image's bytes as base64 (or a data: URL)"}
 _KEYPOINTS = {"description": "body keypoints as JSON (OpenPose, a list of 18/25/17 (x, y, confidence) "
                              "points, or COCO): a text field or a file"}
-_FORM_FIELDS = {"multipart": {KEYPOINTS_FIELD: {**_KEYPOINTS, "type": "string"}},
-                "json": {KEYPOINTS_FIELD: {**_KEYPOINTS, "anyOf": [{"type": "object"}, {"type": "array"},
-                                                                   {"type": "string"}]}}}
+# Empty keypoints ("", [], {}) hold no point: not schema-valid, as the service refuses them.
+_FORM_FIELDS = {"multipart": {KEYPOINTS_FIELD: {**_KEYPOINTS, "type": "string", "minLength": 1}},
+                "json": {KEYPOINTS_FIELD: {**_KEYPOINTS, "anyOf": [{"type": "object", "minProperties": 1},
+                                                                   {"type": "array", "minItems": 1},
+                                                                   {"type": "string", "minLength": 1}]}}}
 _IMAGE_FIELD = {"multipart": {**IMAGE_SCHEMA, **BINARY}, "json": JSON_IMAGE}
 
 
@@ -149,6 +152,11 @@ def binary_content(*media_types: str) -> dict:
     return {media: {"schema": BINARY} for media in media_types}
 
 
+# The protocol's infer documents: the route reads its body itself (JSON, or the binary extension),
+# so FastAPI does not see them; INFER_OPENAPI (routes/v2.py) refers to them here.
+PROTOCOL_SCHEMAS = (InferRequest, InferResponse)
+REF_TEMPLATE = "#/components/schemas/{model}"
+
 SECURITY_SCHEMES = {"bearer": {"type": "http", "scheme": "bearer"},
                     "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
 
@@ -160,6 +168,11 @@ def install_openapi(app: FastAPI, api_keys: bool) -> None:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description,
                                  routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in PROTOCOL_SCHEMAS:
+                document = model.model_json_schema(ref_template=REF_TEMPLATE)
+                components |= document.pop("$defs", {})
+                components[model.__name__] = document
             if api_keys:
                 schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
                 for operation in (op for path in schema["paths"].values() for op in path.values()):

@@ -12,7 +12,7 @@ from model.images import TryOnInputs, encode_image, output_image
 
 from ..queue.interface import QueuedJob
 from ..queue.jobs import GarmentsInputs, GarmentsStream, JobResult
-from ..queue.outcomes import DeadlineExceeded, DropReason, Priority
+from ..queue.outcomes import DeadlineExceeded, DropReason, Priority, QueueError
 from .context import request_context
 from .deps import QueryOptions, Work
 from .inputs import Garments, OutputOptions, RequestParts, fetch_parts, has_urls, parse_job_options, read_request
@@ -31,21 +31,38 @@ async def _client_gone(request: Request) -> None:
         pass
 
 
-async def await_job(job: QueuedJob, work: Work, request: Request) -> JobResult | GarmentsStream:
+async def await_jobs(jobs: list[QueuedJob], work: Work, request: Request) -> list[JobResult | GarmentsStream]:
+    """The jobs' answers once all are in, under one deadline (the first job's) and one watch for
+    the client going; a failure of one fails them all, and the others are abandoned."""
     loop = asyncio.get_running_loop()
+    deadline = jobs[0].deadline
+    waiting = {job.future for job in jobs}
     watcher = loop.create_task(_client_gone(request))
     try:
-        done, _ = await asyncio.wait({job.future, watcher}, timeout=max(0.0, job.deadline - loop.time()),
-                                     return_when=asyncio.FIRST_COMPLETED)
+        while waiting:
+            done, _ = await asyncio.wait(waiting | {watcher}, timeout=max(0.0, deadline - loop.time()),
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if watcher in done:
+                _abandon(jobs, DropReason.CLIENT_GONE)
+                raise ClientGone
+            if not done:
+                _abandon(jobs, DropReason.DEADLINE)
+                raise DeadlineExceeded(f"the request was not served within its deadline "
+                                       f"({deadline - work.arrived:.3g} s)")
+            waiting -= done
+            failed = next((f for f in done if f.exception() is not None), None)
+            if failed is not None:
+                _abandon(jobs, DropReason.REQUEST_FAILED)
+                raise failed.exception()
     finally:
         watcher.cancel()
-    if job.future in done:
-        return job.future.result()
-    if watcher in done:
-        job.abandon(DropReason.CLIENT_GONE)
-        raise ClientGone
-    job.abandon(DropReason.DEADLINE)
-    raise DeadlineExceeded(f"the request was not served within its deadline ({job.deadline - work.arrived:.3g} s)")
+    return [job.future.result() for job in jobs]
+
+
+def _abandon(jobs: list[QueuedJob], reason: DropReason) -> None:
+    for job in jobs:
+        if not job.future.done():
+            job.abandon(reason)
 
 
 async def read_parts(request: Request, service: ServiceState, query: QueryOptions | None, garments: Garments,
@@ -68,10 +85,25 @@ async def read_parts(request: Request, service: ServiceState, query: QueryOption
 async def run_job(service: ServiceState, inputs: TryOnInputs | GarmentsInputs, work: Work,
                   request: Request) -> JobResult | GarmentsStream | None:
     """Queues the work and waits for it; None when the client has gone (answer CLIENT_GONE)."""
+    results = await run_jobs(service, [inputs], work, request)
+    return None if results is None else results[0]
+
+
+async def run_jobs(service: ServiceState, items: list[TryOnInputs | GarmentsInputs], work: Work,
+                   request: Request) -> list[JobResult | GarmentsStream] | None:
+    """``run_job`` for the items of one request (a batch dimension of the protocol's infer):
+    each its own job, so the batcher batches them as it batches everyone's; all or nothing."""
     if asyncio.get_running_loop().time() >= work.deadline:
         raise DeadlineExceeded("the deadline passed before the request reached the queue")
+    jobs = []
     try:
-        return await await_job(service.batcher.submit(inputs, work.deadline, work.priority), work, request)
+        for inputs in items:
+            jobs.append(service.batcher.submit(inputs, work.deadline, work.priority))
+    except QueueError:
+        _abandon(jobs, DropReason.REQUEST_FAILED)
+        raise
+    try:
+        return await await_jobs(jobs, work, request)
     except ClientGone:
         context = request_context(request)
         context.client_gone = True

@@ -1,9 +1,14 @@
 """The engine and its queue in this process: loaded once, warmed, timed, then batching.
 
-``EngineHost.start`` loads the model onto its device, warms every batch size it
-will run, warms the person detector (so the first plain photo is not slow), times
-the smallest and largest batch for admission control, and starts the one
-``Batcher``. The single process of ``TRYON_WORKERS=1`` holds one, as does the
+``EngineHost.start`` loads the model onto its device, warms what serving the first
+requests correctly needs, warms the person detector (so the first plain photo is not
+slow), times what admission control needs, and starts the one ``Batcher``. On a GPU
+that is every batch size (each captures its CUDA graph, which its first batch must
+find) and the smallest and largest timed; on a CPU, where nothing is captured, the
+smallest size alone (its first forward compiles the sampler and sets oneDNN up, the
+same for every size) timed, and the other sizes seeded long and followed as real batches
+run (admission.ServiceRate.from_smallest): ready in seconds where warming eight sizes
+one after another took most of a minute (bench/startup.py). The single process of ``TRYON_WORKERS=1`` holds one, as does the
 engine process of ``TRYON_WORKERS > 1`` (service/processes/supervisor.py), whose
 front ends learn of it through ``hello``.
 """
@@ -56,13 +61,17 @@ class EngineHost:
         if self.engine.weights.random:
             log.warning("SERVING RANDOM WEIGHTS: no checkpoint was found, every output is meaningless; "
                         "set TRYON_WEIGHTS or put a checkpoint in weights/ (X-Weights: random)")
-        warmup = await asyncio.to_thread(self.engine.warmup)
+        graphs = pick_device(s.device).type == "cuda"
+        warmup = await asyncio.to_thread(self.engine.warmup, None if graphs else batch_sizes[:1])
         detector_s = await asyncio.to_thread(warm_detector)
         self.metrics.sampler.labels(sampler=self.engine.sampler).set(1)
         # Admission control starts from the smallest and largest batch timed once warm (sizes
-        # between are interpolated) and follows every batch the engine runs from then on.
+        # between are interpolated), on a CPU from the smallest, and follows every batch the
+        # engine runs from then on.
         rate = await asyncio.to_thread(ServiceRate.measured, self.engine.infer, s.image_hw,
-                                       {batch_sizes[0], batch_sizes[-1]})
+                                       {batch_sizes[0], batch_sizes[-1]} if graphs else {batch_sizes[0]})
+        if not graphs:
+            rate = ServiceRate.from_smallest(rate, batch_sizes)
         self.batcher = Batcher(self.engine, max_batch_size=s.max_batch_size, max_wait_s=s.max_batch_wait_ms / 1000,
                                queue_limit=s.queue_limit, metrics=self.metrics, rate=rate,
                                on_device_failure=self.on_device_failure)

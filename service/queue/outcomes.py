@@ -21,6 +21,7 @@ class DropReason(str, Enum):
     FINISHED = "finished"  # a garments answer that ended early
     SHUTTING_DOWN = "shutting_down"
     DEVICE_FAILED = "device_failed"
+    REQUEST_FAILED = "request_failed"  # another item of the same request (a protocol batch) failed
 
 
 class QueueError(Exception):

@@ -195,20 +195,71 @@ def test_deployment_probes_gpu_and_drain(manifests):
     assert mount["mountPath"] == "/app/weights" and mount["readOnly"] is True
 
 
+EXPORTED = {m.name for m in Metrics(DEFAULTS.max_batch_size).registry.collect()}
+PROMQL_NAME = re.compile(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(?=\{)")
+
+
+def get_routes() -> set[str]:
+    """The paths the service answers GET on, from its OpenAPI document (no server needed)."""
+    from service.api.app import create_app
+
+    paths = create_app(Settings(demo_page=False)).openapi()["paths"]
+    return {path for path, operations in paths.items() if "get" in operations}
+
+
 def test_service_and_autoscaler_point_at_the_deployment(manifests):
     deployment = manifests["Deployment", "daflow-tryon"]
     service = manifests["Service", "daflow-tryon"]
-    hpa = manifests["HorizontalPodAutoscaler", "daflow-tryon"]
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= labels.items()
     assert service["spec"]["ports"][0]["targetPort"] == "http"
-    target = hpa["spec"]["scaleTargetRef"]
+    assert not any(kind == "HorizontalPodAutoscaler" for kind, _ in manifests), "KEDA's ScaledObject makes the HPA"
+    scaled = manifests["ScaledObject", "daflow-tryon"]
+    target = scaled["spec"]["scaleTargetRef"]
     assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
-    assert hpa["spec"]["minReplicas"] >= 2
-    exported = {m.name for m in Metrics(DEFAULTS.max_batch_size).registry.collect()}
-    for metric in hpa["spec"]["metrics"]:
-        if metric["type"] == "Pods":
-            assert metric["pods"]["metric"]["name"] in exported, "the HPA scales on a metric /metrics exports"
+
+
+def test_keda_scales_on_a_gauge_the_service_exports(manifests):
+    """Each ScaledObject's Prometheus query reads only metrics /metrics exports, the queue's
+    gauge among them, for pods of a Deployment these files make (directly or through KServe)."""
+    isvc_predictors = {f"{name}-predictor" for kind, name in manifests if kind == "InferenceService"}
+    scaled_objects = [o for (kind, _), o in manifests.items() if kind == "ScaledObject"]
+    assert len(scaled_objects) == 2
+    for scaled in scaled_objects:
+        spec = scaled["spec"]
+        target = spec["scaleTargetRef"]
+        assert target["kind"] == "Deployment"
+        assert ("Deployment", target["name"]) in manifests or target["name"] in isvc_predictors, target
+        assert spec["minReplicaCount"] >= 2 and spec["maxReplicaCount"] > spec["minReplicaCount"]
+        (trigger,) = spec["triggers"]
+        assert trigger["type"] == "prometheus"
+        names = set(PROMQL_NAME.findall(trigger["metadata"]["query"]))
+        assert names == {"tryon_queue_depth"} and names <= EXPORTED, names
+        assert float(trigger["metadata"]["threshold"]) == DEFAULTS.max_batch_size  # one full batch per replica
+
+
+def test_kserve_runtime_speaks_v2_on_the_services_port_and_probes(manifests):
+    from service.api.oip import MODEL_NAME
+
+    runtime = manifests["ServingRuntime", "daflow-tryon"]["spec"]
+    assert "v2" in runtime["protocolVersions"]
+    assert [f["name"] for f in runtime["supportedModelFormats"]] == [MODEL_NAME]
+    (container,) = runtime["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    settings = assert_valid_settings(env)
+    (port,) = container["ports"]
+    assert port["containerPort"] == settings.port == DEFAULTS.port and settings.host == "0.0.0.0"
+    routes = get_routes()
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        get = container[probe]["httpGet"]
+        assert get["path"] in routes and get["port"] == port["containerPort"], (probe, get)
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert settings.weights.startswith("/mnt/models/")  # where KServe's storage initializer puts storageUri
+    isvc = manifests["InferenceService", "daflow-tryon-kserve"]
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["runtime"] == "daflow-tryon" and model["modelFormat"]["name"] == MODEL_NAME
+    assert model["protocolVersion"] == "v2"
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "external"
 
 
 def test_kubernetes_load_balancer_retries_over_ready_pods(manifests):

@@ -11,9 +11,17 @@ codes that mean exactly that; any other refusal of a schema-valid request (an
 ambiguous mix, a missing field, a bad option) still fails the run.
 
 ``not_a_server_error``: a 503 or 504 that says the request could not be served in
-its time (``overloaded``, ``deadline_exceeded``: a ``timeout`` of 1e-300 s is valid
-by the schema and can be met by no server) or the server's load (``queue_full``)
-is the documented answer, not a server error. Any other 5xx still fails the run.
+its time (``overloaded``, ``deadline_exceeded``: a ``timeout`` at the schema's minimum,
+MIN_TIMEOUT_S, is valid and on a loaded CPU shorter than one forward) or the server's
+load (``queue_full``) is the documented answer, not a server error. Any other 5xx still
+fails the run.
+
+The Open Inference Protocol's infer (/v2) reads its tensors itself: its schema says each
+input is ``UINT8`` with four dimensions, but not that ``data`` holds N x H x W x 3 values
+(a product of the shape), that H x W is the deployment's TRYON_IMAGE_SIZE, that the three
+inputs share N, nor which model names a server holds; so a schema-valid request refused
+for those reasons (the codes below) is accepted too. Its error body is a string,
+``"<code>: <message>"``.
 
 ``negative_data_rejection``: a multipart file part is bytes on the wire, whatever
 value the generator drew for a ``format: binary`` property, so a request whose
@@ -40,13 +48,18 @@ CONTENT_CODES = {
     "no_person", "missing_body_points", "person_too_small",  # what the person photo shows
     "no_keypoints",  # ?output=keypoints of a person given as images: nothing was detected to return
     "overloaded", "queue_full",  # the server's load at that moment, not the request
+    # /v2 infer: a tensor's values against its shape, the model's size and the other inputs
+    "invalid_shape", "invalid_byte_size", "invalid_tensor", "unknown_input", "duplicate_input",
+    "unknown_output", "unsupported_parameter", "invalid_parameter", "invalid_header_length",
+    "unknown_model", "unknown_model_version",  # which models a server holds is its state, not its schema
 }
 
 
 def _error_code(response) -> str | None:
     try:
-        return json.loads(response.content)["error"]["code"]
-    except (ValueError, KeyError, TypeError):
+        error = json.loads(response.content)["error"]
+        return error.partition(":")[0] if isinstance(error, str) else error["code"]
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
 
 

@@ -87,8 +87,8 @@ def test_configs_are_chosen_per_triton_version_and_layout():
     prune and the compile check read the same ``sample_configs``. (A subprocess: importing Triton
     here would fix this process in compiled mode before test_kernels_triton sets the interpreter.)"""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(ROOT)
-    result = subprocess.run([sys.executable, "-c", CONFIGS_PER_VERSION], cwd=ROOT, env=env, capture_output=True,
+    env["PYTHONPATH"] = str(REPO)
+    result = subprocess.run([sys.executable, "-c", CONFIGS_PER_VERSION], cwd=REPO, env=env, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     tiles = {k: [tuple(t) for t in v] for k, v in json.loads(result.stdout.strip().splitlines()[-1]).items()}

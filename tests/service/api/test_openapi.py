@@ -68,6 +68,28 @@ def test_schemathesis_finds_no_failure(server, tmp_path):
     run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
     report = run.stdout + run.stderr
     assert run.returncode == 0, report[-8000:]
-    assert "Tested: 6" in report and "generated" in report, report[-3000:]
+    assert "Tested: 15" in report and "generated" in report, report[-3000:]
     # The server is none the worse for it.
     assert httpx.get(f"{server.url}/readyz").status_code == 200
+
+
+def test_the_schema_states_the_protocol_paths_the_smallest_timeout_and_nonempty_keypoints(server):
+    from service.api.inputs import MIN_TIMEOUT_S
+
+    document = httpx.get(f"{server.url}/openapi.json").json()
+    paths = document["paths"]
+    for path in ("/v2/health/live", "/v2/health/ready", "/v2", "/v2/models/{model_name}",
+                 "/v2/models/{model_name}/ready", "/v2/models/{model_name}/infer"):
+        assert path in paths, path
+    infer = paths["/v2/models/{model_name}/infer"]["post"]
+    assert set(infer["requestBody"]["content"]) == {"application/json", "application/octet-stream"}
+    assert infer["responses"]["400"]["content"]["application/json"]["schema"] == \
+        {"$ref": "#/components/schemas/ProtocolError"}
+    query = {p["name"]: p["schema"] for p in paths["/v1/tryon"]["post"]["parameters"] if p["in"] == "query"}
+    timeout = query["timeout"].get("anyOf", [query["timeout"]])[0]
+    assert timeout["minimum"] == MIN_TIMEOUT_S
+    body = paths["/v1/tryon"]["post"]["requestBody"]["content"]
+    assert body["multipart/form-data"]["schema"]["properties"]["keypoints"]["minLength"] == 1
+    assert body["application/json"]["schema"]["properties"]["timeout"]["minimum"] == MIN_TIMEOUT_S
+    branches = body["application/json"]["schema"]["properties"]["keypoints"]["anyOf"]
+    assert [b.get("minProperties", b.get("minItems", b.get("minLength"))) for b in branches] == [1, 1, 1]

@@ -19,6 +19,7 @@ from PIL import Image
 
 from model import create_model, load_weights
 from model.images import encode_image, output_image, prepare_inputs, psnr
+from service.api.inputs import MIN_TIMEOUT_S
 from tests.utils import load_golden
 from tests.utils.local_http import LocalServer
 from tests.fixtures.service.harness import (REPO, TRYON_IMAGES, ConnectionRecorder, post_files, running_server,
@@ -376,7 +377,7 @@ def test_priority_and_a_deadline_the_queue_cannot_meet(client):
     bulk = post_files(client, headers={"X-Priority": "bulk"})
     assert bulk.status_code == 200, bulk.text
     started = time.monotonic()
-    hopeless = post_files(client, params={"timeout": 1e-6})
+    hopeless = post_files(client, params={"timeout": MIN_TIMEOUT_S})
     assert time.monotonic() - started < 5
     assert hopeless.status_code in (503, 504), hopeless.text
     code = hopeless.json()["error"]["code"]
