@@ -15,7 +15,7 @@ pytestmark = pytest.mark.timeout(360)
 
 @pytest.fixture(scope="module", autouse=True)
 def two_front_ends():
-    ServerProcess.overrides = {"TRYON_WORKERS": "2"}
+    ServerProcess.overrides = {"TRYON_WORKERS": "2", "TRYON_JOBS_ENABLED": "false"}
     startup = test_load_balancer.STARTUP_TIMEOUT_S
     test_load_balancer.STARTUP_TIMEOUT_S = 240
     yield

@@ -30,7 +30,7 @@ from tests.fixtures.service.harness import ServerProcess, running_server, sample
 from tests.test_service_api import *  # noqa: F401,F403  (every check of the single-process API tests)
 from tests.test_service_api import post_files
 
-TWO_FRONT_ENDS = {"TRYON_WORKERS": "2"}
+TWO_FRONT_ENDS = {"TRYON_WORKERS": "2", "TRYON_JOBS_ENABLED": "false"}  # embedded jobs: one process only
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -29,6 +29,8 @@ async def readyz(service: ServiceDep) -> JSONResponse:
                 responses={200: {"description": "Prometheus text exposition",
                                  "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}})
 async def metrics(service: ServiceDep) -> Response:
+    if service.jobs is not None:
+        await service.jobs.refresh_metrics()
     service.metrics.refresh(service.batcher.depth if service.batcher else 0,
                             service.engine.device if service.engine else None)
     return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
