@@ -39,7 +39,11 @@ def submit(url: str, cloths: list[bytes], data: dict | None = None, headers: dic
 def wait_job(url: str, job_id: str, timeout: float = 120, headers: dict | None = None) -> dict:
     end = time.monotonic() + timeout
     while True:
-        doc = httpx.get(f"{url}/v1/jobs/{job_id}", headers=headers, timeout=10).json()
+        answer = httpx.get(f"{url}/v1/jobs/{job_id}", headers=headers, timeout=10)
+        if answer.status_code == 503:  # the store for a moment (Redis restarting): as a client, poll again
+            time.sleep(float(answer.headers.get("retry-after", "1")) / 5)
+            continue
+        doc = answer.json()
         if doc["status"] not in ("queued", "running") or time.monotonic() > end:
             return doc
         time.sleep(0.2)

@@ -101,8 +101,9 @@ class RedisJobStore:
         self.claim_after_ms = _ms(claim_after_s)
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
         # No socket timeout (a blocking read waits longer than one operation may); every call is
-        # bounded by asyncio instead. No retries inside the client: the callers retry, or answer 503.
-        self.client = Redis.from_url(url, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0),
+        # bounded by asyncio instead. One retry inside the client, on a fresh connection (a pooled one
+        # may be from before a Redis restart); beyond that the callers retry, or answer 503.
+        self.client = Redis.from_url(url, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 1),
                                      max_connections=64)
         self._scripts = {name: self.client.register_script(body) for name, body in
                          (("create", _CREATE), ("start", _START), ("settle", _SETTLE), ("end", _END))}
