@@ -97,6 +97,16 @@ class Metrics:
         self.cache_bytes = Gauge("tryon_cache_bytes", "Bytes held by the in-process cache", registry=r)
         self.cache_evictions = Counter("tryon_cache_evictions", "In-process cache entries evicted to stay "
                                        "within TRYON_CACHE_BYTES", registry=r)
+        # Catalog jobs (service/jobs/): submitted (status queued), started (running) and ended by status.
+        self.jobs = Counter("tryon_jobs", "Catalog jobs entering each status (queued: submitted)", ["status"],
+                            registry=r)
+        self.job_garments = Counter("tryon_job_garments", "Garments of catalog jobs settled, by outcome",
+                                    ["outcome"], registry=r)
+        self.webhook_deliveries = Counter("tryon_webhook_deliveries", "Webhook delivery attempts by outcome "
+                                          "(delivered, failed, gone, refused; exhausted: retries used up)",
+                                          ["outcome"], registry=r)
+        self.jobs_oldest_queued = Gauge("tryon_jobs_oldest_queued_seconds", "Age of the oldest job task no "
+                                        "replica has taken yet", registry=r, multiprocess_mode="livemax")
         # Triton: nv_gpu_memory_used_bytes / nv_gpu_memory_total_bytes (only on a GPU). Set only by
         # the process that holds the engine (read_device_memory): a front end of TRYON_WORKERS > 1
         # reads them from the engine process's files, and never opens a CUDA context itself.

@@ -5,10 +5,12 @@ command-line flags of ``tryon-serve`` override them.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 from functools import cached_property
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from model.kernels import IMPLEMENTATIONS
@@ -21,6 +23,9 @@ CommaList = Annotated[list[str], NoDecode]
 # sampling, a reference for the tests) is never served.
 Precision = Literal[PRECISIONS]
 Sampler = Literal[tuple(name for name in IMPLEMENTATIONS if name != "published")]
+# Standard Webhooks' retry schedule (https://github.com/standard-webhooks/standard-webhooks/blob/main/spec/
+# standard-webhooks.md): seconds before each retry after the first attempt.
+WEBHOOK_RETRY_S = (5, 300, 1800, 7200, 18000, 36000, 36000)
 # The auto TRYON_GARMENT_CHUNK on a CPU (Settings.garment_chunk_for): one garment per call
 # measured cheapest per garment there, and it streams the first result soonest.
 CPU_GARMENT_CHUNK = 1
@@ -70,25 +75,71 @@ class Settings(BaseSettings):
     # A person photo sent alone: the keypoints-only masking leaves the background that selfie
     # segmentation finds as it is. Off until shown to help with the real checkpoint.
     person_silhouette: bool = False
+    # Catalog jobs (service/jobs/): POST /v1/jobs. Without jobs_url they live in this process (bounded by
+    # jobs_memory_jobs and jobs_memory_bytes, lost on restart); with it in Redis, shared by every replica.
+    jobs_enabled: bool = Field(True, description="serve /v1/jobs")
+    jobs_url: str | None = None
+    jobs_timeout_ms: float = Field(1000, gt=0, description="longest wait for one job-store operation")
+    jobs_max_garments: int = Field(64, ge=1, description="garments per job (413 beyond)")
+    jobs_deadline_s: float = Field(86_400, gt=0, description="a job's default deadline (per job: timeout)")
+    jobs_retention_s: float = Field(86_400, gt=0, description="how long a finished job's results are kept")
+    jobs_task_garments: int = Field(4, ge=1, description="garments per task of the shared job queue")
+    jobs_concurrency: int = Field(2, ge=1, description="job tasks this replica runs at once")
+    jobs_claim_after_s: float = Field(60, gt=0, description="a task or delivery idle this long is taken over")
+    jobs_memory_jobs: int = Field(1000, ge=1, description="embedded store: jobs held")
+    jobs_memory_bytes: int = Field(536_870_912, ge=1, description="embedded store: input and result bytes held")
+    # Standard Webhooks: the whsec_ secret the deliveries are signed with, the retry delays, one attempt's limit.
+    webhook_secret: str | None = None
+    webhook_retry_s: Annotated[list[float], NoDecode] = list(WEBHOOK_RETRY_S)
+    webhook_timeout_s: float = Field(10, gt=0)
 
-    @field_validator("url_allow_hosts", "api_keys", "cors_origins", mode="before")
+    @field_validator("url_allow_hosts", "api_keys", "cors_origins", "webhook_retry_s", mode="before")
     @classmethod
     def _split_commas(cls, value):
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
-    @field_validator("weights", "cache_url", mode="before")
+    @field_validator("weights", "cache_url", "jobs_url", "webhook_secret", mode="before")
     @classmethod
     def _empty_is_unset(cls, value):
         return value or None
 
-    @field_validator("cache_url")
+    @field_validator("cache_url", "jobs_url")
     @classmethod
-    def _check_cache_url(cls, value: str | None) -> str | None:
+    def _check_redis_url(cls, value: str | None, info) -> str | None:
         if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"cache_url must be a redis://, rediss:// or unix:// URL, not {value!r}")
+            raise ValueError(f"{info.field_name} must be a redis://, rediss:// or unix:// URL, not {value!r}")
         return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _check_secret(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                if not value.startswith("whsec_") or not base64.b64decode(value[6:], validate=True):
+                    raise ValueError
+            except (ValueError, binascii.Error):
+                raise ValueError("webhook_secret must be a Standard Webhooks secret: whsec_ and base64 bytes "
+                                 "(e.g. whsec_ + base64 of 32 random bytes)") from None
+        return value
+
+    @field_validator("webhook_retry_s")
+    @classmethod
+    def _check_delays(cls, value: list[float]) -> list[float]:
+        if any(d < 0 for d in value):
+            raise ValueError("webhook_retry_s must not be negative")
+        return value
+
+    @model_validator(mode="after")
+    def _jobs_store_is_shared(self):
+        """Each front end of TRYON_WORKERS > 1 is its own process: an embedded job store there would be one
+        store per front end, and a job's status would depend on which one a poll reached."""
+        if self.workers > 1 and self.jobs_enabled and self.jobs_url is None:
+            raise ValueError("TRYON_WORKERS > 1 runs each front end in its own process, where embedded jobs would "
+                             "not be shared: set TRYON_JOBS_URL=redis://... (a Redis that does not evict) or "
+                             "TRYON_JOBS_ENABLED=false")
+        return self
 
     @field_validator("image_size")
     @classmethod
@@ -135,6 +186,11 @@ class Settings(BaseSettings):
     def request_body_limit(self) -> int:
         """/v1/tryon and /v1/prepare (service/limits.py)."""
         return limits.request_body_limit(self.max_upload_bytes)
+
+    @property
+    def jobs_body_limit(self) -> int:
+        """POST /v1/jobs: the person side and up to TRYON_JOBS_MAX_GARMENTS garments (service/limits.py)."""
+        return limits.batch_body_limit(self.max_upload_bytes, self.jobs_max_garments)
 
     @property
     def batch_body_limit(self) -> int:

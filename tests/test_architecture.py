@@ -16,7 +16,9 @@ ALLOWED = {
     "foundation": {"foundation"},
     "queue": {"foundation"},
     "processes": {"queue", "foundation"},
-    "api": {"processes", "queue", "foundation"},
+    # jobs/: the job store, runner and webhook delivery; they enter through the queue's interface.
+    "jobs": {"queue", "foundation"},
+    "api": {"jobs", "processes", "queue", "foundation"},
     "main": {"api", "processes", "queue", "foundation"},
 }
 

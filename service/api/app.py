@@ -13,6 +13,7 @@ from .errors import install_error_handlers
 from .middleware import RequestContextMiddleware
 from .openapi import install_openapi
 from .routes.batch import batch
+from .routes.jobs import jobs
 from .routes.operations import operations
 from .routes.page import page
 from .routes.prepare import prepare
@@ -21,7 +22,7 @@ from .routes.v2 import health as v2_health, models as v2_models
 from .state import ServiceState
 
 EXPOSED_HEADERS = ["X-Request-ID", "X-Weights", "Server-Timing", "X-Batch-Size", "X-Garments", "X-Image-Size",
-                   "Retry-After", "X-Cache", "X-Cache-Hits", "X-Person-Count", "X-Person-Warning"]
+                   "Retry-After", "X-Cache", "X-Cache-Hits", "X-Person-Count", "X-Person-Warning", "Location", "Idempotent-Replayed"]
 
 
 @asynccontextmanager
@@ -47,7 +48,7 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory |
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "X-API-Key", "X-Request-ID", "Content-Type",
-                                          "X-Priority", "X-Request-Timeout"],
+                                          "X-Priority", "X-Request-Timeout", "Idempotency-Key"],
                            expose_headers=EXPOSED_HEADERS)
     app.add_middleware(RequestContextMiddleware, service=service)
     app.include_router(operations)
@@ -56,6 +57,8 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory |
     app.include_router(prepare)
     app.include_router(v2_health)
     app.include_router(v2_models)
+    if settings.jobs_enabled:
+        app.include_router(jobs)
     if settings.demo_page:
         app.include_router(page)
     install_openapi(app, bool(settings.api_keys))

@@ -3,11 +3,13 @@
 ``ServiceDep``: the app's ServiceState. ``WorkDep``: a request about to queue work
 (ready or 503, its deadline counted from now). ``QueryDep``: the output and scheduling
 options given as query parameters (body fields of the same names win, service/api/inputs.py).
+``OwnerDep``: who owns what the request creates (its API key, hashed).
 ``require_api_key`` guards every try-on router.
 """
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 from dataclasses import asdict, dataclass
 from typing import Annotated
@@ -31,16 +33,32 @@ async def get_service(request: Request) -> ServiceState:
 ServiceDep = Annotated[ServiceState, Depends(get_service)]
 
 
+def given_key(request: Request) -> str:
+    """The API key the request carries (``Authorization: Bearer`` or ``X-API-Key``), or ""."""
+    auth = request.headers.get("authorization", "")
+    return auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
+
+
 async def require_api_key(request: Request, service: ServiceDep) -> None:
     """Open when TRYON_API_KEYS is empty; otherwise ``Authorization: Bearer`` or ``X-API-Key``."""
     keys = service.settings.api_keys
     if not keys:
         return
-    auth = request.headers.get("authorization", "")
-    given = auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
+    given = given_key(request)
     if not any(hmac.compare_digest(given.encode(), key.encode()) for key in keys):
         raise ApiError(401, "unauthorized", "a valid API key is required (Authorization: Bearer KEY or X-API-Key)",
                        headers={"WWW-Authenticate": "Bearer"})
+
+
+async def key_owner(request: Request, service: ServiceDep) -> str:
+    """Who owns what this request creates: a hash of its API key ("" with keys off), so a job is
+    seen only with the key that created it."""
+    if not service.settings.api_keys:
+        return ""
+    return hashlib.sha256(given_key(request).encode()).hexdigest()[:32]
+
+
+OwnerDep = Annotated[str, Depends(key_owner)]
 
 
 def require_ready(service: ServiceState) -> None:

@@ -65,7 +65,8 @@ class UrlFetcher:
         shown = f"[{host}]" if ":" in host else host
         return host.lower() in self.allow_hosts or f"{shown}:{port}".lower() in self.allow_hosts
 
-    async def _pin(self, raw: str, field: str) -> PinnedTarget:
+    async def pin(self, raw: str, field: str) -> PinnedTarget:
+        """The URL checked by the rules above, with the address to connect to; ApiError when refused."""
         try:
             url = httpx.URL(raw)
         except (httpx.InvalidURL, TypeError, ValueError) as exc:
@@ -106,7 +107,7 @@ class UrlFetcher:
     async def _follow(self, raw_url: str, field: str) -> bytes:
         current = raw_url
         for _ in range(MAX_REDIRECTS + 1):
-            target = await self._pin(current, field)
+            target = await self.pin(current, field)
             extensions = {"sni_hostname": target.sni_hostname} if target.sni_hostname else {}
             request = self.client.build_request("GET", target.url, headers={"Host": target.host_header},
                                                 extensions=extensions)

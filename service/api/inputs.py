@@ -50,6 +50,20 @@ JOB_OPTION_HEADERS = {"priority": "X-Priority", "timeout": "X-Request-Timeout"}
 MIN_TIMEOUT_S = 0.01
 
 
+@dataclass(frozen=True)
+class GarmentLimit:
+    """Garments a request may carry (``setting`` names where the number comes from), its body's bytes,
+    and the fields of that route beyond the usual ones (kept with the options)."""
+    most: int
+    setting: str
+    body_bytes: int
+    fields: tuple[str, ...] = ()
+
+    @classmethod
+    def batch(cls, settings: Settings) -> "GarmentLimit":
+        return cls(settings.max_garments, "TRYON_MAX_GARMENTS", settings.batch_body_limit)
+
+
 
 
 class OutputOptions(BaseModel):
@@ -185,10 +199,10 @@ def _keypoints_json(value: str | bytes) -> Any:
     return read_json(value, KEYPOINTS_FIELD)
 
 
-def _check_known(key: str, garments: Garments, garment_key: str) -> None:
+def _check_known(key: str, garments: Garments, garment_key: str, extra: tuple[str, ...] = ()) -> None:
     """A field no route reads is refused, not ignored: a misspelt ``clothe`` would otherwise
     surface as a missing ``cloth``, and the OpenAPI forms allow no other fields."""
-    known = (*PERSON_FIELDS, KEYPOINTS_FIELD, *((garment_key, *OPTION_FIELDS) if garments != "none" else ()))
+    known = (*PERSON_FIELDS, KEYPOINTS_FIELD, *((garment_key, *OPTION_FIELDS, *extra) if garments != "none" else ()))
     if key not in known:
         raise ApiError(422, "unknown_field", f"{key!r} is not a field of this endpoint; send only "
                        f"{', '.join(known)}", key[:64].encode("utf-8", "backslashreplace").decode())
@@ -213,18 +227,20 @@ def _multipart_image(value: UploadFile | str, data: bytes | None, key: str, sett
                    "file part", key)
 
 
-async def _from_multipart(request: Request, body: bytes, settings: Settings, garments: Garments) -> RequestParts:
+async def _from_multipart(request: Request, body: bytes, settings: Settings, garments: Garments,
+                          limit: GarmentLimit) -> RequestParts:
     async def replay():
         yield body
 
-    cloth_parts = settings.max_garments + 1 if garments == "many" else 1  # one over: counted, then refused
+    cloth_parts = limit.most + 1 if garments == "many" else 1  # one over: counted, then refused
     most = len(PERSON_FIELDS) + 1 + cloth_parts
     try:
-        form = await MultiPartParser(request.headers, replay(), max_files=most, max_fields=most + len(OPTION_FIELDS),
+        form = await MultiPartParser(request.headers, replay(), max_files=most,
+                                     max_fields=most + len(OPTION_FIELDS) + len(limit.fields),
                                      max_part_size=65_536).parse()
     except MultiPartException as exc:
         if garments == "many" and "Too many" in exc.message:
-            _too_many(f"more than {settings.max_garments}", settings)
+            _too_many(f"more than {limit.most}", limit)
         raise ApiError(400, "bad_multipart", f"malformed multipart body ({exc.message})") from None
     parts = RequestParts()
     seen: set[str] = set()
@@ -233,7 +249,7 @@ async def _from_multipart(request: Request, body: bytes, settings: Settings, gar
             if key in seen and not (key == "cloth" and garments == "many"):
                 raise ApiError(422, "duplicate_field", f"{key} is given twice; send each field once", key)
             seen.add(key)
-            _check_known(key, garments, "cloth")
+            _check_known(key, garments, "cloth", limit.fields)
             if key == KEYPOINTS_FIELD:
                 parts.keypoints = _keypoints_json(await value.read() if isinstance(value, UploadFile) else value)
             elif key in PERSON_FIELDS or (key == "cloth" and garments != "none"):
@@ -246,20 +262,20 @@ async def _from_multipart(request: Request, body: bytes, settings: Settings, gar
                     parts.cloths = [source]
                 else:
                     parts.cloths.append(source)
-            elif key in OPTION_FIELDS and isinstance(value, str):
+            elif key in (*OPTION_FIELDS, *limit.fields) and isinstance(value, str):
                 parts.options[key] = value
     finally:
         await form.close()
     return parts
 
 
-def _from_json(body: bytes, settings: Settings, garments: Garments) -> RequestParts:
+def _from_json(body: bytes, settings: Settings, garments: Garments, limit: GarmentLimit) -> RequestParts:
     document = read_json(body, None)
     if not isinstance(document, dict):
         raise ApiError(422, "invalid_json", "the JSON body must be an object")
     for key in document:
-        _check_known(key, garments, "cloths" if garments == "many" else "cloth")
-    parts = RequestParts(options={k: document[k] for k in OPTION_FIELDS if k in document})
+        _check_known(key, garments, "cloths" if garments == "many" else "cloth", limit.fields)
+    parts = RequestParts(options={k: document[k] for k in (*OPTION_FIELDS, *limit.fields) if k in document})
     for key in PERSON_FIELDS:
         if document.get(key) is not None:
             parts.person[key] = _json_image(document[key], key, settings)
@@ -271,16 +287,16 @@ def _from_json(body: bytes, settings: Settings, garments: Garments) -> RequestPa
     elif garments == "many" and document.get("cloths") is not None:
         if not isinstance(document["cloths"], list):
             raise ApiError(422, "invalid_field", "must be a list of garments (URLs or base64)", "cloths")
-        if len(document["cloths"]) > settings.max_garments:
-            _too_many(len(document["cloths"]), settings)
+        if len(document["cloths"]) > limit.most:
+            _too_many(len(document["cloths"]), limit)
         parts.cloths = [_garment(lambda i=i, value=value: _json_image(value, f"cloths[{i}]", settings), garments)
                         for i, value in enumerate(document["cloths"])]
     return parts
 
 
-def _too_many(count: int | str, settings: Settings) -> None:
-    raise ApiError(413, "too_many_garments", f"{count} garments; at most {settings.max_garments} per "
-                   "request (TRYON_MAX_GARMENTS)", "cloth")
+def _too_many(count: int | str, limit: GarmentLimit) -> None:
+    raise ApiError(413, "too_many_garments", f"{count} garments; at most {limit.most} per "
+                   f"request ({limit.setting})", "cloth")
 
 
 def person_mix_error(exc: IncompleteInputs) -> ApiError:
@@ -289,19 +305,21 @@ def person_mix_error(exc: IncompleteInputs) -> ApiError:
     return ApiError(422, code, exc.message, ",".join(exc.fields))
 
 
-async def read_request(request: Request, settings: Settings, query_options: dict,
-                       garments: Garments = "one") -> tuple[RequestParts, OutputOptions]:
-    """The request's parts (person-side mix checked, garments counted) and its options (body fields win)."""
+async def read_request(request: Request, settings: Settings, query_options: dict, garments: Garments = "one",
+                       limit: GarmentLimit | None = None) -> tuple[RequestParts, OutputOptions]:
+    """The request's parts (person-side mix checked, garments counted) and its options (body fields win);
+    ``limit``: the many garments' limit when not /v1/tryon/batch's."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in ("multipart/form-data", "application/json"):
         raise ApiError(415, "unsupported_media_type", "send multipart/form-data or application/json, not "
                        f"{content_type or 'no Content-Type'!r}")
-    limit = settings.batch_body_limit if garments == "many" else settings.request_body_limit
-    body = await read_body(request, limit, settings.request_timeout_s)
+    limit = limit or GarmentLimit.batch(settings)
+    body_limit = limit.body_bytes if garments == "many" else settings.request_body_limit
+    body = await read_body(request, body_limit, settings.request_timeout_s)
     if content_type == "multipart/form-data":
-        parts = await _from_multipart(request, body, settings, garments)
-    else:
-        parts = await asyncio.to_thread(_from_json, body, settings, garments)  # megabytes of base64: off the loop
+        parts = await _from_multipart(request, body, settings, garments, limit)
+    else:  # megabytes of base64: off the loop
+        parts = await asyncio.to_thread(_from_json, body, settings, garments, limit)
     try:
         check_person_mix(parts.given)
     except IncompleteInputs as exc:
@@ -310,8 +328,8 @@ async def read_request(request: Request, settings: Settings, query_options: dict
         what = "cloth is required (a file, an http(s) URL or base64)" if garments == "one" else \
             "at least one garment is required: cloth fields (multipart) or a cloths list (JSON)"
         raise ApiError(422, "missing_field", what, "cloth")
-    if len(parts.cloths) > settings.max_garments:
-        _too_many(len(parts.cloths), settings)
+    if garments == "many" and len(parts.cloths) > limit.most:
+        _too_many(len(parts.cloths), limit)
     return parts, parse_options(query_options | parts.options, typed=content_type == "application/json")
 
 

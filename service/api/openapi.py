@@ -106,6 +106,15 @@ def person_request_body(garments: dict, options: bool = True) -> dict:
                                           (("multipart/form-data", "multipart"), ("application/json", "json"))}}
 
 
+# /v1/tryon/batch and /v1/jobs: the person side and many garments.
+GARMENTS_REQUEST_BODY = person_request_body(
+    {"multipart": {"cloth": {"type": "array", "items": {**IMAGE_SCHEMA, **BINARY}, "minItems": 1,
+                             "description": "repeat the field, once per garment (at most TRYON_MAX_GARMENTS; "
+                                            "TRYON_JOBS_MAX_GARMENTS for a job)"}},
+     "json": {"cloths": {"type": "array", "items": JSON_IMAGE, "minItems": 1,
+                         "description": "at most TRYON_MAX_GARMENTS (TRYON_JOBS_MAX_GARMENTS for a job)"}}})
+
+
 class ErrorDetail(BaseModel):
     code: str = Field(description="machine-readable, e.g. not_an_image, queue_full")
     message: str = Field(description="what went wrong and what to do")
@@ -121,16 +130,18 @@ RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying",
 _ERRORS = {
     400: "`invalid_json` (the body), `bad_multipart`, `url_not_allowed` (a URL to a non-public address)",
     401: "`unauthorized`: a valid API key is required (when the server has TRYON_API_KEYS)",
+    404: "`job_not_found` (also another API key's job), `result_not_ready`, `result_failed`, `result_not_found`",
     408: "`body_timeout`: the request body did not arrive within TRYON_REQUEST_TIMEOUT_S",
     413: "`payload_too_large` (the body), `image_too_large` (bytes or pixels), `too_many_garments`, "
          "`json_too_large`",
+    410: "`job_expired`, `result_deleted` (after TRYON_JOBS_RETENTION_S)",
     415: "`unsupported_media_type` (send multipart/form-data or application/json), `not_an_image`",
     422: "`incomplete_inputs`, `ambiguous_inputs`, `missing_field`, `duplicate_field`, `invalid_field`, "
          "`invalid_base64`, `invalid_url`, `invalid_keypoints`, `invalid_<image>`, `invalid_option`, "
-         "`invalid_request` (a query parameter), `json_too_deep`",
+         "`invalid_request` (a query parameter), `json_too_deep`, `webhooks_not_configured`",
     500: "`inference_failed`: the model failed on this batch",
     502: "`upstream_unreachable`, `upstream_error`: a URL input could not be fetched",
-    503: "`queue_full`, `overloaded`, `not_ready`, `shutting_down`, `out_of_memory`: retry after Retry-After",
+    503: "`queue_full`, `overloaded`, `not_ready`, `shutting_down`, `out_of_memory`, `jobs_unavailable` (the job store), `jobs_full`: retry after Retry-After",
     504: "`deadline_exceeded` (not served in time), `upstream_timeout` (a URL input)",
 }
 

@@ -18,6 +18,7 @@ from ..queue.interface import JobQueue
 from ..settings import Settings
 from .cache import ResponseCache, model_identity, open_cache
 from .fetch import UrlFetcher
+from .jobs import Jobs
 
 log = logging.getLogger("service")
 
@@ -35,6 +36,7 @@ class ServiceState:
         self.batcher: JobQueue | None = None
         self.fetcher: UrlFetcher | None = None
         self.cache: ResponseCache | None = None
+        self.jobs: Jobs | None = None
         self.ready = False
         self.draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -53,7 +55,8 @@ class ServiceState:
                 "max_batch_size": s.max_batch_size, "max_batch_wait_ms": s.max_batch_wait_ms,
                 "queue_limit": s.queue_limit, "queue_depth": self.batcher.depth if self.batcher else 0,
                 "request_timeout_s": s.request_timeout_s, "sampler": s.sampler,
-                "cache": self.cache.store.name if self.cache else None}
+                "cache": self.cache.store.name if self.cache else None,
+                "jobs": self.jobs.info if self.jobs else None}
         if not self.healthy:
             info["device_failure"] = self.batcher.device_failure
         if self.batcher is not None and self.batcher.rate is not None:
@@ -73,6 +76,7 @@ class ServiceState:
         self.engine, self.batcher = self.host.engine, self.host.batcher
         self.fetcher = UrlFetcher(self.settings)
         self.cache = self._open_cache()
+        self._start_jobs()
         self.ready = True
         self.metrics.ready.set(1)
         announce_ready(self.settings, str(self.engine.device), self.weights_label, self.host.startup_s)
@@ -86,9 +90,17 @@ class ServiceState:
         self.metrics.queue_depth = ReportedElsewhere()  # the engine process's batcher sets it
         self.fetcher = UrlFetcher(self.settings)
         self.cache = self._open_cache()
+        self._start_jobs()
         self.ready = True
         self.metrics.ready.set(1)
         log.info("front end ready", extra={"device": str(self.engine.device), "weights": self.weights_label})
+
+    def _start_jobs(self) -> None:
+        """Catalog jobs: this process's runner takes tasks from the store and runs them through the queue."""
+        if self.settings.jobs_enabled:
+            chunk_size = self.settings.garment_chunk_for(self.engine.device.type)
+            self.jobs = Jobs(self.settings, self.batcher, self.fetcher, chunk_size, self.metrics)
+            self.jobs.start()
 
     def _open_cache(self) -> ResponseCache | None:
         """The response cache, keyed by what makes an answer (model_identity); in every process
@@ -129,6 +141,8 @@ class ServiceState:
     async def stop(self) -> None:
         self.ready = False
         self.metrics.ready.set(0)
+        if self.jobs is not None:  # before the queue: its unfinished tasks stay in the store
+            await self.jobs.stop()
         if self.batcher is not None:
             await self.batcher.stop()
         if self.fetcher is not None:

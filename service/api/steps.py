@@ -8,14 +8,16 @@ import time
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 
-from model.images import TryOnInputs, encode_image, output_image
+from model.images import TryOnInputs
 
 from ..queue.interface import QueuedJob
 from ..queue.jobs import GarmentsInputs, GarmentsStream, JobResult
 from ..queue.outcomes import DeadlineExceeded, DropReason, Priority, QueueError
 from .context import request_context
 from .deps import QueryOptions, Work
-from .inputs import Garments, OutputOptions, RequestParts, fetch_parts, has_urls, parse_job_options, read_request
+from .parts import encode_output  # noqa: F401  (the routes' step, defined where jobs reach it too)
+from .inputs import (GarmentLimit, Garments, OutputOptions, RequestParts, fetch_parts, has_urls, parse_job_options,
+                     read_request)
 from .state import ServiceState
 
 STREAM_CHUNK = 64 * 1024
@@ -67,12 +69,13 @@ def _abandon(jobs: list[QueuedJob], reason: DropReason) -> None:
 
 async def read_parts(request: Request, service: ServiceState, query: QueryOptions | None, garments: Garments,
                      timings: dict[str, float], work: Work | None = None,
-                     default_priority: Priority = Priority.INTERACTIVE) -> tuple[RequestParts, OutputOptions]:
+                     default_priority: Priority = Priority.INTERACTIVE,
+                     limit: GarmentLimit | None = None) -> tuple[RequestParts, OutputOptions]:
     """The request's parts with every URL fetched (``timings["fetch"]`` when there were any);
-    ``work``, when given, takes the request's priority and timeout."""
+    ``work``, when given, takes the request's priority and timeout; ``limit``: read_request's."""
     mark = time.perf_counter()
     given = query.given() if query is not None else {}
-    parts, options = await read_request(request, service.settings, given, garments)
+    parts, options = await read_request(request, service.settings, given, garments, limit)
     if work is not None:
         # Admission control waits for submit (after decoding): a cache hit is answered whatever the queue holds.
         work.schedule(parse_job_options(given | parts.options, request.headers), default_priority)
@@ -120,11 +123,6 @@ def server_timing(timings: dict[str, float]) -> str:
 async def off_loop_unless(short: bool, work, *args):
     """``work(*args)`` on the event loop when ``short``, else in a thread."""
     return work(*args) if short else await asyncio.to_thread(work, *args)
-
-
-def encode_output(output, frame, options: OutputOptions) -> bytes:
-    """One (3, H, W) result as image bytes, at model size or the person's original size."""
-    return encode_image(output_image(output, frame, options.size), options.format, options.quality)
 
 
 async def _chunks(body: bytes):

@@ -27,8 +27,7 @@ from ...queue.outcomes import Priority, QueueError
 from ..cache import CachedResponse
 from ..deps import QueryDep, ServiceDep, WorkDep, require_api_key
 from ..errors import CLIENT_GONE, ApiError, from_queue_error
-from ..openapi import (BINARY, IMAGE_SCHEMA, JSON_IMAGE, MODEL_ERRORS, PERSON_MIX, binary_content, error_responses,
-                       person_request_body)
+from ..openapi import GARMENTS_REQUEST_BODY, MODEL_ERRORS, PERSON_MIX, binary_content, error_responses
 from ..parts import NDJSON, MultipartMixed, Part, accepts, json_item
 from ..person import decode_garments, decode_person, detection_report
 from ..steps import encode_output, read_parts, run_job, server_timing
@@ -37,11 +36,7 @@ batch = APIRouter(tags=["try-on"], dependencies=[Depends(require_api_key)])
 BATCH_ROUTE = "/v1/tryon/batch"
 
 BATCH_OPENAPI = {
-    "requestBody": person_request_body(
-        {"multipart": {"cloth": {"type": "array", "items": {**IMAGE_SCHEMA, **BINARY}, "minItems": 1,
-                                 "description": "repeat the field, once per garment (at most TRYON_MAX_GARMENTS)"}},
-         "json": {"cloths": {"type": "array", "items": JSON_IMAGE, "minItems": 1,
-                             "description": "at most TRYON_MAX_GARMENTS"}}}),
+    "requestBody": GARMENTS_REQUEST_BODY,
     "responses": {"200": {"description": "one part per garment, in input order, each with its index: "
                                          "multipart/mixed (default) or NDJSON (Accept: application/x-ndjson)",
                           "content": binary_content("multipart/mixed", NDJSON)}},

@@ -29,5 +29,7 @@ async def readyz(service: ServiceDep) -> JSONResponse:
                 responses={200: {"description": "Prometheus text exposition",
                                  "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}})
 async def metrics(service: ServiceDep) -> Response:
+    if service.jobs is not None:
+        await service.jobs.refresh_metrics()
     service.metrics.refresh(service.batcher.depth if service.batcher else 0, service.local_engine_device)
     return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -28,7 +28,7 @@ from service.metrics import Metrics
 from service.processes.remote import RemoteBatcher
 from tests.fixtures.service.harness import post_files, running_server, sample_key
 
-TWO_FRONT_ENDS = {"TRYON_WORKERS": "2"}
+TWO_FRONT_ENDS = {"TRYON_WORKERS": "2", "TRYON_JOBS_ENABLED": "false"}  # embedded jobs: one process only
 
 
 @pytest.fixture(scope="module")

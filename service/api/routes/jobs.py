@@ -1,0 +1,151 @@
+"""/v1/jobs: catalog try-ons that outlive the connection (service/jobs/).
+
+POST takes what /v1/tryon/batch takes (up to TRYON_JOBS_MAX_GARMENTS garments), plus
+``webhook_url``, and answers 202 with the job's status document at once; URLs are fetched
+and limits checked before that, so no job is accepted that would fail for them later.
+A job is visible only with the API key that created it (another key: 404).
+"""
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi.responses import JSONResponse
+
+from model.images import MEDIA_TYPES
+
+from ...jobs.records import JobInputs, JobRecord, JobStatus, NewJob, new_job_id
+from ...jobs.store import StoreFull, StoreUnavailable
+from ...queue.outcomes import Priority
+from ..deps import OwnerDep, QueryDep, ServiceDep, require_api_key
+from ..errors import ApiError
+from ..inputs import GarmentLimit, parse_job_options
+from ..jobs import Jobs, job_error
+from ..openapi import GARMENTS_REQUEST_BODY, PERSON_MIX, error_responses
+from ..steps import read_parts
+
+jobs = APIRouter(tags=["jobs"], dependencies=[Depends(require_api_key)])
+JOBS_ROUTE = "/v1/jobs"
+WEBHOOK_FIELD = "webhook_url"
+POLL_AFTER_S = "2"  # Retry-After on a job still queued or running
+
+
+def _jobs(service) -> Jobs:
+    if service.jobs is None:
+        raise ApiError(503, "not_ready", "jobs are not being served yet", headers={"Retry-After": "5"})
+    return service.jobs
+
+
+def _unavailable(exc: Exception) -> ApiError:
+    if isinstance(exc, StoreFull):
+        return ApiError(503, "jobs_full", str(exc), headers={"Retry-After": "60"})
+    return ApiError(503, "jobs_unavailable", f"{exc}; no job was accepted", headers={"Retry-After": "5"})
+
+
+async def _record(jobs_: Jobs, job_id: str, owner: str) -> JobRecord:
+    try:
+        record = await jobs_.store.record(job_id)
+    except StoreUnavailable as exc:
+        raise _unavailable(exc) from None
+    if record is None or record.owner != owner:  # another key's job is as unknown as no job
+        raise ApiError(404, "job_not_found", f"no job {job_id[:64]!r}")
+    return record
+
+
+def _document(record: JobRecord, status_code: int = 200, headers: dict | None = None) -> JSONResponse:
+    headers = dict(headers or {})
+    if not record.status.ended:
+        headers["Retry-After"] = POLL_AFTER_S
+    return JSONResponse(record.document(), status_code=status_code, headers=headers)
+
+
+async def _webhook_url(service, value) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ApiError(422, "invalid_url", "must be an http(s) URL", WEBHOOK_FIELD)
+    if service.settings.webhook_secret is None:
+        raise ApiError(422, "webhooks_not_configured", "this server signs no webhooks (TRYON_WEBHOOK_SECRET is "
+                       "unset); submit without webhook_url and poll the job", WEBHOOK_FIELD)
+    try:
+        await service.fetcher.pin(value.strip(), WEBHOOK_FIELD)
+    except ApiError as exc:
+        raise ApiError(422, exc.code, exc.message, WEBHOOK_FIELD) from None
+    return value.strip()
+
+
+@jobs.post(JOBS_ROUTE, status_code=202, summary="Submit a job: one person in many garments, run in the background",
+           description=PERSON_MIX + " Garments as for /v1/tryon/batch (at most TRYON_JOBS_MAX_GARMENTS), plus "
+           "`webhook_url` (signed per Standard Webhooks when the job ends) and `timeout` (the job's deadline in "
+           "seconds, TRYON_JOBS_DEADLINE_S by default). `Idempotency-Key` returns the same job on a retry.",
+           openapi_extra={"requestBody": GARMENTS_REQUEST_BODY},
+           responses=error_responses(400, 413, 415, 422, 503))
+async def submit_job(request: Request, service: ServiceDep, query: QueryDep, owner: OwnerDep,
+                     idempotency_key: str | None = Header(None, max_length=255)) -> JSONResponse:
+    jobs_ = _jobs(service)
+    settings = service.settings
+    limit = GarmentLimit(settings.jobs_max_garments, "TRYON_JOBS_MAX_GARMENTS", settings.jobs_body_limit,
+                         (WEBHOOK_FIELD,))
+    parts, options = await read_parts(request, service, query, "many", {}, limit=limit)
+    given = (query.given() if query is not None else {}) | parts.options
+    scheduling = parse_job_options(given, request.headers)
+    if scheduling.priority not in (None, Priority.BULK):
+        raise ApiError(422, "invalid_option", "jobs run as bulk work", "priority")
+    webhook_url = await _webhook_url(service, parts.options.get(WEBHOOK_FIELD))
+    cloths = [job_error(c) if isinstance(c, ApiError) else c for c in parts.cloths]
+    now = time.time()
+    job = NewJob(new_job_id(), owner, options.model_dump(),
+                 JobInputs(parts.person, parts.keypoints, cloths),
+                 now + (scheduling.timeout or settings.jobs_deadline_s), webhook_url, idempotency_key, now)
+    try:
+        job_id, created = await jobs_.store.create(job)
+        record = await jobs_.store.record(job_id)
+    except (StoreUnavailable, StoreFull) as exc:
+        raise _unavailable(exc) from None
+    if created:
+        service.metrics.jobs.labels(JobStatus.QUEUED.value).inc()
+    return _document(record, 202, {"Location": f"{JOBS_ROUTE}/{job_id}",
+                                   **({} if created else {"Idempotent-Replayed": "true"})})
+
+
+@jobs.get(JOBS_ROUTE + "/{job_id}", summary="A job's status, progress and per-garment results",
+          responses=error_responses(404, 503))
+async def get_job(job_id: str, service: ServiceDep, owner: OwnerDep) -> JSONResponse:
+    return _document(await _record(_jobs(service), job_id, owner))
+
+
+@jobs.get(JOBS_ROUTE + "/{job_id}/results/{index}", summary="One garment's result image", response_class=Response,
+          responses=error_responses(404, 410, 503))
+async def get_result(job_id: str, index: int, service: ServiceDep, owner: OwnerDep) -> Response:
+    jobs_ = _jobs(service)
+    record = await _record(jobs_, job_id, owner)
+    if not 0 <= index < record.garments:
+        raise ApiError(404, "result_not_found", f"the job has garments 0 to {record.garments - 1}", "index")
+    try:
+        body = await jobs_.store.result(job_id, index)
+    except StoreUnavailable as exc:
+        raise _unavailable(exc) from None
+    if body is not None:
+        return Response(body, media_type=MEDIA_TYPES[record.options["format"]])
+    if record.status is JobStatus.EXPIRED:
+        raise ApiError(410, "job_expired", "the job expired before this garment was dressed")
+    if index in record.settled and record.settled[index].error is None:
+        raise ApiError(410, "result_deleted", "this result was deleted after TRYON_JOBS_RETENTION_S")
+    state = record.settled.get(index)
+    if state is not None:
+        raise ApiError(404, "result_failed", f"this garment failed: {state.error.code}: {state.error.message}")
+    raise ApiError(404, "result_not_ready", f"garment {index} is {record.garment_status(index)}")
+
+
+@jobs.post(JOBS_ROUTE + "/{job_id}/cancel", summary="Cancel a job: garments not yet run are not run",
+           responses=error_responses(404, 503))
+async def cancel_job(job_id: str, service: ServiceDep, owner: OwnerDep) -> JSONResponse:
+    jobs_ = _jobs(service)
+    await _record(jobs_, job_id, owner)
+    try:
+        if await jobs_.store.end(job_id, JobStatus.CANCELED):
+            service.metrics.jobs.labels(JobStatus.CANCELED.value).inc()
+        record = await _record(jobs_, job_id, owner)
+    except StoreUnavailable as exc:
+        raise _unavailable(exc) from None
+    return _document(record)

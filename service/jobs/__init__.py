@@ -1,0 +1,13 @@
+"""Catalog jobs: try-ons that outlive the connection (POST /v1/jobs).
+
+- ``records``: what a job is (its status, its garments' states, its status document).
+- ``store``: the ``JobStore`` interface and the embedded store (this process only).
+- ``redis_store``: the store shared by every replica (TRYON_JOBS_URL): a stream of tasks
+  with a consumer group, a stream of webhook deliveries, claimed over when a replica dies.
+- ``runner``: takes tasks from the store and runs their garments through the queue's one
+  interface (``JobQueue.submit`` with ``Priority.BULK``), as /v1/tryon/batch does.
+- ``webhooks``: Standard Webhooks signing and delivery with retries.
+
+This room imports the queue and the foundation; the HTTP edge (api/) imports it and hands
+it what only the edge knows (decoding, encoding, the URL rules, the errors' codes).
+"""

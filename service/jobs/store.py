@@ -1,0 +1,218 @@
+"""Where jobs are kept: the ``JobStore`` interface, and the embedded store.
+
+Two stores behind one interface. The embedded one (no TRYON_JOBS_URL) keeps jobs in
+this process: bounded by TRYON_JOBS_MEMORY_JOBS and TRYON_JOBS_MEMORY_BYTES, lost on
+restart, seen only by this process (so the settings refuse it with TRYON_WORKERS > 1).
+The Redis one (redis_store.py) is shared by every replica and outlives any of them.
+
+A job is split into tasks of TRYON_JOBS_TASK_GARMENTS garments; replicas take tasks,
+so one job spreads over all of them. Settling a garment (its result or error stored) is
+idempotent: a task run twice (its replica died) settles nothing twice. The settling of a
+job's last garment, or a cancel, or an expiry, ends the job and, in the same step, queues
+its webhook delivery, so no end goes unannounced.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict, deque
+from typing import Protocol
+
+from .records import (ACTIVE, Delivery, GarmentState, JobInputs, JobRecord, JobStatus, NewJob, Task,
+                      final_status)
+
+
+class StoreUnavailable(Exception):
+    """The store did not answer (Redis down or slow): nothing was stored."""
+
+
+class StoreFull(Exception):
+    """The embedded store holds as many jobs or bytes as it may."""
+
+
+class JobStore(Protocol):
+    name: str  # "memory" or "redis"
+    shared: bool  # whether other replicas see the same jobs
+
+    async def create(self, job: NewJob) -> tuple[str, bool]:
+        """Stores the job and queues its tasks: (its id, True); or, when ``job.idempotency_key`` was
+        used before by the same owner, (that job's id, False) and nothing is stored."""
+
+    async def record(self, job_id: str) -> JobRecord | None: ...
+
+    async def result(self, job_id: str, index: int) -> bytes | None: ...
+
+    async def end(self, job_id: str, status: JobStatus) -> bool:
+        """Cancels or expires a job still queued or running (its webhook queued); False when it had ended."""
+
+    async def start(self, job_id: str) -> None:
+        """Marks a queued job running (once)."""
+
+    async def settle(self, job_id: str, index: int, state: GarmentState, result: bytes | None) -> JobStatus | None:
+        """Stores one garment's outcome (once): the job's status after it (the last one ends the job), or
+        None when the job had ended (canceled or expired: the result is dropped) or the garment was settled."""
+
+    async def next_task(self, wait_s: float) -> Task | None:
+        """A task to run (new, or another replica's left idle TRYON_JOBS_CLAIM_AFTER_S); None after ``wait_s``."""
+
+    async def task_inputs(self, task: Task) -> JobInputs | None:
+        """The person side and the task's garments (None when the job is gone)."""
+
+    async def keep(self, ref: str, deliveries: bool = False) -> None:
+        """Tells the store a claimed task (or delivery) is still being worked on."""
+
+    async def finish_task(self, task: Task) -> None: ...
+
+    async def next_delivery(self, wait_s: float) -> Delivery | None: ...
+
+    async def finish_delivery(self, delivery: Delivery) -> None: ...
+
+    async def oldest_queued_s(self) -> float:
+        """Age of the oldest task no replica has taken (0 when none waits)."""
+
+    async def close(self) -> None: ...
+
+
+class MemoryJobStore:
+    """Jobs in this process. Ended jobs are dropped TRYON_JOBS_RETENTION_S after they end, or sooner,
+    oldest first, to make room for a new one; a new job that would not fit beside the running
+    ones is refused (StoreFull)."""
+    name = "memory"
+    shared = False
+
+    def __init__(self, max_jobs: int, max_bytes: int, retention_s: float, task_garments: int):
+        self.max_jobs = max_jobs
+        self.max_bytes = max_bytes
+        self.retention_s = retention_s
+        self.task_garments = task_garments
+        self._records: OrderedDict[str, JobRecord] = OrderedDict()
+        self._inputs: dict[str, JobInputs] = {}
+        self._results: dict[str, dict[int, bytes]] = {}
+        self._idempotent: dict[tuple[str, str], str] = {}
+        self._tasks: deque[tuple[Task, float]] = deque()
+        self._deliveries: deque[Delivery] = deque()
+        self._changed = asyncio.Event()
+        self.bytes = 0
+
+    def _size(self, job_id: str) -> int:
+        inputs = self._inputs.get(job_id)
+        return (inputs.size if inputs else 0) + sum(map(len, self._results.get(job_id, {}).values()))
+
+    def _drop(self, job_id: str) -> None:
+        self.bytes -= self._size(job_id)
+        record = self._records.pop(job_id)
+        self._inputs.pop(job_id, None)
+        self._results.pop(job_id, None)
+        self._idempotent = {k: v for k, v in self._idempotent.items() if v != record.id}
+
+    def _make_room(self, need: int) -> None:
+        now = time.time()
+        for job_id, record in list(self._records.items()):
+            if record.finished_at is not None and now - record.finished_at >= self.retention_s:
+                self._drop(job_id)
+        for job_id, record in list(self._records.items()):  # oldest first
+            if len(self._records) < self.max_jobs and self.bytes + need <= self.max_bytes:
+                return
+            if record.status.ended:
+                self._drop(job_id)
+        if len(self._records) >= self.max_jobs or self.bytes + need > self.max_bytes:
+            raise StoreFull(f"the embedded job store holds {len(self._records)} jobs and {self.bytes} bytes "
+                            f"(TRYON_JOBS_MEMORY_JOBS {self.max_jobs}, TRYON_JOBS_MEMORY_BYTES {self.max_bytes})")
+
+    async def create(self, job: NewJob) -> tuple[str, bool]:
+        key = (job.owner, job.idempotency_key) if job.idempotency_key else None
+        if key in self._idempotent and self._idempotent[key] in self._records:
+            return self._idempotent[key], False
+        self._make_room(job.inputs.size)
+        self._records[job.id] = JobRecord(job.id, job.owner, JobStatus.QUEUED, job.garments, job.options,
+                                          job.created_at, job.deadline_at, job.webhook_url)
+        self._inputs[job.id] = job.inputs
+        self._results[job.id] = {}
+        self.bytes += job.inputs.size
+        if key:
+            self._idempotent[key] = job.id
+        now = time.monotonic()
+        for start in range(0, job.garments, self.task_garments):
+            self._tasks.append((Task(job.id, start, min(self.task_garments, job.garments - start)), now))
+        self._changed.set()
+        return job.id, True
+
+    async def record(self, job_id: str) -> JobRecord | None:
+        record = self._records.get(job_id)
+        if record is not None and record.finished_at is not None and time.time() - record.finished_at >= \
+                self.retention_s:
+            self._drop(job_id)
+            return None
+        return record
+
+    async def result(self, job_id: str, index: int) -> bytes | None:
+        return self._results.get(job_id, {}).get(index)
+
+    def _end(self, record: JobRecord, status: JobStatus) -> None:
+        record.status, record.finished_at = status, time.time()
+        self.bytes -= self._inputs.pop(record.id).size
+        if record.webhook_url:
+            self._deliveries.append(Delivery(record.id))
+            self._changed.set()
+
+    async def end(self, job_id: str, status: JobStatus) -> bool:
+        record = self._records.get(job_id)
+        if record is None or record.status.ended:
+            return False
+        self._end(record, status)
+        return True
+
+    async def start(self, job_id: str) -> None:
+        record = self._records.get(job_id)
+        if record is not None and record.status is JobStatus.QUEUED:
+            record.status, record.started_at = JobStatus.RUNNING, time.time()
+
+    async def settle(self, job_id: str, index: int, state: GarmentState, result: bytes | None) -> JobStatus | None:
+        record = self._records.get(job_id)
+        if record is None or record.status.value not in ACTIVE or index in record.settled:
+            return None
+        record.settled[index] = state
+        if result is not None:
+            self._results[job_id][index] = result
+            self.bytes += len(result)
+        if record.done == record.garments:
+            self._end(record, final_status(record.settled))
+        return record.status
+
+    async def _next(self, items: deque, wait_s: float):
+        end = time.monotonic() + wait_s
+        while not items:
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), max(0.0, end - time.monotonic()))
+            except TimeoutError:
+                return None
+        return items.popleft()
+
+    async def next_task(self, wait_s: float) -> Task | None:
+        item = await self._next(self._tasks, wait_s)
+        return item[0] if item else None
+
+    async def task_inputs(self, task: Task) -> JobInputs | None:
+        inputs = self._inputs.get(task.job_id)
+        if inputs is None:
+            return None
+        return JobInputs(inputs.person, inputs.keypoints, inputs.cloths[task.start:task.start + task.count])
+
+    async def keep(self, ref: str, deliveries: bool = False) -> None:
+        pass
+
+    async def finish_task(self, task: Task) -> None:
+        pass
+
+    async def next_delivery(self, wait_s: float) -> Delivery | None:
+        return await self._next(self._deliveries, wait_s)
+
+    async def finish_delivery(self, delivery: Delivery) -> None:
+        pass
+
+    async def oldest_queued_s(self) -> float:
+        return time.monotonic() - self._tasks[0][1] if self._tasks else 0.0
+
+    async def close(self) -> None:
+        pass

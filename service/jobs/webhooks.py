@@ -1,0 +1,156 @@
+"""Telling a job's webhook that the job ended, per Standard Webhooks
+(https://github.com/standard-webhooks/standard-webhooks/blob/main/spec/standard-webhooks.md).
+
+Each delivery is a POST of ``{"type": "job.<status>", "timestamp", "data": <the status
+document>}`` with ``webhook-id`` (``msg_`` + the job's id: the same on every attempt, from
+every replica), ``webhook-timestamp`` (this attempt's, in seconds) and ``webhook-signature``
+(``v1,`` + base64 of HMAC-SHA256 over ``id.timestamp.body`` with the bytes of the ``whsec_``
+secret). A 2xx ends it; 410 Gone ends it too (the receiver wants no more); anything else,
+and a timeout, is retried after the next delay of TRYON_WEBHOOK_RETRY_S (the spec's schedule
+by default), each with +-20 % jitter. The URL is checked by the URL rules again before every
+attempt (DNS can change since submission) and the connection goes to the checked address.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import httpx
+
+from ..metrics import Metrics
+from .records import Delivery
+from .store import JobStore, StoreUnavailable
+
+log = logging.getLogger("service.jobs.webhooks")
+JITTER = 0.2
+MAX_DELIVERIES = 64  # deliveries under way (and waiting to retry) at once in one replica
+
+
+class WebhookRefused(Exception):
+    """The URL breaks the URL rules (now): not delivered."""
+
+
+@dataclass(frozen=True)
+class WebhookTarget:
+    """Where one attempt connects: the URL with the checked address as host, and the real name."""
+    url: str
+    host_header: str
+    sni_hostname: str | None
+
+
+class WebhookTargets(Protocol):
+    async def target(self, url: str) -> WebhookTarget:
+        """The checked target, or WebhookRefused."""
+
+
+def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+def payload(document: dict) -> bytes:
+    return json.dumps({"type": f"job.{document['status']}", "timestamp": document["finished_at"],
+                       "data": document}, separators=(",", ":")).encode()
+
+
+class WebhookSender:
+    def __init__(self, store: JobStore, targets: WebhookTargets, secret: str | None, retry_s: list[float],
+                 timeout_s: float, keep_every_s: float, metrics: Metrics):
+        self.store = store
+        self.targets = targets
+        self.secret = secret
+        self.retry_s = retry_s
+        self.keep_every_s = keep_every_s
+        self.metrics = metrics
+        self.client = httpx.AsyncClient(timeout=timeout_s, follow_redirects=False, trust_env=False,
+                                        limits=httpx.Limits(max_keepalive_connections=0),
+                                        headers={"User-Agent": "tryon-service-webhooks",
+                                                 "Content-Type": "application/json"})
+        self._slots = asyncio.Semaphore(MAX_DELIVERIES)
+        self._tasks: set[asyncio.Task] = set()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            await self._slots.acquire()
+            try:
+                delivery = await self.store.next_delivery(1.0)
+            except StoreUnavailable as exc:
+                self._slots.release()
+                log.warning("webhook deliveries: %s", exc)
+                await asyncio.sleep(1)
+                continue
+            if delivery is None:
+                self._slots.release()
+                continue
+            task = asyncio.get_running_loop().create_task(self._deliver(delivery))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.client.aclose()
+
+    async def _deliver(self, delivery: Delivery) -> None:
+        try:
+            record = await self.store.record(delivery.job_id)
+            if record is not None and record.webhook_url and self.secret:
+                await self._attempts(delivery, record.webhook_url, payload(record.document()))
+            await self.store.finish_delivery(delivery)
+        except StoreUnavailable as exc:  # left pending: this or another replica takes it up again
+            log.warning("webhook of %s: %s", delivery.job_id, exc)
+        finally:
+            self._slots.release()
+
+    async def _attempts(self, delivery: Delivery, url: str, body: bytes) -> None:
+        message_id = f"msg_{delivery.job_id}"
+        for attempt, delay in enumerate([0.0, *self.retry_s]):
+            if delay:
+                await self._wait(delivery, delay * random.uniform(1 - JITTER, 1 + JITTER))
+            outcome = await self._attempt(url, message_id, body)
+            self.metrics.webhook_deliveries.labels(outcome).inc()
+            log.info("webhook %s", outcome, extra={"job": delivery.job_id, "attempt": attempt + 1})
+            if outcome in ("delivered", "gone", "refused"):
+                return
+        self.metrics.webhook_deliveries.labels("exhausted").inc()
+        log.warning("webhook of %s not delivered after %d attempts", delivery.job_id, len(self.retry_s) + 1)
+
+    async def _wait(self, delivery: Delivery, seconds: float) -> None:
+        """Sleeps, telling the store now and then that the delivery is still this replica's."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, self.keep_every_s))
+            try:
+                await self.store.keep(delivery.ref, deliveries=True)
+            except StoreUnavailable:
+                pass
+
+    async def _attempt(self, url: str, message_id: str, body: bytes) -> str:
+        try:
+            target = await self.targets.target(url)
+        except WebhookRefused as exc:
+            log.warning("webhook URL refused at delivery: %s", exc)
+            return "refused"
+        timestamp = int(time.time())
+        headers = {"webhook-id": message_id, "webhook-timestamp": str(timestamp),
+                   "webhook-signature": sign(self.secret, message_id, timestamp, body), "Host": target.host_header}
+        extensions = {"sni_hostname": target.sni_hostname} if target.sni_hostname else {}
+        request = self.client.build_request("POST", target.url, content=body, headers=headers,
+                                            extensions=extensions)
+        try:
+            response = await self.client.send(request)
+        except httpx.HTTPError:
+            return "failed"
+        if response.is_success:
+            return "delivered"
+        return "gone" if response.status_code == 410 else "failed"

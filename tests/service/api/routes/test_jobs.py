@@ -1,0 +1,152 @@
+"""/v1/jobs on the embedded store, through one real server process: submit, poll, results equal to
+/v1/tryon's, idempotency, cancel, expiry, 404s, webhooks verified with the standardwebhooks package
+(retries after the receiver's 500s, one success), and the refusals at submission."""
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from standardwebhooks import Webhook
+
+from service.settings import Settings
+from tests.fixtures.service.harness import running_server, sample_key
+from tests.utils.jobs import SECRET, WebhookReceiver, garments, payload, submit, tryon_png, wait_job
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, standin_weights_file):
+    env = {"TRYON_WEIGHTS": str(standin_weights_file), "TRYON_URL_ALLOW_HOSTS": "127.0.0.1",
+           "TRYON_WEBHOOK_SECRET": SECRET, "TRYON_WEBHOOK_RETRY_S": "0.2,0.2,0.2",
+           "TRYON_JOBS_TASK_GARMENTS": "2", "TRYON_JOBS_MAX_GARMENTS": "6"}
+    with running_server(env, tmp_path_factory.mktemp("jobs")) as proc:
+        yield proc
+
+
+def test_a_job_runs_and_its_results_equal_tryon(server):
+    cloths = garments(3)
+    answer = submit(server.url, cloths, {"format": "png"})
+    assert answer.status_code == 202, answer.text
+    doc = answer.json()
+    assert answer.headers["location"] == f"/v1/jobs/{doc['id']}" and doc["status"] in ("queued", "running")
+    assert len(doc["id"]) >= 4 + 22  # 192 random bits, base64url
+    done = wait_job(server.url, doc["id"])
+    assert done["status"] == "succeeded" and done["progress"] == {"done": 3, "total": 3}
+    assert done["started_at"] and done["finished_at"]
+    for index, cloth in enumerate(cloths):
+        garment = done["garments"][index]
+        assert garment["status"] == "succeeded"
+        result = httpx.get(server.url + garment["url"], timeout=10)
+        assert result.headers["content-type"] == "image/png"
+        assert result.content == tryon_png(server.url, cloth)
+
+
+def test_idempotency_key_returns_the_same_job(server):
+    first = submit(server.url, garments(1), headers={"Idempotency-Key": "catalog-42"})
+    again = submit(server.url, garments(1), headers={"Idempotency-Key": "catalog-42"})
+    assert first.status_code == again.status_code == 202
+    assert first.json()["id"] == again.json()["id"] and again.headers["idempotent-replayed"] == "true"
+    assert submit(server.url, garments(1), headers={"Idempotency-Key": "other"}).json()["id"] != first.json()["id"]
+
+
+def test_cancel_keeps_what_is_done_and_runs_nothing_more(server):
+    doc = submit(server.url, garments(6)).json()
+    canceled = httpx.post(f"{server.url}/v1/jobs/{doc['id']}/cancel", timeout=10).json()
+    assert canceled["status"] == "canceled" and canceled["finished_at"]
+    time.sleep(1)
+    later = httpx.get(f"{server.url}/v1/jobs/{doc['id']}", timeout=10).json()
+    assert later["status"] == "canceled" and later["progress"]["done"] == canceled["progress"]["done"]
+    for garment in later["garments"]:
+        assert garment["status"] in ("succeeded", "canceled")
+
+
+def test_a_job_past_its_deadline_expires_and_its_results_are_gone(server):
+    doc = submit(server.url, garments(6), {"timeout": "0.001"}).json()
+    done = wait_job(server.url, doc["id"])
+    assert done["status"] == "expired"
+    missing = next(g["index"] for g in done["garments"] if g["status"] == "expired")
+    answer = httpx.get(f"{server.url}/v1/jobs/{doc['id']}/results/{missing}", timeout=10)
+    assert answer.status_code == 410 and answer.json()["error"]["code"] == "job_expired"
+
+
+def test_unknown_ids_and_results_not_yet_there_are_404_json(server):
+    answer = httpx.get(f"{server.url}/v1/jobs/job_nothing", timeout=10)
+    assert answer.status_code == 404 and answer.json()["error"]["code"] == "job_not_found"
+    doc = submit(server.url, garments(6)).json()
+    early = httpx.get(f"{server.url}/v1/jobs/{doc['id']}/results/5", timeout=10)
+    assert early.status_code == 404 and early.json()["error"]["code"] in ("result_not_ready",)
+    assert httpx.get(f"{server.url}/v1/jobs/{doc['id']}/results/6", timeout=10).status_code == 404
+
+
+def test_webhook_is_signed_retried_after_500s_and_delivered_once(server):
+    receiver = WebhookReceiver(fail_first=2)
+    try:
+        doc = submit(server.url, garments(1), {"webhook_url": receiver.url}).json()
+        deliveries = receiver.wait(3)
+        time.sleep(1)  # nothing more comes after the success
+        deliveries = list(receiver.deliveries)
+    finally:
+        receiver.close()
+    assert [status for _, _, status in deliveries] == [500, 500, 204]
+    verifier = Webhook(SECRET)
+    for headers, body, _ in deliveries:
+        verifier.verify(body, headers)  # raises on a bad signature
+        assert headers["webhook-id"] == f"msg_{doc['id']}"
+    event = payload(deliveries[-1][1])
+    assert event["type"] == "job.succeeded" and event["data"]["id"] == doc["id"]
+    assert event["data"]["garments"][0]["status"] == "succeeded"
+    metrics = server.metrics()
+    assert metrics[sample_key("tryon_webhook_deliveries_total", {"outcome": "delivered"})] >= 1
+    assert metrics[sample_key("tryon_webhook_deliveries_total", {"outcome": "failed"})] >= 2
+    assert metrics[sample_key("tryon_jobs_total", {"status": "succeeded"})] >= 1
+    assert sample_key("tryon_jobs_oldest_queued_seconds") in metrics
+
+
+def test_a_receiver_answering_410_gets_no_retry(server):
+    receiver = WebhookReceiver(fail_first=5, status=410)
+    try:
+        submit(server.url, garments(1), {"webhook_url": receiver.url})
+        receiver.wait(1)
+        time.sleep(1)
+        assert [status for _, _, status in receiver.deliveries] == [410]
+    finally:
+        receiver.close()
+
+
+def test_an_undecodable_garment_fails_with_tryons_code_and_the_webhook_says_so(server):
+    receiver = WebhookReceiver()
+    try:
+        doc = submit(server.url, [garments(1)[0], b"not an image"], {"webhook_url": receiver.url}).json()
+        done = wait_job(server.url, doc["id"])
+        deliveries = receiver.wait(1)
+    finally:
+        receiver.close()
+    assert done["status"] == "succeeded"
+    assert done["garments"][1]["status"] == "failed" and done["garments"][1]["error"]["code"] == "not_an_image"
+    assert payload(deliveries[0][1])["data"]["garments"][1]["error"]["code"] == "not_an_image"
+
+
+@pytest.mark.parametrize("url, code", [("ftp://127.0.0.1/x", "invalid_url"), ("http://10.0.0.1/hook", "url_not_allowed"),
+                                       ("not a url", "invalid_url")])
+def test_a_bad_or_private_webhook_url_is_422_naming_the_field(server, url, code):
+    answer = submit(server.url, garments(1), {"webhook_url": url})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error"]["field"] == "webhook_url" and answer.json()["error"]["code"] == code
+
+
+def test_too_many_garments_is_refused_at_submission(server):
+    answer = submit(server.url, garments(7))
+    assert answer.status_code == 413 and answer.json()["error"]["code"] == "too_many_garments"
+    assert "TRYON_JOBS_MAX_GARMENTS" in answer.json()["error"]["message"]
+
+
+def test_readyz_says_jobs_are_in_this_process(server):
+    info = httpx.get(f"{server.url}/readyz", timeout=10).json()
+    assert info["jobs"]["store"] == "memory" and "lost on restart" in info["jobs"]["note"]
+
+
+def test_embedded_jobs_with_several_front_ends_are_refused_at_start_up():
+    with pytest.raises(ValueError, match="TRYON_JOBS_URL"):
+        Settings(workers=2)
+    assert Settings(workers=2, jobs_enabled=False).workers == 2
+    assert Settings(workers=2, jobs_url="redis://127.0.0.1:1/0").workers == 2
