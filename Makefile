@@ -20,15 +20,16 @@ $(STAMP): pyproject.toml client/pyproject.toml
 serve: $(STAMP)
 	$(VENV)/bin/tryon-serve
 
-# The whole suite, then the numeric tests again with oneDNN and ATen held to AVX2, so a
-# tolerance that holds only on one instruction set fails on every machine, not on some.
+# The whole suite, then the tests marked isa (numbers from oneDNN or ATen kernels) again with
+# both held to AVX2, so a tolerance that holds only on one instruction set fails on every
+# machine, not on some.
 test: test-all test-avx2
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-avx2: $(STAMP)
-	ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 $(PY) -m pytest -q -m numeric $(PYTEST_ARGS)
+	ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 $(PY) -m pytest -q -m isa $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m bench.cpu_model

@@ -22,7 +22,8 @@ from model.kernels.selfcheck import check_fused
 from model.sampling import deformable_sample_reference
 from tests.conftest import load_golden
 
-pytestmark = pytest.mark.numeric
+# @pytest.mark.isa: the tests whose numbers oneDNN or ATen compute, run again with both held
+# to AVX2 (Makefile, test-avx2); the others compute nothing the instruction set can change.
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "service" / "examples"
@@ -51,6 +52,7 @@ def golden_output(e: Engine, golden: dict) -> torch.Tensor:
 
 # --- the sampler check ---------------------------------------------------------------
 
+@pytest.mark.isa
 def test_working_samplers_pass_the_check():
     assert check_fused("torch", torch.device("cpu")) is None
     assert check_fused("numba", torch.device("cpu")) is None
@@ -67,6 +69,7 @@ def test_engine_resolves_the_sampler_once_and_reports_it(weights_file, monkeypat
     assert e.info["sampler_fallback"] is None
 
 
+@pytest.mark.isa
 def test_a_sampler_that_raises_is_replaced_by_the_reference(weights_file, golden, monkeypatch, caplog):
     def broken(features, flows, weights):
         raise RuntimeError("kernel image is invalid for this device")
@@ -82,6 +85,7 @@ def test_a_sampler_that_raises_is_replaced_by_the_reference(weights_file, golden
     assert (golden_output(e, golden) - golden["tryon"]).abs().max().item() < 1e-4
 
 
+@pytest.mark.isa
 def test_a_sampler_that_is_slightly_wrong_is_replaced(weights_file, golden, monkeypatch):
     """A result off by 1e-3 (beyond the tested 1e-5) is a mismatch, not a pass."""
     def corrupted(features, flows, weights):
@@ -103,6 +107,7 @@ def test_a_sampler_that_returns_nan_is_replaced(weights_file, monkeypatch):
     assert e.info["sampler"] == "torch" and "non-finite" in e.info["sampler_fallback"]
 
 
+@pytest.mark.isa
 def test_triton_that_cannot_launch_falls_back_for_real(weights_file):
     """Triton with no GPU and no interpreter: the launch itself fails, as a kernel image
     the driver rejects would; the engine serves the golden output with the reference."""
@@ -175,6 +180,7 @@ def golden_pngs(golden, tmp_path_factory) -> str:
     return str(folder)
 
 
+@pytest.mark.isa
 def test_engine_refuses_a_half_mode_that_loses_too_much(weights_file, golden, golden_pngs, caplog):
     """fp16 means bf16 on the CPU, which with the stand-in weights on the golden inputs
     measures about 37 dB against fp32: asked to check (on a GPU it checks by default
