@@ -1,6 +1,7 @@
 """Shared fixtures: the stand-in weights of fill_weights.py, the golden files, a client of a module's server."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -13,7 +14,9 @@ sys.path.insert(0, str(FIXTURES))
 
 from fill_weights import fill_state_dict, read_keys  # noqa: E402
 
-torch.set_num_threads(2)
+# Two threads alone; one under pytest-xdist (make test: a worker a core), where two per worker
+# would make OpenMP threads wait on each other across the two busy cores.
+torch.set_num_threads(1 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1 else 2)
 
 
 @pytest.fixture(scope="session")
