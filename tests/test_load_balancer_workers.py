@@ -10,7 +10,7 @@ from tests.fixtures.service.harness import ServerProcess
 from tests.test_load_balancer import *  # noqa: F401,F403
 
 # Three replicas of three processes each start on a shared CPU: more time than one process needs.
-pytestmark = pytest.mark.timeout(360)
+pytestmark = [pytest.mark.timeout(360), pytest.mark.alone]  # alone: as tests/test_load_balancer.py
 
 
 @pytest.fixture(scope="module", autouse=True)
