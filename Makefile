@@ -20,15 +20,22 @@ $(STAMP): pyproject.toml client/pyproject.toml
 serve: $(STAMP)
 	$(VENV)/bin/tryon-serve
 
-# The whole suite, then the numeric tests again with oneDNN and ATen held to AVX2, so a
-# tolerance that holds only on one instruction set fails on every machine, not on some.
+# The whole suite, then the tests marked isa (numbers from oneDNN or ATen kernels) again with
+# both held to AVX2, so a tolerance that holds only on one instruction set fails on every
+# machine, not on some. TEST_WORKERS pytest-xdist workers (a core each on CI's 2-core machine),
+# each given whole test files (--dist loadfile: a module's server and its tests stay in one
+# process); each pass ends with its slowest tests (TEST_DURATIONS of them).
+TEST_WORKERS ?= 2
+TEST_DURATIONS ?= 25
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=$(TEST_DURATIONS)
+
 test: test-all test-avx2
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 test-avx2: $(STAMP)
-	ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 $(PY) -m pytest -q -m numeric $(PYTEST_ARGS)
+	ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 $(PYTEST) -m isa $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m bench.cpu_model

@@ -1,6 +1,8 @@
 """Shared fixtures: the stand-in weights of fill_weights.py, the golden files, a client of a module's server."""
 from __future__ import annotations
 
+import fcntl
+import os
 import sys
 
 import httpx
@@ -13,7 +15,28 @@ sys.path.insert(0, str(FIXTURES))
 
 from fill_weights import fill_state_dict, read_keys  # noqa: E402
 
-torch.set_num_threads(2)
+# Two threads alone; one under pytest-xdist (make test: a worker a core), where two per worker
+# would make OpenMP threads wait on each other across the two busy cores.
+torch.set_num_threads(1 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1 else 2)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _alone_under_xdist(request, tmp_path_factory):
+    """Under pytest-xdist, a module marked ``alone`` (its checks time a server on a CPU that
+    nothing else may crowd) runs while no other worker runs a module: each module holds a
+    shared lock, an ``alone`` one the exclusive lock, asked for through a turnstile that keeps
+    the other worker's next modules from passing it while it waits."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        yield
+        return
+    alone = request.node.get_closest_marker("alone") is not None
+    locks = tmp_path_factory.getbasetemp().parent  # the run's folder, shared by its workers
+    with open(locks / "modules.turnstile", "a") as turnstile, open(locks / "modules.lock", "a") as lock:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        fcntl.flock(turnstile, fcntl.LOCK_UN)
+        yield
+        fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="session")

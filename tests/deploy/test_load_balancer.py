@@ -36,7 +36,10 @@ import render_nginx  # noqa: E402
 from tests.fixtures.service.probe import ServerExited, wait_until_ok  # noqa: E402
 from tests.fixtures.service.harness import ServerProcess, free_port, stop_process  # noqa: E402
 
-pytestmark = pytest.mark.timeout(360)  # a test's share of starting three replicas of three processes
+# alone: three replicas start at once and a drain is timed; under make test's two workers,
+# no other module's servers start or time their engines meanwhile (tests/conftest.py). The timeout:
+# a test's share of starting three replicas of three processes (TRYON_WORKERS=2).
+pytestmark = [pytest.mark.timeout(360), pytest.mark.alone]
 
 REQUESTS = 40
 CONCURRENCY = 6

@@ -20,8 +20,8 @@ from tests.utils import FIXTURES, REPO, load_golden
 from tests.utils.local_http import LocalServer
 from tests.utils.photos import PHOTOS
 
-# Numeric: run a second time in CI with oneDNN and ATen held to AVX2 (Makefile, test-avx2).
-pytestmark = pytest.mark.numeric
+# @pytest.mark.isa: the tests whose numbers oneDNN or ATen compute, run again with both held
+# to AVX2 (Makefile, test-avx2); the others compute nothing the instruction set can change.
 
 
 
@@ -43,6 +43,7 @@ def image_files(tmp_path_factory):
     return paths
 
 
+@pytest.mark.isa
 def test_infer_end_to_end_matches_the_network(tmp_path, standin_weights_file, standin_state, image_files):
     out = tmp_path / "result.png"
     proc = run_cli("model.cli", "--masked-model", str(image_files["masked_model"]), "--pose",

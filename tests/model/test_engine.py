@@ -15,8 +15,8 @@ from model.images import levels_to_tensor, psnr_8bit, tensor_to_levels
 from model.precision import AUTO_GPU_PRECISION, effective_precision, run_in_precision
 from tests.utils import REPO, load_golden
 
-# Numeric: run a second time in CI with oneDNN and ATen held to AVX2 (Makefile, test-avx2).
-pytestmark = pytest.mark.numeric
+# @pytest.mark.isa: the tests whose numbers oneDNN or ATen compute, run again with both held
+# to AVX2 (Makefile, test-avx2); the others compute nothing the instruction set can change.
 
 CUDA = torch.cuda.is_available()
 SIZE = (64, 64)
@@ -64,6 +64,7 @@ def test_cpu_engine_is_warm_fp32_eager(cpu_engine):
     assert cpu_engine.max_batch_size == 2
 
 
+@pytest.mark.isa
 def test_golden_output_with_padding_and_chunks(cpu_engine, golden):
     """A batch of 3 on batch sizes (1, 2) runs as 2 + 1; each item is what it is alone."""
     pose, masked, cloth = random_images(3, seed=1)
@@ -75,6 +76,7 @@ def test_golden_output_with_padding_and_chunks(cpu_engine, golden):
     assert (alone - out[2:]).abs().max().item() < 1e-4
 
 
+@pytest.mark.isa
 def test_infer_garments_equals_separate_runs(cpu_engine, golden):
     """One person, three garments (chunks of 2 + 1): the shared person features
     give what three separate full runs give."""
@@ -89,6 +91,7 @@ def test_infer_garments_equals_separate_runs(cpu_engine, golden):
         cpu_engine.infer_garments(*random_images(2, seed=4)[:2], cloths)
 
 
+@pytest.mark.isa
 def test_iter_garments_streams_chunks_encoding_the_person_once(cpu_engine, golden, monkeypatch):
     """Chunk by chunk, lazily: the person is encoded once, before the first chunk, the
     engine is not locked between chunks, and the chunks are what infer_garments and
@@ -130,6 +133,7 @@ def random_levels(n, seed):
             for _ in range(3)]
 
 
+@pytest.mark.isa
 def test_levels_in_levels_out(cpu_engine):
     """uint8 levels are normalised where the engine runs and the outputs quantised there: the
     same as converting on the CPU before and after, to the level, on every path."""
@@ -188,6 +192,7 @@ def test_unknown_precision_is_refused(weights_file):
         make_engine(weights_file, precision="int8")
 
 
+@pytest.mark.isa
 def test_cpu_bf16_engine_runs_close_to_fp32(weights_file, golden):
     """bf16 on the CPU: float32 CPU output; measured 36 dB against fp32, so it is
     offered but is not the default anywhere (bench/results/accuracy-cpu.json)."""
@@ -198,6 +203,7 @@ def test_cpu_bf16_engine_runs_close_to_fp32(weights_file, golden):
     assert psnr_8bit(out, golden["tryon"]) > 33
 
 
+@pytest.mark.isa
 def test_default_reduced_precision_keeps_40db(standin_state, golden):
     """The GPU default (fp16: convolutions in fp16, flows and sampling in fp32) at
     64x64 keeps PSNR >= 40 dB against fp32. On the CPU, fp16 convolutions take
@@ -257,6 +263,7 @@ def test_gpu_benchmarks_fail_clearly_without_cuda(module):
     assert not list((root / "bench" / "results").glob("gpu-*.json"))
 
 
+@pytest.mark.isa
 def test_iter_infer_in_steps_equals_infer(weights_file):
     """A forward run step by step (so bulk work can be paused between steps) gives infer's output."""
     engine = Engine(EngineConfig(device="cpu", precision="fp32", batch_sizes=(1, 2), image_size_hw=SIZE,

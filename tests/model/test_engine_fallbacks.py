@@ -23,7 +23,8 @@ from model.precision import choose_precision
 from model.sampling import deformable_sample_reference
 from tests.utils import REPO, load_golden
 
-pytestmark = pytest.mark.numeric
+# @pytest.mark.isa: the tests whose numbers oneDNN or ATen compute, run again with both held
+# to AVX2 (Makefile, test-avx2); the others compute nothing the instruction set can change.
 
 EXAMPLES = REPO / "service" / "examples"
 SIZE = (64, 64)
@@ -51,6 +52,7 @@ def golden_output(e: Engine, golden: dict) -> torch.Tensor:
 
 # --- the sampler check ---------------------------------------------------------------
 
+@pytest.mark.isa
 def test_working_samplers_pass_the_check():
     assert check_fused("torch", torch.device("cpu")) is None
     assert check_fused("numba", torch.device("cpu")) is None
@@ -67,6 +69,7 @@ def test_engine_resolves_the_sampler_once_and_reports_it(weights_file, monkeypat
     assert e.info["sampler_fallback"] is None
 
 
+@pytest.mark.isa
 def test_a_sampler_that_raises_is_replaced_by_the_reference(weights_file, golden, monkeypatch, caplog):
     def broken(features, flows, weights):
         raise RuntimeError("kernel image is invalid for this device")
@@ -82,6 +85,7 @@ def test_a_sampler_that_raises_is_replaced_by_the_reference(weights_file, golden
     assert (golden_output(e, golden) - golden["tryon"]).abs().max().item() < 1e-4
 
 
+@pytest.mark.isa
 def test_a_sampler_that_is_slightly_wrong_is_replaced(weights_file, golden, monkeypatch):
     """A result off by 1e-3 (beyond the tested 1e-5) is a mismatch, not a pass."""
     def corrupted(features, flows, weights):
@@ -163,6 +167,7 @@ def test_a_failed_capture_falls_back_to_eager_and_says_so(weights_file, golden, 
     assert (golden_output(e, golden) - golden["tryon"]).abs().max().item() < 1e-4
 
 
+@pytest.mark.isa
 def test_triton_that_cannot_launch_falls_back_for_real(weights_file):
     """Triton with no GPU and no interpreter: the launch itself fails, as a kernel image
     the driver rejects would; the engine serves the golden output with the reference."""
@@ -246,6 +251,7 @@ def golden_pngs(golden, tmp_path_factory) -> str:
     return str(folder)
 
 
+@pytest.mark.isa
 def test_engine_checks_a_half_mode_against_its_own_bar(weights_file, golden, golden_pngs, caplog):
     """fp16 means bf16 on the CPU, which with the stand-in weights measures about 37 dB
     against fp32 on the golden inputs and 45 dB on the service's examples: over bf16's bar

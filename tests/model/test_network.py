@@ -8,8 +8,8 @@ from model import create_model, load_weights
 from model.network import check_size
 from tests.utils import load_golden
 
-# Numeric: run a second time in CI with oneDNN and ATen held to AVX2 (Makefile, test-avx2).
-pytestmark = pytest.mark.numeric
+# @pytest.mark.isa: the tests whose numbers oneDNN or ATen compute, run again with both held
+# to AVX2 (Makefile, test-avx2); the others compute nothing the instruction set can change.
 
 TOLERANCE = 1e-4
 
@@ -27,6 +27,7 @@ def test_create_model_is_eval_fp32_cpu():
     assert {p.device.type for p in net.parameters()} == {"cpu"}
 
 
+@pytest.mark.isa
 @pytest.mark.parametrize("sampler,memory_format", [("torch", torch.contiguous_format),
                                                    ("numba", torch.contiguous_format),
                                                    ("numba", torch.channels_last)])  # as the CPU engine runs
@@ -43,6 +44,7 @@ def test_golden_output(golden_name, sampler, memory_format, standin_state):
     assert (out - golden["tryon"]).abs().max().item() < TOLERANCE
 
 
+@pytest.mark.isa
 def test_golden_per_level_results(standin_state):
     golden = load_golden("golden_64x64.pt")
     net = load_weights(create_model(sampler="torch"), standin_state)
@@ -55,6 +57,7 @@ def test_golden_per_level_results(standin_state):
         assert (ours - theirs).abs().max().item() < TOLERANCE
 
 
+@pytest.mark.isa
 def test_batch_items_are_independent(standin_state):
     """A batch gives each image the result it gets alone, at a non-square size."""
     net = load_weights(create_model(sampler="torch"), standin_state)

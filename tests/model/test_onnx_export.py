@@ -13,8 +13,8 @@ from tests.utils import load_golden
 onnx = pytest.importorskip("onnx", reason="onnx is a test dependency (pip install -e '.[test]')")
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is a test dependency (pip install -e '.[test]')")
 
-# Numeric: run a second time in CI with oneDNN and ATen held to AVX2 (Makefile, test-avx2).
-pytestmark = pytest.mark.numeric
+# @pytest.mark.isa: the tests whose numbers oneDNN or ATen compute, run again with both held
+# to AVX2 (Makefile, test-avx2); the others compute nothing the instruction set can change.
 
 TOLERANCE = 1e-4
 
@@ -60,6 +60,7 @@ def test_graph_has_named_dynamic_batch_inputs_and_only_standard_ops(onnx_64x64):
     assert metadata["weights"] == "standin.safetensors" and metadata["random_weights"] == "false"
 
 
+@pytest.mark.isa
 def test_onnxruntime_matches_golden_at_batch_1_and_2(onnx_64x64, standin_state):
     golden = load_golden("golden_64x64.pt")
     session = _session(onnx_64x64)

@@ -29,8 +29,9 @@ from model.images import (ImageError, ImageTooLarge, Letterbox, decode_image, de
 from model.images.decode import _turbo_levels_to_fit
 from tests.fixtures.service.harness import REPO
 
-# Numeric: libjpeg's SIMD paths differ by instruction set; run again under AVX2 (Makefile).
-pytestmark = pytest.mark.numeric
+# @pytest.mark.isa: the tests whose numbers come from ATen's kernels (conversions, torch's 8-bit
+# bicubic resize), run again under AVX2 (Makefile, test-avx2). The libjpeg and Pillow decodes
+# are not: ONEDNN_MAX_CPU_ISA and ATEN_CPU_CAPABILITY do not reach libjpeg-turbo's SIMD.
 
 NAMES = ("masked_model", "pose", "cloth")
 BACKGROUNDS = {"masked_model": (255, 255, 255), "pose": (0, 0, 0), "cloth": (255, 255, 255)}
@@ -79,6 +80,7 @@ def levels(t: torch.Tensor) -> np.ndarray:
     return ((t + 1) * 127.5).round().permute(1, 2, 0).numpy()
 
 
+@pytest.mark.isa
 def test_image_to_tensor_is_bit_exact():
     for name in NAMES:
         img = example(name)
@@ -86,6 +88,7 @@ def test_image_to_tensor_is_bit_exact():
         assert image_to_tensor(img).is_contiguous()
 
 
+@pytest.mark.isa
 def test_tensor_to_image_is_bit_exact():
     """Against the torch arithmetic it replaces, on every rounding tie and out-of-range values."""
     ties = torch.tensor([(k + 0.5) / 127.5 - 1 for k in range(255)], dtype=torch.float32)
@@ -95,6 +98,7 @@ def test_tensor_to_image_is_bit_exact():
     assert np.array_equal(np.asarray(tensor_to_image(t)), old)
 
 
+@pytest.mark.isa
 def test_model_size_jpegs_give_equal_tensors():
     sources = {name: jpeg(example(name)) for name in NAMES}
     old, new = old_inputs(sources), new_inputs(sources)
@@ -102,6 +106,7 @@ def test_model_size_jpegs_give_equal_tensors():
         assert torch.equal(new[name], old[name]), name
 
 
+@pytest.mark.isa
 @pytest.mark.parametrize("size_wh, orientation", [((768, 1024), None), ((1536, 2048), None), ((770, 1030), None),
                                                   ((1024, 768), 6)])
 def test_large_jpegs_stay_within_the_letterbox_latitude(size_wh, orientation):
@@ -129,6 +134,7 @@ def test_reduced_decoding_keeps_the_frame_of_the_whole_picture():
     assert made.person_frame.target_size_wh == (192, 256)
 
 
+@pytest.mark.isa
 def test_resize_bicubic_is_pillows_within_a_level():
     """Every letterbox a photo of another size shrinks into: within one level of Pillow's
     bicubic on all but a few values in a thousand (where the filter overshoots 255 or 0 and the

@@ -9,8 +9,8 @@ from model.kernels.cpu_sampling import deformable_sample_cpu
 from model.sampling import deformable_sample_published, deformable_sample_reference
 from tests.utils.kernel_cases import assert_close, random_case
 
-# Numeric: run a second time in CI with oneDNN and ATen held to AVX2 (Makefile, test-avx2).
-pytestmark = pytest.mark.numeric
+# @pytest.mark.isa: the tests whose numbers oneDNN or ATen compute, run again with both held
+# to AVX2 (Makefile, test-avx2); the others compute nothing the instruction set can change.
 
 ATOL = 1e-5
 RTOL = 1e-5
@@ -21,6 +21,7 @@ def assert_matches_reference(features, flows, weights):
                  ATOL, RTOL)
 
 
+@pytest.mark.isa
 def test_many_random_shapes():
     """Odd and tiny sizes, input size unlike output size, flows far outside [-1, 1]."""
     gen = torch.Generator().manual_seed(0)
@@ -35,12 +36,14 @@ def test_many_random_shapes():
         assert_matches_reference(*random_case(gen, b, k, c, in_hw, out_hw, flow_scale, weight_kind))
 
 
+@pytest.mark.isa
 def test_network_sized_level():
     """One level as the network sees it: C=256, K=6, an odd 33x25 grid."""
     gen = torch.Generator().manual_seed(1)
     assert_matches_reference(*random_case(gen, 2, 6, 256, (33, 25), (33, 25), 1.2, "peaked"))
 
 
+@pytest.mark.isa
 def test_pixel_centres_read_exact_values_and_border_clamps():
     """align_corners=False: grid x = (2i + 1) / W - 1 is pixel i's centre; far-off
     points (infinite ones included) read the nearest border pixel."""
@@ -60,6 +63,7 @@ def test_pixel_centres_read_exact_values_and_border_clamps():
     assert_matches_reference(features, flows, torch.ones(1, 3, 1, 1) / 3)
 
 
+@pytest.mark.isa
 def test_non_contiguous_inputs():
     gen = torch.Generator().manual_seed(2)
     features, flows, weights = random_case(gen, 2, 3, 9, (11, 13), (11, 13), 1.5, "signed")
@@ -71,6 +75,7 @@ def test_non_contiguous_inputs():
     assert_matches_reference(features[:, 1:8], flows, weights)
 
 
+@pytest.mark.isa
 def test_other_dtypes_are_computed_in_fp32():
     gen = torch.Generator().manual_seed(3)
     features, flows, weights = random_case(gen, 1, 4, 5, (9, 7), (9, 7), 1.0, "peaked")
@@ -80,6 +85,7 @@ def test_other_dtypes_are_computed_in_fp32():
     assert_close(out, ref, ATOL, RTOL)
 
 
+@pytest.mark.isa
 @pytest.mark.parametrize("impl", ["numba", "published"])
 def test_dispatch_names(impl):
     gen = torch.Generator().manual_seed(4)
@@ -88,6 +94,7 @@ def test_dispatch_names(impl):
                  deformable_sample_reference(features, flows, weights), ATOL, RTOL)
 
 
+@pytest.mark.isa
 def test_published_formulation_is_the_same_sum():
     gen = torch.Generator().manual_seed(5)
     case = random_case(gen, 3, 6, 8, (10, 6), (10, 6), 2.0, "signed")

@@ -32,8 +32,8 @@ from model.sampling import deformable_sample_published, deformable_sample_refere
 from tests.utils import REPO, load_golden  # noqa: E402
 from tests.utils.kernel_cases import assert_close, random_case as random_inputs  # noqa: E402
 
-# Numeric: run a second time in CI with oneDNN and ATen held to AVX2 (Makefile, test-avx2).
-pytestmark = pytest.mark.numeric
+# @pytest.mark.isa: the tests whose numbers oneDNN or ATen compute, run again with both held
+# to AVX2 (Makefile, test-avx2); the others compute nothing the instruction set can change.
 
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -63,6 +63,7 @@ SHAPES = [(1, 6, 256, 2, 2), (2, 6, 64, 16, 12), (1, 1, 1, 1, 1), (3, 2, 5, 1, 9
           (2, 6, 256, 5, 3)] + random_shapes(seed=4, count=10)
 
 
+@pytest.mark.isa
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("weights_kind", ["peaked", "flat", "arbitrary"])
 def test_sampling_matches_reference_fp32(shape, weights_kind):
@@ -74,6 +75,7 @@ def test_sampling_matches_reference_fp32(shape, weights_kind):
     assert_close(ours, reference, SAMPLING_FP32_ATOL)
 
 
+@pytest.mark.isa
 @pytest.mark.parametrize("dtype", HALF_DTYPES, ids=str)
 @pytest.mark.parametrize("shape", [(2, 6, 40, 9, 13), (1, 3, 64, 16, 16)], ids=lambda s: "x".join(map(str, s)))
 def test_sampling_half_features_accumulate_in_fp32(shape, dtype):
@@ -88,6 +90,7 @@ def test_sampling_half_features_accumulate_in_fp32(shape, dtype):
     assert_close(ours.float(), exact, sampling_bound(dtype, exact))
 
 
+@pytest.mark.isa
 def test_sampling_keeps_layout_and_reads_strided_inputs():
     """Channels-last features give channels-last output; channel slices (views)
     and non-contiguous flows are read through their strides."""
@@ -113,6 +116,7 @@ def test_sampling_rejects_mismatched_shapes():
         deformable_sample_triton(features.double(), flows, weights)
 
 
+@pytest.mark.isa
 @pytest.mark.parametrize("shape", [(1, 6, 2, 2), (2, 6, 8, 6), (1, 3, 13, 5), (2, 1, 32, 32)],
                          ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("offsets_dtype", [torch.float32, torch.float16], ids=str)
@@ -131,6 +135,7 @@ def test_flow_composition_matches_reference(shape, offsets_dtype):
     assert_close(ours, reference, composition_bound(flow, h, w))
 
 
+@pytest.mark.isa
 def test_dispatch_runs_the_kernels_by_name():
     gen = torch.Generator().manual_seed(5)
     features, flows, weights = random_case(gen, 2, 6, 16, 8, 8, "peaked")
@@ -142,6 +147,7 @@ def test_dispatch_runs_the_kernels_by_name():
                  composition_bound(flows, 8, 8))
 
 
+@pytest.mark.isa
 def test_published_baseline_equals_reference():
     gen = torch.Generator().manual_seed(6)
     features, flows, weights = random_case(gen, 2, 6, 32, 9, 7, "arbitrary")
@@ -162,6 +168,7 @@ def test_auto_picks_triton_on_cuda_and_env_forces(monkeypatch):
         resolve("auto", torch.device("cpu"))
 
 
+@pytest.mark.isa
 def test_network_with_kernels_matches_golden(standin_state, ieee_fp32_convolutions):
     """The whole network on the Triton path (sampling and composition) gives the
     golden 64x64 output within 1e-4 in fp32."""

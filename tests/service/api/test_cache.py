@@ -26,6 +26,8 @@ IMAGES = {name: fixture_bytes(f"{name}_64x64.png") for name in ("masked_model", 
 IDENTITY = model_identity("ab" * 32, "fp32", "torch", (64, 64))
 TIMEOUT_MS = 200
 ORIGIN = "https://shop.example"
+# The servers below test the cache, not batching: one batch size to warm up instead of eight.
+ONE_BATCH = {"TRYON_MAX_BATCH_SIZE": "1"}
 
 
 def store_errors(metrics: dict, store: str, operation: str, reason: str) -> float:
@@ -216,7 +218,7 @@ def test_hits_and_misses_are_counted_per_route():
 
 def test_a_repeated_request_is_answered_from_the_lru_without_queueing(tmp_path, standin_weights_file):
     with running_server({"TRYON_WEIGHTS": str(standin_weights_file), "TRYON_CACHE_BYTES": "1048576",
-                         "TRYON_CORS_ORIGINS": ORIGIN}, tmp_path) as server:
+                         "TRYON_CORS_ORIGINS": ORIGIN} | ONE_BATCH, tmp_path) as server:
         assert httpx.get(f"{server.url}/readyz").json()["cache"] == "memory"
         first = post(server.url)
         assert first.status_code == 200, first.text
@@ -269,7 +271,7 @@ def test_a_repeated_request_is_answered_from_the_lru_without_queueing(tmp_path, 
 
 def test_replicas_share_redis_and_outlive_it(tmp_path, standin_weights_file, redis):
     env = {"TRYON_WEIGHTS": str(standin_weights_file), "TRYON_CACHE_URL": redis.url,
-           "TRYON_CACHE_TTL_S": "600", "TRYON_CACHE_TIMEOUT_MS": str(TIMEOUT_MS)}
+           "TRYON_CACHE_TTL_S": "600", "TRYON_CACHE_TIMEOUT_MS": str(TIMEOUT_MS)} | ONE_BATCH
     with running_server(env, tmp_path) as one, running_server(env, tmp_path) as two:
         assert httpx.get(f"{two.url}/readyz").json()["cache"] == "redis"
         first = post(one.url)
@@ -296,7 +298,7 @@ def test_replicas_share_redis_and_outlive_it(tmp_path, standin_weights_file, red
 def test_a_hung_redis_delays_a_request_by_its_timeout_at_most(tmp_path, standin_weights_file):
     hung = ConnectionRecorder(hold=True)
     env = {"TRYON_WEIGHTS": str(standin_weights_file), "TRYON_CACHE_URL": f"redis://127.0.0.1:{hung.port}/0",
-           "TRYON_CACHE_TIMEOUT_MS": str(TIMEOUT_MS)}
+           "TRYON_CACHE_TIMEOUT_MS": str(TIMEOUT_MS)} | ONE_BATCH
     try:
         with running_server(env, tmp_path) as server:
             answers = [post(server.url) for _ in range(2)]
@@ -314,7 +316,8 @@ def test_a_hung_redis_delays_a_request_by_its_timeout_at_most(tmp_path, standin_
 
 
 def test_cache_off(tmp_path, standin_weights_file):
-    with running_server({"TRYON_WEIGHTS": str(standin_weights_file), "TRYON_CACHE_BYTES": "0"}, tmp_path) as server:
+    with running_server({"TRYON_WEIGHTS": str(standin_weights_file), "TRYON_CACHE_BYTES": "0"} | ONE_BATCH,
+                        tmp_path) as server:
         assert httpx.get(f"{server.url}/readyz").json()["cache"] is None
         answers = [post(server.url) for _ in range(2)]
         assert [a.status_code for a in answers] == [200, 200]

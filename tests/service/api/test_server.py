@@ -103,7 +103,7 @@ def test_settings_from_environment(monkeypatch):
 def test_cudnn_allocation_failure_is_out_of_memory_not_500(tmp_path):
     """cuDNN reports running out of memory as a plain RuntimeError: still a 503 the client may
     retry, and the process stays healthy."""
-    with running_server({"BROKEN_DEVICE_ERROR": "cudnn_alloc"}, tmp_path,
+    with running_server({"BROKEN_DEVICE_ERROR": "cudnn_alloc", "TRYON_MAX_BATCH_SIZE": "1"}, tmp_path,  # one request
                         module="tests.fixtures.service.broken_device") as server:
         answer = httpx.post(f"{server.url}/v1/tryon", files=FILES, timeout=30)
         assert answer.status_code == 503 and answer.json()["error"]["code"] == "out_of_memory", answer.text

@@ -12,6 +12,10 @@ import pytest
 
 from tests.fixtures.service.harness import fixture_bytes, running_server, sample_key
 
+# Admission control times the engine while the server starts and refuses a request whose
+# estimate passes its deadline: a neighbour's busy test must not slow that timing (make test).
+pytestmark = pytest.mark.alone
+
 IMAGES = {name: fixture_bytes(f"{name}_64x64.png") for name in ("masked_model", "pose", "cloth")}
 FILES = {name: (f"{name}.png", data, "image/png") for name, data in IMAGES.items()}
 WINDOW_S = 4.0  # the batch wait: a lone request sits queued this long

@@ -23,8 +23,8 @@ from model.person.person_inputs import person_images
 from service.settings import Settings
 from tests.fixtures.service.harness import REPO, ServerProcess, fixture_bytes, running_server, sample_key
 
-# Numeric: run a second time in CI with oneDNN and ATen held to AVX2 (Makefile, test-avx2).
-pytestmark = pytest.mark.numeric
+# @pytest.mark.isa: the tests whose numbers oneDNN or ATen compute, run again with both held
+# to AVX2 (Makefile, test-avx2); the others compute nothing the instruction set can change.
 
 PREP = REPO / "tests" / "fixtures" / "prep"
 SIZE = (64, 64)
@@ -143,6 +143,7 @@ MIXES = [
 ]
 
 
+@pytest.mark.isa
 @pytest.mark.parametrize("name, person, request_kwargs", MIXES, ids=[m[0] for m in MIXES])
 def test_tryon_input_mixes_equal_model_code(client, network, name, person, request_kwargs):
     answer = client.post("/v1/tryon", params={"format": "png"}, **request_kwargs())
@@ -178,6 +179,7 @@ def prepared():
     return person_images(person=PERSON, parse=PARSE, keypoints=KEYPOINTS_TEXT, size_hw=SIZE)
 
 
+@pytest.mark.isa
 @pytest.mark.parametrize("output", ["pose", "masked_model"])
 def test_prepare_one_image_is_exactly_the_model_input(client, prepared, output):
     answer = client.post("/v1/prepare", params={"output": output}, files=PREPARE_FILES)
@@ -186,6 +188,7 @@ def test_prepare_one_image_is_exactly_the_model_input(client, prepared, output):
     assert np.array_equal(pixels(answer.content), pixels(png(getattr(prepared, output))))
 
 
+@pytest.mark.isa
 def test_prepare_both_as_multipart_and_as_json(client, prepared):
     want = {name: pixels(png(getattr(prepared, name))) for name in ("masked_model", "pose")}
     multipart = client.post("/v1/prepare", files=PREPARE_FILES)
@@ -229,6 +232,7 @@ def batch_files(cloths: list[bytes]) -> list:
                                                           for i, c in enumerate(cloths)]
 
 
+@pytest.mark.isa
 def test_batch_streams_each_garment_as_the_single_request_gives_it(server, client, single_results):
     before = server.metrics()
     with client.stream("POST", "/v1/tryon/batch", params={"format": "png"}, files=batch_files(CLOTHS),
@@ -259,6 +263,7 @@ def test_batch_streams_each_garment_as_the_single_request_gives_it(server, clien
     assert after[sample_key("tryon_http_requests_total", route)] >= 1
 
 
+@pytest.mark.isa
 def test_batch_as_ndjson_from_a_json_body(client, single_results):
     body = {"person": b64(PERSON), "keypoints": KEYPOINTS, "cloths": [b64(c) for c in CLOTHS], "format": "png"}
     answer = client.post("/v1/tryon/batch", json=body, headers={"Accept": "application/x-ndjson"})
@@ -271,6 +276,7 @@ def test_batch_as_ndjson_from_a_json_body(client, single_results):
         assert_same_image(pixels(base64.b64decode(line["image"])), want)
 
 
+@pytest.mark.isa
 def test_batch_survives_a_bad_garment(client, single_results):
     cloths = [CLOTHS[0], b"not an image at all", CLOTHS[2]]
     answer = client.post("/v1/tryon/batch", params={"format": "png"}, files=batch_files(cloths),

@@ -25,8 +25,8 @@ from tests.utils.local_http import LocalServer
 from tests.fixtures.service.harness import (REPO, TRYON_IMAGES, ConnectionRecorder, post_files, running_server,
                                             sample_key)
 
-# Numeric: run a second time in CI with oneDNN and ATen held to AVX2 (Makefile, test-avx2).
-pytestmark = pytest.mark.numeric
+# @pytest.mark.isa: the tests whose numbers oneDNN or ATen compute, run again with both held
+# to AVX2 (Makefile, test-avx2); the others compute nothing the instruction set can change.
 
 API_KEY, OTHER_KEY = "test-key-1", "test-key-2"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -124,6 +124,7 @@ def test_ready_and_flags_override_environment(server, recorder):
     assert recorder.accepted == 0  # nothing listens on TRYON_PORT: --port won
 
 
+@pytest.mark.isa
 def test_multipart_png_equals_model_code(client, network):
     answer = post_files(client, params={"format": "png"}, headers={"X-Request-ID": "shop-42"})
     assert answer.status_code == 200, answer.text
@@ -142,6 +143,7 @@ def test_multipart_png_equals_model_code(client, network):
     assert np.abs(got - golden_img).mean() < 4
 
 
+@pytest.mark.isa
 @pytest.mark.parametrize("fmt, media", [("jpeg", "image/jpeg"), ("webp", "image/webp"), ("png", "image/png")])
 def test_each_output_format(client, network, fmt, media):
     answer = post_files(client, params={"format": fmt, "quality": 95})
@@ -165,6 +167,7 @@ def test_default_is_jpeg(client):
     assert answer.content[:3] == b"\xff\xd8\xff"
 
 
+@pytest.mark.isa
 def test_json_base64_equals_model_code(client, network):
     body = {name: base64.b64encode(data).decode() for name, data in IMAGES.items()}
     body["cloth"] = "data:image/png;base64," + body["cloth"]
@@ -173,6 +176,7 @@ def test_json_base64_equals_model_code(client, network):
     assert np.abs(decoded(answer.content) - expected(network, IMAGES)).max() <= 1
 
 
+@pytest.mark.isa
 def test_url_fields_and_redirects(client, network, image_server):
     data = {"masked_model": f"{image_server.base}/masked_model.png", "pose": f"{image_server.base}/hop1",
             "cloth": f"{image_server.base}/cloth.png", "format": "png"}
@@ -183,6 +187,7 @@ def test_url_fields_and_redirects(client, network, image_server):
     assert np.abs(decoded(answer.content) - expected(network, IMAGES)).max() <= 1
 
 
+@pytest.mark.isa
 def test_url_by_name_connects_to_the_checked_address_with_its_host(client, network, image_server):
     """The name is resolved once, by the service; the connection goes to that IP with the original Host."""
     url = f"http://localhost:{image_server.port}/cloth.png?by-name"
@@ -194,6 +199,7 @@ def test_url_by_name_connects_to_the_checked_address_with_its_host(client, netwo
     assert np.abs(decoded(answer.content) - expected(network, IMAGES)).max() <= 1
 
 
+@pytest.mark.isa
 def test_mixed_inputs(client, network, image_server):
     multipart = client.post("/v1/tryon", data={"pose": f"{image_server.base}/pose.png", "format": "png"},
                             files={"masked_model": ("m.png", IMAGES["masked_model"], "image/png"),
@@ -207,6 +213,7 @@ def test_mixed_inputs(client, network, image_server):
         assert np.abs(decoded(answer.content) - want).max() <= 1
 
 
+@pytest.mark.isa
 def test_original_size_output(client, network):
     answer = post_files(client, images=EXAMPLES, params={"format": "png", "size": "original"})
     assert answer.status_code == 200, answer.text
