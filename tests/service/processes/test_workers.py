@@ -8,25 +8,28 @@ import asyncio
 import concurrent.futures
 import glob
 import os
+import subprocess
+import sys
 import time
 
 import httpx
 import pytest
 import torch
 
-from tests.utils.processes import process_tree
 from model.engine import EngineConfig
 from model.images import TryOnInputs
+from service.api.errors import from_queue_error
+from service.metrics import Metrics
 from service.processes.arena import Arena
+from service.processes.engine_server import EngineServer
+from service.processes.remote import RemoteBatcher
 from service.queue.batcher import Batcher
 from service.queue.jobs import GarmentsInputs, GarmentsStream
 from service.queue.outcomes import DropReason, QueueError, QueueFull
-from tests.fixtures.standin_engine import StandInEngine
-from service.processes.engine_server import EngineServer
-from service.api.errors import from_queue_error
-from service.metrics import Metrics
-from service.processes.remote import RemoteBatcher
 from tests.fixtures.service.harness import post_files, running_server, sample_key
+from tests.fixtures.standin_engine import StandInEngine
+from tests.utils import REPO
+from tests.utils.processes import process_tree
 
 TWO_FRONT_ENDS = {"TRYON_WORKERS": "2", "TRYON_JOBS_ENABLED": "false"}  # embedded jobs: one process only
 
@@ -238,14 +241,10 @@ def test_a_front_end_fed_by_a_cuda_engine_never_opens_a_cuda_context(tmp_path):
     /metrics scrapes answer 200 while torch's CUDA state stays uninitialised there (the GPU gauges
     are the engine process's). Before, the first scrape called torch.cuda.mem_get_info on cuda:0:
     half a GB and a second or two per front end on a GPU box, a 500 here."""
-    import subprocess
-    import sys
-    from pathlib import Path
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": str(root), "TRYON_WORKERS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TRYON_WORKERS": "1"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     result = subprocess.run([sys.executable, "-c", FRONT_END_ON_A_CUDA_ENGINE, str(tmp_path / "engine.sock")],
-                            cwd=root, env=env, capture_output=True, text=True, timeout=120)
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     import json
     seen = json.loads(result.stdout.strip().splitlines()[-1])

@@ -9,6 +9,7 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
+from service.api.inputs import MIN_TIMEOUT_S
 from service.settings import Settings
 from tests.fixtures.service.harness import running_server, sample_key
 from tests.utils.jobs import SECRET, WebhookReceiver, garments, payload, submit, tryon_png, wait_job
@@ -61,7 +62,7 @@ def test_cancel_keeps_what_is_done_and_runs_nothing_more(server):
 
 
 def test_a_job_past_its_deadline_expires_and_its_results_are_gone(server):
-    doc = submit(server.url, garments(6), {"timeout": "0.001"}).json()
+    doc = submit(server.url, garments(6), {"timeout": str(MIN_TIMEOUT_S)}).json()  # over before a garment is done
     done = wait_job(server.url, doc["id"])
     assert done["status"] == "expired"
     missing = next(g["index"] for g in done["garments"] if g["status"] == "expired")
