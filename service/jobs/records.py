@@ -132,7 +132,9 @@ class JobRecord:
                 "deadline_at": _iso(self.deadline_at),
                 "progress": {"done": self.done, "total": self.garments},
                 "output": self.options, "garments": garments,
-                "urls": {"self": base, "cancel": f"{base}/cancel", "results": f"{base}/results/{{index}}"}}
+                # Each garment's result URL is in its item once it is done (a "{index}" template here was
+                # followed literally by clients that read every URL as a link, schemathesis among them).
+                "urls": {"self": base, "cancel": f"{base}/cancel"}}
 
 
 def _iso(at: float | None) -> str | None:

@@ -48,6 +48,7 @@ CONTENT_CODES = {
     "no_person", "missing_body_points", "person_too_small",  # what the person photo shows
     "no_keypoints",  # ?output=keypoints of a person given as images: nothing was detected to return
     "overloaded", "queue_full",  # the server's load at that moment, not the request
+    "bulk_only",  # /v1/jobs runs as bulk work: the options schema it shares with /v1/tryon lists interactive too
     # /v2 infer: a tensor's values against its shape, the model's size and the other inputs
     "invalid_shape", "invalid_byte_size", "invalid_tensor", "unknown_input", "duplicate_input",
     "unknown_output", "unsupported_parameter", "invalid_parameter", "invalid_header_length",

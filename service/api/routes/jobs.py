@@ -28,6 +28,9 @@ jobs = APIRouter(tags=["jobs"], dependencies=[Depends(require_api_key)])
 JOBS_ROUTE = "/v1/jobs"
 WEBHOOK_FIELD = "webhook_url"
 POLL_AFTER_S = "2"  # Retry-After on a job still queued or running
+# A job's timeout is capped here: a deadline further away means none in practice (a job is long done),
+# and a date past what the platform's clocks hold would fail the status document (a 500 before).
+MAX_JOB_DEADLINE_S = 30 * 86_400
 
 
 def _jobs(service) -> Jobs:
@@ -90,13 +93,15 @@ async def submit_job(request: Request, service: ServiceDep, query: QueryDep, own
     given = (query.given() if query is not None else {}) | parts.options
     scheduling = parse_job_options(given, request.headers)
     if scheduling.priority not in (None, Priority.BULK):
-        raise ApiError(422, "invalid_option", "jobs run as bulk work", "priority")
+        raise ApiError(422, "bulk_only", "jobs run as bulk work, so that shoppers' requests overtake them; "
+                       "send priority=bulk or none", "priority")
     webhook_url = await _webhook_url(service, parts.options.get(WEBHOOK_FIELD))
     cloths = [job_error(c) if isinstance(c, ApiError) else c for c in parts.cloths]
     now = time.time()
     job = NewJob(new_job_id(), owner, options.model_dump(),
                  JobInputs(parts.person, parts.keypoints, cloths),
-                 now + (scheduling.timeout or settings.jobs_deadline_s), webhook_url, idempotency_key, now)
+                 now + min(scheduling.timeout or settings.jobs_deadline_s, MAX_JOB_DEADLINE_S), webhook_url,
+                 idempotency_key, now)
     try:
         job_id, created = await jobs_.store.create(job)
         record = await jobs_.store.record(job_id)
