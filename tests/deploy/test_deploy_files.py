@@ -307,6 +307,14 @@ def test_dockerfile_contract():
     first_code = min(i for i, s in enumerate(order) if s.startswith(("COPY model", "COPY service")))
     install = next(i for i, s in enumerate(order) if "pip install" in s and "requirements" in s)
     assert copy_pyproject < install < first_code
+    # The caches a replica reads at start-up are filled after the code is in (bytecode, then
+    # Numba's and Triton's as the service's user, in the folders the service reads).
+    last_code = max(i for i, s in enumerate(order) if s.startswith(("COPY model", "COPY service")))
+    compile_all = next(i for i, s in enumerate(order) if "python -m compileall" in s)
+    fill = order.index("RUN python -m model.warm_caches")
+    assert last_code < compile_all < order.index(f"USER {args['USER']}") < fill
+    env = " ".join(v for k, v in steps if k == "ENV")
+    assert "NUMBA_CACHE_DIR=/var/cache/numba" in env and "TRITON_CACHE_DIR=/var/cache/triton" in env
     # Everything copied in survives .dockerignore's allow-list.
     allowed = [line[1:].rstrip("/") for line in (REPO / ".dockerignore").read_text().splitlines()
                if line.startswith("!")]
