@@ -8,6 +8,7 @@ Dockerfile passes hadolint.
 """
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -193,6 +194,30 @@ def test_deployment_probes_gpu_and_drain(manifests):
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     mount = next(m for m in container["volumeMounts"] if m["name"] == "weights")
     assert mount["mountPath"] == "/app/weights" and mount["readOnly"] is True
+
+
+def measured_start_up() -> tuple[float, float]:
+    """The slowest cold start and the median warm one that bench/startup.py committed, in seconds."""
+    result = json.loads((REPO / "bench" / "results" / "startup-cpu-256x192.json").read_text())
+    ready = {kind: [run["ready_s"] for run in result[kind]] for kind in ("cold", "warm")}
+    assert None not in ready["cold"] + ready["warm"], "a committed run never became ready"
+    return max(ready["cold"]), sorted(ready["warm"])[len(ready["warm"]) // 2]
+
+
+def test_startup_probes_allow_the_measured_cold_start_and_see_a_warm_one_soon(manifests):
+    """Each startup probe (deployment.yaml, kserve.yaml) and the image's HEALTHCHECK give a
+    replica at least the slowest cold start measured, and check often enough to add at most a
+    quarter of a warm start to it."""
+    cold_s, warm_s = measured_start_up()
+    (deployment,) = manifests["Deployment", "daflow-tryon"]["spec"]["template"]["spec"]["containers"]
+    (runtime,) = manifests["ServingRuntime", "daflow-tryon"]["spec"]["containers"]
+    for container in (deployment, runtime):
+        probe = container["startupProbe"]
+        assert probe["periodSeconds"] * probe["failureThreshold"] >= cold_s, (container["name"], probe)
+        assert probe["periodSeconds"] <= warm_s / 4, (container["name"], probe)
+    healthcheck = dict(re.findall(r"--([a-z-]+)=(\S+)", dict(dockerfile_instructions())["HEALTHCHECK"]))
+    assert seconds(healthcheck["start-period"]) >= cold_s
+    assert seconds(healthcheck["start-interval"]) <= warm_s / 4
 
 
 EXPORTED = {m.name for m in Metrics(DEFAULTS.max_batch_size).registry.collect()}
