@@ -84,7 +84,7 @@ EXPOSE 8000
 
 # Liveness only: a replica that is draining or warming up is alive, not broken. Nothing
 # answers until it is ready; checked every 2 s while it starts (Docker 25+), so compose's
-# nginx waits 2 s at most past a warm start (10.4-10.6 s measured, bench/startup.py), and
+# nginx waits 2 s at most past a warm start (10.4-12.8 s measured, bench/startup.py), and
 # 120 s of start, over 5x the slowest cold start measured (22.4 s, fresh caches).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --start-interval=2s --retries=3 \
     CMD ["python", "docker/healthcheck.py", "/healthz"]
