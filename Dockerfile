@@ -52,19 +52,29 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 ARG MEDIAPIPE_VERSION=0.10.14
 RUN pip install --no-cache-dir --no-deps "mediapipe==${MEDIAPIPE_VERSION}"
 
-# Code is owned by root and read-only to the service's user. Triton's compiled kernels
-# (compiles and autotuning at warm-up: the cold start) go to a folder the user owns;
-# mount a volume there (docker-compose.yml, docker/k8s) so restarts start warm.
-ENV TRITON_CACHE_DIR=/var/cache/triton
+# Code is owned by root and read-only to the service's user. Compiled kernels go to folders
+# the user owns: Triton's (GPU: compiles and autotuning at warm-up) and Numba's (the CPU
+# sampler); mount a volume on Triton's (docker-compose.yml, docker/k8s) so restarts start warm.
+ENV TRITON_CACHE_DIR=/var/cache/triton \
+    NUMBA_CACHE_DIR=/var/cache/numba
 RUN useradd --no-log-init --create-home --uid 10001 --user-group tryon \
-    && mkdir -p /app/weights "$TRITON_CACHE_DIR" \
-    && chown 10001:10001 "$TRITON_CACHE_DIR"
+    && mkdir -p /app/weights "$TRITON_CACHE_DIR" "$NUMBA_CACHE_DIR" \
+    && chown 10001:10001 "$TRITON_CACHE_DIR" "$NUMBA_CACHE_DIR"
 COPY model/ model/
 COPY service/ service/
 COPY docker/healthcheck.py docker/healthcheck.py
 
+# The caches a replica reads at start-up, filled now so that every container starts warm
+# (docs/deploy.md, "A replica's start-up"; bench/startup.py measures both): bytecode
+# (PYTHONDONTWRITEBYTECODE keeps a replica from writing any; pip compiled the packages' and
+# this checks them), then, as the service's user, Numba's sampler for this build machine's
+# CPU (another CPU compiles its own at start-up, about a second) and, were a GPU present,
+# Triton's kernels (docker build has none: the first replica on a node fills the volume).
+RUN python -m compileall -q -j 0 model service docker "$VIRTUAL_ENV"
+
 # Numeric, so Kubernetes runAsNonRoot can verify it without reading /etc/passwd.
 USER 10001:10001
+RUN python -m model.warm_caches
 
 # Weights: mount a folder at /app/weights (the service looks there when
 # TRYON_WEIGHTS is unset), or set TRYON_WEIGHTS to a file inside the mount.
@@ -72,8 +82,11 @@ ENV TRYON_HOST=0.0.0.0 \
     TRYON_PORT=8000
 EXPOSE 8000
 
-# Liveness only: a replica that is draining or warming up is alive, not broken.
-HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
+# Liveness only: a replica that is draining or warming up is alive, not broken. Nothing
+# answers until it is ready; checked every 2 s while it starts (Docker 25+), so compose's
+# nginx waits 2 s at most past a warm start (10.4-12.8 s measured, bench/startup.py), and
+# 120 s of start, over 5x the slowest cold start measured (22.4 s, fresh caches).
+HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --start-interval=2s --retries=3 \
     CMD ["python", "docker/healthcheck.py", "/healthz"]
 
 STOPSIGNAL SIGTERM

@@ -7,6 +7,7 @@ import logging
 import os
 
 from model.engine import Engine
+from model.person import warm as warm_detector
 
 from ..logs import announce_ready
 from ..metrics import Metrics, ReportedElsewhere
@@ -40,6 +41,7 @@ class ServiceState:
         self.ready = False
         self.draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._detector_warmup: asyncio.Task | None = None
 
     @property
     def weights_label(self) -> str | None:
@@ -68,7 +70,8 @@ class ServiceState:
         return info
 
     async def start(self) -> None:
-        """Loads the engine once, warms every batch size it will run, then opens for traffic."""
+        """Loads the engine once, warms what the first requests need (EngineHost.start), opens
+        for traffic, then warms the person detector."""
         self._loop = asyncio.get_running_loop()
         if self.engine_link is not None:
             return await self._connect_engine()
@@ -80,6 +83,7 @@ class ServiceState:
         self.ready = True
         self.metrics.ready.set(1)
         announce_ready(self.settings, str(self.engine.device), self.weights_label, self.host.startup_s)
+        self._warm_detector()
 
     async def _connect_engine(self) -> None:
         """A front-end process: the engine process has loaded and warmed the model already."""
@@ -94,6 +98,20 @@ class ServiceState:
         self.ready = True
         self.metrics.ready.set(1)
         log.info("front end ready", extra={"device": str(self.engine.device), "weights": self.weights_label})
+        self._warm_detector()
+
+    def _warm_detector(self) -> None:
+        """The person detector (mediapipe's graphs: seconds on a busy CPU) loads after readiness,
+        in each process that reads photos: nothing but a photo needs it, and a photo that comes
+        first waits for it (``get_detector``'s lock) and is answered as any other, only later."""
+        async def warm() -> None:
+            try:
+                seconds = await asyncio.to_thread(warm_detector)
+            except Exception:  # noqa: BLE001 - photos fail on their own; everything else serves
+                log.exception("person detector failed to load: photo requests will fail")
+                return
+            log.info("person detector warm", extra={"detector_warmup_s": round(seconds, 3)})
+        self._detector_warmup = asyncio.get_running_loop().create_task(warm())
 
     def _start_jobs(self) -> None:
         """Catalog jobs: this process's runner takes tasks from the store and runs them through the queue."""

@@ -44,8 +44,8 @@ class ServiceRate:
     @classmethod
     def measured(cls, infer: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
                  image_size: tuple[int, int], batch_sizes: Iterable[int]) -> "ServiceRate":
-        """Times one call of a warm engine at each size. The warm-up's own timings won't do: its
-        first call compiles kernels and, on a GPU, each size captures a graph."""
+        """Times one call of a warm engine at each size: on a GPU, where the warm-up's own timings
+        include each size's graph capture and the first kernels' compiles."""
         rate = cls()
         for n in sorted(set(batch_sizes)):
             zeros = torch.zeros(n, 3, *image_size, dtype=torch.uint8)  # levels, as the service queues them
@@ -56,8 +56,9 @@ class ServiceRate:
 
     @classmethod
     def from_smallest(cls, smallest: "ServiceRate", batch_sizes: Iterable[int]) -> "ServiceRate":
-        """A CPU engine timed at its smallest size only (start-up in seconds, not minutes):
-        every other size seeded long (CPU_GROWTH_PER_DOUBLING), then followed as batches run."""
+        """A CPU engine timed at its smallest size only (the warm-up's one forward: start-up in
+        seconds, not minutes): every other size seeded long (CPU_GROWTH_PER_DOUBLING), then
+        followed as batches run."""
         (size, seconds), = smallest.snapshot().items()
         per_item = seconds / size
         return cls({n: per_item * n * CPU_GROWTH_PER_DOUBLING ** math.log2(n / size) if n != size else seconds

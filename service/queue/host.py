@@ -1,16 +1,18 @@
 """The engine and its queue in this process: loaded once, warmed, timed, then batching.
 
 ``EngineHost.start`` loads the model onto its device, warms what serving the first
-requests correctly needs, warms the person detector (so the first plain photo is not
-slow), times what admission control needs, and starts the one ``Batcher``. On a GPU
-that is every batch size (each captures its CUDA graph, which its first batch must
-find) and the smallest and largest timed; on a CPU, where nothing is captured, the
-smallest size alone (its first forward compiles the sampler and sets oneDNN up, the
-same for every size) timed, and the other sizes seeded long and followed as real batches
-run (admission.ServiceRate.from_smallest): ready in seconds where warming eight sizes
-one after another took most of a minute (bench/startup.py). The single process of ``TRYON_WORKERS=1`` holds one, as does the
-engine process of ``TRYON_WORKERS > 1`` (service/processes/supervisor.py), whose
-front ends learn of it through ``hello``.
+requests correctly needs, gives admission control the timings it starts from, and starts
+the one ``Batcher``. On a GPU that is every batch size (each captures its CUDA graph, which
+its first batch must find), then the smallest and largest timed again (the warm-up's
+timings include the captures). On a CPU, where nothing is captured, it is the sampler's
+self-check and one forward of the smallest size, whose time seeds admission (it includes
+that first forward's one-time costs, so it errs long); the other sizes are seeded longer
+still and every size follows real batches (admission.ServiceRate.from_smallest). No second
+timing forward: on a 2-core CPU each forward of 256x192 is seconds (docs/deploy.md, "A
+replica's start-up"). The person detector warms after readiness, where photos are read
+(service/api/state.py). The single process of ``TRYON_WORKERS=1`` holds one, as does the
+engine process of ``TRYON_WORKERS > 1`` (service/processes/supervisor.py), whose front ends
+learn of it through ``hello``.
 """
 from __future__ import annotations
 
@@ -20,7 +22,6 @@ import time
 from typing import Callable
 
 from model.engine import Engine, EngineConfig, pick_device
-from model.person import warm as warm_detector
 
 from ..examples import EXAMPLES
 from ..metrics import Metrics
@@ -58,27 +59,32 @@ class EngineHost:
                               check_inputs=str(EXAMPLES))
         started = time.perf_counter()
         self.engine = await asyncio.to_thread(self.engine_factory, config)
+        built = time.perf_counter()
         if self.engine.weights.random:
             log.warning("SERVING RANDOM WEIGHTS: no checkpoint was found, every output is meaningless; "
                         "set TRYON_WEIGHTS or put a checkpoint in weights/ (X-Weights: random)")
         graphs = pick_device(s.device).type == "cuda"
         warmup = await asyncio.to_thread(self.engine.warmup, None if graphs else batch_sizes[:1])
-        detector_s = await asyncio.to_thread(warm_detector)
+        warmed = time.perf_counter()
         self.metrics.sampler.labels(sampler=self.engine.sampler).set(1)
         # Admission control starts from the smallest and largest batch timed once warm (sizes
-        # between are interpolated), on a CPU from the smallest, and follows every batch the
-        # engine runs from then on.
-        rate = await asyncio.to_thread(ServiceRate.measured, self.engine.infer, s.image_hw,
-                                       {batch_sizes[0], batch_sizes[-1]} if graphs else {batch_sizes[0]})
-        if not graphs:
-            rate = ServiceRate.from_smallest(rate, batch_sizes)
+        # between are interpolated), on a CPU from the warm-up's one forward, and follows every
+        # batch the engine runs from then on.
+        if graphs:
+            rate = await asyncio.to_thread(ServiceRate.measured, self.engine.infer, s.image_hw,
+                                           {batch_sizes[0], batch_sizes[-1]})
+        else:
+            rate = ServiceRate.from_smallest(ServiceRate({batch_sizes[0]: warmup[batch_sizes[0]]}), batch_sizes)
         self.batcher = Batcher(self.engine, max_batch_size=s.max_batch_size, max_wait_s=s.max_batch_wait_ms / 1000,
                                queue_limit=s.queue_limit, metrics=self.metrics, rate=rate,
                                on_device_failure=self.on_device_failure)
         self.batcher.start()
-        self.startup_s = {"warmup_s": {str(k): round(v, 3) for k, v in warmup.items()},
-                          "detector_warmup_s": round(detector_s, 3),
-                          "startup_s": round(time.perf_counter() - started, 3)}
+        done = time.perf_counter()
+        # build: the weights read and the network prepared; warm: the sampler's self-check and
+        # the warm-up (warmup_s, per batch size); timing: what admission's seeds took beyond it.
+        self.startup_s = {"build_s": round(built - started, 3), "warm_s": round(warmed - built, 3),
+                          "warmup_s": {str(k): round(v, 3) for k, v in warmup.items()},
+                          "timing_s": round(done - warmed, 3), "startup_s": round(done - started, 3)}
 
     @property
     def hello(self) -> dict:

@@ -8,6 +8,7 @@ Dockerfile passes hadolint.
 """
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -195,6 +196,30 @@ def test_deployment_probes_gpu_and_drain(manifests):
     assert mount["mountPath"] == "/app/weights" and mount["readOnly"] is True
 
 
+def measured_start_up() -> tuple[float, float]:
+    """The slowest cold start and the median warm one that bench/startup.py committed, in seconds."""
+    result = json.loads((REPO / "bench" / "results" / "startup-cpu-256x192.json").read_text())
+    ready = {kind: [run["ready_s"] for run in result[kind]] for kind in ("cold", "warm")}
+    assert None not in ready["cold"] + ready["warm"], "a committed run never became ready"
+    return max(ready["cold"]), sorted(ready["warm"])[len(ready["warm"]) // 2]
+
+
+def test_startup_probes_allow_the_measured_cold_start_and_see_a_warm_one_soon(manifests):
+    """Each startup probe (deployment.yaml, kserve.yaml) and the image's HEALTHCHECK give a
+    replica at least the slowest cold start measured, and check often enough to add at most a
+    quarter of a warm start to it."""
+    cold_s, warm_s = measured_start_up()
+    (deployment,) = manifests["Deployment", "daflow-tryon"]["spec"]["template"]["spec"]["containers"]
+    (runtime,) = manifests["ServingRuntime", "daflow-tryon"]["spec"]["containers"]
+    for container in (deployment, runtime):
+        probe = container["startupProbe"]
+        assert probe["periodSeconds"] * probe["failureThreshold"] >= cold_s, (container["name"], probe)
+        assert probe["periodSeconds"] <= warm_s / 4, (container["name"], probe)
+    healthcheck = dict(re.findall(r"--([a-z-]+)=(\S+)", dict(dockerfile_instructions())["HEALTHCHECK"]))
+    assert seconds(healthcheck["start-period"]) >= cold_s
+    assert seconds(healthcheck["start-interval"]) <= warm_s / 4
+
+
 EXPORTED = {m.name for m in Metrics(DEFAULTS.max_batch_size).registry.collect()}
 PROMQL_NAME = re.compile(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(?=\{)")
 
@@ -307,6 +332,14 @@ def test_dockerfile_contract():
     first_code = min(i for i, s in enumerate(order) if s.startswith(("COPY model", "COPY service")))
     install = next(i for i, s in enumerate(order) if "pip install" in s and "requirements" in s)
     assert copy_pyproject < install < first_code
+    # The caches a replica reads at start-up are filled after the code is in (bytecode, then
+    # Numba's and Triton's as the service's user, in the folders the service reads).
+    last_code = max(i for i, s in enumerate(order) if s.startswith(("COPY model", "COPY service")))
+    compile_all = next(i for i, s in enumerate(order) if "python -m compileall" in s)
+    fill = order.index("RUN python -m model.warm_caches")
+    assert last_code < compile_all < order.index(f"USER {args['USER']}") < fill
+    env = " ".join(v for k, v in steps if k == "ENV")
+    assert "NUMBA_CACHE_DIR=/var/cache/numba" in env and "TRITON_CACHE_DIR=/var/cache/triton" in env
     # Everything copied in survives .dockerignore's allow-list.
     allowed = [line[1:].rstrip("/") for line in (REPO / ".dockerignore").read_text().splitlines()
                if line.startswith("!")]
