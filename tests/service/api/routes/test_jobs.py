@@ -61,7 +61,7 @@ def test_cancel_keeps_what_is_done_and_runs_nothing_more(server):
 
 
 def test_a_job_past_its_deadline_expires_and_its_results_are_gone(server):
-    doc = submit(server.url, garments(6), {"timeout": "0.001"}).json()
+    doc = submit(server.url, garments(6), {"timeout": "0.01"}).json()  # MIN_TIMEOUT_S
     done = wait_job(server.url, doc["id"])
     assert done["status"] == "expired"
     missing = next(g["index"] for g in done["garments"] if g["status"] == "expired")
