@@ -240,8 +240,7 @@ def test_a_front_end_fed_by_a_cuda_engine_never_opens_a_cuda_context(tmp_path):
     half a GB and a second or two per front end on a GPU box, a 500 here."""
     import subprocess
     import sys
-    from pathlib import Path
-    root = Path(__file__).resolve().parent.parent
+    from tests.fixtures.service.harness import REPO as root  # (the repository: tests/service would shadow queue)
     env = {**os.environ, "PYTHONPATH": str(root), "TRYON_WORKERS": "1"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     result = subprocess.run([sys.executable, "-c", FRONT_END_ON_A_CUDA_ENGINE, str(tmp_path / "engine.sock")],
