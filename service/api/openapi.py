@@ -141,7 +141,9 @@ _ERRORS = {
          "`invalid_request` (a query parameter), `json_too_deep`, `webhooks_not_configured`",
     500: "`inference_failed`: the model failed on this batch",
     502: "`upstream_unreachable`, `upstream_error`: a URL input could not be fetched",
-    503: "`queue_full`, `overloaded`, `not_ready`, `shutting_down`, `out_of_memory`, `jobs_unavailable` (the job store), `jobs_full`: retry after Retry-After",
+    503: "`queue_full`, `overloaded`, `not_ready`, `shutting_down`, `out_of_memory`, `jobs_unavailable` (the job "
+         "store did not answer), `jobs_full`: retry after Retry-After. `jobs_unavailable` without Retry-After: "
+         "this deployment serves no jobs (TRYON_WORKERS > 1 without TRYON_JOBS_URL); retrying will not help",
     504: "`deadline_exceeded` (not served in time), `upstream_timeout` (a URL input)",
 }
 

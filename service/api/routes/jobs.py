@@ -31,6 +31,8 @@ POLL_AFTER_S = "2"  # Retry-After on a job still queued or running
 
 
 def _jobs(service) -> Jobs:
+    if service.settings.jobs_unavailable:  # this deployment cannot serve jobs: no Retry-After, waiting won't help
+        raise ApiError(503, "jobs_unavailable", service.settings.jobs_unavailable)
     if service.jobs is None:
         raise ApiError(503, "not_ready", "jobs are not being served yet", headers={"Retry-After": "5"})
     return service.jobs
