@@ -123,7 +123,8 @@ class JobRecord:
             state = self.settled.get(index)
             if state is not None and state.error is not None:
                 error = state.error
-                item["error"] = {"code": error.code, "message": error.message, "field": error.field}
+                item["error"] = {"status": error.status, "code": error.code, "message": error.message,
+                                 "field": error.field}
             elif state is not None:
                 item["url"] = f"{base}/results/{index}"
             garments.append(item)
