@@ -133,7 +133,7 @@ _ERRORS = {
     404: "`job_not_found` (also another API key's job), `result_not_ready`, `result_failed`, `result_not_found`",
     408: "`body_timeout`: the request body did not arrive within TRYON_REQUEST_TIMEOUT_S",
     413: "`payload_too_large` (the body), `image_too_large` (bytes or pixels), `too_many_garments`, "
-         "`json_too_large`",
+         "`json_too_large`, `job_too_large` (more bytes than TRYON_JOBS_MEMORY_BYTES)",
     410: "`job_expired`, `result_deleted` (after TRYON_JOBS_RETENTION_S)",
     415: "`unsupported_media_type` (send multipart/form-data or application/json), `not_an_image`",
     422: "`incomplete_inputs`, `ambiguous_inputs`, `missing_field`, `duplicate_field`, `invalid_field`, "
