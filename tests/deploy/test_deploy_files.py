@@ -351,24 +351,67 @@ def test_compose_replicas_share_one_redis_cache(compose):
     assert "TRYON_CACHE_URL" not in cpu["tryon"]["environment"] and "redis" not in cpu  # inherited as is
 
 
-def test_kubernetes_replicas_share_one_redis_cache(manifests):
+def assert_is_a_job_store(args: list[str]) -> None:
+    """Never evicting, appending every write to its file: a store that loses no accepted job."""
+    options = redis_args(args)
+    assert options["maxmemory-policy"] == "noeviction" and options["appendonly"] == "yes"
+
+
+def tryon_container(manifests) -> dict:
     (container,) = manifests["Deployment", "daflow-tryon"]["spec"]["template"]["spec"]["containers"]
-    settings = assert_valid_settings({e["name"]: e["value"] for e in container["env"]})
-    url = urlsplit(settings.cache_url)
+    return container
+
+
+def redis_behind(manifests, url: str) -> tuple[dict, dict]:
+    """The pod template and container of the Redis that ``url`` names: its Service's port is the URL's and
+    reaches the container's, and neither its selector nor the service's catches the other's pods."""
+    url = urlsplit(url)
     service = manifests["Service", url.hostname]
     assert service["spec"]["ports"][0]["port"] == url.port
-    cache = manifests["Deployment", url.hostname]["spec"]["template"]
-    assert service["spec"]["selector"].items() <= cache["metadata"]["labels"].items()
-    (redis,) = cache["spec"]["containers"]
+    template = manifests["Deployment", url.hostname]["spec"]["template"]
+    assert service["spec"]["selector"].items() <= template["metadata"]["labels"].items()
+    (redis,) = template["spec"]["containers"]
     assert redis["image"].startswith("redis:")
     port = next(p for p in redis["ports"] if p["name"] == service["spec"]["ports"][0]["targetPort"])
     assert port["containerPort"] == url.port
-    assert_is_a_cache(redis["args"])
-    assert cache["spec"]["securityContext"]["runAsNonRoot"] is True
-    # The service's selector must not catch the Redis pods, nor Redis's the service's.
+    assert template["spec"]["securityContext"]["runAsNonRoot"] is True
     tryon_labels = manifests["Deployment", "daflow-tryon"]["spec"]["template"]["metadata"]["labels"]
     assert not service["spec"]["selector"].items() <= tryon_labels.items()
-    assert not manifests["Service", "daflow-tryon"]["spec"]["selector"].items() <= cache["metadata"]["labels"].items()
+    assert not manifests["Service", "daflow-tryon"]["spec"]["selector"].items() <= template["metadata"]["labels"].items()
+    return template, redis
+
+
+def test_kubernetes_replicas_share_one_redis_cache(manifests):
+    settings = assert_valid_settings({e["name"]: e["value"] for e in tryon_container(manifests)["env"]})
+    _, redis = redis_behind(manifests, settings.cache_url)
+    assert_is_a_cache(redis["args"])
+
+
+def test_kubernetes_replicas_share_a_job_store_that_never_evicts_and_persists(manifests):
+    settings = assert_valid_settings({e["name"]: e["value"] for e in tryon_container(manifests)["env"]})
+    assert settings.jobs_url and urlsplit(settings.jobs_url).hostname != urlsplit(settings.cache_url).hostname
+    template, redis = redis_behind(manifests, settings.jobs_url)
+    assert_is_a_job_store(redis["args"])
+    # The append-only file is on a persistent volume claim, mounted where Redis writes it.
+    (mount,) = redis["volumeMounts"]
+    assert mount["mountPath"] == redis_args(redis["args"]).get("dir", "/data")
+    volume = next(v for v in template["spec"]["volumes"] if v["name"] == mount["name"])
+    claim = manifests["PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"]]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"] and claim["spec"]["resources"]["requests"]["storage"]
+    deployment = manifests["Deployment", urlsplit(settings.jobs_url).hostname]
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert template["spec"]["securityContext"]["fsGroup"] == template["spec"]["securityContext"]["runAsUser"]
+
+
+def test_compose_replicas_share_a_job_store_that_never_evicts_and_persists(compose):
+    settings = assert_valid_settings({k: str(v) for k, v in compose["services"]["tryon"]["environment"].items()})
+    url = urlsplit(settings.jobs_url)
+    jobs = compose["services"][url.hostname]
+    assert url.hostname != urlsplit(settings.cache_url).hostname and str(url.port) in map(str, jobs["expose"])
+    assert_is_a_job_store(jobs["command"][1:])
+    volume = jobs["volumes"][0].split(":")
+    assert volume[1] == redis_args(jobs["command"][1:]).get("dir", "/data") and volume[0] in compose["volumes"]
+    assert compose["services"]["tryon"]["depends_on"][url.hostname]["condition"] == "service_healthy"
 
 
 def test_the_person_detector_is_installed_alike_everywhere():
