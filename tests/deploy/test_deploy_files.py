@@ -132,9 +132,11 @@ def test_committed_nginx_config_is_rendered_from_compose():
 def test_nginx_limits_follow_the_service_settings():
     limits = render_nginx.ServiceLimits()
     assert limits == render_nginx.ServiceLimits(DEFAULTS.max_upload_bytes, DEFAULTS.request_timeout_s,
-                                                DEFAULTS.url_total_timeout_s, DEFAULTS.max_garments)
+                                                DEFAULTS.url_total_timeout_s, DEFAULTS.max_garments,
+                                                DEFAULTS.jobs_max_garments)
     assert limits.request_body_limit == DEFAULTS.request_body_limit
     assert limits.batch_body_limit == DEFAULTS.batch_body_limit
+    assert limits.jobs_body_limit == DEFAULTS.jobs_body_limit
     # Multipart carries raw bytes: three full-size images fit with room to spare.
     assert limits.request_body_limit > 3 * DEFAULTS.max_upload_bytes + 64 * 1024
     assert limits.read_timeout_s > max(DEFAULTS.request_timeout_s, DEFAULTS.url_total_timeout_s)
@@ -148,12 +150,28 @@ def test_nginx_limits_follow_the_service_settings():
     # /v1/tryon/batch takes up to TRYON_MAX_GARMENTS more images, and streams its parts unbuffered.
     batches = render_nginx.ServiceLimits.from_env({"TRYON_MAX_UPLOAD_BYTES": "20971520", "TRYON_MAX_GARMENTS": "12"})
     batch_text = render_nginx.render(["127.0.0.1:8000"], limits=batches)
-    batch_block = batch_text[batch_text.index("location = /v1/tryon/batch {"):]
-    batch_block = batch_block[:batch_block.index("}")]
+    batch_block = location_block(batch_text, "/v1/tryon/batch")
     batch_limit = Settings(max_upload_bytes=20971520, max_garments=12).batch_body_limit
     assert f"client_max_body_size {batch_limit};" in batch_block
     assert "proxy_buffering off;" in batch_block and "proxy_pass http://tryon;" in batch_block
     assert f"client_max_body_size {batches.request_body_limit};" in batch_text.replace(batch_block, "")
+    # POST /v1/jobs takes up to TRYON_JOBS_MAX_GARMENTS, and is not resent to another replica by nginx
+    # (a submission that reached one may have been stored).
+    jobs = render_nginx.ServiceLimits.from_env({"TRYON_MAX_UPLOAD_BYTES": "20971520", "TRYON_JOBS_MAX_GARMENTS": "10"})
+    jobs_text = render_nginx.render(["127.0.0.1:8000"], limits=jobs)
+    jobs_block = location_block(jobs_text, "/v1/jobs")
+    jobs_limit = Settings(max_upload_bytes=20971520, jobs_max_garments=10).jobs_body_limit
+    assert f"client_max_body_size {jobs_limit};" in jobs_block and "proxy_pass http://tryon;" in jobs_block
+    assert "proxy_next_upstream error timeout;" in jobs_block and "non_idempotent" not in jobs_block
+    assert f"{jobs_limit} for /v1/jobs" in jobs_text
+    assert location_block(render_nginx.COMPOSE_CONF.read_text(), "/v1/jobs").count(
+        f"client_max_body_size {DEFAULTS.jobs_body_limit};") == 1
+
+
+def location_block(text: str, path: str) -> str:
+    """The body of nginx's ``location = path { ... }`` (no nested blocks)."""
+    block = text[text.index(f"location = {path} {{"):]
+    return block[:block.index("}")]
 
 
 def test_nginx_config_passes_nginx_t(tmp_path):
