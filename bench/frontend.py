@@ -147,7 +147,7 @@ def start_server(code: Path, port: int, workers: int, tmp: Path) -> subprocess.P
     hidden = code / "_hidden"  # (a baseline's) modules made unimportable
     env |= {"PYTHONPATH": os.pathsep.join(map(str, [hidden, code] if hidden.exists() else [code])),
             "OMP_NUM_THREADS": "1", "TRYON_DEVICE": "cpu", "TRYON_WORKERS": str(workers),
-            "TRYON_LOG_LEVEL": "info", "TRYON_QUEUE_LIMIT": "256", "TRYON_JOBS_ENABLED": "false"}
+            "TRYON_LOG_LEVEL": "info", "TRYON_QUEUE_LIMIT": "256"}
     log = open(tmp / f"server-{port}.log", "wb")
     return subprocess.Popen([sys.executable, "-m", "bench.frontend_server", "--host", "127.0.0.1",
                              "--port", str(port)], cwd=code, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -3,7 +3,7 @@
 One template serves docker compose (upstream ``tryon:8000``, re-resolved
 through Docker's DNS as replicas come and go) and tests/deploy/test_load_balancer.py
 (replicas on 127.0.0.1 ports, nginx run from a scratch directory). The body
-size limits (one for /v1/tryon/batch, one for the rest) and the timeouts
+size limits (one for /v1/tryon/batch, one for POST /v1/jobs, one for the rest) and the timeouts
 follow the service's TRYON_* settings, so nginx never refuses a request the
 service would take, nor gives up before the service's own timeout answers. Standard library only: it runs before anything is installed.
 
@@ -67,17 +67,19 @@ class ServiceLimits:
     request_timeout_s: float = 30
     url_total_timeout_s: float = 10
     max_garments: int = 8
+    jobs_max_garments: int = 64
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ServiceLimits:
-        """Reads TRYON_MAX_UPLOAD_BYTES, TRYON_REQUEST_TIMEOUT_S, TRYON_URL_TOTAL_TIMEOUT_S
-        and TRYON_MAX_GARMENTS."""
+        """Reads TRYON_MAX_UPLOAD_BYTES, TRYON_REQUEST_TIMEOUT_S, TRYON_URL_TOTAL_TIMEOUT_S,
+        TRYON_MAX_GARMENTS and TRYON_JOBS_MAX_GARMENTS."""
         default = cls()
         return cls(
             max_upload_bytes=int(env.get("TRYON_MAX_UPLOAD_BYTES", default.max_upload_bytes)),
             request_timeout_s=float(env.get("TRYON_REQUEST_TIMEOUT_S", default.request_timeout_s)),
             url_total_timeout_s=float(env.get("TRYON_URL_TOTAL_TIMEOUT_S", default.url_total_timeout_s)),
-            max_garments=int(env.get("TRYON_MAX_GARMENTS", default.max_garments)))
+            max_garments=int(env.get("TRYON_MAX_GARMENTS", default.max_garments)),
+            jobs_max_garments=int(env.get("TRYON_JOBS_MAX_GARMENTS", default.jobs_max_garments)))
 
     @property
     def request_body_limit(self) -> int:
@@ -88,6 +90,11 @@ class ServiceLimits:
     def batch_body_limit(self) -> int:
         """Settings.batch_body_limit (/v1/tryon/batch)."""
         return _LIMITS.batch_body_limit(self.max_upload_bytes, self.max_garments)
+
+    @property
+    def jobs_body_limit(self) -> int:
+        """Settings.jobs_body_limit (POST /v1/jobs)."""
+        return _LIMITS.batch_body_limit(self.max_upload_bytes, self.jobs_max_garments)
 
     @property
     def read_timeout_s(self) -> int:
@@ -155,6 +162,9 @@ def render(upstreams: Sequence[str], *, listen: str | int = LISTEN_PORT,
         "batch_client_max_body_size": str(limits.batch_body_limit),
         "batch_body_limit_note": (f"(3 + {limits.max_garments} TRYON_MAX_GARMENTS) x (4/3 x {limits.max_upload_bytes} "
                                   f"TRYON_MAX_UPLOAD_BYTES + 4) + 65536"),
+        "jobs_client_max_body_size": str(limits.jobs_body_limit),
+        "jobs_body_limit_note": (f"(3 + {limits.jobs_max_garments} TRYON_JOBS_MAX_GARMENTS) x (4/3 x "
+                                 f"{limits.max_upload_bytes} TRYON_MAX_UPLOAD_BYTES + 4) + 65536"),
         "connect_timeout_s": str(connect_timeout_s),
         "read_timeout_s": str(limits.read_timeout_s),
         "read_timeout_note": (f"max(TRYON_REQUEST_TIMEOUT_S {limits.request_timeout_s:g}, "

@@ -10,7 +10,7 @@ import binascii
 from functools import cached_property
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from model.kernels import IMPLEMENTATIONS
@@ -131,16 +131,6 @@ class Settings(BaseSettings):
             raise ValueError("webhook_retry_s must not be negative")
         return value
 
-    @model_validator(mode="after")
-    def _jobs_store_is_shared(self):
-        """Each front end of TRYON_WORKERS > 1 is its own process: an embedded job store there would be one
-        store per front end, and a job's status would depend on which one a poll reached."""
-        if self.workers > 1 and self.jobs_enabled and self.jobs_url is None:
-            raise ValueError("TRYON_WORKERS > 1 runs each front end in its own process, where embedded jobs would "
-                             "not be shared: set TRYON_JOBS_URL=redis://... (a Redis that does not evict) or "
-                             "TRYON_JOBS_ENABLED=false")
-        return self
-
     @field_validator("image_size")
     @classmethod
     def _check_size(cls, value: str) -> str:
@@ -181,6 +171,18 @@ class Settings(BaseSettings):
         so small chunks are both cheaper and stream sooner."""
         chunk = self.garment_chunk or (self.max_batch_size if device_type == "cuda" else CPU_GARMENT_CHUNK)
         return min(chunk, self.max_batch_size)
+
+    @property
+    def jobs_unavailable(self) -> str | None:
+        """Why /v1/jobs is not served here, or None. Each front end of TRYON_WORKERS > 1 is its own process: an
+        embedded job store there would be one store per front end, and a job's status would depend on which
+        one a poll reached. The service still starts (so does every other route); /v1/jobs answers 503
+        jobs_unavailable with this, /readyz shows it and start-up logs it once."""
+        if self.jobs_enabled and self.workers > 1 and self.jobs_url is None:
+            return (f"catalog jobs need TRYON_JOBS_URL=redis://... (a Redis that does not evict) with TRYON_WORKERS "
+                    f"{self.workers}: each front end is its own process, so jobs kept in one would not be seen by "
+                    f"the others")
+        return None
 
     @property
     def request_body_limit(self) -> int:

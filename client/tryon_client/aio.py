@@ -6,10 +6,10 @@ from typing import Any, AsyncIterator, Iterable, Optional
 
 import httpx
 
-from .calls import (Attempts, BatchAnswer, Call, ClientConfig, batch_call, interrupted, prepare_call,
-                    tryon_call)
+from .calls import (Attempts, BatchAnswer, Call, ClientConfig, JobRef, Polling, batch_call, cancel_call,
+                    interrupted, job_call, prepare_call, result_call, submit_job_call, tryon_call)
 from .inputs import ImageInput
-from .results import GarmentResult, PreparedPerson, TryOnResult
+from .results import GarmentResult, Job, PreparedPerson, TryOnResult
 
 
 class AsyncTryOnClient:
@@ -50,6 +50,41 @@ class AsyncTryOnClient:
         """``POST /v1/prepare``, as ``TryOnClient.prepare``."""
         person_side = dict(person=person, keypoints=keypoints, parse=parse, masked_model=masked_model, pose=pose)
         return PreparedPerson.from_response(await self._answer(prepare_call(person_side)))
+
+    async def submit_job(self, *, cloths: Iterable[ImageInput], person: Optional[ImageInput] = None,
+                   keypoints: Any = None, parse: Optional[ImageInput] = None,
+                   masked_model: Optional[ImageInput] = None, pose: Optional[ImageInput] = None,
+                   format: Optional[str] = None, quality: Optional[int] = None, size: Optional[str] = None,
+                   webhook_url: Optional[str] = None, timeout: Optional[float] = None,
+                   idempotency_key: Optional[str] = None) -> Job:
+        """``POST /v1/jobs``, as ``TryOnClient.submit_job``."""
+        person_side = dict(person=person, keypoints=keypoints, parse=parse, masked_model=masked_model, pose=pose)
+        call = submit_job_call(cloths, person_side, format, quality, size, webhook_url, timeout, idempotency_key)
+        return Job.from_response(await self._answer(call))
+
+    async def job(self, job: JobRef) -> Job:
+        """``GET /v1/jobs/{id}``, as ``TryOnClient.job``."""
+        return Job.from_response(await self._answer(job_call(job)))
+
+    async def wait(self, job: JobRef, *, timeout: Optional[float] = None, interval: float = 0.5,
+             max_interval: float = 10.0) -> Job:
+        """As ``TryOnClient.wait``."""
+        polling = Polling(job, timeout, interval, max_interval)
+        while (pause := polling.pause()) is not None:
+            await asyncio.sleep(pause)
+            polling.seen(await self.job(polling.id))
+        return polling.job
+
+    async def results(self, job: JobRef) -> AsyncIterator[GarmentResult]:
+        """``async for result in client.results(job)``, as ``TryOnClient.results``."""
+        job = job if isinstance(job, Job) else await self.job(job)
+        for garment in job.garments:
+            yield garment.without_image() or GarmentResult.from_result(garment.index,
+                                                                        await self._answer(result_call(garment)))
+
+    async def cancel(self, job: JobRef) -> Job:
+        """``POST /v1/jobs/{id}/cancel``, as ``TryOnClient.cancel``."""
+        return Job.from_response(await self._answer(cancel_call(job)))
 
     async def _answer(self, call: Call) -> httpx.Response:
         response = await self._send(call)

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import httpx
 
 from .errors import TryOnError
+from .retry import retry_after_seconds
 
 
 def server_timing(header: Optional[str]) -> Dict[str, float]:
@@ -79,6 +80,13 @@ class GarmentResult:
             return cls(item["index"], None, None, timings, error, **context)
         return cls(item["index"], base64.b64decode(item["image"]), item["media_type"], timings, **context)
 
+    @classmethod
+    def from_result(cls, index: int, response: httpx.Response) -> "GarmentResult":
+        """A job's result image (``GET /v1/jobs/{id}/results/{index}``)."""
+        return cls(index, response.content, response.headers.get("content-type", ""),
+                   server_timing(response.headers.get("server-timing")),
+                   weights=response.headers.get("x-weights"), request_id=response.headers.get("x-request-id"))
+
 
 @dataclass(frozen=True)
 class PreparedPerson:
@@ -93,3 +101,62 @@ class PreparedPerson:
         body = response.json()
         return cls(base64.b64decode(body["masked_model"]), base64.b64decode(body["pose"]), tuple(body["size"]),
                    server_timing(response.headers.get("server-timing")))
+
+
+JOB_ENDED = ("succeeded", "failed", "canceled", "expired")
+
+
+@dataclass(frozen=True)
+class JobGarment:
+    """One garment of a job: ``status`` (queued, succeeded, failed, or the job's canceled or expired when it
+    was never dressed), its result's ``url`` once dressed, or its ``error`` (the codes /v1/tryon answers)."""
+    index: int
+    status: str
+    url: Optional[str] = None
+    error: Optional[TryOnError] = None
+
+    def without_image(self) -> Optional[GarmentResult]:
+        """The ``GarmentResult`` of a garment that has no image to fetch (its error, or why there is none);
+        None when ``url`` has it."""
+        if self.url is not None:
+            return None
+        error = self.error or TryOnError(None, f"garment_{self.status}", f"garment {self.index} is {self.status}: "
+                                         "it has no result")
+        return GarmentResult(self.index, None, None, {}, error)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A catalog job as the service described it (``POST /v1/jobs``, ``GET /v1/jobs/{id}``, the cancel's
+    answer, or a webhook's ``data``: ``Job.from_document(event["data"])``)."""
+    id: str
+    status: str  # queued, running, succeeded, failed, canceled, expired
+    done: int
+    total: int
+    garments: Tuple[JobGarment, ...]
+    created_at: Optional[str] = None  # ISO 8601, UTC
+    started_at: Optional[str] = None
+    finished_at: Optional[str] = None
+    deadline_at: Optional[str] = None
+    retry_after: Optional[float] = None  # the server's Retry-After: poll again no sooner
+    replayed: bool = False  # the same Idempotency-Key returned a job submitted before
+    document: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def ended(self) -> bool:
+        return self.status in JOB_ENDED
+
+    @classmethod
+    def from_document(cls, doc: Dict[str, Any], retry_after: Optional[float] = None,
+                      replayed: bool = False) -> "Job":
+        garments = tuple(JobGarment(g["index"], g["status"], g.get("url"),
+                                    TryOnError.from_body(g["error"].get("status"), g) if g.get("error") else None)
+                         for g in doc["garments"])
+        return cls(doc["id"], doc["status"], doc["progress"]["done"], doc["progress"]["total"], garments,
+                   doc.get("created_at"), doc.get("started_at"), doc.get("finished_at"), doc.get("deadline_at"),
+                   retry_after, replayed, doc)
+
+    @classmethod
+    def from_response(cls, response: httpx.Response) -> "Job":
+        return cls.from_document(response.json(), retry_after_seconds(response.headers.get("retry-after")),
+                                 response.headers.get("idempotent-replayed") == "true")

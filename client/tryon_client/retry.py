@@ -1,5 +1,6 @@
-"""When to try again: a 503 (queue full, overloaded, starting, draining) or a connection that failed,
-after the server's Retry-After or a doubling back-off, a bounded number of times."""
+"""When to try again: a 503 (queue full, overloaded, starting, draining; not a job store this deployment
+lacks) or a connection that failed, after the server's Retry-After or a doubling back-off, a bounded
+number of times."""
 from __future__ import annotations
 
 import email.utils
@@ -13,6 +14,8 @@ import httpx
 RETRYABLE_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError,
                     httpx.WriteError, httpx.PoolTimeout)
 RETRYABLE_STATUS = 503
+# 503s that say "not on this deployment" (no Retry-After): waiting will not help.
+FINAL_CODES = ("jobs_unavailable",)
 
 
 def retry_after_seconds(header: Optional[str]) -> Optional[float]:
@@ -27,6 +30,19 @@ def retry_after_seconds(header: Optional[str]) -> Optional[float]:
         return max(0.0, email.utils.parsedate_to_datetime(header).timestamp() - time.time())
     except (TypeError, ValueError):
         return None
+
+
+def worth_retrying(response: httpx.Response) -> bool:
+    """A 503 is, unless it is one of FINAL_CODES without Retry-After (the service cannot do it here at all)."""
+    if response.status_code != RETRYABLE_STATUS:
+        return False
+    if response.headers.get("retry-after"):
+        return True
+    try:
+        code = response.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return True
+    return code not in FINAL_CODES
 
 
 @dataclass(frozen=True)

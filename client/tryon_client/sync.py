@@ -6,10 +6,10 @@ from typing import Any, Iterable, Iterator, Optional
 
 import httpx
 
-from .calls import (Attempts, BatchAnswer, Call, ClientConfig, batch_call, interrupted, prepare_call,
-                    tryon_call)
+from .calls import (Attempts, BatchAnswer, Call, ClientConfig, JobRef, Polling, batch_call, cancel_call,
+                    interrupted, job_call, prepare_call, result_call, submit_job_call, tryon_call)
 from .inputs import ImageInput
-from .results import GarmentResult, PreparedPerson, TryOnResult
+from .results import GarmentResult, Job, PreparedPerson, TryOnResult
 
 
 class TryOnClient:
@@ -55,6 +55,52 @@ class TryOnClient:
         """``POST /v1/prepare``: the masked model and pose map the model would see, as PNG."""
         person_side = dict(person=person, keypoints=keypoints, parse=parse, masked_model=masked_model, pose=pose)
         return PreparedPerson.from_response(self._answer(prepare_call(person_side)))
+
+    def submit_job(self, *, cloths: Iterable[ImageInput], person: Optional[ImageInput] = None,
+                   keypoints: Any = None, parse: Optional[ImageInput] = None,
+                   masked_model: Optional[ImageInput] = None, pose: Optional[ImageInput] = None,
+                   format: Optional[str] = None, quality: Optional[int] = None, size: Optional[str] = None,
+                   webhook_url: Optional[str] = None, timeout: Optional[float] = None,
+                   idempotency_key: Optional[str] = None) -> Job:
+        """``POST /v1/jobs``: one person in many garments, run by the service in the background (it outlives
+        this connection); returns the ``Job`` at once (queued). ``webhook_url``: the service POSTs the job's
+        end there, signed per Standard Webhooks; ``timeout``: the job's deadline in seconds (the service's
+        default is a day). ``idempotency_key``: the same key returns the same job (``job.replayed``); one is
+        made for each call when none is given, so the call's own retries never submit twice."""
+        person_side = dict(person=person, keypoints=keypoints, parse=parse, masked_model=masked_model, pose=pose)
+        call = submit_job_call(cloths, person_side, format, quality, size, webhook_url, timeout, idempotency_key)
+        return Job.from_response(self._answer(call))
+
+    def job(self, job: JobRef) -> Job:
+        """``GET /v1/jobs/{id}``: the job's status, progress and each garment's status."""
+        return Job.from_response(self._answer(job_call(job)))
+
+    def wait(self, job: JobRef, *, timeout: Optional[float] = None, interval: float = 0.5,
+             max_interval: float = 10.0) -> Job:
+        """The job once it has ended (succeeded, failed, canceled or expired), asking ``GET /v1/jobs/{id}``
+        after ``interval`` seconds, then half as long again each time up to ``max_interval``, never sooner
+        than the service's Retry-After. ``timeout`` (seconds, None: no limit): then TryOnError
+        ("wait_timeout"); the job carries on."""
+        polling = Polling(job, timeout, interval, max_interval)
+        while (pause := polling.pause()) is not None:
+            time.sleep(pause)
+            polling.seen(self.job(polling.id))
+        return polling.job
+
+    def results(self, job: JobRef) -> Iterator[GarmentResult]:
+        """A ``GarmentResult`` per garment in order: its image (``GET /v1/jobs/{id}/results/{index}``, fetched
+        as the iteration reaches it), or ``error``: the garment's own failure, or ``garment_<status>`` when it
+        has no result (queued, canceled, expired). A result deleted after the service's retention raises
+        TryOnError 410 ``result_deleted``."""
+        job = job if isinstance(job, Job) else self.job(job)
+        for garment in job.garments:
+            yield garment.without_image() or GarmentResult.from_result(garment.index,
+                                                                        self._answer(result_call(garment)))
+
+    def cancel(self, job: JobRef) -> Job:
+        """``POST /v1/jobs/{id}/cancel``: garments not yet run are not run; what is done is kept. A job that
+        had ended is returned as it is."""
+        return Job.from_response(self._answer(cancel_call(job)))
 
     def _answer(self, call: Call) -> httpx.Response:
         response = self._send(call)

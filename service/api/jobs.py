@@ -93,8 +93,8 @@ class Jobs:
     @property
     def info(self) -> dict:
         if self.store.shared:
-            return {"store": "redis", "shared": True}
-        return {"store": "memory", "shared": False, "note": "jobs live in this process only: bounded "
+            return {"store": "redis", "shared": True, "available": True}
+        return {"store": "memory", "shared": False, "available": True, "note": "jobs live in this process only: bounded "
                 "(TRYON_JOBS_MEMORY_JOBS, TRYON_JOBS_MEMORY_BYTES) and lost on restart; set TRYON_JOBS_URL"}
 
     def start(self) -> None:

@@ -133,7 +133,7 @@ _ERRORS = {
     404: "`job_not_found` (also another API key's job), `result_not_ready`, `result_failed`, `result_not_found`",
     408: "`body_timeout`: the request body did not arrive within TRYON_REQUEST_TIMEOUT_S",
     413: "`payload_too_large` (the body), `image_too_large` (bytes or pixels), `too_many_garments`, "
-         "`json_too_large`",
+         "`json_too_large`, `job_too_large` (more bytes than TRYON_JOBS_MEMORY_BYTES)",
     410: "`job_expired`, `result_deleted` (after TRYON_JOBS_RETENTION_S)",
     415: "`unsupported_media_type` (send multipart/form-data or application/json), `not_an_image`",
     422: "`incomplete_inputs`, `ambiguous_inputs`, `missing_field`, `duplicate_field`, `invalid_field`, "
@@ -141,7 +141,9 @@ _ERRORS = {
          "`invalid_request` (a query parameter), `json_too_deep`, `webhooks_not_configured`",
     500: "`inference_failed`: the model failed on this batch",
     502: "`upstream_unreachable`, `upstream_error`: a URL input could not be fetched",
-    503: "`queue_full`, `overloaded`, `not_ready`, `shutting_down`, `out_of_memory`, `jobs_unavailable` (the job store), `jobs_full`: retry after Retry-After",
+    503: "`queue_full`, `overloaded`, `not_ready`, `shutting_down`, `out_of_memory`, `jobs_unavailable` (the job "
+         "store did not answer), `jobs_full`: retry after Retry-After. `jobs_unavailable` without Retry-After: "
+         "this deployment serves no jobs (TRYON_WORKERS > 1 without TRYON_JOBS_URL); retrying will not help",
     504: "`deadline_exceeded` (not served in time), `upstream_timeout` (a URL input)",
 }
 

@@ -58,7 +58,7 @@ class ServiceState:
                 "queue_limit": s.queue_limit, "queue_depth": self.batcher.depth if self.batcher else 0,
                 "request_timeout_s": s.request_timeout_s, "sampler": s.sampler,
                 "cache": self.cache.store.name if self.cache else None,
-                "jobs": self.jobs.info if self.jobs else None}
+                "jobs": self.jobs_info}
         if not self.healthy:
             info["device_failure"] = self.batcher.device_failure
         if self.batcher is not None and self.batcher.rate is not None:
@@ -113,9 +113,17 @@ class ServiceState:
             log.info("person detector warm", extra={"detector_warmup_s": round(seconds, 3)})
         self._detector_warmup = asyncio.get_running_loop().create_task(warm())
 
+    @property
+    def jobs_info(self) -> dict | None:
+        """/readyz's ``jobs``: the store, or why /v1/jobs is not served here."""
+        if self.settings.jobs_unavailable:
+            return {"store": None, "available": False, "reason": self.settings.jobs_unavailable}
+        return self.jobs.info if self.jobs else None
+
     def _start_jobs(self) -> None:
-        """Catalog jobs: this process's runner takes tasks from the store and runs them through the queue."""
-        if self.settings.jobs_enabled:
+        """Catalog jobs: this process's runner takes tasks from the store and runs them through the queue
+        (none where the settings say they cannot be served: Settings.jobs_unavailable)."""
+        if self.settings.jobs_enabled and not self.settings.jobs_unavailable:
             chunk_size = self.settings.garment_chunk_for(self.engine.device.type)
             self.jobs = Jobs(self.settings, self.batcher, self.fetcher, chunk_size, self.metrics)
             self.jobs.start()

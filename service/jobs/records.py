@@ -23,6 +23,9 @@ class JobStatus(str, Enum):
 
 
 ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+# An ended job's record outlives its results this many times TRYON_JOBS_RETENTION_S, so that a
+# result asked for after its deletion is a 410, not an unknown job's 404.
+RECORD_KEPT_RETENTIONS = 2
 
 
 def new_job_id() -> str:
@@ -123,7 +126,8 @@ class JobRecord:
             state = self.settled.get(index)
             if state is not None and state.error is not None:
                 error = state.error
-                item["error"] = {"code": error.code, "message": error.message, "field": error.field}
+                item["error"] = {"status": error.status, "code": error.code, "message": error.message,
+                                 "field": error.field}
             elif state is not None:
                 item["url"] = f"{base}/results/{index}"
             garments.append(item)

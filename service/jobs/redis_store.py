@@ -28,16 +28,14 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
-from .records import (Delivery, GarmentState, JobInputs, JobError, JobRecord, JobStatus, NewJob, Task)
+from .records import (RECORD_KEPT_RETENTIONS, Delivery, GarmentState, JobInputs, JobError, JobRecord, JobStatus,
+                      NewJob, Task)
 from .store import StoreUnavailable
 
 PREFIX = "tryon:jobs:"
 TASKS = PREFIX + "tasks"
 DELIVERIES = PREFIX + "deliveries"
 RUNNERS, SENDERS = "runners", "senders"
-# An ended job's record outlives its results this many times TRYON_JOBS_RETENTION_S, so that a
-# result asked for after its deletion is a 410, not an unknown job's 404.
-RECORD_KEPT_RETENTIONS = 2
 
 _CREATE = """
 if ARGV[1] == '1' then

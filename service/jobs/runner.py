@@ -144,7 +144,9 @@ class JobRunner:
         return status is not None
 
     async def _submit(self, inputs: GarmentsInputs, deadline_at: float) -> GarmentsStream:
-        """The queue's answer, waiting out its refusals for now (Interrupted when stopping)."""
+        """The queue's answer, waiting out its refusals for now (Interrupted when stopping), but not past the
+        job's deadline: a refusal then (admission's Overloaded says "not by your deadline", and it never will
+        be) is the deadline's, so the job expires instead of waiting for ever."""
         while True:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + max(0.0, deadline_at - time.time())
@@ -153,7 +155,11 @@ class JobRunner:
             except TRANSIENT as exc:
                 if self.stopping.is_set() or isinstance(exc, ShuttingDown):
                     raise Interrupted from None
-                await asyncio.sleep(exc.retry_after_s or POLL_S)
+                left = deadline_at - time.time()
+                if left <= 0:
+                    raise DeadlineExceeded(f"the job's deadline passed while the queue refused it: {exc.message}") \
+                        from None
+                await asyncio.sleep(min(exc.retry_after_s or POLL_S, left))
 
     async def _expired(self, record: JobRecord, exc: QueueError) -> bool:
         """The queue gave up at the job's deadline: the job expires (not its garments fail)."""

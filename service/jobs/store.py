@@ -18,8 +18,8 @@ import time
 from collections import OrderedDict, deque
 from typing import Protocol
 
-from .records import (ACTIVE, Delivery, GarmentState, JobInputs, JobRecord, JobStatus, NewJob, Task,
-                      final_status)
+from .records import (ACTIVE, RECORD_KEPT_RETENTIONS, Delivery, GarmentState, JobInputs, JobRecord, JobStatus,
+                      NewJob, Task, final_status)
 
 
 class StoreUnavailable(Exception):
@@ -27,7 +27,11 @@ class StoreUnavailable(Exception):
 
 
 class StoreFull(Exception):
-    """The embedded store holds as many jobs or bytes as it may."""
+    """The embedded store holds as many jobs or bytes as it may (for now: running jobs end)."""
+
+
+class JobTooLarge(Exception):
+    """A job with more bytes than the embedded store may hold at all: it would never fit."""
 
 
 class JobStore(Protocol):
@@ -74,9 +78,10 @@ class JobStore(Protocol):
 
 
 class MemoryJobStore:
-    """Jobs in this process. Ended jobs are dropped TRYON_JOBS_RETENTION_S after they end, or sooner,
-    oldest first, to make room for a new one; a new job that would not fit beside the running
-    ones is refused (StoreFull)."""
+    """Jobs in this process. An ended job's results are dropped TRYON_JOBS_RETENTION_S after it ends (a result
+    asked for then is a 410, as with Redis), its record RECORD_KEPT_RETENTIONS times as long; ended jobs go
+    sooner, oldest first, to make room for a new one. A new job that would not fit beside the running ones
+    is refused for now (StoreFull); one larger than the whole store, for good (JobTooLarge)."""
     name = "memory"
     shared = False
 
@@ -105,11 +110,25 @@ class MemoryJobStore:
         self._results.pop(job_id, None)
         self._idempotent = {k: v for k, v in self._idempotent.items() if v != record.id}
 
+    def _age_out(self, job_id: str, record: JobRecord, now: float) -> bool:
+        """Drops an ended job's results after the retention, and the job after RECORD_KEPT_RETENTIONS of it:
+        whether the job is gone."""
+        if record.finished_at is None or now - record.finished_at < self.retention_s:
+            return False
+        if now - record.finished_at >= self.retention_s * RECORD_KEPT_RETENTIONS:
+            self._drop(job_id)
+            return True
+        self.bytes -= sum(map(len, self._results.get(job_id, {}).values()))
+        self._results[job_id] = {}
+        return False
+
     def _make_room(self, need: int) -> None:
+        if need > self.max_bytes:
+            raise JobTooLarge(f"the job's {need} bytes are more than the embedded job store holds "
+                              f"(TRYON_JOBS_MEMORY_BYTES {self.max_bytes})")
         now = time.time()
         for job_id, record in list(self._records.items()):
-            if record.finished_at is not None and now - record.finished_at >= self.retention_s:
-                self._drop(job_id)
+            self._age_out(job_id, record, now)
         for job_id, record in list(self._records.items()):  # oldest first
             if len(self._records) < self.max_jobs and self.bytes + need <= self.max_bytes:
                 return
@@ -139,9 +158,7 @@ class MemoryJobStore:
 
     async def record(self, job_id: str) -> JobRecord | None:
         record = self._records.get(job_id)
-        if record is not None and record.finished_at is not None and time.time() - record.finished_at >= \
-                self.retention_s:
-            self._drop(job_id)
+        if record is not None and self._age_out(job_id, record, time.time()):
             return None
         return record
 

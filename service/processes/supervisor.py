@@ -130,6 +130,8 @@ async def _supervise(settings: Settings, engine_factory: EngineFactory | None) -
             await host.start()
             metrics.ready.set(1)
             announce_ready(settings, str(host.engine.device), weights_label(host.engine.weights), host.startup_s)
+            if settings.jobs_unavailable:  # here, once: not once per front end
+                log.warning("/v1/jobs answers 503 jobs_unavailable: %s", settings.jobs_unavailable)
             # A slot for every job the queue admits and the engine runs at once; more (a front end's
             # jobs in transit) cross through the socket.
             arenas = [Arena.create(settings.queue_limit + settings.max_batch_size, settings.image_hw)

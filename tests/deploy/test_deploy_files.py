@@ -133,9 +133,11 @@ def test_committed_nginx_config_is_rendered_from_compose():
 def test_nginx_limits_follow_the_service_settings():
     limits = render_nginx.ServiceLimits()
     assert limits == render_nginx.ServiceLimits(DEFAULTS.max_upload_bytes, DEFAULTS.request_timeout_s,
-                                                DEFAULTS.url_total_timeout_s, DEFAULTS.max_garments)
+                                                DEFAULTS.url_total_timeout_s, DEFAULTS.max_garments,
+                                                DEFAULTS.jobs_max_garments)
     assert limits.request_body_limit == DEFAULTS.request_body_limit
     assert limits.batch_body_limit == DEFAULTS.batch_body_limit
+    assert limits.jobs_body_limit == DEFAULTS.jobs_body_limit
     # Multipart carries raw bytes: three full-size images fit with room to spare.
     assert limits.request_body_limit > 3 * DEFAULTS.max_upload_bytes + 64 * 1024
     assert limits.read_timeout_s > max(DEFAULTS.request_timeout_s, DEFAULTS.url_total_timeout_s)
@@ -149,12 +151,28 @@ def test_nginx_limits_follow_the_service_settings():
     # /v1/tryon/batch takes up to TRYON_MAX_GARMENTS more images, and streams its parts unbuffered.
     batches = render_nginx.ServiceLimits.from_env({"TRYON_MAX_UPLOAD_BYTES": "20971520", "TRYON_MAX_GARMENTS": "12"})
     batch_text = render_nginx.render(["127.0.0.1:8000"], limits=batches)
-    batch_block = batch_text[batch_text.index("location = /v1/tryon/batch {"):]
-    batch_block = batch_block[:batch_block.index("}")]
+    batch_block = location_block(batch_text, "/v1/tryon/batch")
     batch_limit = Settings(max_upload_bytes=20971520, max_garments=12).batch_body_limit
     assert f"client_max_body_size {batch_limit};" in batch_block
     assert "proxy_buffering off;" in batch_block and "proxy_pass http://tryon;" in batch_block
     assert f"client_max_body_size {batches.request_body_limit};" in batch_text.replace(batch_block, "")
+    # POST /v1/jobs takes up to TRYON_JOBS_MAX_GARMENTS, and is not resent to another replica by nginx
+    # (a submission that reached one may have been stored).
+    jobs = render_nginx.ServiceLimits.from_env({"TRYON_MAX_UPLOAD_BYTES": "20971520", "TRYON_JOBS_MAX_GARMENTS": "10"})
+    jobs_text = render_nginx.render(["127.0.0.1:8000"], limits=jobs)
+    jobs_block = location_block(jobs_text, "/v1/jobs")
+    jobs_limit = Settings(max_upload_bytes=20971520, jobs_max_garments=10).jobs_body_limit
+    assert f"client_max_body_size {jobs_limit};" in jobs_block and "proxy_pass http://tryon;" in jobs_block
+    assert "proxy_next_upstream error timeout;" in jobs_block and "non_idempotent" not in jobs_block
+    assert f"{jobs_limit} for /v1/jobs" in jobs_text
+    assert location_block(render_nginx.COMPOSE_CONF.read_text(), "/v1/jobs").count(
+        f"client_max_body_size {DEFAULTS.jobs_body_limit};") == 1
+
+
+def location_block(text: str, path: str) -> str:
+    """The body of nginx's ``location = path { ... }`` (no nested blocks)."""
+    block = text[text.index(f"location = {path} {{"):]
+    return block[:block.index("}")]
 
 
 def test_nginx_config_passes_nginx_t(tmp_path):
@@ -384,24 +402,67 @@ def test_compose_replicas_share_one_redis_cache(compose):
     assert "TRYON_CACHE_URL" not in cpu["tryon"]["environment"] and "redis" not in cpu  # inherited as is
 
 
-def test_kubernetes_replicas_share_one_redis_cache(manifests):
+def assert_is_a_job_store(args: list[str]) -> None:
+    """Never evicting, appending every write to its file: a store that loses no accepted job."""
+    options = redis_args(args)
+    assert options["maxmemory-policy"] == "noeviction" and options["appendonly"] == "yes"
+
+
+def tryon_container(manifests) -> dict:
     (container,) = manifests["Deployment", "daflow-tryon"]["spec"]["template"]["spec"]["containers"]
-    settings = assert_valid_settings({e["name"]: e["value"] for e in container["env"]})
-    url = urlsplit(settings.cache_url)
+    return container
+
+
+def redis_behind(manifests, url: str) -> tuple[dict, dict]:
+    """The pod template and container of the Redis that ``url`` names: its Service's port is the URL's and
+    reaches the container's, and neither its selector nor the service's catches the other's pods."""
+    url = urlsplit(url)
     service = manifests["Service", url.hostname]
     assert service["spec"]["ports"][0]["port"] == url.port
-    cache = manifests["Deployment", url.hostname]["spec"]["template"]
-    assert service["spec"]["selector"].items() <= cache["metadata"]["labels"].items()
-    (redis,) = cache["spec"]["containers"]
+    template = manifests["Deployment", url.hostname]["spec"]["template"]
+    assert service["spec"]["selector"].items() <= template["metadata"]["labels"].items()
+    (redis,) = template["spec"]["containers"]
     assert redis["image"].startswith("redis:")
     port = next(p for p in redis["ports"] if p["name"] == service["spec"]["ports"][0]["targetPort"])
     assert port["containerPort"] == url.port
-    assert_is_a_cache(redis["args"])
-    assert cache["spec"]["securityContext"]["runAsNonRoot"] is True
-    # The service's selector must not catch the Redis pods, nor Redis's the service's.
+    assert template["spec"]["securityContext"]["runAsNonRoot"] is True
     tryon_labels = manifests["Deployment", "daflow-tryon"]["spec"]["template"]["metadata"]["labels"]
     assert not service["spec"]["selector"].items() <= tryon_labels.items()
-    assert not manifests["Service", "daflow-tryon"]["spec"]["selector"].items() <= cache["metadata"]["labels"].items()
+    assert not manifests["Service", "daflow-tryon"]["spec"]["selector"].items() <= template["metadata"]["labels"].items()
+    return template, redis
+
+
+def test_kubernetes_replicas_share_one_redis_cache(manifests):
+    settings = assert_valid_settings({e["name"]: e["value"] for e in tryon_container(manifests)["env"]})
+    _, redis = redis_behind(manifests, settings.cache_url)
+    assert_is_a_cache(redis["args"])
+
+
+def test_kubernetes_replicas_share_a_job_store_that_never_evicts_and_persists(manifests):
+    settings = assert_valid_settings({e["name"]: e["value"] for e in tryon_container(manifests)["env"]})
+    assert settings.jobs_url and urlsplit(settings.jobs_url).hostname != urlsplit(settings.cache_url).hostname
+    template, redis = redis_behind(manifests, settings.jobs_url)
+    assert_is_a_job_store(redis["args"])
+    # The append-only file is on a persistent volume claim, mounted where Redis writes it.
+    (mount,) = redis["volumeMounts"]
+    assert mount["mountPath"] == redis_args(redis["args"]).get("dir", "/data")
+    volume = next(v for v in template["spec"]["volumes"] if v["name"] == mount["name"])
+    claim = manifests["PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"]]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"] and claim["spec"]["resources"]["requests"]["storage"]
+    deployment = manifests["Deployment", urlsplit(settings.jobs_url).hostname]
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert template["spec"]["securityContext"]["fsGroup"] == template["spec"]["securityContext"]["runAsUser"]
+
+
+def test_compose_replicas_share_a_job_store_that_never_evicts_and_persists(compose):
+    settings = assert_valid_settings({k: str(v) for k, v in compose["services"]["tryon"]["environment"].items()})
+    url = urlsplit(settings.jobs_url)
+    jobs = compose["services"][url.hostname]
+    assert url.hostname != urlsplit(settings.cache_url).hostname and str(url.port) in map(str, jobs["expose"])
+    assert_is_a_job_store(jobs["command"][1:])
+    volume = jobs["volumes"][0].split(":")
+    assert volume[1] == redis_args(jobs["command"][1:]).get("dir", "/data") and volume[0] in compose["volumes"]
+    assert compose["services"]["tryon"]["depends_on"][url.hostname]["condition"] == "service_healthy"
 
 
 def test_the_person_detector_is_installed_alike_everywhere():

@@ -58,18 +58,25 @@ def tryon_png(url: str, cloth: bytes) -> bytes:
 
 class WebhookReceiver:
     """An HTTP server on 127.0.0.1 that records every delivery; the first ``fail_first`` answer
-    ``status`` (500 by default), the rest 204."""
+    ``status`` (500 by default), the rest 204. ``hold_first``: the first delivery is recorded (its
+    status None) and never answered, its sender left waiting until the receiver closes."""
 
-    def __init__(self, fail_first: int = 0, status: int = 500):
-        self.deliveries: list[tuple[dict, bytes, int]] = []
+    def __init__(self, fail_first: int = 0, status: int = 500, hold_first: bool = False):
+        self.deliveries: list[tuple[dict, bytes, int | None]] = []
         self.fail_first = fail_first
+        self.released = threading.Event()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["content-length"]))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                if hold_first and not receiver.deliveries:
+                    receiver.deliveries.append((headers, body, None))
+                    receiver.released.wait()
+                    return
                 answer = status if len(receiver.deliveries) < receiver.fail_first else 204
-                receiver.deliveries.append(({k.lower(): v for k, v in self.headers.items()}, body, answer))
+                receiver.deliveries.append((headers, body, answer))
                 self.send_response(answer)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -88,6 +95,7 @@ class WebhookReceiver:
         return list(self.deliveries)
 
     def close(self) -> None:
+        self.released.set()
         self.server.shutdown()
         self.server.server_close()
 

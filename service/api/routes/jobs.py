@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from model.images import MEDIA_TYPES
 
 from ...jobs.records import JobInputs, JobRecord, JobStatus, NewJob, new_job_id
-from ...jobs.store import StoreFull, StoreUnavailable
+from ...jobs.store import JobTooLarge, StoreFull, StoreUnavailable
 from ...queue.outcomes import Priority
 from ..deps import OwnerDep, QueryDep, ServiceDep, require_api_key
 from ..errors import ApiError
@@ -34,6 +34,8 @@ MAX_JOB_DEADLINE_S = 30 * 86_400
 
 
 def _jobs(service) -> Jobs:
+    if service.settings.jobs_unavailable:  # this deployment cannot serve jobs: no Retry-After, waiting won't help
+        raise ApiError(503, "jobs_unavailable", service.settings.jobs_unavailable)
     if service.jobs is None:
         raise ApiError(503, "not_ready", "jobs are not being served yet", headers={"Retry-After": "5"})
     return service.jobs
@@ -105,6 +107,8 @@ async def submit_job(request: Request, service: ServiceDep, query: QueryDep, own
     try:
         job_id, created = await jobs_.store.create(job)
         record = await jobs_.store.record(job_id)
+    except JobTooLarge as exc:  # never fits: not a 503 to retry
+        raise ApiError(413, "job_too_large", str(exc)) from None
     except (StoreUnavailable, StoreFull) as exc:
         raise _unavailable(exc) from None
     if created:

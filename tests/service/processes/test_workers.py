@@ -31,7 +31,7 @@ from tests.fixtures.standin_engine import StandInEngine
 from tests.utils import REPO
 from tests.utils.processes import process_tree
 
-TWO_FRONT_ENDS = {"TRYON_WORKERS": "2", "TRYON_JOBS_ENABLED": "false"}  # embedded jobs: one process only
+TWO_FRONT_ENDS = {"TRYON_WORKERS": "2"}
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +43,18 @@ def server(tmp_path_factory, standin_weights_file):
 
 def test_the_front_ends_are_separate_processes(server):
     assert len(process_tree(server.process.pid)) == 3  # the engine process and two front ends
+
+
+def test_without_a_shared_job_store_jobs_are_unavailable_and_everything_else_serves(server):
+    """Embedded jobs would be one store per front end: the service starts, /v1/jobs says why it is not
+    served (503 without Retry-After: waiting will not help), /readyz says so, and the log says it once."""
+    answer = httpx.post(f"{server.url}/v1/jobs", files={"cloth": ("c.png", b"x", "image/png")}, timeout=10)
+    assert answer.status_code == 503 and "retry-after" not in answer.headers
+    assert answer.json()["error"]["code"] == "jobs_unavailable" and "TRYON_JOBS_URL" in answer.json()["error"]["message"]
+    assert httpx.get(f"{server.url}/v1/jobs/job_x", timeout=10).json()["error"]["code"] == "jobs_unavailable"
+    jobs = httpx.get(f"{server.url}/readyz", timeout=10).json()["jobs"]
+    assert jobs["available"] is False and "TRYON_JOBS_URL" in jobs["reason"]
+    assert server.stderr.count("/v1/jobs answers 503 jobs_unavailable: catalog jobs need TRYON_JOBS_URL") == 1
 
 
 def listening_sockets(port: int) -> set[str]:

@@ -24,6 +24,19 @@ def server(tmp_path_factory, standin_weights_file):
         yield proc
 
 
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory, standin_weights_file):
+    """A second server: API keys, no webhook secret, results kept 1 s, 70 kB of jobs (a person and one
+    garment of tests/utils/jobs are 37 kB, six garments 99 kB)."""
+    env = {"TRYON_WEIGHTS": str(standin_weights_file), "TRYON_API_KEYS": "key-a,key-b",
+           "TRYON_JOBS_RETENTION_S": "1", "TRYON_JOBS_MEMORY_BYTES": "70000"}
+    with running_server(env, tmp_path_factory.mktemp("keyed")) as proc:
+        yield proc
+
+
+KEY_A, KEY_B = {"Authorization": "Bearer key-a"}, {"Authorization": "Bearer key-b"}
+
+
 def test_a_job_runs_and_its_results_equal_tryon(server):
     cloths = garments(3)
     answer = submit(server.url, cloths, {"format": "png"})
@@ -146,8 +159,46 @@ def test_readyz_says_jobs_are_in_this_process(server):
     assert info["jobs"]["store"] == "memory" and "lost on restart" in info["jobs"]["note"]
 
 
-def test_embedded_jobs_with_several_front_ends_are_refused_at_start_up():
-    with pytest.raises(ValueError, match="TRYON_JOBS_URL"):
-        Settings(workers=2)
-    assert Settings(workers=2, jobs_enabled=False).workers == 2
-    assert Settings(workers=2, jobs_url="redis://127.0.0.1:1/0").workers == 2
+def test_embedded_jobs_with_several_front_ends_are_unavailable_not_refused_at_start_up():
+    """The service starts (tests/service/processes/test_workers.py: the 503 jobs_unavailable it answers)."""
+    assert "TRYON_JOBS_URL" in Settings(workers=2).jobs_unavailable
+    assert Settings(workers=2, jobs_enabled=False).jobs_unavailable is None
+    assert Settings(workers=2, jobs_url="redis://127.0.0.1:1/0").jobs_unavailable is None
+    assert Settings(workers=1).jobs_unavailable is None
+
+
+def test_a_job_is_seen_only_with_the_key_that_created_it(keyed):
+    doc = submit(keyed.url, garments(1), headers=KEY_A).json()
+    done = wait_job(keyed.url, doc["id"], headers=KEY_A)
+    assert done["status"] == "succeeded"
+    base = f"{keyed.url}/v1/jobs/{doc['id']}"
+    for answer in (httpx.get(base, headers=KEY_B, timeout=10), httpx.get(base + "/results/0", headers=KEY_B, timeout=10),
+                   httpx.post(base + "/cancel", headers=KEY_B, timeout=10)):
+        assert answer.status_code == 404 and answer.json()["error"]["code"] == "job_not_found"  # as if none
+    assert httpx.get(base, timeout=10).status_code == 401
+    assert httpx.get(base + "/results/0", headers=KEY_A, timeout=10).status_code == 200
+
+
+def test_a_webhook_without_a_secret_is_refused_at_submission(keyed):
+    answer = submit(keyed.url, garments(1), {"webhook_url": "http://127.0.0.1:9/hook"}, headers=KEY_A)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error"]["code"] == "webhooks_not_configured"
+    assert answer.json()["error"]["field"] == "webhook_url" and "TRYON_WEBHOOK_SECRET" in answer.json()["error"]["message"]
+
+
+def test_results_are_deleted_after_the_retention_time(keyed):
+    doc = submit(keyed.url, garments(1), headers=KEY_A).json()
+    assert wait_job(keyed.url, doc["id"], headers=KEY_A)["status"] == "succeeded"
+    result = f"{keyed.url}/v1/jobs/{doc['id']}/results/0"
+    assert httpx.get(result, headers=KEY_A, timeout=10).status_code == 200
+    time.sleep(1.1)  # TRYON_JOBS_RETENTION_S
+    gone = httpx.get(result, headers=KEY_A, timeout=10)
+    assert gone.status_code == 410 and gone.json()["error"]["code"] == "result_deleted"
+    assert httpx.get(f"{keyed.url}/v1/jobs/{doc['id']}", headers=KEY_A, timeout=10).json()["status"] == "succeeded"
+
+
+def test_a_job_larger_than_the_embedded_store_is_413_not_a_503_to_retry(keyed):
+    """(Running jobs filling the store for now, 503 jobs_full: tests/service/jobs/test_store.py.)"""
+    answer = submit(keyed.url, garments(6), headers=KEY_A)
+    assert answer.status_code == 413 and answer.json()["error"]["code"] == "job_too_large"
+    assert "TRYON_JOBS_MEMORY_BYTES" in answer.json()["error"]["message"] and "retry-after" not in answer.headers
