@@ -256,7 +256,9 @@ def test_engine_checks_a_half_mode_against_its_own_bar(weights_file, golden, gol
     """fp16 means bf16 on the CPU, which with the stand-in weights measures about 37 dB
     against fp32 on the golden inputs and 45 dB on the service's examples: over bf16's bar
     (32 dB), so asked to check (on a GPU it checks by default with real weights) the engine
-    serves bf16. Under a bar above that, it serves fp32 and says so once."""
+    serves bf16. Under a bar no bf16 run reaches (60 dB: bf16 keeps 8 bits of mantissa; on
+    AVX2, where oneDNN emulates bf16, the same run measured over 40 dB), it serves fp32 and
+    says so once."""
     kept = engine(weights_file, precision="fp16", check_precision=True, check_inputs=golden_pngs)
     assert kept.info["precision"] == "bf16" and kept.info["precision_fallback"] == []
     kept = engine(weights_file, precision="bf16", check_precision=True, check_inputs=str(EXAMPLES))
@@ -265,9 +267,9 @@ def test_engine_checks_a_half_mode_against_its_own_bar(weights_file, golden, gol
     with caplog.at_level(logging.ERROR, logger="model.engine"):
         refused = Engine(EngineConfig(device="cpu", precision="fp16", batch_sizes=(1,), image_size_hw=SIZE,
                                       weights=weights_file, check_precision=True, check_inputs=golden_pngs))
-        # The same run, held to a 40 dB bar: the chain as choose_precision walks it.
-        mode, why = choose_precision("bf16", refused._precision_runner(refused.net), {"bf16": 40.0})
-    assert mode == "fp32" and len(why) == 1 and why[0].startswith("bf16: 3") and why[0].endswith("(< 40)")
+        # The same run, held to a 60 dB bar: the chain as choose_precision walks it.
+        mode, why = choose_precision("bf16", refused._precision_runner(refused.net), {"bf16": 60.0})
+    assert mode == "fp32" and len(why) == 1 and why[0].startswith("bf16: ") and why[0].endswith("(< 60)")
 
 
 def test_cpu_engine_does_not_check_unless_asked(weights_file):
