@@ -171,6 +171,11 @@ def checkout(ref: str, folder: Path) -> Path:
     return folder
 
 
+def _serves_workers(code: Path) -> bool:
+    """Whether the tree at ``code`` has TRYON_WORKERS (service/workers.py then, its supervisor since)."""
+    return any((code / "service" / path).exists() for path in ("workers.py", "processes/supervisor.py"))
+
+
 def measure(code: str, workers: int, size: str, args, tmp: Path) -> dict:
     port = 19000 + os.getpid() % 1000
     process = start_server(args.code[code], port, workers, tmp)
@@ -285,7 +290,7 @@ def main(argv=None) -> None:
             for size in args.sizes.split(","):
                 for code in args.code:
                     for workers in map(int, args.workers.split(",")):
-                        if workers > 1 and not (args.code[code] / "service" / "workers.py").exists():
+                        if workers > 1 and not _serves_workers(args.code[code]):
                             continue  # one process is all that commit has
                         report["results"].append(measure(code, workers, size, args, Path(tmp)))
                         print(json.dumps(report["results"][-1]), file=sys.stderr, flush=True)
