@@ -174,9 +174,10 @@ def test_batches_take_interactive_work_first_and_fill_with_bulk():
         batcher.start()
         blocker = batcher.submit(single(0), deadline())  # holds the engine while the rest queues
         await engine_called(engine)
+        bulk, interactive = Priority.BULK, Priority.INTERACTIVE  # parsed at the edge: the queue takes the enum
         jobs = [batcher.submit(single(tag), deadline(), priority)
-                for tag, priority in [(1, "bulk"), (2, "bulk"), (3, "interactive"), (4, "bulk"), (5, "interactive"),
-                                      (6, "interactive"), (7, "interactive")]]
+                for tag, priority in [(1, bulk), (2, bulk), (3, interactive), (4, bulk), (5, interactive),
+                                      (6, interactive), (7, interactive)]]
         registry = batcher.metrics.registry
         gauges = [registry.get_sample_value("tryon_queue_depth")] + [
             registry.get_sample_value("tryon_queue_pending", {"priority": p}) for p in ("interactive", "bulk")]
