@@ -55,11 +55,10 @@ class ServiceRate:
         return rate
 
     @classmethod
-    def from_smallest(cls, smallest: "ServiceRate", batch_sizes: Iterable[int]) -> "ServiceRate":
-        """A CPU engine timed at its smallest size only (the warm-up's one forward: start-up in
-        seconds, not minutes): every other size seeded long (CPU_GROWTH_PER_DOUBLING), then
-        followed as batches run."""
-        (size, seconds), = smallest.snapshot().items()
+    def from_smallest(cls, size: int, seconds: float, batch_sizes: Iterable[int]) -> "ServiceRate":
+        """A CPU engine timed at its smallest ``size`` only (the warm-up's one forward, ``seconds``:
+        start-up in seconds, not minutes): every other size seeded long (CPU_GROWTH_PER_DOUBLING),
+        then followed as batches run."""
         per_item = seconds / size
         return cls({n: per_item * n * CPU_GROWTH_PER_DOUBLING ** math.log2(n / size) if n != size else seconds
                     for n in batch_sizes})

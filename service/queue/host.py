@@ -53,7 +53,8 @@ class EngineHost:
 
     async def start(self) -> None:
         s = self.settings
-        batch_sizes = s.batch_sizes_for(pick_device(s.device).type)
+        device_type = pick_device(s.device).type
+        batch_sizes = s.batch_sizes_for(device_type)
         config = EngineConfig(device=s.device, precision=s.precision, batch_sizes=batch_sizes,
                               image_size_hw=s.image_hw, weights=s.weights, sampler=s.sampler,
                               check_inputs=str(EXAMPLES))
@@ -63,7 +64,7 @@ class EngineHost:
         if self.engine.weights.random:
             log.warning("SERVING RANDOM WEIGHTS: no checkpoint was found, every output is meaningless; "
                         "set TRYON_WEIGHTS or put a checkpoint in weights/ (X-Weights: random)")
-        graphs = pick_device(s.device).type == "cuda"
+        graphs = device_type == "cuda"
         warmup = await asyncio.to_thread(self.engine.warmup, None if graphs else batch_sizes[:1])
         warmed = time.perf_counter()
         self.metrics.sampler.labels(sampler=self.engine.sampler).set(1)
@@ -74,7 +75,7 @@ class EngineHost:
             rate = await asyncio.to_thread(ServiceRate.measured, self.engine.infer, s.image_hw,
                                            {batch_sizes[0], batch_sizes[-1]})
         else:
-            rate = ServiceRate.from_smallest(ServiceRate({batch_sizes[0]: warmup[batch_sizes[0]]}), batch_sizes)
+            rate = ServiceRate.from_smallest(batch_sizes[0], warmup[batch_sizes[0]], batch_sizes)
         self.batcher = Batcher(self.engine, max_batch_size=s.max_batch_size, max_wait_s=s.max_batch_wait_ms / 1000,
                                queue_limit=s.queue_limit, metrics=self.metrics, rate=rate,
                                on_device_failure=self.on_device_failure)

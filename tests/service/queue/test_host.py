@@ -37,7 +37,7 @@ def test_a_cpu_replica_warms_its_smallest_batch_only(server):
 
 
 def test_seeded_sizes_err_long_and_follow_real_batches():
-    rate = ServiceRate.from_smallest(ServiceRate({1: 1.0}), (1, 2, 4, 8))
+    rate = ServiceRate.from_smallest(1, 1.0, (1, 2, 4, 8))
     assert rate.snapshot() == pytest.approx({1: 1.0, 2: 2 * CPU_GROWTH_PER_DOUBLING,
                                              4: 4 * CPU_GROWTH_PER_DOUBLING ** 2, 8: 8 * CPU_GROWTH_PER_DOUBLING ** 3})
     for _ in range(20):
