@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
@@ -104,7 +104,9 @@ class QueryOptions:
     timeout: float | None = None
 
     def given(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        # (a shallow read: dataclasses.asdict deep-copies every value, on every request)
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {k: v for k, v in values.items() if v is not None}
 
 
 async def output_query(

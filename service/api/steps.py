@@ -16,8 +16,8 @@ from ..queue.outcomes import DeadlineExceeded, DropReason, Priority, QueueError
 from .context import request_context
 from .deps import QueryOptions, Work
 from .parts import encode_output  # noqa: F401  (the routes' step, defined where jobs reach it too)
-from .inputs import (GarmentLimit, Garments, OutputOptions, RequestParts, fetch_parts, has_urls, parse_job_options,
-                     read_request)
+from .inputs import (GarmentLimit, Garments, JobOptions, OutputOptions, RequestParts, fetch_parts, has_urls,
+                     parse_job_options, read_request)
 from .state import ServiceState
 
 STREAM_CHUNK = 64 * 1024
@@ -74,15 +74,21 @@ async def read_parts(request: Request, service: ServiceState, query: QueryOption
     """The request's parts with every URL fetched (``timings["fetch"]`` when there were any);
     ``work``, when given, takes the request's priority and timeout; ``limit``: read_request's."""
     mark = time.perf_counter()
-    given = query.given() if query is not None else {}
-    parts, options = await read_request(request, service.settings, given, garments, limit)
+    parts, options = await read_request(request, service.settings, query.given() if query is not None else {},
+                                        garments, limit)
     if work is not None:
         # Admission control waits for submit (after decoding): a cache hit is answered whatever the queue holds.
-        work.schedule(parse_job_options(given | parts.options, request.headers), default_priority)
+        work.schedule(scheduling_of(request, query, parts), default_priority)
     if has_urls(parts):
         parts = await fetch_parts(parts, service.fetcher)
         timings["fetch"] = (time.perf_counter() - mark) * 1000
     return parts, options
+
+
+def scheduling_of(request: Request, query: QueryOptions | None, parts: RequestParts) -> JobOptions:
+    """The request's priority and timeout: body fields, else query parameters, else headers."""
+    given = query.given() if query is not None else {}
+    return parse_job_options(given | parts.options, request.headers)
 
 
 async def run_job(service: ServiceState, inputs: TryOnInputs | GarmentsInputs, work: Work,

@@ -19,10 +19,10 @@ from ...jobs.store import JobTooLarge, StoreFull, StoreUnavailable
 from ...queue.outcomes import Priority
 from ..deps import OwnerDep, QueryDep, ServiceDep, require_api_key
 from ..errors import ApiError
-from ..inputs import GarmentLimit, parse_job_options
+from ..inputs import GarmentLimit
 from ..jobs import Jobs, job_error
 from ..openapi import GARMENTS_REQUEST_BODY, PERSON_MIX, error_responses
-from ..steps import read_parts
+from ..steps import read_parts, scheduling_of
 
 jobs = APIRouter(tags=["jobs"], dependencies=[Depends(require_api_key)])
 JOBS_ROUTE = "/v1/jobs"
@@ -92,8 +92,7 @@ async def submit_job(request: Request, service: ServiceDep, query: QueryDep, own
     limit = GarmentLimit(settings.jobs_max_garments, "TRYON_JOBS_MAX_GARMENTS", settings.jobs_body_limit,
                          (WEBHOOK_FIELD,))
     parts, options = await read_parts(request, service, query, "many", {}, limit=limit)
-    given = (query.given() if query is not None else {}) | parts.options
-    scheduling = parse_job_options(given, request.headers)
+    scheduling = scheduling_of(request, query, parts)
     if scheduling.priority not in (None, Priority.BULK):
         raise ApiError(422, "bulk_only", "jobs run as bulk work, so that shoppers' requests overtake them; "
                        "send priority=bulk or none", "priority")
