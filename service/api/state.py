@@ -32,7 +32,8 @@ class ServiceState:
         # The engine and its queue: here (EngineHost), or behind engine_link in a front-end
         # process of TRYON_WORKERS > 1.
         self.engine_link = engine_link
-        self.host = EngineHost(settings, self.metrics, engine_factory, on_device_failure=self.device_failed)
+        self.host = (EngineHost(settings, self.metrics, engine_factory, on_device_failure=self.device_failed)
+                     if engine_link is None else None)
         self.engine: Engine | RemoteEngine | None = None
         self.batcher: JobQueue | None = None
         self.fetcher: UrlFetcher | None = None
