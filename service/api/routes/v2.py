@@ -13,8 +13,8 @@ from ...queue.outcomes import Priority
 from ..deps import ServiceDep, Work, WorkDep, require_api_key
 from ..errors import CLIENT_GONE
 from ..inputs import parse_job_options, read_body
-from ..oip import (BINARY_MEDIA_TYPE, EXTENSIONS, HEADER_LENGTH, ModelMetadata, ProtocolError, ServerMetadata, check_model, decode_infer_request, encode_infer_response,
-                   model_metadata)
+from ..oip import (BINARY_MEDIA_TYPE, EXTENSIONS, HEADER_LENGTH, ModelMetadata, ProtocolError, ServerMetadata,
+                   check_model, decode_infer_request, encode_infer_response, model_metadata)
 from ..state import ServiceState
 from ..steps import off_loop_unless, run_jobs, server_timing
 
@@ -22,7 +22,9 @@ SERVER_NAME = "daflow-tryon"
 LIVE_ROUTE, READY_ROUTE = "/v2/health/live", "/v2/health/ready"
 MODEL_ROUTES = ("/v2/models/{model_name}", "/v2/models/{model_name}/versions/{model_version}")
 INFER_ROUTES = tuple(f"{route}/infer" for route in MODEL_ROUTES)
-INLINE_DECODE_BYTES = 64 * 1024  # a small body is decoded on the event loop, a larger one in a thread
+# A small body's tensors are read on the event loop, a larger body's in a thread (routes/tryon.py's
+# INLINE_DECODE_BYTES is the same choice for JPEG decoding, which costs far more per byte).
+INLINE_TENSOR_BYTES = 64 * 1024
 
 health = APIRouter(tags=["v2 protocol"])
 models = APIRouter(tags=["v2 protocol", "try-on"], dependencies=[Depends(require_api_key)])
@@ -125,7 +127,7 @@ async def _infer(request: Request, service: ServiceState, work: Work, model_name
     timings = work.timings
     body = await read_body(request, settings.request_body_limit, settings.request_timeout_s)
     mark = time.perf_counter()
-    decoded = await off_loop_unless(len(body) <= INLINE_DECODE_BYTES, decode_infer_request, body,
+    decoded = await off_loop_unless(len(body) <= INLINE_TENSOR_BYTES, decode_infer_request, body,
                                     request.headers.get(HEADER_LENGTH), settings.image_hw,
                                     settings.max_batch_size)
     timings["decode"] = (time.perf_counter() - mark) * 1000
