@@ -13,7 +13,8 @@ import httpx
 import pytest
 
 from service.metrics import CONTENT_TYPE_LATEST
-from tests.fixtures.service.harness import REPO, running_server
+from tests.fixtures.service.harness import running_server
+from tests.utils import REPO, REPO_PYTHONPATH
 
 API_KEY = "contract-key"
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
@@ -65,7 +66,7 @@ def test_schemathesis_finds_no_failure(server, tmp_path):
                "--checks", "all", "--exclude-checks", "positive_data_acceptance,negative_data_rejection,not_a_server_error",
                "--max-examples", "15", "--max-time", "60", "--seed", "20261124", "--workers", "1",
                "--generation-database", "none", "--no-color", "--header", f"Authorization: Bearer {API_KEY}"]
-    env = os.environ | {"PYTHONPATH": str(REPO), "SCHEMATHESIS_HOOKS": "tests.utils.schemathesis_hooks"}
+    env = os.environ | {"PYTHONPATH": REPO_PYTHONPATH, "SCHEMATHESIS_HOOKS": "tests.utils.schemathesis_hooks"}
     run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
     report = run.stdout + run.stderr
     assert run.returncode == 0, report[-8000:]
