@@ -91,6 +91,10 @@ class EngineConfig:
     check_inputs: str | None = None
 
 
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
+
+
 class DeviceFailed(RuntimeError):
     """The device broke at start-up (a sticky CUDA error): nothing can run on it in this process."""
 
@@ -214,12 +218,20 @@ class Engine:
                                  channels=self.net.dafnet.sampled_channels)
             if reason is not None:
                 self._raise_if_device_broken(reason)
-        if reason is None:
-            return
+        if reason is not None:
+            self._fall_back_sampler(reason)
+
+    def _fall_back_sampler(self, reason: str) -> None:
         log.error("SAMPLER FALLBACK: %s; serving with the %s reference sampler", reason, REFERENCE_SAMPLER)
         self.sampler_fallback = reason
         self.sampler = REFERENCE_SAMPLER
         self.net.dafnet.sampler = REFERENCE_SAMPLER
+
+    def _fused_kernel_failed(self, exc: BaseException) -> bool:
+        """A fused kernel failed at a serving shape the self-check did not reach (its 13x11 case
+        specialises differently): Triton's CompilationError, OutOfResources and the like derive
+        from Exception, not RuntimeError, and name their module."""
+        return self.sampler != REFERENCE_SAMPLER and type(exc).__module__.split(".")[0] == "triton"
 
     def _raise_if_device_broken(self, reason: str) -> None:
         """After a failure on the GPU: DeviceFailed when the context is gone (the failure's
@@ -243,10 +255,29 @@ class Engine:
         """The sampler check, then one forward at every batch size of ``batch_sizes`` (None:
         all the engine's; on a GPU with graphs: the capture, largest first so the shared pool
         is sized once) and one garments chunk of every size; returns seconds per batch size."""
-        h, w = self.config.image_size_hw
         self._check_sampler()
+        sizes = sorted(self.batch_sizes if batch_sizes is None else batch_sizes, reverse=True)
+        try:
+            seconds = self._warm_sizes(sizes)
+        except Exception as exc:
+            if not self._fused_kernel_failed(exc):
+                raise
+            reason = _one_line(exc)
+            self._raise_if_device_broken(reason)
+            # Graphs captured so far hold the fused kernels: all are captured again.
+            self._graphs.clear()
+            self._fall_back_sampler(f"{self.sampler} sampler failed at warm-up: {reason}")
+            seconds = self._warm_sizes(sizes)
+        self.warm = True
+        log.info("engine warm on %s (%s, graphs=%s): %s", self.device, self.precision, self.use_graphs,
+                 {k: round(v, 3) for k, v in sorted(seconds.items())})
+        return dict(sorted(seconds.items()))
+
+    def _warm_sizes(self, sizes: list[int]) -> dict[int, float]:
+        """Each size's capture (with graphs) and one forward, then the garments path; seconds per size."""
+        h, w = self.config.image_size_hw
         seconds = {}
-        for n in sorted(self.batch_sizes if batch_sizes is None else batch_sizes, reverse=True):
+        for n in sizes:
             start = time.perf_counter()
             if self.use_graphs:
                 self._capture_or_fall_back(n)
@@ -254,10 +285,7 @@ class Engine:
             self.infer(zeros, zeros, zeros)
             seconds[n] = time.perf_counter() - start
         self._warm_garments()
-        self.warm = True
-        log.info("engine warm on %s (%s, graphs=%s): %s", self.device, self.precision, self.use_graphs,
-                 {k: round(v, 3) for k, v in sorted(seconds.items())})
-        return dict(sorted(seconds.items()))
+        return seconds
 
     def infer(self, pose: torch.Tensor, masked_model: torch.Tensor, cloth: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) inputs in [-1, 1] -> (N, 3, H, W) float32 CPU outputs; uint8 levels in,
@@ -395,8 +423,10 @@ class Engine:
         try:
             with self._running():
                 self._graphs[n] = self._capture(n)
-        except RuntimeError as exc:
-            reason = f"batch {n}: {type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
+        except Exception as exc:
+            if self._fused_kernel_failed(exc):
+                raise  # warm-up's sampler fallback, then every size again
+            reason = f"batch {n}: {_one_line(exc)}"
             self._raise_if_device_broken(reason)
             log.error("CUDA GRAPHS FALLBACK: capture failed (%s); serving eagerly", reason)
             self.graphs_fallback = reason
