@@ -28,7 +28,9 @@ Checked at start-up, each falling back with one loud line (reported in ``info``)
 - the fused sampler against the torch reference at warm-up, in the variant that will
   serve (dtype, layout, the network's channel counts): an error or a mismatch -> the
   reference sampler (model.kernels.selfcheck); a sticky device error -> DeviceFailed;
-- the CUDA graphs' capture: a failure -> eager (``cuda_graphs_fallback``).
+- the warm-up at the serving shapes: a fused kernel's own error there (Triton's CompilationError
+  or OutOfResources, not RuntimeErrors) -> the reference sampler, every size warmed again; any
+  other failure of a graph's capture -> eager (``cuda_graphs_fallback``).
 Every call that runs the network runs inside its device (``torch.cuda.device``),
 whichever thread makes it: Triton launches on the current device and stream.
 """
