@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import RESULTS, ROOT, write_report
-from bench.gpu_check_packages import DEFAULT_WHEELS, SITE, mismatch_line, provide_packages
+from bench.gpu_check_packages import DEFAULT_WHEELS, SITE, box_packages_lacking, mismatch_line, provide_packages
 
 CUDA_TESTS = ("tests/model/kernels/test_triton_sampling.py", "tests/model/test_engine.py",
               "tests/model/test_engine_fallbacks.py")
@@ -73,7 +73,7 @@ def steps(weights: str | None, rehearse: bool = False) -> tuple[Step, ...]:
     w = ("--weights", weights) if weights else ()
     bench = ("-m", "bench.gpu_bench", *w) + (("--rehearse",) if rehearse else ())
     if rehearse:
-        engine = ("--batches", "1,2", "--seconds", "0.1", "--modes", "fp16,fp32", "--no-variants")
+        engine = ("--batches", "1,2", "--seconds", "0.1", "--quick", "--modes", "fp16,fp32", "--no-variants")
         tests = ("-n", "2")
         accuracy = ("--device", "cpu", "--sizes", "64x64", "--modes", "bf16")
         service = ("--configs", "batched=2", "--clients", "2", "--duration", "2", "--device", "cpu",
@@ -260,7 +260,12 @@ def main(argv=None) -> int:
     if args.dry_run:
         print_plan(planned, budget)
         return 0
-    mismatched = mismatch_line(args.wheels)  # read only: named before anything else is done
+    unlike_the_box = box_packages_lacking() if args.rehearse else []  # read only: before anything is done
+    if unlike_the_box:  # not a copy of the box: `make gpu-check-rehearsal` builds one
+        print(f"bench.gpu_check: this Python lacks what the box has (bench/gpu_box_packages.txt): "
+              f"{'; '.join(unlike_the_box)}", file=sys.stderr)
+        return 3
+    mismatched = mismatch_line(args.wheels)
     if mismatched:
         print(mismatched, file=sys.stderr, flush=True)
     if not args.rehearse:

@@ -30,6 +30,7 @@ from packaging.version import InvalidVersion, Version
 from bench.common import ROOT
 
 WHEELS_LIST = ROOT / "bench" / "gpu_check_wheels.txt"
+BOX_PACKAGES = ROOT / "bench" / "gpu_box_packages.txt"
 DEFAULT_WHEELS = ROOT / "wheels" / "gpu-check"
 SITE = ROOT / ".gpu-check" / "site"
 PROJECT = "daflow-tryon"
@@ -137,6 +138,23 @@ def mismatch_line(wheels: Path) -> str | None:
     parts = ([f"installed from the wheels instead: {'; '.join(replaced)}"] if replaced else []) + (
         [f"not in bench/gpu_check_wheels.txt, left as they are: {'; '.join(kept)}"] if kept else [])
     return f"bench.gpu_check: versions that do not fit: {' | '.join(parts)}" if parts else None
+
+
+def box_packages_lacking() -> list[str]:
+    """What bench/gpu_box_packages.txt says the box holds and this Python does not, or not at that
+    version: the rehearsal stops on it, since its copy of the box would not be one."""
+    out = []
+    for line in BOX_PACKAGES.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if not line:
+            continue
+        requirement = Requirement(line)
+        version = installed_version(requirement.name)
+        if version is None:
+            out.append(f"{requirement.name} missing")
+        elif _unmet(version, [("the box", requirement)]):
+            out.append(f"{requirement.name} {version} (the box has {requirement.specifier})")
+    return out
 
 
 def provide_packages(wheels: Path) -> str | None:

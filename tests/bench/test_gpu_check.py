@@ -74,11 +74,12 @@ def test_without_cuda_it_exits_2_at_once_and_never_runs_pip(tmp_path):
     for name in ("pip", "pip3"):
         (fake / name).write_text(f"#!/bin/sh\ntouch {marker}\n")
         (fake / name).chmod(0o755)
+    site_before = gpu_check_packages.SITE.exists()  # a rehearsal in this checkout leaves one
     result = run_check("--wheels", str(tmp_path / "none"), env_extra={"PATH": f"{fake}:{os.environ['PATH']}",
                                                                       "PIP_CONFIG_FILE": str(marker)})
     assert result.returncode == 2
     assert "needs a CUDA GPU" in result.stderr and "missing packages" not in result.stderr
-    assert not marker.exists() and not gpu_check_packages.SITE.exists()
+    assert not marker.exists() and gpu_check_packages.SITE.exists() == site_before
 
 
 def test_the_wheel_list_names_each_package_and_its_import():
@@ -138,3 +139,18 @@ def test_the_progress_plugin_writes_each_test_as_it_ends_and_survives_a_broken_f
     outcomes = gpu_check.test_outcomes(lines)
     assert outcomes["counts"] == {"collection_error": 1, "passed": 1, "failed": 1}
     assert any(n.startswith("test_broken.py") for n in outcomes["not_passed"])
+
+
+def test_a_rehearsal_in_an_environment_unlike_the_box_names_what_differs_and_stops(tmp_path, monkeypatch):
+    """bench/gpu_box_packages.txt is the box: a rehearsal's Python that lacks one of its packages,
+    or holds another version, is no copy of it; the check says which, in one line, and exits 3."""
+    listing = tmp_path / "box.txt"
+    listing.write_text("# the box\npytest\nno-such-box-package-here==1.0\npackaging==0.0.1  # pinned\n")
+    monkeypatch.setattr(gpu_check_packages, "BOX_PACKAGES", listing)
+    lacking = gpu_check_packages.box_packages_lacking()
+    assert lacking[0] == "no-such-box-package-here missing" and lacking[1].startswith("packaging ")
+    assert lacking[1].endswith("(the box has ==0.0.1)") and len(lacking) == 2
+    result = run_check("--rehearse", "--out", str(tmp_path / "out.json"))  # this venv is no copy of the box
+    assert result.returncode == 3 and not (tmp_path / "out.json").exists()
+    line, = result.stderr.strip().splitlines()
+    assert line.startswith("bench.gpu_check: this Python lacks what the box has") and "torch" in line
