@@ -61,7 +61,15 @@ async def key_owner(request: Request, service: ServiceDep) -> str:
 OwnerDep = Annotated[str, Depends(key_owner)]
 
 
-def require_ready(service: ServiceState) -> None:
+def require_ready(service: ServiceState, network: bool = True) -> None:
+    """503 unless the replica can serve the request: ``weights_unavailable`` (no Retry-After:
+    waiting does not help) once the checkpoint failed to load, which a route that runs no
+    network (``network=False``) does without; ``not_ready`` while it starts."""
+    weights_failure = service.components.reason("weights")
+    if weights_failure is not None:
+        if not network:
+            return
+        raise ApiError(503, "weights_unavailable", f"the weights could not be loaded: {weights_failure}")
     if not service.ready or service.batcher is None:
         raise ApiError(503, "not_ready", "the model is not loaded yet", headers={"Retry-After": "5"})
 

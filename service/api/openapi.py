@@ -143,7 +143,10 @@ _ERRORS = {
     502: "`upstream_unreachable`, `upstream_error`: a URL input could not be fetched",
     503: "`queue_full`, `overloaded`, `not_ready`, `shutting_down`, `out_of_memory`, `jobs_unavailable` (the job "
          "store did not answer), `jobs_full`: retry after Retry-After. `jobs_unavailable` without Retry-After: "
-         "this deployment serves no jobs (TRYON_WORKERS > 1 without TRYON_JOBS_URL); retrying will not help",
+         "this deployment serves no jobs (TRYON_WORKERS > 1 without TRYON_JOBS_URL); retrying will not help. "
+         "Without Retry-After too, a part this replica failed to load (/readyz's components): "
+         "`person_detector_unavailable` (a photo sent without its masked model and pose map), "
+         "`weights_unavailable` (every try-on)",
     504: "`deadline_exceeded` (not served in time), `upstream_timeout` (a URL input)",
 }
 

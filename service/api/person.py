@@ -10,7 +10,8 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 from model.images import ImageError, ImageTooLarge, TryOnInputs, assemble_inputs
-from model.person import DetectionError, IncompleteInputs, KeypointsError, PersonInputs, person_images
+from model.person import (DetectionError, DetectorUnavailable, IncompleteInputs, KeypointsError, PersonInputs,
+                          person_images)
 
 from .errors import ApiError
 from .inputs import RequestParts, person_mix_error
@@ -25,11 +26,16 @@ _NOT_AN_IMAGE = ("empty file", "not an image", "corrupt", "image has no pixels")
 @contextmanager
 def model_errors():
     """Maps the model's input errors to ApiError: 422 for the mix and for keypoints
-    (``field`` names them), 413 for too many pixels, 415 or 422 for images."""
+    (``field`` names them), 413 for too many pixels, 415 or 422 for images; and 503 for a
+    photo when the person detector could not be loaded (no Retry-After: this process will
+    not have one; masked models and pose maps are still served)."""
     try:
         yield
     except IncompleteInputs as exc:
         raise person_mix_error(exc) from None
+    except DetectorUnavailable as exc:
+        raise ApiError(503, "person_detector_unavailable", f"{exc}; send the masked model and pose map "
+                       "instead of the photo", "person") from None
     except DetectionError as exc:
         raise ApiError(422, exc.code, exc.message, exc.field) from None
     except KeypointsError as exc:

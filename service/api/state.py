@@ -1,5 +1,6 @@
 """What the app holds while it runs: settings, metrics, the warm engine, the
-batcher and the URL fetcher, and whether it is ready or draining."""
+batcher and the URL fetcher, the state of each component (components.py), and
+whether it is ready or draining."""
 from __future__ import annotations
 
 import asyncio
@@ -7,7 +8,8 @@ import logging
 import os
 
 from model.engine import Engine
-from model.person import warm as warm_detector
+from model.person import DetectorUnavailable, warm as warm_detector
+from model.weights import WeightsError
 
 from ..logs import announce_ready
 from ..metrics import Metrics, ReportedElsewhere
@@ -18,6 +20,7 @@ from ..queue.host import EngineFactory, EngineHost, weights_label
 from ..queue.interface import JobQueue
 from ..settings import Settings
 from .cache import ResponseCache, model_identity, open_cache
+from .components import Components
 from .fetch import UrlFetcher
 from .jobs import Jobs
 
@@ -29,6 +32,7 @@ class ServiceState:
                  engine_link: EngineLink | None = None):
         self.settings = settings
         self.metrics = Metrics(settings.max_batch_size)
+        self.components = Components(self.metrics)
         # The engine and its queue: here (EngineHost), or behind engine_link in a front-end
         # process of TRYON_WORKERS > 1.
         self.engine_link = engine_link
@@ -52,14 +56,14 @@ class ServiceState:
     @property
     def info(self) -> dict:
         s = self.settings
-        status = ("device_failed" if not self.healthy else "draining" if self.draining
-                  else "ready" if self.ready else "starting")
+        status = ("device_failed" if not self.healthy else "weights_failed" if self.components.reason("weights")
+                  else "draining" if self.draining else "ready" if self.ready else "starting")
         info = {"status": status, "ready": status == "ready", "draining": self.draining,
                 "max_batch_size": s.max_batch_size, "max_batch_wait_ms": s.max_batch_wait_ms,
                 "queue_limit": s.queue_limit, "queue_depth": self.batcher.depth if self.batcher else 0,
                 "request_timeout_s": s.request_timeout_s, "sampler": s.sampler,
                 "cache": self.cache.store.name if self.cache else None,
-                "jobs": self.jobs_info}
+                "jobs": self.jobs_info, "components": self.components.info}
         if not self.healthy:
             info["device_failure"] = self.batcher.device_failure
         if self.batcher is not None and self.batcher.rate is not None:
@@ -76,11 +80,15 @@ class ServiceState:
         self._loop = asyncio.get_running_loop()
         if self.engine_link is not None:
             return await self._connect_engine()
-        await self.host.start()
+        try:
+            await self.host.start()
+        except WeightsError as exc:
+            return self._start_without_weights(str(exc))
         self.engine, self.batcher = self.host.engine, self.host.batcher
         self.fetcher = UrlFetcher(self.settings)
         self.cache = self._open_cache()
         self._start_jobs()
+        self._watch_components()
         self.ready = True
         self.metrics.ready.set(1)
         announce_ready(self.settings, str(self.engine.device), self.weights_label, self.host.startup_s)
@@ -96,21 +104,49 @@ class ServiceState:
         self.fetcher = UrlFetcher(self.settings)
         self.cache = self._open_cache()
         self._start_jobs()
+        self._watch_components()
         self.ready = True
         self.metrics.ready.set(1)
         log.info("front end ready", extra={"device": str(self.engine.device), "weights": self.weights_label})
         self._warm_detector()
 
+    def _start_without_weights(self, reason: str) -> None:
+        """The checkpoint could not be read: the process starts and stays unready (/readyz 503, so
+        no load balancer sends it work; /healthz 200, so it is not restarted into the same
+        failure), says why, answers try-ons 503 weights_unavailable, and serves what needs no
+        network (/v1/prepare)."""
+        self.components.failed("weights", reason, "never ready: try-ons answer 503 weights_unavailable")
+        self.fetcher = UrlFetcher(self.settings)
+        self._warm_detector()
+
+    def _watch_components(self) -> None:
+        """The network's parts as the engine loaded them; the stores as they answer."""
+        self.components.ready("weights")
+        fallback = self.engine.info.get("sampler_fallback")
+        if fallback:
+            self.components.failed("sampler", fallback, f"the {self.engine.sampler} reference sampler serves")
+        else:
+            self.components.ready("sampler")
+        if self.cache is not None:
+            self.components.watch("cache", lambda: self.cache.store.failure)
+        if self.jobs is not None:
+            self.components.watch("jobs_store", lambda: self.jobs.store.failure)
+
     def _warm_detector(self) -> None:
         """The person detector (mediapipe's graphs: seconds on a busy CPU) loads after readiness,
         in each process that reads photos: nothing but a photo needs it, and a photo that comes
-        first waits for it (``get_detector``'s lock) and is answered as any other, only later."""
+        first waits for it (``get_detector``'s lock) and is answered as any other, only later.
+        One that fails to load is a failed component: photos answer 503, all else is served."""
+        self.components.loading("person_detector")
+
         async def warm() -> None:
             try:
                 seconds = await asyncio.to_thread(warm_detector)
-            except Exception:  # noqa: BLE001 - photos fail on their own; everything else serves
-                log.exception("person detector failed to load: photo requests will fail")
+            except DetectorUnavailable as exc:
+                self.components.failed("person_detector", exc.reason, "photos sent without a masked model "
+                                       "and pose map answer 503 person_detector_unavailable")
                 return
+            self.components.ready("person_detector")
             log.info("person detector warm", extra={"detector_warmup_s": round(seconds, 3)})
         self._detector_warmup = asyncio.get_running_loop().create_task(warm())
 

@@ -106,14 +106,18 @@ class RedisJobStore:
         self._scripts = {name: self.client.register_script(body) for name, body in
                          (("create", _CREATE), ("start", _START), ("settle", _SETTLE), ("end", _END))}
         self._groups_ready = False
+        self.failure: str | None = None  # why the last operation failed; None: it worked
 
     async def _call(self, call, timeout_s: float | None = None):
         try:
-            return await asyncio.wait_for(call(), timeout_s or self.timeout_s)
+            result = await asyncio.wait_for(call(), timeout_s or self.timeout_s)
         except (RedisError, OSError, TimeoutError) as exc:
             if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
                 self._groups_ready = False
-            raise StoreUnavailable(f"the job store (Redis) did not answer: {type(exc).__name__}: {exc}") from None
+            self.failure = f"the job store (Redis) did not answer: {type(exc).__name__}: {exc}"
+            raise StoreUnavailable(self.failure) from None
+        self.failure = None
+        return result
 
     async def _ensure_groups(self) -> None:
         if self._groups_ready:

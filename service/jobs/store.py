@@ -37,6 +37,7 @@ class JobTooLarge(Exception):
 class JobStore(Protocol):
     name: str  # "memory" or "redis"
     shared: bool  # whether other replicas see the same jobs
+    failure: str | None  # why the last operation failed (StoreUnavailable); None: it worked
 
     async def create(self, job: NewJob) -> tuple[str, bool]:
         """Stores the job and queues its tasks: (its id, True); or, when ``job.idempotency_key`` was
@@ -84,6 +85,7 @@ class MemoryJobStore:
     is refused for now (StoreFull); one larger than the whole store, for good (JobTooLarge)."""
     name = "memory"
     shared = False
+    failure = None  # in this process: never unreachable
 
     def __init__(self, max_jobs: int, max_bytes: int, retention_s: float, task_garments: int):
         self.max_jobs = max_jobs

@@ -17,7 +17,7 @@ from model.images import MEDIA_TYPES
 from ...jobs.records import JobInputs, JobRecord, JobStatus, NewJob, new_job_id
 from ...jobs.store import JobTooLarge, StoreFull, StoreUnavailable
 from ...queue.outcomes import Priority
-from ..deps import OwnerDep, QueryDep, ServiceDep, require_api_key
+from ..deps import OwnerDep, QueryDep, ServiceDep, require_api_key, require_ready
 from ..errors import ApiError
 from ..inputs import GarmentLimit
 from ..jobs import Jobs, job_error
@@ -37,6 +37,7 @@ def _jobs(service) -> Jobs:
     if service.settings.jobs_unavailable:  # this deployment cannot serve jobs: no Retry-After, waiting won't help
         raise ApiError(503, "jobs_unavailable", service.settings.jobs_unavailable)
     if service.jobs is None:
+        require_ready(service)  # weights_unavailable where the checkpoint failed to load
         raise ApiError(503, "not_ready", "jobs are not being served yet", headers={"Retry-After": "5"})
     return service.jobs
 

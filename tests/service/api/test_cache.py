@@ -274,6 +274,7 @@ def test_replicas_share_redis_and_outlive_it(tmp_path, standin_weights_file, red
            "TRYON_CACHE_TTL_S": "600", "TRYON_CACHE_TIMEOUT_MS": str(TIMEOUT_MS)} | ONE_BATCH
     with running_server(env, tmp_path) as one, running_server(env, tmp_path) as two:
         assert httpx.get(f"{two.url}/readyz").json()["cache"] == "redis"
+        assert httpx.get(f"{two.url}/readyz").json()["components"]["cache"] == {"status": "ready", "reason": None}
         first = post(one.url)
         assert first.status_code == 200 and first.headers["x-cache"] == "miss"
         end = time.monotonic() + 10  # the store runs after the answer
@@ -293,6 +294,12 @@ def test_replicas_share_redis_and_outlive_it(tmp_path, standin_weights_file, red
         assert store_errors(after, "redis", "get", "error") >= 1
         assert store_errors(after, "redis", "get", "error") + store_errors(after, "redis", "get", "skipped") == 2
         assert after[sample_key("tryon_request_success_total", {"route": "/v1/tryon"})] == 3
+        # Down is seen: /readyz's component and its gauge, while the replica stays ready.
+        ready = httpx.get(f"{two.url}/readyz")
+        assert ready.status_code == 200
+        cache = ready.json()["components"]["cache"]
+        assert cache["status"] == "failed" and cache["reason"].startswith("redis get failed")
+        assert two.metrics()[sample_key("tryon_component_available", {"component": "cache"})] == 0
 
 
 def test_a_hung_redis_delays_a_request_by_its_timeout_at_most(tmp_path, standin_weights_file):

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from tests.fixtures.service.harness import ServerProcess, free_port, redis_server_binary, stop_process
+from tests.fixtures.service.harness import ServerProcess, free_port, redis_server_binary, sample_key, stop_process
 from tests.utils.jobs import SECRET, WebhookReceiver, garments, submit, tryon_png, wait_job
 
 
@@ -141,7 +141,16 @@ def test_redis_restarted_mid_job_loses_no_job_and_down_refuses_jobs_but_not_tryo
         assert answer.status_code == 503 and answer.headers["retry-after"]
         assert answer.json()["error"]["code"] == "jobs_unavailable"
         assert tryon_png(server.url, garments(1)[0])
+        store = httpx.get(f"{server.url}/readyz", timeout=10).json()["components"]["jobs_store"]
+        assert store["status"] == "failed" and store["reason"].startswith("the job store (Redis) did not answer")
+        assert jobs_store_available(server) == 0
     finally:
         redis.start()
     done = wait_job(server.url, doc["id"])
     assert done["status"] == "succeeded" and done["progress"] == {"done": 10, "total": 10}
+    assert httpx.get(f"{server.url}/readyz", timeout=10).json()["components"]["jobs_store"]["status"] == "ready"
+    assert jobs_store_available(server) == 1
+
+
+def jobs_store_available(server) -> float:
+    return server.metrics()[sample_key("tryon_component_available", {"component": "jobs_store"})]
