@@ -15,6 +15,7 @@ from standardwebhooks import Webhook
 
 from tests.fixtures.service.harness import ServerProcess, free_port, redis_server_binary, sample_key, stop_process
 from tests.utils.jobs import SECRET, WebhookReceiver, garments, submit, tryon_png, wait_job
+from tests.utils.installed import skip_missing
 
 
 class AppendOnlyRedis:
@@ -44,7 +45,7 @@ class AppendOnlyRedis:
 def redis(tmp_path_factory):
     binary = redis_server_binary()
     if binary is None:
-        pytest.skip("redis-server is not installed")
+        skip_missing("redis-server", "apt-get install redis-server; .ci/run does this")
     server = AppendOnlyRedis(binary, tmp_path_factory.mktemp("redis"))
     yield server
     server.stop(signal.SIGKILL)
