@@ -7,7 +7,7 @@ MEDIAPIPE := mediapipe==0.10.14
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test test-all test-avx2 infer bench gpu-check gpu-check-wheels gpu-check-rehearsal test-lowest-torch clean
+.PHONY: serve test test-all test-avx2 test-image infer bench gpu-check gpu-check-wheels gpu-check-rehearsal test-lowest-torch clean
 
 $(STAMP): pyproject.toml client/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,15 @@ test-all: $(STAMP)
 
 test-avx2: $(STAMP)
 	ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 $(PYTEST) -m isa $(PYTEST_ARGS)
+
+# The container image built and run for real, as root (CI: .ci/run): a Debian 12 base made
+# with debootstrap, the Dockerfile built on it by buildah (chroot isolation), its root
+# filesystem run under chroot as its user, read-only with tmpfs mounts, and compared byte for
+# byte with this environment's `make serve` (tests/deploy/test_image.py, docs/deploy.md).
+# Prints the image's size and each step's time (/var/tmp/daflow-tryon-image/report.json, with
+# the logs); DEBIAN_MIRROR overrides the mirror apt uses here. Not in `make test`: about 6 minutes on a 2-core machine.
+test-image: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -m image tests/deploy/test_image.py $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m bench.cpu_model
