@@ -295,13 +295,13 @@ def test_replicas_share_redis_and_outlive_it(tmp_path, standin_weights_file, red
         assert store_errors(after, "redis", "get", "error") >= 1
         assert store_errors(after, "redis", "get", "error") + store_errors(after, "redis", "get", "skipped") == 2
         assert after[sample_key("tryon_request_success_total", {"route": "/v1/tryon"})] == 3
-        # Down is seen: /readyz's component and its gauge, while the replica stays ready.
+        # Down is seen: the gauge (read at the scrape) and /readyz's component, while the replica stays ready.
+        assert two.metrics()[sample_key("tryon_component_available", {"component": "cache"})] == 0
         ready = httpx.get(f"{two.url}/readyz")
         assert ready.status_code == 200
         cache = ready.json()["components"]["cache"]
         assert cache["status"] == "failed" and cache["reason"].startswith("redis ")  # its get or its set
         assert "Connection refused" in cache["reason"]
-        assert two.metrics()[sample_key("tryon_component_available", {"component": "cache"})] == 0
 
 
 def test_a_hung_redis_delays_a_request_by_its_timeout_at_most(tmp_path, standin_weights_file):

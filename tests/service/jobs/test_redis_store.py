@@ -142,9 +142,9 @@ def test_redis_restarted_mid_job_loses_no_job_and_down_refuses_jobs_but_not_tryo
         assert answer.status_code == 503 and answer.headers["retry-after"]
         assert answer.json()["error"]["code"] == "jobs_unavailable"
         assert tryon_png(server.url, garments(1)[0])
+        assert jobs_store_available(server) == 0  # read at the scrape
         store = httpx.get(f"{server.url}/readyz", timeout=10).json()["components"]["jobs_store"]
         assert store["status"] == "failed" and store["reason"].startswith("the job store (Redis) did not answer")
-        assert jobs_store_available(server) == 0
     finally:
         redis.start()
     done = wait_job(server.url, doc["id"])
