@@ -44,7 +44,7 @@ test-avx2: $(STAMP)
 # Prints the image's size and each step's time (/var/tmp/daflow-tryon-image/report.json, with
 # the logs); DEBIAN_MIRROR overrides the mirror apt uses here. Not in `make test`: about 6 minutes on a 2-core machine.
 test-image: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider -m image tests/deploy/test_image.py $(PYTEST_ARGS)
+	$(PY) -m pytest -q -s -p no:cacheprovider -m image tests/deploy/test_image.py $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m bench.cpu_model
