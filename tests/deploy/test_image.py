@@ -102,9 +102,10 @@ def image(report):
     report["image_bytes"] = root.size_bytes()
     yield root
     root.close()
-    if not KEEP:
+    if not KEEP:  # the logs and the report stay
         buildah.remove_all()
-        shutil.rmtree(WORK / "storage", ignore_errors=True)
+        for folder in ("storage", "run", "wheelhouse"):
+            shutil.rmtree(WORK / folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
