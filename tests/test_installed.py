@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from tests.utils import REPO
+from tests.utils import REPO_PYTHONPATH
 
 INNER_TESTS = '''
 import pytest
@@ -24,7 +24,7 @@ def test_a_missing_part_fails_under_ci_naming_it_and_other_skips_stay(tmp_path):
     (tmp_path / "test_inner.py").write_text(INNER_TESTS)
     # Not as an xdist worker of the outer run (PYTEST_XDIST_WORKER would reach tests/conftest.py).
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    env |= {"PYTHONPATH": str(REPO), "CI": "true"}
+    env |= {"PYTHONPATH": REPO_PYTHONPATH, "CI": "true"}
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "tests.conftest", "-p", "no:xdist",
                            "-p", "no:cacheprovider", str(tmp_path / "test_inner.py")], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)

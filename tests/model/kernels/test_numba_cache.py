@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from tests.utils import REPO
+from tests.utils import REPO, REPO_PYTHONPATH
 
 # Runs the sampler once; says where Numba cached and whether it compiled (a miss) or loaded (a hit).
 SAMPLE_ONCE = """
@@ -31,7 +31,7 @@ READ_ONLY = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@
 
 
 def sample_once(cache_dir, temp_dir, prefix: tuple[str, ...] = ()) -> dict:
-    env = os.environ | {"PYTHONPATH": str(REPO), "NUMBA_CACHE_DIR": str(cache_dir), "TMPDIR": str(temp_dir)}
+    env = os.environ | {"PYTHONPATH": REPO_PYTHONPATH, "NUMBA_CACHE_DIR": str(cache_dir), "TMPDIR": str(temp_dir)}
     done = subprocess.run([*prefix, sys.executable, "-c", SAMPLE_ONCE], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
