@@ -9,12 +9,12 @@ options given as query parameters (body fields of the same names win, service/ap
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 from dataclasses import dataclass, fields
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Query, Request, Security
+from fastapi.security import APIKeyHeader, HTTPBearer
 
 from model.images import DEFAULT_QUALITY, OutputFormat, OutputSize
 
@@ -22,6 +22,7 @@ from ..queue.outcomes import Priority
 from .context import request_context
 from .errors import ApiError
 from .inputs import MIN_TIMEOUT_S, JobOptions
+from .jobs import owner_of
 from .state import ServiceState
 
 
@@ -39,9 +40,16 @@ def given_key(request: Request) -> str:
     return auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
 
 
-async def require_api_key(request: Request, service: ServiceDep) -> None:
+# The two ways a key is sent, as OpenAPI security schemes: every route that depends on require_api_key
+# is marked as keyed in the document (install_openapi drops the marks when keys are off).
+_BEARER = HTTPBearer(auto_error=False, scheme_name="bearer")
+_X_API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="apiKey")
+
+
+async def require_api_key(request: Request, service: ServiceDep, _bearer=Security(_BEARER),
+                          _header=Security(_X_API_KEY)) -> None:
     """Open when TRYON_API_KEYS is empty; otherwise ``Authorization: Bearer`` or ``X-API-Key``."""
-    keys = service.settings.api_keys
+    keys = service.settings.key_secrets
     if not keys:
         return
     given = given_key(request)
@@ -55,7 +63,7 @@ async def key_owner(request: Request, service: ServiceDep) -> str:
     seen only with the key that created it."""
     if not service.settings.api_keys:
         return ""
-    return hashlib.sha256(given_key(request).encode()).hexdigest()[:32]
+    return owner_of(given_key(request))
 
 
 OwnerDep = Annotated[str, Depends(key_owner)]

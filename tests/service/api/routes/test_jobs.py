@@ -63,6 +63,25 @@ def test_idempotency_key_returns_the_same_job(server):
     assert submit(server.url, garments(1), headers={"Idempotency-Key": "other"}).json()["id"] != first.json()["id"]
 
 
+def test_an_idempotency_key_reused_with_another_request_is_422(server):
+    first = submit(server.url, garments(1), headers={"Idempotency-Key": "catalog-43"})
+    other = submit(server.url, garments(2), headers={"Idempotency-Key": "catalog-43"})
+    assert first.status_code == 202 and other.status_code == 422, other.text
+    assert other.json()["error"]["code"] == "idempotency_key_reused"
+    assert other.json()["error"]["field"] == "Idempotency-Key" and first.json()["id"] in other.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("job_id", ["job_nothing", f"job_{'x' * 32}:in", "tasks", f"job_{'x' * 31}!"])
+def test_a_job_id_not_of_the_form_is_refused_before_any_store_lookup(server, job_id):
+    """(An id became a Redis key unchecked: ``:in`` named a job's inputs, ``tasks`` the task stream.)"""
+    for answer in (httpx.get(f"{server.url}/v1/jobs/{job_id}", timeout=10),
+                   httpx.get(f"{server.url}/v1/jobs/{job_id}/results/0", timeout=10),
+                   httpx.post(f"{server.url}/v1/jobs/{job_id}/cancel", timeout=10)):
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["error"] == {"code": "invalid_request", "field": "job_id",
+                                          "message": answer.json()["error"]["message"]}
+
+
 def test_cancel_keeps_what_is_done_and_runs_nothing_more(server):
     doc = submit(server.url, garments(6)).json()
     canceled = httpx.post(f"{server.url}/v1/jobs/{doc['id']}/cancel", timeout=10).json()
@@ -84,7 +103,7 @@ def test_a_job_past_its_deadline_expires_and_its_results_are_gone(server):
 
 
 def test_unknown_ids_and_results_not_yet_there_are_404_json(server):
-    answer = httpx.get(f"{server.url}/v1/jobs/job_nothing", timeout=10)
+    answer = httpx.get(f"{server.url}/v1/jobs/job_{'x' * 32}", timeout=10)
     assert answer.status_code == 404 and answer.json()["error"]["code"] == "job_not_found"
     doc = submit(server.url, garments(6)).json()
     early = httpx.get(f"{server.url}/v1/jobs/{doc['id']}/results/5", timeout=10)

@@ -395,13 +395,24 @@ def test_priority_and_a_deadline_the_queue_cannot_meet(client):
 
 def test_only_short_decoding_runs_on_the_event_loop():
     """The classic trio as sent runs on the loop (a thread hand-off costs more than it); a
-    photo to detect in, keypoints to draw, or more than INLINE_DECODE_BYTES go to a thread."""
+    photo to detect in, keypoints to draw, or images whose headers say decoding takes more than
+    INLINE_DECODE_PIXEL_BYTES go to a thread, however few bytes they are sent in."""
     from service.api.inputs import RequestParts
-    from service.api.routes.tryon import INLINE_DECODE_BYTES, short_decode
+    from service.api.person import decode_bytes
+    from service.api.routes.tryon import INLINE_DECODE_PIXEL_BYTES, short_decode
+    from service.settings import Settings
 
-    small = b"x" * 1000
-    assert short_decode(RequestParts(person={"masked_model": small, "pose": small}, cloths=[small]))
-    assert not short_decode(RequestParts(person={"person": small}, cloths=[small]))
-    assert not short_decode(RequestParts(person={"masked_model": small}, keypoints=[[0, 0, 1]], cloths=[small]))
-    assert not short_decode(RequestParts(person={"masked_model": small, "pose": small},
-                                         cloths=[b"x" * INLINE_DECODE_BYTES]))
+    def measured(parts: RequestParts) -> RequestParts:
+        parts.decode_bytes = decode_bytes(parts, Settings(image_size="64x64"), 1 << 40)
+        return parts
+
+    small = IMAGES["cloth"]
+    assert short_decode(measured(RequestParts(person={"masked_model": small, "pose": small}, cloths=[small])))
+    assert not short_decode(measured(RequestParts(person={"person": small}, cloths=[small])))
+    assert not short_decode(measured(RequestParts(person={"masked_model": small}, keypoints=[[0, 0, 1]],
+                                                  cloths=[small])))
+    buf = io.BytesIO()
+    Image.new("I;16", (1200, 1000)).save(buf, "PNG")  # a few kB, 19 MB to decode
+    wide = measured(RequestParts(person={"masked_model": small, "pose": small}, cloths=[buf.getvalue()]))
+    assert len(buf.getvalue()) < 10_000 and wide.decode_bytes > INLINE_DECODE_PIXEL_BYTES
+    assert not short_decode(wide)
