@@ -16,8 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..queue.outcomes import (DeadlineExceeded, DeviceFailed, DeviceOutOfMemory, EngineUnreachable, InferenceFailed,
-                              Overloaded, QueueError, QueueFull, ShuttingDown)
+from ..queue.outcomes import (DeadlineExceeded, DeadlineTooShort, DeviceFailed, DeviceOutOfMemory, EngineUnreachable,
+                              InferenceFailed, Overloaded, QueueError, QueueFull, ShuttingDown)
 from ..limits import OverBudget
 from .context import request_context
 
@@ -48,6 +48,7 @@ class ApiError(Exception):
 _QUEUE_ERRORS: dict[type[QueueError], tuple[int, str]] = {
     QueueFull: (503, "queue_full"),
     Overloaded: (503, "overloaded"),
+    DeadlineTooShort: (422, "timeout_too_short"),
     ShuttingDown: (503, "shutting_down"),
     DeviceOutOfMemory: (503, "out_of_memory"),
     DeviceFailed: (503, "device_failed"),
@@ -60,7 +61,8 @@ _QUEUE_ERRORS: dict[type[QueueError], tuple[int, str]] = {
 def from_queue_error(exc: QueueError) -> ApiError:
     status, code = _QUEUE_ERRORS.get(type(exc), (500, "inference_failed"))
     headers = {"Retry-After": str(math.ceil(exc.retry_after_s))} if exc.retry_after_s is not None else None
-    return ApiError(status, code, exc.message, headers=headers)
+    field = "timeout" if isinstance(exc, DeadlineTooShort) else None
+    return ApiError(status, code, exc.message, field, headers=headers)
 
 
 PROTOCOL_PREFIX = "/v2"

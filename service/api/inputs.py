@@ -135,6 +135,8 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
         request_context(request).client_gone = True
         raise ApiError(CLIENT_GONE, "client_gone", "the client closed the connection while sending the body") \
             from None
+    if hold is not None and len(chunks) > 1:
+        hold.take(total, "the request body")  # the joined copy, beside the chunks until they go
     return b"".join(chunks)
 
 
@@ -281,6 +283,8 @@ def _from_json(body: bytes, settings: Settings, garments: Garments, limit: Garme
         raise ApiError(422, "invalid_json", "the JSON body must be an object")
     for key in document:
         _check_known(key, garments, "cloths" if garments == "many" else "cloth", limit.fields)
+        if document[key] is None and key in (*OPTION_FIELDS, *limit.fields):  # the schema's types have no null
+            raise ApiError(422, "invalid_option", "must not be null: leave the field out for its default", key)
     parts = RequestParts(options={k: document[k] for k in (*OPTION_FIELDS, *limit.fields) if k in document})
     for key in PERSON_FIELDS:
         if document.get(key) is not None:
@@ -324,7 +328,10 @@ async def read_request(request: Request, settings: Settings, query_options: dict
     body = await read_body(request, body_limit, settings.request_timeout_s)
     if content_type == "multipart/form-data":
         parts = await _from_multipart(request, body, settings, garments, limit)
-    else:  # megabytes of base64: off the loop
+    else:  # megabytes of base64: off the loop, its text and decoded bytes taken from the bytes in flight first
+        hold = request_context(request).hold
+        if hold is not None:
+            hold.take(2 * len(body), "parsing the JSON body")
         parts = await asyncio.to_thread(_from_json, body, settings, garments, limit)
     try:
         check_person_mix(parts.given)

@@ -104,7 +104,7 @@ async def complete_parts(request: Request, service: ServiceState, parts: Request
         if refusal is not None:
             raise ApiError(422, "output_too_large", f"{refusal}: ask for size=model or another format", "size")
     parts.decode_bytes = decode_bytes(parts, service.settings, service.budget.limit, garments)
-    if decodes_here:
+    if decodes_here and hold is not None:
         hold.take(parts.decode_bytes, "decoding the images")
     return parts
 

@@ -30,7 +30,7 @@ from ..limits import ByteBudget, OverBudget
 from ..metrics import Metrics
 from ..queue.interface import JobQueue
 from ..queue.jobs import GarmentsInputs, GarmentsStream
-from ..queue.outcomes import (DeadlineExceeded, DeviceFailed, DeviceOutOfMemory, EngineUnreachable, Overloaded, Priority, QueueError,
+from ..queue.outcomes import (DeadlineExceeded, DeadlineTooShort, DeviceFailed, DeviceOutOfMemory, EngineUnreachable, Overloaded, Priority, QueueError,
                               QueueFull, ShuttingDown)
 from .records import GarmentState, JobError, JobInputs, JobRecord, JobStatus, Task
 from .store import JobStore, StoreUnavailable
@@ -214,8 +214,10 @@ class JobRunner:
                 await asyncio.sleep(min(exc.retry_after_s or POLL_S, left))
 
     async def _expired(self, record: JobRecord, exc: QueueError) -> bool:
-        """The queue gave up at the job's deadline: the job expires (not its garments fail)."""
-        if not isinstance(exc, DeadlineExceeded) or time.time() < record.deadline_at:
+        """The queue gave up at the job's deadline, or says it can never be met: the job expires (not its
+        garments fail)."""
+        overdue = isinstance(exc, DeadlineExceeded) and time.time() >= record.deadline_at
+        if not (overdue or isinstance(exc, DeadlineTooShort)):
             return False
         if await self.store.end(record.id, JobStatus.EXPIRED):
             self.ended(JobStatus.EXPIRED)

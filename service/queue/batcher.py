@@ -43,8 +43,8 @@ from ..metrics import Metrics
 from .admission import Estimate, ServiceRate
 from .interface import InferenceEngine
 from .jobs import GarmentsChunk, GarmentsInputs, GarmentsStream, Job, JobResult
-from .outcomes import (DeadlineExceeded, DeviceFailed, DeviceOutOfMemory, DropReason, InferenceFailed, Overloaded,
-                       Priority, QueueError, QueueFull, ShuttingDown)
+from .outcomes import (DeadlineExceeded, DeadlineTooShort, DeviceFailed, DeviceOutOfMemory, DropReason,
+                       InferenceFailed, Overloaded, Priority, QueueError, QueueFull, ShuttingDown)
 from .splitting import infer_splitting_on_oom
 
 log = logging.getLogger("service.batcher")
@@ -120,7 +120,14 @@ class Batcher:
         if self.depth >= self.queue_limit:
             raise QueueFull(f"the queue is full ({self.queue_limit} waiting); retry shortly")
         budget = deadline - asyncio.get_running_loop().time()
-        estimate = self.estimate(priority, garments, chunk_size or self.max_batch_size)
+        chunk_size = chunk_size or self.max_batch_size
+        alone = Estimate(self.rate.items_seconds(1, self.max_batch_size) if garments is None else
+                         self.rate.items_seconds(garments, min(chunk_size, self.max_batch_size)), 0)
+        if alone.refuses(budget):
+            raise DeadlineTooShort(f"the request's deadline of {max(budget, 0.0):.3g} s is shorter than its own work "
+                                   f"here, about {alone.seconds:.2g} s with nothing queued ahead: it can never be "
+                                   f"met; send a longer timeout")
+        estimate = self.estimate(priority, garments, chunk_size)
         if estimate.refuses(budget):
             raise Overloaded(f"the server is overloaded: {estimate.items_ahead} items are queued ahead and this "
                              f"request would finish in about {estimate.seconds:.1f} s, past its deadline of "
