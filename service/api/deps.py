@@ -18,6 +18,7 @@ from fastapi.security import APIKeyHeader, HTTPBearer
 
 from model.images import DEFAULT_QUALITY, OutputFormat, OutputSize
 
+from ..queue.admission import own_work_s, too_short
 from ..queue.outcomes import Priority
 from .context import request_context
 from .errors import ApiError
@@ -82,11 +83,15 @@ class Work:
     deadline: float
     timings: dict[str, float]
     priority: Priority | None = None  # set by schedule(): the request's, or the route's default
+    one_forward_s: float = 0.0  # the engine's one request alone, as admission control counts it (0: unknown here)
 
     def schedule(self, options: JobOptions, default_priority: Priority) -> None:
-        """Applies the request's own priority and (shorter) timeout; TRYON_REQUEST_TIMEOUT_S caps it."""
+        """Applies the request's own priority and (shorter) timeout; TRYON_REQUEST_TIMEOUT_S caps it. A
+        timeout under one forward alone can never be met, however idle the server: 422 naming it."""
         self.priority = options.priority or default_priority
         if options.timeout is not None:
+            if options.timeout < self.one_forward_s:
+                raise ApiError(422, "timeout_too_short", too_short(options.timeout, self.one_forward_s), "timeout")
             self.deadline = min(self.deadline, self.arrived + options.timeout)
 
 
@@ -94,7 +99,9 @@ async def begin_work(request: Request, service: ServiceDep) -> Work:
     """Dependency of the routes that run the model: ready or 503, deadline from now."""
     require_ready(service)
     now = asyncio.get_running_loop().time()
-    work = Work(now, now + service.settings.request_timeout_s, {})
+    rate = service.batcher.rate  # None in a front end of TRYON_WORKERS > 1: the engine process's admission says
+    work = Work(now, now + service.settings.request_timeout_s, {},
+                one_forward_s=own_work_s(rate, service.settings.max_batch_size) if rate is not None else 0.0)
     request_context(request).timings_ms = work.timings
     return work
 

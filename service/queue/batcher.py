@@ -40,7 +40,7 @@ from model.device_errors import device_failure, is_out_of_memory
 from model.images import TryOnInputs, stack_levels
 
 from ..metrics import Metrics
-from .admission import Estimate, ServiceRate
+from .admission import Estimate, ServiceRate, own_work_s, too_short
 from .interface import InferenceEngine
 from .jobs import GarmentsChunk, GarmentsInputs, GarmentsStream, Job, JobResult
 from .outcomes import (DeadlineExceeded, DeadlineTooShort, DeviceFailed, DeviceOutOfMemory, DropReason,
@@ -121,12 +121,8 @@ class Batcher:
             raise QueueFull(f"the queue is full ({self.queue_limit} waiting); retry shortly")
         budget = deadline - asyncio.get_running_loop().time()
         chunk_size = chunk_size or self.max_batch_size
-        alone = Estimate(self.rate.items_seconds(1, self.max_batch_size) if garments is None else
-                         self.rate.items_seconds(garments, min(chunk_size, self.max_batch_size)), 0)
-        if alone.refuses(budget):
-            raise DeadlineTooShort(f"the request's deadline of {max(budget, 0.0):.3g} s is shorter than its own work "
-                                   f"here, about {alone.seconds:.2g} s with nothing queued ahead: it can never be "
-                                   f"met; send a longer timeout")
+        if 0 < budget < (alone_s := own_work_s(self.rate, self.max_batch_size, garments, chunk_size)):
+            raise DeadlineTooShort(too_short(budget, alone_s))  # (one already passed is the wait's, not the request's)
         estimate = self.estimate(priority, garments, chunk_size)
         if estimate.refuses(budget):
             raise Overloaded(f"the server is overloaded: {estimate.items_ahead} items are queued ahead and this "

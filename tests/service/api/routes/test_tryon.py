@@ -279,6 +279,8 @@ def _bad_cases(base: str) -> list:
         ("negative timeout field", dict(files=good, data={"timeout": "-1"}), 422, "invalid_option", "timeout"),
         ("timeout header not a number", dict(files=good, headers={"X-Request-Timeout": "soon"}), 422,
          "invalid_option", "X-Request-Timeout"),
+        ("null timeout in JSON", dict(json={n: base64.b64encode(d).decode() for n, d in IMAGES.items()} | {"timeout": None}),
+         422, "invalid_option", "timeout"),
         ("infinite timeout in JSON", dict(content=json.dumps({n: base64.b64encode(d).decode() for n, d in IMAGES.items()})
                                           .replace("}", ', "timeout": 1e999}').encode(), headers=JSON),
          422, "invalid_option", "timeout"),
