@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from model.engine import Engine
@@ -79,10 +78,10 @@ class ServiceState:
         for traffic, then warms the person detector."""
         self._loop = asyncio.get_running_loop()
         # Every thread the edge hands work to (decoding, encoding, detection: asyncio.to_thread) is one
-        # of these few, so a flood of images costs a few cores and their memory, not a thread each;
-        # and each runs at a lower priority than the event loop, which then answers at once (probes too).
+        # of these few, so a flood of images costs a few cores and their memory, not a thread each. (Not
+        # at a lower priority: one holding the GIL and descheduled on a busy machine would hold the loop.)
         self._loop.set_default_executor(ThreadPoolExecutor(self.settings.decode_threads or len(os.sched_getaffinity(0)),
-                                                           thread_name_prefix="tryon-decode", initializer=_yield_to_loop))
+                                                           thread_name_prefix="tryon-decode"))
         if self.engine_link is not None:
             return await self._connect_engine()
         await self.host.start()
@@ -186,18 +185,6 @@ class ServiceState:
         if self.cache is not None:
             await self.cache.close()
         log.info("stopped")
-
-
-# How much lower than the event loop the worker threads run (Linux nice: 10 weighs a ninth of 0).
-WORKER_NICENESS = 10
-
-
-def _yield_to_loop() -> None:
-    """(In each worker thread, once.) Lowers the thread's own priority: a thread may always do that."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICENESS)
-    except (AttributeError, OSError):  # not Linux: the threads keep the loop's priority
-        pass
 
 
 def _engine_lost() -> None:
