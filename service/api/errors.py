@@ -16,8 +16,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..queue.outcomes import (DeadlineExceeded, DeviceFailed, DeviceOutOfMemory, EngineUnreachable, InferenceFailed,
-                              Overloaded, QueueError, QueueFull, ShuttingDown)
+from ..queue.outcomes import (DeadlineExceeded, DeadlineTooShort, DeviceFailed, DeviceOutOfMemory, EngineUnreachable,
+                              InferenceFailed, Overloaded, QueueError, QueueFull, ShuttingDown)
+from ..limits import OverBudget
 from .context import request_context
 
 log = logging.getLogger("service.errors")
@@ -47,6 +48,7 @@ class ApiError(Exception):
 _QUEUE_ERRORS: dict[type[QueueError], tuple[int, str]] = {
     QueueFull: (503, "queue_full"),
     Overloaded: (503, "overloaded"),
+    DeadlineTooShort: (422, "timeout_too_short"),
     ShuttingDown: (503, "shutting_down"),
     DeviceOutOfMemory: (503, "out_of_memory"),
     DeviceFailed: (503, "device_failed"),
@@ -59,7 +61,8 @@ _QUEUE_ERRORS: dict[type[QueueError], tuple[int, str]] = {
 def from_queue_error(exc: QueueError) -> ApiError:
     status, code = _QUEUE_ERRORS.get(type(exc), (500, "inference_failed"))
     headers = {"Retry-After": str(math.ceil(exc.retry_after_s))} if exc.retry_after_s is not None else None
-    return ApiError(status, code, exc.message, headers=headers)
+    field = "timeout" if isinstance(exc, DeadlineTooShort) else None
+    return ApiError(status, code, exc.message, field, headers=headers)
 
 
 PROTOCOL_PREFIX = "/v2"
@@ -83,6 +86,15 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
     request_context(request).error_code = exc.code
     return error_response(exc.status, exc.code, exc.message, exc.field, exc.headers, speaks_protocol(request))
+
+
+# A request refused for the bytes in flight (service/limits.py) tries again after this many seconds:
+# the requests holding them end within their deadlines, most well within.
+OVER_BUDGET_RETRY_S = 2
+
+
+async def _over_budget(request: Request, exc: OverBudget) -> JSONResponse:
+    return await _api_error(request, ApiError(503, "busy", str(exc), headers={"Retry-After": str(OVER_BUDGET_RETRY_S)}))
 
 
 async def _queue_error(request: Request, exc: QueueError) -> JSONResponse:
@@ -114,6 +126,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(QueueError, _queue_error)
+    app.add_exception_handler(OverBudget, _over_budget)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected)

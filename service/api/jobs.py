@@ -4,6 +4,7 @@ URL rules for webhooks), and the ``Jobs`` that ServiceState starts and stops."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 
 import torch
@@ -13,6 +14,7 @@ from ..jobs.redis_store import RedisJobStore
 from ..jobs.runner import DecodedTask, JobRunner
 from ..jobs.store import JobStore, MemoryJobStore
 from ..jobs.webhooks import WebhookRefused, WebhookSender, WebhookTarget
+from ..limits import ByteBudget
 from ..metrics import Metrics
 from ..queue.interface import JobQueue
 from ..queue.outcomes import QueueError
@@ -21,9 +23,23 @@ from .errors import ApiError, from_queue_error
 from .fetch import UrlFetcher
 from .inputs import OutputOptions, RequestParts
 from .parts import encode_output
-from .person import decode_garments, decode_person
+from .person import decode_bytes, decode_garments, decode_person
 
 log = logging.getLogger("service.jobs")
+
+
+def owner_of(key: str) -> str:
+    """What a job keeps of the API key that created it: a hash, never the key."""
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def webhook_secrets(settings: Settings):
+    """A job's owner -> the secrets its webhooks are signed with (Settings.key_secrets; with API keys off,
+    TRYON_WEBHOOK_SECRET's)."""
+    by_owner = {owner_of(key): secrets for key, secrets in settings.key_secrets.items()}
+    if not settings.api_keys:
+        by_owner[""] = settings.webhook_secrets
+    return lambda owner: by_owner.get(owner, ())
 
 
 def job_error(exc: ApiError) -> JobError:
@@ -45,6 +61,12 @@ class EdgeCodec:
             return DecodedTask(None, [job_error(exc)] * len(cloths))
         garments = decode_garments(person, cloths, self.settings)
         return DecodedTask(person.frame, [job_error(g) if isinstance(g, ApiError) else g for g in garments])
+
+    def decode_bytes(self, inputs: JobInputs) -> int:
+        """What decoding the task will hold at its peak, as its images' headers say (person.decode_bytes)."""
+        cloths = [c for c in inputs.cloths if isinstance(c, bytes)]
+        parts = RequestParts(dict(inputs.person), inputs.keypoints, cloths)
+        return decode_bytes(parts, self.settings, 1 << 62, "many")
 
     def encode(self, output: torch.Tensor, frame, options: dict) -> bytes:
         return encode_output(output, frame, OutputOptions.model_validate(options))
@@ -79,14 +101,14 @@ class Jobs:
     """The store, and this replica's runner and webhook sender running beside the HTTP server."""
 
     def __init__(self, settings: Settings, queue: JobQueue, fetcher: UrlFetcher, chunk_size: int,
-                 metrics: Metrics):
+                 metrics: Metrics, budget: ByteBudget):
         self.settings = settings
         self.metrics = metrics
         self.store = open_store(settings)
         keep_every_s = settings.jobs_claim_after_s / 3
         self.runner = JobRunner(self.store, queue, EdgeCodec(settings), chunk_size, settings.jobs_concurrency,
-                                keep_every_s, metrics)
-        self.sender = WebhookSender(self.store, FetcherTargets(fetcher), settings.webhook_secret,
+                                keep_every_s, metrics, budget)
+        self.sender = WebhookSender(self.store, FetcherTargets(fetcher), webhook_secrets(settings),
                                     settings.webhook_retry_s, settings.webhook_timeout_s, keep_every_s, metrics)
         self._tasks: list[asyncio.Task] = []
 

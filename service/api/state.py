@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 from model.engine import Engine
 from model.person import DetectorUnavailable, warm as warm_detector
 from model.weights import WeightsError
 
+from ..limits import ByteBudget
 from ..logs import announce_ready
 from ..metrics import Metrics, ReportedElsewhere
 from ..processes.arena import Arena
@@ -33,6 +35,7 @@ class ServiceState:
         self.settings = settings
         self.metrics = Metrics(settings.max_batch_size)
         self.components = Components(self.metrics)
+        self.budget = ByteBudget(settings.max_bytes_in_flight)
         # The engine and its queue: here (EngineHost), or behind engine_link in a front-end
         # process of TRYON_WORKERS > 1.
         self.engine_link = engine_link
@@ -78,6 +81,11 @@ class ServiceState:
         """Loads the engine once, warms what the first requests need (EngineHost.start), opens
         for traffic, then warms the person detector."""
         self._loop = asyncio.get_running_loop()
+        # Every thread the edge hands work to (decoding, encoding, detection: asyncio.to_thread) is one
+        # of these few, so a flood of images costs a few cores and their memory, not a thread each. (Not
+        # at a lower priority: one holding the GIL and descheduled on a busy machine would hold the loop.)
+        self._loop.set_default_executor(ThreadPoolExecutor(self.settings.decode_threads or len(os.sched_getaffinity(0)),
+                                                           thread_name_prefix="tryon-decode"))
         if self.engine_link is not None:
             return await self._connect_engine()
         try:
@@ -162,7 +170,7 @@ class ServiceState:
         (none where the settings say they cannot be served: Settings.jobs_unavailable)."""
         if self.settings.jobs_enabled and not self.settings.jobs_unavailable:
             chunk_size = self.settings.garment_chunk_for(self.engine.device.type)
-            self.jobs = Jobs(self.settings, self.batcher, self.fetcher, chunk_size, self.metrics)
+            self.jobs = Jobs(self.settings, self.batcher, self.fetcher, chunk_size, self.metrics, self.budget)
             self.jobs.start()
 
     def _open_cache(self) -> ResponseCache | None:

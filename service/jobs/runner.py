@@ -8,7 +8,11 @@ and settled as its chunk comes out. A canceled or expired job's next chunk is no
 While a task runs, the store is told so every third of TRYON_JOBS_CLAIM_AFTER_S; a
 replica that dies stops telling it, and another takes the task over, running only
 what was not settled. A queue that refuses for now (full, overloaded, shutting down)
-is waited out, not counted as the garment's failure.
+is waited out, not counted as the garment's failure; so are the bytes in flight of the
+process (service/limits.py), taken for a task's decoding before it starts. Anything else
+that goes wrong with a garment (a decoder's or an encoder's surprise) settles it as
+failed, so no job is left running for ever; and every SWEEP_S the store ends the jobs
+past their deadline that no task came to end (JobStore.expire_overdue).
 """
 from __future__ import annotations
 
@@ -22,10 +26,11 @@ import torch
 
 from model.images import TryOnInputs, stack_levels
 
+from ..limits import ByteBudget, OverBudget
 from ..metrics import Metrics
 from ..queue.interface import JobQueue
 from ..queue.jobs import GarmentsInputs, GarmentsStream
-from ..queue.outcomes import (DeadlineExceeded, DeviceFailed, DeviceOutOfMemory, EngineUnreachable, Overloaded, Priority, QueueError,
+from ..queue.outcomes import (DeadlineExceeded, DeadlineTooShort, DeviceFailed, DeviceOutOfMemory, EngineUnreachable, Overloaded, Priority, QueueError,
                               QueueFull, ShuttingDown)
 from .records import GarmentState, JobError, JobInputs, JobRecord, JobStatus, Task
 from .store import JobStore, StoreUnavailable
@@ -34,6 +39,7 @@ log = logging.getLogger("service.jobs")
 # Refusals that say "later", not "this garment cannot be done".
 TRANSIENT = (QueueFull, Overloaded, ShuttingDown, EngineUnreachable, DeviceOutOfMemory, DeviceFailed)
 POLL_S = 1.0
+SWEEP_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,9 @@ class JobCodec(Protocol):
     def decode(self, inputs: JobInputs) -> DecodedTask:
         """(In a thread.) A person-side failure is every garment's error."""
 
+    def decode_bytes(self, inputs: JobInputs) -> int:
+        """What ``decode`` will hold at its peak, from the images' headers."""
+
     def encode(self, output: torch.Tensor, frame: object, options: dict) -> bytes:
         """(In a thread.) One result in the job's output options."""
 
@@ -61,7 +70,7 @@ class Interrupted(Exception):
 
 class JobRunner:
     def __init__(self, store: JobStore, queue: JobQueue, codec: JobCodec, chunk_size: int, concurrency: int,
-                 keep_every_s: float, metrics: Metrics):
+                 keep_every_s: float, metrics: Metrics, budget: ByteBudget | None = None):
         self.store = store
         self.queue = queue
         self.codec = codec
@@ -69,10 +78,20 @@ class JobRunner:
         self.concurrency = concurrency
         self.keep_every_s = keep_every_s
         self.metrics = metrics
+        self.budget = budget
         self.stopping = asyncio.Event()
 
     async def run(self) -> None:
-        await asyncio.gather(*(self._worker() for _ in range(self.concurrency)))
+        await asyncio.gather(self._sweeper(), *(self._worker() for _ in range(self.concurrency)))
+
+    async def _sweeper(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                for _ in range(await self.store.expire_overdue()):
+                    self.ended(JobStatus.EXPIRED)
+            except StoreUnavailable as exc:
+                log.warning("expiring overdue jobs: %s", exc)
+            await asyncio.sleep(SWEEP_S)
 
     async def _worker(self) -> None:
         while not self.stopping.is_set():
@@ -102,8 +121,41 @@ class JobRunner:
         keeper = asyncio.get_running_loop().create_task(keep())
         try:
             await self._run(task)
+        except (Interrupted, StoreUnavailable, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # noqa: BLE001  (a surprise fails the task's garments, never leaves them running)
+            log.exception("job task failed", extra={"job": task.job_id})
+            await self._fail_unsettled(task, JobError(500, "internal", f"the garment could not be done "
+                                                                      f"({type(exc).__name__})"))
         finally:
             keeper.cancel()
+
+    async def _fail_unsettled(self, task: Task, error: JobError) -> None:
+        record = await self.store.record(task.job_id)
+        if record is None or record.status.ended:
+            return
+        for index in range(task.start, task.start + task.count):
+            if index not in record.settled:
+                await self._settle(record, index, GarmentState(error), None)
+
+    async def _decode(self, inputs: JobInputs) -> DecodedTask:
+        """The task decoded once the bytes in flight have room for it (waited for: a job has time)."""
+        needed = 0
+        if self.budget is not None:
+            needed = min(self.codec.decode_bytes(inputs), self.budget.limit)
+            while True:
+                try:
+                    self.budget.take(needed, "a job's decoding")
+                    break
+                except OverBudget:
+                    if self.stopping.is_set():
+                        raise Interrupted from None
+                    await asyncio.sleep(POLL_S)
+        try:
+            return await asyncio.to_thread(self.codec.decode, inputs)
+        finally:
+            if self.budget is not None:
+                self.budget.give(needed)
 
     def ended(self, status: JobStatus | None) -> None:
         if status is not None and status.ended:
@@ -123,7 +175,7 @@ class JobRunner:
         if record.status is JobStatus.QUEUED:
             await self.store.start(task.job_id)
             self.metrics.jobs.labels(JobStatus.RUNNING.value).inc()
-        decoded = await asyncio.to_thread(self.codec.decode, inputs)
+        decoded = await self._decode(inputs)
         to_run: list[tuple[int, TryOnInputs]] = []
         for offset, garment in enumerate(decoded.garments):
             index = task.start + offset
@@ -162,8 +214,10 @@ class JobRunner:
                 await asyncio.sleep(min(exc.retry_after_s or POLL_S, left))
 
     async def _expired(self, record: JobRecord, exc: QueueError) -> bool:
-        """The queue gave up at the job's deadline: the job expires (not its garments fail)."""
-        if not isinstance(exc, DeadlineExceeded) or time.time() < record.deadline_at:
+        """The queue gave up at the job's deadline, or says it can never be met: the job expires (not its
+        garments fail)."""
+        overdue = isinstance(exc, DeadlineExceeded) and time.time() >= record.deadline_at
+        if not (overdue or isinstance(exc, DeadlineTooShort)):
             return False
         if await self.store.end(record.id, JobStatus.EXPIRED):
             self.ended(JobStatus.EXPIRED)
@@ -196,7 +250,13 @@ class JobRunner:
                     return
                 for k, output in enumerate(item.outputs):
                     index = to_run[item.start + k][0]
-                    body = await asyncio.to_thread(self.codec.encode, output, frame, record.options)
+                    try:
+                        body = await asyncio.to_thread(self.codec.encode, output, frame, record.options)
+                    except Exception as exc:  # noqa: BLE001  (this garment fails; the others go on)
+                        log.exception("job result not encoded", extra={"job": record.id})
+                        error = JobError(500, "encode_failed", f"the result could not be encoded ({exc})")
+                        await self._settle(record, index, GarmentState(error), None)
+                        continue
                     if not await self._settle(record, index, GarmentState(), body):
                         current = await self.store.record(record.id)
                         if current is None or current.status.ended:  # canceled or expired: run no more

@@ -155,3 +155,38 @@ def test_redis_restarted_mid_job_loses_no_job_and_down_refuses_jobs_but_not_tryo
 
 def jobs_store_available(server) -> float:
     return server.metrics()[sample_key("tryon_component_available", {"component": "jobs_store"})]
+
+
+def test_the_redis_store_sweeps_overdue_jobs_and_refuses_a_reused_idempotency_key(redis):
+    """No replica involved: the store alone. A job whose deadline passed with its tasks never run is
+    ended as expired by expire_overdue (and leaves the deadlines set); an Idempotency-Key used again
+    with another request's fingerprint is refused, with the same one it returns the first job."""
+    import asyncio
+
+    from service.jobs.records import JobInputs, JobStatus, NewJob, new_job_id
+    from service.jobs.redis_store import DEADLINES, RedisJobStore
+    from service.jobs.store import IdempotencyKeyReused
+
+    async def scenario():
+        store = RedisJobStore(redis.url, 2.0, 60, 4, 60)
+        try:
+            def job(deadline_at: float, fingerprint: str = "a") -> NewJob:
+                return NewJob(new_job_id(), "owner", {}, JobInputs({}, None, [b"x"]), deadline_at,
+                              idempotency_key="catalog-1", fingerprint=fingerprint)
+            overdue, _ = await store.create(job(time.time() - 1, "a"))
+            again, created = await store.create(job(time.time() - 1, "a"))
+            try:
+                await store.create(job(time.time() - 1, "b"))
+                reused = None
+            except IdempotencyKeyReused as exc:
+                reused = str(exc)
+            ended = await store.expire_overdue()
+            record = await store.record(overdue)
+            left = await store.client.zscore(DEADLINES, overdue)
+            return overdue, again, created, reused, ended, record.status, left
+        finally:
+            await store.close()
+
+    overdue, again, created, reused, ended, status, left = asyncio.run(scenario())
+    assert again == overdue and created is False and reused == overdue
+    assert ended >= 0 and status is JobStatus.EXPIRED and left is None  # (the replicas of the module sweep too)

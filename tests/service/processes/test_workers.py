@@ -51,7 +51,7 @@ def test_without_a_shared_job_store_jobs_are_unavailable_and_everything_else_ser
     answer = httpx.post(f"{server.url}/v1/jobs", files={"cloth": ("c.png", b"x", "image/png")}, timeout=10)
     assert answer.status_code == 503 and "retry-after" not in answer.headers
     assert answer.json()["error"]["code"] == "jobs_unavailable" and "TRYON_JOBS_URL" in answer.json()["error"]["message"]
-    assert httpx.get(f"{server.url}/v1/jobs/job_x", timeout=10).json()["error"]["code"] == "jobs_unavailable"
+    assert httpx.get(f"{server.url}/v1/jobs/job_{'x' * 32}", timeout=10).json()["error"]["code"] == "jobs_unavailable"
     jobs = httpx.get(f"{server.url}/readyz", timeout=10).json()["jobs"]
     assert jobs["available"] is False and "TRYON_JOBS_URL" in jobs["reason"]
     assert server.stderr.count("/v1/jobs answers 503 jobs_unavailable: catalog jobs need TRYON_JOBS_URL") == 1
