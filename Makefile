@@ -70,7 +70,7 @@ gpu-check-wheels:
 # CI (.ci/run): every step of `make gpu-check` on this CPU (bench.gpu_check --rehearse), in a copy
 # of the GPU box's environment: torch 2.11 and Triton 3.6 with only the box's packages that the
 # check uses (bench/gpu_box_packages.txt), and what the box lacks installed by the check itself
-# from a wheels folder with pip --no-index, no pip configuration and no proxy reachable. The
+# from a wheels folder with pip --no-index, no pip configuration and a dead proxy for all but 127.0.0.1. The
 # venv (torch's CUDA build, about 4.6 GB) comes from pip's cache after the first run.
 REHEARSAL_VENV ?= .venv-gpu-rehearsal
 REHEARSAL_WHEELS ?= wheels/gpu-check-rehearsal
@@ -80,7 +80,7 @@ gpu-check-rehearsal:
 	$(REHEARSAL_VENV)/bin/python -m pip download -q --no-deps --only-binary=:all: -d $(REHEARSAL_WHEELS) \
 		-r bench/gpu_check_wheels.txt
 	rm -rf .gpu-check
-	PIP_CONFIG_FILE=/dev/null PIP_NO_INDEX=1 http_proxy=http://127.0.0.1:9 https_proxy=http://127.0.0.1:9 \
+	PIP_CONFIG_FILE=/dev/null PIP_NO_INDEX=1 http_proxy=http://127.0.0.1:9 https_proxy=http://127.0.0.1:9 no_proxy=127.0.0.1,localhost \
 		$(REHEARSAL_VENV)/bin/python -m bench.gpu_check --rehearse --wheels $(REHEARSAL_WHEELS) $(GPU_CHECK_ARGS)
 
 # Not CI: the model, kernel and engine tests and the ahead-of-time compile check (sm_80/89/90)

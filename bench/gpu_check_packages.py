@@ -115,8 +115,8 @@ def missing() -> dict[str, str]:
 
 def unlisted_mismatches(wheels: Path) -> list[str]:
     """What the wheel list does not name, so nothing here can replace: packages this Python holds
-    at a version that fails a requirement, and packages a listed wheel needs that it lacks
-    ("name version (who needs what)", "name missing (...)")."""
+    at a version that fails a requirement, and packages this project or a listed wheel needs that
+    it lacks ("name version (who needs what)", "name missing (...)")."""
     listed = {canonicalize_name(req.split("==")[0]) for req in wheel_requirements().values()}
     out = []
     for name, needs in sorted(requirements(wheels).items()):
@@ -124,9 +124,7 @@ def unlisted_mismatches(wheels: Path) -> list[str]:
             continue
         version = installed_version(name)
         if version is None:
-            by_wheels = [f"{who} needs {req.specifier or 'it'}" for who, req in needs if who != PROJECT]
-            if by_wheels:
-                out.append(f"{name} missing ({', '.join(by_wheels)})")
+            out.append(f"{name} missing ({', '.join(f'{who} needs {req.specifier or str(req)}' for who, req in needs)})")
         elif unmet := _unmet(version, needs):
             out.append(f"{name} {version} ({', '.join(unmet)})")
     return out

@@ -7,8 +7,11 @@ import os
 import subprocess
 import sys
 
+import tomllib
+
 import pytest
 import torch
+from packaging.requirements import Requirement
 
 from bench import gpu_check, gpu_check_packages
 from tests.utils import REPO, REPO_PYTHONPATH
@@ -87,6 +90,19 @@ def test_the_wheel_list_names_each_package_and_its_import():
     assert {"fastapi", "pydantic", "pydantic_core", "uvicorn", "simplejpeg", "blake3", "multipart"} <= set(required)
     assert all("==" in req for req in required.values())
     assert not {"torch", "triton", "numpy", "nvidia_cudnn"} & {r.split("==")[0].replace("-", "_") for r in required.values()}
+
+
+def test_every_dependency_is_on_the_box_or_in_the_wheel_list():
+    """What pyproject.toml needs at run time comes from the box (bench/gpu_box_packages.txt) or from
+    the wheels the check carries: a dependency added to one and not the other fails here, not on
+    the first command of a lease (fastapi-offline did, in the rehearsal)."""
+    from packaging.utils import canonicalize_name
+    carried = {canonicalize_name(req.split("==")[0]) for req in gpu_check_packages.wheel_requirements().values()}
+    box = {canonicalize_name(Requirement(line.split("#")[0].strip()).name)
+           for line in gpu_check_packages.BOX_PACKAGES.read_text().splitlines() if line.split("#")[0].strip()}
+    needed = {canonicalize_name(Requirement(r).name) for r in
+              tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]}
+    assert needed - carried - box == set()
 
 
 def test_missing_packages_are_one_line_that_says_how_to_get_them(tmp_path, monkeypatch):
