@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..queue.outcomes import (DeadlineExceeded, DeviceFailed, DeviceOutOfMemory, EngineUnreachable, InferenceFailed,
                               Overloaded, QueueError, QueueFull, ShuttingDown)
+from ..codec.errors import ApiError
 from .context import request_context
 
 log = logging.getLogger("service.errors")
@@ -28,19 +29,6 @@ _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404:
                  405: "method_not_allowed", 406: "not_acceptable", 413: "payload_too_large",
                  415: "unsupported_media_type", 422: "invalid_request", 429: "too_many_requests",
                  503: "unavailable", 504: "timeout"}
-
-
-class ApiError(Exception):
-    """An answer other than success; ``field`` names the input at fault, if one is."""
-
-    def __init__(self, status: int, code: str, message: str, field: str | None = None,
-                 headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.field = field
-        self.headers = headers or {}
 
 
 # The queue's outcomes as answers: 503s say "try again (elsewhere)", with Retry-After.

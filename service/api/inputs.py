@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from fastapi import Request
@@ -34,13 +34,13 @@ from model.safe_json import MAX_STRUCTURE, JsonError, load_json
 
 from .context import request_context
 from .errors import CLIENT_GONE, ApiError
-from .fetch import UrlFetcher
+from ..codec.fetch import UrlFetcher
+from ..codec.sources import KEYPOINTS_FIELD, RequestParts, person_mix_error
 from ..queue.outcomes import Priority
 from ..settings import Settings
 
 IMAGE_FIELDS = ("masked_model", "pose", "cloth")  # the classic /v1/tryon trio
 PERSON_FIELDS = ("masked_model", "pose", "person", "parse")  # person-side images
-KEYPOINTS_FIELD = "keypoints"
 Garments = Literal["none", "one", "many"]
 OPTION_FIELDS = ("format", "quality", "size", "priority", "timeout")
 # Scheduling options may also come as headers (a proxy or gateway can set them); fields win.
@@ -137,19 +137,6 @@ def _check_size(data: bytes, field: str, limit: int) -> bytes:
     if len(data) > limit:
         raise ApiError(413, "image_too_large", f"{len(data)} bytes, over the limit of {limit} per image", field)
     return data
-
-
-@dataclass
-class RequestParts:
-    """A request's inputs before fetching and decoding: bytes, or a URL still to fetch."""
-    person: dict[str, bytes | str] = field(default_factory=dict)
-    keypoints: Any = None  # JSON text or bytes, or the decoded object/list
-    cloths: list[bytes | str | ApiError] = field(default_factory=list)  # an ApiError: that garment failed
-    options: dict = field(default_factory=dict)
-
-    @property
-    def given(self) -> set[str]:
-        return set(self.person) | ({KEYPOINTS_FIELD} if self.keypoints is not None else set())
 
 
 def _json_image(value: Any, key: str, settings: Settings) -> bytes | str:
@@ -297,12 +284,6 @@ def _from_json(body: bytes, settings: Settings, garments: Garments, limit: Garme
 def _too_many(count: int | str, limit: GarmentLimit) -> None:
     raise ApiError(413, "too_many_garments", f"{count} garments; at most {limit.most} per "
                    f"request ({limit.setting})", "cloth")
-
-
-def person_mix_error(exc: IncompleteInputs) -> ApiError:
-    """The model's mix rule failure as the service's 422; ``field`` lists the inputs concerned."""
-    code = f"{exc.kind}_inputs"
-    return ApiError(422, code, exc.message, ",".join(exc.fields))
 
 
 async def read_request(request: Request, settings: Settings, query_options: dict, garments: Garments = "one",

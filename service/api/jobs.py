@@ -18,10 +18,11 @@ from ..queue.interface import JobQueue
 from ..queue.outcomes import QueueError
 from ..settings import Settings
 from .errors import ApiError, from_queue_error
-from .fetch import UrlFetcher
-from .inputs import OutputOptions, RequestParts
+from ..codec.fetch import UrlFetcher
+from ..codec.sources import RequestParts
+from .inputs import OutputOptions
 from .parts import encode_output
-from .person import decode_garments, decode_person
+from ..codec.person import decode_garments, decode_person
 
 log = logging.getLogger("service.jobs")
 
@@ -54,7 +55,7 @@ class EdgeCodec:
 
 
 class FetcherTargets:
-    """Webhook URLs under the rules fetched URLs follow (service/api/fetch.py)."""
+    """Webhook URLs under the rules fetched URLs follow (service/codec/fetch.py)."""
 
     def __init__(self, fetcher: UrlFetcher):
         self.fetcher = fetcher

@@ -29,7 +29,7 @@ from ..deps import QueryDep, ServiceDep, WorkDep, require_api_key
 from ..errors import CLIENT_GONE, ApiError, from_queue_error
 from ..openapi import GARMENTS_REQUEST_BODY, MODEL_ERRORS, PERSON_MIX, binary_content, error_responses
 from ..parts import NDJSON, MultipartMixed, Part, accepts, json_item
-from ..person import decode_garments, decode_person, detection_report
+from ...codec.person import decode_garments, decode_person, detection_report
 from ..steps import encode_output, read_parts, run_job, server_timing
 
 batch = APIRouter(tags=["try-on"], dependencies=[Depends(require_api_key)])

@@ -16,7 +16,7 @@ from ..deps import ServiceDep, require_api_key, require_ready
 from ..errors import ApiError
 from ..openapi import INPUT_ERRORS, PERSON_MIX, binary_content, error_responses, person_request_body
 from ..parts import MultipartMixed, Part, accepts
-from ..person import decode_person, detection_report
+from ...codec.person import decode_person, detection_report
 from ..steps import read_parts, server_timing
 
 PrepareOutput = Literal["masked_model", "pose", "keypoints"]

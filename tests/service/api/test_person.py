@@ -12,8 +12,8 @@ from PIL import Image
 
 from model.person import parse_keypoints, person_images
 from model.person.keypoints import L_SHOULDER, NOSE, R_SHOULDER
-from service.api.inputs import RequestParts
-from service.api.person import decode_person
+from service.codec.person import decode_person
+from service.codec.sources import RequestParts
 from service.settings import Settings
 from tests.fixtures.service.harness import fixture_bytes, running_server, sample_key
 from tests.utils.photos import PHOTOS, group_photo, jpeg

@@ -396,7 +396,7 @@ def test_priority_and_a_deadline_the_queue_cannot_meet(client):
 def test_only_short_decoding_runs_on_the_event_loop():
     """The classic trio as sent runs on the loop (a thread hand-off costs more than it); a
     photo to detect in, keypoints to draw, or more than INLINE_DECODE_BYTES go to a thread."""
-    from service.api.inputs import RequestParts
+    from service.codec.sources import RequestParts
     from service.api.routes.tryon import INLINE_DECODE_BYTES, short_decode
 
     small = b"x" * 1000

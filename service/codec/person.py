@@ -13,7 +13,7 @@ from model.images import ImageError, ImageTooLarge, TryOnInputs, assemble_inputs
 from model.person import DetectionError, IncompleteInputs, KeypointsError, PersonInputs, person_images
 
 from .errors import ApiError
-from .inputs import RequestParts, person_mix_error
+from .sources import RequestParts, person_mix_error
 from ..metrics import Metrics
 from ..settings import Settings
 
