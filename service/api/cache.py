@@ -32,7 +32,7 @@ from redis.exceptions import TimeoutError as RedisTimeout
 
 from model.images import TryOnInputs
 
-from .inputs import OutputOptions
+from ..codec.output import OutputOptions
 from ..metrics import Metrics
 from ..settings import Settings
 

@@ -28,13 +28,13 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
-from model.images import DEFAULT_QUALITY, OutputFormat, OutputSize
 from model.person import IncompleteInputs, check_person_mix
 from model.safe_json import MAX_STRUCTURE, JsonError, load_json
 
 from .context import request_context
 from .errors import CLIENT_GONE, ApiError
 from ..codec.fetch import UrlFetcher
+from ..codec.output import OutputOptions
 from ..codec.sources import KEYPOINTS_FIELD, RequestParts, person_mix_error
 from ..queue.outcomes import Priority
 from ..settings import Settings
@@ -64,12 +64,6 @@ class GarmentLimit:
         return cls(settings.max_garments, "TRYON_MAX_GARMENTS", settings.batch_body_limit)
 
 
-
-
-class OutputOptions(BaseModel):
-    format: OutputFormat = "jpeg"
-    quality: int = Field(DEFAULT_QUALITY, ge=1, le=100)
-    size: OutputSize = "model"
 
 
 class JobOptions(BaseModel):

@@ -17,7 +17,8 @@ from pydantic import BaseModel, Field
 
 from model.person import PERSON_MIXES
 
-from .inputs import KEYPOINTS_FIELD, JobOptions, OutputOptions
+from ..codec.output import OutputOptions
+from .inputs import KEYPOINTS_FIELD, JobOptions
 from .oip import InferRequest, InferResponse
 
 BINARY = {"type": "string", "format": "binary"}

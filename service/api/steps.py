@@ -15,10 +15,9 @@ from ..queue.jobs import GarmentsInputs, GarmentsStream, JobResult
 from ..queue.outcomes import DeadlineExceeded, DropReason, Priority, QueueError
 from .context import request_context
 from .deps import QueryOptions, Work
-from .parts import encode_output  # noqa: F401  (the routes' step, defined where jobs reach it too)
+from ..codec.output import OutputOptions
 from ..codec.sources import RequestParts
-from .inputs import (GarmentLimit, Garments, JobOptions, OutputOptions, fetch_parts, has_urls, parse_job_options,
-                     read_request)
+from .inputs import GarmentLimit, Garments, JobOptions, fetch_parts, has_urls, parse_job_options, read_request
 from .state import ServiceState
 
 STREAM_CHUNK = 64 * 1024

@@ -5,7 +5,8 @@ share to turn what a caller sent into the model's inputs and the model's output 
 - ``fetch``: fetching image URLs, and the rules every URL the service reaches follows (SSRF).
 - ``person``: decoding the person side and the garments (drawing what is not given), the
   model's input errors as the service's.
-- ``errors``: ``ApiError``, the one error shape both entry points give.
+- ``output``: the output options and a result encoded in them.
+- ``errors``: ``ApiError``, the one error shape both entry points give, and the queue's outcomes as it.
 
 May import: ``service.queue``, ``model`` and the foundation; never ``service.api``,
 ``service.jobs`` or ``service.processes``: they import it, and build and call it the same way.

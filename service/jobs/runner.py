@@ -1,7 +1,8 @@
 """Runs the tasks of the job store through the queue's one interface.
 
 A replica runs TRYON_JOBS_CONCURRENCY tasks at once. Each task: the person side and
-its garments decoded (the edge's decoding, so errors carry /v1/tryon's codes), the
+its garments decoded by the codec, as /v1/tryon/batch decodes them (so errors carry
+/v1/tryon's codes), the
 garments not yet settled submitted as one ``GarmentsInputs`` with ``Priority.BULK`` (as
 /v1/tryon/batch does: shoppers' requests overtake it between chunks), each result encoded
 and settled as its chunk comes out. A canceled or expired job's next chunk is not run.
@@ -16,17 +17,19 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Protocol
-
-import torch
 
 from model.images import TryOnInputs, stack_levels
 
+from ..codec.errors import ApiError, from_queue_error
+from ..codec.output import OutputOptions, encode_output
+from ..codec.person import decode_garments, decode_person
+from ..codec.sources import RequestParts
 from ..metrics import Metrics
 from ..queue.interface import JobQueue
 from ..queue.jobs import GarmentsInputs, GarmentsStream
 from ..queue.outcomes import (DeadlineExceeded, DeviceFailed, DeviceOutOfMemory, EngineUnreachable, Overloaded, Priority, QueueError,
                               QueueFull, ShuttingDown)
+from ..settings import Settings
 from .records import GarmentState, JobError, JobInputs, JobRecord, JobStatus, Task
 from .store import JobStore, StoreUnavailable
 
@@ -43,16 +46,20 @@ class DecodedTask:
     garments: list[TryOnInputs | JobError]
 
 
-class JobCodec(Protocol):
-    """What the HTTP edge knows and this room needs: decoding, encoding, the errors' codes."""
+def decode_task(inputs: JobInputs, settings: Settings) -> DecodedTask:
+    """(In a thread.) A task's person and garments, decoded as /v1/tryon/batch decodes them; a
+    person-side failure is every garment's error."""
+    cloths = [ApiError(c.status, c.code, c.message, c.field) if isinstance(c, JobError) else c for c in inputs.cloths]
+    try:
+        person = decode_person(RequestParts(dict(inputs.person), inputs.keypoints, cloths), settings)
+    except ApiError as exc:
+        return DecodedTask(None, [JobError.of(exc)] * len(cloths))
+    garments = decode_garments(person, cloths, settings)
+    return DecodedTask(person.frame, [JobError.of(g) if isinstance(g, ApiError) else g for g in garments])
 
-    def decode(self, inputs: JobInputs) -> DecodedTask:
-        """(In a thread.) A person-side failure is every garment's error."""
 
-    def encode(self, output: torch.Tensor, frame: object, options: dict) -> bytes:
-        """(In a thread.) One result in the job's output options."""
-
-    def error_of(self, exc: QueueError) -> JobError: ...
+def error_of(exc: QueueError) -> JobError:
+    return JobError.of(from_queue_error(exc))
 
 
 class Interrupted(Exception):
@@ -60,11 +67,11 @@ class Interrupted(Exception):
 
 
 class JobRunner:
-    def __init__(self, store: JobStore, queue: JobQueue, codec: JobCodec, chunk_size: int, concurrency: int,
+    def __init__(self, store: JobStore, queue: JobQueue, settings: Settings, chunk_size: int, concurrency: int,
                  keep_every_s: float, metrics: Metrics):
         self.store = store
         self.queue = queue
-        self.codec = codec
+        self.settings = settings
         self.chunk_size = chunk_size
         self.concurrency = concurrency
         self.keep_every_s = keep_every_s
@@ -123,7 +130,7 @@ class JobRunner:
         if record.status is JobStatus.QUEUED:
             await self.store.start(task.job_id)
             self.metrics.jobs.labels(JobStatus.RUNNING.value).inc()
-        decoded = await asyncio.to_thread(self.codec.decode, inputs)
+        decoded = await asyncio.to_thread(decode_task, inputs, self.settings)
         to_run: list[tuple[int, TryOnInputs]] = []
         for offset, garment in enumerate(decoded.garments):
             index = task.start + offset
@@ -179,9 +186,10 @@ class JobRunner:
             if await self._expired(record, exc):
                 return
             for index, _ in to_run:
-                await self._settle(record, index, GarmentState(self.codec.error_of(exc)), None)
+                await self._settle(record, index, GarmentState(error_of(exc)), None)
             return
         chunks = stream.chunks()
+        options = OutputOptions.model_validate(record.options)
         try:
             async for item in chunks:
                 if isinstance(item, TRANSIENT):
@@ -192,11 +200,11 @@ class JobRunner:
                     done = await self.store.record(record.id)
                     for index, _ in to_run:
                         if done is not None and index not in done.settled:
-                            await self._settle(record, index, GarmentState(self.codec.error_of(item)), None)
+                            await self._settle(record, index, GarmentState(error_of(item)), None)
                     return
                 for k, output in enumerate(item.outputs):
                     index = to_run[item.start + k][0]
-                    body = await asyncio.to_thread(self.codec.encode, output, frame, record.options)
+                    body = await asyncio.to_thread(encode_output, output, frame, options)
                     if not await self._settle(record, index, GarmentState(), body):
                         current = await self.store.record(record.id)
                         if current is None or current.status.ended:  # canceled or expired: run no more

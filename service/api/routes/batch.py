@@ -22,6 +22,7 @@ from fastapi.responses import StreamingResponse
 
 from model.images import MEDIA_TYPES, stack_levels
 
+from ...codec.output import encode_output
 from ...queue.jobs import GarmentsInputs, GarmentsStream
 from ...queue.outcomes import Priority, QueueError
 from ..cache import CachedResponse
@@ -30,7 +31,7 @@ from ..errors import CLIENT_GONE, ApiError, from_queue_error
 from ..openapi import GARMENTS_REQUEST_BODY, MODEL_ERRORS, PERSON_MIX, binary_content, error_responses
 from ..parts import NDJSON, MultipartMixed, Part, accepts, json_item
 from ...codec.person import decode_garments, decode_person, detection_report
-from ..steps import encode_output, read_parts, run_job, server_timing
+from ..steps import read_parts, run_job, server_timing
 
 batch = APIRouter(tags=["try-on"], dependencies=[Depends(require_api_key)])
 BATCH_ROUTE = "/v1/tryon/batch"

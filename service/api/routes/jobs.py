@@ -14,13 +14,13 @@ from fastapi.responses import JSONResponse
 
 from model.images import MEDIA_TYPES
 
-from ...jobs.records import JobInputs, JobRecord, JobStatus, NewJob, new_job_id
+from ...jobs.records import JobError, JobInputs, JobRecord, JobStatus, NewJob, new_job_id
 from ...jobs.store import JobTooLarge, StoreFull, StoreUnavailable
 from ...queue.outcomes import Priority
 from ..deps import OwnerDep, QueryDep, ServiceDep, require_api_key
 from ..errors import ApiError
 from ..inputs import GarmentLimit
-from ..jobs import Jobs, job_error
+from ..jobs import Jobs
 from ..openapi import GARMENTS_REQUEST_BODY, PERSON_MIX, error_responses
 from ..steps import read_parts, scheduling_of
 
@@ -97,7 +97,7 @@ async def submit_job(request: Request, service: ServiceDep, query: QueryDep, own
         raise ApiError(422, "bulk_only", "jobs run as bulk work, so that shoppers' requests overtake them; "
                        "send priority=bulk or none", "priority")
     webhook_url = await _webhook_url(service, parts.options.get(WEBHOOK_FIELD))
-    cloths = [job_error(c) if isinstance(c, ApiError) else c for c in parts.cloths]
+    cloths = [JobError.of(c) if isinstance(c, ApiError) else c for c in parts.cloths]
     now = time.time()
     job = NewJob(new_job_id(), owner, options.model_dump(),
                  JobInputs(parts.person, parts.keypoints, cloths),

@@ -12,12 +12,12 @@ from ...queue.outcomes import Priority
 from ..cache import CachedResponse, ResponseCache
 from ..deps import QueryDep, ServiceDep, WorkDep, require_api_key
 from ..errors import CLIENT_GONE, ApiError
+from ...codec.output import OutputOptions, encode_output
 from ...codec.sources import RequestParts
-from ..inputs import OutputOptions
 from ..openapi import BINARY, IMAGE_SCHEMA, JSON_IMAGE, MODEL_ERRORS, PERSON_MIX, binary_content, error_responses, \
     person_request_body
 from ...codec.person import decode_garment, decode_person, detection_report
-from ..steps import encode_output, image_response, off_loop_unless, read_parts, run_job
+from ..steps import image_response, off_loop_unless, read_parts, run_job
 from ..state import ServiceState
 
 TRYON_ROUTE = "/v1/tryon"

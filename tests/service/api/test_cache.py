@@ -17,7 +17,7 @@ from PIL import Image
 from model.images import prepare_inputs
 from service.api.cache import (KEY_PREFIX, CachedResponse, MemoryStore, RedisStore, ResponseCache, model_identity,
                            response_key)
-from service.api.inputs import OutputOptions
+from service.codec.output import OutputOptions
 from service.metrics import Metrics
 from tests.fixtures.service.harness import (ConnectionRecorder, RedisServer, fixture_bytes, redis_server_binary,
                                             running_server, sample_key)
