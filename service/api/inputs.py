@@ -6,8 +6,8 @@ as a JSON base64 string (a ``data:`` URL is fine). Keypoints come as JSON:
 a multipart file or text field, or a JSON field holding the object or list
 itself or its text. Which person-side inputs make a valid mix is
 model.person's rule (check_person_mix), checked here by name before any bytes are
-decoded. Garments: one ``cloth``, or for the batch endpoint ``cloth``
-repeated (multipart) or a ``cloths`` list (JSON). Options (format, quality,
+decoded. Garments: one ``cloth`` (for /v1/prepare: at most one), or for the batch
+endpoint ``cloth`` repeated (multipart) or a ``cloths`` list (JSON). Options (format, quality,
 size) come from query parameters or body fields. Limits: the request body, bytes
 per image (413), pixels announced by the header (413, before decoding),
 and anything Pillow can't read (415). URLs are fetched concurrently;
@@ -41,7 +41,7 @@ from ..settings import Settings
 
 IMAGE_FIELDS = ("masked_model", "pose", "cloth")  # the classic /v1/tryon trio
 PERSON_FIELDS = ("masked_model", "pose", "person", "parse")  # person-side images
-Garments = Literal["none", "one", "many"]
+Garments = Literal["none", "optional", "one", "many"]  # optional: at most one, no options
 OPTION_FIELDS = ("format", "quality", "size", "priority", "timeout")
 # Scheduling options may also come as headers (a proxy or gateway can set them); fields win.
 JOB_OPTION_HEADERS = {"priority": "X-Priority", "timeout": "X-Request-Timeout"}
@@ -183,7 +183,8 @@ def _keypoints_json(value: str | bytes) -> Any:
 def _check_known(key: str, garments: Garments, garment_key: str, extra: tuple[str, ...] = ()) -> None:
     """A field no route reads is refused, not ignored: a misspelt ``clothe`` would otherwise
     surface as a missing ``cloth``, and the OpenAPI forms allow no other fields."""
-    known = (*PERSON_FIELDS, KEYPOINTS_FIELD, *((garment_key, *OPTION_FIELDS, *extra) if garments != "none" else ()))
+    known = (*PERSON_FIELDS, KEYPOINTS_FIELD, *((garment_key,) if garments != "none" else ()),
+             *((*OPTION_FIELDS, *extra) if garments in ("one", "many") else ()))
     if key not in known:
         raise ApiError(422, "unknown_field", f"{key!r} is not a field of this endpoint; send only "
                        f"{', '.join(known)}", key[:64].encode("utf-8", "backslashreplace").decode())
@@ -239,7 +240,7 @@ async def _from_multipart(request: Request, body: bytes, settings: Settings, gar
                                   garments if key == "cloth" else "one")
                 if key != "cloth":
                     parts.person[key] = source
-                elif garments == "one":
+                elif garments != "many":
                     parts.cloths = [source]
                 else:
                     parts.cloths.append(source)
@@ -263,7 +264,7 @@ def _from_json(body: bytes, settings: Settings, garments: Garments, limit: Garme
     keypoints = document.get(KEYPOINTS_FIELD)
     if keypoints is not None:
         parts.keypoints = _keypoints_json(keypoints) if isinstance(keypoints, str) else keypoints
-    if garments == "one" and document.get("cloth") is not None:
+    if garments in ("one", "optional") and document.get("cloth") is not None:
         parts.cloths = [_json_image(document["cloth"], "cloth", settings)]
     elif garments == "many" and document.get("cloths") is not None:
         if not isinstance(document["cloths"], list):
@@ -299,7 +300,7 @@ async def read_request(request: Request, settings: Settings, query_options: dict
         check_person_mix(parts.given)
     except IncompleteInputs as exc:
         raise person_mix_error(exc) from None
-    if garments != "none" and not parts.cloths:
+    if garments in ("one", "many") and not parts.cloths:
         what = "cloth is required (a file, an http(s) URL or base64)" if garments == "one" else \
             "at least one garment is required: cloth fields (multipart) or a cloths list (JSON)"
         raise ApiError(422, "missing_field", what, "cloth")

@@ -2,12 +2,19 @@
 
 Runs in a thread (decoding and drawing are CPU work). The person side goes
 through model.person.person_images, so the service draws exactly what
-the CLI and the library draw; each garment is then letterboxed into the
-person's frame on its own, so one unreadable garment fails only itself.
+the CLI and the library draw: a person photo is framed as VITON frames its
+people (``X-Person-Box`` says where), and kept, when the result goes back
+into it (``size=original``), with the digest of its bytes for the response
+cache. Each garment is then placed in the person's frame on its own, so one
+unreadable garment fails only itself. A person is decoded once for all the
+garments of a request or a job's task.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import replace
+
+from blake3 import blake3
 
 from model.images import ImageError, ImageTooLarge, TryOnInputs, assemble_inputs
 from model.person import DetectionError, IncompleteInputs, KeypointsError, PersonInputs, person_images
@@ -42,23 +49,32 @@ def model_errors():
         raise ApiError(422, f"invalid_{exc.field}", exc.message, exc.field) from None
 
 
-def decode_person(parts: RequestParts, settings: Settings) -> PersonInputs:
+def decode_person(parts: RequestParts, settings: Settings, keep_photo: bool = False) -> PersonInputs:
     """The masked model and pose map at the model's size, drawn where not given
-    (a person photo alone: its keypoints detected here, in the same thread)."""
+    (a person photo alone: its keypoints detected here, in the same thread); ``keep_photo``
+    (``size=original``): the photo kept to composite results into."""
     with model_errors():
-        return person_images(**parts.person, keypoints=parts.keypoints, size_hw=settings.image_hw,
-                             max_pixels=settings.max_image_pixels, silhouette=settings.person_silhouette)
+        person = person_images(**parts.person, keypoints=parts.keypoints, size_hw=settings.image_hw,
+                               max_pixels=settings.max_image_pixels, silhouette=settings.person_silhouette,
+                               keep_photo=keep_photo)
+    if person.composite is not None:  # the answer depends on the whole photo, not only on what the model saw
+        photo_id = blake3(parts.person["person"]).hexdigest()
+        person = replace(person, composite=replace(person.composite, photo_id=photo_id))
+    return person
 
 
-def detection_report(person: PersonInputs, timings: dict[str, float], metrics: Metrics) -> dict[str, str]:
-    """Where the keypoints were detected: ``detect`` in the timings, the histogram observed, and
-    the headers that say how many people the photo holds (several: the most prominent was used)."""
+def person_report(person: PersonInputs, timings: dict[str, float], metrics: Metrics) -> dict[str, str]:
+    """The headers of a person photo's answer: ``X-Person-Box``, where the model looked (left, top,
+    right, bottom in the upright photo's pixels); and where the keypoints were detected, ``detect``
+    in the timings, the histogram observed, and how many people the photo holds (several: the most
+    prominent was used)."""
+    headers = {"X-Person-Box": ",".join(map(str, person.box))} if person.box is not None else {}
     detection = person.detection
     if detection is None:
-        return {}
+        return headers
     timings["detect"] = detection.seconds * 1000
     metrics.detection.observe(detection.seconds)
-    headers = {"X-Person-Count": str(detection.person_count)}
+    headers["X-Person-Count"] = str(detection.person_count)
     if detection.person_count > 1:
         headers["X-Person-Warning"] = (f"{detection.person_count} people in the person photo; "
                                        "the most prominent one was used")
@@ -68,7 +84,7 @@ def detection_report(person: PersonInputs, timings: dict[str, float], metrics: M
 def decode_garment(person: PersonInputs, cloth: bytes, settings: Settings) -> TryOnInputs:
     """One garment with the person's images: the model's three input tensors."""
     with model_errors():
-        return assemble_inputs(person.masked_model_levels, person.pose_levels, person.frame, cloth,
+        return assemble_inputs(person.masked_model_levels, person.pose_levels, person.output_frame, cloth,
                                max_pixels=settings.max_image_pixels)
 
 

@@ -41,21 +41,23 @@ POLL_S = 1.0
 
 @dataclass(frozen=True)
 class DecodedTask:
-    """A task's garments ready for the model (or each one's error), and the person's frame to encode in."""
+    """A task's garments ready for the model (or each one's error), and the frame a result maps back
+    through (into the person's photo for ``size=original``)."""
     frame: object
     garments: list[TryOnInputs | JobError]
 
 
-def decode_task(inputs: JobInputs, settings: Settings) -> DecodedTask:
-    """(In a thread.) A task's person and garments, decoded as /v1/tryon/batch decodes them; a
-    person-side failure is every garment's error."""
+def decode_task(inputs: JobInputs, settings: Settings, options: OutputOptions) -> DecodedTask:
+    """(In a thread.) A task's person, framed once, and its garments, decoded as /v1/tryon/batch
+    decodes them; a person-side failure is every garment's error."""
     cloths = [ApiError(c.status, c.code, c.message, c.field) if isinstance(c, JobError) else c for c in inputs.cloths]
     try:
-        person = decode_person(RequestParts(dict(inputs.person), inputs.keypoints, cloths), settings)
+        person = decode_person(RequestParts(dict(inputs.person), inputs.keypoints, cloths), settings,
+                               keep_photo=options.size == "original")
     except ApiError as exc:
         return DecodedTask(None, [JobError.of(exc)] * len(cloths))
     garments = decode_garments(person, cloths, settings)
-    return DecodedTask(person.frame, [JobError.of(g) if isinstance(g, ApiError) else g for g in garments])
+    return DecodedTask(person.output_frame, [JobError.of(g) if isinstance(g, ApiError) else g for g in garments])
 
 
 def error_of(exc: QueueError) -> JobError:
@@ -130,7 +132,8 @@ class JobRunner:
         if record.status is JobStatus.QUEUED:
             await self.store.start(task.job_id)
             self.metrics.jobs.labels(JobStatus.RUNNING.value).inc()
-        decoded = await asyncio.to_thread(decode_task, inputs, self.settings)
+        options = OutputOptions.model_validate(record.options)
+        decoded = await asyncio.to_thread(decode_task, inputs, self.settings, options)
         to_run: list[tuple[int, TryOnInputs]] = []
         for offset, garment in enumerate(decoded.garments):
             index = task.start + offset
@@ -141,7 +144,7 @@ class JobRunner:
             else:
                 to_run.append((index, garment))
         if to_run:
-            await self._dress(record, decoded.frame, to_run)
+            await self._dress(record, decoded.frame, to_run, options)
 
     async def _settle(self, record: JobRecord, index: int, state: GarmentState, result: bytes | None) -> bool:
         status = await self.store.settle(record.id, index, state, result)
@@ -176,7 +179,8 @@ class JobRunner:
             self.ended(JobStatus.EXPIRED)
         return True
 
-    async def _dress(self, record: JobRecord, frame, to_run: list[tuple[int, TryOnInputs]]) -> None:
+    async def _dress(self, record: JobRecord, frame, to_run: list[tuple[int, TryOnInputs]],
+                     options: OutputOptions) -> None:
         first = to_run[0][1]
         inputs = GarmentsInputs(first.pose, first.masked_model, stack_levels([g.cloth for _, g in to_run]),
                                 self.chunk_size)
@@ -189,7 +193,6 @@ class JobRunner:
                 await self._settle(record, index, GarmentState(error_of(exc)), None)
             return
         chunks = stream.chunks()
-        options = OutputOptions.model_validate(record.options)
         try:
             async for item in chunks:
                 if isinstance(item, TRANSIENT):

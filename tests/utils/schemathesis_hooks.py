@@ -47,6 +47,7 @@ CONTENT_CODES = {
     "too_many_garments",  # TRYON_MAX_GARMENTS is the deployment's setting, not the schema's
     "no_person", "missing_body_points", "person_too_small",  # what the person photo shows
     "no_keypoints",  # ?output=keypoints of a person given as images: nothing was detected to return
+    "no_mask", "no_cloth",  # ?output=mask without a photo, ?output=cloth without a cloth: nothing to return
     "overloaded", "queue_full",  # the server's load at that moment, not the request
     "bulk_only",  # /v1/jobs runs as bulk work: the options schema it shares with /v1/tryon lists interactive too
     # /v2 infer: a tensor's values against its shape, the model's size and the other inputs

@@ -16,7 +16,7 @@ from ...codec.output import OutputOptions, encode_output
 from ...codec.sources import RequestParts
 from ..openapi import BINARY, IMAGE_SCHEMA, JSON_IMAGE, MODEL_ERRORS, PERSON_MIX, binary_content, error_responses, \
     person_request_body
-from ...codec.person import decode_garment, decode_person, detection_report
+from ...codec.person import decode_garment, decode_person, person_report
 from ..steps import image_response, off_loop_unless, read_parts, run_job
 from ..state import ServiceState
 
@@ -47,7 +47,7 @@ def short_decode(parts: RequestParts) -> bool:
 def _decode(parts: RequestParts, service: ServiceState,
             options: OutputOptions) -> tuple[PersonInputs, TryOnInputs, str | None]:
     """What the model sees, and its cache key (a hit's time is mostly this)."""
-    person = decode_person(parts, service.settings)
+    person = decode_person(parts, service.settings, keep_photo=options.size == "original")
     inputs = decode_garment(person, parts.cloths[0], service.settings)
     cache: ResponseCache | None = service.cache
     return person, inputs, cache.key(inputs, options) if cache is not None else None
@@ -66,7 +66,7 @@ async def tryon_image(request: Request, service: ServiceDep, work: WorkDep, quer
     cache = service.cache
     person, inputs, key = await off_loop_unless(short_decode(parts), _decode, parts, service, options)
     timings["decode"] = (time.perf_counter() - mark) * 1000
-    person_headers = detection_report(person, timings, service.metrics)
+    person_headers = person_report(person, timings, service.metrics)
 
     if cache is not None:
         mark = time.perf_counter()
