@@ -34,10 +34,24 @@ def _scaled(pixels: int, height: int) -> int:
     return max(1, round(pixels * height / 256))
 
 
+def dilated(found: np.ndarray, by: int) -> np.ndarray:
+    """(H, W) bool grown by ``by`` pixels in each direction (a square's dilation, row then column
+    shifts: a twentieth of Pillow's MaxFilter's time at the model's size)."""
+    grown = found.copy()
+    for shift in range(1, by + 1):
+        grown[shift:] |= found[:-shift]
+        grown[:-shift] |= found[shift:]
+    rows = grown.copy()
+    for shift in range(1, by + 1):
+        grown[:, shift:] |= rows[:, :-shift]
+        grown[:, :-shift] |= rows[:, shift:]
+    return grown
+
+
 def feathered_mask(region: Image.Image) -> torch.Tensor:
     """(H, W) uint8 from a mode L region (255 = replaced) at the model's size: grown and feathered."""
     height = region.height
-    grown = region.filter(ImageFilter.MaxFilter(2 * _scaled(GROW, height) + 1))
+    grown = Image.fromarray(dilated(np.asarray(region) > 127, _scaled(GROW, height)).astype(np.uint8) * 255)
     soft = grown.filter(ImageFilter.GaussianBlur(_scaled(FEATHER, height)))
     return torch.from_numpy(np.array(ImageChops.lighter(region, soft)))
 
@@ -76,24 +90,27 @@ class Composite:
         return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
     @cached_property
-    def _ring(self) -> torch.Tensor:
-        """(H, W) bool: the band outside the mask, within the photo, where the result should be the photo."""
-        support = Image.fromarray((self.mask.numpy() > 0).astype(np.uint8) * 255)
-        near = support.filter(ImageFilter.MaxFilter(2 * _scaled(RING, support.height) + 1))
-        ring = torch.from_numpy(np.array(near) > 0) & (self.mask == 0)
-        inside = torch.zeros_like(ring)
+    def _ring(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The band outside the mask, within the photo, where the result should be the photo: its
+        pixels' rows and columns, and the photo's mean colour there; None when there is none."""
+        support = self.mask.numpy() > 0
+        ring = dilated(support, _scaled(RING, support.shape[0])) & ~support
         content = self.crop.content_box
+        inside = np.zeros_like(ring)
         if content is not None:
             inside[content[1]:content[3], content[0]:content[2]] = True
-        return ring & inside
+        where = np.nonzero(ring & inside)
+        if not len(where[0]):
+            return None
+        return where, self.reference.numpy()[:, where[0], where[1]].mean(axis=1)
 
     def colour_shift(self, levels: torch.Tensor) -> torch.Tensor:
         """(3,) int16: what to add to the result so that it meets the photo's colours at the seam."""
-        ring = self._ring
-        if not ring.any():
+        if self._ring is None:
             return torch.zeros(3, dtype=torch.int16)
-        difference = self.reference[:, ring].to(torch.float32).mean(dim=1) - levels[:, ring].to(torch.float32).mean(dim=1)
-        return difference.round().clamp(-MAX_SHIFT, MAX_SHIFT).to(torch.int16)
+        (rows, cols), photo_mean = self._ring
+        difference = photo_mean - levels.numpy()[:, rows, cols].mean(axis=1)
+        return torch.from_numpy(difference).round().clamp(-MAX_SHIFT, MAX_SHIFT).to(torch.int16)
 
     def photo_box(self) -> Box | None:
         """The mask's extent in the photo (photo pixels, inside it); None when nothing is replaced."""
@@ -119,10 +136,13 @@ class Composite:
         if box is None:
             return result
         levels = torch.from_numpy(np.array(img)).permute(2, 0, 1)
-        shifted = (levels.to(torch.int16) + self.colour_shift(levels)[:, None, None]).clamp_(0, 255).to(torch.uint8)
-        garment = self._scaled_up(shifted, box)
-        alpha = self._scaled_up(self.mask[None], box)
-        result.paste(Image.fromarray(garment.permute(1, 2, 0).numpy()), box[:2], Image.fromarray(alpha[0].numpy()))
+        # The result and the mask as one RGBA picture: one scaling in torch's 4-channel 8-bit path (the
+        # 1-channel one takes three times as long), and Pillow takes it as it is, its alpha the mask.
+        rgba = torch.empty((levels.shape[1], levels.shape[2], 4), dtype=torch.uint8).permute(2, 0, 1)
+        rgba[:3] = (levels.to(torch.int16) + self.colour_shift(levels)[:, None, None]).clamp_(0, 255)
+        rgba[3] = self.mask
+        garment = Image.fromarray(self._scaled_up(rgba, box).permute(1, 2, 0).numpy(), "RGBA")
+        result.paste(garment, box[:2], garment)
         return result
 
     def _scaled_up(self, levels: torch.Tensor, box: Box) -> torch.Tensor:
@@ -144,3 +164,4 @@ class Composite:
         out = torch.empty((out_h, out_w, levels.shape[0]), dtype=torch.uint8).permute(2, 0, 1)
         torch._C._nn._upsample_bicubic2d_aa(part[None], [out_h, out_w], False, None, None, out=out[None])
         return out[:, oy:oy + box_h, ox:ox + box_w]
+

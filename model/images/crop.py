@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .levels import Picture, image_to_levels, picture_size_wh, resize_levels, tensor_to_image
+from .levels import Picture, image_to_levels, picture_levels, picture_size_wh, resize_levels, tensor_to_image
 
 Box = tuple[int, int, int, int]  # (left, top, right, bottom), as Pillow's
 # What VITON, the published model's training data, has around its people: its background's median
@@ -157,4 +157,7 @@ def _part(picture: Picture, visible: Box, source_size_wh: tuple[int, int]) -> Pi
     x1, y1 = max(x0 + 1, math.ceil(visible[2] * fx)), max(y0 + 1, math.ceil(visible[3] * fy))
     if (x0, y0, x1, y1) == (0, 0, width, height):
         return picture
-    return picture.crop((x0, y0, x1, y1)) if isinstance(picture, Image.Image) else picture[:, y0:y1, x0:x1]
+    if isinstance(picture, Image.Image) and (x1 - x0) * (y1 - y0) < width * height / 2:
+        return picture.crop((x0, y0, x1, y1))  # a small part: copied alone (Pillow's 4 bytes a pixel)
+    # Most of it: converted whole, once, and sliced (a crop first would copy it twice).
+    return picture_levels(picture)[:, y0:y1, x0:x1]
