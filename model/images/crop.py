@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .levels import Picture, image_to_levels, picture_levels, picture_size_wh, resize_levels, tensor_to_image
+from .levels import Picture, image_to_levels, picture_size_wh, resize_levels, tensor_to_image
 
 Box = tuple[int, int, int, int]  # (left, top, right, bottom), as Pillow's
 # What VITON, the published model's training data, has around its people: its background's median
@@ -91,16 +91,24 @@ class Crop:
     def fit_levels(self, picture: Picture, fill=VITON_BACKGROUND) -> torch.Tensor:
         """``picture`` shows the whole source frame (at its size, or scaled: a reduced decoding) ->
         the target as (3, H, W) uint8 levels in pixel order, ``fill`` where the box leaves the source.
-        Only the visible part is converted and resized, never the whole picture."""
+        A small visible part is cut out and resized alone; most of the picture is resized whole to
+        the box's scale, then cut (one pass over it, as a letterbox's; cutting first copies it again)."""
         target_w, target_h = self.target_size_wh
         canvas = torch.empty((target_h, target_w, 3), dtype=torch.uint8)
         content, visible = self.content_box, self.visible_box
         if content is None:
             canvas[:] = torch.tensor(fill, dtype=torch.uint8)
             return canvas.permute(2, 0, 1)
-        part = _part(picture, visible, self.source_size_wh)
         x0, y0, x1, y1 = content
-        if picture_size_wh(part) != (x1 - x0, y1 - y0):
+        part = _part(picture, visible, self.source_size_wh)
+        if part is None:  # most of the picture
+            width, height = picture_size_wh(picture)
+            scale = self.scale * self.source_size_wh[0] / width  # target pixels per picture pixel
+            whole = resize_levels(picture, (max(x1 - x0, round(width * scale)), max(y1 - y0, round(height * scale))))
+            left = min(round(visible[0] * self.scale), whole.shape[2] - (x1 - x0))
+            top = min(round(visible[1] * self.scale), whole.shape[1] - (y1 - y0))
+            part = whole[:, top:top + y1 - y0, left:left + x1 - x0]
+        elif picture_size_wh(part) != (x1 - x0, y1 - y0):
             part = resize_levels(part, (x1 - x0, y1 - y0))
         else:
             part = image_to_levels(part) if isinstance(part, Image.Image) else part
@@ -149,15 +157,15 @@ def _aspect_units(size_wh: tuple[int, int]) -> tuple[int, int]:
     return size_wh[0] // divisor, size_wh[1] // divisor
 
 
-def _part(picture: Picture, visible: Box, source_size_wh: tuple[int, int]) -> Picture:
-    """The ``visible`` box (source pixels) of a picture of the whole source frame at any size."""
+def _part(picture: Picture, visible: Box, source_size_wh: tuple[int, int]) -> Picture | None:
+    """The ``visible`` box (source pixels) of a picture of the whole source frame at any size; None
+    when it is most of an image's (better resized whole, then cut)."""
     width, height = picture_size_wh(picture)
     fx, fy = width / source_size_wh[0], height / source_size_wh[1]
     x0, y0 = math.floor(visible[0] * fx), math.floor(visible[1] * fy)
     x1, y1 = max(x0 + 1, math.ceil(visible[2] * fx)), max(y0 + 1, math.ceil(visible[3] * fy))
     if (x0, y0, x1, y1) == (0, 0, width, height):
         return picture
-    if isinstance(picture, Image.Image) and (x1 - x0) * (y1 - y0) < width * height / 2:
-        return picture.crop((x0, y0, x1, y1))  # a small part: copied alone (Pillow's 4 bytes a pixel)
-    # Most of it: converted whole, once, and sliced (a crop first would copy it twice).
-    return picture_levels(picture)[:, y0:y1, x0:x1]
+    if not isinstance(picture, Image.Image):
+        return picture[:, y0:y1, x0:x1]
+    return picture.crop((x0, y0, x1, y1)) if (x1 - x0) * (y1 - y0) < width * height / 2 else None
