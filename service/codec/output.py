@@ -14,5 +14,6 @@ class OutputOptions(BaseModel):
 
 
 def encode_output(output, frame, options: OutputOptions) -> bytes:
-    """One (3, H, W) result as image bytes, at model size or the person's original size."""
+    """One (3, H, W) result as image bytes, at model size or the person's original size (``frame``:
+    a Letterbox undone, or for a photo a Composite: the photo itself, dressed under the mask)."""
     return encode_image(output_image(output, frame, options.size), options.format, options.quality)
