@@ -11,7 +11,7 @@ from PIL import Image
 from model.person import load_keypoints, person_images
 from model.person.keypoints import L_SHOULDER, R_SHOULDER
 from tests.utils.photos import PHOTOS
-from tests.utils.prep import PREP, assert_matches, difference, raw_points, reference
+from tests.utils.prep import PREP, SIZE_WH, assert_matches, difference, raw_points, reference
 from tests.utils import REPO
 
 
@@ -47,7 +47,7 @@ def test_without_parse_and_at_the_photos_size(tmp_path):
     back = Image.open(tmp_path / "pose.png").convert("RGB")
     assert max(back.getpixel((round(points[3]), round(points[4])))) > 100
     framed = person_images(person=(tmp_path / "person.jpg").read_bytes(), keypoints=points)
-    assert difference(back, framed.frame.restore(framed.pose)) == (0.0, 0.0)
+    assert framed.pose.size == SIZE_WH and difference(back, framed.frame.restore(framed.pose)) == (0.0, 0.0)
 
 
 def test_bad_inputs_exit_non_zero_with_one_line(tmp_path):
