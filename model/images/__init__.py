@@ -21,7 +21,8 @@ from .levels import (BLACK, WHITE, Picture, as_levels, image_to_levels, image_to
 from .quality import psnr, psnr_8bit, to_8bit
 
 __all__ = ["BLACK", "DEFAULT_MAX_PIXELS", "DEFAULT_QUALITY", "ENCODE_FORMATS", "MEDIA_TYPES", "MODEL_SIZE_HW",
-           "OUTPUT_FORMATS", "OUTPUT_SIZES", "WHITE", "Composite", "Crop", "ImageError", "ImageSource", "ImageTooLarge", "Letterbox",
+           "OUTPUT_FORMATS", "OUTPUT_SIZES", "WHITE", "Composite", "Crop", "ImageError", "ImageSource", "ImageTooLarge",
+           "Letterbox",
            "OutputFormat", "OutputSize", "Picture", "TryOnInputs", "as_levels", "assemble_inputs",
            "decode_image", "decode_levels_to_fit", "decode_to_fit", "encode_image", "feathered_mask", "image_to_levels",
            "image_to_tensor", "letterbox_person", "levels_to_tensor", "open_image", "output_image",

@@ -58,7 +58,8 @@ def garment_extent(levels: torch.Tensor) -> tuple[Box, torch.Tensor] | None:
     return (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1), background
 
 
-def place_garment(picture: torch.Tensor, source_size_wh: tuple[int, int], target_size_wh: tuple[int, int]) -> torch.Tensor:
+def place_garment(picture: torch.Tensor, source_size_wh: tuple[int, int],
+                  target_size_wh: tuple[int, int]) -> torch.Tensor:
     """A garment picture (3, h, w) uint8 showing the whole photo of ``source_size_wh`` (at its size or
     reduced) -> (3, H, W) levels of ``target_size_wh``: placed by VITON's rule, or letterboxed."""
     letterbox = Letterbox(source_size_wh, target_size_wh)

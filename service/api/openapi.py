@@ -100,7 +100,8 @@ def person_request_body(garments: dict, options: bool = True, garments_required:
     def schema(kind: str) -> dict:
         fields = {name: _FORM_FIELDS[kind].get(name, _IMAGE_FIELD[kind]) for name in PERSON_INPUTS}
         common = {**garments.get(kind, {}), **(_options() if options else {})}
-        forms = [{"title": form.name, "type": "object", "required": [*form.required, *(garments.get(kind, {}) if garments_required else ())],
+        required = list(garments.get(kind, {})) if garments_required else []
+        forms = [{"title": form.name, "type": "object", "required": [*form.required, *required],
                   "properties": {**{name: fields[name] for name in (*form.required, *form.optional)}, **common},
                   "additionalProperties": False} for form in PERSON_FORMS]
         return {"type": "object", "properties": {**fields, **common}, "oneOf": forms}

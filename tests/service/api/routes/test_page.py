@@ -271,6 +271,10 @@ def test_page_from_another_origin_with_the_examples(browser, server, other_origi
     assert answer.status_code == 200, answer.text
     assert psnr(pixels_shown(browser, image), decoded(answer.content)) >= CODEC_PSNR_DB
     assert browser.find_elements("css selector", "#timings dt")  # Server-Timing is exposed cross-origin
+    photo = files(person=EXAMPLES / "person.jpg", keypoints=EXAMPLES / "person_keypoints.json",
+                  cloth=EXAMPLES / "cloth.png")
+    crossing = api(server, "/v1/tryon", photo, Origin=other_origin.base)
+    assert "X-Person-Box" in crossing.headers["access-control-expose-headers"].split(", ")  # a shop's page reads it
 
 
 def test_page_off_and_random_weights_warning(browser, tmp_path, other_origin):
