@@ -28,6 +28,7 @@ from PIL import Image
 from ..images import (BLACK, DEFAULT_MAX_PIXELS, MODEL_SIZE_HW, WHITE, Composite, Crop, ImageError, ImageSource,
                       Letterbox, decode_image, decode_to_fit, feathered_mask, image_to_levels, letterbox_person,
                       open_image, tensor_to_image)
+from ..images.crop import VITON_BACKGROUND
 from .detect import Detection, check_person, get_detector
 from .framing import check_person_size, person_crop
 from .keypoints import Keypoints, check_in_frame, parse_keypoints
@@ -127,7 +128,7 @@ def draw_inputs(person: ImageSource, keypoints: Keypoints | Any, parse: ImageSou
         keypoints = parse_keypoints(keypoints, photo_wh)
     frame = person_crop(keypoints, photo_wh, model_wh) if framing else Letterbox(photo_wh, model_wh)
     points = keypoints.letterboxed(frame)
-    boxed = frame.fit(photo) if framing else frame.fit(photo, WHITE)
+    boxed = frame.fit(photo, VITON_BACKGROUND if framing else WHITE)  # what the training data has around people
     if parse is None:
         masked = mask_person_from_pose(boxed, points)
         region = masked_region(frame.target_size_wh, points)
