@@ -1,22 +1,31 @@
 # syntax=docker/dockerfile:1
 # The try-on service: one replica per container, GPU when the host lends one.
-# Build:  docker build -t daflow-tryon .
+# Build:  docker build -t daflow-tryon .          (or: podman build / buildah bud --format docker)
 # CPU:    docker build -t daflow-tryon:cpu --build-arg BASE_IMAGE=ubuntu:24.04 \
 #             --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu .
 # Run:    docker run --gpus all -p 8000:8000 -v "$PWD/weights:/app/weights:ro" \
-#             --stop-timeout 45 daflow-tryon
-# SIGTERM starts the drain (readiness turns 503, queued and in-flight requests
-# finish within TRYON_DRAIN_TIMEOUT_S, 30 s by default); give the container
-# longer than that before SIGKILL: --stop-timeout 45 / stop_grace_period: 45s.
-# More in docs/deploy.md.
+#             --read-only --tmpfs /tmp -v triton-cache:/var/cache/triton \
+#             --cap-drop ALL --security-opt no-new-privileges --stop-timeout 45 daflow-tryon
+# The root filesystem may be read-only (docker/k8s and docker-compose.yml run it so): the
+# service writes only to /tmp and Triton's cache. SIGTERM starts the drain (readiness turns 503, queued and
+# in-flight requests finish within TRYON_DRAIN_TIMEOUT_S, 30 s by default); give the
+# container longer than that before SIGKILL: --stop-timeout 45 / stop_grace_period: 45s.
+# Built and run for real by `make test-image` (tests/deploy/test_image.py); docs/deploy.md.
 
 # A CUDA runtime base pins the user-space CUDA the torch wheel was built for;
-# change it together with TORCH_INDEX_URL (e.g. 13.0.x with .../whl/cu130).
+# change it together with TORCH_INDEX_URL (e.g. 13.0.x with .../whl/cu130). Any Debian or
+# Ubuntu base whose python3 is 3.11 or 3.12 works (mediapipe 0.10.14 has no 3.13 wheel).
 ARG BASE_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
 FROM ${BASE_IMAGE}
 
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
+# Where pip finds everything else (a mirror, or a local wheelhouse), and optionally a
+# constraints file (path or URL) pinning what it installs: `make test-image` passes the
+# versions of the virtual environment it compares the image against. pip reads both
+# from the environment, as build arguments are during RUN.
+ARG PIP_INDEX_URL=https://pypi.org/simple
+ARG PIP_CONSTRAINT
 
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -53,10 +62,14 @@ ARG MEDIAPIPE_VERSION=0.10.14
 RUN pip install --no-cache-dir --no-deps "mediapipe==${MEDIAPIPE_VERSION}"
 
 # Code is owned by root and read-only to the service's user. Compiled kernels go to folders
-# the user owns: Triton's (GPU: compiles and autotuning at warm-up) and Numba's (the CPU
-# sampler); mount a volume on Triton's (docker-compose.yml, docker/k8s) so restarts start warm.
+# the user owns: Triton's (GPU: compiles and autotuning at warm-up; mount a volume there,
+# docker-compose.yml and docker/k8s do, so restarts start warm) and Numba's (the CPU
+# sampler, filled below; on a read-only root filesystem the service reads it from a copy in
+# /tmp, where another CPU's compile goes: model/kernels/numba_cache.py). matplotlib, which
+# the person detector imports, keeps its font cache under /tmp: the home folder is read-only.
 ENV TRITON_CACHE_DIR=/var/cache/triton \
-    NUMBA_CACHE_DIR=/var/cache/numba
+    NUMBA_CACHE_DIR=/var/cache/numba \
+    MPLCONFIGDIR=/tmp/matplotlib
 RUN useradd --no-log-init --create-home --uid 10001 --user-group tryon \
     && mkdir -p /app/weights "$TRITON_CACHE_DIR" "$NUMBA_CACHE_DIR" \
     && chown 10001:10001 "$TRITON_CACHE_DIR" "$NUMBA_CACHE_DIR"
@@ -67,10 +80,12 @@ COPY docker/healthcheck.py docker/healthcheck.py
 # The caches a replica reads at start-up, filled now so that every container starts warm
 # (docs/deploy.md, "A replica's start-up"; bench/startup.py measures both): bytecode
 # (PYTHONDONTWRITEBYTECODE keeps a replica from writing any; pip compiled the packages' and
-# this checks them), then, as the service's user, Numba's sampler for this build machine's
-# CPU (another CPU compiles its own at start-up, about a second) and, were a GPU present,
-# Triton's kernels (docker build has none: the first replica on a node fills the volume).
-RUN python -m compileall -q -j 0 model service docker "$VIRTUAL_ENV"
+# this checks them, all but torch's test-suite helpers, which hold files in 3.12-only syntax
+# and are never imported when serving), then, as the service's user, Numba's sampler for
+# this build machine's CPU (another CPU compiles its own at start-up, about a second) and,
+# were a GPU present, Triton's kernels (a build has none: the first replica on a node fills
+# the volume).
+RUN python -m compileall -q -j 0 -x '/torch/testing/_internal/' model service docker "$VIRTUAL_ENV"
 
 # Numeric, so Kubernetes runAsNonRoot can verify it without reading /etc/passwd.
 USER 10001:10001
@@ -83,10 +98,11 @@ ENV TRYON_HOST=0.0.0.0 \
 EXPOSE 8000
 
 # Liveness only: a replica that is draining or warming up is alive, not broken. Nothing
-# answers until it is ready; checked every 2 s while it starts (Docker 25+), so compose's
-# nginx waits 2 s at most past a warm start (10.4-12.8 s measured, bench/startup.py), and
-# 120 s of start, over 5x the slowest cold start measured (22.4 s, fresh caches).
-HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --start-interval=2s --retries=3 \
+# answers until it is ready; 120 s of start, over 5x the slowest cold start measured (22.4 s,
+# fresh caches; bench/startup.py). No --start-interval: buildah before 1.33 (podman 4.x, as
+# Debian 12 and Ubuntu 22.04 ship) refuses it and Docker before 25 ignores it; compose sets
+# start_interval: 2s (docker-compose.yml) and Kubernetes probes every 2 s while it starts.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "docker/healthcheck.py", "/healthz"]
 
 STOPSIGNAL SIGTERM

@@ -7,7 +7,7 @@ MEDIAPIPE := mediapipe==0.10.14
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test test-all test-avx2 infer bench gpu-check gpu-check-wheels test-lowest-torch clean
+.PHONY: serve test test-all test-avx2 test-image infer bench gpu-check gpu-check-wheels gpu-check-rehearsal test-lowest-torch clean
 
 $(STAMP): pyproject.toml client/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,15 @@ test-all: $(STAMP)
 test-avx2: $(STAMP)
 	ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 $(PYTEST) -m isa $(PYTEST_ARGS)
 
+# The container image built and run for real, as root (CI: .ci/run): a Debian 12 base made
+# with debootstrap, the Dockerfile built on it by buildah (chroot isolation), its root
+# filesystem run under chroot as its user, read-only with tmpfs mounts, and compared byte for
+# byte with this environment's `make serve` (tests/deploy/test_image.py, docs/deploy.md).
+# Prints the image's size and each step's time (/var/tmp/daflow-tryon-image/report.json, with
+# the logs); DEBIAN_MIRROR overrides the mirror apt uses here. Not in `make test`: about 6 minutes on a 2-core machine.
+test-image: $(STAMP)
+	$(PY) -m pytest -q -s -p no:cacheprovider -m image tests/deploy/test_image.py $(PYTEST_ARGS)
+
 bench: $(STAMP)
 	$(PY) -m bench.cpu_model
 
@@ -58,6 +67,22 @@ gpu-check-wheels:
 		-r bench/gpu_check_wheels.txt
 	du -sh $(GPU_CHECK_WHEELS)
 
+# CI (.ci/run): every step of `make gpu-check` on this CPU (bench.gpu_check --rehearse), in a copy
+# of the GPU box's environment: torch 2.11 and Triton 3.6 with only the box's packages that the
+# check uses (bench/gpu_box_packages.txt), and what the box lacks installed by the check itself
+# from a wheels folder with pip --no-index, no pip configuration and no proxy reachable. The
+# venv (torch's CUDA build, about 4.6 GB) comes from pip's cache after the first run.
+REHEARSAL_VENV ?= .venv-gpu-rehearsal
+REHEARSAL_WHEELS ?= wheels/gpu-check-rehearsal
+gpu-check-rehearsal:
+	test -x $(REHEARSAL_VENV)/bin/python || $(PYTHON) -m venv $(REHEARSAL_VENV)
+	$(REHEARSAL_VENV)/bin/python -m pip install -q -r bench/gpu_box_packages.txt
+	$(REHEARSAL_VENV)/bin/python -m pip download -q --no-deps --only-binary=:all: -d $(REHEARSAL_WHEELS) \
+		-r bench/gpu_check_wheels.txt
+	rm -rf .gpu-check
+	PIP_CONFIG_FILE=/dev/null PIP_NO_INDEX=1 http_proxy=http://127.0.0.1:9 https_proxy=http://127.0.0.1:9 \
+		$(REHEARSAL_VENV)/bin/python -m bench.gpu_check --rehearse --wheels $(REHEARSAL_WHEELS) $(GPU_CHECK_ARGS)
+
 # Not CI: the model, kernel and engine tests and the ahead-of-time compile check (sm_80/89/90)
 # under the lowest torch pyproject.toml supports, with the Triton it pins (2.11: Triton 3.6).
 # The registry's torch is the CUDA build (about 3 GB with NVIDIA's libraries); it runs here
@@ -74,4 +99,4 @@ test-lowest-torch:
 	$(LOWEST_VENV)/bin/python -m pytest -q -p no:cacheprovider $(LOWEST_TESTS) $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) $(LOWEST_VENV) .gpu-check .pytest_cache
+	rm -rf $(VENV) $(LOWEST_VENV) $(REHEARSAL_VENV) .gpu-check .pytest_cache

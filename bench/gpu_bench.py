@@ -2,6 +2,7 @@
 
     python -m bench.gpu_bench                    # full run at 256x192 (about 5 minutes on an H100)
     python -m bench.gpu_bench --quick            # fewer iterations and batch sizes, for a smoke test
+    python -m bench.gpu_bench --rehearse --quick # the same code on the CPU, tiny (bench.gpu_check --rehearse)
 
 Measures, at the published size (256x192):
 - the baseline: the published formulation (sampling by repeating the features
@@ -15,13 +16,15 @@ Measures, at the published size (256x192):
   formulation (time, achieved GB/s of the minimal traffic against the
   device's memory bandwidth), and the fused flow composition likewise;
 - model FLOP/s (149 GFLOP per 256x192 image) against the device's peak.
-Exits with a clear message (status 2) where torch sees no CUDA device.
+The JSON is rewritten after each part and each mode, so a run cut short keeps what it measured.
+Exits with a clear message (status 2) where torch sees no CUDA device, unless --rehearse.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -75,9 +78,17 @@ def driver_version() -> str | None:
 
 
 def cuda_time_ms(fn, iters: int, warmup: int = 3) -> float:
-    """Median milliseconds of fn() measured with CUDA events."""
+    """Median milliseconds of fn() measured with CUDA events (on a CPU-only machine, the
+    rehearsal's, with the wall clock)."""
     for _ in range(warmup):
         fn()
+    if not torch.cuda.is_available():
+        times = []
+        for _ in range(iters):
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1e3)
+        return statistics.median(times)
     torch.cuda.synchronize()
     times = []
     for _ in range(iters):
@@ -90,13 +101,25 @@ def cuda_time_ms(fn, iters: int, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
-def copy_bandwidth_gbs(device) -> float:
+def memory_gib(stat: str) -> float | None:
+    """torch.cuda.<stat>() in GiB; None without CUDA (the rehearsal)."""
+    return getattr(torch.cuda, stat)() / 2**30 if torch.cuda.is_available() else None
+
+
+def synchronize_and_reset_peaks() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def copy_bandwidth_gbs(device, mib: int = 512) -> float:
     """Achievable device memory bandwidth: a large device-to-device copy (read + write)."""
-    src = torch.empty(512 * 2**20, dtype=torch.uint8, device=device)
+    src = torch.empty(mib * 2**20, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     ms = cuda_time_ms(lambda: dst.copy_(src), iters=20)
     del src, dst
-    return 2 * 512 * 2**20 / (ms / 1e3) / 1e9
+    return 2 * mib * 2**20 / (ms / 1e3) / 1e9
 
 
 def time_engine(engine, batch: int, seconds: float, min_iters: int) -> dict:
@@ -107,8 +130,7 @@ def time_engine(engine, batch: int, seconds: float, min_iters: int) -> dict:
     pose, masked, cloth = (torch.randint(0, 256, (batch, h, w, 3), generator=gen, dtype=torch.uint8).permute(0, 3, 1, 2)
                            for _ in range(3))
     engine.infer(pose, masked, cloth)
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    synchronize_and_reset_peaks()
     latencies = []
     deadline = time.perf_counter() + seconds
     while len(latencies) < min_iters or time.perf_counter() < deadline:
@@ -119,31 +141,30 @@ def time_engine(engine, batch: int, seconds: float, min_iters: int) -> dict:
     return {"batch": batch, "iters": len(latencies), "images_per_s": batch / median,
             "latency_ms_median": median * 1e3,
             "latency_ms_p90": sorted(latencies)[int(0.9 * (len(latencies) - 1))] * 1e3,
-            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "peak_memory_gib": memory_gib("max_memory_allocated"),
             # What the allocator holds, the CUDA graphs' private pool included (allocated misses it).
-            "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30}
+            "peak_reserved_gib": memory_gib("max_memory_reserved")}
 
 
 def bench_engine(weights: str, precision: str, batches, image_size, seconds, min_iters,
-                 sampler="auto", **config) -> dict:
+                 sampler="auto", device="cuda", **config) -> dict:
     from model.engine import Engine, EngineConfig
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
+    synchronize_and_reset_peaks()
     # check_precision off: each mode is measured as asked, never its fallback. The published
     # code leaves cudnn.benchmark off (cudnn_benchmark=False in config).
-    engine = Engine(EngineConfig(device="cuda", precision=precision, batch_sizes=tuple(batches),
+    engine = Engine(EngineConfig(device=device, precision=precision, batch_sizes=tuple(batches),
                                  image_size_hw=image_size, weights=weights, sampler=sampler,
                                  check_precision=False, **config))
     start = time.perf_counter()
     warmup = engine.warmup()
     result = {"info": engine.info, "warmup_s": round(time.perf_counter() - start, 2),
               "warmup_s_per_batch": warmup,
-              "resident_memory_gib": torch.cuda.memory_allocated() / 2**30,
-              "reserved_memory_gib": torch.cuda.memory_reserved() / 2**30,
-              "peak_reserved_after_warmup_gib": torch.cuda.max_memory_reserved() / 2**30,
+              "resident_memory_gib": memory_gib("memory_allocated"),
+              "reserved_memory_gib": memory_gib("memory_reserved"),
+              "peak_reserved_after_warmup_gib": memory_gib("max_memory_reserved"),
               "runs": [time_engine(engine, b, seconds, min_iters) for b in batches]}
     del engine
-    torch.cuda.empty_cache()
+    synchronize_and_reset_peaks()
     return result
 
 
@@ -153,32 +174,47 @@ def sampling_traffic_bytes(b, k, c, h, w, element_size) -> int:
     return 2 * b * c * h * w * element_size + b * k * h * w * (2 * 4 + 4)
 
 
-def sampling_case(b, k, c, h, w, dtype, spread_px, device):
-    """Features, flows = identity grid + offsets of about spread_px pixels, weights summing to 1."""
+def sampling_case(b, k, c, h, w, dtype, spread_px, device, channels_last: bool = False):
+    """Features, flows = identity grid + offsets of about spread_px pixels, weights summing to 1;
+    ``channels_last``: features and weights in that layout, as the engine's half modes serve them."""
     from model.sampling import offsets_to_flow
     gen = torch.Generator(device=device).manual_seed(0)
-    features = torch.randn(b, c, h, w, device=device, generator=gen).to(dtype)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    features = torch.randn(b, c, h, w, device=device, generator=gen).to(dtype).contiguous(memory_format=layout)
     offsets = torch.randn(b * k, 2, h, w, device=device, generator=gen) * spread_px
     flows = offsets_to_flow(offsets)
-    weights = torch.softmax(torch.randn(b, k, h, w, device=device, generator=gen), dim=1)
+    weights = torch.softmax(torch.randn(b, k, h, w, device=device, generator=gen), dim=1).contiguous(
+        memory_format=layout)
     return features, flows, weights
 
 
-def bench_kernels(iters: int, bandwidth_gbs: float, nominal_gbs: float | None) -> list[dict]:
+# (dtype, channels-last) of the sampling rows: fp32 serves NCHW, the half modes channels-last.
+SAMPLING_VARIANTS = ((torch.float32, False), (torch.float16, False), (torch.float16, True))
+
+
+# The final render (C=64 at 256x192) and the finest flow level (C=256 at 128x96); compositions.
+SAMPLING_SHAPES = ((1, 6, 64, 256, 192), (8, 6, 64, 256, 192), (8, 6, 256, 128, 96), (64, 6, 64, 256, 192))
+COMPOSITION_SHAPES = ((1, 6, 128, 96), (64, 6, 128, 96))
+# The rehearsal's (bench.gpu_check --rehearse: the CPU, Triton interpreted): the same code, tiny.
+REHEARSAL_SAMPLING_SHAPES = ((1, 6, 8, 16, 12), (8, 6, 8, 16, 12))
+REHEARSAL_COMPOSITION_SHAPES = ((1, 6, 16, 12),)
+
+
+def bench_kernels(iters: int, bandwidth_gbs: float, nominal_gbs: float | None, device: torch.device,
+                  sampling_shapes=SAMPLING_SHAPES, composition_shapes=COMPOSITION_SHAPES) -> list[dict]:
     from model.kernels.flows import compose_head_flows_reference
     from model.kernels.triton_flows import compose_head_flows_triton
     from model.kernels.triton_sampling import deformable_sample_triton
     from model.sampling import deformable_sample_published, deformable_sample_reference
-    device = torch.device("cuda")
     rows = []
-    # The final render (C=64 at 256x192) and the finest flow level (C=256 at 128x96).
-    for (b, k, c, h, w) in ((1, 6, 64, 256, 192), (8, 6, 64, 256, 192), (8, 6, 256, 128, 96), (64, 6, 64, 256, 192)):
-        for dtype in (torch.float32, torch.float16):
+    for (b, k, c, h, w) in sampling_shapes:
+        for dtype, channels_last in SAMPLING_VARIANTS:
             for spread in (4.0, 64.0):
-                features, flows, weights = sampling_case(b, k, c, h, w, dtype, spread, device)
+                features, flows, weights = sampling_case(b, k, c, h, w, dtype, spread, device, channels_last)
                 ours = cuda_time_ms(lambda: deformable_sample_triton(features, flows, weights), iters)
                 ref = cuda_time_ms(lambda: deformable_sample_reference(features, flows, weights), iters)
                 row = {"op": "deformable_sample", "shape_bkchw": [b, k, c, h, w], "dtype": str(dtype),
+                       "layout": "channels_last" if channels_last else "nchw",
                        "flow_spread_px": spread, "triton_ms": ours, "reference_ms": ref,
                        "speedup_vs_reference": ref / ours}
                 if dtype == torch.float32 and b <= 8:
@@ -188,10 +224,10 @@ def bench_kernels(iters: int, bandwidth_gbs: float, nominal_gbs: float | None) -
                 row.update(achieved_gbs=gbs, fraction_of_copy_bandwidth=gbs / bandwidth_gbs,
                            fraction_of_nominal_bandwidth=gbs / nominal_gbs if nominal_gbs else None)
                 rows.append(row)
-                print(f"  sample {b}x{k}x{c}x{h}x{w} {dtype} spread {spread}: {ours:.3f} ms vs {ref:.3f} ms, "
+                print(f"  sample {b}x{k}x{c}x{h}x{w} {dtype} {row['layout']} spread {spread}: {ours:.3f} ms vs {ref:.3f} ms, "
                       f"{gbs:.0f} GB/s", flush=True)
                 del features, flows, weights
-    for (b, k, h, w) in ((1, 6, 128, 96), (64, 6, 128, 96)):
+    for (b, k, h, w) in composition_shapes:
         gen = torch.Generator(device=device).manual_seed(1)
         flow = torch.rand(b * k, 2, h, w, device=device, generator=gen) * 2 - 1
         block = torch.randn(b, 3 * k, h, w, device=device, generator=gen) * 3
@@ -225,23 +261,36 @@ def summarise(report: dict) -> dict:
     return {"mode": AUTO_GPU_PRECISION, "measured": best, "targets": TARGETS, "met": met}
 
 
+def device_label(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.machine()})"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="DAFlow GPU benchmark (one GPU, raw JSON)")
     parser.add_argument("--quick", action="store_true", help="short smoke run: batches 1 and 8, fewer iterations")
-    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--modes", default=",".join(MODES), help="in the order measured (the JSON is written "
+                        "after each, so a run cut short keeps the modes it finished)")
     parser.add_argument("--weights", default=None, help="checkpoint; default: the tests' stand-in weights")
     parser.add_argument("--seconds", type=float, default=None, help="timing seconds per batch size")
     parser.add_argument("--out", default=None, help="JSON path; default bench/results/gpu-<device>-<time>.json")
     parser.add_argument("--batches", default=None, help="comma list of batch sizes (default 1,8,32,64; --quick 1,8)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {PARTS} (make gpu-check runs "
                         "each as its own step)")
+    parser.add_argument("--variants", action=argparse.BooleanOptionalAction, default=True,
+                        help="fp16 without graphs and without channels-last (after the modes)")
+    parser.add_argument("--rehearse", action="store_true",
+                        help="bench.gpu_check's rehearsal: the CPU, Triton interpreted, 64x64, tiny kernel shapes")
     args = parser.parse_args(argv)
-    require_cuda()
+    if args.rehearse:
+        os.environ["TRITON_INTERPRET"] = "1"  # before Triton is imported: its kernels run on CPU tensors
+    else:
+        require_cuda()
     import triton
 
     from model.precision import AUTO_GPU_PRECISION, set_cuda_math
 
-    name = torch.cuda.get_device_name(0)
+    device = torch.device("cpu" if args.rehearse else "cuda")
+    name = device_label(device)
     peaks = device_peaks(name)
     nominal_gbs = peaks["bandwidth_tbs"] * 1e3 if peaks else None
     batches = (tuple(int(b) for b in args.batches.split(",")) if args.batches
@@ -249,46 +298,58 @@ def main(argv=None) -> int:
     parts = set(args.parts.split(","))
     seconds = args.seconds if args.seconds is not None else (0.5 if args.quick else 2.0)
     min_iters = 3 if args.quick else 10
-    image_size = (256, 192)
+    image_size = (64, 64) if args.rehearse else (256, 192)
     now = datetime.datetime.now(datetime.timezone.utc)
     report = {"date": now.isoformat(timespec="seconds"), "device": name, "driver": driver_version(),
               "cuda": torch.version.cuda, "torch": torch.__version__, "triton": triton.__version__,
               "python": platform.python_version(), "image_size": list(image_size), "quick": args.quick,
-              "gflop_per_image": GFLOP_PER_IMAGE_256x192, "device_peaks": peaks}
+              "rehearsal": args.rehearse, "gflop_per_image": GFLOP_PER_IMAGE_256x192, "device_peaks": peaks}
+    out = Path(args.out) if args.out else RESULTS / (
+        f"gpu-{name.replace(' ', '_').replace('/', '_')}-{now.strftime('%Y%m%dT%H%M%SZ')}.json")
     with tempfile.TemporaryDirectory() as tmp:
         weights = args.weights or str(standin_weights_file(Path(tmp)))
         report["weights"] = args.weights or STANDIN_LABEL
-        report["copy_bandwidth_gbs"] = copy_bandwidth_gbs(torch.device("cuda"))
+        report["copy_bandwidth_gbs"] = copy_bandwidth_gbs(device, 8 if args.rehearse else 512)
         print(f"{name}: device copy bandwidth {report['copy_bandwidth_gbs']:.0f} GB/s", flush=True)
+        write_report(report, out)
 
+        def engine(precision, batch_sizes=batches, **config):
+            return bench_engine(weights, precision, batch_sizes, image_size, seconds, min_iters, device=device.type,
+                                **config)
         report["ours"] = {}
-        if "engine" in parts:
-            print("baseline: published formulation, fp32, eager, batch 1", flush=True)
-            report["baseline"] = bench_engine(weights, "fp32", (1,), image_size, seconds, min_iters,
-                                              sampler="published", cudnn_benchmark=False, cuda_graphs=False)
-            print(f"  {report['baseline']['runs'][0]}", flush=True)
-        for mode in (args.modes.split(",") if "engine" in parts else ()):
-            print(f"ours: {mode}", flush=True)
-            report["ours"][mode] = bench_engine(weights, mode, batches, image_size, seconds, min_iters)
-            for run in report["ours"][mode]["runs"]:
-                run["model_tflops"] = run["images_per_s"] * GFLOP_PER_IMAGE_256x192 / 1e3
-                run["fraction_of_peak"] = run["model_tflops"] / peaks[mode] if peaks else None
-                print(f"  {run}", flush=True)
-        # What the graphs and channels-last buy, in the default half mode.
-        report["variants"] = {}
-        for label, config in ((("fp16_eager", {"cuda_graphs": False}), ("fp16_no_channels_last", {"channels_last": False}))
-                              if "engine" in parts else ()):
-            print(f"variant: {label}", flush=True)
-            report["variants"][label] = bench_engine(weights, "fp16", batches, image_size, seconds, min_iters, **config)
-        set_cuda_math("fp32", cudnn_benchmark=True)
         if "kernels" in parts:
             print("kernels", flush=True)
-            report["kernels"] = bench_kernels(20 if args.quick else 100, report["copy_bandwidth_gbs"], nominal_gbs)
-    if AUTO_GPU_PRECISION in report["ours"]:
-        report["summary"] = summarise(report)
+            shapes = ((REHEARSAL_SAMPLING_SHAPES, REHEARSAL_COMPOSITION_SHAPES) if args.rehearse
+                      else (SAMPLING_SHAPES, COMPOSITION_SHAPES))
+            report["kernels"] = bench_kernels(2 if args.rehearse else 20 if args.quick else 100,
+                                              report["copy_bandwidth_gbs"], nominal_gbs, device, *shapes)
+            write_report(report, out)
+        if "engine" in parts:
+            print("baseline: published formulation, fp32, eager, batch 1", flush=True)
+            report["baseline"] = engine("fp32", (1,), sampler="published", cudnn_benchmark=False, cuda_graphs=False)
+            print(f"  {report['baseline']['runs'][0]}", flush=True)
+            write_report(report, out)
+            for mode in args.modes.split(","):
+                print(f"ours: {mode}", flush=True)
+                report["ours"][mode] = engine(mode)
+                for run in report["ours"][mode]["runs"]:
+                    run["model_tflops"] = run["images_per_s"] * GFLOP_PER_IMAGE_256x192 / 1e3
+                    run["fraction_of_peak"] = run["model_tflops"] / peaks[mode] if peaks else None
+                    print(f"  {run}", flush=True)
+                if AUTO_GPU_PRECISION in report["ours"]:
+                    report["summary"] = summarise(report)
+                write_report(report, out)  # after each mode: a run cut short keeps what it measured
+            # What the graphs and channels-last buy, in the default half mode.
+            report["variants"] = {}
+            for label, config in ((("fp16_eager", {"cuda_graphs": False}),
+                                   ("fp16_no_channels_last", {"channels_last": False})) if args.variants else ()):
+                print(f"variant: {label}", flush=True)
+                report["variants"][label] = engine("fp16", **config)
+                write_report(report, out)
+        if device.type == "cuda":
+            set_cuda_math("fp32", cudnn_benchmark=True)
+    if "summary" in report:
         print(json.dumps(report["summary"], indent=2))
-    out = Path(args.out) if args.out else RESULTS / (
-        f"gpu-{name.replace(' ', '_').replace('/', '_')}-{now.strftime('%Y%m%dT%H%M%SZ')}.json")
     write_report(report, out)
     print(f"wrote {out}")
     return 0

@@ -98,17 +98,21 @@ async def drive(url: str, clients: int, duration: float, timeout: float, api_key
 
 def start_server(port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("TRYON_")} | env
-    full_env["PYTHONPATH"] = str(ROOT)
+    # The repository first, then what the caller had (bench.gpu_check's offline packages).
+    full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     with open(log_path, "wb") as log:
         return subprocess.Popen([sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
                                 cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def wait_ready(url: str, process: subprocess.Popen | None, timeout: float = 300) -> dict:
+def wait_ready(url: str, process: subprocess.Popen | None, timeout: float = 300, log_path: Path | None = None) -> dict:
+    """The server's /readyz once it answers 200; a server that exits or never gets ready ends the
+    benchmark with its reason and the last lines of its log."""
     try:
         return wait_until_ok(f"{url}/readyz", process, timeout, interval=0.5).json()
     except (ServerExited, TimeoutError) as exc:
-        raise SystemExit(str(exc)) from None
+        tail = log_path.read_text(errors="replace")[-3000:] if log_path and log_path.exists() else ""
+        raise SystemExit(f"{exc}\n{tail}") from None
 
 
 @dataclass
@@ -141,8 +145,8 @@ def standin_server(env: dict[str, str]) -> Iterator[StandinServer]:
             server.exit_status = server.process.wait(120)
 
 
-def measure(name: str, url: str, args, process=None) -> dict:
-    ready = wait_ready(url, process)
+def measure(name: str, url: str, args, process=None, log_path: Path | None = None) -> dict:
+    ready = wait_ready(url, process, log_path=log_path)
     before = batch_histogram(httpx.get(f"{url}/metrics").text)
     load_before = os.getloadavg()
     result = asyncio.run(drive(url, args.clients, args.duration, args.timeout, args.api_key))
@@ -151,7 +155,10 @@ def measure(name: str, url: str, args, process=None) -> dict:
     items = sum(int(size) * count for size, count in formed.items())
     return {"config": name, "server": {k: ready.get(k) for k in ("device", "weights", "random_weights", "sampler",
                                                                   "image_size", "max_batch_size", "max_batch_wait_ms",
-                                                                  "batch_sizes", "queue_limit")},
+                                                                  "batch_sizes", "queue_limit", "precision",
+                                                                  "cuda_graphs", "sampler_in_use",
+                                                                  "sampler_fallback", "cuda_graphs_fallback",
+                                                                  "precision_fallback")},
             "clients": args.clients, "duration_s": args.duration, "omp_threads": args.threads or "default",
             **result,
             "batches_formed": formed, "mean_batch_size": round(items / max(1, sum(formed.values())), 3),
@@ -199,9 +206,10 @@ def main(argv=None) -> None:
                     env["TRYON_DEVICE"] = args.device
                 if args.workers:
                     env["TRYON_WORKERS"] = str(args.workers)
-                process = start_server(port, env, Path(tmp) / f"{name}.log")
+                log_path = Path(tmp) / f"{name}.log"
+                process = start_server(port, env, log_path)
                 try:
-                    report["results"].append(measure(name, f"http://127.0.0.1:{port}", args, process))
+                    report["results"].append(measure(name, f"http://127.0.0.1:{port}", args, process, log_path))
                 finally:
                     process.send_signal(signal.SIGTERM)
                     process.wait(120)

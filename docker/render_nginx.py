@@ -68,18 +68,20 @@ class ServiceLimits:
     url_total_timeout_s: float = 10
     max_garments: int = 8
     jobs_max_garments: int = 64
+    jobs_max_body_bytes: int = _LIMITS.JOBS_MAX_BODY_BYTES
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ServiceLimits:
         """Reads TRYON_MAX_UPLOAD_BYTES, TRYON_REQUEST_TIMEOUT_S, TRYON_URL_TOTAL_TIMEOUT_S,
-        TRYON_MAX_GARMENTS and TRYON_JOBS_MAX_GARMENTS."""
+        TRYON_MAX_GARMENTS, TRYON_JOBS_MAX_GARMENTS and TRYON_JOBS_MAX_BODY_BYTES."""
         default = cls()
         return cls(
             max_upload_bytes=int(env.get("TRYON_MAX_UPLOAD_BYTES", default.max_upload_bytes)),
             request_timeout_s=float(env.get("TRYON_REQUEST_TIMEOUT_S", default.request_timeout_s)),
             url_total_timeout_s=float(env.get("TRYON_URL_TOTAL_TIMEOUT_S", default.url_total_timeout_s)),
             max_garments=int(env.get("TRYON_MAX_GARMENTS", default.max_garments)),
-            jobs_max_garments=int(env.get("TRYON_JOBS_MAX_GARMENTS", default.jobs_max_garments)))
+            jobs_max_garments=int(env.get("TRYON_JOBS_MAX_GARMENTS", default.jobs_max_garments)),
+            jobs_max_body_bytes=int(env.get("TRYON_JOBS_MAX_BODY_BYTES", default.jobs_max_body_bytes)))
 
     @property
     def request_body_limit(self) -> int:
@@ -94,7 +96,7 @@ class ServiceLimits:
     @property
     def jobs_body_limit(self) -> int:
         """Settings.jobs_body_limit (POST /v1/jobs)."""
-        return _LIMITS.batch_body_limit(self.max_upload_bytes, self.jobs_max_garments)
+        return _LIMITS.jobs_body_limit(self.max_upload_bytes, self.jobs_max_garments, self.jobs_max_body_bytes)
 
     @property
     def read_timeout_s(self) -> int:
@@ -163,8 +165,9 @@ def render(upstreams: Sequence[str], *, listen: str | int = LISTEN_PORT,
         "batch_body_limit_note": (f"(3 + {limits.max_garments} TRYON_MAX_GARMENTS) x (4/3 x {limits.max_upload_bytes} "
                                   f"TRYON_MAX_UPLOAD_BYTES + 4) + 65536"),
         "jobs_client_max_body_size": str(limits.jobs_body_limit),
-        "jobs_body_limit_note": (f"(3 + {limits.jobs_max_garments} TRYON_JOBS_MAX_GARMENTS) x (4/3 x "
-                                 f"{limits.max_upload_bytes} TRYON_MAX_UPLOAD_BYTES + 4) + 65536"),
+        "jobs_body_limit_note": (f"min((3 + {limits.jobs_max_garments} TRYON_JOBS_MAX_GARMENTS) x (4/3 x "
+                                 f"{limits.max_upload_bytes} TRYON_MAX_UPLOAD_BYTES + 4) + 65536, "
+                                 f"{limits.jobs_max_body_bytes} TRYON_JOBS_MAX_BODY_BYTES)"),
         "connect_timeout_s": str(connect_timeout_s),
         "read_timeout_s": str(limits.read_timeout_s),
         "read_timeout_note": (f"max(TRYON_REQUEST_TIMEOUT_S {limits.request_timeout_s:g}, "

@@ -28,7 +28,9 @@ Checked at start-up, each falling back with one loud line (reported in ``info``)
 - the fused sampler against the torch reference at warm-up, in the variant that will
   serve (dtype, layout, the network's channel counts): an error or a mismatch -> the
   reference sampler (model.kernels.selfcheck); a sticky device error -> DeviceFailed;
-- the CUDA graphs' capture: a failure -> eager (``cuda_graphs_fallback``).
+- the warm-up at the serving shapes: a fused kernel's own error there (Triton's CompilationError
+  or OutOfResources, not RuntimeErrors) -> the reference sampler, every size warmed again; any
+  other failure of a graph's capture -> eager (``cuda_graphs_fallback``).
 Every call that runs the network runs inside its device (``torch.cuda.device``),
 whichever thread makes it: Triton launches on the current device and stream.
 """
@@ -89,6 +91,10 @@ class EngineConfig:
     # A folder with pose.png, masked_model.png and cloth.png for that check (the
     # service's examples); None: seeded random images.
     check_inputs: str | None = None
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
 
 
 class DeviceFailed(RuntimeError):
@@ -214,12 +220,20 @@ class Engine:
                                  channels=self.net.dafnet.sampled_channels)
             if reason is not None:
                 self._raise_if_device_broken(reason)
-        if reason is None:
-            return
+        if reason is not None:
+            self._fall_back_sampler(reason)
+
+    def _fall_back_sampler(self, reason: str) -> None:
         log.error("SAMPLER FALLBACK: %s; serving with the %s reference sampler", reason, REFERENCE_SAMPLER)
         self.sampler_fallback = reason
         self.sampler = REFERENCE_SAMPLER
         self.net.dafnet.sampler = REFERENCE_SAMPLER
+
+    def _fused_kernel_failed(self, exc: BaseException) -> bool:
+        """A fused kernel failed at a serving shape the self-check did not reach (its 13x11 case
+        specialises differently): Triton's CompilationError, OutOfResources and the like derive
+        from Exception, not RuntimeError, and name their module."""
+        return self.sampler != REFERENCE_SAMPLER and type(exc).__module__.split(".")[0] == "triton"
 
     def _raise_if_device_broken(self, reason: str) -> None:
         """After a failure on the GPU: DeviceFailed when the context is gone (the failure's
@@ -243,10 +257,29 @@ class Engine:
         """The sampler check, then one forward at every batch size of ``batch_sizes`` (None:
         all the engine's; on a GPU with graphs: the capture, largest first so the shared pool
         is sized once) and one garments chunk of every size; returns seconds per batch size."""
-        h, w = self.config.image_size_hw
         self._check_sampler()
+        sizes = sorted(self.batch_sizes if batch_sizes is None else batch_sizes, reverse=True)
+        try:
+            seconds = self._warm_sizes(sizes)
+        except Exception as exc:
+            if not self._fused_kernel_failed(exc):
+                raise
+            reason = _one_line(exc)
+            self._raise_if_device_broken(reason)
+            # Graphs captured so far hold the fused kernels: all are captured again.
+            self._graphs.clear()
+            self._fall_back_sampler(f"{self.sampler} sampler failed at warm-up: {reason}")
+            seconds = self._warm_sizes(sizes)
+        self.warm = True
+        log.info("engine warm on %s (%s, graphs=%s): %s", self.device, self.precision, self.use_graphs,
+                 {k: round(v, 3) for k, v in sorted(seconds.items())})
+        return dict(sorted(seconds.items()))
+
+    def _warm_sizes(self, sizes: list[int]) -> dict[int, float]:
+        """Each size's capture (with graphs) and one forward, then the garments path; seconds per size."""
+        h, w = self.config.image_size_hw
         seconds = {}
-        for n in sorted(self.batch_sizes if batch_sizes is None else batch_sizes, reverse=True):
+        for n in sizes:
             start = time.perf_counter()
             if self.use_graphs:
                 self._capture_or_fall_back(n)
@@ -254,10 +287,7 @@ class Engine:
             self.infer(zeros, zeros, zeros)
             seconds[n] = time.perf_counter() - start
         self._warm_garments()
-        self.warm = True
-        log.info("engine warm on %s (%s, graphs=%s): %s", self.device, self.precision, self.use_graphs,
-                 {k: round(v, 3) for k, v in sorted(seconds.items())})
-        return dict(sorted(seconds.items()))
+        return seconds
 
     def infer(self, pose: torch.Tensor, masked_model: torch.Tensor, cloth: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) inputs in [-1, 1] -> (N, 3, H, W) float32 CPU outputs; uint8 levels in,
@@ -395,8 +425,10 @@ class Engine:
         try:
             with self._running():
                 self._graphs[n] = self._capture(n)
-        except RuntimeError as exc:
-            reason = f"batch {n}: {type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
+        except Exception as exc:
+            if self._fused_kernel_failed(exc):
+                raise  # warm-up's sampler fallback, then every size again
+            reason = f"batch {n}: {_one_line(exc)}"
             self._raise_if_device_broken(reason)
             log.error("CUDA GRAPHS FALLBACK: capture failed (%s); serving eagerly", reason)
             self.graphs_fallback = reason

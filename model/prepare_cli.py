@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .images import OUTPUT_SIZES, ImageError
-from .person import DetectionError, KeypointsError, load_keypoints, openpose_json, person_images
+from .person import DetectionError, DetectorUnavailable, KeypointsError, load_keypoints, openpose_json, person_images
 
 KEYPOINTS_FILE = "keypoints.json"
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         written = run(args)
-    except (ImageError, KeypointsError, DetectionError) as exc:
+    except (ImageError, KeypointsError, DetectionError, DetectorUnavailable) as exc:
         print(f"tryon-prepare: error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

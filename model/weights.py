@@ -139,13 +139,23 @@ def find_weights(explicit: str | os.PathLike | None = None) -> Path | None:
     configured = explicit or os.environ.get(WEIGHTS_ENV)
     if configured:
         path = Path(configured)
-        if not path.is_file():
+        if not _is_file(path):
             raise WeightsError(f"weights file not found: {path}")
         return path
     for name in WEIGHT_FILE_NAMES:
-        if (WEIGHTS_DIR / name).is_file():
+        if _is_file(WEIGHTS_DIR / name):
             return WEIGHTS_DIR / name
     return None
+
+
+def _is_file(path: Path) -> bool:
+    """A folder this process may not enter (a mounted volume owned by another user) is a
+    WeightsError saying so, not a PermissionError from deep inside start-up."""
+    try:
+        return path.is_file()
+    except OSError as exc:
+        raise WeightsError(f"cannot look for weights at {path}: {exc.strerror or exc} (the folder must be "
+                           f"readable by this process's user, uid {os.getuid()})") from None
 
 
 @dataclass(frozen=True)

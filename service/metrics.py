@@ -64,6 +64,11 @@ class Metrics:
         self.healthy = Gauge("tryon_healthy", "0 once the device failed and the process is being replaced",
                              registry=r, multiprocess_mode="livemin")
         self.healthy.set(1)
+        # service/api/components.py; with TRYON_WORKERS > 1 the lowest of the processes' values.
+        self.component_available = Gauge("tryon_component_available", "1 when a component (weights, sampler, "
+                                         "person_detector, cache, jobs_store) works, 0 while it loads or once "
+                                         "it failed (/readyz says why)", ["component"], registry=r,
+                                         multiprocess_mode="livemin")
 
         # Triton: nv_inference_request_success / _failure / _request_duration_us (per try-on request;
         # a cache hit is a success).

@@ -61,6 +61,20 @@ class Settings(BaseSettings):
     url_total_timeout_s: float = Field(10, gt=0)
     url_max_bytes: int = Field(10_485_760, ge=1)
     url_allow_hosts: CommaList = []
+    # URL fetches under way at once: in this process, and for one request (its others wait their turn).
+    url_max_fetches: int = Field(32, ge=1, description="URL fetches under way at once in this process")
+    url_fetches_per_request: int = Field(4, ge=1, description="URL fetches under way at once for one request")
+    # What requests in flight hold together in this process (bodies, fetched URLs, images as their headers
+    # say they decode); past it a request is refused with 503 and Retry-After (service/limits.py ByteBudget).
+    max_bytes_in_flight: int = Field(536_870_912, ge=1_048_576)
+    # Threads that decode and encode images (0: one a core); work beyond them waits its turn.
+    decode_threads: int = Field(0, ge=0)
+    # uvicorn, for a replica exposed without nginx in front (service/api/server.py, docs/deploy.md).
+    max_connections: int = Field(1024, ge=1, description="connections and requests at once; beyond them 503")
+    max_header_bytes: int = Field(32_768, ge=1024, description="a request's line and headers; beyond them 431")
+    header_timeout_s: float = Field(10, gt=0, description="longest wait for a request's line and headers")
+    # Each entry a key, or a key and its own webhook secrets: KEY:whsec_... (KEY:whsec_NEW:whsec_OLD while
+    # rotating: both sign every delivery). A key without its own secrets has TRYON_WEBHOOK_SECRET's.
     api_keys: CommaList = []
     cors_origins: CommaList = []
     # GET / serves the try-on page (service/static/); turn it off where only the API should answer.
@@ -81,6 +95,8 @@ class Settings(BaseSettings):
     jobs_url: str | None = None
     jobs_timeout_ms: float = Field(1000, gt=0, description="longest wait for one job-store operation")
     jobs_max_garments: int = Field(64, ge=1, description="garments per job (413 beyond)")
+    # A job's body: images sent inline beside URLs (a job of 64 garments is meant to send URLs).
+    jobs_max_body_bytes: int = Field(limits.JOBS_MAX_BODY_BYTES, ge=65_536, description="POST /v1/jobs body (413 beyond)")
     jobs_deadline_s: float = Field(86_400, gt=0, description="a job's default deadline (per job: timeout)")
     jobs_retention_s: float = Field(86_400, gt=0, description="how long a finished job's results are kept")
     jobs_task_garments: int = Field(4, ge=1, description="garments per task of the shared job queue")
@@ -88,7 +104,8 @@ class Settings(BaseSettings):
     jobs_claim_after_s: float = Field(60, gt=0, description="a task or delivery idle this long is taken over")
     jobs_memory_jobs: int = Field(1000, ge=1, description="embedded store: jobs held")
     jobs_memory_bytes: int = Field(536_870_912, ge=1, description="embedded store: input and result bytes held")
-    # Standard Webhooks: the whsec_ secret the deliveries are signed with, the retry delays, one attempt's limit.
+    # Standard Webhooks: the whsec_ secret the deliveries are signed with (one tenant, or the keys of
+    # TRYON_API_KEYS without their own; whsec_NEW:whsec_OLD while rotating), the retry delays, one attempt's limit.
     webhook_secret: str | None = None
     webhook_retry_s: Annotated[list[float], NoDecode] = list(WEBHOOK_RETRY_S)
     webhook_timeout_s: float = Field(10, gt=0)
@@ -116,13 +133,30 @@ class Settings(BaseSettings):
     @classmethod
     def _check_secret(cls, value: str | None) -> str | None:
         if value is not None:
-            try:
-                if not value.startswith("whsec_") or not base64.b64decode(value[6:], validate=True):
-                    raise ValueError
-            except (ValueError, binascii.Error):
-                raise ValueError("webhook_secret must be a Standard Webhooks secret: whsec_ and base64 bytes "
-                                 "(e.g. whsec_ + base64 of 32 random bytes)") from None
+            _secrets(value.split(":"), "webhook_secret")
         return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_key_secrets(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            key, *secrets = _key_entry(entry)
+            if not key:
+                raise ValueError("api_keys: an entry has no key before its webhook secrets")
+            _secrets(secrets, "api_keys")
+        return value
+
+    @cached_property
+    def webhook_secrets(self) -> tuple[str, ...]:
+        """TRYON_WEBHOOK_SECRET: its secrets (two while rotating), or none."""
+        return tuple(self.webhook_secret.split(":")) if self.webhook_secret else ()
+
+    @cached_property
+    def key_secrets(self) -> dict[str, tuple[str, ...]]:
+        """Each API key and the secrets its jobs' webhooks are signed with: its own, else TRYON_WEBHOOK_SECRET's
+        (so keys of several tenants each need their own: one shared secret lets each forge the others')."""
+        entries = (_key_entry(entry) for entry in self.api_keys)
+        return {key: tuple(secrets) or self.webhook_secrets for key, *secrets in entries}
 
     @field_validator("webhook_retry_s")
     @classmethod
@@ -191,10 +225,31 @@ class Settings(BaseSettings):
 
     @property
     def jobs_body_limit(self) -> int:
-        """POST /v1/jobs: the person side and up to TRYON_JOBS_MAX_GARMENTS garments (service/limits.py)."""
-        return limits.batch_body_limit(self.max_upload_bytes, self.jobs_max_garments)
+        """POST /v1/jobs: the person side and up to TRYON_JOBS_MAX_GARMENTS garments (service/limits.py), at most
+        TRYON_JOBS_MAX_BODY_BYTES."""
+        return limits.jobs_body_limit(self.max_upload_bytes, self.jobs_max_garments, self.jobs_max_body_bytes)
 
     @property
     def batch_body_limit(self) -> int:
         """/v1/tryon/batch: the person side and TRYON_MAX_GARMENTS garments (service/limits.py)."""
         return limits.batch_body_limit(self.max_upload_bytes, self.max_garments)
+
+
+def _key_entry(entry: str) -> list[str]:
+    """"KEY:whsec_A:whsec_B" -> [KEY, whsec_A, whsec_B] (a key may hold ":", a secret's base64 can not)."""
+    key, *secrets = entry.split(":whsec_")
+    return [key, *(f"whsec_{secret}" for secret in secrets)]
+
+
+def _secrets(secrets: list[str], setting: str) -> None:
+    """Refuses more than two secrets (the one in use and the one being rotated out), or one not in
+    Standard Webhooks' form."""
+    if len(secrets) > 2:
+        raise ValueError(f"{setting}: at most two webhook secrets at once (the new one and the one being retired)")
+    for secret in secrets:
+        try:
+            if not secret.startswith("whsec_") or not base64.b64decode(secret[6:], validate=True):
+                raise ValueError
+        except (ValueError, binascii.Error):
+            raise ValueError(f"{setting}: a webhook secret must be a Standard Webhooks secret: whsec_ and base64 "
+                             "bytes (e.g. whsec_ + base64 of 32 random bytes)") from None

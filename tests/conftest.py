@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tests.utils import FIXTURES
+from tests.utils.installed import fail_missing_under_ci
 
 sys.path.insert(0, str(FIXTURES))
 
@@ -18,6 +19,13 @@ from fill_weights import fill_state_dict, read_keys  # noqa: E402
 # Two threads alone; one under pytest-xdist (make test: a worker a core), where two per worker
 # would make OpenMP threads wait on each other across the two busy cores.
 torch.set_num_threads(1 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1 else 2)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under CI=true a test that skips for a missing real part (tests/utils/installed.py) fails."""
+    outcome = yield
+    fail_missing_under_ci(outcome.get_result(), os.environ.get("CI") == "true")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -7,10 +7,10 @@ person), ``garment`` (a garment photo cut to the garment, placed as VITON's are)
 request's three model inputs), ``composite`` (a result back into the person's photo), ``encode``
 (the result back to an image and to bytes), ``quality`` (PSNR). Callers import from here.
 """
-from .decode import (DEFAULT_MAX_PIXELS, ImageError, ImageSource, ImageTooLarge, decode_image,
-                     decode_levels_to_fit, decode_to_fit, open_image)
-from .encode import (DEFAULT_QUALITY, ENCODE_FORMATS, MEDIA_TYPES, OUTPUT_FORMATS, OUTPUT_SIZES, OutputFormat,
-                     OutputSize, encode_image, output_image)
+from .decode import (DEFAULT_MAX_PIXELS, HeaderPixels, ImageError, ImageSource, ImageTooLarge, decode_image,
+                     decode_levels_to_fit, decode_to_fit, header_pixels, open_image)
+from .encode import (DEFAULT_QUALITY, ENCODE_FORMATS, MAX_SIDE, MEDIA_TYPES, OUTPUT_FORMATS, OUTPUT_SIZES,
+                     OutputFormat, OutputSize, encode_image, output_image, output_size_error)
 from .composite import Composite, feathered_mask
 from .crop import Crop
 from .inputs import MODEL_SIZE_HW, TryOnInputs, assemble_inputs, letterbox_person, prepare_inputs
@@ -20,11 +20,11 @@ from .levels import (BLACK, WHITE, Picture, as_levels, image_to_levels, image_to
                      tensor_to_levels)
 from .quality import psnr, psnr_8bit, to_8bit
 
-__all__ = ["BLACK", "DEFAULT_MAX_PIXELS", "DEFAULT_QUALITY", "ENCODE_FORMATS", "MEDIA_TYPES", "MODEL_SIZE_HW",
-           "OUTPUT_FORMATS", "OUTPUT_SIZES", "WHITE", "Composite", "Crop", "ImageError", "ImageSource", "ImageTooLarge",
-           "Letterbox",
-           "OutputFormat", "OutputSize", "Picture", "TryOnInputs", "as_levels", "assemble_inputs",
-           "decode_image", "decode_levels_to_fit", "decode_to_fit", "encode_image", "feathered_mask", "image_to_levels",
-           "image_to_tensor", "letterbox_person", "levels_to_tensor", "open_image", "output_image",
+__all__ = ["BLACK", "DEFAULT_MAX_PIXELS", "DEFAULT_QUALITY", "ENCODE_FORMATS", "MAX_SIDE", "MEDIA_TYPES",
+           "MODEL_SIZE_HW", "OUTPUT_FORMATS", "OUTPUT_SIZES", "WHITE", "Composite", "Crop", "HeaderPixels", "ImageError",
+           "ImageSource", "ImageTooLarge", "Letterbox", "OutputFormat", "OutputSize", "Picture", "TryOnInputs",
+           "as_levels", "assemble_inputs", "decode_image", "decode_levels_to_fit", "decode_to_fit", "encode_image",
+           "feathered_mask", "header_pixels", "image_to_levels", "image_to_tensor", "letterbox_person",
+           "levels_to_tensor", "open_image", "output_image", "output_size_error",
            "picture_levels", "picture_size_wh", "prepare_inputs", "psnr", "psnr_8bit", "resize_bicubic",
            "resize_levels", "stack_levels", "tensor_to_image", "tensor_to_levels", "to_8bit"]

@@ -1,10 +1,12 @@
 """Bytes of any format Pillow reads -> upright 8-bit RGB images or levels, refusing what is not
 an image (``ImageError``) or is too large (``ImageTooLarge``), and decoding a large JPEG at a
-reduced scale when it is about to be letterboxed smaller."""
+reduced scale when it is about to be letterboxed smaller. ``header_pixels`` says from the header
+alone what decoding will take, for callers that decide where (or whether) to decode."""
 from __future__ import annotations
 
 import io
 import math
+from dataclasses import dataclass
 from typing import Union
 
 import numpy as np
@@ -33,11 +35,29 @@ class ImageTooLarge(ImageError):
     """More pixels than allowed, detected from the header before decoding."""
 
 
+# Rows of a 16-bit image rescaled at a time: the rescale's 4-byte temporaries stay a few MB.
+_RESCALE_PIXELS = 1 << 20
+
+
+def _16bit_to_8bit(img: Image.Image) -> Image.Image:
+    """round(v * 255 / 65535) in integers, strip by strip (the float64 way took 8 bytes a pixel,
+    twice over: 1 GB for 6324 x 6324 pixels of 78 kB of PNG). No v lands on a half, so this is
+    exactly the float rounding."""
+    levels = np.asarray(img)
+    out = np.empty(levels.shape, dtype=np.uint8)
+    rows = max(1, _RESCALE_PIXELS // max(1, levels.shape[1]))
+    for top in range(0, levels.shape[0], rows):
+        out[top:top + rows] = (levels[top:top + rows].astype(np.uint32) * 255 + 32767) // 65535
+    return Image.fromarray(out)
+
+
 def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        # 16-bit and float greyscale: rescale to 8 bits instead of clipping.
+    if img.mode.startswith("I;16"):
+        img = _16bit_to_8bit(img)
+    elif img.mode in ("I", "F"):
+        # 32-bit and float greyscale: rescale to 8 bits instead of clipping.
         arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        top = 65535.0 if arr.max() > 255 else 255.0
         arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         img = Image.fromarray(arr)
     if img.mode == "P":
@@ -202,3 +222,62 @@ def _upright_rgb(img: Image.Image, field: str, background) -> Image.Image:
         return _to_rgb(img, background)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ImageError(field, f"corrupt or truncated image ({exc})") from None
+
+
+# Bytes a pixel takes in Pillow's own image, by how many bits the header gives it (Pillow keeps
+# 3- and 4-band and 32-bit pixels in 4 bytes, 16-bit grey in 2).
+_HELD_BYTES = {1: 1, 8: 1, 16: 2}
+# What decoding, the turn to 8-bit RGB, the levels and the letterbox's resize take beside Pillow's
+# own pixels, per pixel decoded: at most 14 bytes measured (peak RSS over decode_levels_to_fit into
+# 256x192: 6000x6000 PNGs of L 10.5, RGB 9.6, RGBA 13.4 bytes a pixel, a 16383x2441 WebP 17, a
+# 16-bit grey PNG 25 before _16bit_to_8bit).
+WORK_BYTES_PER_PIXEL = 14
+
+
+@dataclass(frozen=True)
+class HeaderPixels:
+    """What an image's header says of it, before a pixel is decoded: its size as stored, its bits
+    per pixel (Pillow's mode: 24 for RGB, 16 for 16-bit grey), and the size it will be decoded at
+    (a JPEG about to be letterboxed smaller is decoded at 1/2 to 1/8 scale)."""
+    size_wh: tuple[int, int]
+    bits_per_pixel: int
+    decoded_wh: tuple[int, int]
+
+    @property
+    def pixels(self) -> int:
+        return self.size_wh[0] * self.size_wh[1]
+
+    @property
+    def decode_bytes(self) -> int:
+        """The memory decoding it will hold at its peak (WORK_BYTES_PER_PIXEL beside Pillow's pixels)."""
+        held = _HELD_BYTES.get(self.bits_per_pixel, 4)
+        return self.decoded_wh[0] * self.decoded_wh[1] * (held + WORK_BYTES_PER_PIXEL)
+
+
+def header_pixels(source: ImageSource, target_wh: tuple[int, int] | None = None) -> HeaderPixels | None:
+    """The header's account of ``source`` (to be letterboxed into ``target_wh``, when given), read
+    without decoding (a PNG's EXIF is not looked for: Pillow decodes the whole image to find it);
+    None for what Pillow does not read as an image (decoding it then says why)."""
+    if isinstance(source, Image.Image):
+        return HeaderPixels(source.size, _bits(source.mode), source.size)
+    try:
+        img = Image.open(io.BytesIO(bytes(source)))
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        return None
+    width, height = img.size
+    decoded_wh = (width, height)
+    if target_wh is not None and img.format == "JPEG" and width > 0 and height > 0:
+        upright_wh = (height, width) if _orientation(img) in _QUARTER_TURNS else (width, height)
+        reduced_wh = _reduced_decode_size((width, height), upright_wh, target_wh)
+        if reduced_wh is not None:
+            reduction = _draft_reduction((width, height), reduced_wh)
+            decoded_wh = (-(-width // reduction), -(-height // reduction))
+    return HeaderPixels((width, height), _bits(img.mode), decoded_wh)
+
+
+def _bits(mode: str) -> int:
+    if mode.startswith("I;16"):
+        return 16
+    if mode == "1":
+        return 1
+    return 8 * Image.getmodebands(mode) if mode not in ("I", "F") else 32

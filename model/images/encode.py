@@ -23,6 +23,17 @@ ENCODE_FORMATS = {fmt: fmt.upper() for fmt in OUTPUT_FORMATS}  # Pillow's names
 MEDIA_TYPES = {fmt: f"image/{fmt}" for fmt in OUTPUT_FORMATS}
 # JPEG and WebP quality when none is asked for (the service's and the CLI's).
 DEFAULT_QUALITY = 90
+# The longest side each format can hold (libjpeg: 65500; libwebp: 16383; PNG: 2^31 - 1): a larger
+# image fails in the encoder, after the work is done, so it is refused before (output_size_error).
+MAX_SIDE = {"jpeg": 65_500, "webp": 16_383, "png": 2**31 - 1}
+
+
+def output_size_error(size_wh: tuple[int, int], fmt: OutputFormat) -> str | None:
+    """Why an output of ``size_wh`` can not be encoded as ``fmt``; None when it can."""
+    if max(size_wh) <= MAX_SIDE[fmt]:
+        return None
+    return (f"a {fmt.upper()} holds at most {MAX_SIDE[fmt]} pixels a side, and the result at the person "
+            f"image's size would be {size_wh[0]}x{size_wh[1]}")
 
 
 def output_image(t: torch.Tensor, frame: Letterbox | Crop | Composite | None = None,

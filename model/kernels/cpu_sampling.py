@@ -11,7 +11,8 @@ The features are read channels-last (B, H, W, C), so the innermost loop runs
 over C contiguous numbers and vectorises; the result is handed back as a
 channels-last tensor viewed as (B, C, h, w), which every torch op downstream
 accepts without a copy. The compiled code is cached on disk (``cache=True``),
-so the JIT cost is paid once per machine.
+so the JIT cost is paid once per machine; a cache folder that is read-only (the
+image's, filled at build) is read from a writable copy (``numba_cache``).
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 import torch
+
+from .numba_cache import use_writable_cache
 
 # Chunks of output rows per thread: small enough that a thread slowed down
 # (e.g. by torch's OpenMP workers still spinning) leaves its share to the others.
@@ -71,6 +74,9 @@ def _run_parallel(arrays: tuple, rows: int, work_size: int) -> None:
     work()
     for done in helpers:
         done.result()
+
+
+use_writable_cache()  # before the decorator below, which needs a folder it can write
 
 
 # "contract" lets LLVM fuse multiply-adds; every other IEEE rule (NaN, order of

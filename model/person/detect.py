@@ -16,7 +16,11 @@ the midpoint of the shoulders, and a point BlazePose is not sure it sees
 OpenPose leaves points it does not see.
 
 One detector per process (``get_detector``): mediapipe graphs are not
-safe to share between threads, so each call holds the detector's lock.
+safe to share between threads, so each call holds the detector's lock. A detector
+that fails to load (mediapipe missing or unable to start: its import of matplotlib
+refuses an unusable config folder, say) is tried once per process: every later call
+raises DetectorUnavailable with the first failure at once, instead of paying seconds
+for the same failure on each photo.
 """
 from __future__ import annotations
 
@@ -56,6 +60,15 @@ class DetectionError(ValueError):
         self.code = code
         self.field = "person"
         self.message = message
+
+
+class DetectorUnavailable(RuntimeError):
+    """The person detector could not be loaded in this process; ``reason`` says why. Nothing
+    that needs keypoints found in a photo can be done until the process restarts."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"the person detector could not be loaded: {reason}")
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -184,21 +197,32 @@ def _scaled_down(photo: Image.Image) -> Image.Image:
 
 
 _detector: PersonDetector | None = None
+_detector_failure: str | None = None
 _detector_pid: int | None = None
 _detector_lock = threading.Lock()
 
 
 def get_detector() -> PersonDetector:
-    """This process's detector, made on first use (a forked child makes its own)."""
-    global _detector, _detector_pid
+    """This process's detector, made on first use (a forked child makes its own);
+    DetectorUnavailable when it could not be loaded, now or before."""
+    global _detector, _detector_failure, _detector_pid
     with _detector_lock:
-        if _detector is None or _detector_pid != os.getpid():
-            _detector, _detector_pid = PersonDetector(), os.getpid()
+        if _detector_pid != os.getpid():
+            _detector, _detector_failure, _detector_pid = None, None, os.getpid()
+        if _detector is None and _detector_failure is None:
+            try:
+                _detector = PersonDetector()
+            except Exception as exc:  # noqa: BLE001 - whatever mediapipe's import or graphs raise
+                first_line = next(iter(str(exc).splitlines()), "")
+                _detector_failure = f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
+        if _detector is None:
+            raise DetectorUnavailable(_detector_failure)
         return _detector
 
 
 def warm() -> float:
-    """Loads this process's detector (which runs each model once); returns the seconds it took."""
+    """Loads this process's detector (which runs each model once); returns the seconds it took.
+    DetectorUnavailable when it cannot be loaded."""
     started = time.perf_counter()
     get_detector()
     return time.perf_counter() - started

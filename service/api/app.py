@@ -5,6 +5,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 
 from ..processes.remote import EngineLink
 from ..queue.host import EngineFactory
@@ -41,7 +42,8 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory |
     """``engine_link``: a front-end process of TRYON_WORKERS > 1, fed by the engine process there."""
     settings = settings or Settings()
     service = ServiceState(settings, engine_factory, engine_link)
-    app = FastAPI(title="DAFlow virtual try-on", version="0.1.0", lifespan=lifespan,
+    # FastAPIOffline: /docs (Swagger UI) and /redoc serve their script from the installed package, no CDN.
+    app = FastAPIOffline(title="DAFlow virtual try-on", version="0.1.0", lifespan=lifespan,
                   description="POST a person (a masked model and pose map, or a photo, keypoints optional) and a "
                               "garment, or many garments; get the try-on images back.")
     app.state.service = service

@@ -65,8 +65,10 @@ class CachedResponse:
 
 
 class CacheStore(Protocol):
-    """Never raises for an unavailable backend: ``get`` answers None, ``set`` gives up."""
+    """Never raises for an unavailable backend: ``get`` answers None, ``set`` gives up;
+    ``failure`` says why the last operation failed (None: it worked)."""
     name: str
+    failure: str | None
 
     async def get(self, key: str) -> CachedResponse | None: ...
 
@@ -101,6 +103,7 @@ def response_key(identity: str, inputs: TryOnInputs, options: OutputOptions) -> 
 class MemoryStore:
     """Least recently used entries go first once the entries' bytes exceed ``max_bytes``."""
     name = "memory"
+    failure = None  # never fails
 
     def __init__(self, max_bytes: int, metrics: Metrics):
         self.max_bytes = max_bytes
@@ -152,20 +155,24 @@ class RedisStore:
         self.client = Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
                                      retry=Retry(NoBackoff(), 0), max_connections=REDIS_MAX_CONNECTIONS)
         self._skip_until = 0.0
+        self.failure: str | None = None
 
     async def _bounded(self, operation: str, call):
         if time.monotonic() < self._skip_until:
             self.metrics.cache_store_errors.labels(self.name, operation, "skipped").inc()
             return None
         try:
-            return await asyncio.wait_for(call(), self.timeout_s)
+            result = await asyncio.wait_for(call(), self.timeout_s)
         except Exception as exc:  # noqa: BLE001  (any failure of the store means: uncached)
             reason = "timeout" if isinstance(exc, (TimeoutError, RedisTimeout)) else "error"
+            self.failure = f"redis {operation} failed ({type(exc).__name__}: {exc}); serving uncached"
             self.metrics.cache_store_errors.labels(self.name, operation, reason).inc()
             if time.monotonic() >= self._skip_until:
                 log.warning("redis cache %s failed (%s: %s); serving uncached", operation, type(exc).__name__, exc)
             self._skip_until = time.monotonic() + REDIS_RETRY_AFTER_S
             return None
+        self.failure = None
+        return result
 
     async def get(self, key: str) -> CachedResponse | None:
         data = await self._bounded("get", lambda: self.client.get(key))

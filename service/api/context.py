@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from ..limits import BudgetHold
+
 
 @dataclass
 class RequestContext:
@@ -17,6 +19,8 @@ class RequestContext:
     timings_ms: dict[str, float] | None = None  # the stages of a route that runs work (Server-Timing)
     error_code: str | None = None  # the refusal's code, for the log and the rejected-requests metric
     client_gone: bool = False  # the client hung up before its answer: logged and counted as 499
+    # The request's share of the bytes in flight (service/limits.py), given back when its answer is sent.
+    hold: BudgetHold | None = None
 
 
 def request_context(request: Request) -> RequestContext:

@@ -9,19 +9,21 @@ options given as query parameters (body fields of the same names win, service/ap
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 from dataclasses import dataclass, fields
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Query, Request, Security
+from fastapi.security import APIKeyHeader, HTTPBearer
 
 from model.images import DEFAULT_QUALITY, OutputFormat, OutputSize
 
+from ..queue.admission import own_work_s, too_short
 from ..queue.outcomes import Priority
 from .context import request_context
 from .errors import ApiError
 from .inputs import MIN_TIMEOUT_S, JobOptions
+from .jobs import owner_of
 from .state import ServiceState
 
 
@@ -39,9 +41,16 @@ def given_key(request: Request) -> str:
     return auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
 
 
-async def require_api_key(request: Request, service: ServiceDep) -> None:
+# The two ways a key is sent, as OpenAPI security schemes: every route that depends on require_api_key
+# is marked as keyed in the document (install_openapi drops the marks when keys are off).
+_BEARER = HTTPBearer(auto_error=False, scheme_name="bearer")
+_X_API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="apiKey")
+
+
+async def require_api_key(request: Request, service: ServiceDep, _bearer=Security(_BEARER),
+                          _header=Security(_X_API_KEY)) -> None:
     """Open when TRYON_API_KEYS is empty; otherwise ``Authorization: Bearer`` or ``X-API-Key``."""
-    keys = service.settings.api_keys
+    keys = service.settings.key_secrets
     if not keys:
         return
     given = given_key(request)
@@ -55,13 +64,21 @@ async def key_owner(request: Request, service: ServiceDep) -> str:
     seen only with the key that created it."""
     if not service.settings.api_keys:
         return ""
-    return hashlib.sha256(given_key(request).encode()).hexdigest()[:32]
+    return owner_of(given_key(request))
 
 
 OwnerDep = Annotated[str, Depends(key_owner)]
 
 
-def require_ready(service: ServiceState) -> None:
+def require_ready(service: ServiceState, network: bool = True) -> None:
+    """503 unless the replica can serve the request: ``weights_unavailable`` (no Retry-After:
+    waiting does not help) once the checkpoint failed to load, which a route that runs no
+    network (``network=False``) does without; ``not_ready`` while it starts."""
+    weights_failure = service.components.reason("weights")
+    if weights_failure is not None:
+        if not network:
+            return
+        raise ApiError(503, "weights_unavailable", f"the weights could not be loaded: {weights_failure}")
     if not service.ready or service.batcher is None:
         raise ApiError(503, "not_ready", "the model is not loaded yet", headers={"Retry-After": "5"})
 
@@ -74,11 +91,15 @@ class Work:
     deadline: float
     timings: dict[str, float]
     priority: Priority | None = None  # set by schedule(): the request's, or the route's default
+    one_forward_s: float = 0.0  # the engine's one request alone, as admission control counts it (0: unknown here)
 
     def schedule(self, options: JobOptions, default_priority: Priority) -> None:
-        """Applies the request's own priority and (shorter) timeout; TRYON_REQUEST_TIMEOUT_S caps it."""
+        """Applies the request's own priority and (shorter) timeout; TRYON_REQUEST_TIMEOUT_S caps it. A
+        timeout under one forward alone can never be met, however idle the server: 422 naming it."""
         self.priority = options.priority or default_priority
         if options.timeout is not None:
+            if options.timeout < self.one_forward_s:
+                raise ApiError(422, "timeout_too_short", too_short(options.timeout, self.one_forward_s), "timeout")
             self.deadline = min(self.deadline, self.arrived + options.timeout)
 
 
@@ -86,7 +107,9 @@ async def begin_work(request: Request, service: ServiceDep) -> Work:
     """Dependency of the routes that run the model: ready or 503, deadline from now."""
     require_ready(service)
     now = asyncio.get_running_loop().time()
-    work = Work(now, now + service.settings.request_timeout_s, {})
+    rate = service.batcher.rate  # None in a front end of TRYON_WORKERS > 1: the engine process's admission says
+    work = Work(now, now + service.settings.request_timeout_s, {},
+                one_forward_s=own_work_s(rate, service.settings.max_batch_size) if rate is not None else 0.0)
     request_context(request).timings_ms = work.timings
     return work
 

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..codec.errors import ApiError, from_queue_error
+from ..limits import OverBudget
 from ..queue.outcomes import QueueError
 from .context import request_context
 
@@ -52,6 +53,15 @@ async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
     return error_response(exc.status, exc.code, exc.message, exc.field, exc.headers, speaks_protocol(request))
 
 
+# A request refused for the bytes in flight (service/limits.py) tries again after this many seconds:
+# the requests holding them end within their deadlines, most well within.
+OVER_BUDGET_RETRY_S = 2
+
+
+async def _over_budget(request: Request, exc: OverBudget) -> JSONResponse:
+    return await _api_error(request, ApiError(503, "busy", str(exc), headers={"Retry-After": str(OVER_BUDGET_RETRY_S)}))
+
+
 async def _queue_error(request: Request, exc: QueueError) -> JSONResponse:
     return await _api_error(request, from_queue_error(exc))
 
@@ -81,6 +91,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(QueueError, _queue_error)
+    app.add_exception_handler(OverBudget, _over_budget)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -36,6 +36,7 @@ from .errors import CLIENT_GONE, ApiError
 from ..codec.fetch import UrlFetcher
 from ..codec.output import OutputOptions
 from ..codec.sources import KEYPOINTS_FIELD, RequestParts, person_mix_error
+from ..limits import BudgetHold, byte_count
 from ..queue.outcomes import Priority
 from ..settings import Settings
 
@@ -105,10 +106,12 @@ def _is_url(text: str) -> bool:
 
 async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     """The whole body, at most ``limit`` bytes, arrived within ``timeout_s`` (a client that
-    stalls mid-upload would otherwise hold its request open for as long as it likes)."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    stalls mid-upload would otherwise hold its request open for as long as it likes), each
+    chunk taken from the request's share of the bytes in flight as it arrives."""
+    declared = byte_count(request.headers.get("content-length"))
+    if declared is not None and declared > limit:
         raise ApiError(413, "payload_too_large", f"the request body is {declared} bytes, over the limit of {limit}")
+    hold = request_context(request).hold
     chunks, total = [], 0
     try:
         async with asyncio.timeout(timeout_s):
@@ -116,6 +119,8 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
                 total += len(chunk)
                 if total > limit:
                     raise ApiError(413, "payload_too_large", f"the request body is over the limit of {limit} bytes")
+                if hold is not None:
+                    hold.take(len(chunk), "the request body")
                 chunks.append(chunk)
     except TimeoutError:
         raise ApiError(408, "body_timeout", f"the request body did not arrive within {timeout_s:g} s "
@@ -124,6 +129,8 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
         request_context(request).client_gone = True
         raise ApiError(CLIENT_GONE, "client_gone", "the client closed the connection while sending the body") \
             from None
+    if hold is not None and len(chunks) > 1:
+        hold.take(total, "the request body")  # the joined copy, beside the chunks until they go
     return b"".join(chunks)
 
 
@@ -257,6 +264,8 @@ def _from_json(body: bytes, settings: Settings, garments: Garments, limit: Garme
         raise ApiError(422, "invalid_json", "the JSON body must be an object")
     for key in document:
         _check_known(key, garments, "cloths" if garments == "many" else "cloth", limit.fields)
+        if document[key] is None and key in (*OPTION_FIELDS, *limit.fields):  # the schema's types have no null
+            raise ApiError(422, "invalid_option", "must not be null: leave the field out for its default", key)
     parts = RequestParts(options={k: document[k] for k in (*OPTION_FIELDS, *limit.fields) if k in document})
     for key in PERSON_FIELDS:
         if document.get(key) is not None:
@@ -294,7 +303,10 @@ async def read_request(request: Request, settings: Settings, query_options: dict
     body = await read_body(request, body_limit, settings.request_timeout_s)
     if content_type == "multipart/form-data":
         parts = await _from_multipart(request, body, settings, garments, limit)
-    else:  # megabytes of base64: off the loop
+    else:  # megabytes of base64: off the loop, its text and decoded bytes taken from the bytes in flight first
+        hold = request_context(request).hold
+        if hold is not None:
+            hold.take(2 * len(body), "parsing the JSON body")
         parts = await asyncio.to_thread(_from_json, body, settings, garments, limit)
     try:
         check_person_mix(parts.given)
@@ -309,32 +321,24 @@ async def read_request(request: Request, settings: Settings, query_options: dict
     return parts, parse_options(query_options | parts.options, typed=content_type == "application/json")
 
 
-async def fetch_parts(parts: RequestParts, fetcher: UrlFetcher) -> RequestParts:
-    """Fetches every URL concurrently: a person-side failure fails the request, a
-    garment's failure in a batch is kept as that garment's result."""
-    person = await fetch_urls(parts.person, fetcher)
-    cloths = await asyncio.gather(*(fetcher.fetch(c, "cloth") if isinstance(c, str) else _same(c)
-                                    for c in parts.cloths), return_exceptions=True)
-    for outcome in cloths:
+async def fetch_parts(parts: RequestParts, fetcher: UrlFetcher, hold: BudgetHold | None = None) -> RequestParts:
+    """Fetches every URL (UrlFetcher.fetch_all: a few at a time): a person-side failure fails the
+    request, a garment's failure in a batch is kept as that garment's result."""
+    person_urls = [(field, url) for field, url in parts.person.items() if isinstance(url, str)]
+    cloth_at = [i for i, c in enumerate(parts.cloths) if isinstance(c, str)]
+    fetched = await fetcher.fetch_all(person_urls + [("cloth", parts.cloths[i]) for i in cloth_at], hold)
+    for outcome in fetched[:len(person_urls)]:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    for outcome in fetched[len(person_urls):]:
         if isinstance(outcome, BaseException) and not isinstance(outcome, ApiError):
             raise outcome
-    return RequestParts(person, parts.keypoints, list(cloths), parts.options)
-
-
-async def _same(value):
-    return value
+    cloths = list(parts.cloths)
+    for i, outcome in zip(cloth_at, fetched[len(person_urls):]):
+        cloths[i] = outcome
+    person = parts.person | {field: outcome for (field, _), outcome in zip(person_urls, fetched)}
+    return RequestParts(person, parts.keypoints, cloths, parts.options)
 
 
 def has_urls(parts: RequestParts) -> bool:
     return any(isinstance(v, str) for v in [*parts.person.values(), *parts.cloths])
-
-
-async def fetch_urls(sources: dict[str, bytes | str], fetcher: UrlFetcher) -> dict[str, bytes]:
-    """Replaces every URL by its bytes, fetching them concurrently; the first failure is raised."""
-    urls = {k: v for k, v in sources.items() if isinstance(v, str)}
-    fetched = await asyncio.gather(*(fetcher.fetch(url, field) for field, url in urls.items()),
-                                   return_exceptions=True)
-    for outcome in fetched:
-        if isinstance(outcome, BaseException):
-            raise outcome
-    return {**sources, **dict(zip(urls, fetched))}

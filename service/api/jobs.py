@@ -1,22 +1,39 @@
 """The ``Jobs`` that ServiceState starts and stops: the job store, this replica's runner and its
-webhook sender (service/jobs/). The runner decodes and encodes through the codec, as the routes
-do, and the sender checks webhook URLs by the fetcher's rules: nothing of the edge's is handed down."""
+webhook sender (service/jobs/). The runner decodes and encodes through the codec (``TaskCodec``),
+as the routes do, and the sender checks webhook URLs by the fetcher's rules (``FetcherTargets``):
+both built here from the settings, nothing of the edge's handed down."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 
 from ..codec.fetch import UrlFetcher
 from ..jobs.redis_store import RedisJobStore
-from ..jobs.runner import JobRunner
+from ..jobs.runner import JobRunner, TaskCodec
 from ..jobs.store import JobStore, MemoryJobStore
 from ..jobs.targets import FetcherTargets
 from ..jobs.webhooks import WebhookSender
+from ..limits import ByteBudget
 from ..metrics import Metrics
 from ..queue.interface import JobQueue
 from ..settings import Settings
 
 log = logging.getLogger("service.jobs")
+
+
+def owner_of(key: str) -> str:
+    """What a job keeps of the API key that created it: a hash, never the key."""
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def webhook_secrets(settings: Settings):
+    """A job's owner -> the secrets its webhooks are signed with (Settings.key_secrets; with API keys off,
+    TRYON_WEBHOOK_SECRET's)."""
+    by_owner = {owner_of(key): secrets for key, secrets in settings.key_secrets.items()}
+    if not settings.api_keys:
+        by_owner[""] = settings.webhook_secrets
+    return lambda owner: by_owner.get(owner, ())
 
 
 def open_store(settings: Settings) -> JobStore:
@@ -31,14 +48,14 @@ class Jobs:
     """The store, and this replica's runner and webhook sender running beside the HTTP server."""
 
     def __init__(self, settings: Settings, queue: JobQueue, fetcher: UrlFetcher, chunk_size: int,
-                 metrics: Metrics):
+                 metrics: Metrics, budget: ByteBudget):
         self.settings = settings
         self.metrics = metrics
         self.store = open_store(settings)
         keep_every_s = settings.jobs_claim_after_s / 3
-        self.runner = JobRunner(self.store, queue, settings, chunk_size, settings.jobs_concurrency,
-                                keep_every_s, metrics)
-        self.sender = WebhookSender(self.store, FetcherTargets(fetcher), settings.webhook_secret,
+        self.runner = JobRunner(self.store, queue, TaskCodec(settings), chunk_size, settings.jobs_concurrency,
+                                keep_every_s, metrics, budget)
+        self.sender = WebhookSender(self.store, FetcherTargets(fetcher), webhook_secrets(settings),
                                     settings.webhook_retry_s, settings.webhook_timeout_s, keep_every_s, metrics)
         self._tasks: list[asyncio.Task] = []
 

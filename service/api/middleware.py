@@ -7,6 +7,7 @@ import logging
 import re
 import time
 import uuid
+from urllib.parse import urlsplit
 
 from starlette.datastructures import MutableHeaders
 
@@ -22,6 +23,13 @@ TRYON_ROUTES = (*INFERENCE_ROUTES, "/v1/prepare")
 QUIET_ROUTES = ("/healthz", "/readyz", "/metrics", LIVE_ROUTE, READY_ROUTE)
 
 
+def _same_origin(location: str) -> str:
+    """An absolute URL's path and query, as a relative reference ("//x" kept from reading as a host)."""
+    parts = urlsplit(location)
+    path = "/" + (parts.path or "/").lstrip("/")
+    return path + (f"?{parts.query}" if parts.query else "")
+
+
 class RequestContextMiddleware:
     def __init__(self, app, service: ServiceState):
         self.app = app
@@ -32,7 +40,7 @@ class RequestContextMiddleware:
             return await self.app(scope, receive, send)
         sent_id = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         request_id = sent_id if _CLIENT_ID.match(sent_id) else uuid.uuid4().hex
-        context = RequestContext(request_id)
+        context = RequestContext(request_id, hold=self.service.budget.hold())
         scope.setdefault("state", {})["context"] = context
         started = time.perf_counter()
         status = [500]
@@ -41,6 +49,10 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
                 headers = MutableHeaders(scope=message)
+                if 300 <= status[0] < 400 and "location" in headers:
+                    # Starlette's trailing-slash redirect builds an absolute URL from the request's Host
+                    # header: echoed, it points a shared cache or a careless client anywhere. A path is enough.
+                    headers["Location"] = _same_origin(headers["location"])
                 headers["X-Request-ID"] = request_id
                 if self.service.weights_label:
                     headers["X-Weights"] = self.service.weights_label
@@ -49,6 +61,7 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
+            context.hold.release()
             self._record(scope, context, status[0], time.perf_counter() - started)
 
     def _record(self, scope, context: RequestContext, status: int, seconds: float) -> None:

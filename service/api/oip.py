@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from model.images import Letterbox, TryOnInputs
 from model.safe_json import MAX_STRUCTURE
 
+from ..limits import byte_count
 from ..queue.outcomes import Priority
 from .errors import ApiError
 from .inputs import read_json
@@ -154,10 +155,10 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvi
     """(JSON header, binary tail): the header is the whole body without the extension."""
     if header_length is None:
         return body, memoryview(b"")
-    if not header_length.isdigit() or len(header_length) > 12:
+    length = byte_count(header_length)
+    if length is None:  # ASCII digits only: "²" passed str.isdigit and failed int() (a 500)
         raise _invalid(f"{HEADER_LENGTH} must be a byte count, not {header_length[:32]!r}", HEADER_LENGTH,
                        "invalid_header_length")
-    length = int(header_length)
     if length > len(body):
         raise _invalid(f"{HEADER_LENGTH} is {length}, past the body's {len(body)} bytes", HEADER_LENGTH,
                        "invalid_header_length")

@@ -26,11 +26,13 @@ IMAGE_SCHEMA = {"type": "string", "description": "an image file, or an http(s) U
 JSON_IMAGE = {"type": "string", "description": "an http(s) URL, or the image's bytes as base64 (or a data: URL)"}
 _KEYPOINTS = {"description": "body keypoints as JSON (OpenPose, a list of 18/25/17 (x, y, confidence) "
                              "points, or COCO): a text field or a file"}
-# Empty keypoints ("", [], {}) hold no point: not schema-valid, as the service refuses them.
-_FORM_FIELDS = {"multipart": {KEYPOINTS_FIELD: {**_KEYPOINTS, "type": "string", "minLength": 1}},
+# Empty keypoints ("", [], {}) hold no point: not schema-valid, as the service refuses them. As text they
+# are the JSON of an object or a list, so the text starts with { or [ (after any white space).
+_KEYPOINTS_TEXT = {"type": "string", "minLength": 2, "pattern": r"^\s*[\[{]"}
+_FORM_FIELDS = {"multipart": {KEYPOINTS_FIELD: {**_KEYPOINTS, **_KEYPOINTS_TEXT}},
                 "json": {KEYPOINTS_FIELD: {**_KEYPOINTS, "anyOf": [{"type": "object", "minProperties": 1},
                                                                    {"type": "array", "minItems": 1},
-                                                                   {"type": "string", "minLength": 1}]}}}
+                                                                   _KEYPOINTS_TEXT]}}}
 _IMAGE_FIELD = {"multipart": {**IMAGE_SCHEMA, **BINARY}, "json": JSON_IMAGE}
 
 
@@ -91,15 +93,16 @@ PERSON_MIX = ("Person side: exactly one of these forms (the request body's `oneO
 PERSON_INPUTS = tuple(dict.fromkeys(name for form in PERSON_FORMS for name in (*form.required, *form.optional)))
 
 
-def person_request_body(garments: dict, options: bool = True, garments_required: bool = True) -> dict:
+def person_request_body(garments: dict, options: bool = True, extra: dict | None = None,
+                        garments_required: bool = True) -> dict:
     """The request body of an endpoint taking the person-side inputs plus ``garments``
-    ({"multipart": {...}, "json": {...}} properties, all required unless not ``garments_required``)
-    and the output options.
+    ({"multipart": {...}, "json": {...}} properties, all required unless not ``garments_required``),
+    the output options and ``extra`` (properties of both forms, optional).
     ``oneOf`` the forms, each naming the person-side inputs it takes and no others; every
     field is also a property of the body itself, so that a file part is known as one."""
     def schema(kind: str) -> dict:
         fields = {name: _FORM_FIELDS[kind].get(name, _IMAGE_FIELD[kind]) for name in PERSON_INPUTS}
-        common = {**garments.get(kind, {}), **(_options() if options else {})}
+        common = {**garments.get(kind, {}), **(_options() if options else {}), **(extra or {})}
         required = list(garments.get(kind, {})) if garments_required else []
         forms = [{"title": form.name, "type": "object", "required": [*form.required, *required],
                   "properties": {**{name: fields[name] for name in (*form.required, *form.optional)}, **common},
@@ -109,13 +112,16 @@ def person_request_body(garments: dict, options: bool = True, garments_required:
                                           (("multipart/form-data", "multipart"), ("application/json", "json"))}}
 
 
-# /v1/tryon/batch and /v1/jobs: the person side and many garments.
-GARMENTS_REQUEST_BODY = person_request_body(
-    {"multipart": {"cloth": {"type": "array", "items": {**IMAGE_SCHEMA, **BINARY}, "minItems": 1,
-                             "description": "repeat the field, once per garment (at most TRYON_MAX_GARMENTS; "
-                                            "TRYON_JOBS_MAX_GARMENTS for a job)"}},
-     "json": {"cloths": {"type": "array", "items": JSON_IMAGE, "minItems": 1,
-                         "description": "at most TRYON_MAX_GARMENTS (TRYON_JOBS_MAX_GARMENTS for a job)"}}})
+# /v1/tryon/batch and /v1/jobs: the person side and many garments; a job also takes its webhook_url.
+_GARMENTS = {"multipart": {"cloth": {"type": "array", "items": {**IMAGE_SCHEMA, **BINARY}, "minItems": 1,
+                                     "description": "repeat the field, once per garment (at most TRYON_MAX_GARMENTS; "
+                                                    "TRYON_JOBS_MAX_GARMENTS for a job)"}},
+             "json": {"cloths": {"type": "array", "items": JSON_IMAGE, "minItems": 1,
+                                 "description": "at most TRYON_MAX_GARMENTS (TRYON_JOBS_MAX_GARMENTS for a job)"}}}
+GARMENTS_REQUEST_BODY = person_request_body(_GARMENTS)
+JOBS_REQUEST_BODY = person_request_body(_GARMENTS, extra={"webhook_url": {
+    "type": "string", "minLength": 1, "description": "an http(s) URL to POST the job's end to, signed per "
+                                                     "Standard Webhooks"}})
 
 
 class ErrorDetail(BaseModel):
@@ -135,18 +141,25 @@ _ERRORS = {
     401: "`unauthorized`: a valid API key is required (when the server has TRYON_API_KEYS)",
     404: "`job_not_found` (also another API key's job), `result_not_ready`, `result_failed`, `result_not_found`",
     408: "`body_timeout`: the request body did not arrive within TRYON_REQUEST_TIMEOUT_S",
-    413: "`payload_too_large` (the body), `image_too_large` (bytes or pixels), `too_many_garments`, "
-         "`json_too_large`, `job_too_large` (more bytes than TRYON_JOBS_MEMORY_BYTES)",
+    413: "`payload_too_large` (the body), `image_too_large` (bytes, pixels, or more to decode than "
+         "TRYON_MAX_BYTES_IN_FLIGHT), `too_many_garments`, `json_too_large`, `job_too_large` (more bytes than "
+         "TRYON_JOBS_MEMORY_BYTES)",
     410: "`job_expired`, `result_deleted` (after TRYON_JOBS_RETENTION_S)",
     415: "`unsupported_media_type` (send multipart/form-data or application/json), `not_an_image`",
     422: "`incomplete_inputs`, `ambiguous_inputs`, `missing_field`, `duplicate_field`, `invalid_field`, "
          "`invalid_base64`, `invalid_url`, `invalid_keypoints`, `invalid_<image>`, `invalid_option`, "
-         "`invalid_request` (a query parameter), `json_too_deep`, `webhooks_not_configured`",
+         "`invalid_request` (a query parameter or path), `json_too_deep`, `webhooks_not_configured`, "
+         "`output_too_large` (size=original past what the format holds a side), `idempotency_key_reused`, "
+         "`timeout_too_short` (shorter than one forward here: it can never be met)",
     500: "`inference_failed`: the model failed on this batch",
     502: "`upstream_unreachable`, `upstream_error`: a URL input could not be fetched",
-    503: "`queue_full`, `overloaded`, `not_ready`, `shutting_down`, `out_of_memory`, `jobs_unavailable` (the job "
+    503: "`queue_full`, `overloaded`, `busy` (the bytes in flight, TRYON_MAX_BYTES_IN_FLIGHT, or the URL fetches, "
+         "TRYON_URL_MAX_FETCHES, of this process), `not_ready`, `shutting_down`, `out_of_memory`, `jobs_unavailable` (the job "
          "store did not answer), `jobs_full`: retry after Retry-After. `jobs_unavailable` without Retry-After: "
-         "this deployment serves no jobs (TRYON_WORKERS > 1 without TRYON_JOBS_URL); retrying will not help",
+         "this deployment serves no jobs (TRYON_WORKERS > 1 without TRYON_JOBS_URL); retrying will not help. "
+         "Without Retry-After too, a part this replica failed to load (/readyz's components): "
+         "`person_detector_unavailable` (a photo sent without its masked model and pose map), "
+         "`weights_unavailable` (every try-on)",
     504: "`deadline_exceeded` (not served in time), `upstream_timeout` (a URL input)",
 }
 
@@ -173,13 +186,12 @@ def binary_content(*media_types: str) -> dict:
 PROTOCOL_SCHEMAS = (InferRequest, InferResponse)
 REF_TEMPLATE = "#/components/schemas/{model}"
 
-SECURITY_SCHEMES = {"bearer": {"type": "http", "scheme": "bearer"},
-                    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
-
 
 def install_openapi(app: FastAPI, api_keys: bool) -> None:
-    """The generated document; with ``api_keys`` (TRYON_API_KEYS set) the routes that check
-    them (tag "try-on") require a Bearer token or X-API-Key, and say so."""
+    """The generated document. The routes that check API keys say so themselves (their dependency,
+    deps.require_api_key, declares the Bearer and X-API-Key schemes, whatever router or tag they
+    are in); without ``api_keys`` (TRYON_API_KEYS unset) nothing is checked, and the document says
+    that too."""
     def openapi() -> dict:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description,
@@ -189,11 +201,10 @@ def install_openapi(app: FastAPI, api_keys: bool) -> None:
                 document = model.model_json_schema(ref_template=REF_TEMPLATE)
                 components |= document.pop("$defs", {})
                 components[model.__name__] = document
-            if api_keys:
-                schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+            if not api_keys:
+                schema["components"].pop("securitySchemes", None)
                 for operation in (op for path in schema["paths"].values() for op in path.values()):
-                    if "try-on" in operation.get("tags", ()):
-                        operation["security"] = [{name: []} for name in SECURITY_SCHEMES]
+                    operation.pop("security", None)
             app.openapi_schema = schema
         return app.openapi_schema
     app.openapi = openapi

@@ -1,14 +1,18 @@
 """What the app holds while it runs: settings, metrics, the warm engine, the
-batcher and the URL fetcher, and whether it is ready or draining."""
+batcher and the URL fetcher, the state of each component (components.py), and
+whether it is ready or draining."""
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 from model.engine import Engine
-from model.person import warm as warm_detector
+from model.person import DetectorUnavailable, warm as warm_detector
+from model.weights import WeightsError
 
+from ..limits import ByteBudget
 from ..logs import announce_ready
 from ..metrics import Metrics, ReportedElsewhere
 from ..processes.arena import Arena
@@ -19,6 +23,7 @@ from ..queue.interface import JobQueue
 from ..settings import Settings
 from .cache import ResponseCache, model_identity, open_cache
 from ..codec.fetch import UrlFetcher
+from .components import Components
 from .jobs import Jobs
 
 log = logging.getLogger("service")
@@ -29,6 +34,8 @@ class ServiceState:
                  engine_link: EngineLink | None = None):
         self.settings = settings
         self.metrics = Metrics(settings.max_batch_size)
+        self.components = Components(self.metrics)
+        self.budget = ByteBudget(settings.max_bytes_in_flight)
         # The engine and its queue: here (EngineHost), or behind engine_link in a front-end
         # process of TRYON_WORKERS > 1.
         self.engine_link = engine_link
@@ -52,14 +59,14 @@ class ServiceState:
     @property
     def info(self) -> dict:
         s = self.settings
-        status = ("device_failed" if not self.healthy else "draining" if self.draining
-                  else "ready" if self.ready else "starting")
+        status = ("device_failed" if not self.healthy else "weights_failed" if self.components.reason("weights")
+                  else "draining" if self.draining else "ready" if self.ready else "starting")
         info = {"status": status, "ready": status == "ready", "draining": self.draining,
                 "max_batch_size": s.max_batch_size, "max_batch_wait_ms": s.max_batch_wait_ms,
                 "queue_limit": s.queue_limit, "queue_depth": self.batcher.depth if self.batcher else 0,
                 "request_timeout_s": s.request_timeout_s, "sampler": s.sampler,
                 "cache": self.cache.store.name if self.cache else None,
-                "jobs": self.jobs_info}
+                "jobs": self.jobs_info, "components": self.components.info}
         if not self.healthy:
             info["device_failure"] = self.batcher.device_failure
         if self.batcher is not None and self.batcher.rate is not None:
@@ -74,13 +81,22 @@ class ServiceState:
         """Loads the engine once, warms what the first requests need (EngineHost.start), opens
         for traffic, then warms the person detector."""
         self._loop = asyncio.get_running_loop()
+        # Every thread the edge hands work to (decoding, encoding, detection: asyncio.to_thread) is one
+        # of these few, so a flood of images costs a few cores and their memory, not a thread each. (Not
+        # at a lower priority: one holding the GIL and descheduled on a busy machine would hold the loop.)
+        self._loop.set_default_executor(ThreadPoolExecutor(self.settings.decode_threads or len(os.sched_getaffinity(0)),
+                                                           thread_name_prefix="tryon-decode"))
         if self.engine_link is not None:
             return await self._connect_engine()
-        await self.host.start()
+        try:
+            await self.host.start()
+        except WeightsError as exc:
+            return self._start_without_weights(str(exc))
         self.engine, self.batcher = self.host.engine, self.host.batcher
         self.fetcher = UrlFetcher(self.settings)
         self.cache = self._open_cache()
         self._start_jobs()
+        self._watch_components()
         self.ready = True
         self.metrics.ready.set(1)
         announce_ready(self.settings, str(self.engine.device), self.weights_label, self.host.startup_s)
@@ -96,21 +112,49 @@ class ServiceState:
         self.fetcher = UrlFetcher(self.settings)
         self.cache = self._open_cache()
         self._start_jobs()
+        self._watch_components()
         self.ready = True
         self.metrics.ready.set(1)
         log.info("front end ready", extra={"device": str(self.engine.device), "weights": self.weights_label})
         self._warm_detector()
 
+    def _start_without_weights(self, reason: str) -> None:
+        """The checkpoint could not be read: the process starts and stays unready (/readyz 503, so
+        no load balancer sends it work; /healthz 200, so it is not restarted into the same
+        failure), says why, answers try-ons 503 weights_unavailable, and serves what needs no
+        network (/v1/prepare)."""
+        self.components.failed("weights", reason, "never ready: try-ons answer 503 weights_unavailable")
+        self.fetcher = UrlFetcher(self.settings)
+        self._warm_detector()
+
+    def _watch_components(self) -> None:
+        """The network's parts as the engine loaded them; the stores as they answer."""
+        self.components.ready("weights")
+        fallback = self.engine.info.get("sampler_fallback")
+        if fallback:
+            self.components.failed("sampler", fallback, f"the {self.engine.sampler} reference sampler serves")
+        else:
+            self.components.ready("sampler")
+        if self.cache is not None:
+            self.components.watch("cache", lambda: self.cache.store.failure)
+        if self.jobs is not None:
+            self.components.watch("jobs_store", lambda: self.jobs.store.failure)
+
     def _warm_detector(self) -> None:
         """The person detector (mediapipe's graphs: seconds on a busy CPU) loads after readiness,
         in each process that reads photos: nothing but a photo needs it, and a photo that comes
-        first waits for it (``get_detector``'s lock) and is answered as any other, only later."""
+        first waits for it (``get_detector``'s lock) and is answered as any other, only later.
+        One that fails to load is a failed component: photos answer 503, all else is served."""
+        self.components.loading("person_detector")
+
         async def warm() -> None:
             try:
                 seconds = await asyncio.to_thread(warm_detector)
-            except Exception:  # noqa: BLE001 - photos fail on their own; everything else serves
-                log.exception("person detector failed to load: photo requests will fail")
+            except DetectorUnavailable as exc:
+                self.components.failed("person_detector", exc.reason, "photos sent without a masked model "
+                                       "and pose map answer 503 person_detector_unavailable")
                 return
+            self.components.ready("person_detector")
             log.info("person detector warm", extra={"detector_warmup_s": round(seconds, 3)})
         self._detector_warmup = asyncio.get_running_loop().create_task(warm())
 
@@ -126,7 +170,7 @@ class ServiceState:
         (none where the settings say they cannot be served: Settings.jobs_unavailable)."""
         if self.settings.jobs_enabled and not self.settings.jobs_unavailable:
             chunk_size = self.settings.garment_chunk_for(self.engine.device.type)
-            self.jobs = Jobs(self.settings, self.batcher, self.fetcher, chunk_size, self.metrics)
+            self.jobs = Jobs(self.settings, self.batcher, self.fetcher, chunk_size, self.metrics, self.budget)
             self.jobs.start()
 
     def _open_cache(self) -> ResponseCache | None:

@@ -8,7 +8,7 @@ import time
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 
-from model.images import TryOnInputs
+from model.images import TryOnInputs, header_pixels, output_size_error
 
 from ..queue.interface import QueuedJob
 from ..queue.jobs import GarmentsInputs, GarmentsStream, JobResult
@@ -16,7 +16,9 @@ from ..queue.outcomes import DeadlineExceeded, DropReason, Priority, QueueError
 from .context import request_context
 from .deps import QueryOptions, Work
 from ..codec.output import OutputOptions
+from ..codec.person import decode_bytes
 from ..codec.sources import RequestParts
+from .errors import ApiError
 from .inputs import GarmentLimit, Garments, JobOptions, fetch_parts, has_urls, parse_job_options, read_request
 from .state import ServiceState
 
@@ -71,18 +73,40 @@ async def read_parts(request: Request, service: ServiceState, query: QueryOption
                      timings: dict[str, float], work: Work | None = None,
                      default_priority: Priority = Priority.INTERACTIVE,
                      limit: GarmentLimit | None = None) -> tuple[RequestParts, OutputOptions]:
-    """The request's parts with every URL fetched (``timings["fetch"]`` when there were any);
-    ``work``, when given, takes the request's priority and timeout; ``limit``: read_request's."""
+    """The request's parts with every URL fetched (``timings["fetch"]`` when there were any) and
+    measured for decoding (``complete_parts``); ``work``, when given, takes the request's priority
+    and timeout; ``limit``: read_request's."""
     mark = time.perf_counter()
     parts, options = await read_request(request, service.settings, query.given() if query is not None else {},
                                         garments, limit)
     if work is not None:
         # Admission control waits for submit (after decoding): a cache hit is answered whatever the queue holds.
         work.schedule(scheduling_of(request, query, parts), default_priority)
-    if has_urls(parts):
-        parts = await fetch_parts(parts, service.fetcher)
-        timings["fetch"] = (time.perf_counter() - mark) * 1000
+    parts = await complete_parts(request, service, parts, options, garments, timings, mark)
     return parts, options
+
+
+async def complete_parts(request: Request, service: ServiceState, parts: RequestParts, options: OutputOptions,
+                         garments: Garments, timings: dict[str, float], mark: float,
+                         decodes_here: bool = True) -> RequestParts:
+    """``parts`` with every URL fetched, an output size the format can not hold refused (422 naming the
+    format's limit), and the bytes decoding will take measured from the headers (``parts.decode_bytes``;
+    an image over the whole budget is a 413) and, when ``decodes_here``, taken from the request's share
+    of the bytes in flight."""
+    hold = request_context(request).hold
+    if has_urls(parts):
+        parts = await fetch_parts(parts, service.fetcher, hold)
+        timings["fetch"] = (time.perf_counter() - mark) * 1000
+    if garments != "none" and options.size == "original":
+        person = parts.person.get("masked_model", parts.person.get("person"))
+        measured = header_pixels(person) if isinstance(person, bytes) else None
+        refusal = output_size_error(measured.size_wh, options.format) if measured is not None else None
+        if refusal is not None:
+            raise ApiError(422, "output_too_large", f"{refusal}: ask for size=model or another format", "size")
+    parts.decode_bytes = decode_bytes(parts, service.settings, service.budget.limit, garments)
+    if decodes_here and hold is not None:
+        hold.take(parts.decode_bytes, "decoding the images")
+    return parts
 
 
 def scheduling_of(request: Request, query: QueryOptions | None, parts: RequestParts) -> JobOptions:

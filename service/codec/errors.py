@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 
-from ..queue.outcomes import (DeadlineExceeded, DeviceFailed, DeviceOutOfMemory, EngineUnreachable, InferenceFailed,
-                              Overloaded, QueueError, QueueFull, ShuttingDown)
+from ..queue.outcomes import (DeadlineExceeded, DeadlineTooShort, DeviceFailed, DeviceOutOfMemory, EngineUnreachable,
+                              InferenceFailed, Overloaded, QueueError, QueueFull, ShuttingDown)
 
 
 class ApiError(Exception):
@@ -29,6 +29,7 @@ class ApiError(Exception):
 _QUEUE_ERRORS: dict[type[QueueError], tuple[int, str]] = {
     QueueFull: (503, "queue_full"),
     Overloaded: (503, "overloaded"),
+    DeadlineTooShort: (422, "timeout_too_short"),
     ShuttingDown: (503, "shutting_down"),
     DeviceOutOfMemory: (503, "out_of_memory"),
     DeviceFailed: (503, "device_failed"),
@@ -41,4 +42,5 @@ _QUEUE_ERRORS: dict[type[QueueError], tuple[int, str]] = {
 def from_queue_error(exc: QueueError) -> ApiError:
     status, code = _QUEUE_ERRORS.get(type(exc), (500, "inference_failed"))
     headers = {"Retry-After": str(math.ceil(exc.retry_after_s))} if exc.retry_after_s is not None else None
-    return ApiError(status, code, exc.message, headers=headers)
+    field = "timeout" if isinstance(exc, DeadlineTooShort) else None
+    return ApiError(status, code, exc.message, field, headers=headers)

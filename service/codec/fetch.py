@@ -5,8 +5,17 @@ again: http/https only, the host resolved here, and every address it
 resolves to must be public (not private, loopback, link-local, multicast,
 reserved or unspecified) unless the host is on the allow-list. The
 connection then goes to the checked IP itself (Host header and TLS SNI keep
-the name), so a second DNS answer (rebinding) can not redirect it. Bytes
-are counted while streaming; the whole fetch has a total deadline.
+the name), so a second DNS answer (rebinding) can not redirect it. A refusal
+says only that the address is not public, never what the name resolves to.
+
+Bytes are counted as they arrive, before they can grow: the body is asked for
+as it is (``Accept-Encoding: identity``; an image is compressed already) and
+an answer in any other encoding is refused, so 948 bytes of brotli can not
+inflate to a gigabyte; each chunk is taken from the request's share of the
+bytes in flight (service/limits.py ByteBudget). The whole fetch has a total
+deadline. At most TRYON_URL_MAX_FETCHES fetches run at once in the process,
+TRYON_URL_FETCHES_PER_REQUEST for one request; a fetch that waits past its
+deadline for a place is refused with 503 and Retry-After.
 """
 from __future__ import annotations
 
@@ -18,10 +27,13 @@ from dataclasses import dataclass
 import httpx
 
 from .errors import ApiError
+from ..limits import BudgetHold, byte_count
 from ..settings import Settings
 
 MAX_REDIRECTS = 3
 DEFAULT_PORTS = {"http": 80, "https": 443}
+NOT_ALLOWED = ("the URL's host is not a public address; private, loopback, link-local, multicast and reserved "
+               "addresses are refused")
 
 
 def is_public_address(address: str) -> bool:
@@ -56,7 +68,10 @@ class UrlFetcher:
         # one name must not be reused for another name on the same address.
         self.client = httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False,
                                         limits=httpx.Limits(max_keepalive_connections=0),
-                                        headers={"Accept": "image/*", "User-Agent": "tryon-service"})
+                                        headers={"Accept": "image/*", "Accept-Encoding": "identity",
+                                                 "User-Agent": "tryon-service"})
+        self.per_request = settings.url_fetches_per_request
+        self._slots = asyncio.Semaphore(settings.url_max_fetches)
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -86,25 +101,40 @@ class UrlFetcher:
         if not addresses:
             raise ApiError(502, "upstream_unreachable", f"{host} resolves to no address", field)
         if not self._allowed(host, port):
-            blocked = [a for a in addresses if not is_public_address(a)]
-            if blocked:
-                raise ApiError(400, "url_not_allowed", f"{host} resolves to {blocked[0]}, a non-public address; "
-                               "private, loopback, link-local, multicast and reserved addresses are refused", field)
+            if not all(is_public_address(a) for a in addresses):
+                raise ApiError(400, "url_not_allowed", NOT_ALLOWED, field)
         default_port = port == DEFAULT_PORTS[url.scheme]
         shown = f"[{host}]" if ":" in host else host
         return PinnedTarget(url=url.copy_with(host=addresses[0]),
                             host_header=shown if default_port else f"{shown}:{port}",
                             sni_hostname=host if url.scheme == "https" else None)
 
-    async def fetch(self, raw_url: str, field: str) -> bytes:
+    async def fetch_all(self, urls: list[tuple[str, str]], hold: BudgetHold | None = None) -> list[bytes | BaseException]:
+        """Each (field, URL) fetched, TRYON_URL_FETCHES_PER_REQUEST at a time: its bytes or its error, in order."""
+        turns = asyncio.Semaphore(self.per_request)
+
+        async def one(field: str, url: str) -> bytes:
+            async with turns:
+                return await self.fetch(url, field, hold)
+        return await asyncio.gather(*(one(field, url) for field, url in urls), return_exceptions=True)
+
+    async def fetch(self, raw_url: str, field: str, hold: BudgetHold | None = None) -> bytes:
         try:
             async with asyncio.timeout(self.total_timeout_s):
-                return await self._follow(raw_url, field)
+                await self._slots.acquire()
+        except TimeoutError:
+            raise ApiError(503, "busy", f"every one of this process's URL fetches (TRYON_URL_MAX_FETCHES) "
+                           f"stayed busy for {self.total_timeout_s:g} s", field, {"Retry-After": "5"}) from None
+        try:
+            async with asyncio.timeout(self.total_timeout_s):
+                return await self._follow(raw_url, field, hold)
         except TimeoutError:
             raise ApiError(504, "upstream_timeout",
                            f"fetching the URL took longer than {self.total_timeout_s:g} s", field) from None
+        finally:
+            self._slots.release()
 
-    async def _follow(self, raw_url: str, field: str) -> bytes:
+    async def _follow(self, raw_url: str, field: str, hold: BudgetHold | None) -> bytes:
         current = raw_url
         for _ in range(MAX_REDIRECTS + 1):
             target = await self.pin(current, field)
@@ -128,22 +158,28 @@ class UrlFetcher:
                     continue
                 if response.status_code != 200:
                     raise ApiError(502, "upstream_error", f"the URL answered HTTP {response.status_code}", field)
-                return await self._read_capped(response, field)
+                encoding = response.headers.get("content-encoding", "identity").strip().lower()
+                if encoding not in ("", "identity"):
+                    raise ApiError(502, "upstream_error", f"the URL answered in Content-Encoding {encoding[:32]!r}; "
+                                   "images are fetched as they are (Accept-Encoding: identity)", field)
+                return await self._read_capped(response, field, hold)
             finally:
                 await response.aclose()
         raise ApiError(502, "upstream_error", f"more than {MAX_REDIRECTS} redirects", field)
 
-    async def _read_capped(self, response: httpx.Response, field: str) -> bytes:
-        declared = response.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > self.max_bytes:
+    async def _read_capped(self, response: httpx.Response, field: str, hold: BudgetHold | None) -> bytes:
+        declared = byte_count(response.headers.get("content-length"))
+        if declared is not None and declared > self.max_bytes:
             raise ApiError(413, "image_too_large", f"the URL serves {declared} bytes, over the limit of "
                            f"{self.max_bytes}", field)
         chunks, total = [], 0
         try:
-            async for chunk in response.aiter_bytes():
+            async for chunk in response.aiter_raw():  # as sent: nothing is decoded here
                 total += len(chunk)
                 if total > self.max_bytes:
                     raise ApiError(413, "image_too_large", f"the URL serves more than {self.max_bytes} bytes", field)
+                if hold is not None:
+                    hold.take(len(chunk), f"fetching {field}")
                 chunks.append(chunk)
         except httpx.TimeoutException:
             raise ApiError(504, "upstream_timeout", "timed out reading the URL's body", field) from None

@@ -16,8 +16,9 @@ from dataclasses import replace
 
 from blake3 import blake3
 
-from model.images import ImageError, ImageTooLarge, TryOnInputs, assemble_inputs
-from model.person import DetectionError, IncompleteInputs, KeypointsError, PersonInputs, person_images
+from model.images import ImageError, ImageTooLarge, TryOnInputs, assemble_inputs, header_pixels
+from model.person import (DetectionError, DetectorUnavailable, IncompleteInputs, KeypointsError, PersonInputs,
+                          person_images)
 
 from .errors import ApiError
 from .sources import RequestParts, person_mix_error
@@ -32,11 +33,16 @@ _NOT_AN_IMAGE = ("empty file", "not an image", "corrupt", "image has no pixels")
 @contextmanager
 def model_errors():
     """Maps the model's input errors to ApiError: 422 for the mix and for keypoints
-    (``field`` names them), 413 for too many pixels, 415 or 422 for images."""
+    (``field`` names them), 413 for too many pixels, 415 or 422 for images; and 503 for a
+    photo when the person detector could not be loaded (no Retry-After: this process will
+    not have one; masked models and pose maps are still served)."""
     try:
         yield
     except IncompleteInputs as exc:
         raise person_mix_error(exc) from None
+    except DetectorUnavailable as exc:
+        raise ApiError(503, "person_detector_unavailable", f"{exc}; send the masked model and pose map "
+                       "instead of the photo", "person") from None
     except DetectionError as exc:
         raise ApiError(422, exc.code, exc.message, exc.field) from None
     except KeypointsError as exc:
@@ -47,6 +53,37 @@ def model_errors():
         if exc.message.startswith(_NOT_AN_IMAGE):
             raise ApiError(415, "not_an_image", exc.message, exc.field) from None
         raise ApiError(422, f"invalid_{exc.field}", exc.message, exc.field) from None
+
+
+def decode_bytes(parts: RequestParts, settings: Settings, most: int, garments: str = "one") -> int:
+    """What decoding the request's images will hold at its peak, from their headers alone
+    (HeaderPixels.decode_bytes): the person side's images together, then the garments one after
+    another (so the largest of them). An image that alone would take more than ``most`` (the
+    process's bytes in flight) is refused with 413 naming its field; a garment's refusal in a
+    batch (``garments`` "many") takes its place as its result instead."""
+    target_wh = (settings.image_hw[1], settings.image_hw[0])
+
+    def cost(source, field: str) -> int:
+        # A photo to detect in is decoded whole; the others at the scale their letterbox allows.
+        measured = header_pixels(source, None if field == "person" else target_wh)
+        if measured is not None and measured.decode_bytes > most:
+            (width, height), bits = measured.size_wh, measured.bits_per_pixel
+            raise ApiError(413, "image_too_large", f"{width}x{height} pixels of {bits} bits would take "
+                           f"{measured.decode_bytes} bytes to decode, more than the {most} bytes this process "
+                           "holds in flight for all requests (TRYON_MAX_BYTES_IN_FLIGHT)", field)
+        return measured.decode_bytes if measured is not None else 0
+
+    person = sum(cost(source, field) for field, source in parts.person.items() if isinstance(source, bytes))
+    largest = 0
+    for i, cloth in enumerate(parts.cloths):
+        if isinstance(cloth, bytes):
+            try:
+                largest = max(largest, cost(cloth, "cloth"))
+            except ApiError as exc:
+                if garments != "many":
+                    raise
+                parts.cloths[i] = exc
+    return person + largest
 
 
 def decode_person(parts: RequestParts, settings: Settings, keep_photo: bool = False) -> PersonInputs:

@@ -18,6 +18,7 @@ class RequestParts:
     keypoints: Any = None  # JSON text or bytes, or the decoded object/list
     cloths: list[bytes | str | ApiError] = field(default_factory=list)  # an ApiError: that garment failed
     options: dict = field(default_factory=dict)
+    decode_bytes: int = 0  # what decoding the images will hold, as their headers say (steps.complete_parts)
 
     @property
     def given(self) -> set[str]:

@@ -30,6 +30,11 @@ ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 RECORD_KEPT_RETENTIONS = 2
 
 
+# What new_job_id makes, and so all a job id may be: checked before any store sees one (a Redis key
+# is built from it: "job_x:in" would name a job's inputs).
+JOB_ID_PATTERN = r"^job_[A-Za-z0-9_-]{32}$"
+
+
 def new_job_id() -> str:
     """192 random bits, URL-safe: unguessable."""
     return "job_" + secrets.token_urlsafe(24)
@@ -92,6 +97,7 @@ class NewJob:
     webhook_url: str | None = None
     idempotency_key: str | None = None
     created_at: float = field(default_factory=time.time)
+    fingerprint: str = ""  # of the request as submitted: an Idempotency-Key reused with another one is refused
 
     @property
     def garments(self) -> int:

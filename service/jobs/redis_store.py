@@ -2,8 +2,9 @@
 
 Keys (prefix ``tryon:jobs:``): ``{id}`` a hash (the record: ``doc`` the fixed part as JSON,
 ``status``, ``started_at``, ``finished_at``, ``settled``, ``ok``, ``g:{i}`` each settled
-garment), ``{id}:in`` the inputs (a hash of bytes), ``{id}:r:{i}`` each result, and
-``idem:{owner}:{sha256}`` an Idempotency-Key's job. Two streams, each with one consumer
+garment), ``{id}:in`` the inputs (a hash of bytes), ``{id}:r:{i}`` each result,
+``idem:{owner}:{sha256}`` an Idempotency-Key's job (``{id}:{fingerprint}``), and ``deadlines``
+the jobs not yet ended by their deadlines (a sorted set, swept by expire_overdue). Two streams, each with one consumer
 group: ``tasks`` (the garments to run, a few per entry) and ``deliveries`` (webhooks to send).
 An entry stays pending while its replica works on it (``keep`` resets its idle time); one
 idle TRYON_JOBS_CLAIM_AFTER_S (its replica died) is claimed by another (XAUTOCLAIM).
@@ -30,23 +31,27 @@ from redis.exceptions import RedisError, ResponseError
 
 from .records import (RECORD_KEPT_RETENTIONS, Delivery, GarmentState, JobInputs, JobError, JobRecord, JobStatus,
                       NewJob, Task)
-from .store import StoreUnavailable
+from .store import IdempotencyKeyReused, StoreUnavailable
 
 PREFIX = "tryon:jobs:"
 TASKS = PREFIX + "tasks"
 DELIVERIES = PREFIX + "deliveries"
+DEADLINES = PREFIX + "deadlines"
 RUNNERS, SENDERS = "runners", "senders"
 
+# KEYS: record, tasks, idempotency key (or the record's), deadlines. ARGV: the idempotency key's value ('' for
+# none), job id, ttl ms, deadline, n, n record fields, the tasks.
 _CREATE = """
-if ARGV[1] == '1' then
+if ARGV[1] ~= '' then
   local existing = redis.call('GET', KEYS[3])
   if existing then return {existing, 0} end
-  redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3])
+  redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[3])
 end
-local n = tonumber(ARGV[4])
-redis.call('HSET', KEYS[1], unpack(ARGV, 5, 4 + n))
+local n = tonumber(ARGV[5])
+redis.call('HSET', KEYS[1], unpack(ARGV, 6, 5 + n))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-for i = 5 + n, #ARGV do
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[2])
+for i = 6 + n, #ARGV do
   local start, count = string.match(ARGV[i], '(%d+):(%d+)')
   redis.call('XADD', KEYS[2], '*', 'job', ARGV[2], 'start', start, 'count', count)
 end
@@ -57,7 +62,7 @@ if redis.call('HGET', KEYS[1], 'status') == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
 end
 """
-# KEYS: record, result, deliveries. ARGV: index, state, has result, result, now, result ttl ms, job id.
+# KEYS: record, result, deliveries, deadlines. ARGV: index, state, has result, result, now, result ttl ms, job id.
 _SETTLE = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'queued' and status ~= 'running' then return 0 end
@@ -71,11 +76,13 @@ if settled < tonumber(redis.call('HGET', KEYS[1], 'garments')) then return 1 end
 local final = 'failed'
 if tonumber(redis.call('HGET', KEYS[1], 'ok') or '0') > 0 then final = 'succeeded' end
 redis.call('HSET', KEYS[1], 'status', final, 'finished_at', ARGV[5])
+redis.call('ZREM', KEYS[4], ARGV[7])
 if redis.call('HGET', KEYS[1], 'webhook') == '1' then redis.call('XADD', KEYS[3], '*', 'job', ARGV[7]) end
 return 2
 """
-# KEYS: record, deliveries. ARGV: the new status, now, job id.
+# KEYS: record, deliveries, deadlines. ARGV: the new status, now, job id.
 _END = """
+redis.call('ZREM', KEYS[3], ARGV[3])
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'queued' and status ~= 'running' then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2])
@@ -106,14 +113,18 @@ class RedisJobStore:
         self._scripts = {name: self.client.register_script(body) for name, body in
                          (("create", _CREATE), ("start", _START), ("settle", _SETTLE), ("end", _END))}
         self._groups_ready = False
+        self.failure: str | None = None  # why the last operation failed; None: it worked
 
     async def _call(self, call, timeout_s: float | None = None):
         try:
-            return await asyncio.wait_for(call(), timeout_s or self.timeout_s)
+            result = await asyncio.wait_for(call(), timeout_s or self.timeout_s)
         except (RedisError, OSError, TimeoutError) as exc:
             if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
                 self._groups_ready = False
-            raise StoreUnavailable(f"the job store (Redis) did not answer: {type(exc).__name__}: {exc}") from None
+            self.failure = f"the job store (Redis) did not answer: {type(exc).__name__}: {exc}"
+            raise StoreUnavailable(self.failure) from None
+        self.failure = None
+        return result
 
     async def _ensure_groups(self) -> None:
         if self._groups_ready:
@@ -153,13 +164,15 @@ class RedisJobStore:
             async with self.client.pipeline(transaction=True) as pipe:
                 pipe.hset(key + ":in", mapping=inputs).pexpire(key + ":in", ttl_ms)
                 await pipe.execute()
-            return await self._scripts["create"](keys=[key, TASKS, idem or key],
-                                                 args=["1" if idem else "0", job.id, ttl_ms, len(fields), *fields,
-                                                       *tasks])
-        job_id, created = await self._call(store, self.timeout_s + len(job.inputs.cloths) * 0.01)
-        job_id = job_id.decode()
+            return await self._scripts["create"](keys=[key, TASKS, idem or key, DEADLINES],
+                                                 args=[f"{job.id}:{job.fingerprint}" if idem else "", job.id, ttl_ms,
+                                                       job.deadline_at, len(fields), *fields, *tasks])
+        stored, created = await self._call(store, self.timeout_s + len(job.inputs.cloths) * 0.01)
+        job_id, _, fingerprint = stored.decode().partition(":")
         if not created:
             await self._call(lambda: self.client.delete(key + ":in"))
+            if fingerprint != job.fingerprint:
+                raise IdempotencyKeyReused(job_id)
         return job_id, bool(created)
 
     async def record(self, job_id: str) -> JobRecord | None:
@@ -188,7 +201,7 @@ class RedisJobStore:
 
     async def end(self, job_id: str, status: JobStatus) -> bool:
         key = self._key(job_id)
-        changed = await self._call(lambda: self._scripts["end"](keys=[key, DELIVERIES],
+        changed = await self._call(lambda: self._scripts["end"](keys=[key, DELIVERIES, DEADLINES],
                                                                  args=[status.value, time.time(), job_id]))
         if changed:
             garments = await self._call(lambda: self.client.hget(key, "garments"))
@@ -205,7 +218,7 @@ class RedisJobStore:
             return None
         ttl_ms = _ms(deadline_at - time.time() + self.retention_s)
         outcome = await self._call(lambda: self._scripts["settle"](
-            keys=[key, f"{key}:r:{index}", DELIVERIES],
+            keys=[key, f"{key}:r:{index}", DELIVERIES, DEADLINES],
             args=[index, json.dumps(state.to_dict()), "1" if result is not None else "0", result or b"",
                   time.time(), ttl_ms, job_id]))
         if outcome == 0:
@@ -281,6 +294,16 @@ class RedisJobStore:
         if not entries:
             return 0.0
         return max(0.0, time.time() - int(entries[0][0].split(b"-")[0]) / 1000)
+
+    async def expire_overdue(self) -> int:
+        """Jobs whose deadline passed while no task ended them (a task claimed again and again, none left):
+        each ended as expired, and dropped from ``deadlines`` whatever it was (a record gone with its TTL)."""
+        overdue = await self._call(lambda: self.client.zrangebyscore(DEADLINES, "-inf", time.time(), start=0,
+                                                                     num=100))
+        ended = 0
+        for job_id in overdue:
+            ended += await self.end(job_id.decode(), JobStatus.EXPIRED)
+        return ended
 
     async def close(self) -> None:
         try:

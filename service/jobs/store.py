@@ -34,13 +34,19 @@ class JobTooLarge(Exception):
     """A job with more bytes than the embedded store may hold at all: it would never fit."""
 
 
+class IdempotencyKeyReused(Exception):
+    """The Idempotency-Key was used before by the same owner for another request: nothing was stored."""
+
+
 class JobStore(Protocol):
     name: str  # "memory" or "redis"
     shared: bool  # whether other replicas see the same jobs
+    failure: str | None  # why the last operation failed (StoreUnavailable); None: it worked
 
     async def create(self, job: NewJob) -> tuple[str, bool]:
         """Stores the job and queues its tasks: (its id, True); or, when ``job.idempotency_key`` was
-        used before by the same owner, (that job's id, False) and nothing is stored."""
+        used before by the same owner, (that job's id, False) and nothing is stored; IdempotencyKeyReused
+        when that job's fingerprint is another."""
 
     async def record(self, job_id: str) -> JobRecord | None: ...
 
@@ -74,16 +80,22 @@ class JobStore(Protocol):
     async def oldest_queued_s(self) -> float:
         """Age of the oldest task no replica has taken (0 when none waits)."""
 
+    async def expire_overdue(self) -> int:
+        """Ends every job still queued or running past its deadline as expired (its webhook queued), whether
+        or not a task of it is left to notice: how many it ended."""
+
     async def close(self) -> None: ...
 
 
 class MemoryJobStore:
     """Jobs in this process. An ended job's results are dropped TRYON_JOBS_RETENTION_S after it ends (a result
     asked for then is a 410, as with Redis), its record RECORD_KEPT_RETENTIONS times as long; ended jobs go
-    sooner, oldest first, to make room for a new one. A new job that would not fit beside the running ones
-    is refused for now (StoreFull); one larger than the whole store, for good (JobTooLarge)."""
+    sooner, oldest first, to make room for a new one, and jobs past their deadline are expired first, so the
+    limits count only live jobs. A new job that would not fit beside the live ones is refused for now
+    (StoreFull); one larger than the whole store, for good (JobTooLarge)."""
     name = "memory"
     shared = False
+    failure = None  # in this process: never unreachable
 
     def __init__(self, max_jobs: int, max_bytes: int, retention_s: float, task_garments: int):
         self.max_jobs = max_jobs
@@ -93,7 +105,7 @@ class MemoryJobStore:
         self._records: OrderedDict[str, JobRecord] = OrderedDict()
         self._inputs: dict[str, JobInputs] = {}
         self._results: dict[str, dict[int, bytes]] = {}
-        self._idempotent: dict[tuple[str, str], str] = {}
+        self._idempotent: dict[tuple[str, str], tuple[str, str]] = {}  # (owner, key) -> (job id, fingerprint)
         self._tasks: deque[tuple[Task, float]] = deque()
         self._deliveries: deque[Delivery] = deque()
         self._changed = asyncio.Event()
@@ -108,7 +120,7 @@ class MemoryJobStore:
         record = self._records.pop(job_id)
         self._inputs.pop(job_id, None)
         self._results.pop(job_id, None)
-        self._idempotent = {k: v for k, v in self._idempotent.items() if v != record.id}
+        self._idempotent = {k: v for k, v in self._idempotent.items() if v[0] != record.id}
 
     def _age_out(self, job_id: str, record: JobRecord, now: float) -> bool:
         """Drops an ended job's results after the retention, and the job after RECORD_KEPT_RETENTIONS of it:
@@ -127,6 +139,7 @@ class MemoryJobStore:
             raise JobTooLarge(f"the job's {need} bytes are more than the embedded job store holds "
                               f"(TRYON_JOBS_MEMORY_BYTES {self.max_bytes})")
         now = time.time()
+        self._expire(now)
         for job_id, record in list(self._records.items()):
             self._age_out(job_id, record, now)
         for job_id, record in list(self._records.items()):  # oldest first
@@ -138,10 +151,22 @@ class MemoryJobStore:
             raise StoreFull(f"the embedded job store holds {len(self._records)} jobs and {self.bytes} bytes "
                             f"(TRYON_JOBS_MEMORY_JOBS {self.max_jobs}, TRYON_JOBS_MEMORY_BYTES {self.max_bytes})")
 
+    def _expire(self, now: float) -> int:
+        overdue = [r for r in self._records.values() if not r.status.ended and r.deadline_at <= now]
+        for record in overdue:
+            self._end(record, JobStatus.EXPIRED)
+        return len(overdue)
+
+    async def expire_overdue(self) -> int:
+        return self._expire(time.time())
+
     async def create(self, job: NewJob) -> tuple[str, bool]:
         key = (job.owner, job.idempotency_key) if job.idempotency_key else None
-        if key in self._idempotent and self._idempotent[key] in self._records:
-            return self._idempotent[key], False
+        if key in self._idempotent and self._idempotent[key][0] in self._records:
+            job_id, fingerprint = self._idempotent[key]
+            if fingerprint != job.fingerprint:
+                raise IdempotencyKeyReused(job_id)
+            return job_id, False
         self._make_room(job.inputs.size)
         self._records[job.id] = JobRecord(job.id, job.owner, JobStatus.QUEUED, job.garments, job.options,
                                           job.created_at, job.deadline_at, job.webhook_url)
@@ -149,7 +174,7 @@ class MemoryJobStore:
         self._results[job.id] = {}
         self.bytes += job.inputs.size
         if key:
-            self._idempotent[key] = job.id
+            self._idempotent[key] = (job.id, job.fingerprint)
         now = time.monotonic()
         for start in range(0, job.garments, self.task_garments):
             self._tasks.append((Task(job.id, start, min(self.task_garments, job.garments - start)), now))

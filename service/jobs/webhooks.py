@@ -5,10 +5,14 @@ Each delivery is a POST of ``{"type": "job.<status>", "timestamp", "data": <the 
 document>}`` with ``webhook-id`` (``msg_`` + the job's id: the same on every attempt, from
 every replica), ``webhook-timestamp`` (this attempt's, in seconds) and ``webhook-signature``
 (``v1,`` + base64 of HMAC-SHA256 over ``id.timestamp.body`` with the bytes of the ``whsec_``
-secret). A 2xx ends it; 410 Gone ends it too (the receiver wants no more); anything else,
+secret; the secrets of the job's API key, each tenant its own, and while one is rotated out
+both, space-separated, so a receiver holding either verifies). A 2xx ends it; 410 Gone ends it too (the receiver wants no more); anything else,
 and a timeout, is retried after the next delay of TRYON_WEBHOOK_RETRY_S (the spec's schedule
 by default), each with +-20 % jitter. The URL is checked by the URL rules again before every
 attempt (DNS can change since submission) and the connection goes to the checked address.
+An attempt has one deadline, TRYON_WEBHOOK_TIMEOUT_S, from the URL check to the reply's last
+byte read (a receiver dripping a byte a second can not hold a delivery slot longer), and of
+the reply only its status and at most REPLY_BYTES of body are read, then the connection is dropped.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 import httpx
 
@@ -32,6 +36,7 @@ from .store import JobStore, StoreUnavailable
 log = logging.getLogger("service.jobs.webhooks")
 JITTER = 0.2
 MAX_DELIVERIES = 64  # deliveries under way (and waiting to retry) at once in one replica
+REPLY_BYTES = 4096  # of a receiver's reply body: read (so a short reply ends cleanly), never kept
 
 
 class WebhookRefused(Exception):
@@ -51,10 +56,11 @@ class WebhookTargets(Protocol):
         """The checked target, or WebhookRefused."""
 
 
-def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
-    key = base64.b64decode(secret.removeprefix("whsec_"))
+def sign(secrets: tuple[str, ...], message_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` value: one ``v1,`` signature per secret, space-separated."""
     signed = f"{message_id}.{timestamp}.".encode() + body
-    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    return " ".join("v1," + base64.b64encode(hmac.new(base64.b64decode(secret.removeprefix("whsec_")), signed,
+                                                      hashlib.sha256).digest()).decode() for secret in secrets)
 
 
 def payload(document: dict) -> bytes:
@@ -63,14 +69,16 @@ def payload(document: dict) -> bytes:
 
 
 class WebhookSender:
-    def __init__(self, store: JobStore, targets: WebhookTargets, secret: str | None, retry_s: list[float],
-                 timeout_s: float, keep_every_s: float, metrics: Metrics):
+    def __init__(self, store: JobStore, targets: WebhookTargets, secrets_of: Callable[[str], tuple[str, ...]],
+                 retry_s: list[float], timeout_s: float, keep_every_s: float, metrics: Metrics):
+        """``secrets_of``: a job's owner -> the secrets its deliveries are signed with (none: not sent)."""
         self.store = store
         self.targets = targets
-        self.secret = secret
+        self.secrets_of = secrets_of
         self.retry_s = retry_s
         self.keep_every_s = keep_every_s
         self.metrics = metrics
+        self.timeout_s = timeout_s
         self.client = httpx.AsyncClient(timeout=timeout_s, follow_redirects=False, trust_env=False,
                                         limits=httpx.Limits(max_keepalive_connections=0),
                                         headers={"User-Agent": "tryon-service-webhooks",
@@ -104,20 +112,21 @@ class WebhookSender:
     async def _deliver(self, delivery: Delivery) -> None:
         try:
             record = await self.store.record(delivery.job_id)
-            if record is not None and record.webhook_url and self.secret:
-                await self._attempts(delivery, record.webhook_url, payload(record.document()))
+            secrets = self.secrets_of(record.owner) if record is not None else ()
+            if record is not None and record.webhook_url and secrets:
+                await self._attempts(delivery, record.webhook_url, payload(record.document()), secrets)
             await self.store.finish_delivery(delivery)
         except StoreUnavailable as exc:  # left pending: this or another replica takes it up again
             log.warning("webhook of %s: %s", delivery.job_id, exc)
         finally:
             self._slots.release()
 
-    async def _attempts(self, delivery: Delivery, url: str, body: bytes) -> None:
+    async def _attempts(self, delivery: Delivery, url: str, body: bytes, secrets: tuple[str, ...]) -> None:
         message_id = f"msg_{delivery.job_id}"
         for attempt, delay in enumerate([0.0, *self.retry_s]):
             if delay:
                 await self._wait(delivery, delay * random.uniform(1 - JITTER, 1 + JITTER))
-            outcome = await self._attempt(url, message_id, body)
+            outcome = await self._attempt(url, message_id, body, secrets)
             self.metrics.webhook_deliveries.labels(outcome).inc()
             log.info("webhook %s", outcome, extra={"job": delivery.job_id, "attempt": attempt + 1})
             if outcome in ("delivered", "gone", "refused"):
@@ -135,7 +144,14 @@ class WebhookSender:
             except StoreUnavailable:
                 pass
 
-    async def _attempt(self, url: str, message_id: str, body: bytes) -> str:
+    async def _attempt(self, url: str, message_id: str, body: bytes, secrets: tuple[str, ...]) -> str:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await self._send(url, message_id, body, secrets)
+        except TimeoutError:
+            return "failed"
+
+    async def _send(self, url: str, message_id: str, body: bytes, secrets: tuple[str, ...]) -> str:
         try:
             target = await self.targets.target(url)
         except WebhookRefused as exc:
@@ -143,14 +159,24 @@ class WebhookSender:
             return "refused"
         timestamp = int(time.time())
         headers = {"webhook-id": message_id, "webhook-timestamp": str(timestamp),
-                   "webhook-signature": sign(self.secret, message_id, timestamp, body), "Host": target.host_header}
+                   "webhook-signature": sign(secrets, message_id, timestamp, body), "Host": target.host_header}
         extensions = {"sni_hostname": target.sni_hostname} if target.sni_hostname else {}
         request = self.client.build_request("POST", target.url, content=body, headers=headers,
                                             extensions=extensions)
         try:
-            response = await self.client.send(request)
+            response = await self.client.send(request, stream=True)
         except httpx.HTTPError:
             return "failed"
+        try:
+            read = 0
+            async for chunk in response.aiter_raw():
+                read += len(chunk)
+                if read >= REPLY_BYTES:
+                    break
+        except httpx.HTTPError:
+            pass  # the status has arrived: a broken reply body changes nothing
+        finally:
+            await response.aclose()
         if response.is_success:
             return "delivered"
         return "gone" if response.status_code == 410 else "failed"

@@ -96,6 +96,18 @@ class ServiceRate:
             return dict(sorted(self._seconds.items()))
 
 
+def own_work_s(rate: ServiceRate, max_batch_size: int, garments: int | None = None, chunk_size: int = 1) -> float:
+    """A request's own engine time with nothing ahead of it (one try-on, or ``garments`` in chunks),
+    stretched by SAFETY as every estimate is: a deadline shorter than it can never be met."""
+    return SAFETY * (rate.items_seconds(1, max_batch_size) if garments is None
+                     else rate.items_seconds(garments, min(chunk_size, max_batch_size)))
+
+
+def too_short(deadline_s: float, own_s: float) -> str:
+    return (f"a deadline of {deadline_s:.3g} s is shorter than the request's own work here (about {own_s:.2g} s "
+            "with nothing queued ahead): it can never be met; send a longer timeout")
+
+
 @dataclass(frozen=True)
 class Estimate:
     """When a request would finish, counted from now, and what it waits for."""

@@ -40,11 +40,11 @@ from model.device_errors import device_failure, is_out_of_memory
 from model.images import TryOnInputs, stack_levels
 
 from ..metrics import Metrics
-from .admission import Estimate, ServiceRate
+from .admission import Estimate, ServiceRate, own_work_s, too_short
 from .interface import InferenceEngine
 from .jobs import GarmentsChunk, GarmentsInputs, GarmentsStream, Job, JobResult
-from .outcomes import (DeadlineExceeded, DeviceFailed, DeviceOutOfMemory, DropReason, InferenceFailed, Overloaded,
-                       Priority, QueueError, QueueFull, ShuttingDown)
+from .outcomes import (DeadlineExceeded, DeadlineTooShort, DeviceFailed, DeviceOutOfMemory, DropReason,
+                       InferenceFailed, Overloaded, Priority, QueueError, QueueFull, ShuttingDown)
 from .splitting import infer_splitting_on_oom
 
 log = logging.getLogger("service.batcher")
@@ -120,7 +120,10 @@ class Batcher:
         if self.depth >= self.queue_limit:
             raise QueueFull(f"the queue is full ({self.queue_limit} waiting); retry shortly")
         budget = deadline - asyncio.get_running_loop().time()
-        estimate = self.estimate(priority, garments, chunk_size or self.max_batch_size)
+        chunk_size = chunk_size or self.max_batch_size
+        if 0 < budget < (alone_s := own_work_s(self.rate, self.max_batch_size, garments, chunk_size)):
+            raise DeadlineTooShort(too_short(budget, alone_s))  # (one already passed is the wait's, not the request's)
+        estimate = self.estimate(priority, garments, chunk_size)
         if estimate.refuses(budget):
             raise Overloaded(f"the server is overloaded: {estimate.items_ahead} items are queued ahead and this "
                              f"request would finish in about {estimate.seconds:.1f} s, past its deadline of "

@@ -43,6 +43,11 @@ class Overloaded(QueueError):
     """Admission control: the work queued ahead would not let this request finish in time."""
 
 
+class DeadlineTooShort(QueueError):
+    """Admission control: the request's deadline is shorter than its own work here, with nothing ahead
+    of it: it can never be met, so retrying would not help (a refusal of the request, not the load)."""
+
+
 class DeadlineExceeded(QueueError):
     pass
 

@@ -65,8 +65,11 @@ def test_idempotency_key_cancel_and_unknown_jobs(server):
         results = list(client.results(first.id))
         assert all(r.ok or r.error.code == "garment_canceled" for r in results)
         with pytest.raises(TryOnError) as unknown:
-            client.job("job_nothing")
+            client.job("job_" + "x" * 32)
         assert (unknown.value.status, unknown.value.code) == (404, "job_not_found")
+        with pytest.raises(TryOnError) as malformed:  # not an id the service makes: refused before any look-up
+            client.job("job_nothing")
+        assert (malformed.value.status, malformed.value.code, malformed.value.field) == (422, "invalid_request", "job_id")
 
 
 def test_the_async_client_gives_the_same_answers(server, reference):

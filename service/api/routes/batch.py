@@ -23,6 +23,7 @@ from fastapi.responses import StreamingResponse
 from model.images import MEDIA_TYPES, stack_levels
 
 from ...codec.output import encode_output
+from ...codec.person import decode_garments, decode_person, person_report
 from ...queue.jobs import GarmentsInputs, GarmentsStream
 from ...queue.outcomes import Priority, QueueError
 from ..cache import CachedResponse
@@ -30,7 +31,6 @@ from ..deps import QueryDep, ServiceDep, WorkDep, require_api_key
 from ..errors import CLIENT_GONE, ApiError, from_queue_error
 from ..openapi import GARMENTS_REQUEST_BODY, MODEL_ERRORS, PERSON_MIX, binary_content, error_responses
 from ..parts import NDJSON, MultipartMixed, Part, accepts, json_item
-from ...codec.person import decode_garments, decode_person, person_report
 from ..steps import read_parts, run_job, server_timing
 
 batch = APIRouter(tags=["try-on"], dependencies=[Depends(require_api_key)])

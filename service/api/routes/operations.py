@@ -31,5 +31,6 @@ async def readyz(service: ServiceDep) -> JSONResponse:
 async def metrics(service: ServiceDep) -> Response:
     if service.jobs is not None:
         await service.jobs.refresh_metrics()
+    service.components.refresh()
     service.metrics.refresh(service.batcher.depth if service.batcher else 0, service.local_engine_device)
     return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)

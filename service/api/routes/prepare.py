@@ -68,7 +68,7 @@ async def prepare_person(
         output: PrepareOutput | None = Query(None, description="one image only, as image/png, or the keypoints "
                                                                "used (detected or sent) as OpenPose JSON"),
 ) -> Response:
-    require_ready(service)
+    require_ready(service, network=False)
     settings = service.settings
     mark = time.perf_counter()
     parts, _ = await read_parts(request, service, None, "optional", {})

@@ -8,23 +8,24 @@ from fastapi import APIRouter, Depends, Request, Response
 from model.images import MEDIA_TYPES, TryOnInputs
 from model.person import PersonInputs
 
+from ...codec.output import OutputOptions, encode_output
+from ...codec.person import decode_garment, decode_person, person_report
+from ...codec.sources import RequestParts
 from ...queue.outcomes import Priority
 from ..cache import CachedResponse, ResponseCache
 from ..deps import QueryDep, ServiceDep, WorkDep, require_api_key
 from ..errors import CLIENT_GONE, ApiError
-from ...codec.output import OutputOptions, encode_output
-from ...codec.sources import RequestParts
 from ..openapi import BINARY, IMAGE_SCHEMA, JSON_IMAGE, MODEL_ERRORS, PERSON_MIX, binary_content, error_responses, \
     person_request_body
-from ...codec.person import decode_garment, decode_person, person_report
 from ..steps import image_response, off_loop_unless, read_parts, run_job
 from ..state import ServiceState
 
 TRYON_ROUTE = "/v1/tryon"
 # Short CPU work runs on the event loop: handing it to a thread and back cost more server CPU
-# than the work itself (measured, docs/scaling.md). Long work (a person photo's detection, big
-# files, big outputs) still goes to a thread, so the loop is never held for long.
-INLINE_DECODE_BYTES = 512 * 1024  # the images of a request, as sent: some 7 ms of JPEG decoding here
+# than the work itself (measured, docs/scaling.md). Long work (a person photo's detection, many
+# pixels, big outputs) still goes to a thread, so the loop is never held for long. Pixels decide,
+# not bytes as sent: 78 kB of PNG can hold 40 million 16-bit pixels (seconds of decoding).
+INLINE_DECODE_PIXEL_BYTES = 8 << 20  # what decoding holds, as the headers say (HeaderPixels.decode_bytes)
 INLINE_ENCODE_PIXELS = 1 << 20
 
 tryon = APIRouter(tags=["try-on"], dependencies=[Depends(require_api_key)])
@@ -38,10 +39,8 @@ TRYON_OPENAPI = {
 
 def short_decode(parts: RequestParts) -> bool:
     """A masked model and pose map as they are (letterboxed, nothing drawn or detected) and a
-    garment, of at most INLINE_DECODE_BYTES together."""
-    images = [parts.person.get("masked_model"), parts.person.get("pose"), parts.cloths[0]]
-    return (set(parts.given) == {"masked_model", "pose"} and all(isinstance(i, bytes) for i in images)
-            and sum(map(len, images)) <= INLINE_DECODE_BYTES)
+    garment, whose headers say decoding them takes at most INLINE_DECODE_PIXEL_BYTES."""
+    return set(parts.given) == {"masked_model", "pose"} and parts.decode_bytes <= INLINE_DECODE_PIXEL_BYTES
 
 
 def _decode(parts: RequestParts, service: ServiceState,

@@ -23,7 +23,7 @@ LIVE_ROUTE, READY_ROUTE = "/v2/health/live", "/v2/health/ready"
 MODEL_ROUTES = ("/v2/models/{model_name}", "/v2/models/{model_name}/versions/{model_version}")
 INFER_ROUTES = tuple(f"{route}/infer" for route in MODEL_ROUTES)
 # A small body's tensors are read on the event loop, a larger body's in a thread (routes/tryon.py's
-# INLINE_DECODE_BYTES is the same choice for JPEG decoding, which costs far more per byte).
+# INLINE_DECODE_PIXEL_BYTES is the same choice for decoding images, which costs far more per byte).
 INLINE_TENSOR_BYTES = 64 * 1024
 
 health = APIRouter(tags=["v2 protocol"])

@@ -216,3 +216,41 @@ def _png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "PNG")
     return buf.getvalue()
+
+
+def test_16_bit_grey_is_rounded_to_8_bits_exactly_as_the_float_formula_did():
+    """_16bit_to_8bit works in integers, strip by strip (the float64 way held 1 GB for 6324x6324): the
+    same levels as round(v * 255 / 65535), over every 16-bit value, strips cut mid-image."""
+    from model.images import decode as decode_module
+
+    values = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    buf = io.BytesIO()
+    Image.fromarray(values).save(buf, "PNG")
+    strips = decode_module._RESCALE_PIXELS
+    decode_module._RESCALE_PIXELS = 1000  # several strips of 3 rows, the last one short
+    try:
+        got = np.asarray(decode_image(buf.getvalue(), "cloth"))[:, :, 0]
+    finally:
+        decode_module._RESCALE_PIXELS = strips
+    want = np.clip(values.astype(np.float64) / 65535.0 * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    assert np.array_equal(got, want)
+
+
+def test_header_pixels_read_the_size_bits_and_decoding_cost_without_decoding():
+    from model.images import WHITE, header_pixels
+    from model.images.decode import WORK_BYTES_PER_PIXEL
+
+    def encoded(image: Image.Image, fmt: str) -> bytes:
+        buf = io.BytesIO()
+        image.save(buf, fmt)
+        return buf.getvalue()
+
+    grey16 = header_pixels(encoded(Image.new("I;16", (3000, 2000)), "PNG"), (192, 256))
+    assert (grey16.size_wh, grey16.bits_per_pixel, grey16.decoded_wh) == ((3000, 2000), 16, (3000, 2000))
+    assert grey16.decode_bytes == 3000 * 2000 * (2 + WORK_BYTES_PER_PIXEL)
+    rgb = header_pixels(encoded(Image.new("RGB", (100, 50)), "PNG"))
+    assert (rgb.bits_per_pixel, rgb.decode_bytes) == (24, 100 * 50 * (4 + WORK_BYTES_PER_PIXEL))
+    # A JPEG about to be letterboxed into 192x256 is decoded at 1/8 of 4000x3000 (at least twice the fit).
+    photo = header_pixels(encoded(Image.new("RGB", (4000, 3000), WHITE), "JPEG"), (192, 256))
+    assert photo.size_wh == (4000, 3000) and photo.decoded_wh == (500, 375)
+    assert header_pixels(b"not an image") is None

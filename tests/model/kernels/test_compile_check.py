@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 import pytest
-from tests.utils import REPO
+from tests.utils import REPO, REPO_PYTHONPATH
 
 # Not importorskip: importing Triton here, during collection, would fix it in compiled mode before
 # tests/model/kernels/test_triton_sampling.py sets TRITON_INTERPRET for this process.
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.timeout(1800)
 def report(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("compile") / "kernels.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(REPO)
+    env["PYTHONPATH"] = REPO_PYTHONPATH
     result = subprocess.run([sys.executable, "-m", "model.kernels.compile_check", "--json", str(out)],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
     assert out.exists(), result.stderr[-3000:]
@@ -87,7 +87,7 @@ def test_configs_are_chosen_per_triton_version_and_layout():
     prune and the compile check read the same ``sample_configs``. (A subprocess: importing Triton
     here would fix this process in compiled mode before test_kernels_triton sets the interpreter.)"""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(REPO)
+    env["PYTHONPATH"] = REPO_PYTHONPATH
     result = subprocess.run([sys.executable, "-c", CONFIGS_PER_VERSION], cwd=REPO, env=env, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -29,7 +29,7 @@ from model.kernels.triton_flows import compose_head_flows_triton  # noqa: E402
 from model.kernels.triton_sampling import deformable_sample_triton  # noqa: E402
 from model.kernels.triton_utils import INTERPRETED  # noqa: E402
 from model.sampling import deformable_sample_published, deformable_sample_reference  # noqa: E402
-from tests.utils import REPO, load_golden  # noqa: E402
+from tests.utils import REPO, REPO_PYTHONPATH, load_golden  # noqa: E402
 from tests.utils.kernel_cases import assert_close, random_case as random_inputs  # noqa: E402
 
 # @pytest.mark.isa: the tests whose numbers oneDNN or ATen compute, run again with both held
@@ -194,7 +194,7 @@ def test_cpu_startup_never_imports_triton():
         print("triton" in sys.modules)
     """)
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "TRYON_SAMPLER")}
-    env["PYTHONPATH"] = str(REPO)
+    env["PYTHONPATH"] = REPO_PYTHONPATH
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -26,6 +26,7 @@ from service.metrics import Metrics
 from service.settings import Settings
 from tests.fixtures.service.harness import (ConnectionRecorder, RedisServer, fixture_bytes, redis_server_binary,
                                             running_server, sample_key)
+from tests.utils.installed import skip_missing
 from tests.utils.photos import jpeg, photo
 
 IMAGES = {name: fixture_bytes(f"{name}_64x64.png") for name in ("masked_model", "pose", "cloth")}
@@ -49,7 +50,7 @@ def local_errors(metrics: Metrics, store: str, operation: str, reason: str) -> f
 def redis_binary() -> str:
     binary = redis_server_binary()
     if binary is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run does this)")
+        skip_missing("redis-server", "apt-get install redis-server; .ci/run does this")
     return binary
 
 
@@ -299,6 +300,7 @@ def test_replicas_share_redis_and_outlive_it(tmp_path, standin_weights_file, red
            "TRYON_CACHE_TTL_S": "600", "TRYON_CACHE_TIMEOUT_MS": str(TIMEOUT_MS)} | ONE_BATCH
     with running_server(env, tmp_path) as one, running_server(env, tmp_path) as two:
         assert httpx.get(f"{two.url}/readyz").json()["cache"] == "redis"
+        assert httpx.get(f"{two.url}/readyz").json()["components"]["cache"] == {"status": "ready", "reason": None}
         first = post(one.url)
         assert first.status_code == 200 and first.headers["x-cache"] == "miss"
         end = time.monotonic() + 10  # the store runs after the answer
@@ -318,6 +320,13 @@ def test_replicas_share_redis_and_outlive_it(tmp_path, standin_weights_file, red
         assert store_errors(after, "redis", "get", "error") >= 1
         assert store_errors(after, "redis", "get", "error") + store_errors(after, "redis", "get", "skipped") == 2
         assert after[sample_key("tryon_request_success_total", {"route": "/v1/tryon"})] == 3
+        # Down is seen: the gauge (read at the scrape) and /readyz's component, while the replica stays ready.
+        assert two.metrics()[sample_key("tryon_component_available", {"component": "cache"})] == 0
+        ready = httpx.get(f"{two.url}/readyz")
+        assert ready.status_code == 200
+        cache = ready.json()["components"]["cache"]
+        assert cache["status"] == "failed" and cache["reason"].startswith("redis ")  # its get or its set
+        assert "Connection refused" in cache["reason"]
 
 
 def test_a_hung_redis_delays_a_request_by_its_timeout_at_most(tmp_path, standin_weights_file):

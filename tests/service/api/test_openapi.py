@@ -5,6 +5,7 @@ narrows, and why, are in tests/utils/schemathesis_hooks.py."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,8 @@ import httpx
 import pytest
 
 from service.metrics import CONTENT_TYPE_LATEST
-from tests.fixtures.service.harness import REPO, running_server
+from tests.fixtures.service.harness import running_server
+from tests.utils import REPO, REPO_PYTHONPATH
 
 API_KEY = "contract-key"
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
@@ -65,7 +67,7 @@ def test_schemathesis_finds_no_failure(server, tmp_path):
                "--checks", "all", "--exclude-checks", "positive_data_acceptance,negative_data_rejection,not_a_server_error",
                "--max-examples", "15", "--max-time", "60", "--seed", "20261124", "--workers", "1",
                "--generation-database", "none", "--no-color", "--header", f"Authorization: Bearer {API_KEY}"]
-    env = os.environ | {"PYTHONPATH": str(REPO), "SCHEMATHESIS_HOOKS": "tests.utils.schemathesis_hooks"}
+    env = os.environ | {"PYTHONPATH": REPO_PYTHONPATH, "SCHEMATHESIS_HOOKS": "tests.utils.schemathesis_hooks"}
     run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
     report = run.stdout + run.stderr
     assert run.returncode == 0, report[-8000:]
@@ -92,7 +94,31 @@ def test_the_schema_states_the_protocol_paths_the_smallest_timeout_and_nonempty_
     timeout = query["timeout"].get("anyOf", [query["timeout"]])[0]
     assert timeout["minimum"] == MIN_TIMEOUT_S
     body = paths["/v1/tryon"]["post"]["requestBody"]["content"]
-    assert body["multipart/form-data"]["schema"]["properties"]["keypoints"]["minLength"] == 1
+    # Keypoints as text are the JSON of an object or a list: the schema says so ("5" was schema-valid).
+    multipart_keypoints = body["multipart/form-data"]["schema"]["properties"]["keypoints"]
+    assert multipart_keypoints["pattern"] == r"^\s*[\[{]" and multipart_keypoints["minLength"] == 2
     assert body["application/json"]["schema"]["properties"]["timeout"]["minimum"] == MIN_TIMEOUT_S
+    assert "null" not in str(body["application/json"]["schema"]["properties"]["timeout"])
     branches = body["application/json"]["schema"]["properties"]["keypoints"]["anyOf"]
-    assert [b.get("minProperties", b.get("minItems", b.get("minLength"))) for b in branches] == [1, 1, 1]
+    assert [b.get("minProperties", b.get("minItems", b.get("minLength"))) for b in branches] == [1, 1, 2]
+    assert branches[2]["pattern"] == multipart_keypoints["pattern"]
+
+
+def test_every_keyed_route_says_so_jobs_too_and_the_docs_load_nothing_from_elsewhere(server):
+    document = httpx.get(f"{server.url}/openapi.json").json()
+    keyed = {(path, method) for path, operations in document["paths"].items()
+             for method, operation in operations.items() if operation.get("security")}
+    for path, method in (("/v1/tryon", "post"), ("/v1/jobs", "post"), ("/v1/jobs/{job_id}", "get"),
+                         ("/v1/jobs/{job_id}/results/{index}", "get"), ("/v1/jobs/{job_id}/cancel", "post"),
+                         ("/v2/models/{model_name}/infer", "post")):
+        assert (path, method) in keyed, path
+        assert httpx.request(method, f"{server.url}{path.format(job_id='job_' + 'x' * 32, index=0, model_name='daflow')}"
+                             ).status_code == 401, path  # and the route does check the key
+    assert not {p for p, _ in keyed} & {"/healthz", "/readyz", "/metrics", "/v2/health/live"}
+    job_id = next(p for p in document["paths"]["/v1/jobs/{job_id}"]["get"]["parameters"] if p["name"] == "job_id")
+    assert job_id["schema"]["pattern"] == "^job_[A-Za-z0-9_-]{32}$"
+    page = httpx.get(f"{server.url}/docs")
+    sources = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert sources and all(s.startswith("/") for s in sources), sources  # no CDN: every script and style is ours
+    for source in sources:
+        assert httpx.get(f"{server.url}{source}").status_code == 200, source

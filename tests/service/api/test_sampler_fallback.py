@@ -1,5 +1,6 @@
 """A fused sampler that fails its warm-up check does not take the service down:
-the reference serves, and /readyz and /metrics say which sampler does. Forced for
+the reference serves, and /readyz, /metrics and the log say which sampler does and
+that the fused one failed (a failed component, service/api/components.py). Forced for
 real on the CPU: Triton asked for with no GPU and no interpreter cannot launch."""
 from __future__ import annotations
 
@@ -19,10 +20,13 @@ def test_failed_sampler_check_serves_with_the_reference(tmp_path, standin_weight
         info = ready.json()
         assert info["sampler_in_use"] == info["sampler"] == "torch" and info["requested_sampler"] == "triton"
         assert info["sampler_fallback"].startswith("triton sampler failed:")
+        assert info["components"]["sampler"] == {"status": "failed", "reason": info["sampler_fallback"]}
         metrics = server.metrics()
         assert metrics[sample_key("tryon_sampler", {"sampler": "torch"})] == 1
         assert sample_key("tryon_sampler", {"sampler": "triton"}) not in metrics
+        assert metrics[sample_key("tryon_component_available", {"component": "sampler"})] == 0
         files = {name: (f"{name}.png", data, "image/png") for name, data in IMAGES.items()}
         answer = httpx.post(f"{server.url}/v1/tryon", files=files, timeout=60)
         assert answer.status_code == 200 and answer.headers["content-type"] == "image/jpeg"
     assert server.stderr.count("SAMPLER FALLBACK") == 1
+    assert server.stderr.count("COMPONENT FAILED: sampler: triton sampler failed:") == 1

@@ -112,6 +112,19 @@ def test_cudnn_allocation_failure_is_out_of_memory_not_500(tmp_path):
         assert httpx.get(f"{server.url}/readyz").status_code == 200
 
 
+def test_a_kernel_error_first_seen_at_capture_still_makes_the_service_ready(tmp_path):
+    """Triton's errors derive from Exception, not RuntimeError: one at a graph's capture takes the
+    sampler fallback, and the service becomes ready on the reference and serves (docs/gpu.md)."""
+    with running_server({"TRYON_MAX_BATCH_SIZE": "1", "TRYON_SAMPLER": "numba"}, tmp_path,
+                        module="tests.fixtures.service.kernel_error_at_capture") as server:
+        info = httpx.get(f"{server.url}/readyz").json()
+        assert info["ready"] and info["sampler_in_use"] == "torch" and info["cuda_graphs"] is True
+        assert "OutOfResources" in info["sampler_fallback"]
+        answer = httpx.post(f"{server.url}/v1/tryon", files=FILES, timeout=60)
+        assert answer.status_code == 200 and answer.headers["content-type"] == "image/jpeg"
+        assert server.stderr.count("SAMPLER FALLBACK") == 1
+
+
 def test_a_broken_device_turns_probes_503_and_the_process_exits(tmp_path):
     """An illegal address poisons the CUDA context: every request held is answered 503
     device_failed, liveness and readiness say so with the reason, then the process exits

@@ -13,8 +13,9 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from tests.fixtures.service.harness import ServerProcess, free_port, redis_server_binary, stop_process
+from tests.fixtures.service.harness import ServerProcess, free_port, redis_server_binary, sample_key, stop_process
 from tests.utils.jobs import SECRET, WebhookReceiver, garments, submit, tryon_png, wait_job
+from tests.utils.installed import skip_missing
 
 
 class AppendOnlyRedis:
@@ -44,7 +45,7 @@ class AppendOnlyRedis:
 def redis(tmp_path_factory):
     binary = redis_server_binary()
     if binary is None:
-        pytest.skip("redis-server is not installed")
+        skip_missing("redis-server", "apt-get install redis-server; .ci/run does this")
     server = AppendOnlyRedis(binary, tmp_path_factory.mktemp("redis"))
     yield server
     server.stop(signal.SIGKILL)
@@ -141,7 +142,51 @@ def test_redis_restarted_mid_job_loses_no_job_and_down_refuses_jobs_but_not_tryo
         assert answer.status_code == 503 and answer.headers["retry-after"]
         assert answer.json()["error"]["code"] == "jobs_unavailable"
         assert tryon_png(server.url, garments(1)[0])
+        assert jobs_store_available(server) == 0  # read at the scrape
+        store = httpx.get(f"{server.url}/readyz", timeout=10).json()["components"]["jobs_store"]
+        assert store["status"] == "failed" and store["reason"].startswith("the job store (Redis) did not answer")
     finally:
         redis.start()
     done = wait_job(server.url, doc["id"])
     assert done["status"] == "succeeded" and done["progress"] == {"done": 10, "total": 10}
+    assert httpx.get(f"{server.url}/readyz", timeout=10).json()["components"]["jobs_store"]["status"] == "ready"
+    assert jobs_store_available(server) == 1
+
+
+def jobs_store_available(server) -> float:
+    return server.metrics()[sample_key("tryon_component_available", {"component": "jobs_store"})]
+
+
+def test_the_redis_store_sweeps_overdue_jobs_and_refuses_a_reused_idempotency_key(redis):
+    """No replica involved: the store alone. A job whose deadline passed with its tasks never run is
+    ended as expired by expire_overdue (and leaves the deadlines set); an Idempotency-Key used again
+    with another request's fingerprint is refused, with the same one it returns the first job."""
+    import asyncio
+
+    from service.jobs.records import JobInputs, JobStatus, NewJob, new_job_id
+    from service.jobs.redis_store import DEADLINES, RedisJobStore
+    from service.jobs.store import IdempotencyKeyReused
+
+    async def scenario():
+        store = RedisJobStore(redis.url, 2.0, 60, 4, 60)
+        try:
+            def job(deadline_at: float, fingerprint: str = "a") -> NewJob:
+                return NewJob(new_job_id(), "owner", {}, JobInputs({}, None, [b"x"]), deadline_at,
+                              idempotency_key="catalog-1", fingerprint=fingerprint)
+            overdue, _ = await store.create(job(time.time() - 1, "a"))
+            again, created = await store.create(job(time.time() - 1, "a"))
+            try:
+                await store.create(job(time.time() - 1, "b"))
+                reused = None
+            except IdempotencyKeyReused as exc:
+                reused = str(exc)
+            ended = await store.expire_overdue()
+            record = await store.record(overdue)
+            left = await store.client.zscore(DEADLINES, overdue)
+            return overdue, again, created, reused, ended, record.status, left
+        finally:
+            await store.close()
+
+    overdue, again, created, reused, ended, status, left = asyncio.run(scenario())
+    assert again == overdue and created is False and reused == overdue
+    assert ended >= 0 and status is JobStatus.EXPIRED and left is None  # (the replicas of the module sweep too)

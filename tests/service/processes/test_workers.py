@@ -28,7 +28,7 @@ from service.queue.jobs import GarmentsInputs, GarmentsStream
 from service.queue.outcomes import DropReason, QueueError, QueueFull
 from tests.fixtures.service.harness import post_files, running_server, sample_key
 from tests.fixtures.standin_engine import StandInEngine
-from tests.utils import REPO
+from tests.utils import REPO, REPO_PYTHONPATH
 from tests.utils.processes import process_tree
 
 TWO_FRONT_ENDS = {"TRYON_WORKERS": "2"}
@@ -51,7 +51,7 @@ def test_without_a_shared_job_store_jobs_are_unavailable_and_everything_else_ser
     answer = httpx.post(f"{server.url}/v1/jobs", files={"cloth": ("c.png", b"x", "image/png")}, timeout=10)
     assert answer.status_code == 503 and "retry-after" not in answer.headers
     assert answer.json()["error"]["code"] == "jobs_unavailable" and "TRYON_JOBS_URL" in answer.json()["error"]["message"]
-    assert httpx.get(f"{server.url}/v1/jobs/job_x", timeout=10).json()["error"]["code"] == "jobs_unavailable"
+    assert httpx.get(f"{server.url}/v1/jobs/job_{'x' * 32}", timeout=10).json()["error"]["code"] == "jobs_unavailable"
     jobs = httpx.get(f"{server.url}/readyz", timeout=10).json()["jobs"]
     assert jobs["available"] is False and "TRYON_JOBS_URL" in jobs["reason"]
     assert server.stderr.count("/v1/jobs answers 503 jobs_unavailable: catalog jobs need TRYON_JOBS_URL") == 1
@@ -260,7 +260,7 @@ def test_a_front_end_fed_by_a_cuda_engine_never_opens_a_cuda_context(tmp_path):
     /metrics scrapes answer 200 while torch's CUDA state stays uninitialised there (the GPU gauges
     are the engine process's). Before, the first scrape called torch.cuda.mem_get_info on cuda:0:
     half a GB and a second or two per front end on a GPU box, a 500 here."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TRYON_WORKERS": "1"}
+    env = {**os.environ, "PYTHONPATH": REPO_PYTHONPATH, "TRYON_WORKERS": "1"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     result = subprocess.run([sys.executable, "-c", FRONT_END_ON_A_CUDA_ENGINE, str(tmp_path / "engine.sock")],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=120)

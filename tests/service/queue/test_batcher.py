@@ -18,7 +18,8 @@ from service.queue.jobs import GarmentsInputs
 from service.queue.splitting import infer_splitting_on_oom
 from service.api.errors import from_queue_error
 from service.metrics import Metrics
-from service.queue.outcomes import DeviceFailed, DeviceOutOfMemory, Overloaded, Priority, QueueError, ShuttingDown
+from service.queue.outcomes import (DeadlineTooShort, DeviceFailed, DeviceOutOfMemory, Overloaded, Priority, QueueError,
+                                    ShuttingDown)
 from tests.fixtures.standin_engine import StandInEngine
 
 ILLEGAL_ADDRESS = "CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be reported..."
@@ -283,6 +284,21 @@ def test_admission_refuses_at_once_what_could_not_finish_in_time():
     assert all(exc.retry_after_s >= 1 for exc in refused)
     answer = from_queue_error(refused[0])
     assert (answer.status, answer.code) == (503, "overloaded") and int(answer.headers["Retry-After"]) >= 1
+
+
+def test_a_deadline_shorter_than_the_work_alone_is_the_requests_fault_not_the_load():
+    async def scenario():
+        batcher = make_batcher(StandInEngine(seconds_per_item=0.2), max_batch_size=2,
+                               rate=ServiceRate({1: 0.2, 2: 0.4}))
+        with pytest.raises(DeadlineTooShort) as refused:  # an idle queue: no wait would help
+            batcher.submit(single(0), deadline(0.05))
+        with pytest.raises(DeadlineTooShort):  # 4 garments, 2 a call: 0.8 s of their own
+            batcher.submit(garments(1, 4, chunk=2), deadline(0.5))
+        return refused.value
+
+    answer = from_queue_error(asyncio.run(scenario()))
+    assert (answer.status, answer.code, answer.field) == (422, "timeout_too_short", "timeout")
+    assert "Retry-After" not in answer.headers
 
 
 def test_service_rate_interpolates_and_follows_the_engine():

@@ -3,6 +3,7 @@
 (retries after the receiver's 500s, one success), and the refusals at submission."""
 from __future__ import annotations
 
+import base64
 import io
 import time
 
@@ -10,6 +11,7 @@ import httpx
 import pytest
 from PIL import Image
 from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
 from service.api.inputs import MIN_TIMEOUT_S
 from service.settings import Settings
@@ -29,15 +31,19 @@ def server(tmp_path_factory, standin_weights_file):
 
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory, standin_weights_file):
-    """A second server: API keys, no webhook secret, results kept 1 s, 70 kB of jobs (a person and one
-    garment of tests/utils/jobs are 37 kB, six garments 99 kB)."""
-    env = {"TRYON_WEIGHTS": str(standin_weights_file), "TRYON_API_KEYS": "key-a,key-b",
-           "TRYON_JOBS_RETENTION_S": "1", "TRYON_JOBS_MEMORY_BYTES": "70000"}
+    """A second server: API keys, key-a with webhook secrets of its own (two: one being rotated out), key-b
+    with none and no TRYON_WEBHOOK_SECRET; results kept 1 s, 70 kB of jobs (a person and one garment of
+    tests/utils/jobs are 37 kB, six garments 99 kB)."""
+    env = {"TRYON_WEIGHTS": str(standin_weights_file), "TRYON_API_KEYS": f"key-a:{SECRET}:{OLD_SECRET},key-b",
+           "TRYON_JOBS_RETENTION_S": "1", "TRYON_JOBS_MEMORY_BYTES": "70000", "TRYON_URL_ALLOW_HOSTS": "127.0.0.1",
+           "TRYON_WEBHOOK_RETRY_S": ""}
     with running_server(env, tmp_path_factory.mktemp("keyed")) as proc:
         yield proc
 
 
 KEY_A, KEY_B = {"Authorization": "Bearer key-a"}, {"Authorization": "Bearer key-b"}
+OLD_SECRET = "whsec_" + base64.b64encode(b"the secret being rotated out...").decode()
+OTHER_TENANT = "whsec_" + base64.b64encode(b"another tenant's webhook secret!").decode()
 
 
 def test_a_job_runs_and_its_results_equal_tryon(server):
@@ -81,6 +87,25 @@ def test_idempotency_key_returns_the_same_job(server):
     assert submit(server.url, garments(1), headers={"Idempotency-Key": "other"}).json()["id"] != first.json()["id"]
 
 
+def test_an_idempotency_key_reused_with_another_request_is_422(server):
+    first = submit(server.url, garments(1), headers={"Idempotency-Key": "catalog-43"})
+    other = submit(server.url, garments(2), headers={"Idempotency-Key": "catalog-43"})
+    assert first.status_code == 202 and other.status_code == 422, other.text
+    assert other.json()["error"]["code"] == "idempotency_key_reused"
+    assert other.json()["error"]["field"] == "Idempotency-Key" and first.json()["id"] in other.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("job_id", ["job_nothing", f"job_{'x' * 32}:in", "tasks", f"job_{'x' * 31}!"])
+def test_a_job_id_not_of_the_form_is_refused_before_any_store_lookup(server, job_id):
+    """(An id became a Redis key unchecked: ``:in`` named a job's inputs, ``tasks`` the task stream.)"""
+    for answer in (httpx.get(f"{server.url}/v1/jobs/{job_id}", timeout=10),
+                   httpx.get(f"{server.url}/v1/jobs/{job_id}/results/0", timeout=10),
+                   httpx.post(f"{server.url}/v1/jobs/{job_id}/cancel", timeout=10)):
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["error"] == {"code": "invalid_request", "field": "job_id",
+                                          "message": answer.json()["error"]["message"]}
+
+
 def test_cancel_keeps_what_is_done_and_runs_nothing_more(server):
     doc = submit(server.url, garments(6)).json()
     canceled = httpx.post(f"{server.url}/v1/jobs/{doc['id']}/cancel", timeout=10).json()
@@ -102,7 +127,7 @@ def test_a_job_past_its_deadline_expires_and_its_results_are_gone(server):
 
 
 def test_unknown_ids_and_results_not_yet_there_are_404_json(server):
-    answer = httpx.get(f"{server.url}/v1/jobs/job_nothing", timeout=10)
+    answer = httpx.get(f"{server.url}/v1/jobs/job_{'x' * 32}", timeout=10)
     assert answer.status_code == 404 and answer.json()["error"]["code"] == "job_not_found"
     doc = submit(server.url, garments(6)).json()
     early = httpx.get(f"{server.url}/v1/jobs/{doc['id']}/results/5", timeout=10)
@@ -190,18 +215,35 @@ def test_a_job_is_seen_only_with_the_key_that_created_it(keyed):
     done = wait_job(keyed.url, doc["id"], headers=KEY_A)
     assert done["status"] == "succeeded"
     base = f"{keyed.url}/v1/jobs/{doc['id']}"
+    assert httpx.get(base + "/results/0", headers=KEY_A, timeout=10).status_code == 200  # (kept 1 s here)
     for answer in (httpx.get(base, headers=KEY_B, timeout=10), httpx.get(base + "/results/0", headers=KEY_B, timeout=10),
                    httpx.post(base + "/cancel", headers=KEY_B, timeout=10)):
         assert answer.status_code == 404 and answer.json()["error"]["code"] == "job_not_found"  # as if none
     assert httpx.get(base, timeout=10).status_code == 401
-    assert httpx.get(base + "/results/0", headers=KEY_A, timeout=10).status_code == 200
 
 
 def test_a_webhook_without_a_secret_is_refused_at_submission(keyed):
-    answer = submit(keyed.url, garments(1), {"webhook_url": "http://127.0.0.1:9/hook"}, headers=KEY_A)
+    answer = submit(keyed.url, garments(1), {"webhook_url": "http://127.0.0.1:9/hook"}, headers=KEY_B)
     assert answer.status_code == 422, answer.text
     assert answer.json()["error"]["code"] == "webhooks_not_configured"
     assert answer.json()["error"]["field"] == "webhook_url" and "TRYON_WEBHOOK_SECRET" in answer.json()["error"]["message"]
+
+
+def test_a_keys_webhooks_are_signed_with_its_own_secrets_both_while_rotating(keyed):
+    """Standard Webhooks rotation: two signatures, space-separated; a receiver holding either secret
+    verifies, one holding another tenant's secret does not."""
+    receiver = WebhookReceiver()
+    try:
+        doc = submit(keyed.url, garments(1), {"webhook_url": receiver.url}, headers=KEY_A).json()
+        headers, body, _ = receiver.wait(1)[0]
+    finally:
+        receiver.close()
+    assert len(headers["webhook-signature"].split(" ")) == 2
+    for secret in (SECRET, OLD_SECRET):
+        Webhook(secret).verify(body, headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(OTHER_TENANT).verify(body, headers)
+    assert payload(body)["data"]["id"] == doc["id"]
 
 
 def test_results_are_deleted_after_the_retention_time(keyed):

@@ -19,13 +19,13 @@ from PIL import Image, ImageOps
 from model.images import psnr
 from model.weights import find_weights
 from tests.fixtures.service.harness import REPO, running_server
+from tests.utils.installed import missing_reason
 from tests.utils.local_http import LocalServer
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason=(
-    "needs Debian's chromium and chromium-driver (.ci/run installs them: apt-get install chromium "
-    "chromium-driver); not found on PATH"))
+pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason=missing_reason(
+    "chromium and chromedriver", "apt-get install chromium chromium-driver; .ci/run does this"))
 
 EXAMPLES = REPO / "service" / "examples"
 STATIC = REPO / "service" / "static"

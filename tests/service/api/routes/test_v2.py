@@ -155,10 +155,10 @@ def binary_body(batch: int = 1) -> tuple[dict, bytes]:
     return document, tail
 
 
-def send(server, body: bytes | dict, path: str = INFER, header_length: int | str | None = None):
+def send(server, body: bytes | dict, path: str = INFER, header_length: int | str | bytes | None = None):
     headers = dict(AUTH)
     if header_length is not None:
-        headers[HEADER_LENGTH] = str(header_length)
+        headers[HEADER_LENGTH] = header_length if isinstance(header_length, bytes) else str(header_length)
     content = json.dumps(body).encode() if isinstance(body, dict) else body
     return httpx.post(f"{server.url}{path}", content=content, headers=headers, timeout=60)
 
@@ -191,6 +191,9 @@ def _bad_cases():
         ("bytes past the inputs", header + tail + b"x", len(header), 400, "invalid_byte_size"),
         ("header length past the body", header + tail, len(header + tail) + 1, 400, "invalid_header_length"),
         ("header length not a number", header + tail, "-3", 400, "invalid_header_length"),
+        # Digits to str.isdigit, not to int(): a 500 before the strict pattern (the header's bytes as latin-1).
+        ("header length a superscript two", header + tail, "²".encode("latin-1"), 400, "invalid_header_length"),
+        ("header length with a sign", header + tail, f"+{len(header)}", 400, "invalid_header_length"),
         ("header length cuts the JSON", header + tail, len(header) - 5, 400, "invalid_json"),
         ("binary tail short", header + tail[:-10], len(header), 400, "invalid_byte_size"),
         ("deep JSON", deep, None, 422, "json_too_deep"),
