@@ -69,7 +69,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="checkpoint file (default: $TRYON_WEIGHTS, then weights/)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--size", dest="output_size", choices=OUTPUT_SIZES, default="model",
-                   help="result at model size or mapped back to the person image's size")
+                   help="result at model size, or at the person image's size (a person photo: the photo itself, "
+                        "changed only where the model dresses the person)")
     p.add_argument("--quality", type=int, default=DEFAULT_QUALITY)
     return p
 
@@ -87,8 +88,9 @@ def run(args: argparse.Namespace) -> dict:
                    for field in ("masked_model", "pose", "person", "keypoints", "parse", "cloth")}
     with stage(timings, "prepare"):
         cloth = sources.pop("cloth")
-        person = person_images(**sources, size_hw=engine.config.image_size_hw, silhouette=args.silhouette)
-        inputs = assemble_inputs(person.masked_model_levels, person.pose_levels, person.frame, cloth)
+        person = person_images(**sources, size_hw=engine.config.image_size_hw, silhouette=args.silhouette,
+                               keep_photo=args.output_size == "original")
+        inputs = assemble_inputs(person.masked_model_levels, person.pose_levels, person.output_frame, cloth)
     with stage(timings, "inference"):
         out = engine.infer(inputs.pose[None], inputs.masked_model[None], inputs.cloth[None])
     with stage(timings, "encode"):

@@ -33,7 +33,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--silhouette", action="store_true",
                    help="keypoints-only masking: leave the background found by segmentation as it is")
     p.add_argument("--size", dest="output_size", choices=OUTPUT_SIZES, default="model",
-                   help="write at the model's size (256x192) or mapped back to the photo's size")
+                   help="write at the model's size (256x192), or mapped back over the photo's frame at its size")
     return p
 
 

@@ -1,13 +1,16 @@
 """The try-on HTTP service: FastAPI in front of model.engine (no layer names here).
 
 Data flows one way: request -> inputs -> queue -> engine -> encoder -> response.
-The service is three rooms, each importing only the ones below it
+The service is five rooms, each importing only the ones below it
 (docs/architecture.md draws them):
 
 - ``api/``: the HTTP edge: the app, middleware, errors, OpenAPI, dependencies, one
-  module per router, parsing of inputs, fetching of URLs, the response cache.
+  module per router, parsing of requests, the response cache.
+- ``jobs/``: catalog jobs (POST /v1/jobs): the job store, the runner, webhooks.
 - ``processes/``: TRYON_WORKERS > 1: the supervisor that starts front ends, the
   engine server, the remote batcher, the wire format, the shared-memory arena.
+- ``codec/``: below both entry points (api/ and jobs/): fetching URLs, decoding and
+  framing the inputs, compositing and encoding the result, the one error shape.
 - ``queue/``: jobs, batch forming and priorities, admission, splitting on
   out-of-memory, outcomes; the engine host that loads and warms the model.
 

@@ -46,10 +46,10 @@ class AsyncTryOnClient:
 
     async def prepare(self, *, person: Optional[ImageInput] = None, keypoints: Any = None,
                       parse: Optional[ImageInput] = None, masked_model: Optional[ImageInput] = None,
-                      pose: Optional[ImageInput] = None) -> PreparedPerson:
+                      pose: Optional[ImageInput] = None, cloth: Optional[ImageInput] = None) -> PreparedPerson:
         """``POST /v1/prepare``, as ``TryOnClient.prepare``."""
         person_side = dict(person=person, keypoints=keypoints, parse=parse, masked_model=masked_model, pose=pose)
-        return PreparedPerson.from_response(await self._answer(prepare_call(person_side)))
+        return PreparedPerson.from_response(await self._answer(prepare_call(person_side, cloth)))
 
     async def submit_job(self, *, cloths: Iterable[ImageInput], person: Optional[ImageInput] = None,
                    keypoints: Any = None, parse: Optional[ImageInput] = None,

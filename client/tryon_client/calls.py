@@ -63,8 +63,9 @@ def batch_call(cloths: Iterable[Any], person: Dict[str, Any], format, quality, s
     return Call("/v1/tryon/batch", form(person, cloths), options(format, quality, size), NDJSON, len(cloths))
 
 
-def prepare_call(person: Dict[str, Any]) -> Call:
-    return Call("/v1/prepare", form(person), accept="application/json", garments=0)
+def prepare_call(person: Dict[str, Any], cloth: Any = None) -> Call:
+    return Call("/v1/prepare", form(person, [cloth] if cloth is not None else []), accept="application/json",
+                garments=0)
 
 
 JobRef = Union[Job, str]

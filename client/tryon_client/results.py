@@ -11,6 +11,18 @@ from .errors import TryOnError
 from .retry import retry_after_seconds
 
 
+Box = Tuple[int, int, int, int]  # left, top, right, bottom, as Pillow's
+
+
+def person_box(header: Optional[str]) -> Optional[Box]:
+    """``X-Person-Box: 120,40,900,1080``: where the model looked in the person's photo (its pixels, upright)."""
+    try:
+        left, top, right, bottom = (int(v) for v in (header or "").split(","))
+    except ValueError:
+        return None
+    return left, top, right, bottom
+
+
 def server_timing(header: Optional[str]) -> Dict[str, float]:
     """``Server-Timing: decode;dur=3.1, queue;dur=0.2`` as {"decode": 3.1, "queue": 0.2} (ms)."""
     timings = {}
@@ -34,6 +46,7 @@ class TryOnResult:
     timings: Dict[str, float] = field(default_factory=dict)  # ms per stage: fetch, decode, queue, inference, encode
     weights: Optional[str] = None  # the checkpoint's file name, or "random"
     request_id: Optional[str] = None
+    person_box: Optional[Box] = None  # a person photo's crop box: what the model saw of it
 
     def save(self, path: str) -> None:
         with open(path, "wb") as f:
@@ -43,7 +56,8 @@ class TryOnResult:
     def from_response(cls, response: httpx.Response) -> "TryOnResult":
         return cls(response.content, response.headers.get("content-type", ""),
                    server_timing(response.headers.get("server-timing")),
-                   response.headers.get("x-weights"), response.headers.get("x-request-id"))
+                   response.headers.get("x-weights"), response.headers.get("x-request-id"),
+                   person_box(response.headers.get("x-person-box")))
 
 
 @dataclass(frozen=True)
@@ -58,6 +72,7 @@ class GarmentResult:
     error: Optional[TryOnError] = None
     weights: Optional[str] = None
     request_id: Optional[str] = None
+    person_box: Optional[Box] = None  # the batch's person photo's crop box (the same for every garment)
 
     @property
     def ok(self) -> bool:
@@ -74,7 +89,8 @@ class GarmentResult:
         """One NDJSON line of /v1/tryon/batch."""
         timings = server_timing(response.headers.get("server-timing"))
         timings |= {key[:-3]: float(value) for key, value in item.items() if key.endswith("_ms")}
-        context = {"weights": response.headers.get("x-weights"), "request_id": response.headers.get("x-request-id")}
+        context = {"weights": response.headers.get("x-weights"), "request_id": response.headers.get("x-request-id"),
+                   "person_box": person_box(response.headers.get("x-person-box"))}
         if item.get("status", 200) != 200:
             error = TryOnError.from_body(item["status"], item, request_id=context["request_id"])
             return cls(item["index"], None, None, timings, error, **context)
@@ -90,17 +106,24 @@ class GarmentResult:
 
 @dataclass(frozen=True)
 class PreparedPerson:
-    """What the model will see for a person: the masked model and the pose map, PNG, at ``size`` (H, W)."""
+    """What the model will see for a person: the masked model and the pose map, PNG, at ``size`` (H, W);
+    for a photo, ``box`` (where in it the model looks) and ``mask`` (grey PNG, the model's frame: where a
+    ``size=original`` answer takes the model's pixels); ``cloth``, the garment as placed, when one was sent."""
     masked_model: bytes
     pose: bytes
     size: Tuple[int, int]
     timings: Dict[str, float] = field(default_factory=dict)
+    box: Optional[Box] = None
+    mask: Optional[bytes] = None
+    cloth: Optional[bytes] = None
 
     @classmethod
     def from_response(cls, response: httpx.Response) -> "PreparedPerson":
         body = response.json()
+        optional = {name: base64.b64decode(body[name]) for name in ("mask", "cloth") if body.get(name)}
         return cls(base64.b64decode(body["masked_model"]), base64.b64decode(body["pose"]), tuple(body["size"]),
-                   server_timing(response.headers.get("server-timing")))
+                   server_timing(response.headers.get("server-timing")),
+                   tuple(body["box"]) if body.get("box") else None, **optional)
 
 
 JOB_ENDED = ("succeeded", "failed", "canceled", "expired")

@@ -51,10 +51,11 @@ class TryOnClient:
 
     def prepare(self, *, person: Optional[ImageInput] = None, keypoints: Any = None,
                 parse: Optional[ImageInput] = None, masked_model: Optional[ImageInput] = None,
-                pose: Optional[ImageInput] = None) -> PreparedPerson:
-        """``POST /v1/prepare``: the masked model and pose map the model would see, as PNG."""
+                pose: Optional[ImageInput] = None, cloth: Optional[ImageInput] = None) -> PreparedPerson:
+        """``POST /v1/prepare``: what the model would see, as PNG: the masked model and pose map; for a
+        photo its crop box and the composite mask; ``cloth`` as placed, when given."""
         person_side = dict(person=person, keypoints=keypoints, parse=parse, masked_model=masked_model, pose=pose)
-        return PreparedPerson.from_response(self._answer(prepare_call(person_side)))
+        return PreparedPerson.from_response(self._answer(prepare_call(person_side, cloth)))
 
     def submit_job(self, *, cloths: Iterable[ImageInput], person: Optional[ImageInput] = None,
                    keypoints: Any = None, parse: Optional[ImageInput] = None,

@@ -8,10 +8,13 @@ from typing import Literal, get_args
 import torch
 from PIL import Image
 
+from .composite import Composite
+from .crop import Crop
 from .letterbox import Letterbox
 from .levels import tensor_to_image
 
-# Which size a result is returned at: the model's, or the person image's own (the letterbox undone).
+# Which size a result is returned at: the model's, or the person image's own (the letterbox undone, or
+# the result composited into the person's photo).
 OutputSize = Literal["model", "original"]
 OUTPUT_SIZES: tuple[str, ...] = get_args(OutputSize)
 OutputFormat = Literal["jpeg", "png", "webp"]
@@ -33,8 +36,10 @@ def output_size_error(size_wh: tuple[int, int], fmt: OutputFormat) -> str | None
             f"image's size would be {size_wh[0]}x{size_wh[1]}")
 
 
-def output_image(t: torch.Tensor, frame: Letterbox | None = None, output_size: OutputSize = "model") -> Image.Image:
-    """The result as 8-bit RGB at model size, or mapped back to the person's original size."""
+def output_image(t: torch.Tensor, frame: Letterbox | Crop | Composite | None = None,
+                 output_size: OutputSize = "model") -> Image.Image:
+    """The result as 8-bit RGB at model size, or mapped back to the person's original size (``frame.restore``:
+    a Composite puts it into the photo)."""
     if output_size not in OUTPUT_SIZES:
         raise ValueError(f"size must be 'model' or 'original', not {output_size!r}")
     img = tensor_to_image(t)

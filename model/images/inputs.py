@@ -1,11 +1,15 @@
-"""The three model inputs of one request: decoded, letterboxed into the model's frame, as levels."""
+"""The three model inputs of one request: decoded, brought into the model's frame (the person side
+letterboxed or framed, the garment placed as VITON's are), as levels."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
 
+from .composite import Composite
+from .crop import Crop
 from .decode import DEFAULT_MAX_PIXELS, ImageSource, decode_image, decode_levels_to_fit
+from .garment import place_garment
 from .letterbox import Letterbox
 from .levels import BLACK, WHITE, Picture, image_to_levels, levels_to_tensor, picture_levels
 
@@ -16,11 +20,11 @@ MODEL_SIZE_HW = (256, 192)  # as published
 class TryOnInputs:
     """One request's three model inputs, each (3, H, W) uint8 levels (the engine normalises a
     batch to [-1, 1] where it runs: a quarter of float32's bytes to hash, queue and copy), and
-    the transform that maps the person's frame to the model's."""
+    the transform that maps a result back to the person's own frame (``output_image``)."""
     masked_model: torch.Tensor
     pose: torch.Tensor
     cloth: torch.Tensor
-    person_frame: Letterbox
+    person_frame: Letterbox | Crop | Composite
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(pose, masked_model, cloth), each a batch of one in [-1, 1]: the network's own inputs."""
@@ -48,15 +52,16 @@ def letterbox_person(masked_model: ImageSource, pose: ImageSource, *, size_hw: t
     return frame.fit_levels(person, WHITE), boxed_skeleton, frame
 
 
-def assemble_inputs(masked_model: Picture, pose: Picture, frame: Letterbox, cloth: ImageSource, *,
-                    max_pixels: int | None = DEFAULT_MAX_PIXELS) -> TryOnInputs:
-    """Model-size person images, as images or levels (and their frame), plus the garment -> levels."""
+def assemble_inputs(masked_model: Picture, pose: Picture, frame: Letterbox | Crop | Composite, cloth: ImageSource,
+                    *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> TryOnInputs:
+    """Model-size person images, as images or levels (and the frame a result maps back through),
+    plus the garment -> levels, placed as VITON's garments are (garment.py)."""
     garment, garment_wh = decode_levels_to_fit(cloth, "cloth", frame.target_size_wh, background=WHITE,
                                                max_pixels=max_pixels)
     return TryOnInputs(
         masked_model=picture_levels(masked_model),
         pose=picture_levels(pose),
-        cloth=Letterbox(garment_wh, frame.target_size_wh).fit_levels(garment, WHITE),
+        cloth=place_garment(garment, garment_wh, frame.target_size_wh),
         person_frame=frame,
     )
 

@@ -30,6 +30,11 @@ class Letterbox:
         return min(self.target_size_wh[0] / self.source_size_wh[0], self.target_size_wh[1] / self.source_size_wh[1])
 
     @property
+    def identity(self) -> list:
+        """What besides the model's inputs decides a restored result (a cache key's part)."""
+        return [list(self.source_size_wh), list(self.target_size_wh)]
+
+    @property
     def content_box(self) -> tuple[int, int, int, int]:
         """(left, top, right, bottom) of the source inside the target."""
         w = max(1, round(self.source_size_wh[0] * self.scale))
@@ -74,6 +79,16 @@ class Letterbox:
         sx = (right - left) / self.source_size_wh[0]
         sy = (bottom - top) / self.source_size_wh[1]
         return np.asarray(xy, dtype=np.float64) * [sx, sy] + [left, top]
+
+    def fit_labels(self, labels: Image.Image) -> Image.Image:
+        """A label map (mode L) of the source frame through the letterbox: nearest-neighbour scaling
+        (labels stay labels) and background (0) padding."""
+        left, top, right, bottom = self.content_box
+        if (right - left, bottom - top) == self.target_size_wh:
+            return labels.resize(self.target_size_wh, Image.NEAREST)
+        canvas = Image.new("L", self.target_size_wh, 0)
+        canvas.paste(labels.resize((right - left, bottom - top), Image.NEAREST), (left, top))
+        return canvas
 
     def restore(self, img: Image.Image) -> Image.Image:
         """A model-size image back to the source frame and size."""

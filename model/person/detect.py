@@ -45,7 +45,6 @@ BLAZEPOSE_TO_COCO18 = (0, None, 12, 14, 16, 11, 13, 15, 24, 26, 28, 23, 25, 27, 
 VISIBLE = 0.5  # BlazePose visibility below this: the point is absent
 FOUND = 0.5  # detection confidence of the person and face detectors
 DETECT_MAX_SIDE = 1024  # photos are scaled down to this for detection; the landmark model sees 256 px anyway
-MIN_PERSON_SHARE = 0.25  # the person's keypoints must span this share of the model's height once letterboxed
 
 
 # protobuf 4 warns on each call mediapipe 0.10.14 makes to an API it deprecated; nothing to act on.
@@ -100,23 +99,14 @@ def coco18_from_blazepose(landmarks: np.ndarray, size_wh: tuple[int, int]) -> Ke
     return Keypoints(xy, confidence)
 
 
-def check_person(keypoints: Keypoints, photo_size_wh: tuple[int, int], model_size_hw: tuple[int, int]) -> None:
-    """DetectionError unless the masked model can be drawn from detected ``keypoints``:
-    both shoulders seen, and the person big enough once the photo is letterboxed to ``model_size_hw``."""
+def check_person(keypoints: Keypoints) -> None:
+    """DetectionError missing_body_points unless the masked model can be drawn from detected
+    ``keypoints``: both shoulders seen (whether the person is large enough: framing.check_person_size)."""
     missing = [COCO18_NAMES[i] for i in (R_SHOULDER, L_SHOULDER) if not keypoints.present[i]]
     if missing:
         raise DetectionError("missing_body_points", f"the person's {' and '.join(missing)} "
                              f"{'are' if len(missing) > 1 else 'is'} not visible in the photo; the masked model "
                              "needs both shoulders")
-    width, height = photo_size_wh
-    top, bottom = keypoints.xy[keypoints.present, 1].min(), keypoints.xy[keypoints.present, 1].max()
-    scale = min(model_size_hw[0] / height, model_size_hw[1] / width)
-    span = (bottom - top) * scale
-    if span < MIN_PERSON_SHARE * model_size_hw[0]:
-        raise DetectionError("person_too_small", f"the person found spans {bottom - top:.0f} px of the "
-                             f"{width}x{height} photo's height, {span:.0f} px of the model's {model_size_hw[0]} once "
-                             f"the photo is fitted in; at least {MIN_PERSON_SHARE * model_size_hw[0]:.0f} are needed: "
-                             "crop the photo closer to the person")
 
 
 class PersonDetector:

@@ -61,8 +61,8 @@ def _points(keypoints: Keypoints) -> tuple[np.ndarray, np.ndarray]:
     return p, present
 
 
-def _draw_body(img: Image.Image, keypoints: Keypoints, shape: _Shape) -> Image.Image:
-    """Step 4 of the script: black shapes over the arms, torso and neck, on a copy."""
+def _draw_body(img: Image.Image, keypoints: Keypoints, shape: _Shape, fill=BLACK) -> Image.Image:
+    """Step 4 of the script: black (``fill``) shapes over the arms, torso and neck, on a copy."""
     p, present = _points(keypoints)
     out = img.copy()
     draw = ImageDraw.Draw(out)
@@ -72,17 +72,17 @@ def _draw_body(img: Image.Image, keypoints: Keypoints, shape: _Shape) -> Image.I
 
     def ellipse(i: int, left: int, top: int, right: int, bottom: int) -> None:
         x, y = pt(i)
-        draw.ellipse((x - left * R, y - top * R, x + right * R, y + bottom * R), BLACK, BLACK)
+        draw.ellipse((x - left * R, y - top * R, x + right * R, y + bottom * R), fill, fill)
 
     def line_through(indices: tuple[int, ...], width_r: int) -> None:
-        draw.line([pt(i) for i in indices if present[i]], BLACK, width=width_r * R)
+        draw.line([pt(i) for i in indices if present[i]], fill, width=width_r * R)
 
-    draw.line([pt(R_SHOULDER), pt(L_SHOULDER)], BLACK, width=shape.shoulder_line * R)
+    draw.line([pt(R_SHOULDER), pt(L_SHOULDER)], fill, width=shape.shoulder_line * R)
     for i in (R_SHOULDER, L_SHOULDER):
         ellipse(i, *shape.shoulder_box)
     for i in (R_ELBOW, R_WRIST, L_ELBOW, L_WRIST):
         if present[i - 1] and present[i]:
-            draw.line([pt(i - 1), pt(i)], BLACK, width=10 * R)
+            draw.line([pt(i - 1), pt(i)], fill, width=10 * R)
             if i in (R_ELBOW, L_ELBOW):
                 ellipse(i, 4, 4, 4, 4)
     for i in (R_HIP, L_HIP):
@@ -93,10 +93,10 @@ def _draw_body(img: Image.Image, keypoints: Keypoints, shape: _Shape) -> Image.I
     line_through((R_HIP, L_HIP), 12)
     torso = [pt(i) for i in (R_SHOULDER, L_SHOULDER, L_HIP, R_HIP) if present[i]]
     if len(torso) >= 2:
-        draw.polygon(torso, BLACK, BLACK)
+        draw.polygon(torso, fill, fill)
     x, y = pt(NECK)
     half = shape.neck_half * R
-    draw.rectangle((x - half, y - half, x + half, y + half), BLACK, BLACK)
+    draw.rectangle((x - half, y - half, x + half, y + half), fill, fill)
     return out
 
 
@@ -131,3 +131,16 @@ def mask_person(person: Image.Image, parse: Image.Image, keypoints: Keypoints) -
 def mask_person_from_pose(person: Image.Image, keypoints: Keypoints) -> Image.Image:
     """The keypoints-only variant, for callers with no human-parsing map."""
     return _draw_body(person.convert("RGB"), keypoints, FROM_POSE)
+
+
+def masked_region(size_wh: tuple[int, int], keypoints: Keypoints, parse: Image.Image | None = None) -> Image.Image:
+    """Where the masked model of an image of ``size_wh`` is blacked out (mode L, 255), drawn as
+    ``mask_person`` (with ``parse``) or ``mask_person_from_pose`` draws it: the region the model
+    dresses, and the only one a composite into the photo may change."""
+    if parse is None:
+        return _draw_body(Image.new("L", size_wh, 0), keypoints, FROM_POSE, fill=255)
+    labels = parse_labels(parse, size_wh)
+    region = _draw_body(Image.new("L", size_wh, 0), keypoints, WITH_PARSE, fill=255)
+    region.paste(255, mask=_label_mask(labels, UPPER_GARMENT_LABELS))
+    region.paste(0, mask=_label_mask(labels, HEAD_LABELS + LOWER_BODY_LABELS))
+    return region

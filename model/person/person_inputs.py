@@ -5,10 +5,16 @@ The authors drew both at the published size, 192 x 256, with fixed pixel
 sizes (circles of radius 4, limbs 8 wide, mask shapes in units of 10 pixels).
 Drawn on a larger photo and scaled down afterwards they would come out thinner
 than anything the model was trained on, so the photo, its parsing map and
-the keypoints are first letterboxed to the model's size by one Letterbox and
-the drawing happens there. ``PersonInputs.frame`` is that Letterbox: it maps
-a result back to the photo's own size (``frame.restore``). Images already at
-the model's size are drawn as they are, pixel for pixel as the authors'.
+the keypoints are first brought to the model's size by one frame and the
+drawing happens there. For a person photo that frame is a ``Crop`` around the
+person, framed as VITON frames its people (framing.py), padded with VITON's
+background where it leaves the photo; ``PersonInputs.frame`` is it, and its
+``box`` is where the model looks in the photo. A result goes back into the
+photo itself through ``PersonInputs.composite`` (when the photo is kept):
+only the region the masked model blacks out (``PersonInputs.mask``) changes.
+Images already at the model's size are drawn as they are, pixel for pixel as
+the authors'. Without a photo (a masked model given) the frame is a
+``Letterbox``, as it always was.
 """
 from __future__ import annotations
 
@@ -19,11 +25,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..images import (BLACK, DEFAULT_MAX_PIXELS, MODEL_SIZE_HW, WHITE, ImageError, ImageSource, Letterbox,
-                      decode_image, decode_to_fit, image_to_levels, letterbox_person, open_image, tensor_to_image)
+from ..images import (BLACK, DEFAULT_MAX_PIXELS, MODEL_SIZE_HW, WHITE, Composite, Crop, ImageError, ImageSource,
+                      Letterbox, decode_image, decode_to_fit, feathered_mask, image_to_levels, letterbox_person,
+                      open_image, tensor_to_image)
+from ..images.crop import VITON_BACKGROUND
 from .detect import Detection, check_person, get_detector
+from .framing import check_person_size, person_crop
 from .keypoints import Keypoints, check_in_frame, parse_keypoints
-from .masking import mask_person, mask_person_from_pose
+from .masking import mask_person, mask_person_from_pose, masked_region
 from .pose_map import draw_pose_map
 
 ASPECT_TOLERANCE = 0.02  # a parsing map may differ this much in aspect ratio from its photo (rounding)
@@ -34,14 +43,21 @@ class PersonInputs:
     """The person side at model size, as the network gets it: (3, H, W) uint8 levels."""
     masked_model_levels: torch.Tensor
     pose_levels: torch.Tensor
-    frame: Letterbox  # the person photo's frame -> the model's
+    frame: Letterbox | Crop  # the person image's frame -> the model's (a Crop: a photo, framed)
     keypoints: Keypoints | None = None  # those used, in the photo's pixels (None: both images given)
     detection: Detection | None = None  # when the keypoints were found in the photo
+    mask: torch.Tensor | None = None  # (H, W) uint8, the model's frame: what a composite replaces (a photo's)
+    composite: Composite | None = None  # the photo kept, to put a result back into (``keep_photo``)
 
-    @classmethod
-    def drawn(cls, masked_model: Image.Image, pose: Image.Image, frame: Letterbox,
-              keypoints: Keypoints | None = None) -> PersonInputs:
-        return cls(image_to_levels(masked_model), image_to_levels(pose), frame, keypoints)
+    @property
+    def box(self) -> tuple[int, int, int, int] | None:
+        """Where the model looks in the photo (left, top, right, bottom; photo pixels, upright)."""
+        return self.frame.box if isinstance(self.frame, Crop) else None
+
+    @property
+    def output_frame(self) -> Letterbox | Crop | Composite:
+        """What maps a result back to the person's own size (``output_image``): into the photo when kept."""
+        return self.composite or self.frame
 
     @property
     def masked_model(self) -> Image.Image:
@@ -78,17 +94,6 @@ def decode_parse(source: ImageSource, *, max_pixels: int | None = DEFAULT_MAX_PI
     return Image.fromarray(labels.astype(np.uint8), mode="L")
 
 
-def letterbox_labels(parse: Image.Image, frame: Letterbox) -> Image.Image:
-    """A label map through ``frame``: nearest-neighbour scaling (labels stay
-    labels) and background (0) padding."""
-    left, top, right, bottom = frame.content_box
-    if (right - left, bottom - top) == frame.target_size_wh:
-        return parse.resize(frame.target_size_wh, Image.NEAREST)
-    canvas = Image.new("L", frame.target_size_wh, 0)
-    canvas.paste(parse.resize((right - left, bottom - top), Image.NEAREST), (left, top))
-    return canvas
-
-
 def _check_parse_frame(parse: Image.Image, person_size_wh: tuple[int, int]) -> None:
     (pw, ph), (w, h) = parse.size, person_size_wh
     if abs((pw / ph) / (w / h) - 1) > ASPECT_TOLERANCE:
@@ -98,34 +103,49 @@ def _check_parse_frame(parse: Image.Image, person_size_wh: tuple[int, int]) -> N
 
 def draw_inputs(person: ImageSource, keypoints: Keypoints | Any, parse: ImageSource | None = None, *,
                 size_hw: tuple[int, int] = MODEL_SIZE_HW, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                silhouette: Image.Image | None = None) -> PersonInputs:
-    """Masked model and pose map at ``size_hw`` from a person photo.
+                silhouette: Image.Image | None = None, framing: bool = True,
+                keep_photo: bool = False) -> PersonInputs:
+    """Masked model and pose map at ``size_hw`` from a person photo, and the mask of what they black out.
 
     ``keypoints``: a Keypoints, or anything parse_keypoints accepts, in the
     photo's pixel frame. ``parse``: its human-parsing map, or None for the
     keypoints-only masking. ``silhouette`` (mode L, the photo's size, 255 =
     person): the keypoints-only masking blacks out nothing outside it, so the
-    background stays as it is. Raises KeypointsError or ImageError (``field``
-    names the input) for unusable inputs.
+    background stays as it is. ``framing``: cut the person out as VITON frames
+    people (False: the whole photo letterboxed, as before framing). ``keep_photo``:
+    keep it to composite results into (``PersonInputs.composite``). Raises
+    KeypointsError or ImageError (``field`` names the input) for unusable inputs.
     """
     model_wh = (size_hw[1], size_hw[0])
-    photo, photo_wh = decode_to_fit(person, "person", model_wh, background=WHITE, max_pixels=max_pixels)
+    if framing:  # the box is not known before the keypoints: decoded whole
+        photo = decode_image(person, "person", background=WHITE, max_pixels=max_pixels)
+        photo_wh = photo.size
+    else:
+        photo, photo_wh = decode_to_fit(person, "person", model_wh, background=WHITE, max_pixels=max_pixels)
     if isinstance(keypoints, Keypoints):
         check_in_frame(keypoints, photo_wh)
     else:
         keypoints = parse_keypoints(keypoints, photo_wh)
-    frame = Letterbox(photo_wh, model_wh)
+    frame = person_crop(keypoints, photo_wh, model_wh) if framing else Letterbox(photo_wh, model_wh)
     points = keypoints.letterboxed(frame)
-    boxed = frame.fit(photo, WHITE)
+    boxed = frame.fit(photo, VITON_BACKGROUND if framing else WHITE)  # what the training data has around people
     if parse is None:
         masked = mask_person_from_pose(boxed, points)
+        region = masked_region(frame.target_size_wh, points)
         if silhouette is not None:
-            masked = Image.composite(masked, boxed, letterbox_labels(silhouette, frame))
+            kept = frame.fit_labels(silhouette)
+            masked = Image.composite(masked, boxed, kept)
+            region = Image.composite(region, kept, kept)  # 255 only where both are
     else:
         labels = decode_parse(parse, max_pixels=max_pixels)
         _check_parse_frame(labels, photo_wh)
-        masked = mask_person(boxed, letterbox_labels(labels, frame), points)
-    return PersonInputs.drawn(masked, draw_pose_map(points, frame.target_size_wh), frame, keypoints)
+        boxed_labels = frame.fit_labels(labels)
+        masked = mask_person(boxed, boxed_labels, points)
+        region = masked_region(frame.target_size_wh, points, boxed_labels)
+    mask = feathered_mask(region)
+    composite = Composite(photo, frame, mask, image_to_levels(boxed)) if keep_photo and framing else None
+    return PersonInputs(image_to_levels(masked), image_to_levels(draw_pose_map(points, frame.target_size_wh)), frame,
+                        keypoints, mask=mask, composite=composite)
 
 
 class IncompleteInputs(ValueError):
@@ -197,7 +217,7 @@ def check_person_mix(given: set[str]) -> PersonMix:
 def person_images(*, masked_model: ImageSource | None = None, pose: ImageSource | None = None,
                   person: ImageSource | None = None, keypoints: Any = None, parse: ImageSource | None = None,
                   size_hw: tuple[int, int] = MODEL_SIZE_HW, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                  silhouette: bool = False) -> PersonInputs:
+                  silhouette: bool = False, framing: bool = True, keep_photo: bool = False) -> PersonInputs:
     """The masked model and pose map at ``size_hw`` from any mix that determines them (PERSON_MIXES).
 
     Given images are used as they are; a missing masked model is drawn from
@@ -206,6 +226,7 @@ def person_images(*, masked_model: ImageSource | None = None, pose: ImageSource 
     is given instead. A ``person`` with no ``keypoints``: they are detected in
     it (DetectionError when no usable person is found). ``silhouette``: the
     keypoints-only masking leaves the background found by segmentation as it is.
+    ``framing`` and ``keep_photo``: as for ``draw_inputs``, for a ``person`` photo.
     Inputs that would be ignored make the mix ambiguous: IncompleteInputs.
     """
     given = {name for name, value in (("masked_model", masked_model), ("pose", pose), ("person", person),
@@ -229,11 +250,13 @@ def person_images(*, masked_model: ImageSource | None = None, pose: ImageSource 
     silhouette = silhouette and parse is None  # the parsing map's masking keeps the background anyway
     if keypoints is None:
         detection = get_detector().detect(photo, silhouette=silhouette)
-        check_person(detection.keypoints, photo.size, size_hw)
+        check_person(detection.keypoints)
+        check_person_size(detection.keypoints, photo.size)
         keypoints, mask = detection.keypoints, detection.silhouette
     elif silhouette:
         mask = get_detector().segment(photo)
-    drawn = draw_inputs(photo, keypoints, parse, size_hw=size_hw, max_pixels=max_pixels, silhouette=mask)
+    drawn = draw_inputs(photo, keypoints, parse, size_hw=size_hw, max_pixels=max_pixels, silhouette=mask,
+                        framing=framing, keep_photo=keep_photo)
     if pose is not None:
         skeleton = decode_image(pose, "pose", background=BLACK, max_pixels=max_pixels)
         drawn = replace(drawn, pose_levels=image_to_levels(drawn.frame.apply(skeleton, BLACK)))

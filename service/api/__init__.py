@@ -1,12 +1,13 @@
 """The HTTP edge: the app, middleware, errors, OpenAPI, dependencies, one module per router,
-parsing of inputs, fetching of URLs, the response cache, and uvicorn around it all.
+parsing of requests, the response cache, and uvicorn around it all.
 
 A request's way: ``middleware`` (request id, metrics, the access log line) -> a router
 in ``routes/`` -> ``deps`` (API key, readiness, options) -> ``steps`` (``inputs`` parses,
-``fetch`` fetches, ``person`` decodes, the cache is asked, the queue runs the job, the
-image is encoded) -> the response. ``errors`` maps every failure, the queue's outcomes
-included, to the one JSON error shape.
+URLs are fetched, the codec decodes, the cache is asked, the queue runs the job, the codec
+encodes) -> the response. ``errors`` maps every failure, the queue's outcomes included, to
+the one JSON error shape.
 
-May import: ``service.processes`` (a front end's remote batcher), ``service.queue``,
-``model`` and the foundation (``service.settings``, ``metrics``, ``logs``, ``limits``).
+May import: ``service.jobs`` (built and started here), ``service.processes`` (a front end's
+remote batcher), ``service.codec`` (decoding, encoding, fetching), ``service.queue``, ``model``
+and the foundation (``service.settings``, ``metrics``, ``logs``, ``limits``).
 """

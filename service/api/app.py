@@ -23,7 +23,8 @@ from .routes.v2 import health as v2_health, models as v2_models
 from .state import ServiceState
 
 EXPOSED_HEADERS = ["X-Request-ID", "X-Weights", "Server-Timing", "X-Batch-Size", "X-Garments", "X-Image-Size",
-                   "Retry-After", "X-Cache", "X-Cache-Hits", "X-Person-Count", "X-Person-Warning", "Location", "Idempotent-Replayed"]
+                   "Retry-After", "X-Cache", "X-Cache-Hits", "X-Person-Count", "X-Person-Warning", "X-Person-Box",
+                   "Location", "Idempotent-Replayed"]
 
 
 @asynccontextmanager

@@ -3,7 +3,8 @@
 The key is a hash of the decoded, letterboxed input tensors and of
 everything else that decides the answer's bytes (the weights' sha256, the
 precision, the sampler, the image size, the output options, and for
-``size=original`` the person's original frame), never of anything a client
+``size=original`` the person's original frame: for a photo, its crop box and
+the digest of its bytes, since the answer is that photo), never of anything a client
 chooses freely (no request id, header or client key): only a client that
 sends the same inputs gets the stored answer.
 
@@ -32,7 +33,7 @@ from redis.exceptions import TimeoutError as RedisTimeout
 
 from model.images import TryOnInputs
 
-from .inputs import OutputOptions
+from ..codec.output import OutputOptions
 from ..metrics import Metrics
 from ..settings import Settings
 
@@ -89,9 +90,8 @@ def response_key(identity: str, inputs: TryOnInputs, options: OutputOptions) -> 
     # craft inputs that collide with another's.
     digest = blake3()
     answer = options.model_dump()
-    if options.size == "original":  # the answer is mapped back to the person's own frame
-        frame = inputs.person_frame
-        answer["frame"] = [list(frame.source_size_wh), list(frame.target_size_wh)]
+    if options.size == "original":  # the answer is mapped back to the person's own frame (or photo)
+        answer["frame"] = inputs.person_frame.identity
     digest.update(identity.encode() + b"\n" + json.dumps(answer, sort_keys=True).encode() + b"\n")
     for name in ("masked_model", "pose", "cloth"):
         levels = getattr(inputs, name)

@@ -9,16 +9,15 @@ KServe's clients read.
 from __future__ import annotations
 
 import logging
-import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..queue.outcomes import (DeadlineExceeded, DeadlineTooShort, DeviceFailed, DeviceOutOfMemory, EngineUnreachable,
-                              InferenceFailed, Overloaded, QueueError, QueueFull, ShuttingDown)
+from ..codec.errors import ApiError, from_queue_error
 from ..limits import OverBudget
+from ..queue.outcomes import QueueError
 from .context import request_context
 
 log = logging.getLogger("service.errors")
@@ -29,40 +28,6 @@ _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404:
                  405: "method_not_allowed", 406: "not_acceptable", 413: "payload_too_large",
                  415: "unsupported_media_type", 422: "invalid_request", 429: "too_many_requests",
                  503: "unavailable", 504: "timeout"}
-
-
-class ApiError(Exception):
-    """An answer other than success; ``field`` names the input at fault, if one is."""
-
-    def __init__(self, status: int, code: str, message: str, field: str | None = None,
-                 headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.field = field
-        self.headers = headers or {}
-
-
-# The queue's outcomes as answers: 503s say "try again (elsewhere)", with Retry-After.
-_QUEUE_ERRORS: dict[type[QueueError], tuple[int, str]] = {
-    QueueFull: (503, "queue_full"),
-    Overloaded: (503, "overloaded"),
-    DeadlineTooShort: (422, "timeout_too_short"),
-    ShuttingDown: (503, "shutting_down"),
-    DeviceOutOfMemory: (503, "out_of_memory"),
-    DeviceFailed: (503, "device_failed"),
-    DeadlineExceeded: (504, "deadline_exceeded"),
-    InferenceFailed: (500, "inference_failed"),
-    EngineUnreachable: (503, "not_ready"),
-}
-
-
-def from_queue_error(exc: QueueError) -> ApiError:
-    status, code = _QUEUE_ERRORS.get(type(exc), (500, "inference_failed"))
-    headers = {"Retry-After": str(math.ceil(exc.retry_after_s))} if exc.retry_after_s is not None else None
-    field = "timeout" if isinstance(exc, DeadlineTooShort) else None
-    return ApiError(status, code, exc.message, field, headers=headers)
 
 
 PROTOCOL_PREFIX = "/v2"

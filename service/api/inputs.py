@@ -6,8 +6,8 @@ as a JSON base64 string (a ``data:`` URL is fine). Keypoints come as JSON:
 a multipart file or text field, or a JSON field holding the object or list
 itself or its text. Which person-side inputs make a valid mix is
 model.person's rule (check_person_mix), checked here by name before any bytes are
-decoded. Garments: one ``cloth``, or for the batch endpoint ``cloth``
-repeated (multipart) or a ``cloths`` list (JSON). Options (format, quality,
+decoded. Garments: one ``cloth`` (for /v1/prepare: at most one), or for the batch
+endpoint ``cloth`` repeated (multipart) or a ``cloths`` list (JSON). Options (format, quality,
 size) come from query parameters or body fields. Limits: the request body, bytes
 per image (413), pixels announced by the header (413, before decoding),
 and anything Pillow can't read (415). URLs are fetched concurrently;
@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from fastapi import Request
@@ -28,21 +28,21 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
-from model.images import DEFAULT_QUALITY, OutputFormat, OutputSize
 from model.person import IncompleteInputs, check_person_mix
 from model.safe_json import MAX_STRUCTURE, JsonError, load_json
 
 from .context import request_context
 from .errors import CLIENT_GONE, ApiError
-from .fetch import UrlFetcher
+from ..codec.fetch import UrlFetcher
+from ..codec.output import OutputOptions
+from ..codec.sources import KEYPOINTS_FIELD, RequestParts, person_mix_error
 from ..limits import BudgetHold, byte_count
 from ..queue.outcomes import Priority
 from ..settings import Settings
 
 IMAGE_FIELDS = ("masked_model", "pose", "cloth")  # the classic /v1/tryon trio
 PERSON_FIELDS = ("masked_model", "pose", "person", "parse")  # person-side images
-KEYPOINTS_FIELD = "keypoints"
-Garments = Literal["none", "one", "many"]
+Garments = Literal["none", "optional", "one", "many"]  # optional: at most one, no options
 OPTION_FIELDS = ("format", "quality", "size", "priority", "timeout")
 # Scheduling options may also come as headers (a proxy or gateway can set them); fields win.
 JOB_OPTION_HEADERS = {"priority": "X-Priority", "timeout": "X-Request-Timeout"}
@@ -65,12 +65,6 @@ class GarmentLimit:
         return cls(settings.max_garments, "TRYON_MAX_GARMENTS", settings.batch_body_limit)
 
 
-
-
-class OutputOptions(BaseModel):
-    format: OutputFormat = "jpeg"
-    quality: int = Field(DEFAULT_QUALITY, ge=1, le=100)
-    size: OutputSize = "model"
 
 
 class JobOptions(BaseModel):
@@ -146,20 +140,6 @@ def _check_size(data: bytes, field: str, limit: int) -> bytes:
     return data
 
 
-@dataclass
-class RequestParts:
-    """A request's inputs before fetching and decoding: bytes, or a URL still to fetch."""
-    person: dict[str, bytes | str] = field(default_factory=dict)
-    keypoints: Any = None  # JSON text or bytes, or the decoded object/list
-    cloths: list[bytes | str | ApiError] = field(default_factory=list)  # an ApiError: that garment failed
-    options: dict = field(default_factory=dict)
-    decode_bytes: int = 0  # what decoding the images will hold, as their headers say (steps.complete_parts)
-
-    @property
-    def given(self) -> set[str]:
-        return set(self.person) | ({KEYPOINTS_FIELD} if self.keypoints is not None else set())
-
-
 def _json_image(value: Any, key: str, settings: Settings) -> bytes | str:
     """A JSON image field: an http(s) URL (fetched later) or base64 bytes."""
     if not isinstance(value, str):
@@ -210,7 +190,8 @@ def _keypoints_json(value: str | bytes) -> Any:
 def _check_known(key: str, garments: Garments, garment_key: str, extra: tuple[str, ...] = ()) -> None:
     """A field no route reads is refused, not ignored: a misspelt ``clothe`` would otherwise
     surface as a missing ``cloth``, and the OpenAPI forms allow no other fields."""
-    known = (*PERSON_FIELDS, KEYPOINTS_FIELD, *((garment_key, *OPTION_FIELDS, *extra) if garments != "none" else ()))
+    known = (*PERSON_FIELDS, KEYPOINTS_FIELD, *((garment_key,) if garments != "none" else ()),
+             *((*OPTION_FIELDS, *extra) if garments in ("one", "many") else ()))
     if key not in known:
         raise ApiError(422, "unknown_field", f"{key!r} is not a field of this endpoint; send only "
                        f"{', '.join(known)}", key[:64].encode("utf-8", "backslashreplace").decode())
@@ -266,7 +247,7 @@ async def _from_multipart(request: Request, body: bytes, settings: Settings, gar
                                   garments if key == "cloth" else "one")
                 if key != "cloth":
                     parts.person[key] = source
-                elif garments == "one":
+                elif garments != "many":
                     parts.cloths = [source]
                 else:
                     parts.cloths.append(source)
@@ -292,7 +273,7 @@ def _from_json(body: bytes, settings: Settings, garments: Garments, limit: Garme
     keypoints = document.get(KEYPOINTS_FIELD)
     if keypoints is not None:
         parts.keypoints = _keypoints_json(keypoints) if isinstance(keypoints, str) else keypoints
-    if garments == "one" and document.get("cloth") is not None:
+    if garments in ("one", "optional") and document.get("cloth") is not None:
         parts.cloths = [_json_image(document["cloth"], "cloth", settings)]
     elif garments == "many" and document.get("cloths") is not None:
         if not isinstance(document["cloths"], list):
@@ -307,12 +288,6 @@ def _from_json(body: bytes, settings: Settings, garments: Garments, limit: Garme
 def _too_many(count: int | str, limit: GarmentLimit) -> None:
     raise ApiError(413, "too_many_garments", f"{count} garments; at most {limit.most} per "
                    f"request ({limit.setting})", "cloth")
-
-
-def person_mix_error(exc: IncompleteInputs) -> ApiError:
-    """The model's mix rule failure as the service's 422; ``field`` lists the inputs concerned."""
-    code = f"{exc.kind}_inputs"
-    return ApiError(422, code, exc.message, ",".join(exc.fields))
 
 
 async def read_request(request: Request, settings: Settings, query_options: dict, garments: Garments = "one",
@@ -337,7 +312,7 @@ async def read_request(request: Request, settings: Settings, query_options: dict
         check_person_mix(parts.given)
     except IncompleteInputs as exc:
         raise person_mix_error(exc) from None
-    if garments != "none" and not parts.cloths:
+    if garments in ("one", "many") and not parts.cloths:
         what = "cloth is required (a file, an http(s) URL or base64)" if garments == "one" else \
             "at least one garment is required: cloth fields (multipart) or a cloths list (JSON)"
         raise ApiError(422, "missing_field", what, "cloth")

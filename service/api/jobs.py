@@ -1,29 +1,23 @@
-"""The edge's side of catalog jobs (service/jobs/): what only the edge knows, handed to the
-job room (decoding and encoding as /v1/tryon/batch does them, /v1/tryon's error codes, the
-URL rules for webhooks), and the ``Jobs`` that ServiceState starts and stops."""
+"""The ``Jobs`` that ServiceState starts and stops: the job store, this replica's runner and its
+webhook sender (service/jobs/). The runner decodes and encodes through the codec (``TaskCodec``),
+as the routes do, and the sender checks webhook URLs by the fetcher's rules (``FetcherTargets``):
+both built here from the settings, nothing of the edge's handed down."""
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import logging
 
-import torch
-
-from ..jobs.records import JobError, JobInputs
+from ..codec.fetch import UrlFetcher
 from ..jobs.redis_store import RedisJobStore
-from ..jobs.runner import DecodedTask, JobRunner
+from ..jobs.runner import JobRunner, TaskCodec
 from ..jobs.store import JobStore, MemoryJobStore
-from ..jobs.webhooks import WebhookRefused, WebhookSender, WebhookTarget
+from ..jobs.targets import FetcherTargets
+from ..jobs.webhooks import WebhookSender
 from ..limits import ByteBudget
 from ..metrics import Metrics
 from ..queue.interface import JobQueue
-from ..queue.outcomes import QueueError
 from ..settings import Settings
-from .errors import ApiError, from_queue_error
-from .fetch import UrlFetcher
-from .inputs import OutputOptions, RequestParts
-from .parts import encode_output
-from .person import decode_bytes, decode_garments, decode_person
 
 log = logging.getLogger("service.jobs")
 
@@ -40,53 +34,6 @@ def webhook_secrets(settings: Settings):
     if not settings.api_keys:
         by_owner[""] = settings.webhook_secrets
     return lambda owner: by_owner.get(owner, ())
-
-
-def job_error(exc: ApiError) -> JobError:
-    return JobError(exc.status, exc.code, exc.message, exc.field)
-
-
-class EdgeCodec:
-    """Decoding and encoding as /v1/tryon/batch does them; errors with its codes."""
-
-    def __init__(self, settings: Settings):
-        self.settings = settings
-
-    def decode(self, inputs: JobInputs) -> DecodedTask:
-        cloths = [ApiError(c.status, c.code, c.message, c.field) if isinstance(c, JobError) else c
-                  for c in inputs.cloths]
-        try:
-            person = decode_person(RequestParts(dict(inputs.person), inputs.keypoints, cloths), self.settings)
-        except ApiError as exc:
-            return DecodedTask(None, [job_error(exc)] * len(cloths))
-        garments = decode_garments(person, cloths, self.settings)
-        return DecodedTask(person.frame, [job_error(g) if isinstance(g, ApiError) else g for g in garments])
-
-    def decode_bytes(self, inputs: JobInputs) -> int:
-        """What decoding the task will hold at its peak, as its images' headers say (person.decode_bytes)."""
-        cloths = [c for c in inputs.cloths if isinstance(c, bytes)]
-        parts = RequestParts(dict(inputs.person), inputs.keypoints, cloths)
-        return decode_bytes(parts, self.settings, 1 << 62, "many")
-
-    def encode(self, output: torch.Tensor, frame, options: dict) -> bytes:
-        return encode_output(output, frame, OutputOptions.model_validate(options))
-
-    def error_of(self, exc: QueueError) -> JobError:
-        return job_error(from_queue_error(exc))
-
-
-class FetcherTargets:
-    """Webhook URLs under the rules fetched URLs follow (service/api/fetch.py)."""
-
-    def __init__(self, fetcher: UrlFetcher):
-        self.fetcher = fetcher
-
-    async def target(self, url: str) -> WebhookTarget:
-        try:
-            pinned = await self.fetcher.pin(url, "webhook_url")
-        except ApiError as exc:
-            raise WebhookRefused(exc.message) from None
-        return WebhookTarget(str(pinned.url), pinned.host_header, pinned.sni_hostname)
 
 
 def open_store(settings: Settings) -> JobStore:
@@ -106,7 +53,7 @@ class Jobs:
         self.metrics = metrics
         self.store = open_store(settings)
         keep_every_s = settings.jobs_claim_after_s / 3
-        self.runner = JobRunner(self.store, queue, EdgeCodec(settings), chunk_size, settings.jobs_concurrency,
+        self.runner = JobRunner(self.store, queue, TaskCodec(settings), chunk_size, settings.jobs_concurrency,
                                 keep_every_s, metrics, budget)
         self.sender = WebhookSender(self.store, FetcherTargets(fetcher), webhook_secrets(settings),
                                     settings.webhook_retry_s, settings.webhook_timeout_s, keep_every_s, metrics)

@@ -17,7 +17,8 @@ from pydantic import BaseModel, Field
 
 from model.person import PERSON_MIXES
 
-from .inputs import KEYPOINTS_FIELD, JobOptions, OutputOptions
+from ..codec.output import OutputOptions
+from .inputs import KEYPOINTS_FIELD, JobOptions
 from .oip import InferRequest, InferResponse
 
 BINARY = {"type": "string", "format": "binary"}
@@ -92,16 +93,18 @@ PERSON_MIX = ("Person side: exactly one of these forms (the request body's `oneO
 PERSON_INPUTS = tuple(dict.fromkeys(name for form in PERSON_FORMS for name in (*form.required, *form.optional)))
 
 
-def person_request_body(garments: dict, options: bool = True, extra: dict | None = None) -> dict:
+def person_request_body(garments: dict, options: bool = True, extra: dict | None = None,
+                        garments_required: bool = True) -> dict:
     """The request body of an endpoint taking the person-side inputs plus ``garments``
-    ({"multipart": {...}, "json": {...}} properties, all required), the output options and
-    ``extra`` (properties of both forms, optional).
+    ({"multipart": {...}, "json": {...}} properties, all required unless not ``garments_required``),
+    the output options and ``extra`` (properties of both forms, optional).
     ``oneOf`` the forms, each naming the person-side inputs it takes and no others; every
     field is also a property of the body itself, so that a file part is known as one."""
     def schema(kind: str) -> dict:
         fields = {name: _FORM_FIELDS[kind].get(name, _IMAGE_FIELD[kind]) for name in PERSON_INPUTS}
         common = {**garments.get(kind, {}), **(_options() if options else {}), **(extra or {})}
-        forms = [{"title": form.name, "type": "object", "required": [*form.required, *garments.get(kind, {})],
+        required = list(garments.get(kind, {})) if garments_required else []
+        forms = [{"title": form.name, "type": "object", "required": [*form.required, *required],
                   "properties": {**{name: fields[name] for name in (*form.required, *form.optional)}, **common},
                   "additionalProperties": False} for form in PERSON_FORMS]
         return {"type": "object", "properties": {**fields, **common}, "oneOf": forms}

@@ -14,10 +14,7 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
-from model.images import encode_image, output_image
-
 from .errors import ApiError
-from .inputs import OutputOptions
 
 NDJSON = "application/x-ndjson"
 
@@ -43,11 +40,6 @@ class Part:
 
     def error_body(self) -> dict:
         return {"code": self.error.code, "message": self.error.message, "field": self.error.field}
-
-
-def encode_output(output, frame, options: OutputOptions) -> bytes:
-    """One (3, H, W) result as image bytes, at model size or the person's original size."""
-    return encode_image(output_image(output, frame, options.size), options.format, options.quality)
 
 
 def accepts(request: Request, media_type: str) -> bool:

@@ -22,8 +22,8 @@ from ..queue.host import EngineFactory, EngineHost, weights_label
 from ..queue.interface import JobQueue
 from ..settings import Settings
 from .cache import ResponseCache, model_identity, open_cache
+from ..codec.fetch import UrlFetcher
 from .components import Components
-from .fetch import UrlFetcher
 from .jobs import Jobs
 
 log = logging.getLogger("service")

@@ -15,11 +15,11 @@ from ..queue.jobs import GarmentsInputs, GarmentsStream, JobResult
 from ..queue.outcomes import DeadlineExceeded, DropReason, Priority, QueueError
 from .context import request_context
 from .deps import QueryOptions, Work
+from ..codec.output import OutputOptions
+from ..codec.person import decode_bytes
+from ..codec.sources import RequestParts
 from .errors import ApiError
-from .parts import encode_output  # noqa: F401  (the routes' step, defined where jobs reach it too)
-from .inputs import (GarmentLimit, Garments, JobOptions, OutputOptions, RequestParts, fetch_parts, has_urls,
-                     parse_job_options, read_request)
-from .person import decode_bytes
+from .inputs import GarmentLimit, Garments, JobOptions, fetch_parts, has_urls, parse_job_options, read_request
 from .state import ServiceState
 
 STREAM_CHUNK = 64 * 1024

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
 
+from ..codec.errors import ApiError
+
 
 class JobStatus(str, Enum):
     QUEUED = "queued"
@@ -45,6 +47,10 @@ class JobError:
     code: str
     message: str
     field: str | None = None
+
+    @classmethod
+    def of(cls, exc: ApiError) -> "JobError":
+        return cls(exc.status, exc.code, exc.message, exc.field)
 
     def to_dict(self) -> dict:
         return {"status": self.status, "code": self.code, "message": self.message, "field": self.field}

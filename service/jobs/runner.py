@@ -1,7 +1,8 @@
 """Runs the tasks of the job store through the queue's one interface.
 
 A replica runs TRYON_JOBS_CONCURRENCY tasks at once. Each task: the person side and
-its garments decoded (the edge's decoding, so errors carry /v1/tryon's codes), the
+its garments decoded by the codec, as /v1/tryon/batch decodes them (so errors carry
+/v1/tryon's codes), the
 garments not yet settled submitted as one ``GarmentsInputs`` with ``Priority.BULK`` (as
 /v1/tryon/batch does: shoppers' requests overtake it between chunks), each result encoded
 and settled as its chunk comes out. A canceled or expired job's next chunk is not run.
@@ -26,12 +27,17 @@ import torch
 
 from model.images import TryOnInputs, stack_levels
 
+from ..codec.errors import ApiError, from_queue_error
+from ..codec.output import OutputOptions, encode_output
+from ..codec.person import decode_bytes, decode_garments, decode_person
+from ..codec.sources import RequestParts
 from ..limits import ByteBudget, OverBudget
 from ..metrics import Metrics
 from ..queue.interface import JobQueue
 from ..queue.jobs import GarmentsInputs, GarmentsStream
 from ..queue.outcomes import (DeadlineExceeded, DeadlineTooShort, DeviceFailed, DeviceOutOfMemory, EngineUnreachable, Overloaded, Priority, QueueError,
                               QueueFull, ShuttingDown)
+from ..settings import Settings
 from .records import GarmentState, JobError, JobInputs, JobRecord, JobStatus, Task
 from .store import JobStore, StoreUnavailable
 
@@ -44,15 +50,16 @@ SWEEP_S = 10.0
 
 @dataclass(frozen=True)
 class DecodedTask:
-    """A task's garments ready for the model (or each one's error), and the person's frame to encode in."""
+    """A task's garments ready for the model (or each one's error), and the frame a result maps back
+    through (into the person's photo for ``size=original``)."""
     frame: object
     garments: list[TryOnInputs | JobError]
 
 
 class JobCodec(Protocol):
-    """What the HTTP edge knows and this room needs: decoding, encoding, the errors' codes."""
+    """What this room asks the codec room for (``TaskCodec``; a test may stand in for it)."""
 
-    def decode(self, inputs: JobInputs) -> DecodedTask:
+    def decode(self, inputs: JobInputs, options: dict) -> DecodedTask:
         """(In a thread.) A person-side failure is every garment's error."""
 
     def decode_bytes(self, inputs: JobInputs) -> int:
@@ -62,6 +69,36 @@ class JobCodec(Protocol):
         """(In a thread.) One result in the job's output options."""
 
     def error_of(self, exc: QueueError) -> JobError: ...
+
+
+class TaskCodec:
+    """A task decoded and encoded by the codec (service/codec/) as /v1/tryon/batch is, so a job's
+    results and errors are /v1/tryon's: the person framed once for the task's garments, and with
+    ``size=original`` each result composited into the photo."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    def decode(self, inputs: JobInputs, options: dict) -> DecodedTask:
+        cloths = [ApiError(c.status, c.code, c.message, c.field) if isinstance(c, JobError) else c
+                  for c in inputs.cloths]
+        try:
+            person = decode_person(RequestParts(dict(inputs.person), inputs.keypoints, cloths), self.settings,
+                                   keep_photo=OutputOptions.model_validate(options).size == "original")
+        except ApiError as exc:
+            return DecodedTask(None, [JobError.of(exc)] * len(cloths))
+        garments = decode_garments(person, cloths, self.settings)
+        return DecodedTask(person.output_frame, [JobError.of(g) if isinstance(g, ApiError) else g for g in garments])
+
+    def decode_bytes(self, inputs: JobInputs) -> int:
+        cloths = [c for c in inputs.cloths if isinstance(c, bytes)]
+        return decode_bytes(RequestParts(dict(inputs.person), inputs.keypoints, cloths), self.settings, 1 << 62, "many")
+
+    def encode(self, output: torch.Tensor, frame: object, options: dict) -> bytes:
+        return encode_output(output, frame, OutputOptions.model_validate(options))
+
+    def error_of(self, exc: QueueError) -> JobError:
+        return JobError.of(from_queue_error(exc))
 
 
 class Interrupted(Exception):
@@ -138,7 +175,7 @@ class JobRunner:
             if index not in record.settled:
                 await self._settle(record, index, GarmentState(error), None)
 
-    async def _decode(self, inputs: JobInputs) -> DecodedTask:
+    async def _decode(self, inputs: JobInputs, options: dict) -> DecodedTask:
         """The task decoded once the bytes in flight have room for it (waited for: a job has time)."""
         needed = 0
         if self.budget is not None:
@@ -152,7 +189,7 @@ class JobRunner:
                         raise Interrupted from None
                     await asyncio.sleep(POLL_S)
         try:
-            return await asyncio.to_thread(self.codec.decode, inputs)
+            return await asyncio.to_thread(self.codec.decode, inputs, options)
         finally:
             if self.budget is not None:
                 self.budget.give(needed)
@@ -175,7 +212,7 @@ class JobRunner:
         if record.status is JobStatus.QUEUED:
             await self.store.start(task.job_id)
             self.metrics.jobs.labels(JobStatus.RUNNING.value).inc()
-        decoded = await self._decode(inputs)
+        decoded = await self._decode(inputs, record.options)
         to_run: list[tuple[int, TryOnInputs]] = []
         for offset, garment in enumerate(decoded.garments):
             index = task.start + offset

@@ -197,6 +197,7 @@ async function tryOn(event) {
     const total = ((performance.now() - started) / 1000).toFixed(2);
     $("request-line").textContent = `POST ${path}: ${res.status}, ${total} s in all` +
       (res.headers.get("X-Request-ID") ? ` · request ${res.headers.get("X-Request-ID")}` : "");
+    if ($("show-inputs").checked) await showModelView();
   } catch (err) {
     showError(unreachable(err));
   } finally {
@@ -238,6 +239,54 @@ function showPart(part, seconds) {
                          seconds, timings});
 }
 
+// ---- what the model saw: /v1/prepare with the same person and the first garment ------------
+
+async function showModelView() {
+  const body = new FormData();
+  for (const field of PERSON_FIELDS) {
+    if (chosen[field]) body.append(field, chosen[field], chosen[field].name);
+  }
+  if (chosen.cloth.length) body.append("cloth", chosen.cloth[0], chosen.cloth[0].name);
+  const res = await fetch(`${apiBase()}/v1/prepare`, {method: "POST", body,
+                                                      headers: {...authHeaders(), Accept: "application/json"}});
+  const view = $("model-view");
+  view.hidden = false;
+  if (!res.ok) {
+    const error = await errorOf(res);
+    $("model-view-line").textContent = `POST /v1/prepare: HTTP ${error.status} ${error.code}: ${error.message}`;
+    return;
+  }
+  const saw = await res.json();
+  for (const name of ["masked_model", "pose", "cloth", "mask"]) {
+    const card = $(`saw-${name}-card`);
+    if (card) card.hidden = !saw[name];
+    if (saw[name]) $(`saw-${name}`).src = `data:${saw.media_type};base64,${saw[name]}`;
+  }
+  $("saw-photo-card").hidden = !(saw.box && chosen.person);
+  $("model-view-line").textContent = `${saw.size[1]}×${saw.size[0]} px` +
+    (saw.box ? ` · box ${saw.box.join(", ")} (left, top, right, bottom) in the photo's pixels` : "");
+  if (saw.box && chosen.person) await drawBox(saw.box);
+}
+
+// The box over the photo as the browser shows it (upright, EXIF applied). The frame holds both,
+// so a box that reaches past the photo's edges (padded there for the model) is drawn past them.
+async function drawBox([left, top, right, bottom]) {
+  const photo = $("saw-photo");
+  photo.src = keep(URL.createObjectURL(chosen.person));
+  await photo.decode();
+  const [width, height] = [photo.naturalWidth, photo.naturalHeight];
+  const [x0, y0] = [Math.min(0, left), Math.min(0, top)];
+  const [spanX, spanY] = [Math.max(width, right) - x0, Math.max(height, bottom) - y0];
+  const place = (element, x, y, w, h) => Object.assign(element.style, {
+    left: `${(100 * (x - x0)) / spanX}%`, top: `${(100 * (y - y0)) / spanY}%`,
+    width: `${(100 * w) / spanX}%`, height: `${(100 * h) / spanY}%`,
+  });
+  photo.parentElement.style.aspectRatio = `${spanX} / ${spanY}`;
+  place(photo, 0, 0, width, height);
+  place($("saw-box"), left, top, right - left, bottom - top);
+  $("saw-box").dataset.box = [left, top, right, bottom].join(",");
+}
+
 // The error body {"error": {code, message, field}}; anything else (a proxy's page) still gives one.
 async function errorOf(res) {
   let body = null;
@@ -271,6 +320,7 @@ function clearOutput() {
   $("error").hidden = true;
   $("timings").hidden = true;
   $("results").replaceChildren();
+  $("model-view").hidden = true;
   document.querySelectorAll(".at-fault").forEach((el) => el.classList.remove("at-fault"));
 }
 

@@ -96,8 +96,13 @@ def test_tryon_takes_paths_bytes_file_objects_and_urls(client, reference, image_
 def test_tryon_from_a_photo_and_keypoints_as_a_dict(client, server):
     want = raw(server, "/v1/tryon", parts(person=EXAMPLES / "person.jpg", keypoints=KEYPOINTS, cloth=CLOTH))
     keypoints = json.loads(KEYPOINTS.read_text())
-    assert client.tryon(person=EXAMPLES / "person.jpg", keypoints=keypoints, cloth=CLOTH).image == want.content
+    got = client.tryon(person=EXAMPLES / "person.jpg", keypoints=keypoints, cloth=CLOTH)
+    assert got.image == want.content
+    assert got.person_box == tuple(map(int, want.headers["x-person-box"].split(",")))
     assert client.tryon(person=EXAMPLES / "person.jpg", keypoints=KEYPOINTS, cloth=CLOTH).image == want.content
+    assert client.tryon(**PERSON, cloth=CLOTH).person_box is None, "no photo, no box"
+    batch = list(client.tryon_batch(person=EXAMPLES / "person.jpg", keypoints=KEYPOINTS, cloths=[CLOTH]))
+    assert batch[0].person_box == got.person_box
 
 
 def test_batch_yields_each_garment_in_order_and_a_bad_one_as_its_error(client, server):
@@ -118,12 +123,16 @@ def test_batch_yields_each_garment_in_order_and_a_bad_one_as_its_error(client, s
         results[1].save("/dev/null")
 
 
-def test_prepare_gives_the_model_inputs(client, server):
-    fields = parts(person=EXAMPLES / "person.jpg", keypoints=KEYPOINTS)
-    prepared = client.prepare(person=EXAMPLES / "person.jpg", keypoints=KEYPOINTS)
+def test_prepare_gives_the_model_inputs_the_box_and_the_mask(client, server):
+    fields = parts(person=EXAMPLES / "person.jpg", keypoints=KEYPOINTS, cloth=CLOTH)
+    prepared = client.prepare(person=EXAMPLES / "person.jpg", keypoints=KEYPOINTS, cloth=CLOTH)
     assert prepared.size == (64, 64)
-    for name in ("masked_model", "pose"):
+    for name in ("masked_model", "pose", "mask", "cloth"):
         assert getattr(prepared, name) == raw(server, "/v1/prepare", fields, params={"output": name}).content
+    header = raw(server, "/v1/prepare", fields, params={"output": "pose"}).headers["x-person-box"]
+    assert prepared.box == tuple(map(int, header.split(",")))
+    given = client.prepare(**PERSON)
+    assert (given.box, given.mask, given.cloth) == (None, None, None)
 
 
 def test_refusals_raise_tryonerror_with_status_code_message_field(client, server):

@@ -30,8 +30,9 @@ def garments(n: int) -> list[bytes]:
     return found
 
 
-def submit(url: str, cloths: list[bytes], data: dict | None = None, headers: dict | None = None) -> httpx.Response:
-    files = [(name, (f"{name}.png", body, "image/png")) for name, body in PERSON.items()]
+def submit(url: str, cloths: list[bytes], data: dict | None = None, headers: dict | None = None,
+           person: dict[str, bytes] = PERSON) -> httpx.Response:
+    files = [(name, (f"{name}.png", body, "image/png")) for name, body in person.items()]
     files += [("cloth", (f"cloth{i}.png", body, "image/png")) for i, body in enumerate(cloths)]
     return httpx.post(f"{url}/v1/jobs", files=files, data=data or {}, headers=headers, timeout=60)
 
@@ -49,9 +50,10 @@ def wait_job(url: str, job_id: str, timeout: float = 120, headers: dict | None =
         time.sleep(0.2)
 
 
-def tryon_png(url: str, cloth: bytes) -> bytes:
-    files = {**{k: (f"{k}.png", v, "image/png") for k, v in PERSON.items()}, "cloth": ("c.png", cloth, "image/png")}
-    answer = httpx.post(f"{url}/v1/tryon", files=files, params={"format": "png"}, timeout=60)
+def tryon_png(url: str, cloth: bytes, person: dict[str, bytes] = PERSON, data: dict | None = None) -> bytes:
+    """/v1/tryon's answer as PNG for the same person (``data``: its other fields and options)."""
+    files = {**{k: (f"{k}.png", v, "image/png") for k, v in person.items()}, "cloth": ("c.png", cloth, "image/png")}
+    answer = httpx.post(f"{url}/v1/tryon", files=files, data=data or {}, params={"format": "png"}, timeout=60)
     assert answer.status_code == 200, answer.text
     return answer.content
 

@@ -49,6 +49,7 @@ CONTENT_CODES = {
     "idempotency_key_reused",  # a key the server saw before with another request: its memory, not the schema
     "no_person", "missing_body_points", "person_too_small",  # what the person photo shows
     "no_keypoints",  # ?output=keypoints of a person given as images: nothing was detected to return
+    "no_mask", "no_cloth",  # ?output=mask without a photo, ?output=cloth without a cloth: nothing to return
     "overloaded", "queue_full",  # the server's load at that moment, not the request
     "timeout_too_short",  # a timeout under one forward here: the deployment's speed, not the schema's
     "bulk_only",  # /v1/jobs runs as bulk work: the options schema it shares with /v1/tryon lists interactive too

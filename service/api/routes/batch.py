@@ -22,6 +22,8 @@ from fastapi.responses import StreamingResponse
 
 from model.images import MEDIA_TYPES, stack_levels
 
+from ...codec.output import encode_output
+from ...codec.person import decode_garments, decode_person, person_report
 from ...queue.jobs import GarmentsInputs, GarmentsStream
 from ...queue.outcomes import Priority, QueueError
 from ..cache import CachedResponse
@@ -29,8 +31,7 @@ from ..deps import QueryDep, ServiceDep, WorkDep, require_api_key
 from ..errors import CLIENT_GONE, ApiError, from_queue_error
 from ..openapi import GARMENTS_REQUEST_BODY, MODEL_ERRORS, PERSON_MIX, binary_content, error_responses
 from ..parts import NDJSON, MultipartMixed, Part, accepts, json_item
-from ..person import decode_garments, decode_person, detection_report
-from ..steps import encode_output, read_parts, run_job, server_timing
+from ..steps import read_parts, run_job, server_timing
 
 batch = APIRouter(tags=["try-on"], dependencies=[Depends(require_api_key)])
 BATCH_ROUTE = "/v1/tryon/batch"
@@ -57,10 +58,10 @@ async def tryon_garments(request: Request, service: ServiceDep, work: WorkDep, q
     # A many-garments job is catalog work unless the request says otherwise.
     parts, options = await read_parts(request, service, query, "many", timings, work, Priority.BULK)
     mark = time.perf_counter()
-    person = await asyncio.to_thread(decode_person, parts, settings)
+    person = await asyncio.to_thread(decode_person, parts, settings, options.size == "original")
     garments = await asyncio.to_thread(decode_garments, person, parts.cloths, settings)
     timings["decode"] = (time.perf_counter() - mark) * 1000
-    person_headers = detection_report(person, timings, service.metrics)
+    person_headers = person_report(person, timings, service.metrics)
     usable = [i for i, g in enumerate(garments) if not isinstance(g, ApiError)]
     if not usable:  # nothing to dress: fail like /v1/tryon would
         raise garments[0]
@@ -110,7 +111,7 @@ async def tryon_garments(request: Request, service: ServiceDep, work: WorkDep, q
                     continue
                 output, inference_s = ready.pop(position[index])
                 mark = time.perf_counter()
-                body = await asyncio.to_thread(encode_output, output, person.frame, options)
+                body = await asyncio.to_thread(encode_output, output, person.output_frame, options)
                 part_timings = {"inference": inference_s * 1000, "encode": (time.perf_counter() - mark) * 1000}
                 if cache is not None:
                     cache.remember(keys[index], CachedResponse(MEDIA_TYPES[options.format], body))

@@ -17,13 +17,15 @@ from fastapi.responses import JSONResponse
 
 from model.images import MEDIA_TYPES
 
-from ...jobs.records import JOB_ID_PATTERN, JobInputs, JobRecord, JobStatus, NewJob, new_job_id
+from ...codec.output import OutputOptions
+from ...codec.sources import RequestParts
+from ...jobs.records import JOB_ID_PATTERN, JobError, JobInputs, JobRecord, JobStatus, NewJob, new_job_id
 from ...jobs.store import IdempotencyKeyReused, JobTooLarge, StoreFull, StoreUnavailable
 from ...queue.outcomes import Priority
 from ..deps import OwnerDep, QueryDep, ServiceDep, require_api_key, require_ready
 from ..errors import ApiError
-from ..inputs import GarmentLimit, OutputOptions, RequestParts, read_request
-from ..jobs import Jobs, job_error, webhook_secrets
+from ..inputs import GarmentLimit, read_request
+from ..jobs import Jobs, webhook_secrets
 from ..openapi import JOBS_REQUEST_BODY, PERSON_MIX, error_responses
 from ..steps import complete_parts, scheduling_of
 
@@ -121,7 +123,7 @@ async def submit_job(request: Request, service: ServiceDep, query: QueryDep, own
     fingerprint = _fingerprint(parts, options)
     # The job decodes later, in the runner (which takes its bytes then): here only measured, and refused if too large.
     parts = await complete_parts(request, service, parts, options, "many", {}, mark, decodes_here=False)
-    cloths = [job_error(c) if isinstance(c, ApiError) else c for c in parts.cloths]
+    cloths = [JobError.of(c) if isinstance(c, ApiError) else c for c in parts.cloths]
     now = time.time()
     job = NewJob(new_job_id(), owner, options.model_dump(),
                  JobInputs(parts.person, parts.keypoints, cloths),

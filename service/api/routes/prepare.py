@@ -1,4 +1,4 @@
-"""POST /v1/prepare: what the model will see for a person, without running it."""
+"""POST /v1/prepare: what the model will see for a person (and a garment), without running it."""
 from __future__ import annotations
 
 import asyncio
@@ -8,42 +8,60 @@ from typing import Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
+from PIL import Image
 
-from model.images import encode_image
-from model.person import openpose_json
+from model.images import encode_image, tensor_to_image
+from model.person import PersonInputs, openpose_json
 
+from ...codec.person import decode_garment, decode_person, person_report
 from ..deps import ServiceDep, require_api_key, require_ready
 from ..errors import ApiError
-from ..openapi import INPUT_ERRORS, PERSON_MIX, binary_content, error_responses, person_request_body
+from ..openapi import BINARY, IMAGE_SCHEMA, INPUT_ERRORS, JSON_IMAGE, PERSON_MIX, binary_content, error_responses, \
+    person_request_body
 from ..parts import MultipartMixed, Part, accepts
-from ..person import decode_person, detection_report
 from ..steps import read_parts, server_timing
 
-PrepareOutput = Literal["masked_model", "pose", "keypoints"]
+PrepareOutput = Literal["masked_model", "pose", "cloth", "mask", "keypoints"]
 PNG = "image/png"
 
 prepare = APIRouter(tags=["try-on"], dependencies=[Depends(require_api_key)])
 
 PREPARE_OPENAPI = {
-    "requestBody": person_request_body({}, options=False),
-    "responses": {"200": {"description": "with ?output=masked_model or pose: that image as PNG; with "
-                                         "?output=keypoints: OpenPose JSON (`people[0].pose_keypoints_2d`, COCO-18, "
-                                         "the photo's pixels); without: both images, as multipart/mixed "
-                                         "(default) or JSON with base64 (Accept: application/json)",
-                          "content": binary_content(PNG, "multipart/mixed") | {
-                              "application/json": {"schema": {"oneOf": [
-                                  {"type": "object", "required": ["size", "media_type"],
-                                   "properties": {"size": {"type": "array"}, "media_type": {"type": "string"},
-                                                  "masked_model": {"type": "string"}, "pose": {"type": "string"}}},
-                                  {"type": "object", "required": ["people"], "description": "?output=keypoints",
-                                   "properties": {"version": {"type": "number"}, "people": {"type": "array"}}},
-                              ]}}}}},
+    "requestBody": person_request_body({"multipart": {"cloth": {**IMAGE_SCHEMA, **BINARY}},
+                                        "json": {"cloth": JSON_IMAGE}}, options=False, garments_required=False),
+    "responses": {"200": {
+        "description": "with ?output=masked_model, pose, cloth or mask: that image as PNG; with ?output=keypoints: "
+                       "OpenPose JSON (`people[0].pose_keypoints_2d`, COCO-18, the photo's pixels); without: every "
+                       "image there is (masked_model, pose, mask for a photo, cloth when one is sent), as "
+                       "multipart/mixed (default) or JSON with base64 (Accept: application/json), with `box`. "
+                       "`mask` (grey levels) is where a composite into the photo (size=original) uses the model's "
+                       "pixels, in the model's frame; the frame is `box` (also X-Person-Box) of the photo",
+        "content": binary_content(PNG, "multipart/mixed") | {
+            "application/json": {"schema": {"oneOf": [
+                {"type": "object", "required": ["size", "media_type"],
+                 "properties": {"size": {"type": "array"}, "media_type": {"type": "string"},
+                                "box": {"type": ["array", "null"], "description": "left, top, right, bottom"},
+                                "masked_model": {"type": "string"}, "pose": {"type": "string"},
+                                "cloth": {"type": "string"}, "mask": {"type": "string"}}},
+                {"type": "object", "required": ["people"], "description": "?output=keypoints",
+                 "properties": {"version": {"type": "number"}, "people": {"type": "array"}}},
+            ]}}}}},
 }
 
 
-@prepare.post("/v1/prepare", summary="The masked model and pose map the model will see, as PNG at its size",
-              description=PERSON_MIX, response_class=Response, openapi_extra=PREPARE_OPENAPI,
-              responses=error_responses(*INPUT_ERRORS))
+def _images(person: PersonInputs, cloth, service, names: tuple[str, ...]) -> dict[str, bytes]:
+    """The PNG of each name (in a thread: the garment's decoding with them)."""
+    pictures = {"masked_model": person.masked_model, "pose": person.pose}
+    if person.mask is not None:
+        pictures["mask"] = Image.fromarray(person.mask.numpy(), mode="L")
+    if cloth is not None:
+        pictures["cloth"] = tensor_to_image(decode_garment(person, cloth, service.settings).cloth)
+    return {name: encode_image(pictures[name], "png") for name in names if name in pictures}
+
+
+@prepare.post("/v1/prepare", summary="What the model will see: its inputs as PNG at its size, the crop box, the mask",
+              description=PERSON_MIX + " A `cloth` may be sent too: it comes back placed as the model will see it.",
+              response_class=Response, openapi_extra=PREPARE_OPENAPI, responses=error_responses(*INPUT_ERRORS))
 async def prepare_person(
         request: Request,
         service: ServiceDep,
@@ -53,10 +71,15 @@ async def prepare_person(
     require_ready(service, network=False)
     settings = service.settings
     mark = time.perf_counter()
-    parts, _ = await read_parts(request, service, None, "none", {})
+    parts, _ = await read_parts(request, service, None, "optional", {})
+    cloth = parts.cloths[0] if parts.cloths else None
+    if isinstance(cloth, ApiError):
+        raise cloth
+    if output == "cloth" and cloth is None:
+        raise ApiError(422, "no_cloth", "?output=cloth returns the cloth as the model sees it: send one", "cloth")
     person = await asyncio.to_thread(decode_person, parts, settings)
     timings: dict[str, float] = {}
-    person_headers = detection_report(person, timings, service.metrics)
+    person_headers = person_report(person, timings, service.metrics)
     height, width = settings.image_hw
     if output == "keypoints":
         if person.keypoints is None:
@@ -65,15 +88,18 @@ async def prepare_person(
         timings["prepare"] = (time.perf_counter() - mark) * 1000
         return JSONResponse(openpose_json(person.keypoints), headers={
             "Server-Timing": server_timing(timings), **person_headers})
-    names = (output,) if output else ("masked_model", "pose")
-    images = await asyncio.to_thread(lambda: {name: encode_image(getattr(person, name), "png") for name in names})
+    if output == "mask" and person.mask is None:
+        raise ApiError(422, "no_mask", "masked_model was given: nothing is composited into a photo, so there is "
+                       "no mask; send the person photo", "output")
+    names = (output,) if output else ("masked_model", "pose", "mask", "cloth")
+    images = await asyncio.to_thread(_images, person, cloth, service, names)
     timings["prepare"] = (time.perf_counter() - mark) * 1000
     headers = {"Server-Timing": server_timing(timings), "X-Image-Size": f"{height}x{width}", **person_headers}
     if output:
         return Response(images[output], media_type=PNG, headers=headers | {
             "Content-Disposition": f'inline; filename="{output}.png"'})
     if accepts(request, "application/json"):
-        return JSONResponse({"size": [height, width], "media_type": PNG,
+        return JSONResponse({"size": [height, width], "media_type": PNG, "box": person.box,
                              **{name: base64.b64encode(body).decode("ascii") for name, body in images.items()}},
                             headers=headers)
     framing = MultipartMixed()

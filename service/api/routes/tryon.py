@@ -8,15 +8,16 @@ from fastapi import APIRouter, Depends, Request, Response
 from model.images import MEDIA_TYPES, TryOnInputs
 from model.person import PersonInputs
 
+from ...codec.output import OutputOptions, encode_output
+from ...codec.person import decode_garment, decode_person, person_report
+from ...codec.sources import RequestParts
 from ...queue.outcomes import Priority
 from ..cache import CachedResponse, ResponseCache
 from ..deps import QueryDep, ServiceDep, WorkDep, require_api_key
 from ..errors import CLIENT_GONE, ApiError
-from ..inputs import OutputOptions, RequestParts
 from ..openapi import BINARY, IMAGE_SCHEMA, JSON_IMAGE, MODEL_ERRORS, PERSON_MIX, binary_content, error_responses, \
     person_request_body
-from ..person import decode_garment, decode_person, detection_report
-from ..steps import encode_output, image_response, off_loop_unless, read_parts, run_job
+from ..steps import image_response, off_loop_unless, read_parts, run_job
 from ..state import ServiceState
 
 TRYON_ROUTE = "/v1/tryon"
@@ -45,7 +46,7 @@ def short_decode(parts: RequestParts) -> bool:
 def _decode(parts: RequestParts, service: ServiceState,
             options: OutputOptions) -> tuple[PersonInputs, TryOnInputs, str | None]:
     """What the model sees, and its cache key (a hit's time is mostly this)."""
-    person = decode_person(parts, service.settings)
+    person = decode_person(parts, service.settings, keep_photo=options.size == "original")
     inputs = decode_garment(person, parts.cloths[0], service.settings)
     cache: ResponseCache | None = service.cache
     return person, inputs, cache.key(inputs, options) if cache is not None else None
@@ -64,7 +65,7 @@ async def tryon_image(request: Request, service: ServiceDep, work: WorkDep, quer
     cache = service.cache
     person, inputs, key = await off_loop_unless(short_decode(parts), _decode, parts, service, options)
     timings["decode"] = (time.perf_counter() - mark) * 1000
-    person_headers = detection_report(person, timings, service.metrics)
+    person_headers = person_report(person, timings, service.metrics)
 
     if cache is not None:
         mark = time.perf_counter()

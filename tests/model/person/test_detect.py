@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.images import Letterbox
 from model.person import DetectionError, get_detector, person_images
-from model.person.detect import BLAZEPOSE_TO_COCO18, MIN_PERSON_SHARE, VISIBLE, coco18_from_blazepose
+from model.person.detect import BLAZEPOSE_TO_COCO18, VISIBLE, coco18_from_blazepose
+from model.person.framing import MIN_TORSO_PX
 from model.person.keypoints import (L_EAR, L_ELBOW, L_EYE, L_SHOULDER, NECK, NOSE, R_EAR, R_ELBOW, R_EYE,
                                     R_SHOULDER)
 from tests.utils.photos import group_photo, jpeg, photo
@@ -64,13 +64,14 @@ def test_detection_runs_on_the_upright_photo_and_points_are_in_its_frame():
     assert np.abs(got.keypoints.xy[shared] - want.keypoints.xy[shared]).max() < 0.03 * max(upright.size)
 
 
-def test_pose_map_points_go_through_the_photos_letterbox():
-    img = photo("astronaut")  # square: letterboxed into 192 x 256 with white bands above and below
+def test_pose_map_points_go_through_the_photos_frame():
+    img = photo("astronaut")  # cut off at the chest: the box reaches past the photo's bottom
     got = person_images(person=jpeg(img))
-    nose = Letterbox(img.size, (192, 256)).apply_points(got.keypoints.xy[[NOSE]])[0]
+    nose = got.frame.apply_points(got.keypoints.xy[[NOSE]])[0]
     colour = np.asarray(got.pose)[int(nose[1]), int(nose[0])]
-    assert colour.max() > 100, "the nose's dot is drawn at the letterboxed nose"
-    assert np.asarray(got.pose)[:40].max() == 0, "nothing in the band above the photo"
+    assert colour.max() > 100, "the nose's dot is drawn at the framed nose"
+    bottom = got.frame.content_box[3]
+    assert bottom < 256 and np.asarray(got.pose)[bottom + 4:].max() == 0, "nothing in the band below the photo"
 
 
 @pytest.mark.parametrize("mirrored", [False, True], ids=["larger on the left", "larger on the right"])
@@ -81,14 +82,14 @@ def test_several_people_the_most_prominent_is_used_and_counted(mirrored):
     assert (nose_x > 800 - 512) if mirrored else (nose_x < 512), "Grace Hopper's keypoints, the larger person"
 
 
-def test_a_tiny_person_is_refused_with_the_size_found():
-    canvas = Image.new("RGB", (1000, 1200), (255, 255, 255))
-    canvas.paste(photo("grace_hopper").resize((256, 300)), (333, 400))
+def test_a_person_too_small_to_draw_is_refused_with_the_size_found():
+    canvas = Image.new("RGB", (600, 700), (255, 255, 255))
+    canvas.paste(photo("grace_hopper").resize((100, 117)), (250, 300))
     with pytest.raises(DetectionError) as err:
         person_images(person=jpeg(canvas))
     assert err.value.code == "person_too_small"
-    assert "of the 1000x1200 photo's height" in err.value.message
-    assert f"at least {MIN_PERSON_SHARE * 256:.0f} are needed" in err.value.message
+    assert "px in the 600x700 photo" in err.value.message
+    assert f"at least {MIN_TORSO_PX} are needed" in err.value.message
 
 
 def test_missing_shoulders_are_named():

@@ -66,12 +66,13 @@ def test_draw_inputs_at_model_size_is_the_authors_drawing(pose):
 
 
 def test_draw_inputs_draws_a_larger_photo_at_model_size():
-    # A 2x photo (keypoints in its pixels) is letterboxed before drawing, so the
-    # shapes keep the pixel sizes the model was trained on.
+    # A 2x photo (keypoints in its pixels) brought to model size (here the whole photo, letterboxed,
+    # to compare with the authors' drawing) before drawing, so the shapes keep the pixel sizes the
+    # model was trained on.
     person = reference("bent_person").resize((384, 512), Image.NEAREST)
     parse = reference("bent_parse").resize((384, 512), Image.NEAREST)
     points = [v * 2 if k % 3 != 2 else v for k, v in enumerate(raw_points("bent"))]
-    inputs = draw_inputs(person, [points[i:i + 3] for i in range(0, 54, 3)], parse)
+    inputs = draw_inputs(person, [points[i:i + 3] for i in range(0, 54, 3)], parse, framing=False)
     assert inputs.pose.size == inputs.masked_model.size == SIZE_WH
     assert_matches(inputs.pose, "bent_pose")
     # The photo itself went through a bicubic down-scale: small differences in its
@@ -81,13 +82,13 @@ def test_draw_inputs_draws_a_larger_photo_at_model_size():
     assert inputs.frame.restore(inputs.pose).size == (384, 512)
 
 
-def test_draw_inputs_letterboxes_a_wide_photo():
-    # A square photo: the model-size drawing has white (masked) and black (pose)
+def test_draw_inputs_letterboxes_a_wide_photo_without_framing():
+    # A square photo, not framed: the model-size drawing has white (masked) and black (pose)
     # bands above and below the photo, as prepare_inputs pads them.
     person = Image.new("RGB", (300, 300), (200, 180, 160))
     kp = [[150, 60 + 10 * i, 0.9] for i in range(18)]
     kp[R_SHOULDER], kp[L_SHOULDER] = [110, 90, 0.9], [190, 90, 0.9]
-    inputs = draw_inputs(person, kp)
+    inputs = draw_inputs(person, kp, framing=False)
     top = inputs.frame.content_box[1]
     assert top == 32
     assert (np.asarray(inputs.masked_model)[:top - 1] == 255).all()

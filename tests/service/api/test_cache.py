@@ -12,16 +12,22 @@ import time
 
 import httpx
 import pytest
+import torch
 from PIL import Image
 
-from model.images import prepare_inputs
+from model.images import assemble_inputs, prepare_inputs
+from model.person import person_images
 from service.api.cache import (KEY_PREFIX, CachedResponse, MemoryStore, RedisStore, ResponseCache, model_identity,
                            response_key)
-from service.api.inputs import OutputOptions
+from service.codec.output import OutputOptions
+from service.codec.person import decode_person
+from service.codec.sources import RequestParts
 from service.metrics import Metrics
+from service.settings import Settings
 from tests.fixtures.service.harness import (ConnectionRecorder, RedisServer, fixture_bytes, redis_server_binary,
                                             running_server, sample_key)
 from tests.utils.installed import skip_missing
+from tests.utils.photos import jpeg, photo
 
 IMAGES = {name: fixture_bytes(f"{name}_64x64.png") for name in ("masked_model", "pose", "cloth")}
 IDENTITY = model_identity("ab" * 32, "fp32", "torch", (64, 64))
@@ -113,6 +119,25 @@ def test_key_is_what_the_model_sees_and_the_answer_options():
     bigger = prepare_inputs(buf.getvalue(), IMAGES["pose"], IMAGES["cloth"], size_hw=(64, 64))
     original = OutputOptions(size="original")
     assert response_key(IDENTITY, bigger, original) != response_key(IDENTITY, inputs, original)
+
+
+def test_a_composite_answer_is_keyed_by_the_whole_photo_not_only_by_what_the_model_saw():
+    """size=original with a photo: the answer is the photo itself, so two photos that differ only
+    outside the crop box (the same model inputs) are two answers; the codec sets the photo's digest."""
+    settings = Settings(image_size="64x64")
+    keys = set()
+    for corner in ((0, 0, 0), (255, 0, 0)):
+        scene = Image.new("RGB", (900, 1200), (90, 90, 90))
+        scene.paste(photo("astronaut"), (200, 300))
+        scene.paste(corner, (0, 0, 40, 40))  # far outside the box
+        person = decode_person(RequestParts({"person": jpeg(scene)}), settings, keep_photo=True)
+        assert person.composite.photo_id is not None
+        keys.add(response_key(IDENTITY, assemble_inputs(person.masked_model_levels, person.pose_levels,
+                                                        person.output_frame, IMAGES["cloth"]),
+                              OutputOptions(size="original")))
+        model_inputs = person_images(person=jpeg(scene), size_hw=(64, 64)).masked_model_levels
+    assert len(keys) == 2
+    assert torch.equal(model_inputs, person.masked_model_levels), "the model saw the same"
 
 
 # The in-process store.

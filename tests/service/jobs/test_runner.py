@@ -32,7 +32,7 @@ class Codec:
         self.broken = broken
         self.decode_fails = decode_fails
 
-    def decode(self, inputs: JobInputs) -> DecodedTask:
+    def decode(self, inputs: JobInputs, options: dict) -> DecodedTask:
         if self.decode_fails:
             raise MemoryError("a decoder's surprise")
         return DecodedTask(None, [garment(c[0]) for c in inputs.cloths])

@@ -68,8 +68,15 @@ def listening_sockets(port: int) -> set[str]:
 
 
 def socket_inodes(pid: int) -> set[str]:
-    links = (os.readlink(f) for f in glob.glob(f"/proc/{pid}/fd/*"))
-    return {link[len("socket:["):-1] for link in links if link.startswith("socket:[")}
+    found = set()
+    for fd in glob.glob(f"/proc/{pid}/fd/*"):
+        try:
+            link = os.readlink(fd)
+        except FileNotFoundError:  # closed since the listing (the detector warming up opens and closes files)
+            continue
+        if link.startswith("socket:["):
+            found.add(link[len("socket:["):-1])
+    return found
 
 
 def test_each_front_end_listens_on_a_socket_of_its_own(server):

@@ -188,15 +188,21 @@ def test_prepare_one_image_is_exactly_the_model_input(client, prepared, output):
     assert np.array_equal(pixels(answer.content), pixels(png(getattr(prepared, output))))
 
 
+def mask_png(person) -> bytes:
+    return png(Image.fromarray(person.mask.numpy(), mode="L"))
+
+
 @pytest.mark.isa
 def test_prepare_both_as_multipart_and_as_json(client, prepared):
     want = {name: pixels(png(getattr(prepared, name))) for name in ("masked_model", "pose")}
+    want["mask"] = pixels(mask_png(prepared))
     multipart = client.post("/v1/prepare", files=PREPARE_FILES)
     assert multipart.status_code == 200, multipart.text
     assert multipart.headers["content-type"].startswith("multipart/mixed; boundary=")
+    assert multipart.headers["x-person-box"] == ",".join(map(str, prepared.box))
     parts = split_multipart(multipart)
     names = [headers["Content-Disposition"].split('name="')[1].rstrip('"') for headers, _ in parts]
-    assert names == ["masked_model", "pose"]
+    assert names == ["masked_model", "pose", "mask"]
     for (headers, body), name in zip(parts, names):
         assert headers["Content-Type"] == "image/png"
         assert np.array_equal(pixels(body), want[name])
@@ -206,8 +212,28 @@ def test_prepare_both_as_multipart_and_as_json(client, prepared):
     assert as_json.status_code == 200 and as_json.headers["content-type"] == "application/json"
     document = as_json.json()
     assert document["size"] == [64, 64] and document["media_type"] == "image/png"
+    assert document["box"] == list(prepared.box)
     for name in want:
         assert np.array_equal(pixels(base64.b64decode(document[name])), want[name])
+
+
+@pytest.mark.isa
+def test_prepare_shows_the_garment_as_placed_and_the_mask_alone(client, prepared):
+    """The three model inputs and the composite mask, each on its own; what has none says so."""
+    cloth = client.post("/v1/prepare", params={"output": "cloth"}, files={**PREPARE_FILES,
+                                                                          "cloth": ("c.png", CLOTH, "image/png")})
+    assert cloth.status_code == 200, cloth.text
+    placed = assemble_inputs(prepared.masked_model_levels, prepared.pose_levels, prepared.frame, CLOTH).cloth
+    assert np.array_equal(pixels(cloth.content), pixels(png(output_image(placed))))
+    mask = client.post("/v1/prepare", params={"output": "mask"}, files=PREPARE_FILES)
+    assert mask.status_code == 200 and Image.open(io.BytesIO(mask.content)).mode == "L"
+    assert np.array_equal(pixels(mask.content), pixels(mask_png(prepared)))
+    no_cloth = client.post("/v1/prepare", params={"output": "cloth"}, files=PREPARE_FILES)
+    assert no_cloth.status_code == 422 and no_cloth.json()["error"]["field"] == "cloth"
+    no_photo = client.post("/v1/prepare", params={"output": "mask"},
+                           files={"masked_model": ("m.png", MASKED, "image/png"), "pose": ("p.png", POSE, "image/png")})
+    assert no_photo.status_code == 422 and no_photo.json()["error"]["code"] == "no_mask"
+    assert "x-person-box" not in no_photo.headers
 
 
 def test_prepare_refuses_an_incomplete_mix(client):
@@ -289,6 +315,21 @@ def test_batch_survives_a_bad_garment(client, single_results):
     assert json.loads(bad_body)["error"]["code"] == "not_an_image"
     assert_same_image(pixels(parts[0][1]), single_results[0])
     assert_same_image(pixels(parts[2][1]), single_results[2])
+
+
+def test_batch_composites_every_garment_into_the_photo_as_tryon_does(client):
+    """size=original: the person framed once, each garment's result put into the photo as /v1/tryon
+    puts it (the same PNG bytes), at the photo's size."""
+    fields = {"keypoints": KEYPOINTS_TEXT, "size": "original"}
+    answer = client.post("/v1/tryon/batch", params={"format": "png"}, files=batch_files(CLOTHS[:2]), data=fields)
+    assert answer.status_code == 200, answer.text
+    box = answer.headers["x-person-box"]
+    for index, (headers, body) in enumerate(split_multipart(answer)):
+        single = client.post("/v1/tryon", params={"format": "png"}, data=fields,
+                             files={"person": ("p.png", PERSON, "image/png"),
+                                    "cloth": ("c.png", CLOTHS[index], "image/png")})
+        assert single.headers["x-person-box"] == box
+        assert body == single.content and Image.open(io.BytesIO(body)).size == (192, 256)
 
 
 def test_garment_chunk_setting():

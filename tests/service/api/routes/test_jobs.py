@@ -4,16 +4,19 @@
 from __future__ import annotations
 
 import base64
+import io
 import time
 
 import httpx
 import pytest
+from PIL import Image
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from service.api.inputs import MIN_TIMEOUT_S
 from service.settings import Settings
 from tests.fixtures.service.harness import running_server, sample_key
+from tests.utils import FIXTURES
 from tests.utils.jobs import SECRET, WebhookReceiver, garments, payload, submit, tryon_png, wait_job
 
 
@@ -59,6 +62,21 @@ def test_a_job_runs_and_its_results_equal_tryon(server):
         result = httpx.get(server.url + garment["url"], timeout=10)
         assert result.headers["content-type"] == "image/png"
         assert result.content == tryon_png(server.url, cloth)
+
+
+def test_a_photo_job_frames_once_and_its_composites_equal_tryon(server):
+    """A person photo with size=original: each task (TRYON_JOBS_TASK_GARMENTS=2, so two here) frames the
+    person once and composites every garment into the photo, as /v1/tryon does for each alone."""
+    photo = {"person": (FIXTURES / "prep" / "front_person.png").read_bytes()}
+    fields = {"keypoints": (FIXTURES / "prep" / "front_keypoints.json").read_text(), "size": "original"}
+    cloths = garments(3)
+    doc = submit(server.url, cloths, {**fields, "format": "png"}, person=photo).json()
+    done = wait_job(server.url, doc["id"])
+    assert done["status"] == "succeeded", done
+    for index, cloth in enumerate(cloths):
+        result = httpx.get(server.url + done["garments"][index]["url"], timeout=10).content
+        assert Image.open(io.BytesIO(result)).size == (192, 256), "the photo's own size"
+        assert result == tryon_png(server.url, cloth, photo, fields)
 
 
 def test_idempotency_key_returns_the_same_job(server):

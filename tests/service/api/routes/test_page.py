@@ -206,6 +206,36 @@ def test_page_streams_several_garments_and_saves_the_screenshot(browser, server,
     assert Image.open(screenshot).size[0] >= 1000
 
 
+def test_page_shows_what_the_model_saw_behind_its_toggle(browser, server):
+    """The toggle: after the try-on, /v1/prepare with the same person and garment; the box drawn over
+    the photo where the API says it is, and the model's inputs beside the result, as the API gives them."""
+    open_page(browser, f"{server.url}/")
+    browser.find_element("id", "load-examples").click()
+    wait_for(browser, lambda d: len(d.find_elements("css selector", "#garments li")) == 1, "the examples")
+    assert not browser.find_element("id", "model-view").is_displayed()
+    browser.find_element("id", "show-inputs").click()
+    submit_and_wait(browser, 1)
+    wait_for(browser, lambda d: d.find_element("id", "saw-box").get_attribute("data-box"), "the box")
+
+    fields = files(person=EXAMPLES / "person.jpg", keypoints=EXAMPLES / "person_keypoints.json",
+                   cloth=EXAMPLES / "cloth.png")
+    saw = httpx.post(f"{server.url}/v1/prepare", files=fields, timeout=WAIT_S,
+                     headers={"Authorization": f"Bearer {API_KEY}", "Accept": "application/json"}).json()
+    assert browser.find_element("id", "saw-box").get_attribute("data-box") == ",".join(map(str, saw["box"]))
+    for name in ("masked_model", "pose", "cloth", "mask"):
+        img = browser.find_element("id", f"saw-{name}")
+        assert img.is_displayed()
+        assert np.array_equal(pixels_shown(browser, img), decoded(base64.b64decode(saw[name])))
+    # Drawn over the photo: the box's share of the photo as the page shows it.
+    shown = browser.execute_script(
+        "const p = document.getElementById('saw-photo').getBoundingClientRect(),"
+        " b = document.getElementById('saw-box').getBoundingClientRect();"
+        "return [(b.left - p.left) / p.width, (b.top - p.top) / p.height, (b.right - p.left) / p.width];")
+    width, height = Image.open(EXAMPLES / "person.jpg").size
+    left, top, right, _ = saw["box"]
+    assert shown == pytest.approx([left / width, top / height, right / width], abs=0.02)
+
+
 def test_page_shows_a_refusal_with_its_field(browser, server, tmp_path):
     not_an_image = tmp_path / "garment.txt"
     not_an_image.write_text("a shirt, described in words\n")
@@ -241,6 +271,10 @@ def test_page_from_another_origin_with_the_examples(browser, server, other_origi
     assert answer.status_code == 200, answer.text
     assert psnr(pixels_shown(browser, image), decoded(answer.content)) >= CODEC_PSNR_DB
     assert browser.find_elements("css selector", "#timings dt")  # Server-Timing is exposed cross-origin
+    photo = files(person=EXAMPLES / "person.jpg", keypoints=EXAMPLES / "person_keypoints.json",
+                  cloth=EXAMPLES / "cloth.png")
+    crossing = api(server, "/v1/tryon", photo, Origin=other_origin.base)
+    assert "X-Person-Box" in crossing.headers["access-control-expose-headers"].split(", ")  # a shop's page reads it
 
 
 def test_page_off_and_random_weights_warning(browser, tmp_path, other_origin):

@@ -398,8 +398,8 @@ def test_only_short_decoding_runs_on_the_event_loop():
     """The classic trio as sent runs on the loop (a thread hand-off costs more than it); a
     photo to detect in, keypoints to draw, or images whose headers say decoding takes more than
     INLINE_DECODE_PIXEL_BYTES go to a thread, however few bytes they are sent in."""
-    from service.api.inputs import RequestParts
-    from service.api.person import decode_bytes
+    from service.codec.person import decode_bytes
+    from service.codec.sources import RequestParts
     from service.api.routes.tryon import INLINE_DECODE_PIXEL_BYTES, short_decode
     from service.settings import Settings
 

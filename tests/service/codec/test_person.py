@@ -1,5 +1,6 @@
-"""A plain person photo, nothing else, through a real server over real HTTP: the keypoints are
-found on the server (model/person/detect.py), said in headers and metrics, and can be kept."""
+"""service/codec/person.py: a plain person photo, nothing else, through a real server over real HTTP:
+the keypoints are found on the server (model/person/detect.py), said in headers and metrics, and can
+be kept; the crop box is said (X-Person-Box), and size=original is the photo itself, dressed."""
 from __future__ import annotations
 
 import io
@@ -12,8 +13,8 @@ from PIL import Image
 
 from model.person import parse_keypoints, person_images
 from model.person.keypoints import L_SHOULDER, NOSE, R_SHOULDER
-from service.api.inputs import RequestParts
-from service.api.person import decode_person
+from service.codec.person import decode_person
+from service.codec.sources import RequestParts
 from service.settings import Settings
 from tests.fixtures.service.harness import fixture_bytes, running_server, sample_key
 from tests.utils.photos import PHOTOS, group_photo, jpeg
@@ -68,6 +69,7 @@ def test_a_person_photo_alone_is_dressed(client, server):
     answer = client.post("/v1/tryon", files=files(GRACE, CLOTH), params={"format": "png"})
     assert answer.status_code == 200, answer.text
     assert answer.headers["x-person-count"] == "1" and "x-person-warning" not in answer.headers
+    assert answer.headers["x-person-box"] == ",".join(map(str, person_images(person=GRACE, size_hw=SIZE).box))
     timing = dict(item.split(";dur=") for item in answer.headers["server-timing"].split(", "))
     assert {"detect", "decode", "inference"} <= set(timing) and 0 < float(timing["detect"]) <= float(timing["decode"])
     assert png_pixels(answer.content).shape == (*SIZE, 3)
@@ -96,6 +98,27 @@ def test_keypoints_to_keep_come_back_in_the_photos_pixels_and_draw_the_same(clie
                             params={"output": "masked_model"})
     assert sent_back.status_code == 200 and "x-person-count" not in sent_back.headers
     assert np.abs(png_pixels(sent_back.content).astype(int) - png_pixels(detected.content)).mean() < 0.5
+
+
+def test_the_photo_comes_back_at_its_size_changed_only_under_the_mask(client):
+    """size=original: the photo itself (upright), the model's result composited where the masked
+    model blacks out; every pixel outside the feathered mask is the photo's own, bit for bit (PNG)."""
+    upright = Image.open(io.BytesIO(GRACE)).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned, as a phone does
+    turned = jpeg(upright.transpose(Image.Transpose.ROTATE_90), exif=exif.tobytes())
+    for sent in (GRACE, turned):
+        answer = client.post("/v1/tryon", files=files(sent, CLOTH), params={"format": "png", "size": "original"})
+        assert answer.status_code == 200, answer.text
+        kept = person_images(person=sent, size_hw=SIZE, keep_photo=True)
+        assert answer.headers["x-person-box"] == ",".join(map(str, kept.box))
+        got = png_pixels(answer.content)
+        photo = np.asarray(kept.composite.photo)
+        assert got.shape == (upright.height, upright.width, 3)
+        outside = np.asarray(kept.composite.photo_mask()) == 0
+        # (At the suite's 64 x 64 the masked model's shapes, drawn in pixels of 256 x 192, cover most of it.)
+        assert outside.mean() > 0.05 and np.array_equal(got[outside], photo[outside])
+        assert not np.array_equal(got, photo), "the garment went in"
 
 
 def test_keypoints_cannot_come_from_two_given_images(client):
