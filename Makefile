@@ -74,6 +74,8 @@ gpu-check-wheels:
 # venv (torch's CUDA build, about 4.6 GB) comes from pip's cache after the first run.
 REHEARSAL_VENV ?= .venv-gpu-rehearsal
 REHEARSAL_WHEELS ?= wheels/gpu-check-rehearsal
+# Not the tracked bench/results/gpu-check-rehearsal.json (the plan's estimates): REHEARSAL_OUT=that to update it.
+REHEARSAL_OUT ?= .gpu-check/rehearsal.json
 gpu-check-rehearsal:
 	test -x $(REHEARSAL_VENV)/bin/python || $(PYTHON) -m venv $(REHEARSAL_VENV)
 	$(REHEARSAL_VENV)/bin/python -m pip install -q -r bench/gpu_box_packages.txt
@@ -81,7 +83,8 @@ gpu-check-rehearsal:
 		-r bench/gpu_check_wheels.txt
 	rm -rf .gpu-check
 	PIP_CONFIG_FILE=/dev/null PIP_NO_INDEX=1 http_proxy=http://127.0.0.1:9 https_proxy=http://127.0.0.1:9 no_proxy=127.0.0.1,localhost \
-		$(REHEARSAL_VENV)/bin/python -m bench.gpu_check --rehearse --wheels $(REHEARSAL_WHEELS) $(GPU_CHECK_ARGS)
+		$(REHEARSAL_VENV)/bin/python -m bench.gpu_check --rehearse --wheels $(REHEARSAL_WHEELS) \
+		--out $(REHEARSAL_OUT) $(GPU_CHECK_ARGS)
 
 # Not CI: the model, kernel and engine tests and the ahead-of-time compile check (sm_80/89/90)
 # under the lowest torch pyproject.toml supports, with the Triton it pins (2.11: Triton 3.6).
