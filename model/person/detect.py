@@ -30,7 +30,6 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -47,8 +46,20 @@ FOUND = 0.5  # detection confidence of the person and face detectors
 DETECT_MAX_SIDE = 1024  # photos are scaled down to this for detection; the landmark model sees 256 px anyway
 
 
-# protobuf 4 warns on each call mediapipe 0.10.14 makes to an API it deprecated; nothing to act on.
-warnings.filterwarnings("ignore", message=r"SymbolDatabase\.GetPrototype\(\) is deprecated", category=UserWarning)
+
+
+def _restore_get_prototype() -> None:
+    """mediapipe 0.10.14 reads results through ``SymbolDatabase.GetPrototype``, which protobuf 5
+    removed; protobuf 6 is what tritonclient's gRPC stubs and OpenTelemetry's OTLP need. The
+    method is put back as what it always meant: the message class of a descriptor."""
+    from google.protobuf import message_factory, symbol_database
+
+    def get_prototype(_self, descriptor):
+        return message_factory.GetMessageClass(descriptor)
+
+    for cls in (symbol_database.SymbolDatabase, message_factory.MessageFactory):
+        if not hasattr(cls, "GetPrototype"):
+            cls.GetPrototype = get_prototype
 
 
 class DetectionError(ValueError):
@@ -115,6 +126,7 @@ class PersonDetector:
     def __init__(self):
         # Imported here: mediapipe takes a second to import, and only detection needs it.
         try:
+            _restore_get_prototype()
             from mediapipe.python.solutions import face_detection, pose, selfie_segmentation
         except ImportError as exc:
             raise RuntimeError(f"the person detector needs mediapipe ({exc}): pip install --no-deps "
