@@ -34,6 +34,10 @@ BOX_PACKAGES = ROOT / "bench" / "gpu_box_packages.txt"
 DEFAULT_WHEELS = ROOT / "wheels" / "gpu-check"
 SITE = ROOT / ".gpu-check" / "site"
 PROJECT = "daflow-tryon"
+# Dependencies the service imports only when turned on (TRYON_GRPC_PORT, OTEL_TRACES_EXPORTER),
+# which no step of the check does: neither carried nor checked (tests/service/test_main.py holds
+# that starting the service imports none of them).
+TURNED_ON_ONLY = frozenset({"grpcio", "tritonclient", "opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http"})
 HOW = "run `make gpu-check-wheels` on a machine with the registries and copy wheels/gpu-check/ here (docs/gpu.md)"
 
 
@@ -73,7 +77,7 @@ def requirements(wheels: Path) -> dict[str, list[tuple[str, Requirement]]]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     found: dict[str, list[tuple[str, Requirement]]] = {}
     for who, requirement in [(PROJECT, Requirement(r)) for r in project] + _wheel_requires(wheels):
-        if _applies(requirement):
+        if _applies(requirement) and canonicalize_name(requirement.name) not in TURNED_ON_ONLY:
             found.setdefault(canonicalize_name(requirement.name), []).append((who, requirement))
     return found
 
@@ -108,9 +112,18 @@ def mismatches(wheels: Path) -> dict[str, str]:
     return out
 
 
+def importable(module: str) -> bool:
+    """Whether this Python can import ``module``; a dotted name whose parent package is absent
+    counts as absent (``find_spec`` raises for it instead of answering None)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def missing() -> dict[str, str]:
     """import name -> pinned requirement, for each listed package this Python cannot import."""
-    return {module: req for module, req in wheel_requirements().items() if importlib.util.find_spec(module) is None}
+    return {module: req for module, req in wheel_requirements().items() if not importable(module)}
 
 
 def unlisted_mismatches(wheels: Path) -> list[str]:
