@@ -19,7 +19,7 @@ from fastapi.security import APIKeyHeader, HTTPBearer
 from model.images import DEFAULT_QUALITY, OutputFormat, OutputSize
 
 from ..queue.admission import own_work_s, too_short
-from ..queue.outcomes import Priority
+from ..queue.priority import Priority
 from .context import request_context
 from .errors import ApiError
 from .inputs import MIN_TIMEOUT_S, JobOptions

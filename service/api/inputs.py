@@ -37,7 +37,7 @@ from ..codec.fetch import UrlFetcher
 from ..codec.output import OutputOptions
 from ..codec.sources import KEYPOINTS_FIELD, RequestParts, person_mix_error
 from ..limits import BudgetHold, byte_count
-from ..queue.outcomes import Priority
+from ..queue.priority import Priority
 from ..settings import Settings
 
 IMAGE_FIELDS = ("masked_model", "pose", "cloth")  # the classic /v1/tryon trio

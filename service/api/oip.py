@@ -31,7 +31,7 @@ from model.images import Letterbox, TryOnInputs
 from model.safe_json import MAX_STRUCTURE
 
 from ..limits import byte_count
-from ..queue.outcomes import Priority
+from ..queue.priority import Priority
 from .errors import ApiError
 from .inputs import read_json
 

@@ -12,7 +12,8 @@ from model.images import TryOnInputs, header_pixels, output_size_error
 
 from ..queue.interface import QueuedJob
 from ..queue.jobs import GarmentsInputs, GarmentsStream, JobResult
-from ..queue.outcomes import DeadlineExceeded, DropReason, Priority, QueueError
+from ..queue.outcomes import DeadlineExceeded, DropReason, QueueError
+from ..queue.priority import Priority
 from .context import request_context
 from .deps import QueryOptions, Work
 from ..codec.output import OutputOptions

@@ -35,8 +35,9 @@ from ..limits import ByteBudget, OverBudget
 from ..metrics import Metrics
 from ..queue.interface import JobQueue
 from ..queue.jobs import GarmentsInputs, GarmentsStream
-from ..queue.outcomes import (DeadlineExceeded, DeadlineTooShort, DeviceFailed, DeviceOutOfMemory, EngineUnreachable, Overloaded, Priority, QueueError,
-                              QueueFull, ShuttingDown)
+from ..queue.outcomes import (DeadlineExceeded, DeadlineTooShort, DeviceFailed, DeviceOutOfMemory, EngineUnreachable, Overloaded,
+                              QueueError, QueueFull, ShuttingDown)
+from ..queue.priority import Priority
 from ..settings import Settings
 from .records import GarmentState, JobError, JobInputs, JobRecord, JobStatus, Task
 from .store import JobStore, StoreUnavailable

@@ -22,7 +22,8 @@ from model.images import TryOnInputs
 
 from ..queue.batcher import Batcher
 from ..queue.jobs import GarmentsInputs, GarmentsStream
-from ..queue.outcomes import DropReason, Priority, QueueError
+from ..queue.outcomes import DropReason, QueueError
+from ..queue.priority import Priority
 from .arena import Arena
 from .wire import Chunk, EngineHello, Error, Result, StreamStart, Submit, frame, outcome_fields, pack, read_message, unpack
 

@@ -19,7 +19,8 @@ import torch
 from model.images import TryOnInputs
 
 from ..queue.jobs import GarmentsChunk, GarmentsInputs, GarmentsStream, JobResult
-from ..queue.outcomes import DropReason, EngineUnreachable, Priority, QueueError, ShuttingDown
+from ..queue.outcomes import DropReason, EngineUnreachable, QueueError, ShuttingDown
+from ..queue.priority import Priority
 from .arena import Arena
 from .wire import Abandon, Hello, Submit, frame, outcome_from, pack, read_message, unpack
 

@@ -44,7 +44,8 @@ from .admission import Estimate, ServiceRate, own_work_s, too_short
 from .interface import InferenceEngine
 from .jobs import GarmentsChunk, GarmentsInputs, GarmentsStream, Job, JobResult
 from .outcomes import (DeadlineExceeded, DeadlineTooShort, DeviceFailed, DeviceOutOfMemory, DropReason,
-                       InferenceFailed, Overloaded, Priority, QueueError, QueueFull, ShuttingDown)
+                       InferenceFailed, Overloaded, QueueError, QueueFull, ShuttingDown)
+from .priority import Priority
 from .splitting import infer_splitting_on_oom
 
 log = logging.getLogger("service.batcher")

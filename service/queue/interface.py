@@ -18,7 +18,8 @@ from model.images import TryOnInputs
 
 from .admission import ServiceRate
 from .jobs import GarmentsInputs
-from .outcomes import DropReason, Priority
+from .outcomes import DropReason
+from .priority import Priority
 
 
 class QueuedJob(Protocol):

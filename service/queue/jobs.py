@@ -17,7 +17,8 @@ import torch
 
 from model.images import TryOnInputs
 
-from .outcomes import DeadlineExceeded, DropReason, Priority, QueueError
+from .outcomes import DeadlineExceeded, DropReason, QueueError
+from .priority import Priority
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""What the queue says about work it did not finish: one exception per outcome.
+"""What the queue says about work it did not finish: one exception per outcome, and why work
+was dropped unrun (``DropReason``).
 
 The batcher raises (or resolves a job's future with) these and knows nothing
 of HTTP; service/api/errors.py maps each to its status and error code once.
@@ -6,12 +7,6 @@ of HTTP; service/api/errors.py maps each to its status and error code once.
 from __future__ import annotations
 
 from enum import Enum
-
-
-class Priority(str, Enum):
-    """Interactive work (a shopper waiting) is batched first; bulk work (catalog jobs) fills the rest."""
-    INTERACTIVE = "interactive"
-    BULK = "bulk"
 
 
 class DropReason(str, Enum):

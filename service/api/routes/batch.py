@@ -25,7 +25,8 @@ from model.images import MEDIA_TYPES, stack_levels
 from ...codec.output import encode_output
 from ...codec.person import decode_garments, decode_person, person_report
 from ...queue.jobs import GarmentsInputs, GarmentsStream
-from ...queue.outcomes import Priority, QueueError
+from ...queue.outcomes import QueueError
+from ...queue.priority import Priority
 from ..cache import CachedResponse
 from ..deps import QueryDep, ServiceDep, WorkDep, require_api_key
 from ..errors import CLIENT_GONE, ApiError, from_queue_error

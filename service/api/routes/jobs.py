@@ -21,7 +21,7 @@ from ...codec.output import OutputOptions
 from ...codec.sources import RequestParts
 from ...jobs.records import JOB_ID_PATTERN, JobError, JobInputs, JobRecord, JobStatus, NewJob, new_job_id
 from ...jobs.store import IdempotencyKeyReused, JobTooLarge, StoreFull, StoreUnavailable
-from ...queue.outcomes import Priority
+from ...queue.priority import Priority
 from ..deps import OwnerDep, QueryDep, ServiceDep, require_api_key, require_ready
 from ..errors import ApiError
 from ..inputs import GarmentLimit, read_request

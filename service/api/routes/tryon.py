@@ -11,7 +11,7 @@ from model.person import PersonInputs
 from ...codec.output import OutputOptions, encode_output
 from ...codec.person import decode_garment, decode_person, person_report
 from ...codec.sources import RequestParts
-from ...queue.outcomes import Priority
+from ...queue.priority import Priority
 from ..cache import CachedResponse, ResponseCache
 from ..deps import QueryDep, ServiceDep, WorkDep, require_api_key
 from ..errors import CLIENT_GONE, ApiError

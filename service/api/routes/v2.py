@@ -9,7 +9,7 @@ import time
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from ...queue.outcomes import Priority
+from ...queue.priority import Priority
 from ..deps import ServiceDep, Work, WorkDep, require_api_key
 from ..errors import CLIENT_GONE
 from ..inputs import parse_job_options, read_body

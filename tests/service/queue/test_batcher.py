@@ -18,8 +18,9 @@ from service.queue.jobs import GarmentsInputs
 from service.queue.splitting import infer_splitting_on_oom
 from service.api.errors import from_queue_error
 from service.metrics import Metrics
-from service.queue.outcomes import (DeadlineTooShort, DeviceFailed, DeviceOutOfMemory, Overloaded, Priority, QueueError,
+from service.queue.outcomes import (DeadlineTooShort, DeviceFailed, DeviceOutOfMemory, Overloaded, QueueError,
                                     ShuttingDown)
+from service.queue.priority import Priority
 from tests.fixtures.standin_engine import StandInEngine
 
 ILLEGAL_ADDRESS = "CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be reported..."
