@@ -1,6 +1,6 @@
 """The routes' dependencies, each once, as typed ``Annotated`` aliases.
 
-``ServiceDep``: the app's ServiceState. ``WorkDep``: a request about to queue work
+``ServiceDep``: the app's ServiceState. ``TicketDep``: a request about to queue work
 (ready or 503, its deadline counted from now). ``QueryDep``: the output and scheduling
 options given as query parameters (body fields of the same names win, service/api/inputs.py).
 ``OwnerDep``: who owns what the request creates (its API key, hashed).
@@ -84,7 +84,7 @@ def require_ready(service: ServiceState, network: bool = True) -> None:
 
 
 @dataclass
-class Work:
+class Ticket:
     """A request about to queue work: when it arrived, its deadline and priority, and the
     timings it collects (shared with the access log through its RequestContext)."""
     arrived: float  # on the event loop's clock
@@ -103,18 +103,18 @@ class Work:
             self.deadline = min(self.deadline, self.arrived + options.timeout)
 
 
-async def begin_work(request: Request, service: ServiceDep) -> Work:
+async def take_ticket(request: Request, service: ServiceDep) -> Ticket:
     """Dependency of the routes that run the model: ready or 503, deadline from now."""
     require_ready(service)
     now = asyncio.get_running_loop().time()
     rate = service.batcher.rate  # None in a front end of TRYON_WORKERS > 1: the engine process's admission says
-    work = Work(now, now + service.settings.request_timeout_s, {},
-                one_forward_s=own_work_s(rate, service.settings.max_batch_size) if rate is not None else 0.0)
-    request_context(request).timings_ms = work.timings
-    return work
+    ticket = Ticket(now, now + service.settings.request_timeout_s, {},
+                    one_forward_s=own_work_s(rate, service.settings.max_batch_size) if rate is not None else 0.0)
+    request_context(request).timings_ms = ticket.timings
+    return ticket
 
 
-WorkDep = Annotated[Work, Depends(begin_work)]
+TicketDep = Annotated[Ticket, Depends(take_ticket)]
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from ..jobs.targets import FetcherTargets
 from ..jobs.webhooks import WebhookSender
 from ..limits import ByteBudget
 from ..metrics import Metrics
-from ..queue.interface import JobQueue
+from ..queue.interface import WorkQueue
 from ..settings import Settings
 
 log = logging.getLogger("service.jobs")
@@ -47,7 +47,7 @@ def open_store(settings: Settings) -> JobStore:
 class Jobs:
     """The store, and this replica's runner and webhook sender running beside the HTTP server."""
 
-    def __init__(self, settings: Settings, queue: JobQueue, fetcher: UrlFetcher, chunk_size: int,
+    def __init__(self, settings: Settings, queue: WorkQueue, fetcher: UrlFetcher, chunk_size: int,
                  metrics: Metrics, budget: ByteBudget):
         self.settings = settings
         self.metrics = metrics

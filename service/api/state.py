@@ -19,7 +19,7 @@ from ..processes.arena import Arena
 from ..processes.exits import drain_after_device_failure
 from ..processes.remote import EngineLink, RemoteBatcher, RemoteEngine
 from ..queue.host import EngineFactory, EngineHost, weights_label
-from ..queue.interface import JobQueue
+from ..queue.interface import WorkQueue
 from ..settings import Settings
 from .cache import ResponseCache, model_identity, open_cache
 from ..codec.fetch import UrlFetcher
@@ -42,7 +42,7 @@ class ServiceState:
         self.host = (EngineHost(settings, self.metrics, engine_factory, on_device_failure=self.device_failed)
                      if engine_link is None else None)
         self.engine: Engine | RemoteEngine | None = None
-        self.batcher: JobQueue | None = None
+        self.batcher: WorkQueue | None = None
         self.fetcher: UrlFetcher | None = None
         self.cache: ResponseCache | None = None
         self.jobs: Jobs | None = None

@@ -5,7 +5,7 @@
 - ``redis_store``: the store shared by every replica (TRYON_JOBS_URL): a stream of tasks
   with a consumer group, a stream of webhook deliveries, claimed over when a replica dies.
 - ``runner``: takes tasks from the store, decodes and encodes them through the codec and runs
-  their garments through the queue's one interface (``JobQueue.submit`` with ``Priority.BULK``),
+  their garments through the queue's one interface (``WorkQueue.submit`` with ``Priority.BULK``),
   as /v1/tryon/batch does.
 - ``webhooks``: Standard Webhooks signing and delivery with retries; ``targets``: webhook URLs
   checked by the codec's URL rules.

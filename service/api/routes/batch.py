@@ -24,15 +24,15 @@ from model.images import MEDIA_TYPES, stack_levels
 
 from ...codec.output import encode_output
 from ...codec.person import decode_garments, decode_person, person_report
-from ...queue.jobs import GarmentsInputs, GarmentsStream
+from ...queue.work import GarmentsInputs, GarmentsStream
 from ...queue.outcomes import QueueError
 from ...queue.priority import Priority
 from ..cache import CachedResponse
-from ..deps import QueryDep, ServiceDep, WorkDep, require_api_key
+from ..deps import QueryDep, ServiceDep, TicketDep, require_api_key
 from ..errors import CLIENT_GONE, ApiError, from_queue_error
 from ..openapi import GARMENTS_REQUEST_BODY, MODEL_ERRORS, PERSON_MIX, binary_content, error_responses
 from ..parts import NDJSON, MultipartMixed, Part, accepts, json_item
-from ..steps import read_parts, run_job, server_timing
+from ..steps import read_parts, run_work, server_timing
 
 batch = APIRouter(tags=["try-on"], dependencies=[Depends(require_api_key)])
 BATCH_ROUTE = "/v1/tryon/batch"
@@ -53,11 +53,11 @@ BATCH_DESCRIPTION = PERSON_MIX + (
 @batch.post(BATCH_ROUTE, summary="Dress one person in many garments; results streamed, one part each",
             description=BATCH_DESCRIPTION, response_class=Response, openapi_extra=BATCH_OPENAPI,
             responses=error_responses(*MODEL_ERRORS))
-async def tryon_garments(request: Request, service: ServiceDep, work: WorkDep, query: QueryDep) -> Response:
+async def tryon_garments(request: Request, service: ServiceDep, ticket: TicketDep, query: QueryDep) -> Response:
     settings = service.settings
-    timings = work.timings
+    timings = ticket.timings
     # A many-garments job is catalog work unless the request says otherwise.
-    parts, options = await read_parts(request, service, query, "many", timings, work, Priority.BULK)
+    parts, options = await read_parts(request, service, query, "many", timings, ticket, Priority.BULK)
     mark = time.perf_counter()
     person = await asyncio.to_thread(decode_person, parts, settings, options.size == "original")
     garments = await asyncio.to_thread(decode_garments, person, parts.cloths, settings)
@@ -80,9 +80,9 @@ async def tryon_garments(request: Request, service: ServiceDep, work: WorkDep, q
     stream: GarmentsStream | None = None
     if to_run:
         first = garments[to_run[0]]
-        job_inputs = GarmentsInputs(first.pose, first.masked_model,
-                                    stack_levels([garments[i].cloth for i in to_run]), chunk_size)
-        stream = await run_job(service, job_inputs, work, request)
+        work_inputs = GarmentsInputs(first.pose, first.masked_model,
+                                     stack_levels([garments[i].cloth for i in to_run]), chunk_size)
+        stream = await run_work(service, work_inputs, ticket, request)
         if stream is None:
             return Response(status_code=CLIENT_GONE)
         timings["queue"] = stream.queue_s * 1000

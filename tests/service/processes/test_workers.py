@@ -24,7 +24,7 @@ from service.processes.arena import Arena
 from service.processes.engine_server import EngineServer
 from service.processes.remote import RemoteBatcher
 from service.queue.batcher import Batcher
-from service.queue.jobs import GarmentsInputs, GarmentsStream
+from service.queue.work import GarmentsInputs, GarmentsStream
 from service.queue.outcomes import DropReason, QueueError, QueueFull
 from tests.fixtures.service.harness import post_files, running_server, sample_key
 from tests.fixtures.standin_engine import StandInEngine
