@@ -132,7 +132,7 @@ async def run_works(service: ServiceState, items: list[TryOnInputs | GarmentsInp
     works = []
     try:
         for inputs in items:
-            works.append(service.batcher.submit(inputs, ticket.deadline, ticket.priority))
+            works.append(service.queue.submit(inputs, ticket.deadline, ticket.priority))
     except QueueError:
         _abandon(works, DropReason.REQUEST_FAILED)
         raise
