@@ -18,12 +18,12 @@ from fastapi.security import APIKeyHeader, HTTPBearer
 
 from model.images import DEFAULT_QUALITY, OutputFormat, OutputSize
 
+from ..jobs.wiring import owner_of
 from ..queue.admission import own_work_s, too_short
 from ..queue.priority import Priority
 from .context import request_context
 from .errors import ApiError
 from .inputs import MIN_TIMEOUT_S, JobOptions
-from .jobs import owner_of
 from .state import ServiceState
 
 

@@ -23,8 +23,8 @@ from ..queue.interface import WorkQueue
 from ..settings import Settings
 from .cache import ResponseCache, model_identity, open_cache
 from ..codec.fetch import UrlFetcher
+from ..jobs.wiring import Jobs
 from .components import Components
-from .jobs import Jobs
 
 log = logging.getLogger("service")
 

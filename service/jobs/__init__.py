@@ -9,6 +9,8 @@
   as /v1/tryon/batch does.
 - ``webhooks``: Standard Webhooks signing and delivery with retries; ``targets``: webhook URLs
   checked by the codec's URL rules.
+- ``wiring``: ``Jobs``, the store, runner and sender built from the settings, which the edge
+  (service/api/state.py) starts and stops.
 
 May import: ``service.codec`` (decoding, encoding, the URL rules, the errors' codes: called
 here as the routes call them), ``service.queue``, ``model`` and the foundation; never
