@@ -23,7 +23,7 @@ from ..queue.admission import own_work_s, too_short
 from ..queue.priority import Priority
 from .context import request_context
 from .errors import ApiError
-from .inputs import MIN_TIMEOUT_S, JobOptions
+from .options import MIN_TIMEOUT_S, Scheduling
 from .state import ServiceState
 
 
@@ -93,7 +93,7 @@ class Ticket:
     priority: Priority | None = None  # set by schedule(): the request's, or the route's default
     one_forward_s: float = 0.0  # the engine's one request alone, as admission control counts it (0: unknown here)
 
-    def schedule(self, options: JobOptions, default_priority: Priority) -> None:
+    def schedule(self, options: Scheduling, default_priority: Priority) -> None:
         """Applies the request's own priority and (shorter) timeout; TRYON_REQUEST_TIMEOUT_S caps it. A
         timeout under one forward alone can never be met, however idle the server: 422 naming it."""
         self.priority = options.priority or default_priority

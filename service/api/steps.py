@@ -16,11 +16,13 @@ from ..queue.outcomes import DeadlineExceeded, DropReason, QueueError
 from ..queue.priority import Priority
 from .context import request_context
 from .deps import QueryOptions, Ticket
+from ..codec.fetch import fetch_parts, has_urls
 from ..codec.output import OutputOptions
 from ..codec.person import decode_bytes
 from ..codec.sources import RequestParts
 from .errors import ApiError
-from .inputs import GarmentLimit, Garments, JobOptions, fetch_parts, has_urls, parse_job_options, read_request
+from .inputs import GarmentLimit, Garments, read_request
+from .options import Scheduling, parse_scheduling
 from .state import ServiceState
 
 STREAM_CHUNK = 64 * 1024
@@ -110,10 +112,10 @@ async def complete_parts(request: Request, service: ServiceState, parts: Request
     return parts
 
 
-def scheduling_of(request: Request, query: QueryOptions | None, parts: RequestParts) -> JobOptions:
+def scheduling_of(request: Request, query: QueryOptions | None, parts: RequestParts) -> Scheduling:
     """The request's priority and timeout: body fields, else query parameters, else headers."""
     given = query.given() if query is not None else {}
-    return parse_job_options(given | parts.options, request.headers)
+    return parse_scheduling(given | parts.options, request.headers)
 
 
 async def run_work(service: ServiceState, inputs: TryOnInputs | GarmentsInputs, ticket: Ticket,

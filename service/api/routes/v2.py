@@ -10,11 +10,12 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from ...queue.priority import Priority
+from ..body import read_body
 from ..deps import ServiceDep, Ticket, TicketDep, require_api_key
 from ..errors import CLIENT_GONE
-from ..inputs import parse_job_options, read_body
 from ..oip import (BINARY_MEDIA_TYPE, EXTENSIONS, HEADER_LENGTH, ModelMetadata, ProtocolError, ServerMetadata,
                    check_model, decode_infer_request, encode_infer_response, model_metadata)
+from ..options import parse_scheduling
 from ..state import ServiceState
 from ..steps import off_loop_unless, run_works, server_timing
 
@@ -131,7 +132,7 @@ async def _infer(request: Request, service: ServiceState, ticket: Ticket, model_
                                     request.headers.get(HEADER_LENGTH), settings.image_hw,
                                     settings.max_batch_size)
     timings["decode"] = (time.perf_counter() - mark) * 1000
-    ticket.schedule(parse_job_options(decoded.scheduling, request.headers), Priority.INTERACTIVE)
+    ticket.schedule(parse_scheduling(decoded.scheduling, request.headers), Priority.INTERACTIVE)
     results = await run_works(service, decoded.items, ticket, request)
     if results is None:
         return Response(status_code=CLIENT_GONE)
