@@ -11,7 +11,7 @@ The service is five rooms, each importing only the ones below it
   engine server, the remote batcher, the wire format, the shared-memory arena.
 - ``codec/``: below both entry points (api/ and jobs/): fetching URLs, decoding and
   framing the inputs, compositing and encoding the result, the one error shape.
-- ``queue/``: jobs, batch forming and priorities, admission, splitting on
+- ``queue/``: its unit of work (``Work``), batch forming and priorities, admission, splitting on
   out-of-memory, outcomes; the engine host that loads and warms the model.
 
 Beside them, the foundation every room may import: ``settings``, ``limits``,

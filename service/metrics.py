@@ -122,7 +122,7 @@ class Metrics:
 
     def observe_execution(self, items: int, compute_s: float, queue_s: list[float]) -> None:
         """One engine execution of ``items`` items, for the requests that waited ``queue_s`` (one per
-        request that left the queue with it; none for a garments job's later chunks)."""
+        request that left the queue with it; none for a garments ``Work``'s later chunks)."""
         self.exec_count.inc()
         self.inference_count.inc(items)
         for waited in queue_s:

@@ -1,6 +1,6 @@
 """The routes' dependencies, each once, as typed ``Annotated`` aliases.
 
-``ServiceDep``: the app's ServiceState. ``WorkDep``: a request about to queue work
+``ServiceDep``: the app's ServiceState. ``TicketDep``: a request about to queue work
 (ready or 503, its deadline counted from now). ``QueryDep``: the output and scheduling
 options given as query parameters (body fields of the same names win, service/api/inputs.py).
 ``OwnerDep``: who owns what the request creates (its API key, hashed).
@@ -18,12 +18,12 @@ from fastapi.security import APIKeyHeader, HTTPBearer
 
 from model.images import DEFAULT_QUALITY, OutputFormat, OutputSize
 
+from ..jobs.wiring import owner_of
 from ..queue.admission import own_work_s, too_short
-from ..queue.outcomes import Priority
+from ..queue.priority import Priority
 from .context import request_context
 from .errors import ApiError
-from .inputs import MIN_TIMEOUT_S, JobOptions
-from .jobs import owner_of
+from .options import MIN_TIMEOUT_S, Scheduling
 from .state import ServiceState
 
 
@@ -79,12 +79,12 @@ def require_ready(service: ServiceState, network: bool = True) -> None:
         if not network:
             return
         raise ApiError(503, "weights_unavailable", f"the weights could not be loaded: {weights_failure}")
-    if not service.ready or service.batcher is None:
+    if not service.ready or service.queue is None:
         raise ApiError(503, "not_ready", "the model is not loaded yet", headers={"Retry-After": "5"})
 
 
 @dataclass
-class Work:
+class Ticket:
     """A request about to queue work: when it arrived, its deadline and priority, and the
     timings it collects (shared with the access log through its RequestContext)."""
     arrived: float  # on the event loop's clock
@@ -93,7 +93,7 @@ class Work:
     priority: Priority | None = None  # set by schedule(): the request's, or the route's default
     one_forward_s: float = 0.0  # the engine's one request alone, as admission control counts it (0: unknown here)
 
-    def schedule(self, options: JobOptions, default_priority: Priority) -> None:
+    def schedule(self, options: Scheduling, default_priority: Priority) -> None:
         """Applies the request's own priority and (shorter) timeout; TRYON_REQUEST_TIMEOUT_S caps it. A
         timeout under one forward alone can never be met, however idle the server: 422 naming it."""
         self.priority = options.priority or default_priority
@@ -103,18 +103,18 @@ class Work:
             self.deadline = min(self.deadline, self.arrived + options.timeout)
 
 
-async def begin_work(request: Request, service: ServiceDep) -> Work:
+async def take_ticket(request: Request, service: ServiceDep) -> Ticket:
     """Dependency of the routes that run the model: ready or 503, deadline from now."""
     require_ready(service)
     now = asyncio.get_running_loop().time()
-    rate = service.batcher.rate  # None in a front end of TRYON_WORKERS > 1: the engine process's admission says
-    work = Work(now, now + service.settings.request_timeout_s, {},
-                one_forward_s=own_work_s(rate, service.settings.max_batch_size) if rate is not None else 0.0)
-    request_context(request).timings_ms = work.timings
-    return work
+    rate = service.queue.rate  # None in a front end of TRYON_WORKERS > 1: the engine process's admission says
+    ticket = Ticket(now, now + service.settings.request_timeout_s, {},
+                    one_forward_s=own_work_s(rate, service.settings.max_batch_size) if rate is not None else 0.0)
+    request_context(request).timings_ms = ticket.timings
+    return ticket
 
 
-WorkDep = Annotated[Work, Depends(begin_work)]
+TicketDep = Annotated[Ticket, Depends(take_ticket)]
 
 
 @dataclass(frozen=True)

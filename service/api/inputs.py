@@ -1,4 +1,5 @@
-"""From an HTTP request to its parts: person-side inputs, garments, options.
+"""From an HTTP request to its parts (``RequestParts``) and its output options: fields parsed,
+nothing fetched or decoded here.
 
 Each image (masked_model, pose, person, parse, cloth) comes as a multipart
 file, as a multipart text field or JSON string holding an http(s) URL, or
@@ -8,11 +9,10 @@ itself or its text. Which person-side inputs make a valid mix is
 model.person's rule (check_person_mix), checked here by name before any bytes are
 decoded. Garments: one ``cloth`` (for /v1/prepare: at most one), or for the batch
 endpoint ``cloth`` repeated (multipart) or a ``cloths`` list (JSON). Options (format, quality,
-size) come from query parameters or body fields. Limits: the request body, bytes
-per image (413), pixels announced by the header (413, before decoding),
-and anything Pillow can't read (415). URLs are fetched concurrently;
-decoding and letterboxing run in a thread, one request at a time, so one
-bad input fails only its own request.
+size, priority, timeout) come from query parameters or body fields (options.py). Limits here:
+the request body (body.py: 413, 408), bytes per image (413), and a field that is unknown, given
+twice or malformed (a 4xx naming it). A URL stays a URL: the codec fetches it
+(service/codec/fetch.py ``fetch_parts``) and decodes the images (service/codec/person.py).
 """
 from __future__ import annotations
 
@@ -23,32 +23,22 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from fastapi import Request
-from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import ClientDisconnect
 
 from model.person import IncompleteInputs, check_person_mix
 from model.safe_json import MAX_STRUCTURE, JsonError, load_json
 
+from .body import read_body
 from .context import request_context
-from .errors import CLIENT_GONE, ApiError
-from ..codec.fetch import UrlFetcher
+from .errors import ApiError
+from .options import OPTION_FIELDS, parse_options
 from ..codec.output import OutputOptions
 from ..codec.sources import KEYPOINTS_FIELD, RequestParts, person_mix_error
-from ..limits import BudgetHold, byte_count
-from ..queue.outcomes import Priority
 from ..settings import Settings
 
-IMAGE_FIELDS = ("masked_model", "pose", "cloth")  # the classic /v1/tryon trio
 PERSON_FIELDS = ("masked_model", "pose", "person", "parse")  # person-side images
 Garments = Literal["none", "optional", "one", "many"]  # optional: at most one, no options
-OPTION_FIELDS = ("format", "quality", "size", "priority", "timeout")
-# Scheduling options may also come as headers (a proxy or gateway can set them); fields win.
-JOB_OPTION_HEADERS = {"priority": "X-Priority", "timeout": "X-Request-Timeout"}
-# The shortest timeout accepted, in seconds (stated in the OpenAPI schema as its minimum): a
-# request's own decoding and one forward take longer, so a shorter one could never be met.
-MIN_TIMEOUT_S = 0.01
 
 
 @dataclass(frozen=True)
@@ -65,73 +55,8 @@ class GarmentLimit:
         return cls(settings.max_garments, "TRYON_MAX_GARMENTS", settings.batch_body_limit)
 
 
-
-
-class JobOptions(BaseModel):
-    """How the request is scheduled: its priority (the route's default when absent) and a
-    deadline shorter than TRYON_REQUEST_TIMEOUT_S, in seconds."""
-    priority: Priority | None = None
-    timeout: float | None = Field(None, ge=MIN_TIMEOUT_S, allow_inf_nan=False)
-
-
-def _validated(model: type[BaseModel], values: dict, field_names: dict[str, str] | None = None):
-    try:
-        return model.model_validate(values)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ApiError(422, "invalid_option", first["msg"], (field_names or {}).get(where, where)) from None
-
-
-def parse_options(values: dict, typed: bool = False) -> OutputOptions:
-    """``typed``: JSON values, where ``true`` or ``"5"`` is no quality (multipart and query
-    values are text, converted); 47.0 is, as JSON Schema's integers include it."""
-    quality = values.get("quality")
-    if typed and quality is not None and (isinstance(quality, bool) or not isinstance(quality, (int, float))):
-        raise ApiError(422, "invalid_option", "must be a JSON integer from 1 to 100", "quality")
-    return _validated(OutputOptions, {k: v for k, v in values.items() if k in OutputOptions.model_fields})
-
-
-def parse_job_options(values: dict, headers) -> JobOptions:
-    """Job options from fields (``values``: body or query) or else headers; an error names
-    the field or header it came from."""
-    from_headers = {k: headers[h] for k, h in JOB_OPTION_HEADERS.items() if h in headers and values.get(k) is None}
-    given = {k: v for k, v in values.items() if k in JobOptions.model_fields and v is not None} | from_headers
-    return _validated(JobOptions, given, {k: JOB_OPTION_HEADERS[k] for k in from_headers})
-
-
 def _is_url(text: str) -> bool:
     return text.lower().startswith(("http://", "https://"))
-
-
-async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
-    """The whole body, at most ``limit`` bytes, arrived within ``timeout_s`` (a client that
-    stalls mid-upload would otherwise hold its request open for as long as it likes), each
-    chunk taken from the request's share of the bytes in flight as it arrives."""
-    declared = byte_count(request.headers.get("content-length"))
-    if declared is not None and declared > limit:
-        raise ApiError(413, "payload_too_large", f"the request body is {declared} bytes, over the limit of {limit}")
-    hold = request_context(request).hold
-    chunks, total = [], 0
-    try:
-        async with asyncio.timeout(timeout_s):
-            async for chunk in request.stream():
-                total += len(chunk)
-                if total > limit:
-                    raise ApiError(413, "payload_too_large", f"the request body is over the limit of {limit} bytes")
-                if hold is not None:
-                    hold.take(len(chunk), "the request body")
-                chunks.append(chunk)
-    except TimeoutError:
-        raise ApiError(408, "body_timeout", f"the request body did not arrive within {timeout_s:g} s "
-                       f"({total} bytes came); send it at once") from None
-    except ClientDisconnect:  # hung up mid-upload: logged and counted as gone, not as a 500
-        request_context(request).client_gone = True
-        raise ApiError(CLIENT_GONE, "client_gone", "the client closed the connection while sending the body") \
-            from None
-    if hold is not None and len(chunks) > 1:
-        hold.take(total, "the request body")  # the joined copy, beside the chunks until they go
-    return b"".join(chunks)
 
 
 def _check_size(data: bytes, field: str, limit: int) -> bytes:
@@ -319,26 +244,3 @@ async def read_request(request: Request, settings: Settings, query_options: dict
     if garments == "many" and len(parts.cloths) > limit.most:
         _too_many(len(parts.cloths), limit)
     return parts, parse_options(query_options | parts.options, typed=content_type == "application/json")
-
-
-async def fetch_parts(parts: RequestParts, fetcher: UrlFetcher, hold: BudgetHold | None = None) -> RequestParts:
-    """Fetches every URL (UrlFetcher.fetch_all: a few at a time): a person-side failure fails the
-    request, a garment's failure in a batch is kept as that garment's result."""
-    person_urls = [(field, url) for field, url in parts.person.items() if isinstance(url, str)]
-    cloth_at = [i for i, c in enumerate(parts.cloths) if isinstance(c, str)]
-    fetched = await fetcher.fetch_all(person_urls + [("cloth", parts.cloths[i]) for i in cloth_at], hold)
-    for outcome in fetched[:len(person_urls)]:
-        if isinstance(outcome, BaseException):
-            raise outcome
-    for outcome in fetched[len(person_urls):]:
-        if isinstance(outcome, BaseException) and not isinstance(outcome, ApiError):
-            raise outcome
-    cloths = list(parts.cloths)
-    for i, outcome in zip(cloth_at, fetched[len(person_urls):]):
-        cloths[i] = outcome
-    person = parts.person | {field: outcome for (field, _), outcome in zip(person_urls, fetched)}
-    return RequestParts(person, parts.keypoints, cloths, parts.options)
-
-
-def has_urls(parts: RequestParts) -> bool:
-    return any(isinstance(v, str) for v in [*parts.person.values(), *parts.cloths])

@@ -31,7 +31,7 @@ from model.images import Letterbox, TryOnInputs
 from model.safe_json import MAX_STRUCTURE
 
 from ..limits import byte_count
-from ..queue.outcomes import Priority
+from ..queue.priority import Priority
 from .errors import ApiError
 from .inputs import read_json
 
@@ -144,7 +144,7 @@ def _invalid(message: str, field: str | None = None, code: str = "invalid_tensor
 @dataclass(frozen=True)
 class DecodedRequest:
     """An infer request as the queue takes it: one TryOnInputs per batch item, the outputs
-    asked for (name -> binary), and the scheduling options as JobOptions fields."""
+    asked for (name -> binary), and the scheduling options as Scheduling fields."""
     id: str | None
     items: list[TryOnInputs]
     outputs: dict[str, bool]
@@ -241,14 +241,14 @@ def _outputs(request: InferRequest) -> dict[str, bool]:
 
 
 def _scheduling(parameters: dict[str, Any]) -> dict[str, Any]:
-    """``priority`` and ``timeout`` as JobOptions fields (validated there: a bad one is a 422
+    """``priority`` and ``timeout`` as Scheduling fields (validated there: a bad one is a 422
     ``invalid_option`` as everywhere in the API)."""
     options = {}
     priority = parameters.get("priority")
     if isinstance(priority, int) and not isinstance(priority, bool):
         options["priority"] = None if priority == 0 else TRITON_PRIORITIES.get(priority, Priority.BULK)
         if priority < 0:
-            options["priority"] = priority  # refused by JobOptions
+            options["priority"] = priority  # refused by Scheduling
     elif priority is not None:
         options["priority"] = priority
     timeout = parameters.get("timeout")

@@ -18,7 +18,8 @@ from pydantic import BaseModel, Field
 from model.person import PERSON_MIXES
 
 from ..codec.output import OutputOptions
-from .inputs import KEYPOINTS_FIELD, JobOptions
+from ..codec.sources import KEYPOINTS_FIELD
+from .options import Scheduling
 from .oip import InferRequest, InferResponse
 
 BINARY = {"type": "string", "format": "binary"}
@@ -51,7 +52,7 @@ def _inlined(schema, definitions: dict):
 def _options() -> dict:
     """The output and scheduling options' properties, from the models that validate them."""
     properties = {}
-    for model in (OutputOptions, JobOptions):
+    for model in (OutputOptions, Scheduling):
         schema = model.model_json_schema()
         properties |= _inlined(schema["properties"], schema.get("$defs", {}))
     return {name: _not_null(prop) for name, prop in properties.items()}

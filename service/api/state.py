@@ -1,6 +1,6 @@
-"""What the app holds while it runs: settings, metrics, the warm engine, the
-batcher and the URL fetcher, the state of each component (components.py), and
-whether it is ready or draining."""
+"""What the app holds while it runs: settings, metrics, the warm engine, its queue
+(``queue``: this process's Batcher, or a front end's RemoteBatcher) and the URL fetcher,
+the state of each component (components.py), and whether it is ready or draining."""
 from __future__ import annotations
 
 import asyncio
@@ -19,12 +19,12 @@ from ..processes.arena import Arena
 from ..processes.exits import drain_after_device_failure
 from ..processes.remote import EngineLink, RemoteBatcher, RemoteEngine
 from ..queue.host import EngineFactory, EngineHost, weights_label
-from ..queue.interface import JobQueue
+from ..queue.interface import WorkQueue
 from ..settings import Settings
 from .cache import ResponseCache, model_identity, open_cache
 from ..codec.fetch import UrlFetcher
+from ..jobs.wiring import Jobs
 from .components import Components
-from .jobs import Jobs
 
 log = logging.getLogger("service")
 
@@ -42,7 +42,7 @@ class ServiceState:
         self.host = (EngineHost(settings, self.metrics, engine_factory, on_device_failure=self.device_failed)
                      if engine_link is None else None)
         self.engine: Engine | RemoteEngine | None = None
-        self.batcher: JobQueue | None = None
+        self.queue: WorkQueue | None = None
         self.fetcher: UrlFetcher | None = None
         self.cache: ResponseCache | None = None
         self.jobs: Jobs | None = None
@@ -63,14 +63,14 @@ class ServiceState:
                   else "draining" if self.draining else "ready" if self.ready else "starting")
         info = {"status": status, "ready": status == "ready", "draining": self.draining,
                 "max_batch_size": s.max_batch_size, "max_batch_wait_ms": s.max_batch_wait_ms,
-                "queue_limit": s.queue_limit, "queue_depth": self.batcher.depth if self.batcher else 0,
+                "queue_limit": s.queue_limit, "queue_depth": self.queue.depth if self.queue else 0,
                 "request_timeout_s": s.request_timeout_s, "sampler": s.sampler,
                 "cache": self.cache.store.name if self.cache else None,
                 "jobs": self.jobs_info, "components": self.components.info}
         if not self.healthy:
-            info["device_failure"] = self.batcher.device_failure
-        if self.batcher is not None and self.batcher.rate is not None:
-            info["service_seconds_by_batch_size"] = {str(k): round(v, 4) for k, v in self.batcher.rate.snapshot().items()}
+            info["device_failure"] = self.queue.device_failure
+        if self.queue is not None and self.queue.rate is not None:
+            info["service_seconds_by_batch_size"] = {str(k): round(v, 4) for k, v in self.queue.rate.snapshot().items()}
         if self.engine is not None:
             info |= self.engine.info
             info["sampler_in_use"] = self.engine.sampler
@@ -92,7 +92,7 @@ class ServiceState:
             await self.host.start()
         except WeightsError as exc:
             return self._start_without_weights(str(exc))
-        self.engine, self.batcher = self.host.engine, self.host.batcher
+        self.engine, self.queue = self.host.engine, self.host.batcher
         self.fetcher = UrlFetcher(self.settings)
         self.cache = self._open_cache()
         self._start_jobs()
@@ -106,8 +106,8 @@ class ServiceState:
         """A front-end process: the engine process has loaded and warmed the model already."""
         link = self.engine_link
         arena = (link.arena_id, Arena(link.arena_fd, self.settings.image_hw)) if link.arena_fd is not None else None
-        self.batcher = RemoteBatcher(on_lost=_engine_lost, arena=arena)
-        self.engine = RemoteEngine(await self.batcher.connect(link.socket))
+        self.queue = RemoteBatcher(on_lost=_engine_lost, arena=arena)
+        self.engine = RemoteEngine(await self.queue.connect(link.socket))
         self.metrics.queue_depth = ReportedElsewhere()  # the engine process's batcher sets it
         self.fetcher = UrlFetcher(self.settings)
         self.cache = self._open_cache()
@@ -170,7 +170,7 @@ class ServiceState:
         (none where the settings say they cannot be served: Settings.jobs_unavailable)."""
         if self.settings.jobs_enabled and not self.settings.jobs_unavailable:
             chunk_size = self.settings.garment_chunk_for(self.engine.device.type)
-            self.jobs = Jobs(self.settings, self.batcher, self.fetcher, chunk_size, self.metrics, self.budget)
+            self.jobs = Jobs(self.settings, self.queue, self.fetcher, chunk_size, self.metrics, self.budget)
             self.jobs.start()
 
     def _open_cache(self) -> ResponseCache | None:
@@ -190,7 +190,7 @@ class ServiceState:
     @property
     def healthy(self) -> bool:
         """False once the device failed: every later batch would fail, so the process must go."""
-        return self.batcher is None or self.batcher.device_failure is None
+        return self.queue is None or self.queue.device_failure is None
 
     def device_failed(self, reason: str) -> None:
         """The batcher saw the device break: liveness and readiness turn 503 and the process
@@ -205,7 +205,7 @@ class ServiceState:
         self.draining = True
         self.metrics.ready.set(0)
         if self._loop is not None:
-            depth = self.batcher.depth if self.batcher else 0
+            depth = self.queue.depth if self.queue else 0
             self._loop.call_soon_threadsafe(log.info, "draining: readiness is now 503, finishing %d queued "
                                             "and in-flight requests", depth)
 
@@ -214,8 +214,8 @@ class ServiceState:
         self.metrics.ready.set(0)
         if self.jobs is not None:  # before the queue: its unfinished tasks stay in the store
             await self.jobs.stop()
-        if self.batcher is not None:
-            await self.batcher.stop()
+        if self.queue is not None:
+            await self.queue.stop()
         if self.fetcher is not None:
             await self.fetcher.aclose()
         if self.cache is not None:

@@ -1,4 +1,4 @@
-"""The steps the routes that run the model share: read the parts, queue the job and wait for it,
+"""The steps the routes that run the model share: read the parts, queue the work and wait for it,
 encode, Server-Timing, stream the image back. No route imports from another route."""
 from __future__ import annotations
 
@@ -10,16 +10,19 @@ from fastapi.responses import StreamingResponse
 
 from model.images import TryOnInputs, header_pixels, output_size_error
 
-from ..queue.interface import QueuedJob
-from ..queue.jobs import GarmentsInputs, GarmentsStream, JobResult
-from ..queue.outcomes import DeadlineExceeded, DropReason, Priority, QueueError
+from ..queue.interface import QueuedWork
+from ..queue.work import GarmentsInputs, GarmentsStream, WorkResult
+from ..queue.outcomes import DeadlineExceeded, DropReason, QueueError
+from ..queue.priority import Priority
 from .context import request_context
-from .deps import QueryOptions, Work
+from .deps import QueryOptions, Ticket
+from ..codec.fetch import fetch_parts, has_urls
 from ..codec.output import OutputOptions
 from ..codec.person import decode_bytes
 from ..codec.sources import RequestParts
 from .errors import ApiError
-from .inputs import GarmentLimit, Garments, JobOptions, fetch_parts, has_urls, parse_job_options, read_request
+from .inputs import GarmentLimit, Garments, read_request
+from .options import Scheduling, parse_scheduling
 from .state import ServiceState
 
 STREAM_CHUNK = 64 * 1024
@@ -35,53 +38,53 @@ async def _client_gone(request: Request) -> None:
         pass
 
 
-async def await_jobs(jobs: list[QueuedJob], work: Work, request: Request) -> list[JobResult | GarmentsStream]:
-    """The jobs' answers once all are in, under one deadline (the first job's) and one watch for
+async def await_works(works: list[QueuedWork], ticket: Ticket, request: Request) -> list[WorkResult | GarmentsStream]:
+    """The answers of ``works`` once all are in, under one deadline (the first one's) and one watch for
     the client going; a failure of one fails them all, and the others are abandoned."""
     loop = asyncio.get_running_loop()
-    deadline = jobs[0].deadline
-    waiting = {job.future for job in jobs}
+    deadline = works[0].deadline
+    waiting = {work.future for work in works}
     watcher = loop.create_task(_client_gone(request))
     try:
         while waiting:
             done, _ = await asyncio.wait(waiting | {watcher}, timeout=max(0.0, deadline - loop.time()),
                                          return_when=asyncio.FIRST_COMPLETED)
             if watcher in done:
-                _abandon(jobs, DropReason.CLIENT_GONE)
+                _abandon(works, DropReason.CLIENT_GONE)
                 raise ClientGone
             if not done:
-                _abandon(jobs, DropReason.DEADLINE)
+                _abandon(works, DropReason.DEADLINE)
                 raise DeadlineExceeded(f"the request was not served within its deadline "
-                                       f"({deadline - work.arrived:.3g} s)")
+                                       f"({deadline - ticket.arrived:.3g} s)")
             waiting -= done
             failed = next((f for f in done if f.exception() is not None), None)
             if failed is not None:
-                _abandon(jobs, DropReason.REQUEST_FAILED)
+                _abandon(works, DropReason.REQUEST_FAILED)
                 raise failed.exception()
     finally:
         watcher.cancel()
-    return [job.future.result() for job in jobs]
+    return [work.future.result() for work in works]
 
 
-def _abandon(jobs: list[QueuedJob], reason: DropReason) -> None:
-    for job in jobs:
-        if not job.future.done():
-            job.abandon(reason)
+def _abandon(works: list[QueuedWork], reason: DropReason) -> None:
+    for work in works:
+        if not work.future.done():
+            work.abandon(reason)
 
 
 async def read_parts(request: Request, service: ServiceState, query: QueryOptions | None, garments: Garments,
-                     timings: dict[str, float], work: Work | None = None,
+                     timings: dict[str, float], ticket: Ticket | None = None,
                      default_priority: Priority = Priority.INTERACTIVE,
                      limit: GarmentLimit | None = None) -> tuple[RequestParts, OutputOptions]:
     """The request's parts with every URL fetched (``timings["fetch"]`` when there were any) and
-    measured for decoding (``complete_parts``); ``work``, when given, takes the request's priority
+    measured for decoding (``complete_parts``); ``ticket``, when given, takes the request's priority
     and timeout; ``limit``: read_request's."""
     mark = time.perf_counter()
     parts, options = await read_request(request, service.settings, query.given() if query is not None else {},
                                         garments, limit)
-    if work is not None:
+    if ticket is not None:
         # Admission control waits for submit (after decoding): a cache hit is answered whatever the queue holds.
-        work.schedule(scheduling_of(request, query, parts), default_priority)
+        ticket.schedule(scheduling_of(request, query, parts), default_priority)
     parts = await complete_parts(request, service, parts, options, garments, timings, mark)
     return parts, options
 
@@ -109,34 +112,34 @@ async def complete_parts(request: Request, service: ServiceState, parts: Request
     return parts
 
 
-def scheduling_of(request: Request, query: QueryOptions | None, parts: RequestParts) -> JobOptions:
+def scheduling_of(request: Request, query: QueryOptions | None, parts: RequestParts) -> Scheduling:
     """The request's priority and timeout: body fields, else query parameters, else headers."""
     given = query.given() if query is not None else {}
-    return parse_job_options(given | parts.options, request.headers)
+    return parse_scheduling(given | parts.options, request.headers)
 
 
-async def run_job(service: ServiceState, inputs: TryOnInputs | GarmentsInputs, work: Work,
-                  request: Request) -> JobResult | GarmentsStream | None:
+async def run_work(service: ServiceState, inputs: TryOnInputs | GarmentsInputs, ticket: Ticket,
+                   request: Request) -> WorkResult | GarmentsStream | None:
     """Queues the work and waits for it; None when the client has gone (answer CLIENT_GONE)."""
-    results = await run_jobs(service, [inputs], work, request)
+    results = await run_works(service, [inputs], ticket, request)
     return None if results is None else results[0]
 
 
-async def run_jobs(service: ServiceState, items: list[TryOnInputs | GarmentsInputs], work: Work,
-                   request: Request) -> list[JobResult | GarmentsStream] | None:
-    """``run_job`` for the items of one request (a batch dimension of the protocol's infer):
-    each its own job, so the batcher batches them as it batches everyone's; all or nothing."""
-    if asyncio.get_running_loop().time() >= work.deadline:
+async def run_works(service: ServiceState, items: list[TryOnInputs | GarmentsInputs], ticket: Ticket,
+                    request: Request) -> list[WorkResult | GarmentsStream] | None:
+    """``run_work`` for the items of one request (a batch dimension of the protocol's infer):
+    each its own ``Work``, so the batcher batches them as it batches everyone's; all or nothing."""
+    if asyncio.get_running_loop().time() >= ticket.deadline:
         raise DeadlineExceeded("the deadline passed before the request reached the queue")
-    jobs = []
+    works = []
     try:
         for inputs in items:
-            jobs.append(service.batcher.submit(inputs, work.deadline, work.priority))
+            works.append(service.queue.submit(inputs, ticket.deadline, ticket.priority))
     except QueueError:
-        _abandon(jobs, DropReason.REQUEST_FAILED)
+        _abandon(works, DropReason.REQUEST_FAILED)
         raise
     try:
-        return await await_jobs(jobs, work, request)
+        return await await_works(works, ticket, request)
     except ClientGone:
         context = request_context(request)
         context.client_gone = True

@@ -15,7 +15,8 @@ inflate to a gigabyte; each chunk is taken from the request's share of the
 bytes in flight (service/limits.py ByteBudget). The whole fetch has a total
 deadline. At most TRYON_URL_MAX_FETCHES fetches run at once in the process,
 TRYON_URL_FETCHES_PER_REQUEST for one request; a fetch that waits past its
-deadline for a place is refused with 503 and Retry-After.
+deadline for a place is refused with 503 and Retry-After. ``fetch_parts``: every URL of a
+request's (or a job's) parts fetched, a garment's failure kept as its result.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import httpx
 from .errors import ApiError
 from ..limits import BudgetHold, byte_count
 from ..settings import Settings
+from .sources import RequestParts
 
 MAX_REDIRECTS = 3
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -186,3 +188,26 @@ class UrlFetcher:
         except httpx.HTTPError as exc:
             raise ApiError(502, "upstream_unreachable", f"the URL's body broke off ({exc})", field) from None
         return b"".join(chunks)
+
+
+async def fetch_parts(parts: RequestParts, fetcher: UrlFetcher, hold: BudgetHold | None = None) -> RequestParts:
+    """Fetches every URL (UrlFetcher.fetch_all: a few at a time): a person-side failure fails the
+    request, a garment's failure in a batch is kept as that garment's result."""
+    person_urls = [(field, url) for field, url in parts.person.items() if isinstance(url, str)]
+    cloth_at = [i for i, c in enumerate(parts.cloths) if isinstance(c, str)]
+    fetched = await fetcher.fetch_all(person_urls + [("cloth", parts.cloths[i]) for i in cloth_at], hold)
+    for outcome in fetched[:len(person_urls)]:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    for outcome in fetched[len(person_urls):]:
+        if isinstance(outcome, BaseException) and not isinstance(outcome, ApiError):
+            raise outcome
+    cloths = list(parts.cloths)
+    for i, outcome in zip(cloth_at, fetched[len(person_urls):]):
+        cloths[i] = outcome
+    person = parts.person | {field: outcome for (field, _), outcome in zip(person_urls, fetched)}
+    return RequestParts(person, parts.keypoints, cloths, parts.options)
+
+
+def has_urls(parts: RequestParts) -> bool:
+    return any(isinstance(v, str) for v in [*parts.person.values(), *parts.cloths])

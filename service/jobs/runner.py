@@ -33,10 +33,11 @@ from ..codec.person import decode_bytes, decode_garments, decode_person
 from ..codec.sources import RequestParts
 from ..limits import ByteBudget, OverBudget
 from ..metrics import Metrics
-from ..queue.interface import JobQueue
-from ..queue.jobs import GarmentsInputs, GarmentsStream
-from ..queue.outcomes import (DeadlineExceeded, DeadlineTooShort, DeviceFailed, DeviceOutOfMemory, EngineUnreachable, Overloaded, Priority, QueueError,
-                              QueueFull, ShuttingDown)
+from ..queue.interface import WorkQueue
+from ..queue.work import GarmentsInputs, GarmentsStream
+from ..queue.outcomes import (DeadlineExceeded, DeadlineTooShort, DeviceFailed, DeviceOutOfMemory, EngineUnreachable, Overloaded,
+                              QueueError, QueueFull, ShuttingDown)
+from ..queue.priority import Priority
 from ..settings import Settings
 from .records import GarmentState, JobError, JobInputs, JobRecord, JobStatus, Task
 from .store import JobStore, StoreUnavailable
@@ -106,7 +107,7 @@ class Interrupted(Exception):
 
 
 class JobRunner:
-    def __init__(self, store: JobStore, queue: JobQueue, codec: JobCodec, chunk_size: int, concurrency: int,
+    def __init__(self, store: JobStore, queue: WorkQueue, codec: JobCodec, chunk_size: int, concurrency: int,
                  keep_every_s: float, metrics: Metrics, budget: ByteBudget | None = None):
         self.store = store
         self.queue = queue

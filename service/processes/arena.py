@@ -6,8 +6,8 @@ hands it over as an inherited descriptor; both map it. An arena is ``slots`` equ
 each holding one try-on's pose, masked model and cloth, then its output, every one (3, H, W)
 uint8 levels in pixel order (as decoded, and as the batch is stacked). The front end keeps the
 free list: it takes a slot to submit, the engine reads the inputs and writes the output in
-place, and the front end frees the slot once it has the answer or has abandoned the job (the
-engine then writes nothing more there: see service/processes/engine_server.py). A job whose images are
+place, and the front end frees the slot once it has the answer or has abandoned the ``Work`` (the
+engine then writes nothing more there: see service/processes/engine_server.py). A ``Work`` whose images are
 not model-sized (a garments request), or for which no slot is free, crosses in its message.
 
 Through the socket, reading three images in and writing one out made up most of what the

@@ -3,12 +3,12 @@ Batcher, so the requests of every front-end process meet in the same queue and
 batches form across them; the model is loaded once, here.
 
 Each front-end process holds one connection (service/processes/remote.py), and names in its
-hello the arena it shares with this process (service/processes/arena.py). A submitted job
+hello the arena it shares with this process (service/processes/arena.py). A submitted ``Work``
 is handed to ``Batcher.submit`` with the deadline rebuilt on this loop's clock;
 its outcome (a result, the queue's outcome, or a garments stream's chunks) goes back on
-the same connection. A job submitted in a slot of the arena is read from there and
+the same connection. A ``Work`` submitted in a slot of the arena is read from there and
 its output written there, by this event loop only: once it has read the front end's
-abandon, it writes nothing more in that slot. A front end that abandons a job, or goes
+abandon, it writes nothing more in that slot. A front end that abandons a ``Work``, or goes
 away, abandons it here too, so the worker never runs work nobody will read.
 """
 from __future__ import annotations
@@ -21,8 +21,9 @@ import torch
 from model.images import TryOnInputs
 
 from ..queue.batcher import Batcher
-from ..queue.jobs import GarmentsInputs, GarmentsStream
-from ..queue.outcomes import DropReason, Priority, QueueError
+from ..queue.work import GarmentsInputs, GarmentsStream
+from ..queue.outcomes import DropReason, QueueError
+from ..queue.priority import Priority
 from .arena import Arena
 from .wire import Chunk, EngineHello, Error, Result, StreamStart, Submit, frame, outcome_fields, pack, read_message, unpack
 
@@ -44,7 +45,7 @@ class EngineServer:
             self._server.close()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        jobs: dict[int, tuple] = {}  # id -> (Job, the task answering it)
+        works: dict[int, tuple] = {}  # id -> (Work, the task answering it)
         arena: Arena | None = None
         try:
             while True:
@@ -53,46 +54,46 @@ class EngineServer:
                     arena = self.arenas[header["arena"]] if header.get("arena") is not None else None
                     writer.write(frame(EngineHello(type="hello", **self.hello)))
                 elif header["op"] == "submit":
-                    self._submit(header, payload, arena, writer, jobs)
-                elif header["op"] == "abandon" and header["id"] in jobs:
-                    job, task = jobs.pop(header["id"])
-                    job.abandon(DropReason(header["reason"]))
+                    self._submit(header, payload, arena, writer, works)
+                elif header["op"] == "abandon" and header["id"] in works:
+                    work, task = works.pop(header["id"])
+                    work.abandon(DropReason(header["reason"]))
                     task.cancel()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the front end has gone: nobody reads its answers
         finally:
-            for job, task in jobs.values():
-                job.abandon(DropReason.CLIENT_GONE)
+            for work, task in works.values():
+                work.abandon(DropReason.CLIENT_GONE)
                 task.cancel()
             writer.close()
 
     def _submit(self, header: Submit, payload: bytes, arena: Arena | None, writer: asyncio.StreamWriter,
-                jobs: dict) -> None:
-        job_id, slot = header["id"], header.get("slot")
+                works: dict) -> None:
+        work_id, slot = header["id"], header.get("slot")
         pose, masked_model, cloth = arena.inputs(slot) if slot is not None else unpack(header["shapes"], payload)
         inputs = (GarmentsInputs(pose, masked_model, cloth, header["chunk_size"]) if header["garments"]
                   else TryOnInputs(masked_model=masked_model, pose=pose, cloth=cloth, person_frame=None))
         deadline = asyncio.get_running_loop().time() + header["remaining_s"]
         try:
-            job = self.batcher.submit(inputs, deadline, Priority(header["priority"]))
+            work = self.batcher.submit(inputs, deadline, Priority(header["priority"]))
         except QueueError as exc:
-            writer.write(frame(Error(id=job_id, type="error", outcome=outcome_fields(exc))))
+            writer.write(frame(Error(id=work_id, type="error", outcome=outcome_fields(exc))))
             return
         output = arena.output(slot) if slot is not None else None
-        task = asyncio.get_running_loop().create_task(self._answer(job_id, job, writer, output))
-        jobs[job_id] = (job, task)
-        task.add_done_callback(lambda _: jobs.pop(job_id, None))
+        task = asyncio.get_running_loop().create_task(self._answer(work_id, work, writer, output))
+        works[work_id] = (work, task)
+        task.add_done_callback(lambda _: works.pop(work_id, None))
 
-    async def _answer(self, job_id: int, job, writer: asyncio.StreamWriter, slot_output: torch.Tensor | None) -> None:
-        """``slot_output``: the job's output place in its arena slot, when it came in one."""
+    async def _answer(self, work_id: int, work, writer: asyncio.StreamWriter, slot_output: torch.Tensor | None) -> None:
+        """``slot_output``: the work's output place in its arena slot, when it came in one."""
         depth = self.batcher.depth
         try:
-            result = await job.future
+            result = await work.future
         except QueueError as exc:
-            writer.write(frame(Error(id=job_id, type="error", outcome=outcome_fields(exc), depth=depth)))
+            writer.write(frame(Error(id=work_id, type="error", outcome=outcome_fields(exc), depth=depth)))
             return
         if not isinstance(result, GarmentsStream):
-            answer = Result(id=job_id, type="result", queue_s=result.queue_s, inference_s=result.inference_s,
+            answer = Result(id=work_id, type="result", queue_s=result.queue_s, inference_s=result.inference_s,
                             batch_size=result.batch_size, depth=depth)
             if slot_output is not None:
                 slot_output.copy_(result.output)
@@ -101,15 +102,15 @@ class EngineServer:
                 shapes, data = pack([result.output])
                 writer.write(frame(answer | {"shapes": shapes}, data))
             return
-        writer.write(frame(StreamStart(id=job_id, type="stream", garments=result.garments, queue_s=result.queue_s,
+        writer.write(frame(StreamStart(id=work_id, type="stream", garments=result.garments, queue_s=result.queue_s,
                                        depth=depth)))
         try:
             async for item in result.chunks():
                 if isinstance(item, QueueError):
-                    writer.write(frame(Error(id=job_id, type="chunk_error", outcome=outcome_fields(item))))
+                    writer.write(frame(Error(id=work_id, type="chunk_error", outcome=outcome_fields(item))))
                 else:
                     shapes, data = pack([item.outputs])
-                    writer.write(frame(Chunk(id=job_id, type="chunk", start=item.start, shapes=shapes,
+                    writer.write(frame(Chunk(id=work_id, type="chunk", start=item.start, shapes=shapes,
                                              inference_s=item.inference_s), data))
                 await writer.drain()
         finally:

@@ -1,8 +1,8 @@
 """A front-end process's side of TRYON_WORKERS > 1: the queue's interface
-(service/queue/interface.py: ``submit(inputs, deadline, priority) -> job``, ``await
-job.future``) over the engine process's Unix socket (service/processes/engine_server.py).
+(service/queue/interface.py: ``submit(inputs, deadline, priority) -> work``, ``await
+work.future``) over the engine process's Unix socket (service/processes/engine_server.py).
 
-A refusal at submission (queue full, overloaded) arrives through the job's future
+A refusal at submission (queue full, overloaded) arrives through the work's future
 rather than from ``submit`` itself; the routes await that future, so the client
 gets the same answer either way.
 """
@@ -18,8 +18,9 @@ import torch
 
 from model.images import TryOnInputs
 
-from ..queue.jobs import GarmentsChunk, GarmentsInputs, GarmentsStream, JobResult
-from ..queue.outcomes import DropReason, EngineUnreachable, Priority, QueueError, ShuttingDown
+from ..queue.work import GarmentsChunk, GarmentsInputs, GarmentsStream, WorkResult
+from ..queue.outcomes import DropReason, EngineUnreachable, QueueError, ShuttingDown
+from ..queue.priority import Priority
 from .arena import Arena
 from .wire import Abandon, Hello, Submit, frame, outcome_from, pack, read_message, unpack
 
@@ -54,12 +55,12 @@ class RemoteEngine:
 
 
 @dataclass(eq=False)
-class RemoteJob:
+class RemoteWork:
     id: int
     deadline: float  # on this process's event loop's clock
     future: asyncio.Future
     batcher: "RemoteBatcher"
-    slot: int | None = None  # of the batcher's arena, while the job holds one
+    slot: int | None = None  # of the batcher's arena, while the work holds one
     stream: GarmentsStream | None = None
     drop_reason: DropReason | None = field(default=None)
 
@@ -67,7 +68,7 @@ class RemoteJob:
         if self.drop_reason is None:
             self.batcher.send(Abandon(op="abandon", id=self.id, reason=reason.value))
             # Free now: the engine writes this slot's output before it reads the abandon, if at all,
-            # and the next job's output after; it may still read these inputs, for nobody.
+            # and the next work's output after; it may still read these inputs, for nobody.
             self.batcher.release_slot(self)
         self.drop_reason = reason
         self.future.cancel()
@@ -84,7 +85,7 @@ class RemoteBatcher:
         self.on_lost = on_lost  # called when the engine process goes away while this one still serves
         self.arena_id, self.arena = arena or (None, None)  # (the engine's number for it, the arena)
         self._stopping = False
-        self._jobs: dict[int, RemoteJob] = {}
+        self._works: dict[int, RemoteWork] = {}
         self._ids = itertools.count()
         self._writer: asyncio.StreamWriter | None = None
         self._reading: asyncio.Task | None = None
@@ -102,37 +103,37 @@ class RemoteBatcher:
             self._writer.write(frame(header, payload))
 
     def submit(self, inputs: TryOnInputs | GarmentsInputs, deadline: float,
-               priority: Priority = Priority.INTERACTIVE) -> RemoteJob:
+               priority: Priority = Priority.INTERACTIVE) -> RemoteWork:
         loop = asyncio.get_running_loop()
-        job = RemoteJob(next(self._ids), deadline, loop.create_future(), self)
+        work = RemoteWork(next(self._ids), deadline, loop.create_future(), self)
         if self._writer is None or self._writer.is_closing():
             raise EngineUnreachable("the engine process is not reachable")
         garments = isinstance(inputs, GarmentsInputs)
-        header = Submit(op="submit", id=job.id, garments=garments, remaining_s=deadline - loop.time(),
+        header = Submit(op="submit", id=work.id, garments=garments, remaining_s=deadline - loop.time(),
                         chunk_size=inputs.chunk_size if garments else None, priority=priority.value)
         if not garments and self.arena is not None:
-            job.slot = self.arena.put(inputs.pose, inputs.masked_model, inputs.cloth)
-        self._jobs[job.id] = job
-        if job.slot is not None:
-            self.send(header | {"slot": job.slot})
+            work.slot = self.arena.put(inputs.pose, inputs.masked_model, inputs.cloth)
+        self._works[work.id] = work
+        if work.slot is not None:
+            self.send(header | {"slot": work.slot})
         else:
             shapes, data = pack([inputs.pose, inputs.masked_model, inputs.cloths if garments else inputs.cloth])
             self.send(header | {"shapes": shapes}, data)
-        return job
+        return work
 
-    def release_slot(self, job: RemoteJob) -> None:
-        if job.slot is not None:
-            self.arena.release(job.slot)
-            job.slot = None
+    def release_slot(self, work: RemoteWork) -> None:
+        if work.slot is not None:
+            self.arena.release(work.slot)
+            work.slot = None
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
             while True:
                 header, payload = await read_message(reader)
                 self.depth = header.get("depth", self.depth)
-                job = self._jobs.get(header["id"])
-                if job is not None:
-                    self._deliver(job, header, payload)
+                work = self._works.get(header["id"])
+                if work is not None:
+                    self._deliver(work, header, payload)
         except (asyncio.IncompleteReadError, ConnectionError):
             if not self._stopping:
                 log.error("the engine process closed the connection")
@@ -140,44 +141,44 @@ class RemoteBatcher:
                     self.on_lost()
         finally:
             gone = ShuttingDown("the server is shutting down")
-            for job in self._jobs.values():
-                self.release_slot(job)
-                self._fail(job, gone)
-            self._jobs.clear()
+            for work in self._works.values():
+                self.release_slot(work)
+                self._fail(work, gone)
+            self._works.clear()
             if self._writer is not None:
                 self._writer.close()
 
-    def _deliver(self, job: RemoteJob, header: dict, payload: bytes) -> None:
+    def _deliver(self, work: RemoteWork, header: dict, payload: bytes) -> None:
         kind = header["type"]
         if kind in ("result", "error", "chunk_error"):
-            self._jobs.pop(job.id, None)
-        if job.future.cancelled():
+            self._works.pop(work.id, None)
+        if work.future.cancelled():
             return
         if kind == "error" or kind == "chunk_error":
-            self.release_slot(job)
-            self._fail(job, outcome_from(header["outcome"]))
+            self.release_slot(work)
+            self._fail(work, outcome_from(header["outcome"]))
         elif kind == "result":
             if "shapes" in header:
                 output, = unpack(header["shapes"], payload)
-            else:  # in the job's slot: a copy of its own, for the slot is free from here on
-                output = self.arena.output(job.slot).clone()
-            self.release_slot(job)
-            job.future.set_result(JobResult(output, header["queue_s"], header["inference_s"], header["batch_size"]))
+            else:  # in the work's slot: a copy of its own, for the slot is free from here on
+                output = self.arena.output(work.slot).clone()
+            self.release_slot(work)
+            work.future.set_result(WorkResult(output, header["queue_s"], header["inference_s"], header["batch_size"]))
         elif kind == "stream":
-            job.stream = GarmentsStream(job, header["garments"], header["queue_s"])
-            job.future.set_result(job.stream)
+            work.stream = GarmentsStream(work, header["garments"], header["queue_s"])
+            work.future.set_result(work.stream)
         elif kind == "chunk":
             outputs, = unpack(header["shapes"], payload)
-            job.stream.put(GarmentsChunk(header["start"], outputs, header["inference_s"]))
-            if header["start"] + outputs.shape[0] >= job.stream.garments:
-                self._jobs.pop(job.id, None)
+            work.stream.put(GarmentsChunk(header["start"], outputs, header["inference_s"]))
+            if header["start"] + outputs.shape[0] >= work.stream.garments:
+                self._works.pop(work.id, None)
 
     @staticmethod
-    def _fail(job: RemoteJob, error: QueueError) -> None:
-        if job.stream is not None:
-            job.stream.put(error)
-        elif not job.future.done():
-            job.future.set_exception(error)
+    def _fail(work: RemoteWork, error: QueueError) -> None:
+        if work.stream is not None:
+            work.stream.put(error)
+        elif not work.future.done():
+            work.future.set_exception(error)
 
     async def stop(self) -> None:
         self._stopping = True

@@ -2,7 +2,7 @@
 
 A message is a JSON header and a binary payload, each length-prefixed. The headers
 are the TypedDicts below: a front end sends ``Hello``, ``Submit`` and ``Abandon``;
-the engine process answers ``EngineHello`` once, then per job a ``Result``, an
+the engine process answers ``EngineHello`` once, then per ``Work`` a ``Result``, an
 ``Error``, or a ``StreamStart`` followed by ``Chunk``s (or one ``ChunkError``).
 A try-on's images cross in a slot of the memory the two processes share
 (service/processes/arena.py), which the message names; others (a garments
@@ -71,7 +71,7 @@ class Result(TypedDict, total=False):
     inference_s: float
     batch_size: int
     depth: int
-    shapes: list[list[int]]  # absent: the output is in the job's arena slot
+    shapes: list[list[int]]  # absent: the output is in the ``Work``'s arena slot
 
 
 class Error(TypedDict, total=False):

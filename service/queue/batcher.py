@@ -7,13 +7,13 @@ left are filled with bulk ones, so bulk work delays an interactive request by
 at most the batch already running. Before a batch of singles runs, the worker
 waits at most ``max_wait_s`` for ``max_batch_size`` of them.
 
-A many-garments request (one person, N garments) is one job that takes one
+A many-garments request (one person, N garments) is one ``Work`` that takes one
 place in the queue. It runs on the same worker one chunk per turn
 (``Engine.iter_garments``: the person's features computed once, then the
 garments chunk by chunk) and goes to the back of its queue after each chunk,
 so the single requests waiting behind it, and interactive work above all, get
 the engine between its chunks. Each chunk is handed to the event loop at once:
-the job's future resolves with a ``GarmentsStream`` after the first chunk, the
+the work's future resolves with a ``GarmentsStream`` after the first chunk, the
 later chunks follow through that stream.
 
 Admission control (service/queue/admission.py) refuses a request on arrival when
@@ -42,9 +42,10 @@ from model.images import TryOnInputs, stack_levels
 from ..metrics import Metrics
 from .admission import Estimate, ServiceRate, own_work_s, too_short
 from .interface import InferenceEngine
-from .jobs import GarmentsChunk, GarmentsInputs, GarmentsStream, Job, JobResult
+from .work import GarmentsChunk, GarmentsInputs, GarmentsStream, Work, WorkResult
 from .outcomes import (DeadlineExceeded, DeadlineTooShort, DeviceFailed, DeviceOutOfMemory, DropReason,
-                       InferenceFailed, Overloaded, Priority, QueueError, QueueFull, ShuttingDown)
+                       InferenceFailed, Overloaded, QueueError, QueueFull, ShuttingDown)
+from .priority import Priority
 from .splitting import infer_splitting_on_oom
 
 log = logging.getLogger("service.batcher")
@@ -62,12 +63,12 @@ class Batcher:
         self.rate = rate or ServiceRate()
         self.on_device_failure = on_device_failure
         self.device_failure: str | None = None
-        self._queues: dict[Priority, deque[Job]] = {p: deque() for p in Priority}
+        self._queues: dict[Priority, deque[Work]] = {p: deque() for p in Priority}
         self._arrived = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tryon-engine")
         self._task: asyncio.Task | None = None
         self._closed = False
-        self._running: list[Job] = []  # what the engine runs now
+        self._running: list[Work] = []  # what the engine runs now
         self._running_until = 0.0  # when the running call is expected to end (event loop clock)
 
     def start(self) -> None:
@@ -75,37 +76,37 @@ class Batcher:
 
     async def stop(self) -> None:
         """Stops the worker. Every request it holds gets its answer: the batch or garments chunk
-        the engine runs now, started garments jobs and anything still queued are answered 503
+        the engine runs now, started garments work and anything still queued are answered 503
         (a drain normally leaves nothing)."""
         self._closed = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        held = list(dict.fromkeys(self._running + self._take_all()))  # a running garments job is queued too
+        held = list(dict.fromkeys(self._running + self._take_all()))  # a running garments work is queued too
         self._fail_all(held, ShuttingDown("the server is shutting down"))
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     @property
     def depth(self) -> int:
-        """Jobs waiting to start: what TRYON_QUEUE_LIMIT bounds. A garments job whose first chunk
+        """Work waiting to start: what TRYON_QUEUE_LIMIT bounds. A garments ``Work`` whose first chunk
         is out is in service (as the running batch is), though it still queues for its next chunk."""
         return sum(self.depth_of(priority) for priority in Priority)
 
     def depth_of(self, priority: Priority) -> int:
-        return sum(job.stream is None and job not in self._running for job in self._queues[priority])
+        return sum(work.stream is None and work not in self._running for work in self._queues[priority])
 
     def submit(self, inputs: TryOnInputs | GarmentsInputs, deadline: float,
-               priority: Priority = Priority.INTERACTIVE) -> Job:
+               priority: Priority = Priority.INTERACTIVE) -> Work:
         """Queues one request; raises at once when it cannot be served: DeviceFailed,
         ShuttingDown, QueueFull, or Overloaded when it would not finish by ``deadline``."""
-        job = Job(inputs=inputs, deadline=deadline, future=asyncio.get_running_loop().create_future(),
-                  priority=priority)
-        garments = job.inputs.cloths.shape[0] if job.is_garments else None
-        self.admit(deadline, job.priority, garments, self._chunk_size(job))
-        self._queues[job.priority].append(job)
+        work = Work(inputs=inputs, deadline=deadline, future=asyncio.get_running_loop().create_future(),
+                    priority=priority)
+        garments = work.inputs.cloths.shape[0] if work.is_garments else None
+        self.admit(deadline, work.priority, garments, self._chunk_size(work))
+        self._queues[work.priority].append(work)
         self._report_depth()
         self._arrived.set()
-        return job
+        return work
 
     def admit(self, deadline: float, priority: Priority, garments: int | None = None,
               chunk_size: int | None = None) -> None:
@@ -131,7 +132,7 @@ class Batcher:
                              retry_after_s=estimate.retry_after_s(budget))
 
     def estimate(self, priority: Priority, garments: int | None = None, chunk_size: int = 1) -> Estimate:
-        """When a request would finish if queued now: the engine call running, then every job queued
+        """When a request would finish if queued now: the engine call running, then all the work queued
         at its priority or above (bulk waits for interactive work too), then its own (one try-on,
         or ``garments`` run ``chunk_size`` at a time)."""
         ahead = [Priority.INTERACTIVE] if priority is Priority.INTERACTIVE else list(Priority)
@@ -150,10 +151,10 @@ class Batcher:
             seconds += self.rate.items_seconds(garments, min(chunk_size, self.max_batch_size))
         return Estimate(seconds + self.rate.items_seconds(singles, self.max_batch_size), items)
 
-    def _chunk_size(self, job: Job) -> int:
-        if not job.is_garments:
+    def _chunk_size(self, work: Work) -> int:
+        if not work.is_garments:
             return 1
-        return min(job.inputs.chunk_size or self.max_batch_size, self.max_batch_size)
+        return min(work.inputs.chunk_size or self.max_batch_size, self.max_batch_size)
 
     # -- the worker ------------------------------------------------------------------------------
 
@@ -163,7 +164,7 @@ class Batcher:
             await self._batch_window()
             step = self._next_step()
             try:
-                if isinstance(step, Job):
+                if isinstance(step, Work):
                     await self._run_garments_step(step)
                 elif step:
                     await self._run_batch(step)
@@ -195,17 +196,17 @@ class Batcher:
             except TimeoutError:
                 break
 
-    def _head(self) -> Job | None:
+    def _head(self) -> Work | None:
         for priority in Priority:
             if self._queues[priority]:
                 return self._queues[priority][0]
         return None
 
     def _singles_waiting(self) -> int:
-        return sum(not job.is_garments for q in self._queues.values() for job in q)
+        return sum(not work.is_garments for q in self._queues.values() for work in q)
 
-    def _next_step(self) -> Job | list[Job] | None:
-        """The highest priority's first job: a garments job runs one chunk; singles form a batch
+    def _next_step(self) -> Work | list[Work] | None:
+        """The highest priority's first ``Work``: a garments one runs one chunk; singles form a batch
         from that priority first, filled from the lower ones."""
         self._drop_dead()
         for rank, priority in enumerate(Priority):
@@ -214,7 +215,7 @@ class Batcher:
                 continue
             if queue[0].is_garments:
                 return queue[0]
-            batch: list[Job] = []
+            batch: list[Work] = []
             for lower in list(Priority)[rank:]:
                 batch += self._take_singles(self._queues[lower], self.max_batch_size - len(batch))
             self._report_depth()
@@ -222,68 +223,68 @@ class Batcher:
         return None
 
     @staticmethod
-    def _take_singles(queue: deque[Job], most: int) -> list[Job]:
-        taken = [job for job in queue if not job.is_garments][:most]
-        for job in taken:
-            queue.remove(job)
+    def _take_singles(queue: deque[Work], most: int) -> list[Work]:
+        taken = [work for work in queue if not work.is_garments][:most]
+        for work in taken:
+            queue.remove(work)
         return taken
 
     def _drop_dead(self) -> None:
         now = asyncio.get_running_loop().time()
         for queue in self._queues.values():
-            for job in [job for job in queue if job.dead(now)]:
-                queue.remove(job)
-                reason = job.drop_reason or DropReason.DEADLINE
+            for work in [work for work in queue if work.dead(now)]:
+                queue.remove(work)
+                reason = work.drop_reason or DropReason.DEADLINE
                 self.metrics.dropped.labels(reason.value).inc()
-                if job.stream is not None and reason is DropReason.DEADLINE:
-                    job.stream.put(DeadlineExceeded("this garment was not dressed within the request's deadline"))
-                job.abandon(reason)
-                self._close_chunks(job)
+                if work.stream is not None and reason is DropReason.DEADLINE:
+                    work.stream.put(DeadlineExceeded("this garment was not dressed within the request's deadline"))
+                work.abandon(reason)
+                self._close_chunks(work)
         self._report_depth()
 
-    def _begin(self, jobs: list[Job], batch_size: int) -> float:
-        self._running = self._running + jobs  # a batch run while a bulk batch is paused adds to it
+    def _begin(self, works: list[Work], batch_size: int) -> float:
+        self._running = self._running + works  # a batch run while a bulk batch is paused adds to it
         loop = asyncio.get_running_loop()
         self._running_until = loop.time() + self.rate.seconds(batch_size)
         return time.perf_counter()
 
-    def _pausable(self, jobs: list[Job]) -> bool:
+    def _pausable(self, works: list[Work]) -> bool:
         """Bulk-only batches run step by step where the engine can, so interactive work overtakes them."""
         return (self.engine.pausable
-                and all(job.priority is Priority.BULK for job in jobs))
+                and all(work.priority is Priority.BULK for work in works))
 
-    async def _run_batch(self, jobs: list[Job]) -> None:
+    async def _run_batch(self, works: list[Work]) -> None:
         loop = asyncio.get_running_loop()
-        started = self._begin(jobs, len(jobs))
-        pose, masked, cloth = (stack_levels([getattr(j.inputs, name) for j in jobs])
+        started = self._begin(works, len(works))
+        pose, masked, cloth = (stack_levels([getattr(j.inputs, name) for j in works])
                                for name in ("pose", "masked_model", "cloth"))
         splits: list[int] = []
         try:
             outputs, overtaken = None, 0
-            if self._pausable(jobs):
+            if self._pausable(works):
                 outputs, overtaken = await self._run_in_steps(pose, masked, cloth)
             if outputs is None:
                 outputs = await loop.run_in_executor(self._executor, infer_splitting_on_oom, self.engine.infer,
                                                      pose, masked, cloth, splits.append)
         except Exception as exc:  # the engine itself failed: every request of the batch learns it
-            log.exception("inference failed for a batch of %d", len(jobs))
-            outputs = [exc] * len(jobs)
+            log.exception("inference failed for a batch of %d", len(works))
+            outputs = [exc] * len(works)
         elapsed = time.perf_counter() - started
-        self._running = [job for job in self._running if job not in jobs]
+        self._running = [work for work in self._running if work not in works]
         for n in splits:
             self._count_split(n)
         if not splits and not overtaken and not isinstance(outputs[0], BaseException):
-            self.rate.record(len(jobs), elapsed)  # (a batch that was overtaken took longer than it costs)
-        self.metrics.batch_size.observe(len(jobs))
+            self.rate.record(len(works), elapsed)  # (a batch that was overtaken took longer than it costs)
+        self.metrics.batch_size.observe(len(works))
         self.metrics.inference.observe(elapsed)
-        self.metrics.observe_execution(len(jobs), elapsed, [started - job.enqueued_at for job in jobs])
-        for job, out in zip(jobs, outputs):
-            if job.future.done():
+        self.metrics.observe_execution(len(works), elapsed, [started - work.enqueued_at for work in works])
+        for work, out in zip(works, outputs):
+            if work.future.done():
                 continue
             if isinstance(out, BaseException):
-                job.fail(self._outcome(out))
+                work.fail(self._outcome(out))
             else:
-                job.future.set_result(JobResult(out, started - job.enqueued_at, elapsed, len(jobs)))
+                work.future.set_result(WorkResult(out, started - work.enqueued_at, elapsed, len(works)))
 
     async def _run_in_steps(self, pose: torch.Tensor, masked: torch.Tensor,
                             cloth: torch.Tensor) -> tuple[list | None, int]:
@@ -313,7 +314,7 @@ class Batcher:
         """Runs the interactive singles waiting now (and any that come meanwhile); returns the batches run."""
         queue = self._queues[Priority.INTERACTIVE]
         batches = 0
-        while any(not job.is_garments for job in queue):
+        while any(not work.is_garments for work in queue):
             self._drop_dead()
             batch = self._take_singles(queue, self.max_batch_size)
             self._report_depth()
@@ -322,62 +323,62 @@ class Batcher:
                 await self._run_batch(batch)
         return batches
 
-    async def _run_garments_step(self, job: Job) -> None:
-        """One chunk of a garments job, then the job goes to the back of its queue (or leaves it)."""
+    async def _run_garments_step(self, work: Work) -> None:
+        """One chunk of a garments ``Work``, then it goes to the back of its queue (or leaves it)."""
         loop = asyncio.get_running_loop()
-        chunk_size = min(self._chunk_size(job), job.items_left)
-        started = self._begin([job], chunk_size)
+        chunk_size = min(self._chunk_size(work), work.items_left)
+        started = self._begin([work], chunk_size)
         try:
-            chunk = await loop.run_in_executor(self._executor, self._dress_one_chunk, job)
+            chunk = await loop.run_in_executor(self._executor, self._dress_one_chunk, work)
         except Exception as exc:  # the engine failed: the request learns it, the worker carries on
-            log.exception("inference failed for %d garments", job.inputs.cloths.shape[0])
+            log.exception("inference failed for %d garments", work.inputs.cloths.shape[0])
             chunk = exc
-        queue = self._queues[job.priority]
-        if job in queue:
-            queue.remove(job)
+        queue = self._queues[work.priority]
+        if work in queue:
+            queue.remove(work)
         if isinstance(chunk, BaseException):
-            self._close_chunks(job)
-            job.fail(self._outcome(chunk))
+            self._close_chunks(work)
+            work.fail(self._outcome(chunk))
             self._report_depth()
             return
         self.rate.record(chunk.outputs.shape[0], chunk.inference_s)
         self.metrics.inference.observe(chunk.inference_s)
-        first = job.stream is None
+        first = work.stream is None
         self.metrics.observe_execution(chunk.outputs.shape[0], chunk.inference_s,
-                                       [started - job.enqueued_at] if first else [])
+                                       [started - work.enqueued_at] if first else [])
         if first:
-            if job.future.done():  # abandoned before its first chunk: nobody reads on
-                self._close_chunks(job)
+            if work.future.done():  # abandoned before its first chunk: nobody reads on
+                self._close_chunks(work)
                 return
-            job.stream = GarmentsStream(job, job.inputs.cloths.shape[0], started - job.enqueued_at)
-            self.metrics.batch_size.observe(job.inputs.cloths.shape[0])
-            job.future.set_result(job.stream)
-        job.stream.put(chunk)
-        job.dressed += chunk.outputs.shape[0]
-        if job.items_left > 0 and job.drop_reason is None:
-            queue.append(job)  # its next chunk after what waits behind it
+            work.stream = GarmentsStream(work, work.inputs.cloths.shape[0], started - work.enqueued_at)
+            self.metrics.batch_size.observe(work.inputs.cloths.shape[0])
+            work.future.set_result(work.stream)
+        work.stream.put(chunk)
+        work.dressed += chunk.outputs.shape[0]
+        if work.items_left > 0 and work.drop_reason is None:
+            queue.append(work)  # its next chunk after what waits behind it
         else:
-            self._close_chunks(job)
+            self._close_chunks(work)
         self._report_depth()
 
-    def _dress_one_chunk(self, job: Job) -> GarmentsChunk:
-        """On the engine thread: the job's next chunk (the first call encodes the person)."""
-        person = job.inputs
-        if job.chunks is None:
-            job.chunks = self.engine.iter_garments(person.pose[None], person.masked_model[None], person.cloths,
-                                                   self._chunk_size(job))
+    def _dress_one_chunk(self, work: Work) -> GarmentsChunk:
+        """On the engine thread: the work's next chunk (the first call encodes the person)."""
+        person = work.inputs
+        if work.chunks is None:
+            work.chunks = self.engine.iter_garments(person.pose[None], person.masked_model[None], person.cloths,
+                                                    self._chunk_size(work))
         started = time.perf_counter()
-        start, outputs = next(job.chunks)
+        start, outputs = next(work.chunks)
         return GarmentsChunk(start, outputs, time.perf_counter() - started)
 
     @staticmethod
-    def _close_chunks(job: Job) -> None:
-        if job.chunks is not None:
+    def _close_chunks(work: Work) -> None:
+        if work.chunks is not None:
             try:
-                job.chunks.close()
+                work.chunks.close()
             except ValueError:  # still running on the engine thread (stopping): it ends with that chunk
                 pass
-            job.chunks = None
+            work.chunks = None
 
     def _outcome(self, exc: BaseException) -> QueueError:
         """The engine's exception as the request's outcome; a broken device fails the whole queue."""
@@ -403,19 +404,19 @@ class Batcher:
         if self.on_device_failure is not None:
             self.on_device_failure(reason)
 
-    def _take_all(self) -> list[Job]:
-        jobs = [job for queue in self._queues.values() for job in queue]
+    def _take_all(self) -> list[Work]:
+        works = [work for queue in self._queues.values() for work in queue]
         for queue in self._queues.values():
             queue.clear()
         self._report_depth()
-        return jobs
+        return works
 
-    def _fail_all(self, jobs: list[Job], error: QueueError, reason: DropReason | None = None) -> None:
-        for job in jobs:
-            self._close_chunks(job)
+    def _fail_all(self, works: list[Work], error: QueueError, reason: DropReason | None = None) -> None:
+        for work in works:
+            self._close_chunks(work)
             if reason is not None:
                 self.metrics.dropped.labels(reason.value).inc()
-            job.fail(error)
+            work.fail(error)
 
     def _report_depth(self) -> None:
         depths = [(priority, self.depth_of(priority)) for priority in Priority]

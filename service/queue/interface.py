@@ -1,6 +1,6 @@
 """The queue's one interface, and the engine's as the queue sees it.
 
-``JobQueue`` is what every caller that queues work holds: the HTTP routes, and
+``WorkQueue`` is what every caller that queues work holds: the HTTP routes, and
 anything else that enters through the queue. The ``Batcher`` of this process
 and the ``RemoteBatcher`` of a front-end process (service/processes/remote.py)
 both implement it, so a caller cannot tell which one it has. ``InferenceEngine``
@@ -17,21 +17,22 @@ import torch
 from model.images import TryOnInputs
 
 from .admission import ServiceRate
-from .jobs import GarmentsInputs
-from .outcomes import DropReason, Priority
+from .work import GarmentsInputs
+from .outcomes import DropReason
+from .priority import Priority
 
 
-class QueuedJob(Protocol):
-    """A submitted job: ``future`` resolves with a JobResult (one try-on) or a GarmentsStream
+class QueuedWork(Protocol):
+    """A submitted ``Work``: ``future`` resolves with a WorkResult (one try-on) or a GarmentsStream
     (garments), or fails with a QueueError."""
     deadline: float  # on this event loop's clock
     future: asyncio.Future
 
     def abandon(self, reason: DropReason) -> None:
-        """Nobody will read the answer: the job is never run, or not run further."""
+        """Nobody will read the answer: the work is never run, or not run further."""
 
 
-class JobQueue(Protocol):
+class WorkQueue(Protocol):
     # Set once the device has failed for good (the reason); the process is then being replaced.
     device_failure: str | None
     # The engine's measured seconds per batch size, where this process measures them.
@@ -39,12 +40,12 @@ class JobQueue(Protocol):
 
     @property
     def depth(self) -> int:
-        """Jobs waiting to start (what TRYON_QUEUE_LIMIT bounds)."""
+        """Work waiting to start (what TRYON_QUEUE_LIMIT bounds)."""
 
     def submit(self, inputs: TryOnInputs | GarmentsInputs, deadline: float,
-               priority: Priority = Priority.INTERACTIVE) -> QueuedJob:
-        """Queues one job; raises a QueueError at once when it cannot be served in time (a
-        remote queue may also fail the job's future with it instead)."""
+               priority: Priority = Priority.INTERACTIVE) -> QueuedWork:
+        """Queues one ``Work``; raises a QueueError at once when it cannot be served in time (a
+        remote queue may also fail the work's future with it instead)."""
 
     async def stop(self) -> None:
         """Answers what it holds (503 shutting_down) and stops."""

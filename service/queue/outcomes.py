@@ -1,6 +1,7 @@
-"""What the queue says about work it did not finish: one exception per outcome.
+"""What the queue says about work it did not finish: one exception per outcome, and why work
+was dropped unrun (``DropReason``).
 
-The batcher raises (or resolves a job's future with) these and knows nothing
+The batcher raises (or resolves a ``Work``'s future with) these and knows nothing
 of HTTP; service/api/errors.py maps each to its status and error code once.
 """
 from __future__ import annotations
@@ -8,14 +9,8 @@ from __future__ import annotations
 from enum import Enum
 
 
-class Priority(str, Enum):
-    """Interactive work (a shopper waiting) is batched first; bulk work (catalog jobs) fills the rest."""
-    INTERACTIVE = "interactive"
-    BULK = "bulk"
-
-
 class DropReason(str, Enum):
-    """Why a queued job was never run (the ``reason`` label of tryon_dropped_total)."""
+    """Why a queued ``Work`` was never run (the ``reason`` label of tryon_dropped_total)."""
     CLIENT_GONE = "client_gone"
     DEADLINE = "deadline"
     FINISHED = "finished"  # a garments answer that ended early

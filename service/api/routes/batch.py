@@ -1,7 +1,7 @@
 """POST /v1/tryon/batch: one person, many garments, each result streamed back.
 
 The person is read, drawn if need be, and encoded by the network once for
-the whole request: the garments go to the worker as one job
+the whole request: the garments go to the worker as one ``Work``
 (``Engine.iter_garments``), which takes one place in the queue and keeps
 the request's deadline. The answer starts once the first chunk of garments
 is dressed (so a failure before that is an ordinary error answer); then the
@@ -24,14 +24,15 @@ from model.images import MEDIA_TYPES, stack_levels
 
 from ...codec.output import encode_output
 from ...codec.person import decode_garments, decode_person, person_report
-from ...queue.jobs import GarmentsInputs, GarmentsStream
-from ...queue.outcomes import Priority, QueueError
+from ...queue.work import GarmentsInputs, GarmentsStream
+from ...queue.outcomes import QueueError
+from ...queue.priority import Priority
 from ..cache import CachedResponse
-from ..deps import QueryDep, ServiceDep, WorkDep, require_api_key
+from ..deps import QueryDep, ServiceDep, TicketDep, require_api_key
 from ..errors import CLIENT_GONE, ApiError, from_queue_error
 from ..openapi import GARMENTS_REQUEST_BODY, MODEL_ERRORS, PERSON_MIX, binary_content, error_responses
-from ..parts import NDJSON, MultipartMixed, Part, accepts, json_item
-from ..steps import read_parts, run_job, server_timing
+from ..answers import NDJSON, AnswerItem, MultipartMixed, accepts, json_item
+from ..steps import read_parts, run_work, server_timing
 
 batch = APIRouter(tags=["try-on"], dependencies=[Depends(require_api_key)])
 BATCH_ROUTE = "/v1/tryon/batch"
@@ -52,11 +53,11 @@ BATCH_DESCRIPTION = PERSON_MIX + (
 @batch.post(BATCH_ROUTE, summary="Dress one person in many garments; results streamed, one part each",
             description=BATCH_DESCRIPTION, response_class=Response, openapi_extra=BATCH_OPENAPI,
             responses=error_responses(*MODEL_ERRORS))
-async def tryon_garments(request: Request, service: ServiceDep, work: WorkDep, query: QueryDep) -> Response:
+async def tryon_garments(request: Request, service: ServiceDep, ticket: TicketDep, query: QueryDep) -> Response:
     settings = service.settings
-    timings = work.timings
-    # A many-garments job is catalog work unless the request says otherwise.
-    parts, options = await read_parts(request, service, query, "many", timings, work, Priority.BULK)
+    timings = ticket.timings
+    # A many-garments request is bulk work unless it says otherwise.
+    parts, options = await read_parts(request, service, query, "many", timings, ticket, Priority.BULK)
     mark = time.perf_counter()
     person = await asyncio.to_thread(decode_person, parts, settings, options.size == "original")
     garments = await asyncio.to_thread(decode_garments, person, parts.cloths, settings)
@@ -79,26 +80,26 @@ async def tryon_garments(request: Request, service: ServiceDep, work: WorkDep, q
     stream: GarmentsStream | None = None
     if to_run:
         first = garments[to_run[0]]
-        job_inputs = GarmentsInputs(first.pose, first.masked_model,
-                                    stack_levels([garments[i].cloth for i in to_run]), chunk_size)
-        stream = await run_job(service, job_inputs, work, request)
+        work_inputs = GarmentsInputs(first.pose, first.masked_model,
+                                     stack_levels([garments[i].cloth for i in to_run]), chunk_size)
+        stream = await run_work(service, work_inputs, ticket, request)
         if stream is None:
             return Response(status_code=CLIENT_GONE)
         timings["queue"] = stream.queue_s * 1000
-    position = {index: at for at, index in enumerate(to_run)}  # input index -> place in the job
+    position = {index: at for at, index in enumerate(to_run)}  # input index -> place in the Work
 
     async def results():
         chunks = stream.chunks() if stream is not None else None
-        ready: dict[int, tuple[torch.Tensor, float]] = {}  # place in the job -> (output, chunk seconds)
+        ready: dict[int, tuple[torch.Tensor, float]] = {}  # place in the Work -> (output, chunk seconds)
         failure: ApiError | None = None
         try:
             for index, garment in enumerate(garments):
                 if isinstance(garment, ApiError):
-                    yield Part.failed("result", garment, index)
+                    yield AnswerItem.failed("result", garment, index)
                     continue
                 if index in cached:
                     hit = cached[index]
-                    yield Part("result", hit.media_type, hit.body, index, timings_ms={"cache": timings["cache"]})
+                    yield AnswerItem("result", hit.media_type, hit.body, index, timings_ms={"cache": timings["cache"]})
                     continue
                 while position[index] not in ready and failure is None:
                     item = await anext(chunks)
@@ -107,15 +108,15 @@ async def tryon_garments(request: Request, service: ServiceDep, work: WorkDep, q
                     else:
                         ready |= {item.start + k: (out, item.inference_s) for k, out in enumerate(item.outputs)}
                 if failure is not None and position[index] not in ready:
-                    yield Part.failed("result", failure, index)
+                    yield AnswerItem.failed("result", failure, index)
                     continue
                 output, inference_s = ready.pop(position[index])
                 mark = time.perf_counter()
                 body = await asyncio.to_thread(encode_output, output, person.output_frame, options)
-                part_timings = {"inference": inference_s * 1000, "encode": (time.perf_counter() - mark) * 1000}
+                item_timings = {"inference": inference_s * 1000, "encode": (time.perf_counter() - mark) * 1000}
                 if cache is not None:
                     cache.remember(keys[index], CachedResponse(MEDIA_TYPES[options.format], body))
-                yield Part("result", MEDIA_TYPES[options.format], body, index, timings_ms=part_timings)
+                yield AnswerItem("result", MEDIA_TYPES[options.format], body, index, timings_ms=item_timings)
         finally:
             if stream is not None:
                 stream.close()
@@ -128,16 +129,16 @@ async def tryon_garments(request: Request, service: ServiceDep, work: WorkDep, q
         headers |= {"X-Cache": "hit" if not to_run else "miss", "X-Cache-Hits": str(len(cached))}
     if accepts(request, NDJSON):
         async def lines():
-            async with aclosing(results()) as answer_parts:
-                async for part in answer_parts:
-                    yield (json.dumps(json_item(part)) + "\n").encode()
+            async with aclosing(results()) as answer_items:
+                async for item in answer_items:
+                    yield (json.dumps(json_item(item)) + "\n").encode()
         return StreamingResponse(lines(), media_type=NDJSON, headers=headers)
 
     framing = MultipartMixed()
 
     async def multipart():
-        async with aclosing(results()) as answer_parts:
-            async for part in answer_parts:
-                yield framing.part(part)
+        async with aclosing(results()) as answer_items:
+            async for item in answer_items:
+                yield framing.item(item)
         yield framing.end()
     return StreamingResponse(multipart(), media_type=framing.media_type, headers=headers)

@@ -21,11 +21,11 @@ from ...codec.output import OutputOptions
 from ...codec.sources import RequestParts
 from ...jobs.records import JOB_ID_PATTERN, JobError, JobInputs, JobRecord, JobStatus, NewJob, new_job_id
 from ...jobs.store import IdempotencyKeyReused, JobTooLarge, StoreFull, StoreUnavailable
-from ...queue.outcomes import Priority
+from ...jobs.wiring import Jobs, webhook_secrets
+from ...queue.priority import Priority
 from ..deps import OwnerDep, QueryDep, ServiceDep, require_api_key, require_ready
 from ..errors import ApiError
 from ..inputs import GarmentLimit, read_request
-from ..jobs import Jobs, webhook_secrets
 from ..openapi import JOBS_REQUEST_BODY, PERSON_MIX, error_responses
 from ..steps import complete_parts, scheduling_of
 

@@ -13,7 +13,7 @@ operations = APIRouter(tags=["operations"])
 @operations.get("/healthz", summary="Liveness: the process answers and its device works")
 async def healthz(service: ServiceDep) -> JSONResponse:
     if not service.healthy:
-        return JSONResponse({"status": "device_failed", "reason": service.batcher.device_failure}, status_code=503)
+        return JSONResponse({"status": "device_failed", "reason": service.queue.device_failure}, status_code=503)
     return JSONResponse({"status": "alive"})
 
 
@@ -32,5 +32,5 @@ async def metrics(service: ServiceDep) -> Response:
     if service.jobs is not None:
         await service.jobs.refresh_metrics()
     service.components.refresh()
-    service.metrics.refresh(service.batcher.depth if service.batcher else 0, service.local_engine_device)
+    service.metrics.refresh(service.queue.depth if service.queue else 0, service.local_engine_device)
     return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -18,7 +18,7 @@ from ..deps import ServiceDep, require_api_key, require_ready
 from ..errors import ApiError
 from ..openapi import BINARY, IMAGE_SCHEMA, INPUT_ERRORS, JSON_IMAGE, PERSON_MIX, binary_content, error_responses, \
     person_request_body
-from ..parts import MultipartMixed, Part, accepts
+from ..answers import AnswerItem, MultipartMixed, accepts
 from ..steps import read_parts, server_timing
 
 PrepareOutput = Literal["masked_model", "pose", "cloth", "mask", "keypoints"]
@@ -103,5 +103,5 @@ async def prepare_person(
                              **{name: base64.b64encode(body).decode("ascii") for name, body in images.items()}},
                             headers=headers)
     framing = MultipartMixed()
-    body = b"".join(framing.part(Part(name, PNG, data)) for name, data in images.items()) + framing.end()
+    body = b"".join(framing.item(AnswerItem(name, PNG, data)) for name, data in images.items()) + framing.end()
     return Response(body, media_type=framing.media_type, headers=headers)

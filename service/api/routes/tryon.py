@@ -11,13 +11,13 @@ from model.person import PersonInputs
 from ...codec.output import OutputOptions, encode_output
 from ...codec.person import decode_garment, decode_person, person_report
 from ...codec.sources import RequestParts
-from ...queue.outcomes import Priority
+from ...queue.priority import Priority
 from ..cache import CachedResponse, ResponseCache
-from ..deps import QueryDep, ServiceDep, WorkDep, require_api_key
+from ..deps import QueryDep, ServiceDep, TicketDep, require_api_key
 from ..errors import CLIENT_GONE, ApiError
 from ..openapi import BINARY, IMAGE_SCHEMA, JSON_IMAGE, MODEL_ERRORS, PERSON_MIX, binary_content, error_responses, \
     person_request_body
-from ..steps import image_response, off_loop_unless, read_parts, run_job
+from ..steps import image_response, off_loop_unless, read_parts, run_work
 from ..state import ServiceState
 
 TRYON_ROUTE = "/v1/tryon"
@@ -55,10 +55,10 @@ def _decode(parts: RequestParts, service: ServiceState,
 @tryon.post(TRYON_ROUTE, summary="Dress the person in the cloth; the image comes back streamed",
             description=PERSON_MIX,
             response_class=Response, openapi_extra=TRYON_OPENAPI, responses=error_responses(*MODEL_ERRORS))
-async def tryon_image(request: Request, service: ServiceDep, work: WorkDep, query: QueryDep) -> Response:
+async def tryon_image(request: Request, service: ServiceDep, ticket: TicketDep, query: QueryDep) -> Response:
     """Options may also be sent as body fields of the same names, which win over the query."""
-    timings = work.timings
-    parts, options = await read_parts(request, service, query, "one", timings, work, Priority.INTERACTIVE)
+    timings = ticket.timings
+    parts, options = await read_parts(request, service, query, "one", timings, ticket, Priority.INTERACTIVE)
     mark = time.perf_counter()
     if isinstance(parts.cloths[0], ApiError):
         raise parts.cloths[0]
@@ -75,7 +75,7 @@ async def tryon_image(request: Request, service: ServiceDep, work: WorkDep, quer
             return image_response(cached.body, cached.media_type, options, timings,
                                   {"X-Cache": "hit"} | person_headers)
 
-    result = await run_job(service, inputs, work, request)
+    result = await run_work(service, inputs, ticket, request)
     if result is None:
         return Response(status_code=CLIENT_GONE)
     timings["queue"] = result.queue_s * 1000

@@ -1,5 +1,5 @@
 """The Open Inference Protocol (KServe v2, Triton's HTTP API) beside /v1: health, metadata,
-and ``infer``, which enters through the same queue as /v1/tryon (steps.run_jobs: its batcher,
+and ``infer``, which enters through the same queue as /v1/tryon (steps.run_works: its batcher,
 priorities, deadline and admission), behind the same API keys, counted in the same metrics.
 The codec is service/api/oip.py; errors have the protocol's body (service/api/errors.py)."""
 from __future__ import annotations
@@ -9,14 +9,15 @@ import time
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from ...queue.outcomes import Priority
-from ..deps import ServiceDep, Work, WorkDep, require_api_key
+from ...queue.priority import Priority
+from ..body import read_body
+from ..deps import ServiceDep, Ticket, TicketDep, require_api_key
 from ..errors import CLIENT_GONE
-from ..inputs import parse_job_options, read_body
 from ..oip import (BINARY_MEDIA_TYPE, EXTENSIONS, HEADER_LENGTH, ModelMetadata, ProtocolError, ServerMetadata,
                    check_model, decode_infer_request, encode_infer_response, model_metadata)
+from ..options import parse_scheduling
 from ..state import ServiceState
-from ..steps import off_loop_unless, run_jobs, server_timing
+from ..steps import off_loop_unless, run_works, server_timing
 
 SERVER_NAME = "daflow-tryon"
 LIVE_ROUTE, READY_ROUTE = "/v2/health/live", "/v2/health/ready"
@@ -110,29 +111,29 @@ _INFER = {"summary": "Inference: masked_model, pose and cloth in, tryon out (bat
 
 
 @models.post(INFER_ROUTES[0], **_INFER)
-async def infer(request: Request, service: ServiceDep, work: WorkDep, model_name: str) -> Response:
-    return await _infer(request, service, work, model_name, None)
+async def infer(request: Request, service: ServiceDep, ticket: TicketDep, model_name: str) -> Response:
+    return await _infer(request, service, ticket, model_name, None)
 
 
 @models.post(INFER_ROUTES[1], **_INFER)
-async def infer_version(request: Request, service: ServiceDep, work: WorkDep, model_name: str,
+async def infer_version(request: Request, service: ServiceDep, ticket: TicketDep, model_name: str,
                         model_version: str) -> Response:
-    return await _infer(request, service, work, model_name, model_version)
+    return await _infer(request, service, ticket, model_name, model_version)
 
 
-async def _infer(request: Request, service: ServiceState, work: Work, model_name: str,
+async def _infer(request: Request, service: ServiceState, ticket: Ticket, model_name: str,
                  model_version: str | None) -> Response:
     check_model(model_name, model_version)
     settings = service.settings
-    timings = work.timings
+    timings = ticket.timings
     body = await read_body(request, settings.request_body_limit, settings.request_timeout_s)
     mark = time.perf_counter()
     decoded = await off_loop_unless(len(body) <= INLINE_TENSOR_BYTES, decode_infer_request, body,
                                     request.headers.get(HEADER_LENGTH), settings.image_hw,
                                     settings.max_batch_size)
     timings["decode"] = (time.perf_counter() - mark) * 1000
-    work.schedule(parse_job_options(decoded.scheduling, request.headers), Priority.INTERACTIVE)
-    results = await run_jobs(service, decoded.items, work, request)
+    ticket.schedule(parse_scheduling(decoded.scheduling, request.headers), Priority.INTERACTIVE)
+    results = await run_works(service, decoded.items, ticket, request)
     if results is None:
         return Response(status_code=CLIENT_GONE)
     timings["queue"] = max(r.queue_s for r in results) * 1000

@@ -79,7 +79,7 @@ def test_schemathesis_finds_no_failure(server, tmp_path):
 
 
 def test_the_schema_states_the_protocol_paths_the_smallest_timeout_and_nonempty_keypoints(server):
-    from service.api.inputs import MIN_TIMEOUT_S
+    from service.api.options import MIN_TIMEOUT_S
 
     document = httpx.get(f"{server.url}/openapi.json").json()
     paths = document["paths"]

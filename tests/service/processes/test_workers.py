@@ -24,7 +24,7 @@ from service.processes.arena import Arena
 from service.processes.engine_server import EngineServer
 from service.processes.remote import RemoteBatcher
 from service.queue.batcher import Batcher
-from service.queue.jobs import GarmentsInputs, GarmentsStream
+from service.queue.work import GarmentsInputs, GarmentsStream
 from service.queue.outcomes import DropReason, QueueError, QueueFull
 from tests.fixtures.service.harness import post_files, running_server, sample_key
 from tests.fixtures.standin_engine import StandInEngine
@@ -115,8 +115,8 @@ def test_one_batch_from_two_front_ends(tmp_path):
         deadline = asyncio.get_running_loop().time() + 10
         inputs = [TryOnInputs(levels_tensor(3 * i), levels_tensor(3 * i + 1), levels_tensor(3 * i + 2), None)
                   for i in range(2)]
-        jobs = [front.submit(x, deadline) for front, x in zip(fronts, inputs)]
-        results = [await job.future for job in jobs]
+        works = [front.submit(x, deadline) for front, x in zip(fronts, inputs)]
+        results = [await work.future for work in works]
 
         cloths = levels_tensor(7, n=3)
         garments = fronts[1].submit(GarmentsInputs(inputs[0].pose, inputs[0].masked_model, cloths, 2), deadline)
@@ -124,7 +124,7 @@ def test_one_batch_from_two_front_ends(tmp_path):
         chunks = [chunk async for chunk in stream.chunks()]
 
         waiting = [fronts[0].submit(inputs[0], deadline) for _ in range(4)]  # one over the queue limit
-        outcomes = await asyncio.gather(*(job.future for job in waiting), return_exceptions=True)
+        outcomes = await asyncio.gather(*(work.future for work in waiting), return_exceptions=True)
         for front in fronts:
             await front.stop()
         await server.stop()
@@ -145,7 +145,7 @@ def test_one_batch_from_two_front_ends(tmp_path):
 
 def test_try_ons_cross_in_shared_slots_which_every_outcome_frees(tmp_path):
     """A try-on's images go through the front end's arena, not the socket; a slot comes back
-    with the answer, the refusal or the abandon, and a job finding none free crosses in its message."""
+    with the answer, the refusal or the abandon, and a ``Work`` finding none free crosses in its message."""
     async def scenario():
         engine = StandInEngine(EngineConfig(device="cpu", batch_sizes=(1, 2), image_size_hw=(8, 8)))
         batcher = Batcher(engine, max_batch_size=2, max_wait_s=0.3, queue_limit=3, metrics=Metrics(2))
@@ -159,10 +159,11 @@ def test_try_ons_cross_in_shared_slots_which_every_outcome_frees(tmp_path):
         loop = asyncio.get_running_loop()
         inputs = [TryOnInputs(levels_tensor(3 * i), levels_tensor(3 * i + 1), levels_tensor(3 * i + 2), None)
                   for i in range(4)]
-        jobs = [front.submit(x, loop.time() + 10) for x in inputs[:3]]  # two slots: the third goes inline
-        slots = [job.slot for job in jobs]
+        works = [front.submit(x, loop.time() + 10) for x in inputs[:3]]  # two slots: the third goes inline
+        slots = [work.slot for work in works]
         free_while_queued = arena.free
-        outcomes = await asyncio.gather(*(job.future for job in jobs), front.submit(inputs[3], loop.time() + 10).future,
+        outcomes = await asyncio.gather(*(work.future for work in works),
+                                        front.submit(inputs[3], loop.time() + 10).future,
                                         return_exceptions=True)  # the fourth: over the queue limit
         free_when_answered = arena.free
         late = front.submit(inputs[0], loop.time() - 1)  # in a slot, and refused: its deadline has passed
@@ -188,7 +189,7 @@ def test_try_ons_cross_in_shared_slots_which_every_outcome_frees(tmp_path):
     assert isinstance(outcomes[3], QueueFull) and from_queue_error(outcomes[3]).code == "queue_full"
     assert late_slot is not None and from_queue_error(outcomes[4][0]).status == 503  # overloaded: too late to finish
     assert free == (2, 2, 2)
-    assert torch.equal(after.output, inputs[1].cloth)  # a slot freed by an abandon serves the next job intact
+    assert torch.equal(after.output, inputs[1].cloth)  # a slot freed by an abandon serves the next ``Work`` intact
 
 
 def test_sigterm_drains_through_both_front_ends(tmp_path, standin_weights_file):

@@ -14,12 +14,13 @@ from model.device_errors import device_failure, is_out_of_memory
 from model.images import Letterbox, TryOnInputs
 from service.queue.admission import ServiceRate
 from service.queue.batcher import Batcher
-from service.queue.jobs import GarmentsInputs
+from service.queue.work import GarmentsInputs
 from service.queue.splitting import infer_splitting_on_oom
 from service.api.errors import from_queue_error
 from service.metrics import Metrics
-from service.queue.outcomes import (DeadlineTooShort, DeviceFailed, DeviceOutOfMemory, Overloaded, Priority, QueueError,
+from service.queue.outcomes import (DeadlineTooShort, DeviceFailed, DeviceOutOfMemory, Overloaded, QueueError,
                                     ShuttingDown)
+from service.queue.priority import Priority
 from tests.fixtures.standin_engine import StandInEngine
 
 ILLEGAL_ADDRESS = "CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be reported..."
@@ -94,8 +95,8 @@ def test_batcher_splits_on_any_oom_and_loses_no_request(error):
         engine = OomAboveEngine(limit, error)
         batcher = make_batcher(engine, max_batch_size=8, max_wait_s=0.05)
         batcher.start()
-        jobs = [batcher.submit(single(i), deadline()) for i in range(5)]
-        results = await asyncio.gather(*(j.future for j in jobs), return_exceptions=True)
+        works = [batcher.submit(single(i), deadline()) for i in range(5)]
+        results = await asyncio.gather(*(j.future for j in works), return_exceptions=True)
         await batcher.stop()
         return results, engine, batcher.metrics
 
@@ -120,7 +121,7 @@ def test_errors_are_told_apart_by_what_they_mean_for_the_device():
 
 
 class FailsAtChunk(StandInEngine):
-    """Runs out of memory once, at chunk ``fail_at`` of a garments job."""
+    """Runs out of memory once, at chunk ``fail_at`` of a garments ``Work``."""
 
     def __init__(self, fail_at: int):
         super().__init__()
@@ -139,15 +140,15 @@ def test_garments_job_failing_mid_stream_ends_cleanly():
     byte is sent); on a later chunk: the chunks done are delivered, then one error
     that stands for the rest. Either way the worker carries on."""
     async def run(fail_at: int) -> tuple[list, list]:
-        """What a job of three garments gets, and then what the next job gets."""
+        """What a ``Work`` of three garments gets, and then what the next one gets."""
         batcher = make_batcher(FailsAtChunk(fail_at), queue_limit=4)
         batcher.start()
         person = torch.zeros(3, 64, 64)
 
         async def job_items() -> list:
-            job = batcher.submit(GarmentsInputs(person, person, torch.ones(3, 3, 64, 64), 1), deadline())
+            work = batcher.submit(GarmentsInputs(person, person, torch.ones(3, 3, 64, 64), 1), deadline())
             try:
-                stream = await job.future
+                stream = await work.future
             except QueueError as error:
                 return [error]
             return [item async for item in stream.chunks()]
@@ -176,14 +177,14 @@ def test_batches_take_interactive_work_first_and_fill_with_bulk():
         blocker = batcher.submit(single(0), deadline())  # holds the engine while the rest queues
         await engine_called(engine)
         bulk, interactive = Priority.BULK, Priority.INTERACTIVE  # parsed at the edge: the queue takes the enum
-        jobs = [batcher.submit(single(tag), deadline(), priority)
-                for tag, priority in [(1, bulk), (2, bulk), (3, interactive), (4, bulk), (5, interactive),
-                                      (6, interactive), (7, interactive)]]
+        works = [batcher.submit(single(tag), deadline(), priority)
+                 for tag, priority in [(1, bulk), (2, bulk), (3, interactive), (4, bulk), (5, interactive),
+                                       (6, interactive), (7, interactive)]]
         registry = batcher.metrics.registry
         gauges = [registry.get_sample_value("tryon_queue_depth")] + [
             registry.get_sample_value("tryon_queue_pending", {"priority": p}) for p in ("interactive", "bulk")]
         gate.set()
-        await asyncio.gather(blocker.future, *(j.future for j in jobs))
+        await asyncio.gather(blocker.future, *(j.future for j in works))
         await batcher.stop()
         return engine.calls, gauges
 
@@ -212,8 +213,8 @@ def test_a_garments_job_yields_to_waiting_requests_between_its_chunks():
 
     calls, chunks = asyncio.run(scenario())
     assert [c.start for c in chunks] == [0, 1, 2]
-    # The catalog job's first chunk was running when the shopper came: the shopper waits for
-    # that chunk only, and the bulk single behind the job gets its turn before the job's next chunk.
+    # The garments ``Work``'s first chunk was running when the shopper came: the shopper waits for
+    # that chunk only, and the bulk single behind the work gets its turn before the work's next chunk.
     assert calls[0] == ("g", 9, 0) and calls[1] == [1, 2]
     assert calls[2:] == [("g", 9, 1), ("g", 9, 2)]
 

@@ -395,7 +395,7 @@ def test_batch_stops_after_the_current_chunk_when_the_client_goes(slow_server):
     single = httpx.post(f"{slow_server.url}/v1/tryon", data={"keypoints": KEYPOINTS_TEXT}, timeout=120,
                         files={"person": ("p.png", PERSON, "image/png"), "cloth": ("c.png", CLOTH, "image/png")})
     assert single.status_code == 200, single.text
-    # The single request ran after the garments job ended (one worker): two chunks and itself.
+    # The single request ran after the garments ``Work`` ended (one worker): two chunks and itself.
     assert slow_server.metrics()[ENGINE_CALLS] - before == 3
 
 
@@ -439,7 +439,7 @@ def test_bad_keypoints_are_422_naming_the_problem(client, name, text, problem):
 
 
 def test_batch_jobs_respect_the_queue_limit_and_drain_on_sigterm(tmp_path, standin_weights_file):
-    """A batch is one job in the same queue: with a queue limit of 1, a batch running and a
+    """A batch is one ``Work`` in the same queue: with a queue limit of 1, a batch running and a
     batch waiting, a third request is refused at once; SIGTERM lets both batches finish."""
     # The published size, so a batch runs for seconds on this CPU: long enough to queue behind.
     proc = ServerProcess({"TRYON_WEIGHTS": str(standin_weights_file), "TRYON_IMAGE_SIZE": "256x192", "TRYON_MAX_BATCH_SIZE": "2",

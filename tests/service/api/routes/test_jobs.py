@@ -13,7 +13,7 @@ from PIL import Image
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from service.api.inputs import MIN_TIMEOUT_S
+from service.api.options import MIN_TIMEOUT_S
 from service.settings import Settings
 from tests.fixtures.service.harness import running_server, sample_key
 from tests.utils import FIXTURES

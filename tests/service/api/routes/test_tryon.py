@@ -19,7 +19,7 @@ from PIL import Image
 
 from model import create_model, load_weights
 from model.images import encode_image, output_image, prepare_inputs, psnr
-from service.api.inputs import MIN_TIMEOUT_S
+from service.api.options import MIN_TIMEOUT_S
 from tests.utils import load_golden
 from tests.utils.local_http import LocalServer
 from tests.fixtures.service.harness import (REPO, TRYON_IMAGES, ConnectionRecorder, post_files, running_server,

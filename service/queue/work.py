@@ -1,8 +1,8 @@
 """What waits in the queue and what comes out of it.
 
-A ``Job`` is one request's work: one try-on (``model.images.TryOnInputs``) or one
+A ``Work`` is one request's work: one try-on (``model.images.TryOnInputs``) or one
 person in many garments (``GarmentsInputs``), with its deadline, its priority and
-the future the request awaits. That future resolves with a ``JobResult``, or, for
+the future the request awaits. That future resolves with a ``WorkResult``, or, for
 garments, with a ``GarmentsStream`` once the first chunk is dressed; or it fails
 with one of the outcomes of service/queue/outcomes.py.
 """
@@ -17,7 +17,8 @@ import torch
 
 from model.images import TryOnInputs
 
-from .outcomes import DeadlineExceeded, DropReason, Priority, QueueError
+from .outcomes import DeadlineExceeded, DropReason, QueueError
+from .priority import Priority
 
 
 @dataclass(frozen=True)
@@ -32,14 +33,14 @@ class GarmentsInputs:
 
 @dataclass(frozen=True)
 class GarmentsChunk:
-    """The results of consecutive garments of a job, from one engine call."""
+    """The results of consecutive garments of a ``Work``, from one engine call."""
     start: int  # position of its first garment in GarmentsInputs.cloths
     outputs: torch.Tensor  # (n, 3, H, W), as the engine gives them (uint8 levels for levels)
     inference_s: float  # the engine call (the first chunk's includes encoding the person)
 
 
 @dataclass(frozen=True)
-class JobResult:
+class WorkResult:
     output: torch.Tensor  # (3, H, W), as the engine gives it (uint8 levels for levels)
     queue_s: float
     inference_s: float
@@ -47,14 +48,14 @@ class JobResult:
 
 
 @dataclass(eq=False)
-class Job:
+class Work:
     inputs: TryOnInputs | GarmentsInputs
     deadline: float  # on the event loop's clock
     future: asyncio.Future
     priority: Priority
     enqueued_at: float = field(default_factory=time.perf_counter)
     drop_reason: DropReason | None = None
-    # A garments job once its first chunk is out: where later chunks go, and its engine iterator.
+    # A garments ``Work`` once its first chunk is out: where later chunks go, and its engine iterator.
     stream: GarmentsStream | None = None
     chunks: Iterator[tuple[int, torch.Tensor]] | None = None
     dressed: int = 0
@@ -78,7 +79,7 @@ class Job:
         return self.stream is None and self.future.done()
 
     def fail(self, error: QueueError) -> None:
-        """Tells the waiting request; a started garments job's stream ends with the error."""
+        """Tells the waiting request; a started garments ``Work``'s stream ends with the error."""
         if self.stream is not None:
             self.stream.put(error)
         elif not self.future.done():
@@ -86,15 +87,15 @@ class Job:
 
 
 class GarmentsStream:
-    """A running garments job, as its future's result: the chunks in garment order, each
+    """A running garments ``Work``, as its future's result: the chunks in garment order, each
     as soon as the worker has it. It ends after the last garment, or with one QueueError
     that stands for every garment not yet delivered (the engine failed, the request's
     deadline passed, or the server is shutting down)."""
 
-    def __init__(self, job: Job, garments: int, queue_s: float):
+    def __init__(self, work: Work, garments: int, queue_s: float):
         self.garments = garments
         self.queue_s = queue_s
-        self._job = job
+        self._job = work
         self._items: asyncio.Queue[GarmentsChunk | QueueError] = asyncio.Queue()
 
     def put(self, item: GarmentsChunk | QueueError) -> None:

@@ -1,5 +1,5 @@
-"""The ``Jobs`` that ServiceState starts and stops: the job store, this replica's runner and its
-webhook sender (service/jobs/). The runner decodes and encodes through the codec (``TaskCodec``),
+"""The ``Jobs`` that the edge's ServiceState builds, starts and stops: the job store, this replica's
+runner and its webhook sender. The runner decodes and encodes through the codec (``TaskCodec``),
 as the routes do, and the sender checks webhook URLs by the fetcher's rules (``FetcherTargets``):
 both built here from the settings, nothing of the edge's handed down."""
 from __future__ import annotations
@@ -9,15 +9,15 @@ import hashlib
 import logging
 
 from ..codec.fetch import UrlFetcher
-from ..jobs.redis_store import RedisJobStore
-from ..jobs.runner import JobRunner, TaskCodec
-from ..jobs.store import JobStore, MemoryJobStore
-from ..jobs.targets import FetcherTargets
-from ..jobs.webhooks import WebhookSender
 from ..limits import ByteBudget
 from ..metrics import Metrics
-from ..queue.interface import JobQueue
+from ..queue.interface import WorkQueue
 from ..settings import Settings
+from .redis_store import RedisJobStore
+from .runner import JobRunner, TaskCodec
+from .store import JobStore, MemoryJobStore
+from .targets import FetcherTargets
+from .webhooks import WebhookSender
 
 log = logging.getLogger("service.jobs")
 
@@ -47,7 +47,7 @@ def open_store(settings: Settings) -> JobStore:
 class Jobs:
     """The store, and this replica's runner and webhook sender running beside the HTTP server."""
 
-    def __init__(self, settings: Settings, queue: JobQueue, fetcher: UrlFetcher, chunk_size: int,
+    def __init__(self, settings: Settings, queue: WorkQueue, fetcher: UrlFetcher, chunk_size: int,
                  metrics: Metrics, budget: ByteBudget):
         self.settings = settings
         self.metrics = metrics

@@ -20,7 +20,7 @@ NDJSON = "application/x-ndjson"
 
 
 @dataclass(frozen=True)
-class Part:
+class AnswerItem:
     """One item of a many-image answer: an encoded image, or the error for that item."""
     name: str
     media_type: str = "application/json"
@@ -31,7 +31,7 @@ class Part:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def failed(cls, name: str, error: ApiError, index: int | None = None) -> "Part":
+    def failed(cls, name: str, error: ApiError, index: int | None = None) -> "AnswerItem":
         return cls(name, index=index, error=error)
 
     @property
@@ -55,15 +55,15 @@ class MultipartMixed:
         self.boundary = f"tryon-{secrets.token_hex(12)}"
         self.media_type = f"multipart/mixed; boundary={self.boundary}"
 
-    def part(self, part: Part) -> bytes:
-        headers = {"Content-Type": part.media_type, "Content-Disposition": f'inline; name="{part.name}"'}
-        if part.index is not None:
-            headers["X-Index"] = str(part.index)
-        headers |= {f"X-{stage.capitalize()}-Ms": f"{ms:.2f}" for stage, ms in part.timings_ms.items()}
-        body = part.body
-        if part.error is not None:
-            headers["X-Status"] = str(part.status)
-            body = json.dumps({"error": part.error_body()}).encode()
+    def item(self, item: AnswerItem) -> bytes:
+        headers = {"Content-Type": item.media_type, "Content-Disposition": f'inline; name="{item.name}"'}
+        if item.index is not None:
+            headers["X-Index"] = str(item.index)
+        headers |= {f"X-{stage.capitalize()}-Ms": f"{ms:.2f}" for stage, ms in item.timings_ms.items()}
+        body = item.body
+        if item.error is not None:
+            headers["X-Status"] = str(item.status)
+            body = json.dumps({"error": item.error_body()}).encode()
         headers["Content-Length"] = str(len(body))
         head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         return f"--{self.boundary}\r\n{head}\r\n".encode() + body + b"\r\n"
@@ -72,15 +72,15 @@ class MultipartMixed:
         return f"--{self.boundary}--\r\n".encode()
 
 
-def json_item(part: Part) -> dict:
-    """A part as a JSON object: the image as base64, or the error."""
-    item = {"name": part.name, "status": part.status}
-    if part.index is not None:
-        item["index"] = part.index
-    item |= {f"{stage}_ms": round(ms, 2) for stage, ms in part.timings_ms.items()}
-    if part.error is not None:
-        item["error"] = part.error_body()
+def json_item(item: AnswerItem) -> dict:
+    """An item as a JSON object: the image as base64, or the error."""
+    document = {"name": item.name, "status": item.status}
+    if item.index is not None:
+        document["index"] = item.index
+    document |= {f"{stage}_ms": round(ms, 2) for stage, ms in item.timings_ms.items()}
+    if item.error is not None:
+        document["error"] = item.error_body()
     else:
-        item["media_type"] = part.media_type
-        item["image"] = base64.b64encode(part.body).decode("ascii")
-    return item
+        document["media_type"] = item.media_type
+        document["image"] = base64.b64encode(item.body).decode("ascii")
+    return document
