@@ -203,7 +203,7 @@ def test_readyz_says_jobs_are_in_this_process(server):
 
 
 def test_embedded_jobs_with_several_front_ends_are_unavailable_not_refused_at_start_up():
-    """The service starts (tests/service/processes/test_workers.py: the 503 jobs_unavailable it answers)."""
+    """The service starts (tests/service/processes/test_supervisor.py: the 503 jobs_unavailable it answers)."""
     assert "TRYON_JOBS_URL" in Settings(workers=2).jobs_unavailable
     assert Settings(workers=2, jobs_enabled=False).jobs_unavailable is None
     assert Settings(workers=2, jobs_url="redis://127.0.0.1:1/0").jobs_unavailable is None
