@@ -1,54 +1,27 @@
-"""Jobs in a real redis-server (append-only, as deployed) shared by real replicas: a replica killed with
+"""Catalog jobs across replicas, end to end: the claims and take-overs of the jobs runner
+(service/jobs/runner.py) and the webhook sender (service/jobs/webhooks.py), through a real redis-server
+(service/jobs/redis_store.py; append-only, as deployed) shared by real replicas: a replica killed with
 SIGKILL mid-job loses nothing; one killed after storing a job's results but before its webhook was
 delivered leaves the delivery to another; Redis restarted mid-job loses no job, and while it is down
 new jobs are refused with 503 while /v1/tryon keeps serving. One redis-server and three replicas for
-the module, started together (two of them are there to be killed), with short claim and store times."""
+the module, started together (two of them are there to be killed), with short claim and store times.
+The store alone, without replicas: tests/service/jobs/test_redis_store.py."""
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 
 import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from tests.fixtures.service.harness import ServerProcess, free_port, redis_server_binary, sample_key, stop_process
+from tests.fixtures.service.harness import ServerProcess, sample_key
 from tests.utils.jobs import SECRET, WebhookReceiver, garments, submit, tryon_png, wait_job
-from tests.utils.installed import skip_missing
 
-
-class AppendOnlyRedis:
-    """redis-server on 127.0.0.1 with appendonly yes and noeviction (the job store's deployment), restartable
-    on the same port and files."""
-
-    def __init__(self, binary: str, work_dir):
-        self.binary, self.work_dir, self.port = binary, work_dir, free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.start()
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "yes",
-             "--appendfsync", "always", "--maxmemory-policy", "noeviction", "--dir", str(self.work_dir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        end = time.monotonic() + 20
-        while subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True).stdout != b"PONG\n":
-            assert time.monotonic() < end and self.process.poll() is None, "redis-server did not start"
-            time.sleep(0.05)
-
-    def stop(self, sig=signal.SIGTERM) -> None:
-        stop_process(self.process, sig, 10)
-
-
-@pytest.fixture(scope="module")
-def redis(tmp_path_factory):
-    binary = redis_server_binary()
-    if binary is None:
-        skip_missing("redis-server", "apt-get install redis-server; .ci/run does this")
-    server = AppendOnlyRedis(binary, tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop(signal.SIGKILL)
+CLAIM_AFTER_S = 1.0  # TRYON_JOBS_CLAIM_AFTER_S of the replicas: a task or delivery left idle this long is taken over
+# How long a test waits to show that no second delivery comes: past CLAIM_AFTER_S, after which another replica
+# would take up a delivery it thought left unfinished, and past the retry delay (TRYON_WEBHOOK_RETRY_S, 0.2 s).
+QUIET_S = CLAIM_AFTER_S + 0.5
 
 
 class Replicas:
@@ -67,7 +40,8 @@ class Replicas:
 @pytest.fixture(scope="module")
 def replicas(redis, standin_weights_file, tmp_path_factory):
     env = {"TRYON_WEIGHTS": str(standin_weights_file), "TRYON_JOBS_URL": redis.url, "TRYON_JOBS_TASK_GARMENTS": "1",
-           "TRYON_JOBS_CONCURRENCY": "1", "TRYON_JOBS_CLAIM_AFTER_S": "1", "TRYON_JOBS_TIMEOUT_MS": "300",
+           "TRYON_JOBS_CONCURRENCY": "1", "TRYON_JOBS_CLAIM_AFTER_S": str(CLAIM_AFTER_S),
+           "TRYON_JOBS_TIMEOUT_MS": "300",
            "TRYON_URL_ALLOW_HOSTS": "127.0.0.1", "TRYON_WEBHOOK_SECRET": SECRET, "TRYON_WEBHOOK_RETRY_S": "0.2,0.2",
            "TRYON_JOBS_MAX_GARMENTS": "16"}
     found = Replicas(env, tmp_path_factory.mktemp("replicas"))
@@ -85,7 +59,9 @@ def test_a_replica_killed_mid_job_loses_nothing(replicas):
     try:
         cloths = garments(12)
         doc = submit(doomed.url, cloths, {"format": "png", "webhook_url": receiver.url}).json()
+        end = time.monotonic() + 60
         while httpx.get(f"{survivor.url}/v1/jobs/{doc['id']}", timeout=10).json()["progress"]["done"] < 1:
+            assert time.monotonic() < end, "no garment done in 60 s"
             time.sleep(0.02)
         doomed.stop(signal.SIGKILL)
         done = wait_job(survivor.url, doc["id"])
@@ -93,9 +69,8 @@ def test_a_replica_killed_mid_job_loses_nothing(replicas):
         for index, cloth in enumerate(cloths):
             result = httpx.get(f"{survivor.url}/v1/jobs/{doc['id']}/results/{index}", timeout=10)
             assert result.content == tryon_png(survivor.url, cloth), index
-        deliveries = receiver.wait(1)
-        time.sleep(0.5)
-        assert len(receiver.deliveries) == 1
+        deliveries = receiver.wait_quiet(1, QUIET_S)
+        assert len(deliveries) == 1
         Webhook(SECRET).verify(deliveries[0][1], deliveries[0][0])
     finally:
         receiver.close()
@@ -119,9 +94,7 @@ def test_a_replica_killed_before_delivering_a_stored_jobs_webhook_leaves_it_to_a
         finally:
             for other in others:
                 other.process.send_signal(signal.SIGCONT)
-        deliveries = receiver.wait(2)
-        time.sleep(0.5)  # nothing more after the success
-        deliveries = list(receiver.deliveries)
+        deliveries = receiver.wait_quiet(2, QUIET_S)  # nothing more after the success
     finally:
         receiver.close()
     assert [status for _, _, status in deliveries] == [None, 204]
@@ -155,38 +128,3 @@ def test_redis_restarted_mid_job_loses_no_job_and_down_refuses_jobs_but_not_tryo
 
 def jobs_store_available(server) -> float:
     return server.metrics()[sample_key("tryon_component_available", {"component": "jobs_store"})]
-
-
-def test_the_redis_store_sweeps_overdue_jobs_and_refuses_a_reused_idempotency_key(redis):
-    """No replica involved: the store alone. A job whose deadline passed with its tasks never run is
-    ended as expired by expire_overdue (and leaves the deadlines set); an Idempotency-Key used again
-    with another request's fingerprint is refused, with the same one it returns the first job."""
-    import asyncio
-
-    from service.jobs.records import JobInputs, JobStatus, NewJob, new_job_id
-    from service.jobs.redis_store import DEADLINES, RedisJobStore
-    from service.jobs.store import IdempotencyKeyReused
-
-    async def scenario():
-        store = RedisJobStore(redis.url, 2.0, 60, 4, 60)
-        try:
-            def job(deadline_at: float, fingerprint: str = "a") -> NewJob:
-                return NewJob(new_job_id(), "owner", {}, JobInputs({}, None, [b"x"]), deadline_at,
-                              idempotency_key="catalog-1", fingerprint=fingerprint)
-            overdue, _ = await store.create(job(time.time() - 1, "a"))
-            again, created = await store.create(job(time.time() - 1, "a"))
-            try:
-                await store.create(job(time.time() - 1, "b"))
-                reused = None
-            except IdempotencyKeyReused as exc:
-                reused = str(exc)
-            ended = await store.expire_overdue()
-            record = await store.record(overdue)
-            left = await store.client.zscore(DEADLINES, overdue)
-            return overdue, again, created, reused, ended, record.status, left
-        finally:
-            await store.close()
-
-    overdue, again, created, reused, ended, status, left = asyncio.run(scenario())
-    assert again == overdue and created is False and reused == overdue
-    assert ended >= 0 and status is JobStatus.EXPIRED and left is None  # (the replicas of the module sweep too)
