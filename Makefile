@@ -93,7 +93,9 @@ gpu-check-rehearsal:
 LOWEST_TORCH ?= 2.11.0
 LOWEST_VENV ?= .venv-lowest-torch
 LOWEST_TESTS := tests/model/test_network.py tests/model/kernels tests/model/test_engine.py \
-	tests/model/test_engine_fallbacks.py tests/model/images/test_images.py
+	tests/model/test_precision.py tests/model/images/test_levels.py \
+	tests/model/images/test_letterbox.py tests/model/images/test_decode.py tests/model/images/test_encode.py \
+	tests/model/images/test_inputs.py
 test-lowest-torch:
 	test -x $(LOWEST_VENV)/bin/python || $(PYTHON) -m venv $(LOWEST_VENV)
 	$(LOWEST_VENV)/bin/python -m pip install -q "torch==$(LOWEST_TORCH)"

@@ -45,8 +45,7 @@ from pathlib import Path
 from bench.common import RESULTS, ROOT, write_report
 from bench.gpu_check_packages import DEFAULT_WHEELS, SITE, box_packages_lacking, mismatch_line, provide_packages
 
-CUDA_TESTS = ("tests/model/kernels/test_triton_sampling.py", "tests/model/test_engine.py",
-              "tests/model/test_engine_fallbacks.py")
+CUDA_TESTS = ("tests/model/kernels/test_triton_sampling.py", "tests/model/test_engine.py")
 DEFAULT_BUDGET_S = 480.0
 SERVICE_WORKERS = 4
 TRITON_CACHE = ROOT / ".gpu-check" / "triton-cache"

@@ -64,7 +64,7 @@ def resize_bicubic(img: Image.Image, size_wh: tuple[int, int]) -> Image.Image:
 # The network's value of each 8-bit level, x / 127.5 - 1 as two IEEE fp32 operations (the
 # division, then the subtraction, each rounded once), computed once on the CPU. A table, not
 # arithmetic where the batch is: CUDA divides by a Python scalar as a multiplication by its
-# reciprocal, which puts 111 of the 256 levels one ulp away (tests/model/images/test_images.py); a gather is
+# reciprocal, which puts 111 of the 256 levels one ulp away (tests/model/images/test_levels.py); a gather is
 # exact on every device, inside a CUDA graph too.
 LEVEL_VALUES = torch.arange(256, dtype=torch.float32).div_(127.5).sub_(1.0)
 # What quantisation scales by after the +1 shift: exact in fp32, a multiplication on every device.

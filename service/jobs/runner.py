@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 
@@ -108,7 +108,10 @@ class Interrupted(Exception):
 
 class JobRunner:
     def __init__(self, store: JobStore, queue: WorkQueue, codec: JobCodec, chunk_size: int, concurrency: int,
-                 keep_every_s: float, metrics: Metrics, budget: ByteBudget | None = None):
+                 keep_every_s: float, metrics: Metrics, budget: ByteBudget | None = None,
+                 clock: Callable[[], float] = time.time):
+        """``clock``: the wall clock that jobs' deadlines are read against (a test may drive its own)."""
+        self.clock = clock
         self.store = store
         self.queue = queue
         self.codec = codec
@@ -203,7 +206,7 @@ class JobRunner:
         record = await self.store.record(task.job_id)
         if record is None or record.status.ended:
             return
-        if time.time() >= record.deadline_at:
+        if self.clock() >= record.deadline_at:
             if await self.store.end(task.job_id, JobStatus.EXPIRED):
                 self.ended(JobStatus.EXPIRED)
             return
@@ -239,13 +242,13 @@ class JobRunner:
         be) is the deadline's, so the job expires instead of waiting for ever."""
         while True:
             loop = asyncio.get_running_loop()
-            deadline = loop.time() + max(0.0, deadline_at - time.time())
+            deadline = loop.time() + max(0.0, deadline_at - self.clock())
             try:
                 return await self.queue.submit(inputs, deadline, Priority.BULK).future
             except TRANSIENT as exc:
                 if self.stopping.is_set() or isinstance(exc, ShuttingDown):
                     raise Interrupted from None
-                left = deadline_at - time.time()
+                left = deadline_at - self.clock()
                 if left <= 0:
                     raise DeadlineExceeded(f"the job's deadline passed while the queue refused it: {exc.message}") \
                         from None
@@ -254,7 +257,7 @@ class JobRunner:
     async def _expired(self, record: JobRecord, exc: QueueError) -> bool:
         """The queue gave up at the job's deadline, or says it can never be met: the job expires (not its
         garments fail)."""
-        overdue = isinstance(exc, DeadlineExceeded) and time.time() >= record.deadline_at
+        overdue = isinstance(exc, DeadlineExceeded) and self.clock() >= record.deadline_at
         if not (overdue or isinstance(exc, DeadlineTooShort)):
             return False
         if await self.store.end(record.id, JobStatus.EXPIRED):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict, deque
-from typing import Protocol
+from typing import Callable, Protocol
 
 from .records import (ACTIVE, RECORD_KEPT_RETENTIONS, Delivery, GarmentState, JobInputs, JobRecord, JobStatus,
                       NewJob, Task, final_status)
@@ -97,7 +97,10 @@ class MemoryJobStore:
     shared = False
     failure = None  # in this process: never unreachable
 
-    def __init__(self, max_jobs: int, max_bytes: int, retention_s: float, task_garments: int):
+    def __init__(self, max_jobs: int, max_bytes: int, retention_s: float, task_garments: int,
+                 clock: Callable[[], float] = time.time):
+        """``clock``: the wall clock of deadlines and retention (a test may drive its own)."""
+        self.clock = clock
         self.max_jobs = max_jobs
         self.max_bytes = max_bytes
         self.retention_s = retention_s
@@ -138,7 +141,7 @@ class MemoryJobStore:
         if need > self.max_bytes:
             raise JobTooLarge(f"the job's {need} bytes are more than the embedded job store holds "
                               f"(TRYON_JOBS_MEMORY_BYTES {self.max_bytes})")
-        now = time.time()
+        now = self.clock()
         self._expire(now)
         for job_id, record in list(self._records.items()):
             self._age_out(job_id, record, now)
@@ -158,7 +161,7 @@ class MemoryJobStore:
         return len(overdue)
 
     async def expire_overdue(self) -> int:
-        return self._expire(time.time())
+        return self._expire(self.clock())
 
     async def create(self, job: NewJob) -> tuple[str, bool]:
         key = (job.owner, job.idempotency_key) if job.idempotency_key else None
@@ -183,7 +186,7 @@ class MemoryJobStore:
 
     async def record(self, job_id: str) -> JobRecord | None:
         record = self._records.get(job_id)
-        if record is not None and self._age_out(job_id, record, time.time()):
+        if record is not None and self._age_out(job_id, record, self.clock()):
             return None
         return record
 
@@ -191,7 +194,7 @@ class MemoryJobStore:
         return self._results.get(job_id, {}).get(index)
 
     def _end(self, record: JobRecord, status: JobStatus) -> None:
-        record.status, record.finished_at = status, time.time()
+        record.status, record.finished_at = status, self.clock()
         self.bytes -= self._inputs.pop(record.id).size
         if record.webhook_url:
             self._deliveries.append(Delivery(record.id))
@@ -207,7 +210,7 @@ class MemoryJobStore:
     async def start(self, job_id: str) -> None:
         record = self._records.get(job_id)
         if record is not None and record.status is JobStatus.QUEUED:
-            record.status, record.started_at = JobStatus.RUNNING, time.time()
+            record.status, record.started_at = JobStatus.RUNNING, self.clock()
 
     async def settle(self, job_id: str, index: int, state: GarmentState, result: bytes | None) -> JobStatus | None:
         record = self._records.get(job_id)

@@ -25,7 +25,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Awaitable, Callable, Protocol
 
 import httpx
 
@@ -70,8 +70,13 @@ def payload(document: dict) -> bytes:
 
 class WebhookSender:
     def __init__(self, store: JobStore, targets: WebhookTargets, secrets_of: Callable[[str], tuple[str, ...]],
-                 retry_s: list[float], timeout_s: float, keep_every_s: float, metrics: Metrics):
-        """``secrets_of``: a job's owner -> the secrets its deliveries are signed with (none: not sent)."""
+                 retry_s: list[float], timeout_s: float, keep_every_s: float, metrics: Metrics,
+                 clock: Callable[[], float] = time.time, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
+        """``secrets_of``: a job's owner -> the secrets its deliveries are signed with (none: not sent).
+        ``clock`` (the wall clock of ``webhook-timestamp``) and ``sleep`` (the waits between attempts): a test
+        may drive its own."""
+        self.clock = clock
+        self.sleep = sleep
         self.store = store
         self.targets = targets
         self.secrets_of = secrets_of
@@ -136,9 +141,11 @@ class WebhookSender:
 
     async def _wait(self, delivery: Delivery, seconds: float) -> None:
         """Sleeps, telling the store now and then that the delivery is still this replica's."""
-        end = time.monotonic() + seconds
-        while (left := end - time.monotonic()) > 0:
-            await asyncio.sleep(min(left, self.keep_every_s))
+        left = seconds
+        while left > 0:
+            step = min(left, self.keep_every_s)
+            await self.sleep(step)
+            left -= step
             try:
                 await self.store.keep(delivery.ref, deliveries=True)
             except StoreUnavailable:
@@ -157,7 +164,7 @@ class WebhookSender:
         except WebhookRefused as exc:
             log.warning("webhook URL refused at delivery: %s", exc)
             return "refused"
-        timestamp = int(time.time())
+        timestamp = int(self.clock())
         headers = {"webhook-id": message_id, "webhook-timestamp": str(timestamp),
                    "webhook-signature": sign(secrets, message_id, timestamp, body), "Host": target.host_header}
         extensions = {"sni_hostname": target.sni_hostname} if target.sni_hostname else {}

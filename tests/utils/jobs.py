@@ -67,6 +67,7 @@ class WebhookReceiver:
         self.deliveries: list[tuple[dict, bytes, int | None]] = []
         self.fail_first = fail_first
         self.released = threading.Event()
+        self.arrived = threading.Condition()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -74,11 +75,11 @@ class WebhookReceiver:
                 body = self.rfile.read(int(self.headers["content-length"]))
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 if hold_first and not receiver.deliveries:
-                    receiver.deliveries.append((headers, body, None))
+                    receiver.record((headers, body, None))
                     receiver.released.wait()
                     return
                 answer = status if len(receiver.deliveries) < receiver.fail_first else 204
-                receiver.deliveries.append((headers, body, answer))
+                receiver.record((headers, body, answer))
                 self.send_response(answer)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -90,11 +91,24 @@ class WebhookReceiver:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
+    def record(self, delivery: tuple[dict, bytes, int | None]) -> None:
+        with self.arrived:
+            self.deliveries.append(delivery)
+            self.arrived.notify_all()
+
     def wait(self, count: int, timeout: float = 30) -> list[tuple[dict, bytes, int]]:
-        end = time.monotonic() + timeout
-        while len(self.deliveries) < count and time.monotonic() < end:
-            time.sleep(0.05)
-        return list(self.deliveries)
+        """The deliveries once there are ``count`` (fewer if ``timeout`` passes first)."""
+        with self.arrived:
+            self.arrived.wait_for(lambda: len(self.deliveries) >= count, timeout)
+            return list(self.deliveries)
+
+    def wait_quiet(self, count: int, quiet_s: float, timeout: float = 30) -> list[tuple[dict, bytes, int]]:
+        """The deliveries once there are ``count`` and ``quiet_s`` more seconds brought no other (or the
+        first that did: the caller's assertion on the count then fails)."""
+        self.wait(count, timeout)
+        with self.arrived:
+            self.arrived.wait_for(lambda: len(self.deliveries) > count, quiet_s)
+            return list(self.deliveries)
 
     def close(self) -> None:
         self.released.set()

@@ -28,6 +28,7 @@ from model.images import (ImageError, ImageTooLarge, Letterbox, decode_image, de
                           tensor_to_image)
 from model.images.decode import _turbo_levels_to_fit
 from tests.fixtures.service.harness import REPO
+from tests.utils.pictures import gradient, saved
 
 # @pytest.mark.isa: the tests whose numbers come from ATen's kernels (conversions, torch's 8-bit
 # bicubic resize), run again under AVX2 (Makefile, test-avx2). The libjpeg and Pillow decodes
@@ -254,3 +255,69 @@ def test_header_pixels_read_the_size_bits_and_decoding_cost_without_decoding():
     photo = header_pixels(encoded(Image.new("RGB", (4000, 3000), WHITE), "JPEG"), (192, 256))
     assert photo.size_wh == (4000, 3000) and photo.decoded_wh == (500, 375)
     assert header_pixels(b"not an image") is None
+
+
+# -- every common mode and format, EXIF, bad bytes -----------------------------------------------
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_formats_decode_to_rgb(fmt):
+    img = gradient()
+    out = decode_image(saved(img, fmt, **({"quality": 95} if fmt != "PNG" else {})), "cloth")
+    assert out.mode == "RGB" and out.size == img.size
+    diff = np.abs(np.asarray(out, np.int16) - np.asarray(img, np.int16)).mean()
+    assert diff < (0.01 if fmt == "PNG" else 4.0)
+
+
+def test_rgba_is_flattened_on_the_background():
+    img = Image.new("RGBA", (8, 8), (10, 20, 30, 0))
+    img.putpixel((0, 0), (10, 20, 30, 255))
+    white = decode_image(saved(img, "PNG"), "cloth")
+    black = decode_image(saved(img, "PNG"), "pose", background=(0, 0, 0))
+    assert white.getpixel((0, 0)) == (10, 20, 30) and white.getpixel((5, 5)) == (255, 255, 255)
+    assert black.getpixel((5, 5)) == (0, 0, 0)
+
+
+def test_la_l_p_and_cmyk_modes():
+    la = Image.new("LA", (4, 4), (100, 255))
+    assert decode_image(saved(la, "PNG"), "x").getpixel((1, 1)) == (100, 100, 100)
+    grey = Image.new("L", (4, 4), 77)
+    assert decode_image(saved(grey, "PNG"), "x").getpixel((1, 1)) == (77, 77, 77)
+    pal = Image.new("RGB", (4, 4), (200, 10, 10)).convert("P", palette=Image.ADAPTIVE, colors=4)
+    assert decode_image(saved(pal, "PNG"), "x").getpixel((1, 1)) == (200, 10, 10)
+    transparent_p = Image.new("P", (4, 4), 0)
+    transparent_p.putpalette([0, 0, 255] + [0] * 765)
+    assert decode_image(saved(transparent_p, "PNG", transparency=0), "x").getpixel((1, 1)) == (255, 255, 255)
+    cmyk = Image.new("CMYK", (4, 4), (0, 255, 255, 0))  # pure red
+    r, g, b = decode_image(saved(cmyk, "JPEG", quality=100), "x").getpixel((1, 1))
+    assert r > 240 and g < 15 and b < 15
+
+
+def test_16_bit_greyscale_is_rescaled_not_clipped():
+    arr = np.full((4, 4), 32768, dtype=np.uint16)
+    img = Image.fromarray(arr)
+    out = decode_image(saved(img, "PNG"), "pose")
+    assert out.getpixel((0, 0)) in ((127, 127, 127), (128, 128, 128))
+
+
+def test_exif_orientation_is_applied():
+    img = Image.new("RGB", (40, 20), (255, 0, 0))
+    img.paste((0, 0, 255), (0, 0, 10, 20))  # blue on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: display needs a 90 degree clockwise turn
+    out = decode_image(saved(img, "JPEG", exif=exif.tobytes(), quality=95), "masked_model")
+    assert out.size == (20, 40)
+    top = np.asarray(out)[2, 10]
+    assert top[2] > 200 and top[0] < 60  # the left edge is now at the top
+
+
+@pytest.mark.parametrize("data", [b"", b"not an image at all", saved(gradient(), "PNG")[:60]])
+def test_corrupt_bytes_name_the_field(data):
+    with pytest.raises(ImageError) as err:
+        decode_image(data, "cloth")
+    assert err.value.field == "cloth" and str(err.value).startswith("cloth: ")
+
+
+def test_pixel_limit_is_checked_before_decoding():
+    big = saved(Image.new("L", (3000, 3000)), "PNG")
+    with pytest.raises(ImageTooLarge, match="over the limit"):
+        decode_image(big, "masked_model", max_pixels=1_000_000)

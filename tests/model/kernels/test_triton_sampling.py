@@ -30,7 +30,7 @@ from model.kernels.triton_sampling import deformable_sample_triton  # noqa: E402
 from model.kernels.triton_utils import INTERPRETED  # noqa: E402
 from model.sampling import deformable_sample_published, deformable_sample_reference  # noqa: E402
 from tests.utils import REPO, REPO_PYTHONPATH, load_golden  # noqa: E402
-from tests.utils.kernel_cases import assert_close, random_case as random_inputs  # noqa: E402
+from tests.utils.kernel_cases import assert_close, random_case  # noqa: E402
 
 # @pytest.mark.isa: the tests whose numbers oneDNN or ATen compute, run again with both held
 # to AVX2 (Makefile, test-avx2); the others compute nothing the instruction set can change.
@@ -42,11 +42,6 @@ HALF_DTYPES = (torch.float16, torch.bfloat16)
 def test_kernels_run_where_they_can():
     """Compiled on a GPU, interpreted without one: never silently something else."""
     assert INTERPRETED != CUDA
-
-
-def random_case(gen, b, k, c, h, w, weights_kind):
-    """tests.utils.kernel_cases.random_case on this module's device, input size = output size."""
-    return random_inputs(gen, b, k, c, (h, w), weights_kind=weights_kind, device=DEVICE)
 
 
 def random_shapes(seed, count):
@@ -68,7 +63,7 @@ SHAPES = [(1, 6, 256, 2, 2), (2, 6, 64, 16, 12), (1, 1, 1, 1, 1), (3, 2, 5, 1, 9
 @pytest.mark.parametrize("weights_kind", ["peaked", "flat", "arbitrary"])
 def test_sampling_matches_reference_fp32(shape, weights_kind):
     gen = torch.Generator().manual_seed(SHAPES.index(shape) * 3 + len(weights_kind))
-    features, flows, weights = random_case(gen, *shape, weights_kind)
+    features, flows, weights = random_case(gen, *shape[:3], shape[3:], weights_kind=weights_kind, device=DEVICE)
     ours = deformable_sample_triton(features, flows, weights)
     reference = deformable_sample_reference(features, flows, weights)
     assert ours.dtype == torch.float32
@@ -82,7 +77,7 @@ def test_sampling_half_features_accumulate_in_fp32(shape, dtype):
     """fp16/bf16 features, fp32 flows and weights: the result is the fp32 sum of
     the (exactly representable) half features, rounded once to the half dtype."""
     gen = torch.Generator().manual_seed(7)
-    features, flows, weights = random_case(gen, *shape, "arbitrary")
+    features, flows, weights = random_case(gen, *shape[:3], shape[3:], device=DEVICE)
     features = features.to(dtype)
     ours = deformable_sample_triton(features, flows, weights)
     exact = deformable_sample_reference(features.float(), flows, weights)
@@ -95,7 +90,7 @@ def test_sampling_keeps_layout_and_reads_strided_inputs():
     """Channels-last features give channels-last output; channel slices (views)
     and non-contiguous flows are read through their strides."""
     gen = torch.Generator().manual_seed(11)
-    features, flows, weights = random_case(gen, 2, 6, 48, 11, 7, "arbitrary")
+    features, flows, weights = random_case(gen, 2, 6, 48, (11, 7), weights_kind="arbitrary", device=DEVICE)
     reference = deformable_sample_reference(features, flows, weights)
     last = deformable_sample_triton(features.contiguous(memory_format=torch.channels_last), flows, weights)
     assert last.is_contiguous(memory_format=torch.channels_last)
@@ -109,7 +104,8 @@ def test_sampling_keeps_layout_and_reads_strided_inputs():
 
 
 def test_sampling_rejects_mismatched_shapes():
-    features, flows, weights = random_case(torch.Generator().manual_seed(0), 1, 2, 3, 4, 5, "flat")
+    gen = torch.Generator().manual_seed(0)
+    features, flows, weights = random_case(gen, 1, 2, 3, (4, 5), weights_kind="flat", device=DEVICE)
     with pytest.raises(ValueError):
         deformable_sample_triton(features, flows[:1], weights)
     with pytest.raises(TypeError):
@@ -138,7 +134,7 @@ def test_flow_composition_matches_reference(shape, offsets_dtype):
 @pytest.mark.isa
 def test_dispatch_runs_the_kernels_by_name():
     gen = torch.Generator().manual_seed(5)
-    features, flows, weights = random_case(gen, 2, 6, 16, 8, 8, "peaked")
+    features, flows, weights = random_case(gen, 2, 6, 16, (8, 8), weights_kind="peaked", device=DEVICE)
     reference = deformable_sample_reference(features, flows, weights)
     for impl in ("triton", "torch", "published"):
         assert_close(deformable_sample(features, flows, weights, impl=impl), reference, SAMPLING_FP32_ATOL)
@@ -150,7 +146,7 @@ def test_dispatch_runs_the_kernels_by_name():
 @pytest.mark.isa
 def test_published_baseline_equals_reference():
     gen = torch.Generator().manual_seed(6)
-    features, flows, weights = random_case(gen, 2, 6, 32, 9, 7, "arbitrary")
+    features, flows, weights = random_case(gen, 2, 6, 32, (9, 7), weights_kind="arbitrary", device=DEVICE)
     assert_close(deformable_sample_published(features, flows, weights),
                  deformable_sample_reference(features, flows, weights), SAMPLING_FP32_ATOL)
 

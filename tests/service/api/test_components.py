@@ -1,15 +1,17 @@
 """A part that fails to load, broken on purpose in a real server process: the service answers
 what it can, and names what it cannot in /readyz, one log line, the metrics and a 503 with
-the part's own code, never a 500 (service/api/components.py). The sampler, the cache's Redis
-and the job store's Redis are broken in their own tests (test_sampler_fallback.py,
-test_cache.py, tests/service/jobs/test_redis_store.py)."""
+the part's own code, never a 500 (service/api/components.py). A fused sampler that fails its
+warm-up check does not take the service down: the reference serves, and /readyz, /metrics and the
+log say which sampler does and that the fused one failed (forced for real on the CPU: Triton asked
+for with no GPU and no interpreter cannot launch). The cache's Redis and the job store's Redis are
+broken in their own tests (test_cache.py, tests/service/jobs/test_replicas.py)."""
 from __future__ import annotations
 
 import time
 
 import httpx
 
-from tests.fixtures.service.harness import TRYON_IMAGES, ServerProcess, running_server, sample_key
+from tests.fixtures.service.harness import TRYON_IMAGES, ServerProcess, fixture_bytes, running_server, sample_key
 from tests.fixtures.service.probe import wait_until_ok
 from tests.utils import FIXTURES
 
@@ -17,6 +19,7 @@ PHOTO = (FIXTURES / "photos" / "grace_hopper.jpg").read_bytes()
 PHOTO_FILES = {"person": ("person.jpg", PHOTO, "image/jpeg"),
                "cloth": ("cloth.png", TRYON_IMAGES["cloth"], "image/png")}
 MASKED_MODEL_FILES = {name: (f"{name}.png", data, "image/png") for name, data in TRYON_IMAGES.items()}
+IMAGES_64 = {name: fixture_bytes(f"{name}_64x64.png") for name in ("masked_model", "pose", "cloth")}
 
 
 def components_once_loaded(url: str, timeout: float = 60) -> dict:
@@ -90,3 +93,24 @@ def test_weights_that_fail_to_load_leave_a_replica_alive_unready_and_saying_why(
     finally:
         assert server.stop() == 0, server.stderr[-3000:]
     assert server.stderr.count("COMPONENT FAILED: weights") == 1
+
+
+def test_failed_sampler_check_serves_with_the_reference(tmp_path, standin_weights_file):
+    env = {"TRYON_WEIGHTS": str(standin_weights_file), "TRYON_SAMPLER": "triton", "TRITON_INTERPRET": "0",
+           "TRYON_MAX_BATCH_SIZE": "1"}  # one batch size to warm: a quick start on a busy machine
+    with running_server(env, tmp_path) as server:
+        ready = httpx.get(f"{server.url}/readyz", timeout=10)
+        assert ready.status_code == 200
+        info = ready.json()
+        assert info["sampler_in_use"] == info["sampler"] == "torch" and info["requested_sampler"] == "triton"
+        assert info["sampler_fallback"].startswith("triton sampler failed:")
+        assert info["components"]["sampler"] == {"status": "failed", "reason": info["sampler_fallback"]}
+        metrics = server.metrics()
+        assert metrics[sample_key("tryon_sampler", {"sampler": "torch"})] == 1
+        assert sample_key("tryon_sampler", {"sampler": "triton"}) not in metrics
+        assert metrics[sample_key("tryon_component_available", {"component": "sampler"})] == 0
+        files = {name: (f"{name}.png", data, "image/png") for name, data in IMAGES_64.items()}
+        answer = httpx.post(f"{server.url}/v1/tryon", files=files, timeout=60)
+        assert answer.status_code == 200 and answer.headers["content-type"] == "image/jpeg"
+    assert server.stderr.count("SAMPLER FALLBACK") == 1
+    assert server.stderr.count("COMPONENT FAILED: sampler: triton sampler failed:") == 1

@@ -1,12 +1,17 @@
 """The scheduler in-process, with engine stand-ins that play a GPU (none runs here):
 priorities, admission control, out-of-memory splits, a device that breaks, and
-shutdown answering everything it holds. Through a real server: test_service_queue.py."""
+shutdown answering everything it holds. Then through a real server (the last section):
+a full queue answers 503 at once, a passed deadline 504, a client that leaves while
+queued is never run, a body that stalls is answered at the request's deadline."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import socket
 import threading
 import time
 
+import httpx
 import pytest
 import torch
 
@@ -21,7 +26,12 @@ from service.metrics import Metrics
 from service.queue.outcomes import (DeadlineTooShort, DeviceFailed, DeviceOutOfMemory, Overloaded, QueueError,
                                     ShuttingDown)
 from service.queue.priority import Priority
+from tests.fixtures.service.harness import fixture_bytes, running_server, sample_key
 from tests.fixtures.standin_engine import StandInEngine
+
+# Admission control times the engine while the server of the last section starts and refuses a request whose
+# estimate passes its deadline: a neighbour's busy test must not slow that timing (make test).
+pytestmark = pytest.mark.alone
 
 ILLEGAL_ADDRESS = "CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be reported..."
 CUDNN_ALLOC = "cuDNN error: CUDNN_STATUS_ALLOC_FAILED"
@@ -50,9 +60,11 @@ def deadline(seconds: float = 30) -> float:
     return asyncio.get_running_loop().time() + seconds
 
 
-async def engine_called(engine: StandInEngine, times: int = 1) -> None:
+async def engine_called(engine: StandInEngine, times: int = 1, timeout: float = 10) -> None:
     """Returns once the engine has been called ``times`` times (it may still be held by its gate)."""
+    end = asyncio.get_running_loop().time() + timeout
     while len(engine.calls) < times:
+        assert asyncio.get_running_loop().time() < end, f"the engine was not called {times} times"
         await asyncio.sleep(0.01)
 
 
@@ -360,3 +372,101 @@ def test_stop_answers_the_running_batch_and_started_garments_jobs():
     chunks, queued_outcome = asyncio.run(asyncio.wait_for(scenario(), 20))
     assert chunks[0].start == 0 and isinstance(chunks[-1], ShuttingDown)
     assert isinstance(queued_outcome, ShuttingDown)
+
+
+# -- through a real server ------------------------------------------------------------------------
+
+IMAGES = {name: fixture_bytes(f"{name}_64x64.png") for name in ("masked_model", "pose", "cloth")}
+FILES = {name: (f"{name}.png", data, "image/png") for name, data in IMAGES.items()}
+WINDOW_S = 4.0  # the batch wait: a lone request sits queued this long
+TIMEOUT_S = 2.5  # the request deadline, shorter than the window, far longer than a 64x64 forward
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A queue of one that never fills a batch: requests wait the whole window, deterministically.
+    64x64: a forward costs far less than the deadline, so admission control lets requests in."""
+    with running_server({"TRYON_MAX_BATCH_SIZE": "2", "TRYON_QUEUE_LIMIT": "1", "TRYON_IMAGE_SIZE": "64x64",
+                         "TRYON_MAX_BATCH_WAIT_MS": str(WINDOW_S * 1000), "TRYON_REQUEST_TIMEOUT_S": str(TIMEOUT_S)},
+                        tmp_path_factory.mktemp("logs")) as proc:
+        yield proc
+
+
+ANSWERED_499 = {"route": "/v1/tryon", "method": "POST", "status": "499"}  # the client went before its answer
+ANSWERED_500 = {"route": "/v1/tryon", "method": "POST", "status": "500"}
+
+
+def wait_queue_depth(server, depth: int, timeout: float = 5) -> None:
+    end = time.monotonic() + timeout
+    while server.metrics()[sample_key("tryon_queue_depth")] != depth:
+        assert time.monotonic() < end, f"queue depth never reached {depth}"
+        time.sleep(0.02)
+
+
+def engine_runs(server) -> float:
+    return server.metrics().get(sample_key("tryon_batch_size_sum"), 0.0)
+
+
+def test_full_queue_answers_503_at_once_and_deadline_504(server):
+    wait_queue_depth(server, 0)
+    runs = engine_runs(server)
+    dropped = server.metrics().get(sample_key("tryon_dropped_total", {"reason": "deadline"}), 0.0)
+    rejected = {reason: server.metrics().get(sample_key("tryon_rejected_total", {"reason": reason}), 0.0)
+                for reason in ("queue_full", "deadline_exceeded")}
+    with httpx.Client(base_url=server.url, timeout=10) as client, \
+            concurrent.futures.ThreadPoolExecutor(1) as pool:
+        first = pool.submit(client.post, "/v1/tryon", files=FILES)
+        wait_queue_depth(server, 1)
+        second = client.post("/v1/tryon", files=FILES)
+        assert not first.done()  # at once: refused while the first still waits in the queue
+        assert second.status_code == 503
+        assert second.json()["error"]["code"] == "queue_full" and second.headers["retry-after"] == "1"
+        late = first.result()
+        assert late.status_code == 504 and late.json()["error"]["code"] == "deadline_exceeded"
+        # Answered at its deadline, before the window closed: the worker has not dropped it yet.
+        assert server.metrics().get(sample_key("tryon_dropped_total", {"reason": "deadline"}), 0.0) == dropped
+    # The worker drops the expired request when its window closes; the engine never sees it.
+    assert server.wait_metric("tryon_dropped_total", {"reason": "deadline"}, dropped + 1) == dropped + 1
+    assert engine_runs(server) == runs
+    metrics = server.metrics()
+    for reason, before in rejected.items():
+        assert metrics[sample_key("tryon_rejected_total", {"reason": reason})] == before + 1, reason
+
+
+def test_client_gone_while_queued_is_not_run(server):
+    wait_queue_depth(server, 0)
+    runs = engine_runs(server)
+    gone = server.metrics().get(sample_key("tryon_dropped_total", {"reason": "client_gone"}), 0.0)
+    answered_499 = server.metrics().get(sample_key("tryon_http_requests_total", ANSWERED_499), 0.0)
+    request = httpx.Request("POST", f"{server.url}/v1/tryon", files=FILES)
+    body = request.read()
+    head = f"POST /v1/tryon HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {request.headers['content-type']}\r\n" \
+           f"Content-Length: {len(body)}\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(head.encode() + body)
+        wait_queue_depth(server, 1)
+    # Closed well before the deadline: the worker must drop it as gone, not run it.
+    assert server.wait_metric("tryon_dropped_total", {"reason": "client_gone"}, gone + 1) == gone + 1
+    assert engine_runs(server) == runs
+    assert server.wait_metric("tryon_http_requests_total", ANSWERED_499, answered_499 + 1) == answered_499 + 1
+
+
+def test_a_body_that_stalls_is_408_and_one_that_breaks_off_is_no_500(server):
+    """Hostile uploads: half a body then silence is answered once the request's time
+    is up (not held open for ever); half a body then a hang-up is counted as gone."""
+    head = (b"POST /v1/tryon HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n{\"cloth\": ")
+    answered_500 = server.metrics().get(sample_key("tryon_http_requests_total", ANSWERED_500), 0.0)
+    # Not held open for ever: the socket gives up 10 s after the request's deadline, the server must answer first.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT_S + 10) as stalled:
+        stalled.sendall(head)
+        answer = b""
+        while not answer.endswith(b"}}"):  # the head and the JSON body may come in two reads
+            answer += stalled.recv(4096) or b"}}"
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b'"code":"body_timeout"' in answer
+    answered_499 = server.metrics().get(sample_key("tryon_http_requests_total", ANSWERED_499), 0.0)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as gone:
+        gone.sendall(head)
+    assert server.wait_metric("tryon_http_requests_total", ANSWERED_499, answered_499 + 1) == answered_499 + 1
+    assert server.metrics().get(sample_key("tryon_http_requests_total", ANSWERED_500), 0.0) == answered_500

@@ -9,7 +9,7 @@ import concurrent.futures
 import io
 import json
 import signal
-import time
+import threading
 
 import httpx
 import numpy as np
@@ -286,7 +286,8 @@ def test_batch_streams_each_garment_as_the_single_request_gives_it(server, clien
              for name in ("tryon_batch_size_count", "tryon_batch_size_sum", "tryon_inference_seconds_count")}
     assert delta == {"tryon_batch_size_count": 1, "tryon_batch_size_sum": 3, "tryon_inference_seconds_count": 2}
     route = {"route": "/v1/tryon/batch", "method": "POST", "status": "200"}
-    assert after[sample_key("tryon_http_requests_total", route)] >= 1
+    key = sample_key("tryon_http_requests_total", route)
+    assert after[key] - before.get(key, 0.0) == 1
 
 
 @pytest.mark.isa
@@ -319,7 +320,8 @@ def test_batch_survives_a_bad_garment(client, single_results):
 
 def test_batch_composites_every_garment_into_the_photo_as_tryon_does(client):
     """size=original: the person framed once, each garment's result put into the photo as /v1/tryon
-    puts it (the same PNG bytes), at the photo's size."""
+    puts it, at the photo's size. The same picture within a level, not the same bytes: a garment run in a
+    chunk of two may round a value differently from one run alone (or one a test before left in the cache)."""
     fields = {"keypoints": KEYPOINTS_TEXT, "size": "original"}
     answer = client.post("/v1/tryon/batch", params={"format": "png"}, files=batch_files(CLOTHS[:2]), data=fields)
     assert answer.status_code == 200, answer.text
@@ -329,7 +331,8 @@ def test_batch_composites_every_garment_into_the_photo_as_tryon_does(client):
                              files={"person": ("p.png", PERSON, "image/png"),
                                     "cloth": ("c.png", CLOTHS[index], "image/png")})
         assert single.headers["x-person-box"] == box
-        assert body == single.content and Image.open(io.BytesIO(body)).size == (192, 256)
+        assert Image.open(io.BytesIO(body)).size == (192, 256)
+        assert_same_image(pixels(body), pixels(single.content))
 
 
 def test_garment_chunk_setting():
@@ -342,9 +345,11 @@ def test_garment_chunk_setting():
 
 @pytest.fixture(scope="module")
 def slow_server(tmp_path_factory, standin_weights_file):
-    """The published size (a second or more per garment on this CPU), one garment per chunk."""
+    """The published size (a second or more per garment on this CPU), one garment per chunk. A long request
+    deadline: on a loaded machine admission control would refuse three garments as never done in 30 s."""
     with running_server({"TRYON_WEIGHTS": str(standin_weights_file), "TRYON_IMAGE_SIZE": "256x192",
-                         "TRYON_MAX_BATCH_SIZE": "2", "TRYON_GARMENT_CHUNK": "1", "TRYON_MAX_GARMENTS": "3"},
+                         "TRYON_MAX_BATCH_SIZE": "2", "TRYON_GARMENT_CHUNK": "1", "TRYON_MAX_GARMENTS": "3",
+                         "TRYON_REQUEST_TIMEOUT_S": "300"},
                         tmp_path_factory.mktemp("logs")) as proc:
         yield proc
 
@@ -352,45 +357,42 @@ def slow_server(tmp_path_factory, standin_weights_file):
 ENGINE_CALLS = sample_key("tryon_inference_seconds_count")
 
 
-def stream_batch(server: ServerProcess, until_parts: int | None = None) -> tuple[list, list[float], float, bool]:
-    """Posts the three garments and reads the answer as it comes: the parts, when each
-    arrived, the server's engine calls made by the time the first part was read, and
-    whether the answer was complete. Stops reading after ``until_parts`` parts."""
+def stream_batch(server: ServerProcess, until_parts: int | None = None) -> tuple[list, float, bool]:
+    """Posts the three garments and reads the answer as it comes: the parts, the server's
+    engine calls made by the time the first part was read, and whether the answer was
+    complete. Stops reading after ``until_parts`` parts."""
     before = server.metrics()[ENGINE_CALLS]
-    data, arrivals, calls_at_first_part, parts, complete = b"", [], None, [], False
+    data, calls_at_first_part, parts, complete = b"", None, [], False
     with httpx.Client(timeout=120) as client, client.stream(
             "POST", f"{server.url}/v1/tryon/batch", files=batch_files(CLOTHS),
             data={"keypoints": KEYPOINTS_TEXT}) as answer:
-        assert answer.status_code == 200 and answer.headers["x-garment-chunk"] == "1"
+        assert answer.status_code == 200, answer.read().decode(errors="replace")
+        assert answer.headers["x-garment-chunk"] == "1"
         for piece in answer.iter_raw():
             data += piece
             parts, complete = parse_multipart(data, boundary_of(answer))
-            arrivals += [time.monotonic()] * (len(parts) - len(arrivals))
             if parts and calls_at_first_part is None:
                 calls_at_first_part = server.metrics()[ENGINE_CALLS] - before
             if until_parts is not None and len(parts) >= until_parts:
                 break
-    return parts, arrivals, calls_at_first_part, complete
+    return parts, calls_at_first_part, complete
 
 
 def test_batch_sends_each_part_as_soon_as_its_chunk_is_done(slow_server):
     """The first part reaches the client before the last chunk has been computed, which
     the server's count of engine calls shows at the moment the part is read."""
     before = slow_server.metrics()[ENGINE_CALLS]
-    parts, arrivals, calls_at_first_part, complete = stream_batch(slow_server)
+    parts, calls_at_first_part, complete = stream_batch(slow_server)
     assert complete and [int(headers["X-Index"]) for headers, _ in parts] == [0, 1, 2]
     assert calls_at_first_part < 3, "the first part waited for the last chunk"
     assert slow_server.metrics()[ENGINE_CALLS] - before == 3
-    # The last part could only follow the first after chunks 1 and 2 ran.
-    chunk_s = [float(headers["X-Inference-Ms"]) / 1000 for headers, _ in parts]
-    assert arrivals[2] - arrivals[0] >= 0.5 * (chunk_s[1] + chunk_s[2])
 
 
 def test_batch_stops_after_the_current_chunk_when_the_client_goes(slow_server):
     """A client that hangs up after the first part: the chunk under way finishes, the last
     one is never run, and the worker goes on to the next request."""
     before = slow_server.metrics()[ENGINE_CALLS]
-    parts, _, calls_at_first_part, complete = stream_batch(slow_server, until_parts=1)
+    parts, calls_at_first_part, complete = stream_batch(slow_server, until_parts=1)
     assert len(parts) == 1 and not complete and calls_at_first_part < 3
     single = httpx.post(f"{slow_server.url}/v1/tryon", data={"keypoints": KEYPOINTS_TEXT}, timeout=120,
                         files={"person": ("p.png", PERSON, "image/png"), "cloth": ("c.png", CLOTH, "image/png")})
@@ -441,28 +443,35 @@ def test_bad_keypoints_are_422_naming_the_problem(client, name, text, problem):
 def test_batch_jobs_respect_the_queue_limit_and_drain_on_sigterm(tmp_path, standin_weights_file):
     """A batch is one ``Work`` in the same queue: with a queue limit of 1, a batch running and a
     batch waiting, a third request is refused at once; SIGTERM lets both batches finish."""
-    # The published size, so a batch runs for seconds on this CPU: long enough to queue behind.
-    proc = ServerProcess({"TRYON_WEIGHTS": str(standin_weights_file), "TRYON_IMAGE_SIZE": "256x192", "TRYON_MAX_BATCH_SIZE": "2",
-                          "TRYON_MAX_GARMENTS": "2", "TRYON_QUEUE_LIMIT": "1"}, tmp_path)
+    # The published size, so a chunk (one garment on a CPU) runs for a second or more on this CPU: the
+    # first batch's four keep the worker busy while the second queues behind the chunk under way.
+    proc = ServerProcess({"TRYON_WEIGHTS": str(standin_weights_file), "TRYON_IMAGE_SIZE": "256x192",
+                          "TRYON_MAX_BATCH_SIZE": "2", "TRYON_MAX_GARMENTS": "4", "TRYON_QUEUE_LIMIT": "1",
+                          "TRYON_REQUEST_TIMEOUT_S": "300"}, tmp_path)  # (a long deadline: as slow_server's)
     try:
         proc.wait_ready()
-        files = batch_files(CLOTHS[:2])
+        first_files, files = batch_files(CLOTHS + [CLOTH]), batch_files(CLOTHS[:2])
 
-        def post():
-            return httpx.post(f"{proc.url}/v1/tryon/batch", files=files, data={"keypoints": KEYPOINTS_TEXT},
-                              timeout=120)
+        def post(files: list, started: threading.Event | None = None) -> httpx.Response:
+            with httpx.Client(timeout=120) as client, client.stream(
+                    "POST", f"{proc.url}/v1/tryon/batch", files=files, data={"keypoints": KEYPOINTS_TEXT}) as answer:
+                if started is not None:
+                    started.set()  # the head comes once the first chunk has run: the job is on the worker
+                answer.read()
+            return answer
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            running = pool.submit(post)
-            time.sleep(0.7)  # read and drawn in a fraction of that; then seconds on the worker
-            waiting = pool.submit(post)
+            started = threading.Event()
+            running = pool.submit(post, first_files, started)
+            assert started.wait(60), "the first batch never started"
+            waiting = pool.submit(post, files)  # behind the first batch's chunk under way
             assert proc.wait_metric("tryon_queue_depth", {}, 1, timeout=30) == 1
-            refused = post()
+            refused = post(files)
             assert refused.status_code == 503 and refused.json()["error"]["code"] == "queue_full", refused.text
             assert refused.headers["retry-after"]
             proc.process.send_signal(signal.SIGTERM)
-            for answer in (running.result(), waiting.result()):
+            for answer, garments in ((running.result(), 4), (waiting.result(), 2)):
                 assert answer.status_code == 200, answer.text
-                assert [h.get("X-Status", "200") for h, _ in split_multipart(answer)] == ["200", "200"]
+                assert [h.get("X-Status", "200") for h, _ in split_multipart(answer)] == ["200"] * garments
         assert proc.process.wait(60) == 0
     finally:
         proc.stop()

@@ -23,7 +23,7 @@ from tests.utils.jobs import SECRET, WebhookReceiver, garments, payload, submit,
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, standin_weights_file):
     env = {"TRYON_WEIGHTS": str(standin_weights_file), "TRYON_URL_ALLOW_HOSTS": "127.0.0.1",
-           "TRYON_WEBHOOK_SECRET": SECRET, "TRYON_WEBHOOK_RETRY_S": "0.2,0.2,0.2",
+           "TRYON_WEBHOOK_SECRET": SECRET, "TRYON_WEBHOOK_RETRY_S": ",".join([str(RETRY_S)] * 3),
            "TRYON_JOBS_TASK_GARMENTS": "2", "TRYON_JOBS_MAX_GARMENTS": "6"}
     with running_server(env, tmp_path_factory.mktemp("jobs")) as proc:
         yield proc
@@ -35,15 +35,31 @@ def keyed(tmp_path_factory, standin_weights_file):
     with none and no TRYON_WEBHOOK_SECRET; results kept 1 s, 70 kB of jobs (a person and one garment of
     tests/utils/jobs are 37 kB, six garments 99 kB)."""
     env = {"TRYON_WEIGHTS": str(standin_weights_file), "TRYON_API_KEYS": f"key-a:{SECRET}:{OLD_SECRET},key-b",
-           "TRYON_JOBS_RETENTION_S": "1", "TRYON_JOBS_MEMORY_BYTES": "70000", "TRYON_URL_ALLOW_HOSTS": "127.0.0.1",
+           "TRYON_JOBS_RETENTION_S": str(RETENTION_S), "TRYON_JOBS_MEMORY_BYTES": "70000", "TRYON_URL_ALLOW_HOSTS": "127.0.0.1",
            "TRYON_WEBHOOK_RETRY_S": ""}
     with running_server(env, tmp_path_factory.mktemp("keyed")) as proc:
         yield proc
 
 
+RETRY_S = 0.2  # TRYON_WEBHOOK_RETRY_S of ``server``: a failed delivery is tried again this long after (+-20 %)
+# How long a test waits to show that no more deliveries come: several retry delays (so a retry would have
+# come within it, even late under load).
+NO_RETRY_S = 5 * RETRY_S
+# How long a test waits to show that a canceled job runs no more garments: longer than a garment
+# takes on the stand-in weights at 64x64 (a fraction of that), so one run after the cancel would show.
+AFTER_CANCEL_S = 1.0
+RETENTION_S = 1  # TRYON_JOBS_RETENTION_S of ``keyed``
 KEY_A, KEY_B = {"Authorization": "Bearer key-a"}, {"Authorization": "Bearer key-b"}
 OLD_SECRET = "whsec_" + base64.b64encode(b"the secret being rotated out...").decode()
 OTHER_TENANT = "whsec_" + base64.b64encode(b"another tenant's webhook secret!").decode()
+
+
+def cancel(server, *answers: httpx.Response) -> None:
+    """Cancels the jobs a test leaves running, so none ends during another test (each moves the counters
+    by its own jobs only)."""
+    for answer in answers:
+        if answer.status_code == 202:
+            httpx.post(f"{server.url}/v1/jobs/{answer.json()['id']}/cancel", timeout=10)
 
 
 def test_a_job_runs_and_its_results_equal_tryon(server):
@@ -84,12 +100,15 @@ def test_idempotency_key_returns_the_same_job(server):
     again = submit(server.url, garments(1), headers={"Idempotency-Key": "catalog-42"})
     assert first.status_code == again.status_code == 202
     assert first.json()["id"] == again.json()["id"] and again.headers["idempotent-replayed"] == "true"
-    assert submit(server.url, garments(1), headers={"Idempotency-Key": "other"}).json()["id"] != first.json()["id"]
+    other = submit(server.url, garments(1), headers={"Idempotency-Key": "other"})
+    cancel(server, first, other)
+    assert other.json()["id"] != first.json()["id"]
 
 
 def test_an_idempotency_key_reused_with_another_request_is_422(server):
     first = submit(server.url, garments(1), headers={"Idempotency-Key": "catalog-43"})
     other = submit(server.url, garments(2), headers={"Idempotency-Key": "catalog-43"})
+    cancel(server, first)
     assert first.status_code == 202 and other.status_code == 422, other.text
     assert other.json()["error"]["code"] == "idempotency_key_reused"
     assert other.json()["error"]["field"] == "Idempotency-Key" and first.json()["id"] in other.json()["error"]["message"]
@@ -110,7 +129,7 @@ def test_cancel_keeps_what_is_done_and_runs_nothing_more(server):
     doc = submit(server.url, garments(6)).json()
     canceled = httpx.post(f"{server.url}/v1/jobs/{doc['id']}/cancel", timeout=10).json()
     assert canceled["status"] == "canceled" and canceled["finished_at"]
-    time.sleep(1)
+    time.sleep(AFTER_CANCEL_S)  # nothing to wait for: what is shown is that nothing happens
     later = httpx.get(f"{server.url}/v1/jobs/{doc['id']}", timeout=10).json()
     assert later["status"] == "canceled" and later["progress"]["done"] == canceled["progress"]["done"]
     for garment in later["garments"]:
@@ -129,19 +148,29 @@ def test_a_job_past_its_deadline_expires_and_its_results_are_gone(server):
 def test_unknown_ids_and_results_not_yet_there_are_404_json(server):
     answer = httpx.get(f"{server.url}/v1/jobs/job_{'x' * 32}", timeout=10)
     assert answer.status_code == 404 and answer.json()["error"]["code"] == "job_not_found"
-    doc = submit(server.url, garments(6)).json()
+    submitted = submit(server.url, garments(6))
+    doc = submitted.json()
     early = httpx.get(f"{server.url}/v1/jobs/{doc['id']}/results/5", timeout=10)
+    beyond = httpx.get(f"{server.url}/v1/jobs/{doc['id']}/results/6", timeout=10)
+    cancel(server, submitted)
     assert early.status_code == 404 and early.json()["error"]["code"] in ("result_not_ready",)
-    assert httpx.get(f"{server.url}/v1/jobs/{doc['id']}/results/6", timeout=10).status_code == 404
+    assert beyond.status_code == 404
+
+
+def webhook_outcomes(server) -> dict[str, float]:
+    metrics = server.metrics()
+    return {outcome: metrics.get(sample_key("tryon_webhook_deliveries_total", {"outcome": outcome}), 0.0)
+            for outcome in ("delivered", "failed", "gone")}
 
 
 def test_webhook_is_signed_retried_after_500s_and_delivered_once(server):
     receiver = WebhookReceiver(fail_first=2)
+    before = webhook_outcomes(server)
+    succeeded = server.metrics().get(sample_key("tryon_jobs_total", {"status": "succeeded"}), 0.0)
     try:
         doc = submit(server.url, garments(1), {"webhook_url": receiver.url}).json()
-        deliveries = receiver.wait(3)
-        time.sleep(1)  # nothing more comes after the success
-        deliveries = list(receiver.deliveries)
+        assert wait_job(server.url, doc["id"])["status"] == "succeeded"
+        deliveries = receiver.wait_quiet(3, NO_RETRY_S)  # nothing more comes after the success
     finally:
         receiver.close()
     assert [status for _, _, status in deliveries] == [500, 500, 204]
@@ -152,22 +181,25 @@ def test_webhook_is_signed_retried_after_500s_and_delivered_once(server):
     event = payload(deliveries[-1][1])
     assert event["type"] == "job.succeeded" and event["data"]["id"] == doc["id"]
     assert event["data"]["garments"][0]["status"] == "succeeded"
+    # The counters move by this job's own: the server's other tests wait for their webhooks and end (or
+    # cancel) their jobs; a job ends before its webhook goes.
+    server.wait_metric("tryon_webhook_deliveries_total", {"outcome": "delivered"}, before["delivered"] + 1)
+    after = webhook_outcomes(server)
+    assert {k: after[k] - before[k] for k in after} == {"delivered": 1, "failed": 2, "gone": 0}
     metrics = server.metrics()
-    assert metrics[sample_key("tryon_webhook_deliveries_total", {"outcome": "delivered"})] >= 1
-    assert metrics[sample_key("tryon_webhook_deliveries_total", {"outcome": "failed"})] >= 2
-    assert metrics[sample_key("tryon_jobs_total", {"status": "succeeded"})] >= 1
+    assert metrics[sample_key("tryon_jobs_total", {"status": "succeeded"})] == succeeded + 1
     assert sample_key("tryon_jobs_oldest_queued_seconds") in metrics
 
 
 def test_a_receiver_answering_410_gets_no_retry(server):
     receiver = WebhookReceiver(fail_first=5, status=410)
+    gone = webhook_outcomes(server)["gone"]
     try:
         submit(server.url, garments(1), {"webhook_url": receiver.url})
-        receiver.wait(1)
-        time.sleep(1)
-        assert [status for _, _, status in receiver.deliveries] == [410]
+        assert [status for _, _, status in receiver.wait_quiet(1, NO_RETRY_S)] == [410]
     finally:
         receiver.close()
+    assert server.wait_metric("tryon_webhook_deliveries_total", {"outcome": "gone"}, gone + 1) == gone + 1
 
 
 def test_an_undecodable_garment_fails_with_tryons_code_and_the_webhook_says_so(server):
@@ -203,7 +235,7 @@ def test_readyz_says_jobs_are_in_this_process(server):
 
 
 def test_embedded_jobs_with_several_front_ends_are_unavailable_not_refused_at_start_up():
-    """The service starts (tests/service/processes/test_workers.py: the 503 jobs_unavailable it answers)."""
+    """The service starts (tests/service/processes/test_supervisor.py: the 503 jobs_unavailable it answers)."""
     assert "TRYON_JOBS_URL" in Settings(workers=2).jobs_unavailable
     assert Settings(workers=2, jobs_enabled=False).jobs_unavailable is None
     assert Settings(workers=2, jobs_url="redis://127.0.0.1:1/0").jobs_unavailable is None
@@ -251,8 +283,9 @@ def test_results_are_deleted_after_the_retention_time(keyed):
     assert wait_job(keyed.url, doc["id"], headers=KEY_A)["status"] == "succeeded"
     result = f"{keyed.url}/v1/jobs/{doc['id']}/results/0"
     assert httpx.get(result, headers=KEY_A, timeout=10).status_code == 200
-    time.sleep(1.1)  # TRYON_JOBS_RETENTION_S
-    gone = httpx.get(result, headers=KEY_A, timeout=10)
+    end = time.monotonic() + RETENTION_S + 10  # (the store drops results on its next look after the retention)
+    while (gone := httpx.get(result, headers=KEY_A, timeout=10)).status_code == 200 and time.monotonic() < end:
+        time.sleep(0.1)
     assert gone.status_code == 410 and gone.json()["error"]["code"] == "result_deleted"
     assert httpx.get(f"{keyed.url}/v1/jobs/{doc['id']}", headers=KEY_A, timeout=10).json()["status"] == "succeeded"
 

@@ -17,7 +17,6 @@ import pytest
 from PIL import Image, ImageOps
 
 from model.images import psnr
-from model.weights import find_weights
 from tests.fixtures.service.harness import REPO, running_server
 from tests.utils.installed import missing_reason
 from tests.utils.local_http import LocalServer
@@ -278,7 +277,8 @@ def test_page_from_another_origin_with_the_examples(browser, server, other_origi
 
 
 def test_page_off_and_random_weights_warning(browser, tmp_path, other_origin):
-    """TRYON_DEMO_PAGE=false: / is the usual JSON 404. The page elsewhere still warns about random weights."""
+    """TRYON_DEMO_PAGE=false: / is the usual JSON 404. The page elsewhere still shows the random-weights
+    warning exactly when the server says its weights are random (with a checkpoint in weights/, it does not)."""
     with running_server({"TRYON_DEMO_PAGE": "false", "TRYON_CORS_ORIGINS": other_origin.base,
                          "TRYON_IMAGE_SIZE": "64x64", "TRYON_MAX_BATCH_SIZE": "1"}, tmp_path) as off:
         for path in ("/", "/static/app.js", "/examples/cloth.png"):
@@ -288,5 +288,3 @@ def test_page_off_and_random_weights_warning(browser, tmp_path, other_origin):
         random = httpx.get(f"{off.url}/readyz", timeout=10).json()["random_weights"]
         open_page(browser, f"{other_origin.base}/index.html", off.url)
         assert browser.find_element("id", "random-weights").is_displayed() == random
-    if not random:
-        pytest.skip(f"weights/ holds a checkpoint ({find_weights()}): no random-weights server to warn about")

@@ -127,12 +127,15 @@ def test_binary_inputs_json_output_and_priorities(client, v1_outputs):
 
 
 def test_api_key_and_metrics(server, client):
+    counted = (sample_key("tryon_request_success_total", {"route": "/v2/models/{model_name}/infer"}),
+               sample_key("tryon_rejected_total", {"reason": "unauthorized"}))
+    before = server.metrics()
+    client.infer(MODEL_NAME, triton_inputs(ITEMS[:1], True), headers=auth())
     with pytest.raises(InferenceServerException) as refused:
         client.infer(MODEL_NAME, triton_inputs(ITEMS[:1], True))
     assert refused.value.status() == "401" and "unauthorized" in refused.value.message()
-    metrics = server.metrics()
-    assert metrics[sample_key("tryon_request_success_total", {"route": "/v2/models/{model_name}/infer"})] >= 1
-    assert metrics[sample_key("tryon_rejected_total", {"reason": "unauthorized"})] >= 1
+    after = server.metrics()
+    assert [after[key] - before.get(key, 0.0) for key in counted] == [1, 1]  # the served one, the refused one
 
 
 def json_request(batch: int = 1, **changes) -> dict:

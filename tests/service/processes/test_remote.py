@@ -1,19 +1,15 @@
-"""TRYON_WORKERS=2: two front-end processes feeding one engine process. Batches form from
-requests of different front ends; a try-on's images cross in shared slots; each front end
-listens on a socket of its own; SIGTERM drains through both. (The API's own checks run
-against two front ends too: tests/service/api/routes/test_tryon.py.)"""
+"""The front end's RemoteBatcher against an EngineServer in this process (service/processes/remote.py):
+batches form from the requests of two front ends, a try-on's images cross in shared slots that every
+outcome frees, and a front end fed by a CUDA engine process never opens a CUDA context. The processes
+themselves (TRYON_WORKERS=2 under tryon-serve) are tests/service/processes/test_supervisor.py's."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import glob
+import json
 import os
 import subprocess
 import sys
-import time
 
-import httpx
-import pytest
 import torch
 
 from model.engine import EngineConfig
@@ -26,68 +22,8 @@ from service.processes.remote import RemoteBatcher
 from service.queue.batcher import Batcher
 from service.queue.work import GarmentsInputs, GarmentsStream
 from service.queue.outcomes import DropReason, QueueError, QueueFull
-from tests.fixtures.service.harness import post_files, running_server, sample_key
 from tests.fixtures.standin_engine import StandInEngine
 from tests.utils import REPO, REPO_PYTHONPATH
-from tests.utils.processes import process_tree
-
-TWO_FRONT_ENDS = {"TRYON_WORKERS": "2"}
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, standin_weights_file):
-    env = TWO_FRONT_ENDS | {"TRYON_WEIGHTS": str(standin_weights_file), "TRYON_MAX_BATCH_SIZE": "1"}
-    with running_server(env, tmp_path_factory.mktemp("logs")) as proc:
-        yield proc
-
-
-def test_the_front_ends_are_separate_processes(server):
-    assert len(process_tree(server.process.pid)) == 3  # the engine process and two front ends
-
-
-def test_without_a_shared_job_store_jobs_are_unavailable_and_everything_else_serves(server):
-    """Embedded jobs would be one store per front end: the service starts, /v1/jobs says why it is not
-    served (503 without Retry-After: waiting will not help), /readyz says so, and the log says it once."""
-    answer = httpx.post(f"{server.url}/v1/jobs", files={"cloth": ("c.png", b"x", "image/png")}, timeout=10)
-    assert answer.status_code == 503 and "retry-after" not in answer.headers
-    assert answer.json()["error"]["code"] == "jobs_unavailable" and "TRYON_JOBS_URL" in answer.json()["error"]["message"]
-    assert httpx.get(f"{server.url}/v1/jobs/job_{'x' * 32}", timeout=10).json()["error"]["code"] == "jobs_unavailable"
-    jobs = httpx.get(f"{server.url}/readyz", timeout=10).json()["jobs"]
-    assert jobs["available"] is False and "TRYON_JOBS_URL" in jobs["reason"]
-    assert server.stderr.count("/v1/jobs answers 503 jobs_unavailable: catalog jobs need TRYON_JOBS_URL") == 1
-
-
-def listening_sockets(port: int) -> set[str]:
-    """The inodes of the TCP sockets listening on ``port`` (/proc/net/tcp, IPv4)."""
-    found = set()
-    for line in open("/proc/net/tcp").read().splitlines()[1:]:
-        fields = line.split()
-        if int(fields[1].split(":")[1], 16) == port and fields[3] == "0A":  # 0A: LISTEN
-            found.add(fields[9])
-    return found
-
-
-def socket_inodes(pid: int) -> set[str]:
-    found = set()
-    for fd in glob.glob(f"/proc/{pid}/fd/*"):
-        try:
-            link = os.readlink(fd)
-        except FileNotFoundError:  # closed since the listing (the detector warming up opens and closes files)
-            continue
-        if link.startswith("socket:["):
-            found.add(link[len("socket:["):-1])
-    return found
-
-
-def test_each_front_end_listens_on_a_socket_of_its_own(server):
-    """SO_REUSEPORT: Linux spreads new connections over the front ends' sockets. (On one shared
-    socket, the front end that woke first accepted every waiting connection at once.)"""
-    engine, *front_ends = process_tree(server.process.pid)
-    listening = listening_sockets(server.port)
-    held = [socket_inodes(pid) & listening for pid in front_ends]
-    assert len(listening) == 2 and all(len(inodes) == 1 for inodes in held) and held[0] != held[1]
-    assert not socket_inodes(engine) & listening
-
 
 def levels_tensor(seed: int, n: int | None = None) -> torch.Tensor:
     """8-bit levels, as every image the service queues is."""
@@ -192,26 +128,6 @@ def test_try_ons_cross_in_shared_slots_which_every_outcome_frees(tmp_path):
     assert torch.equal(after.output, inputs[1].cloth)  # a slot freed by an abandon serves the next ``Work`` intact
 
 
-def test_sigterm_drains_through_both_front_ends(tmp_path, standin_weights_file):
-    in_flight = 6
-    env = TWO_FRONT_ENDS | {"TRYON_WEIGHTS": str(standin_weights_file), "TRYON_MAX_BATCH_SIZE": "8",
-                            "TRYON_MAX_BATCH_WAIT_MS": "1500", "TRYON_DRAIN_TIMEOUT_S": "20"}
-    with running_server(env, tmp_path) as server:
-        with httpx.Client(base_url=server.url, timeout=60) as client, \
-                concurrent.futures.ThreadPoolExecutor(in_flight) as pool:
-            pending = [pool.submit(post_files, client) for _ in range(in_flight)]
-            end = time.monotonic() + 20
-            while server.metrics().get(sample_key("tryon_queue_depth"), 0) < in_flight:  # all queued, none run
-                assert time.monotonic() < end
-                time.sleep(0.02)
-            server.process.terminate()
-            answers = [p.result() for p in pending]
-        assert [a.status_code for a in answers] == [200] * in_flight
-        assert all(a.content[:3] == b"\xff\xd8\xff" for a in answers)
-    log = server.stderr
-    assert log.count("draining: readiness is now 503") == 3  # the engine process and each front end
-
-
 FRONT_END_ON_A_CUDA_ENGINE = """
 import asyncio, json, sys
 import httpx, torch
@@ -266,6 +182,5 @@ def test_a_front_end_fed_by_a_cuda_engine_never_opens_a_cuda_context(tmp_path):
     result = subprocess.run([sys.executable, "-c", FRONT_END_ON_A_CUDA_ENGINE, str(tmp_path / "engine.sock")],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
-    import json
     seen = json.loads(result.stdout.strip().splitlines()[-1])
     assert seen == {"device": "cuda:0", "statuses": [200, 200, 200], "lazy_init_calls": 0, "initialized": False}
