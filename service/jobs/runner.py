@@ -25,7 +25,7 @@ from typing import Protocol
 
 import torch
 
-from model.images import TryOnInputs, stack_levels
+from model.images import TryOnInputs
 
 from ..codec.errors import ApiError, from_queue_error
 from ..codec.output import OutputOptions, encode_output
@@ -261,11 +261,8 @@ class JobRunner:
         return True
 
     async def _dress(self, record: JobRecord, frame, to_run: list[tuple[int, TryOnInputs]]) -> None:
-        first = to_run[0][1]
-        inputs = GarmentsInputs(first.pose, first.masked_model, stack_levels([g.cloth for _, g in to_run]),
-                                self.chunk_size)
         try:
-            stream = await self._submit(inputs, record.deadline_at)
+            stream = await self._submit(GarmentsInputs.of([g for _, g in to_run], self.chunk_size), record.deadline_at)
         except QueueError as exc:
             if await self._expired(record, exc):
                 return
