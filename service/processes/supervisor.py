@@ -42,7 +42,7 @@ from ..queue.host import EngineFactory, EngineHost, weights_label
 from ..settings import Settings
 from .arena import Arena
 from .engine_server import EngineServer
-from .exits import STARTUP_FAILURE, drain_after_device_failure
+from .exits import STARTUP_FAILURE, after_device_failure, log_drain
 
 log = logging.getLogger("service.workers")
 # What each front-end process runs: the HTTP app on an inherited socket (a module of the HTTP
@@ -116,13 +116,8 @@ async def _supervise(settings: Settings, engine_factory: EngineFactory | None) -
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     metrics = Metrics(settings.max_batch_size)
-
-    def device_failed(reason: str) -> None:
-        metrics.ready.set(0)
-        metrics.healthy.set(0)
-        drain_after_device_failure(loop)
-
-    host = EngineHost(settings, metrics, engine_factory, on_device_failure=device_failed)
+    host = EngineHost(settings, metrics, engine_factory,
+                      on_device_failure=lambda reason: after_device_failure(metrics, loop))
     folder = tempfile.mkdtemp(prefix="tryon-engine-")
     front_ends: list[subprocess.Popen] = []
     try:
@@ -156,7 +151,7 @@ async def _supervise(settings: Settings, engine_factory: EngineFactory | None) -
         if failed:
             log.error("a front-end process exited: stopping the service")
         metrics.ready.set(0)
-        log.info("draining: readiness is now 503, finishing %d queued and in-flight requests", host.batcher.depth)
+        log_drain(log, host.batcher.depth)
         for process in front_ends:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
