@@ -18,7 +18,7 @@ from ..metrics import Metrics, ReportedElsewhere
 from ..processes.arena import Arena
 from ..processes.exits import after_device_failure, log_drain
 from ..processes.remote import EngineLink, RemoteBatcher, RemoteEngine
-from ..queue.host import EngineFactory, EngineHost, weights_label
+from ..queue.host import EngineFactory, EngineHost, weights_name
 from ..queue.interface import JobQueue
 from ..settings import Settings
 from .cache import ResponseCache, model_identity, open_cache
@@ -50,11 +50,8 @@ class ServiceState:
         self.draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._detector_warmup: asyncio.Task | None = None
-
-    @property
-    def weights_label(self) -> str | None:
-        """The X-Weights header: the checkpoint's file name, or "random"."""
-        return weights_label(self.engine.weights) if self.engine is not None else None
+        # The X-Weights header every answer carries once the engine is known, made once here.
+        self.weights_header: str | None = None
 
     @property
     def info(self) -> dict:
@@ -94,6 +91,7 @@ class ServiceState:
             except WeightsError as exc:
                 return self._start_without_weights(str(exc))
             self.engine, self.batcher = self.host.engine, self.host.batcher
+        self.weights_header = weights_name(self.engine.weights)
         self.fetcher = UrlFetcher(self.settings)
         self.cache = self._open_cache()
         self._start_jobs()
@@ -101,9 +99,9 @@ class ServiceState:
         self.ready = True
         self.metrics.ready.set(1)
         if self.engine_link is None:
-            announce_ready(self.settings, str(self.engine.device), self.weights_label, self.host.startup_s)
+            announce_ready(self.settings, str(self.engine.device), self.weights_header, self.host.startup_s)
         else:
-            log.info("front end ready", extra={"device": str(self.engine.device), "weights": self.weights_label})
+            log.info("front end ready", extra={"device": str(self.engine.device), "weights": self.weights_header})
         self._warm_detector()
 
     async def _connect_engine(self) -> None:

@@ -38,7 +38,7 @@ from prometheus_client import multiprocess
 
 from ..logs import announce_ready
 from ..metrics import Metrics
-from ..queue.host import EngineFactory, EngineHost, weights_label
+from ..queue.host import EngineFactory, EngineHost, weights_name
 from ..settings import Settings
 from .arena import Arena
 from .engine_server import EngineServer
@@ -124,7 +124,7 @@ async def _supervise(settings: Settings, engine_factory: EngineFactory | None) -
         try:
             await host.start()
             metrics.ready.set(1)
-            announce_ready(settings, str(host.engine.device), weights_label(host.engine.weights), host.startup_s)
+            announce_ready(settings, str(host.engine.device), weights_name(host.engine.weights), host.startup_s)
             if settings.jobs_unavailable:  # here, once: not once per front end
                 log.warning("/v1/jobs answers 503 jobs_unavailable: %s", settings.jobs_unavailable)
             # A slot for every job the queue admits and the engine runs at once; more (a front end's
