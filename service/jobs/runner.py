@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -105,18 +105,17 @@ class Interrupted(Exception):
     """The task stops unfinished (the replica is stopping): left for a replica to take up."""
 
 
+@dataclass(eq=False)
 class JobRunner:
-    def __init__(self, store: JobStore, queue: JobQueue, codec: JobCodec, chunk_size: int, concurrency: int,
-                 keep_every_s: float, metrics: Metrics, budget: ByteBudget | None = None):
-        self.store = store
-        self.queue = queue
-        self.codec = codec
-        self.chunk_size = chunk_size
-        self.concurrency = concurrency
-        self.keep_every_s = keep_every_s
-        self.metrics = metrics
-        self.budget = budget
-        self.stopping = asyncio.Event()
+    store: JobStore
+    queue: JobQueue
+    codec: JobCodec
+    chunk_size: int
+    concurrency: int
+    keep_every_s: float
+    metrics: Metrics
+    budget: ByteBudget | None = None
+    stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
     async def run(self) -> None:
         await asyncio.gather(self._sweeper(), *(self._worker() for _ in range(self.concurrency)))
