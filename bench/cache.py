@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.common import ROOT, standin_weights_file, write_report
+from bench.common import ROOT, finish_report, standin_weights_file
 from bench.cpu_model import cpu_model_name
 from bench.load import percentile, start_server, wait_ready
 from tests.fixtures.service.harness import RedisServer, free_port, redis_server_binary
@@ -112,11 +112,8 @@ def main(argv=None) -> None:
                 process.send_signal(signal.SIGTERM)
                 process.wait(120)
             redis.kill()
-    report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     report["environment"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    if args.out:
-        write_report(report, args.out)
-    print(json.dumps(report, indent=2))
+    finish_report(report, args.out)
 
 
 def run(servers: dict, body: dict, args) -> dict:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,3 +38,12 @@ def write_report(report: dict, path: Path) -> Path:
     text = json.dumps(report, indent=2, default=str).replace("Infinity", "null")
     path.write_text(text + "\n")
     return path
+
+
+def finish_report(report: dict, out: Path | None, shown: object = None) -> None:
+    """A run's end: the time it finished, the raw JSON written to ``out`` (when given), and ``shown``
+    (by default the whole report) printed on stdout."""
+    report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if out:
+        write_report(report, out)
+    print(json.dumps(report if shown is None else shown, indent=2))

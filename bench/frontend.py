@@ -38,7 +38,7 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from bench.common import ROOT, write_report
+from bench.common import ROOT, finish_report
 from tests.utils.processes import process_tree
 from bench.cpu_model import cpu_model_name
 from bench.load import batch_histogram, batches_formed, wait_ready
@@ -227,10 +227,7 @@ def machine(packages: tuple[str, ...]) -> dict:
 def finish(report: dict, summary: dict, out: Path | None) -> None:
     """Adds the summary and the end time, writes the raw JSON to ``out`` and prints the summary."""
     report["summary"] = summary
-    report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    if out:
-        write_report(report, out)
-    print(json.dumps(summary, indent=2))
+    finish_report(report, out, summary)
 
 
 def summary(results: list[dict]) -> dict:

@@ -44,7 +44,7 @@ from pathlib import Path
 import httpx
 from PIL import Image, ImageOps
 
-from bench.common import FIXTURES, standin_weights_file, write_report
+from bench.common import FIXTURES, finish_report, standin_weights_file
 from bench.load import EXAMPLES, start_server, wait_ready
 
 PERSON = (FIXTURES / "prep" / "front_person.png").read_bytes()
@@ -209,10 +209,7 @@ def main(argv=None) -> None:
         measure_server(args, sizes, report)
     report["summary"] = summarise(report["runs"], sizes)
     report["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    if args.out:
-        write_report(report, args.out)
-    print(json.dumps(report, indent=2))
+    finish_report(report, args.out)
 
 
 def measure_server(args, sizes: list[int], report: dict) -> None:

@@ -15,7 +15,6 @@ the numbers move with the neighbours.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -33,7 +32,7 @@ from typing import Iterator
 import httpx
 import torch
 
-from bench.common import ROOT, write_report
+from bench.common import ROOT, finish_report
 from bench.load import percentile, standin_server
 
 EXAMPLES = ROOT / "service" / "examples"
@@ -165,10 +164,7 @@ def main(argv=None) -> None:
         "two_replicas_speedup": round(phases["one_replica"]["wall_s"] / phases["two_replicas"]["wall_s"], 3),
         "shoppers_p50_s": {"no_job": no_job, "during_job": during},
         "shoppers_p50_ratio": round(during / no_job, 3) if no_job and during else None}
-    report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    if args.out:
-        write_report(report, args.out)
-    print(json.dumps(report["results"], indent=2))
+    finish_report(report, args.out, report["results"])
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from typing import Iterator
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.common import ROOT, standin_weights_file, write_report
+from bench.common import ROOT, finish_report, standin_weights_file
 from tests.fixtures.service.probe import ServerExited, wait_until_ok
 
 EXAMPLES = ROOT / "service" / "examples"
@@ -214,10 +214,7 @@ def main(argv=None) -> None:
                     process.send_signal(signal.SIGTERM)
                     process.wait(120)
                 print(json.dumps(report["results"][-1]), file=sys.stderr, flush=True)
-    report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    if args.out:
-        write_report(report, args.out)
-    print(json.dumps(report, indent=2))
+    finish_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import random
@@ -26,7 +25,7 @@ from pathlib import Path
 import httpx
 import torch
 
-from bench.common import ROOT, write_report
+from bench.common import ROOT, finish_report
 from bench.load import percentile, standin_server
 
 EXAMPLES = ROOT / "service" / "examples"
@@ -120,10 +119,7 @@ def main(argv=None) -> None:
         report["results"][both_name] = {
             "interactive_p50_ratio": round(loaded / unloaded, 3), "bulk_throughput_kept": round(kept, 3),
             "meets_targets": loaded / unloaded <= 1.5 and kept >= 0.8}
-    report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    if args.out:
-        write_report(report, args.out)
-    print(json.dumps(report, indent=2))
+    finish_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from ..processes.remote import EngineLink
 from ..queue.host import EngineFactory
 from ..settings import Settings
 from .errors import install_error_handlers
-from .middleware import RequestContextMiddleware
+from .middleware import RequestContextMiddleware, RouteGroups
 from .openapi import install_openapi
 from .routes.batch import batch
 from .routes.jobs import jobs
@@ -19,12 +19,17 @@ from .routes.operations import operations
 from .routes.page import page
 from .routes.prepare import prepare
 from .routes.tryon import tryon
-from .routes.v2 import health as v2_health, models as v2_models
+from .routes.v2 import INFER_ROUTES, LIVE_ROUTE, READY_ROUTE, health as v2_health, models as v2_models, \
+    unmatched as v2_unmatched
 from .state import ServiceState
 
 EXPOSED_HEADERS = ["X-Request-ID", "X-Weights", "Server-Timing", "X-Batch-Size", "X-Garments", "X-Image-Size",
                    "Retry-After", "X-Cache", "X-Cache-Hits", "X-Person-Count", "X-Person-Warning", "X-Person-Box",
                    "Location", "Idempotent-Replayed"]
+# The routes the middleware counts and logs apart.
+INFERENCE_ROUTES = ("/v1/tryon", "/v1/tryon/batch", *INFER_ROUTES)  # the requests Triton's request metrics count
+ROUTE_GROUPS = RouteGroups(inference=INFERENCE_ROUTES, tryon=(*INFERENCE_ROUTES, "/v1/prepare"),
+                           quiet=("/healthz", "/readyz", "/metrics", LIVE_ROUTE, READY_ROUTE))
 
 
 @asynccontextmanager
@@ -47,13 +52,13 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory |
                   description="POST a person (a masked model and pose map, or a photo, keypoints optional) and a "
                               "garment, or many garments; get the try-on images back.")
     app.state.service = service
-    install_error_handlers(app)
+    install_error_handlers(app, unmatched_routes=[v2_unmatched])
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "X-API-Key", "X-Request-ID", "Content-Type",
                                           "X-Priority", "X-Request-Timeout", "Idempotency-Key"],
                            expose_headers=EXPOSED_HEADERS)
-    app.add_middleware(RequestContextMiddleware, service=service)
+    app.add_middleware(RequestContextMiddleware, service=service, routes=ROUTE_GROUPS)
     app.include_router(operations)
     app.include_router(tryon)
     app.include_router(batch)

@@ -1,19 +1,22 @@
 """The one error shape: ``{"error": {"code", "message", "field"}}`` with the right status.
 
 Every failure path (our own, FastAPI's validation, Starlette's 404/405 and
-anything unexpected) ends here, so a client parses a single format. Under
-``/v2`` (the Open Inference Protocol, service/api/oip.py) the same answer has
-the protocol's shape, ``{"error": "<code>: <message>"}``, which Triton's and
-KServe's clients read.
+anything unexpected) ends here, so a client parses a single format. The
+routes of the Open Inference Protocol (``ProtocolRoute``: service/api/routes/v2.py)
+answer the same with the protocol's shape, ``{"error": "<code>: <message>"}``,
+which Triton's and KServe's clients read: the route that failed picks the body.
 """
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match
 
 from ..codec.errors import ApiError, from_queue_error
 from ..limits import OverBudget
@@ -30,12 +33,19 @@ _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404:
                  503: "unavailable", 504: "timeout"}
 
 
-PROTOCOL_PREFIX = "/v2"
+class ProtocolRoute(APIRoute):
+    """A route of the Open Inference Protocol: its failures have the protocol's error body."""
+    protocol_errors = True
 
 
 def speaks_protocol(request: Request) -> bool:
-    path = request.url.path
-    return path == PROTOCOL_PREFIX or path.startswith(PROTOCOL_PREFIX + "/")
+    """Whether the route that failed answers in the protocol's body. A request no route matched
+    (a 404) is the first of the app's ``unmatched_routes`` (install_error_handlers) that claims it."""
+    route = request.scope.get("route")
+    if route is None:
+        route = next((r for r in request.app.state.unmatched_routes if r.matches(request.scope)[0] is not Match.NONE),
+                     None)
+    return getattr(route, "protocol_errors", False)
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None,
@@ -88,7 +98,10 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal", "internal server error", protocol=speaks_protocol(request))
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, unmatched_routes: Sequence[BaseRoute] = ()) -> None:
+    """``unmatched_routes``: routes that claim the paths no route matched, so their 404s have
+    those routes' error body (a protocol's namespace); none of them serves a request."""
+    app.state.unmatched_routes = tuple(unmatched_routes)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(QueueError, _queue_error)
     app.add_exception_handler(OverBudget, _over_budget)

@@ -7,20 +7,26 @@ import logging
 import re
 import time
 import uuid
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from starlette.datastructures import MutableHeaders
 
 from .context import RequestContext
 from .errors import CLIENT_GONE
-from .routes.v2 import INFER_ROUTES, LIVE_ROUTE, READY_ROUTE
 from .state import ServiceState
 
 log = logging.getLogger("service.access")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-INFERENCE_ROUTES = ("/v1/tryon", "/v1/tryon/batch", *INFER_ROUTES)  # the requests Triton's request metrics count
-TRYON_ROUTES = (*INFERENCE_ROUTES, "/v1/prepare")
-QUIET_ROUTES = ("/healthz", "/readyz", "/metrics", LIVE_ROUTE, READY_ROUTE)
+
+
+@dataclass(frozen=True)
+class RouteGroups:
+    """The routes (their paths) whose requests are counted or logged apart; the app names them,
+    so no middleware imports a route."""
+    inference: tuple[str, ...] = ()  # the requests Triton's request metrics count
+    tryon: tuple[str, ...] = ()  # a refusal counted by its reason (rejected)
+    quiet: tuple[str, ...] = ()  # probes and scrapes: a success logged at debug
 
 
 def _same_origin(location: str) -> str:
@@ -31,9 +37,10 @@ def _same_origin(location: str) -> str:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app, service: ServiceState):
+    def __init__(self, app, service: ServiceState, routes: RouteGroups = RouteGroups()):
         self.app = app
         self.service = service
+        self.routes = routes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -54,8 +61,8 @@ class RequestContextMiddleware:
                     # header: echoed, it points a shared cache or a careless client anywhere. A path is enough.
                     headers["Location"] = _same_origin(headers["location"])
                 headers["X-Request-ID"] = request_id
-                if self.service.weights_label:
-                    headers["X-Weights"] = self.service.weights_label
+                if weights := self.service.weights_header:
+                    headers["X-Weights"] = weights
             await send(message)
 
         try:
@@ -71,9 +78,9 @@ class RequestContextMiddleware:
         metrics.requests.labels(route, scope["method"], str(status)).inc()
         metrics.latency.labels(route).observe(seconds)
         reason = context.error_code or str(status)
-        if route in TRYON_ROUTES and status >= 400:
+        if route in self.routes.tryon and status >= 400:
             metrics.rejected.labels(reason).inc()
-        if route in INFERENCE_ROUTES:
+        if route in self.routes.inference:
             if status < 400:
                 metrics.request_success.labels(route).inc()
                 metrics.request_duration.labels(route).observe(seconds)
@@ -86,5 +93,5 @@ class RequestContextMiddleware:
         if context.error_code is not None:
             fields["error_code"] = context.error_code
         # Probes and scrapes arrive every few seconds: only their failures are worth a line at info.
-        quiet = route in QUIET_ROUTES and status < 400
+        quiet = route in self.routes.quiet and status < 400
         log.log(logging.DEBUG if quiet else logging.INFO, "request", extra=fields)

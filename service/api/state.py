@@ -16,9 +16,9 @@ from ..limits import ByteBudget
 from ..logs import announce_ready
 from ..metrics import Metrics, ReportedElsewhere
 from ..processes.arena import Arena
-from ..processes.exits import drain_after_device_failure
+from ..processes.exits import after_device_failure, log_drain
 from ..processes.remote import EngineLink, RemoteBatcher, RemoteEngine
-from ..queue.host import EngineFactory, EngineHost, weights_label
+from ..queue.host import EngineFactory, EngineHost, weights_name
 from ..queue.interface import WorkQueue
 from ..settings import Settings
 from .cache import ResponseCache, model_identity, open_cache
@@ -50,11 +50,8 @@ class ServiceState:
         self.draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._detector_warmup: asyncio.Task | None = None
-
-    @property
-    def weights_label(self) -> str | None:
-        """The X-Weights header: the checkpoint's file name, or "random"."""
-        return weights_label(self.engine.weights) if self.engine is not None else None
+        # The X-Weights header every answer carries once the engine is known, made once here.
+        self.weights_header: str | None = None
 
     @property
     def info(self) -> dict:
@@ -87,19 +84,24 @@ class ServiceState:
         self._loop.set_default_executor(ThreadPoolExecutor(self.settings.decode_threads or len(os.sched_getaffinity(0)),
                                                            thread_name_prefix="tryon-decode"))
         if self.engine_link is not None:
-            return await self._connect_engine()
-        try:
-            await self.host.start()
-        except WeightsError as exc:
-            return self._start_without_weights(str(exc))
-        self.engine, self.queue = self.host.engine, self.host.batcher
+            await self._connect_engine()
+        else:
+            try:
+                await self.host.start()
+            except WeightsError as exc:
+                return self._start_without_weights(str(exc))
+            self.engine, self.queue = self.host.engine, self.host.batcher
+        self.weights_header = weights_name(self.engine.weights)
         self.fetcher = UrlFetcher(self.settings)
         self.cache = self._open_cache()
         self._start_jobs()
         self._watch_components()
         self.ready = True
         self.metrics.ready.set(1)
-        announce_ready(self.settings, str(self.engine.device), self.weights_label, self.host.startup_s)
+        if self.engine_link is None:
+            announce_ready(self.settings, str(self.engine.device), self.weights_header, self.host.startup_s)
+        else:
+            log.info("front end ready", extra={"device": str(self.engine.device), "weights": self.weights_header})
         self._warm_detector()
 
     async def _connect_engine(self) -> None:
@@ -109,14 +111,6 @@ class ServiceState:
         self.queue = RemoteBatcher(on_lost=_engine_lost, arena=arena)
         self.engine = RemoteEngine(await self.queue.connect(link.socket))
         self.metrics.queue_depth = ReportedElsewhere()  # the engine process's batcher sets it
-        self.fetcher = UrlFetcher(self.settings)
-        self.cache = self._open_cache()
-        self._start_jobs()
-        self._watch_components()
-        self.ready = True
-        self.metrics.ready.set(1)
-        log.info("front end ready", extra={"device": str(self.engine.device), "weights": self.weights_label})
-        self._warm_detector()
 
     def _start_without_weights(self, reason: str) -> None:
         """The checkpoint could not be read: the process starts and stays unready (/readyz 503, so
@@ -195,10 +189,7 @@ class ServiceState:
     def device_failed(self, reason: str) -> None:
         """The batcher saw the device break: liveness and readiness turn 503 and the process
         shuts down (SIGTERM to itself: the usual drain answers what it holds, then exits non-zero)."""
-        self.metrics.ready.set(0)
-        self.metrics.healthy.set(0)
-        if self._loop is not None:
-            drain_after_device_failure(self._loop)
+        after_device_failure(self.metrics, self._loop)
 
     def begin_drain(self) -> None:
         """Called from the SIGTERM handler: readiness turns 503 at once; accepted work carries on."""
@@ -206,8 +197,7 @@ class ServiceState:
         self.metrics.ready.set(0)
         if self._loop is not None:
             depth = self.queue.depth if self.queue else 0
-            self._loop.call_soon_threadsafe(log.info, "draining: readiness is now 503, finishing %d queued "
-                                            "and in-flight requests", depth)
+            self._loop.call_soon_threadsafe(log_drain, log, depth)
 
     async def stop(self) -> None:
         self.ready = False

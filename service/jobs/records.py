@@ -137,9 +137,7 @@ class JobRecord:
             item = {"index": index, "status": self.garment_status(index)}
             state = self.settled.get(index)
             if state is not None and state.error is not None:
-                error = state.error
-                item["error"] = {"status": error.status, "code": error.code, "message": error.message,
-                                 "field": error.field}
+                item["error"] = state.error.to_dict()
             elif state is not None:
                 item["url"] = f"{base}/results/{index}"
             garments.append(item)

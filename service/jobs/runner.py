@@ -20,12 +20,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import torch
 
-from model.images import TryOnInputs, stack_levels
+from model.images import TryOnInputs
 
 from ..codec.errors import ApiError, from_queue_error
 from ..codec.output import OutputOptions, encode_output
@@ -106,21 +106,19 @@ class Interrupted(Exception):
     """The task stops unfinished (the replica is stopping): left for a replica to take up."""
 
 
+@dataclass(eq=False)
 class JobRunner:
-    def __init__(self, store: JobStore, queue: WorkQueue, codec: JobCodec, chunk_size: int, concurrency: int,
-                 keep_every_s: float, metrics: Metrics, budget: ByteBudget | None = None,
-                 clock: Callable[[], float] = time.time):
-        """``clock``: the wall clock that jobs' deadlines are read against (a test may drive its own)."""
-        self.clock = clock
-        self.store = store
-        self.queue = queue
-        self.codec = codec
-        self.chunk_size = chunk_size
-        self.concurrency = concurrency
-        self.keep_every_s = keep_every_s
-        self.metrics = metrics
-        self.budget = budget
-        self.stopping = asyncio.Event()
+    store: JobStore
+    queue: WorkQueue
+    codec: JobCodec
+    chunk_size: int
+    concurrency: int
+    keep_every_s: float
+    metrics: Metrics
+    budget: ByteBudget | None = None
+    # The wall clock that jobs' deadlines are read against (a test may drive its own).
+    clock: Callable[[], float] = time.time
+    stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
     async def run(self) -> None:
         await asyncio.gather(self._sweeper(), *(self._worker() for _ in range(self.concurrency)))
@@ -265,11 +263,8 @@ class JobRunner:
         return True
 
     async def _dress(self, record: JobRecord, frame, to_run: list[tuple[int, TryOnInputs]]) -> None:
-        first = to_run[0][1]
-        inputs = GarmentsInputs(first.pose, first.masked_model, stack_levels([g.cloth for _, g in to_run]),
-                                self.chunk_size)
         try:
-            stream = await self._submit(inputs, record.deadline_at)
+            stream = await self._submit(GarmentsInputs.of([g for _, g in to_run], self.chunk_size), record.deadline_at)
         except QueueError as exc:
             if await self._expired(record, exc):
                 return

@@ -38,11 +38,11 @@ from prometheus_client import multiprocess
 
 from ..logs import announce_ready
 from ..metrics import Metrics
-from ..queue.host import EngineFactory, EngineHost, weights_label
+from ..queue.host import EngineFactory, EngineHost, weights_name
 from ..settings import Settings
 from .arena import Arena
 from .engine_server import EngineServer
-from .exits import STARTUP_FAILURE, drain_after_device_failure
+from .exits import STARTUP_FAILURE, after_device_failure, log_drain
 
 log = logging.getLogger("service.workers")
 # What each front-end process runs: the HTTP app on an inherited socket (a module of the HTTP
@@ -116,20 +116,15 @@ async def _supervise(settings: Settings, engine_factory: EngineFactory | None) -
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     metrics = Metrics(settings.max_batch_size)
-
-    def device_failed(reason: str) -> None:
-        metrics.ready.set(0)
-        metrics.healthy.set(0)
-        drain_after_device_failure(loop)
-
-    host = EngineHost(settings, metrics, engine_factory, on_device_failure=device_failed)
+    host = EngineHost(settings, metrics, engine_factory,
+                      on_device_failure=lambda reason: after_device_failure(metrics, loop))
     folder = tempfile.mkdtemp(prefix="tryon-engine-")
     front_ends: list[subprocess.Popen] = []
     try:
         try:
             await host.start()
             metrics.ready.set(1)
-            announce_ready(settings, str(host.engine.device), weights_label(host.engine.weights), host.startup_s)
+            announce_ready(settings, str(host.engine.device), weights_name(host.engine.weights), host.startup_s)
             if settings.jobs_unavailable:  # here, once: not once per front end
                 log.warning("/v1/jobs answers 503 jobs_unavailable: %s", settings.jobs_unavailable)
             # A slot for every job the queue admits and the engine runs at once; more (a front end's
@@ -156,7 +151,7 @@ async def _supervise(settings: Settings, engine_factory: EngineFactory | None) -
         if failed:
             log.error("a front-end process exited: stopping the service")
         metrics.ready.set(0)
-        log.info("draining: readiness is now 503, finishing %d queued and in-flight requests", host.batcher.depth)
+        log_drain(log, host.batcher.depth)
         for process in front_ends:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)

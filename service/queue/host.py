@@ -35,8 +35,9 @@ log = logging.getLogger("service")
 EngineFactory = Callable[[EngineConfig], InferenceEngine]
 
 
-def weights_label(weights) -> str:
-    """The X-Weights header: the checkpoint's file name, or "random"."""
+def weights_name(weights) -> str:
+    """What the engine's weights are called wherever they are named (the "ready" line, the HTTP edge's
+    headers): the checkpoint's file name, or "random"."""
     return "random" if weights.random else weights.name
 
 

@@ -15,7 +15,7 @@ from typing import AsyncIterator, Iterator
 
 import torch
 
-from model.images import TryOnInputs
+from model.images import TryOnInputs, stack_levels
 
 from .outcomes import DeadlineExceeded, DropReason, QueueError
 from .priority import Priority
@@ -29,6 +29,13 @@ class GarmentsInputs:
     masked_model: torch.Tensor
     cloths: torch.Tensor
     chunk_size: int | None = None
+
+    @classmethod
+    def of(cls, garments: list[TryOnInputs], chunk_size: int | None) -> "GarmentsInputs":
+        """One person's decoded garments as one job: each carries the same person side (pose and
+        masked model), taken from the first; their cloths are stacked in order."""
+        first = garments[0]
+        return cls(first.pose, first.masked_model, stack_levels([g.cloth for g in garments]), chunk_size)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import torch
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
-from model.images import MEDIA_TYPES, stack_levels
+from model.images import MEDIA_TYPES
 
 from ...codec.output import encode_output
 from ...codec.person import decode_garments, decode_person, person_report
@@ -79,10 +79,8 @@ async def tryon_garments(request: Request, service: ServiceDep, ticket: TicketDe
     chunk_size = settings.garment_chunk_for(service.engine.device.type)
     stream: GarmentsStream | None = None
     if to_run:
-        first = garments[to_run[0]]
-        work_inputs = GarmentsInputs(first.pose, first.masked_model,
-                                     stack_levels([garments[i].cloth for i in to_run]), chunk_size)
-        stream = await run_work(service, work_inputs, ticket, request)
+        stream = await run_work(service, GarmentsInputs.of([garments[i] for i in to_run], chunk_size), ticket,
+                                request)
         if stream is None:
             return Response(status_code=CLIENT_GONE)
         timings["queue"] = stream.queue_s * 1000

@@ -1,18 +1,19 @@
 """The Open Inference Protocol (KServe v2, Triton's HTTP API) beside /v1: health, metadata,
 and ``infer``, which enters through the same queue as /v1/tryon (steps.run_works: its batcher,
 priorities, deadline and admission), behind the same API keys, counted in the same metrics.
-The codec is service/api/oip.py; errors have the protocol's body (service/api/errors.py)."""
+The codec is service/api/oip.py; errors have the protocol's body (every route here is a
+``ProtocolRoute``, and ``unmatched`` claims the paths under /v2 that none matches: service/api/errors.py)."""
 from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 
 from ...queue.priority import Priority
 from ..body import read_body
 from ..deps import ServiceDep, Ticket, TicketDep, require_api_key
-from ..errors import CLIENT_GONE
+from ..errors import CLIENT_GONE, ProtocolRoute
 from ..oip import (BINARY_MEDIA_TYPE, EXTENSIONS, HEADER_LENGTH, ModelMetadata, ProtocolError, ServerMetadata,
                    check_model, decode_infer_request, encode_infer_response, model_metadata)
 from ..options import parse_scheduling
@@ -27,8 +28,16 @@ INFER_ROUTES = tuple(f"{route}/infer" for route in MODEL_ROUTES)
 # INLINE_DECODE_PIXEL_BYTES is the same choice for decoding images, which costs far more per byte).
 INLINE_TENSOR_BYTES = 64 * 1024
 
-health = APIRouter(tags=["v2 protocol"])
-models = APIRouter(tags=["v2 protocol", "try-on"], dependencies=[Depends(require_api_key)])
+health = APIRouter(tags=["v2 protocol"], route_class=ProtocolRoute)
+models = APIRouter(tags=["v2 protocol", "try-on"], dependencies=[Depends(require_api_key)], route_class=ProtocolRoute)
+
+
+def _no_route() -> None:
+    raise HTTPException(404)
+
+
+# The protocol's namespace: a path under /v2 that no route matches is a 404 in the protocol's body.
+unmatched = ProtocolRoute("/v2/{path:path}", _no_route, include_in_schema=False)
 
 
 def _errors(*statuses: int) -> dict:
