@@ -107,7 +107,7 @@ async def take_ticket(request: Request, service: ServiceDep) -> Ticket:
     """Dependency of the routes that run the model: ready or 503, deadline from now."""
     require_ready(service)
     now = asyncio.get_running_loop().time()
-    rate = service.queue.rate  # None in a front end of TRYON_WORKERS > 1: the engine process's admission says
+    rate = service.queue.rate  # a front end of TRYON_WORKERS > 1: the engine's, as it timed it at start
     ticket = Ticket(now, now + service.settings.request_timeout_s, {},
                     one_forward_s=own_work_s(rate, service.settings.max_batch_size) if rate is not None else 0.0)
     request_context(request).timings_ms = ticket.timings

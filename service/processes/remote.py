@@ -18,6 +18,7 @@ import torch
 
 from model.images import TryOnInputs
 
+from ..queue.admission import ServiceRate
 from ..queue.work import GarmentsChunk, GarmentsInputs, GarmentsStream, WorkResult
 from ..queue.outcomes import DropReason, EngineUnreachable, QueueError, ShuttingDown
 from ..queue.priority import Priority
@@ -78,7 +79,9 @@ class RemoteBatcher:
     # The engine process decides admission and notices a broken device (it then exits, and
     # on_lost takes this front end down with it): nothing of either is kept here.
     device_failure: str | None = None
-    rate = None
+    # The engine's own rate as it timed it at start (its hello): enough for the edge to refuse a timeout
+    # no server could meet before reading the body (a 10 ms one lapsed while decoding, and was a 504).
+    rate: ServiceRate | None = None
 
     def __init__(self, on_lost: Callable[[], None] | None = None, arena: tuple[int, Arena] | None = None):
         self.depth = 0  # the engine's queue depth, as last reported
@@ -95,6 +98,7 @@ class RemoteBatcher:
         reader, self._writer = await asyncio.open_unix_connection(path, limit=2 ** 26)
         self.send(Hello(op="hello", arena=self.arena_id))
         hello, _ = await read_message(reader)
+        self.rate = ServiceRate({int(k): v for k, v in hello["seconds_by_batch_size"].items()})
         self._reading = asyncio.get_running_loop().create_task(self._read(reader), name="tryon-remote-batcher")
         return hello
 

@@ -62,6 +62,8 @@ class EngineHello(TypedDict):
     info: dict
     device: str
     weights: dict  # name, random, sha256
+    # seconds per engine call by batch size (JSON keys are strings), as the engine timed them at start
+    seconds_by_batch_size: dict[str, float]
 
 
 class Result(TypedDict, total=False):

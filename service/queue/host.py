@@ -93,7 +93,8 @@ class EngineHost:
         """What a front-end process learns of the engine when it connects (service/processes/remote.py)."""
         weights = self.engine.weights
         return {"info": self.engine.info, "device": str(self.engine.device),
-                "weights": {"name": weights.name, "random": weights.random, "sha256": weights.sha256}}
+                "weights": {"name": weights.name, "random": weights.random, "sha256": weights.sha256},
+                "seconds_by_batch_size": {str(k): v for k, v in self.batcher.rate.snapshot().items()}}
 
     async def stop(self) -> None:
         if self.batcher is not None:
