@@ -34,7 +34,8 @@ def levels_tensor(seed: int, n: int | None = None) -> torch.Tensor:
 def engine_server(batcher: Batcher, engine: StandInEngine, arenas: list[Arena] = ()) -> EngineServer:
     """The engine process's side, in this process, with the hello it sends each front end."""
     return EngineServer(batcher, {"info": engine.info, "device": "cpu",
-                                  "weights": {"name": "x", "random": False, "sha256": None}}, arenas)
+                                  "weights": {"name": "x", "random": False, "sha256": None},
+                                  "seconds_by_batch_size": {"1": 0.01, "2": 0.02}}, arenas)
 
 
 def test_one_batch_from_two_front_ends(tmp_path):
@@ -155,7 +156,8 @@ async def main(path):
     batcher.start()
     # The engine process as a GPU one introduces itself: its device is cuda:0.
     server = EngineServer(batcher, {"info": {**engine.info, "device": "cuda:0"}, "device": "cuda:0",
-                                    "weights": {"name": "x", "random": False, "sha256": None}})
+                                    "weights": {"name": "x", "random": False, "sha256": None},
+                                    "seconds_by_batch_size": {"1": 0.01, "2": 0.02}})
     await server.start(path)
     app = create_app(Settings(), engine_link=EngineLink(socket=path))
     service = app.state.service
