@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Awaitable, Callable
 
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
@@ -29,19 +30,27 @@ class ClientGone(Exception):
     """The client disconnected while its request waited."""
 
 
-async def _client_gone(request: Request) -> None:
-    """Returns when the client disconnects (the body has been read, so only that can arrive)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+def client_gone(request: Request) -> Callable[[], Awaitable[None]]:
+    """The watch for an HTTP client going (await_jobs' ``gone``): returns when it disconnects (the
+    body has been read, so only that can arrive), marked in its RequestContext for the log."""
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        context = request_context(request)
+        context.client_gone = True
+        context.error_code = "client_gone"
+    return gone
 
 
-async def await_jobs(jobs: list[QueuedJob], work: Work, request: Request) -> list[JobResult | GarmentsStream]:
+async def await_jobs(jobs: list[QueuedJob], work: Work,
+                     gone: Callable[[], Awaitable[None]] | None) -> list[JobResult | GarmentsStream]:
     """The jobs' answers once all are in, under one deadline (the first job's) and one watch for
-    the client going; a failure of one fails them all, and the others are abandoned."""
+    the client going (``gone`` returns when it has; or the caller is cancelled, as a gRPC call
+    is); a failure of one fails them all, and the others are abandoned."""
     loop = asyncio.get_running_loop()
     deadline = jobs[0].deadline
     waiting = {job.future for job in jobs}
-    watcher = loop.create_task(_client_gone(request))
+    watcher = loop.create_task(gone()) if gone is not None else loop.create_future()
     try:
         while waiting:
             done, _ = await asyncio.wait(waiting | {watcher}, timeout=max(0.0, deadline - loop.time()),
@@ -58,6 +67,9 @@ async def await_jobs(jobs: list[QueuedJob], work: Work, request: Request) -> lis
             if failed is not None:
                 _abandon(jobs, DropReason.REQUEST_FAILED)
                 raise failed.exception()
+    except asyncio.CancelledError:
+        _abandon(jobs, DropReason.CLIENT_GONE)
+        raise
     finally:
         watcher.cancel()
     return [job.future.result() for job in jobs]
@@ -124,8 +136,15 @@ async def run_job(service: ServiceState, inputs: TryOnInputs | GarmentsInputs, w
 
 async def run_jobs(service: ServiceState, items: list[TryOnInputs | GarmentsInputs], work: Work,
                    request: Request) -> list[JobResult | GarmentsStream] | None:
-    """``run_job`` for the items of one request (a batch dimension of the protocol's infer):
-    each its own job, so the batcher batches them as it batches everyone's; all or nothing."""
+    """``queue_jobs`` for an HTTP request: None when the client has gone (answer CLIENT_GONE)."""
+    return await queue_jobs(service, items, work, client_gone(request))
+
+
+async def queue_jobs(service: ServiceState, items: list[TryOnInputs | GarmentsInputs], work: Work,
+                     gone: Callable[[], Awaitable[None]] | None) -> list[JobResult | GarmentsStream] | None:
+    """The items of one request (a batch dimension of the protocol's infer) queued and waited for:
+    each its own job, so the batcher batches them as it batches everyone's; all or nothing. None
+    when the client has gone (``gone``: await_jobs')."""
     if asyncio.get_running_loop().time() >= work.deadline:
         raise DeadlineExceeded("the deadline passed before the request reached the queue")
     jobs = []
@@ -136,11 +155,8 @@ async def run_jobs(service: ServiceState, items: list[TryOnInputs | GarmentsInpu
         _abandon(jobs, DropReason.REQUEST_FAILED)
         raise
     try:
-        return await await_jobs(jobs, work, request)
+        return await await_jobs(jobs, work, gone)
     except ClientGone:
-        context = request_context(request)
-        context.client_gone = True
-        context.error_code = "client_gone"
         return None
 
 

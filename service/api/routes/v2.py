@@ -1,5 +1,5 @@
 """The Open Inference Protocol (KServe v2, Triton's HTTP API) beside /v1: health, metadata,
-and ``infer``, which enters through the same queue as /v1/tryon (steps.run_jobs: its batcher,
+and ``infer``, which enters through the same queue as /v1/tryon (oip.infer: its batcher,
 priorities, deadline and admission), behind the same API keys, counted in the same metrics.
 The codec is service/api/oip.py; errors have the protocol's body (service/api/errors.py)."""
 from __future__ import annotations
@@ -9,14 +9,14 @@ import time
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from ...queue.outcomes import Priority
 from ..deps import ServiceDep, Work, WorkDep, require_api_key
 from ..errors import CLIENT_GONE
-from ..inputs import parse_job_options, read_body
+from ..inputs import read_body
 from ..oip import (BINARY_MEDIA_TYPE, EXTENSIONS, HEADER_LENGTH, ModelMetadata, ProtocolError, ServerMetadata,
                    check_model, decode_infer_request, encode_infer_response, model_metadata)
+from ..oip import infer as run_infer
 from ..state import ServiceState
-from ..steps import off_loop_unless, run_jobs, server_timing
+from ..steps import client_gone, off_loop_unless, server_timing
 
 SERVER_NAME = "daflow-tryon"
 LIVE_ROUTE, READY_ROUTE = "/v2/health/live", "/v2/health/ready"
@@ -131,12 +131,9 @@ async def _infer(request: Request, service: ServiceState, work: Work, model_name
                                     request.headers.get(HEADER_LENGTH), settings.image_hw,
                                     settings.max_batch_size)
     timings["decode"] = (time.perf_counter() - mark) * 1000
-    work.schedule(parse_job_options(decoded.scheduling, request.headers), Priority.INTERACTIVE)
-    results = await run_jobs(service, decoded.items, work, request)
+    results = await run_infer(service, work, decoded, request.headers, client_gone(request))
     if results is None:
         return Response(status_code=CLIENT_GONE)
-    timings["queue"] = max(r.queue_s for r in results) * 1000
-    timings["inference"] = max(r.inference_s for r in results) * 1000
     mark = time.perf_counter()
     content, headers = await off_loop_unless(len(results) == 1, encode_infer_response,
                                              [r.output for r in results], decoded.outputs, decoded.id)
