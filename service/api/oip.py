@@ -42,6 +42,7 @@ from .inputs import parse_job_options, read_json, validated
 from .state import ServiceState
 from .steps import queue_jobs
 
+SERVER_NAME = "daflow-tryon"
 MODEL_NAME = "daflow"
 MODEL_VERSION = "1"
 INPUT_NAMES = ("masked_model", "pose", "cloth")  # TryOnInputs' fields

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 from model.engine import Engine
 from model.person import DetectorUnavailable, warm as warm_detector
@@ -50,6 +51,8 @@ class ServiceState:
         self.draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._detector_warmup: asyncio.Task | None = None
+        # Called on the event loop when SIGTERM comes (begin_drain): the gRPC server stops taking calls.
+        self.on_drain: list[Callable[[], None]] = []
 
     @property
     def weights_label(self) -> str | None:
@@ -205,6 +208,8 @@ class ServiceState:
         self.draining = True
         self.metrics.ready.set(0)
         if self._loop is not None:
+            for hook in self.on_drain:
+                self._loop.call_soon_threadsafe(hook)
             depth = self.batcher.depth if self.batcher else 0
             self._loop.call_soon_threadsafe(log.info, "draining: readiness is now 503, finishing %d queued "
                                             "and in-flight requests", depth)

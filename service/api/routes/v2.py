@@ -12,13 +12,13 @@ from fastapi.responses import JSONResponse
 from ..deps import ServiceDep, Work, WorkDep, require_api_key
 from ..errors import CLIENT_GONE
 from ..inputs import read_body
-from ..oip import (BINARY_MEDIA_TYPE, EXTENSIONS, HEADER_LENGTH, ModelMetadata, ProtocolError, ServerMetadata,
+from ..oip import (BINARY_MEDIA_TYPE, EXTENSIONS, HEADER_LENGTH, SERVER_NAME, ModelMetadata, ProtocolError,
+                   ServerMetadata,
                    check_model, decode_infer_request, encode_infer_response, model_metadata)
 from ..oip import infer as run_infer
 from ..state import ServiceState
 from ..steps import client_gone, off_loop_unless, server_timing
 
-SERVER_NAME = "daflow-tryon"
 LIVE_ROUTE, READY_ROUTE = "/v2/health/live", "/v2/health/ready"
 MODEL_ROUTES = ("/v2/models/{model_name}", "/v2/models/{model_name}/versions/{model_version}")
 INFER_ROUTES = tuple(f"{route}/infer" for route in MODEL_ROUTES)
