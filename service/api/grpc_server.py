@@ -94,6 +94,9 @@ def _rpc(keyed: bool, route: str | None = None):
                 if keyed:
                     check_api_key(self.service.settings, dict(context.invocation_metadata()))
                 return await method(self, request, context, timings) if route else await method(self, request, context)
+            except asyncio.CancelledError:  # the client cancelled, or went: its jobs were abandoned
+                outcome = "client_gone"
+                raise
             except Exception as exc:  # every failure, bugs too (a 500 here: logged, nothing of it sent)
                 error = as_api_error(exc)
                 if error is None:
@@ -112,7 +115,7 @@ def _rpc(keyed: bool, route: str | None = None):
 
 class Servicer(pb_grpc.GRPCInferenceServiceServicer):
     """The RPCs the service answers; the others (repository, shared memory, statistics, streaming)
-    answer UNIMPLEMENTED, as the servicer they inherit from does."""
+    answer UNIMPLEMENTED (_unimplemented)."""
 
     def __init__(self, service: ServiceState, version: str):
         self.service = service
@@ -182,6 +185,17 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         if timings:
             fields["timings_ms"] = {stage: round(ms, 2) for stage, ms in timings.items()}
         log.info("request", extra=fields)
+
+
+async def _unimplemented(self, request, context: grpc.aio.ServicerContext):
+    """The stubs' own answer (a sync method raising NotImplementedError) would run in a thread and
+    log a traceback for every such call: a client's question, not the server's failure."""
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"not served here; the model is {MODEL_NAME!r}")
+
+
+for _name in dir(pb_grpc.GRPCInferenceServiceServicer):
+    if not _name.startswith("_") and _name not in Servicer.__dict__:
+        setattr(Servicer, _name, _unimplemented)
 
 
 class GrpcServer:

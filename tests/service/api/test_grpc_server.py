@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import sys
 import threading
 
 import grpc
@@ -22,6 +24,7 @@ from service.codec.errors import ApiError
 from service.settings import Settings
 from tests.fixtures.service.harness import ServerProcess, free_port, running_server, sample_key
 from tests.service.api.routes.test_v2 import API_KEY, ITEMS, NAMES, SIZE_HW, pixels, v1_tryon
+from tests.utils import REPO
 
 AUTH = {"authorization": f"Bearer {API_KEY}"}  # the key test_v2.v1_tryon sends too
 MAX_UPLOAD_BYTES = 65_536  # the body limit, and with it gRPC's receive limit, a few hundred kB
@@ -122,6 +125,12 @@ def test_every_rpc_with_the_sync_client(client):
     assert model["name"] == MODEL_NAME and model["versions"] == ["1"]
     assert model["inputs"] == [{"name": name, "datatype": "UINT8", "shape": shape} for name in NAMES]
     assert model["outputs"] == [{"name": "tryon", "datatype": "UINT8", "shape": shape}]
+
+
+def test_the_rpcs_not_served_are_unimplemented(stub):
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.RepositoryIndex(pb.RepositoryIndexRequest(), metadata=tuple(AUTH.items()), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 @pytest.mark.parametrize("batch", [1, 2])
@@ -259,3 +268,33 @@ def test_sigterm_lets_held_calls_finish(tmp_path, standin_weights_file, v1_outpu
         assert proc.process.wait(30) == 0, proc.stderr[-3000:]
     finally:
         proc.stop(signal.SIGKILL)
+
+
+def test_grpc_is_imported_only_when_its_port_is_set():
+    """The service's own start path (tryon-serve, the app) needs neither grpcio nor tritonclient."""
+    code = ("import sys, service.__main__; from service.api.app import create_app; from service.settings import "
+            "Settings; create_app(Settings()); print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('grpc', 'tritonclient')))")
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "[]"
+
+
+def test_a_client_that_cancels_abandons_its_call_and_the_server_serves_on(server, grpc_port, v1_outputs):
+    """A call cancelled while it waits for its batch: counted as gone, the next call answered."""
+    before = server.metrics().get(sample_key("tryon_request_failure_total", {
+        "route": "/inference.GRPCInferenceService/ModelInfer", "reason": "client_gone"}), 0.0)
+
+    async def cancel_then_call():
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            call = stub.ModelInfer(request(), metadata=tuple(AUTH.items()), timeout=60)
+            # queued: inside the batch's 300 ms wait (TRYON_MAX_BATCH_WAIT_MS)
+            assert await asyncio.to_thread(server.wait_metric, "tryon_queue_depth", {}, 1) >= 1
+            call.cancel()
+            return await stub.ModelInfer(request(), metadata=tuple(AUTH.items()), timeout=60)
+    answer = asyncio.run(cancel_then_call())
+    np.testing.assert_array_equal(np.frombuffer(answer.raw_output_contents[0], np.uint8).reshape(SIZE_HW + (3,)),
+                                  v1_outputs[1][0])
+    assert server.wait_metric("tryon_request_failure_total", {"route": "/inference.GRPCInferenceService/ModelInfer",
+                                                              "reason": "client_gone"}, before + 1) == before + 1
