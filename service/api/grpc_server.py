@@ -218,8 +218,13 @@ class GrpcServer:
         self._stopping: asyncio.Future | None = None
 
     async def start(self) -> None:
-        if self.server.add_insecure_port(self.address) == 0:
-            raise RuntimeError(f"the gRPC port could not be bound: {self.address} (TRYON_GRPC_PORT)")
+        try:
+            bound = self.server.add_insecure_port(self.address)
+        except RuntimeError:  # (grpc raises where older versions returned 0)
+            bound = 0
+        if bound == 0:
+            raise RuntimeError(f"the gRPC port could not be bound: {self.address} (TRYON_GRPC_PORT); is another "
+                               "server on it?")
         await self.server.start()
         self.service.on_drain.append(self.drain)
         log.info("gRPC serving", extra={"address": self.address, "inputs": list(INPUT_NAMES)})

@@ -53,7 +53,7 @@ CONCURRENCY = 6
 SIGNAL_AFTER = 12          # responses received before the victim is signalled
 DRAIN_TIMEOUT_S = 15
 STARTUP_TIMEOUT_S = 60
-GRPC_CONCURRENCY = 2      # gRPC calls at once beside the HTTP stream, for as long as it runs
+GRPC_CONCURRENCY = 1      # gRPC calls at once beside the HTTP stream, for as long as it runs
 GRPC_PATH = "/inference.GRPCInferenceService/ModelInfer"
 # Small, so a burst overflows it, yet a survivor alone always holds the whole stream:
 # even with a batch of one running, the HTTP and gRPC streams' requests fit in the queue.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -298,3 +299,19 @@ def test_a_client_that_cancels_abandons_its_call_and_the_server_serves_on(server
                                   v1_outputs[1][0])
     assert server.wait_metric("tryon_request_failure_total", {"route": "/inference.GRPCInferenceService/ModelInfer",
                                                               "reason": "client_gone"}, before + 1) == before + 1
+
+
+def test_one_process_does_not_share_a_grpc_port_another_server_holds(tmp_path, standin_weights_file):
+    """grpc turns SO_REUSEPORT on by default: a second server on the port would take half its calls.
+    One process binds without it (only the front ends of TRYON_WORKERS > 1 share the port), so a
+    port held by another server, SO_REUSEPORT or not, fails the start, naming the setting."""
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        proc = ServerProcess(server_env(standin_weights_file, holder.getsockname()[1]), tmp_path)
+        try:
+            assert proc.process.wait(120) != 0
+        finally:
+            proc.stop(signal.SIGKILL)
+    assert "TRYON_GRPC_PORT" in proc.stderr
