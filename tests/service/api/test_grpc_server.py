@@ -179,7 +179,13 @@ def _bad_cases():
     fp32 = request()
     fp32.inputs[0].contents.fp32_contents.extend([0.5])
     del fp32.raw_input_contents[:]
+    short_timeout = request()
+    short_timeout.parameters["timeout"].int64_param = 1  # microseconds, under TRYON's 10 ms minimum
+    unknown_priority = request()
+    unknown_priority.parameters["priority"].string_param = "urgent"
     cases = [
+        ("timeout below the minimum", short_timeout, "INVALID_ARGUMENT", "invalid_option"),
+        ("unknown priority", unknown_priority, "INVALID_ARGUMENT", "invalid_option"),
         ("wrong shape", request(pose={"shape": [1, 32, 128, 3]}), "INVALID_ARGUMENT", "invalid_shape"),
         ("batch over the limit", request(cloth={"shape": [5, 64, 64, 3]}), "INVALID_ARGUMENT", "invalid_shape"),
         ("datatype", request(pose={"datatype": "FP32"}), "INVALID_ARGUMENT", "invalid_datatype"),
