@@ -1,5 +1,6 @@
-"""The Open Inference Protocol's codec (KServe's v2, Triton's HTTP API): its documents as
-typed models, the try-on model's metadata, and an ``infer`` request to and from tensors.
+"""The Open Inference Protocol (KServe's v2; Triton's HTTP and gRPC APIs), below both its front
+doors: its documents as typed models, the try-on model's metadata, an ``infer`` request to and
+from tensors, and ``infer`` itself, through the queue. May import what api/ may.
 
 Tensors come as typed JSON (``data``: the values, flat in row-major order or nested) or,
 with Triton's binary tensor extension, as raw bytes after the JSON header, whose length is
