@@ -10,6 +10,7 @@ service would take, nor gives up before the service's own timeout answers. Stand
     python docker/render_nginx.py --compose docker-compose.yml -o docker/nginx.compose.conf
     python docker/render_nginx.py --kubernetes docker/k8s/deployment.yaml -o docker/k8s/lb-configmap.yaml
     python docker/render_nginx.py --upstream 10.0.0.5:8000 --upstream 10.0.0.6:8000 --listen 80
+    python docker/render_nginx.py --upstream 10.0.0.5:8000 --grpc-upstream 10.0.0.5:8001 --grpc-listen 8001
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ from typing import Mapping, Sequence
 
 DOCKER_DIR = Path(__file__).resolve().parent
 TEMPLATE = DOCKER_DIR / "nginx.conf.template"
+# The gRPC server block, added for replicas that serve gRPC (TRYON_GRPC_PORT).
+GRPC_TEMPLATE = DOCKER_DIR / "nginx.grpc.conf.template"
 COMPOSE_CONF = DOCKER_DIR / "nginx.compose.conf"
 COMPOSE_SERVICE = "tryon"
 DOCKER_DNS = "127.0.0.11"
@@ -37,6 +40,7 @@ K8S_CONFIGMAP_NAME = "daflow-tryon-lb"
 K8S_REPLICAS = "daflow-tryon-replicas.default.svc.cluster.local"
 K8S_DNS = "kube-dns.kube-system.svc.cluster.local"
 LISTEN_PORT = 8080
+GRPC_LISTEN_PORT = 8001  # Triton's gRPC port, and the replicas' (TRYON_GRPC_PORT in the files here)
 # Extra time nginx waits past the service's own limits before it gives up on a replica.
 READ_MARGIN_S = 5
 # Below uvicorn's default 5 s keep-alive, so nginx closes idle sockets first.
@@ -133,8 +137,9 @@ def render(upstreams: Sequence[str], *, listen: str | int = LISTEN_PORT,
            limits: ServiceLimits = ServiceLimits(), layout: Layout | None = None,
            resolver: str | None = None, worker_processes: str | int = "auto",
            max_fails: int = 2, fail_timeout_s: int = 5, connect_timeout_s: int = 2,
-           note: str = "") -> str:
-    """The nginx.conf text for replicas at ``upstreams`` ("host:port" each).
+           note: str = "", grpc_upstreams: Sequence[str] = (), grpc_listen: str | int = GRPC_LISTEN_PORT) -> str:
+    """The nginx.conf text for replicas at ``upstreams`` ("host:port" each), and with
+    ``grpc_upstreams`` (their gRPC "host:port") a gRPC server on ``grpc_listen`` too.
 
     With ``resolver`` (a DNS server's address) nginx re-resolves the names while
     running (``resolve``, nginx >= 1.27.3), so replicas that restart on a new
@@ -174,11 +179,25 @@ def render(upstreams: Sequence[str], *, listen: str | int = LISTEN_PORT,
                               f"TRYON_URL_TOTAL_TIMEOUT_S {limits.url_total_timeout_s:g}) + {READ_MARGIN_S} s"),
         "next_upstream_tries": str(min(len(upstreams) if not resolver else MAX_TRIES, MAX_TRIES)),
     }
-    text = TEMPLATE.read_text()
+    values["grpc"] = ""
+    if grpc_upstreams:
+        values |= {"grpc_servers": "\n".join(f"        server {address} {params};" for address in grpc_upstreams),
+                   "grpc_listen": str(grpc_listen),
+                   "grpc_port": ", ".join(sorted({address.rsplit(":", 1)[1] for address in grpc_upstreams}))}
+        values["grpc"] = _fill(GRPC_TEMPLATE.read_text(), values)
+    return _fill(TEMPLATE.read_text(), values)
+
+
+def _fill(text: str, values: Mapping[str, str]) -> str:
     missing = sorted(set(_PLACEHOLDER.findall(text)) - values.keys())
     if missing:
         raise KeyError(f"template placeholders without a value: {missing}")
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
+
+
+def _grpc_upstreams(host: str, env: Mapping[str, str]) -> list[str]:
+    """The replicas' gRPC address, when their settings turn it on (TRYON_GRPC_PORT)."""
+    return [f"{host}:{env['TRYON_GRPC_PORT']}"] if env.get("TRYON_GRPC_PORT") else []
 
 
 def compose_service(compose_file: str | os.PathLike) -> dict:
@@ -196,7 +215,7 @@ def render_for_compose(compose_file: str | os.PathLike) -> str:
     replicas = int((service.get("deploy") or {}).get("replicas", 1))
     port = env.get("TRYON_PORT", "8000")
     return render([f"{COMPOSE_SERVICE}:{port}"], listen=LISTEN_PORT, limits=ServiceLimits.from_env(env),
-                  resolver=DOCKER_DNS,
+                  resolver=DOCKER_DNS, grpc_upstreams=_grpc_upstreams(COMPOSE_SERVICE, env),
                   note=(f"Rendered for docker compose: service '{COMPOSE_SERVICE}' ({replicas} replicas), "
                         f"by `python docker/render_nginx.py --compose docker-compose.yml -o "
                         f"docker/nginx.compose.conf`."))
@@ -211,7 +230,7 @@ def render_for_kubernetes(deployment_file: str | os.PathLike) -> str:
     env = {e["name"]: str(e["value"]) for e in container.get("env", []) if "value" in e}
     port = env.get("TRYON_PORT", "8000")
     conf = render([f"{K8S_REPLICAS}:{port}"], listen=LISTEN_PORT, limits=ServiceLimits.from_env(env),
-                  resolver=K8S_DNS,
+                  resolver=K8S_DNS, grpc_upstreams=_grpc_upstreams(K8S_REPLICAS, env),
                   note=(f"Rendered for Kubernetes by `python docker/render_nginx.py --kubernetes "
                         f"docker/k8s/deployment.yaml -o {K8S_CONFIGMAP.relative_to(DOCKER_DIR.parent)}`."))
     body = "".join(f"    {line}\n" if line else "\n" for line in conf.splitlines())
@@ -254,6 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     source.add_argument("--compose", metavar="FILE", help="render for this compose file's tryon service")
     source.add_argument("--kubernetes", metavar="FILE", help="render a ConfigMap for this Deployment's pods")
     source.add_argument("--upstream", action="append", metavar="HOST:PORT", help="a replica (repeat)")
+    parser.add_argument("--grpc-upstream", action="append", default=[], metavar="HOST:PORT",
+                        help="a replica's gRPC address (repeat; with --upstream)")
+    parser.add_argument("--grpc-listen", default=str(GRPC_LISTEN_PORT), help="nginx's gRPC listen address or port")
     parser.add_argument("--listen", default=str(LISTEN_PORT), help="nginx's listen address or port")
     parser.add_argument("--resolver", help="DNS server to re-resolve upstream names with (nginx >= 1.27.3)")
     parser.add_argument("-o", "--output", help="file to write (default: stdout)")
@@ -264,7 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = render_for_kubernetes(args.kubernetes)
     else:
         text = render(args.upstream, listen=args.listen, resolver=args.resolver,
-                      limits=ServiceLimits.from_env(os.environ))
+                      limits=ServiceLimits.from_env(os.environ), grpc_upstreams=args.grpc_upstream,
+                      grpc_listen=args.grpc_listen)
     if args.output:
         Path(args.output).write_text(text)
     else:

@@ -17,7 +17,7 @@ from .settings import Settings
 
 # The settings that tryon-serve also takes as flags; each flag's type, choices, help and default
 # come from its Settings field.
-FLAGS = ("host", "port", "device", "weights", "sampler", "image_size", "workers", "max_batch_size",
+FLAGS = ("host", "port", "grpc_port", "device", "weights", "sampler", "image_size", "workers", "max_batch_size",
          "max_batch_wait_ms", "queue_limit", "log_level")
 
 

@@ -36,6 +36,8 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="interface to bind")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on (0: any free one)")
+    # The Open Inference Protocol over gRPC (service/api/grpc_server.py) on this port too; Triton's is 8001.
+    grpc_port: int | None = Field(None, ge=1, le=65535, description="gRPC port (KServe v2 / Triton); unset: off")
     device: str = Field("auto", description="auto (CUDA if present, else CPU), cpu, cuda, cuda:1")
     # auto: fp16 convolutions on a GPU (>= 40 dB PSNR against fp32, flows and softmax fp32), fp32 on a CPU.
     precision: Precision = "auto"
@@ -117,7 +119,7 @@ class Settings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
-    @field_validator("weights", "cache_url", "jobs_url", "webhook_secret", mode="before")
+    @field_validator("weights", "cache_url", "jobs_url", "webhook_secret", "grpc_port", mode="before")
     @classmethod
     def _empty_is_unset(cls, value):
         return value or None

@@ -1,4 +1,5 @@
-"""``create_app``: the FastAPI application and its lifespan (load once, warm, then ready)."""
+"""``create_app``: the FastAPI application and its lifespan (load once, warm, then ready; the gRPC
+server beside it in the same event loop when TRYON_GRPC_PORT is set)."""
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
@@ -36,9 +37,17 @@ ROUTE_GROUPS = RouteGroups(inference=INFERENCE_ROUTES, tryon=(*INFERENCE_ROUTES,
 async def lifespan(app: FastAPI):
     service: ServiceState = app.state.service
     await service.start()
+    grpc = None
+    if service.settings.grpc_port is not None:
+        # grpcio and tritonclient's stubs are imported only when TRYON_GRPC_PORT asks for them.
+        from .grpc_server import GrpcServer  # noqa: PLC0415
+        grpc = GrpcServer(service, app.version)
+        await grpc.start()
     try:
         yield
     finally:
+        if grpc is not None:  # its calls finish (TRYON_DRAIN_TIMEOUT_S) before the queue stops
+            await grpc.stop()
         await service.stop()
 
 

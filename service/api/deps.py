@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 from dataclasses import dataclass, fields
-from typing import Annotated
+from typing import Annotated, Mapping
 
 from fastapi import Depends, Query, Request, Security
 from fastapi.security import APIKeyHeader, HTTPBearer
@@ -21,6 +21,7 @@ from model.images import DEFAULT_QUALITY, OutputFormat, OutputSize
 from ..jobs.wiring import owner_of
 from ..queue.admission import own_work_s, too_short
 from ..queue.priority import Priority
+from ..settings import Settings
 from .context import request_context
 from .errors import ApiError
 from .options import MIN_TIMEOUT_S, Scheduling
@@ -35,10 +36,22 @@ async def get_service(request: Request) -> ServiceState:
 ServiceDep = Annotated[ServiceState, Depends(get_service)]
 
 
-def given_key(request: Request) -> str:
-    """The API key the request carries (``Authorization: Bearer`` or ``X-API-Key``), or ""."""
-    auth = request.headers.get("authorization", "")
-    return auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
+def given_key(headers: Mapping[str, str]) -> str:
+    """The API key a request carries (``Authorization: Bearer`` or ``X-API-Key``; HTTP's headers or
+    gRPC's metadata, whose keys are lower case), or ""."""
+    auth = headers.get("authorization", "")
+    return auth[7:].strip() if auth[:7].lower() == "bearer " else headers.get("x-api-key", "")
+
+
+def check_api_key(settings: Settings, headers: Mapping[str, str]) -> None:
+    """Open when TRYON_API_KEYS is empty; otherwise ``Authorization: Bearer`` or ``X-API-Key``."""
+    keys = settings.key_secrets
+    if not keys:
+        return
+    given = given_key(headers)
+    if not any(hmac.compare_digest(given.encode(), key.encode()) for key in keys):
+        raise ApiError(401, "unauthorized", "a valid API key is required (Authorization: Bearer KEY or X-API-Key)",
+                       headers={"WWW-Authenticate": "Bearer"})
 
 
 # The two ways a key is sent, as OpenAPI security schemes: every route that depends on require_api_key
@@ -49,14 +62,8 @@ _X_API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="apiKe
 
 async def require_api_key(request: Request, service: ServiceDep, _bearer=Security(_BEARER),
                           _header=Security(_X_API_KEY)) -> None:
-    """Open when TRYON_API_KEYS is empty; otherwise ``Authorization: Bearer`` or ``X-API-Key``."""
-    keys = service.settings.key_secrets
-    if not keys:
-        return
-    given = given_key(request)
-    if not any(hmac.compare_digest(given.encode(), key.encode()) for key in keys):
-        raise ApiError(401, "unauthorized", "a valid API key is required (Authorization: Bearer KEY or X-API-Key)",
-                       headers={"WWW-Authenticate": "Bearer"})
+    """check_api_key, as a dependency of every keyed router."""
+    check_api_key(service.settings, request.headers)
 
 
 async def key_owner(request: Request, service: ServiceDep) -> str:
@@ -64,7 +71,7 @@ async def key_owner(request: Request, service: ServiceDep) -> str:
     seen only with the key that created it."""
     if not service.settings.api_keys:
         return ""
-    return owner_of(given_key(request))
+    return owner_of(given_key(request.headers))
 
 
 OwnerDep = Annotated[str, Depends(key_owner)]
@@ -103,13 +110,18 @@ class Ticket:
             self.deadline = min(self.deadline, self.arrived + options.timeout)
 
 
-async def take_ticket(request: Request, service: ServiceDep) -> Ticket:
-    """Dependency of the routes that run the model: ready or 503, deadline from now."""
+def start_ticket(service: ServiceState) -> Ticket:
+    """A ticket for work about to be queued: ready or 503, its deadline from now."""
     require_ready(service)
     now = asyncio.get_running_loop().time()
     rate = service.queue.rate  # a front end of TRYON_WORKERS > 1: the engine's, as it timed it at start
-    ticket = Ticket(now, now + service.settings.request_timeout_s, {},
-                    one_forward_s=own_work_s(rate, service.settings.max_batch_size) if rate is not None else 0.0)
+    return Ticket(now, now + service.settings.request_timeout_s, {},
+                  one_forward_s=own_work_s(rate, service.settings.max_batch_size) if rate is not None else 0.0)
+
+
+async def take_ticket(request: Request, service: ServiceDep) -> Ticket:
+    """Dependency of the routes that run the model: start_ticket, its timings in the request's context."""
+    ticket = start_ticket(service)
     request_context(request).timings_ms = ticket.timings
     return ticket
 

@@ -48,11 +48,18 @@ def speaks_protocol(request: Request) -> bool:
     return getattr(route, "protocol_errors", False)
 
 
+def protocol_message(error: ApiError) -> str:
+    """The Open Inference Protocol's error text (HTTP's body, gRPC's details): the code, the
+    message, the field named in it."""
+    field = error.field
+    return f"{error.code}: {error.message}" + (f" (field {field})" if field and field not in error.message else "")
+
+
 def error_response(status: int, code: str, message: str, field: str | None = None,
                    headers: dict[str, str] | None = None, protocol: bool = False) -> JSONResponse:
     """``protocol``: the Open Inference Protocol's body, the field named in the message."""
     if protocol:
-        body = {"error": f"{code}: {message}" + (f" (field {field})" if field and field not in message else "")}
+        body = {"error": protocol_message(ApiError(status, code, message, field))}
     else:
         body = {"error": {"code": code, "message": message, "field": field}}
     return JSONResponse(body, status_code=status, headers=headers)
@@ -68,12 +75,41 @@ async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
 OVER_BUDGET_RETRY_S = 2
 
 
+def as_api_error(exc: Exception) -> ApiError | None:
+    """The service's own outcomes (a refusal, the queue's, the bytes in flight) as the one answer
+    shape; None for anything else (a bug: a 500, logged)."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, QueueError):
+        return from_queue_error(exc)
+    if isinstance(exc, OverBudget):
+        return ApiError(503, "busy", str(exc), headers={"Retry-After": str(OVER_BUDGET_RETRY_S)})
+    return None
+
+
+# The same answers over gRPC (service/api/grpc_server.py): the status code (grpc.StatusCode's name)
+# of an error code where it is not its HTTP status's, else of that status. Retry-After travels as the
+# trailing metadata ``retry-after`` (seconds). A message over the receive limit is grpc's own
+# RESOURCE_EXHAUSTED, as HTTP's 413.
+GRPC_STATUS: dict[str | int, str] = {
+    "queue_full": "RESOURCE_EXHAUSTED", "overloaded": "RESOURCE_EXHAUSTED", "busy": "RESOURCE_EXHAUSTED",
+    400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+    408: "DEADLINE_EXCEEDED", 413: "RESOURCE_EXHAUSTED", 415: "INVALID_ARGUMENT", 422: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED", CLIENT_GONE: "CANCELLED", 500: "INTERNAL", 503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def grpc_status(error: ApiError) -> str:
+    return GRPC_STATUS.get(error.code, GRPC_STATUS.get(error.status, "UNKNOWN"))
+
+
 async def _over_budget(request: Request, exc: OverBudget) -> JSONResponse:
-    return await _api_error(request, ApiError(503, "busy", str(exc), headers={"Retry-After": str(OVER_BUDGET_RETRY_S)}))
+    return await _api_error(request, as_api_error(exc))
 
 
 async def _queue_error(request: Request, exc: QueueError) -> JSONResponse:
-    return await _api_error(request, from_queue_error(exc))
+    return await _api_error(request, as_api_error(exc))
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

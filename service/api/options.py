@@ -4,6 +4,8 @@ too) and ``Scheduling`` (priority, timeout). Each comes from query parameters or
 (body fields win); scheduling also from headers, which a proxy or gateway can set."""
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field, ValidationError
 
 from ..codec.output import OutputOptions
@@ -25,13 +27,16 @@ class Scheduling(BaseModel):
     timeout: float | None = Field(None, ge=MIN_TIMEOUT_S, allow_inf_nan=False)
 
 
-def _validated(model: type[BaseModel], values: dict, field_names: dict[str, str] | None = None):
+def validated(model: type[BaseModel], values: Any, field_names: dict[str, str] | None = None, status: int = 422,
+              code: str = "invalid_option"):
+    """``values`` as ``model``, or the ApiError naming the first field at fault (``field_names``: the
+    name a client sent it under, where that is not the field's own)."""
     try:
         return model.model_validate(values)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise ApiError(422, "invalid_option", first["msg"], (field_names or {}).get(where, where)) from None
+        raise ApiError(status, code, first["msg"], (field_names or {}).get(where, where) or None) from None
 
 
 def parse_options(values: dict, typed: bool = False) -> OutputOptions:
@@ -40,7 +45,7 @@ def parse_options(values: dict, typed: bool = False) -> OutputOptions:
     quality = values.get("quality")
     if typed and quality is not None and (isinstance(quality, bool) or not isinstance(quality, (int, float))):
         raise ApiError(422, "invalid_option", "must be a JSON integer from 1 to 100", "quality")
-    return _validated(OutputOptions, {k: v for k, v in values.items() if k in OutputOptions.model_fields})
+    return validated(OutputOptions, {k: v for k, v in values.items() if k in OutputOptions.model_fields})
 
 
 def parse_scheduling(values: dict, headers) -> Scheduling:
@@ -48,4 +53,4 @@ def parse_scheduling(values: dict, headers) -> Scheduling:
     the field or header it came from."""
     from_headers = {k: headers[h] for k, h in SCHEDULING_HEADERS.items() if h in headers and values.get(k) is None}
     given = {k: v for k, v in values.items() if k in Scheduling.model_fields and v is not None} | from_headers
-    return _validated(Scheduling, given, {k: SCHEDULING_HEADERS[k] for k in from_headers})
+    return validated(Scheduling, given, {k: SCHEDULING_HEADERS[k] for k in from_headers})

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 from model.engine import Engine
 from model.person import DetectorUnavailable, warm as warm_detector
@@ -52,6 +53,8 @@ class ServiceState:
         self._detector_warmup: asyncio.Task | None = None
         # The X-Weights header every answer carries once the engine is known, made once here.
         self.weights_header: str | None = None
+        # Called on the event loop when SIGTERM comes (begin_drain): the gRPC server stops taking calls.
+        self.on_drain: list[Callable[[], None]] = []
 
     @property
     def info(self) -> dict:
@@ -196,6 +199,8 @@ class ServiceState:
         self.draining = True
         self.metrics.ready.set(0)
         if self._loop is not None:
+            for hook in self.on_drain:
+                self._loop.call_soon_threadsafe(hook)
             depth = self.queue.depth if self.queue else 0
             self._loop.call_soon_threadsafe(log_drain, log, depth)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Awaitable, Callable
 
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
@@ -32,19 +33,27 @@ class ClientGone(Exception):
     """The client disconnected while its request waited."""
 
 
-async def _client_gone(request: Request) -> None:
-    """Returns when the client disconnects (the body has been read, so only that can arrive)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+def client_gone(request: Request) -> Callable[[], Awaitable[None]]:
+    """The watch for an HTTP client going (await_works' ``gone``): returns when it disconnects (the
+    body has been read, so only that can arrive), marked in its RequestContext for the log."""
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        context = request_context(request)
+        context.client_gone = True
+        context.error_code = "client_gone"
+    return gone
 
 
-async def await_works(works: list[QueuedWork], ticket: Ticket, request: Request) -> list[WorkResult | GarmentsStream]:
+async def await_works(works: list[QueuedWork], ticket: Ticket,
+                      gone: Callable[[], Awaitable[None]] | None) -> list[WorkResult | GarmentsStream]:
     """The answers of ``works`` once all are in, under one deadline (the first one's) and one watch for
-    the client going; a failure of one fails them all, and the others are abandoned."""
+    the client going (``gone`` returns when it has; or the caller is cancelled, as a gRPC call
+    is); a failure of one fails them all, and the others are abandoned."""
     loop = asyncio.get_running_loop()
     deadline = works[0].deadline
     waiting = {work.future for work in works}
-    watcher = loop.create_task(_client_gone(request))
+    watcher = loop.create_task(gone()) if gone is not None else loop.create_future()
     try:
         while waiting:
             done, _ = await asyncio.wait(waiting | {watcher}, timeout=max(0.0, deadline - loop.time()),
@@ -61,6 +70,9 @@ async def await_works(works: list[QueuedWork], ticket: Ticket, request: Request)
             if failed is not None:
                 _abandon(works, DropReason.REQUEST_FAILED)
                 raise failed.exception()
+    except asyncio.CancelledError:
+        _abandon(works, DropReason.CLIENT_GONE)
+        raise
     finally:
         watcher.cancel()
     return [work.future.result() for work in works]
@@ -127,8 +139,15 @@ async def run_work(service: ServiceState, inputs: TryOnInputs | GarmentsInputs, 
 
 async def run_works(service: ServiceState, items: list[TryOnInputs | GarmentsInputs], ticket: Ticket,
                     request: Request) -> list[WorkResult | GarmentsStream] | None:
-    """``run_work`` for the items of one request (a batch dimension of the protocol's infer):
-    each its own ``Work``, so the batcher batches them as it batches everyone's; all or nothing."""
+    """``queue_works`` for an HTTP request: None when the client has gone (answer CLIENT_GONE)."""
+    return await queue_works(service, items, ticket, client_gone(request))
+
+
+async def queue_works(service: ServiceState, items: list[TryOnInputs | GarmentsInputs], ticket: Ticket,
+                      gone: Callable[[], Awaitable[None]] | None) -> list[WorkResult | GarmentsStream] | None:
+    """The items of one request (a batch dimension of the protocol's infer) queued and waited for:
+    each its own ``Work``, so the batcher batches them as it batches everyone's; all or nothing. None
+    when the client has gone (``gone``: await_works')."""
     if asyncio.get_running_loop().time() >= ticket.deadline:
         raise DeadlineExceeded("the deadline passed before the request reached the queue")
     works = []
@@ -139,11 +158,8 @@ async def run_works(service: ServiceState, items: list[TryOnInputs | GarmentsInp
         _abandon(works, DropReason.REQUEST_FAILED)
         raise
     try:
-        return await await_works(works, ticket, request)
+        return await await_works(works, ticket, gone)
     except ClientGone:
-        context = request_context(request)
-        context.client_gone = True
-        context.error_code = "client_gone"
         return None
 
 

@@ -89,6 +89,8 @@ def _listen(settings: Settings, count: int) -> list[socket.socket]:
     # it always did, instead of being shared with it (that server's connections split between us).
     with socket.create_server((settings.host, settings.port), family=family) as probe:
         port = probe.getsockname()[1]  # the one bound, when settings.port is 0
+    if settings.grpc_port is not None:  # each front end binds it with SO_REUSEPORT (service/api/grpc_server.py)
+        socket.create_server((settings.host, settings.grpc_port), family=family).close()
     reuse_port = sys.platform == "linux"
     sockets = [socket.create_server((settings.host, port), family=family, backlog=2048, reuse_port=reuse_port)
                for _ in range(count if reuse_port else 1)]

@@ -95,6 +95,10 @@ def test_compose_gpu_replicas_and_settings(compose):
     assert env["TRYON_PORT"] == str(DEFAULTS.port) == "8000"
     assert env["TRYON_HOST"] == "0.0.0.0"  # reachable from the load balancer's container
     assert "8000" in [str(p) for p in tryon["expose"]]
+    # gRPC on Triton's port, off by default in the service, on here and exposed to nginx.
+    assert DEFAULTS.grpc_port is None
+    assert assert_valid_settings(env).grpc_port == render_nginx.GRPC_LISTEN_PORT == 8001
+    assert "8001" in [str(p) for p in tryon["expose"]]
     deploy = tryon["deploy"]
     assert deploy["replicas"] >= 2
     (gpu,) = deploy["resources"]["reservations"]["devices"]
@@ -112,6 +116,7 @@ def test_compose_load_balancer(compose):
     mount = next(v for v in lb["volumes"] if v.endswith(":/etc/nginx/nginx.conf:ro"))
     assert (REPO / mount.split(":")[0]).resolve() == render_nginx.COMPOSE_CONF
     assert lb["depends_on"]["tryon"]["condition"] == "service_healthy"
+    assert f"{render_nginx.GRPC_LISTEN_PORT}:{render_nginx.GRPC_LISTEN_PORT}" in lb["ports"]
     assert seconds(lb["stop_grace_period"]) >= seconds(compose["services"]["tryon"]["stop_grace_period"])
 
 
@@ -129,6 +134,21 @@ def test_committed_nginx_config_is_rendered_from_compose():
     assert render_nginx.COMPOSE_CONF.read_text() == expected, \
         "re-run: python docker/render_nginx.py --compose docker-compose.yml -o docker/nginx.compose.conf"
     assert "server tryon:8000 " in expected and "resolve;" in expected
+    assert "server tryon:8001 " in expected and f"listen {render_nginx.GRPC_LISTEN_PORT} http2;" in expected
+
+
+def test_nginx_forwards_grpc_and_retries_only_calls_never_sent():
+    """gRPC goes to the replicas' TRYON_GRPC_PORT over HTTP/2; a call is sent again only when its
+    connection failed before it was sent (no non_idempotent: docs/deploy.md); nginx's own failures
+    are a gRPC UNAVAILABLE. Without gRPC upstreams there is no gRPC server at all."""
+    text = render_nginx.render(["127.0.0.1:8000"], grpc_upstreams=["127.0.0.1:9001"], grpc_listen=9101)
+    grpc = text[text.index("upstream tryon_grpc"):]
+    assert "server 127.0.0.1:9001 " in grpc and "listen 9101 http2;" in grpc
+    assert "grpc_pass grpc://tryon_grpc;" in grpc and "keepalive " not in grpc
+    assert "grpc_next_upstream error timeout;" in grpc and "non_idempotent" not in grpc
+    assert "add_header grpc-status 14 always;" in grpc
+    assert f"client_max_body_size {DEFAULTS.request_body_limit};" in grpc
+    assert "grpc" not in render_nginx.render(["127.0.0.1:8000"])
 
 
 def test_nginx_limits_follow_the_service_settings():
@@ -180,11 +200,13 @@ def test_nginx_config_passes_nginx_t(tmp_path):
     binary = render_nginx.nginx_binary()
     if binary is None:
         skip_missing("nginx", "apt-get install nginx; .ci/run does this")
-    conf = render_nginx.write_scratch(tmp_path, ["127.0.0.1:8001", "127.0.0.1:8002"], "127.0.0.1:8080")
+    conf = render_nginx.write_scratch(tmp_path, ["127.0.0.1:8001", "127.0.0.1:8002"], "127.0.0.1:8080",
+                                      grpc_upstreams=["127.0.0.1:9001", "127.0.0.1:9002"], grpc_listen="127.0.0.1:9101")
     text = conf.read_text()
     for directive in ("least_conn;", "max_fails=2 fail_timeout=5s",
                       "proxy_next_upstream error timeout non_idempotent;",
-                      "proxy_next_upstream_tries 2;", "proxy_request_buffering on;"):
+                      "proxy_next_upstream_tries 2;", "proxy_request_buffering on;",
+                      "grpc_pass grpc://tryon_grpc;", "listen 127.0.0.1:9101 http2;"):
         assert directive in text
     check = subprocess.run(render_nginx.nginx_command(binary, conf, "-t"), capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
@@ -195,14 +217,15 @@ def test_deployment_probes_gpu_and_drain(manifests):
     deployment = manifests["Deployment", "daflow-tryon"]
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    (port,) = container["ports"]
-    assert port == {"name": "http", "containerPort": DEFAULTS.port}
+    http, grpc = container["ports"]
+    assert http == {"name": "http", "containerPort": DEFAULTS.port}
+    assert grpc == {"name": "grpc", "containerPort": render_nginx.GRPC_LISTEN_PORT}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert_valid_settings(env)
+    assert assert_valid_settings(env).grpc_port == grpc["containerPort"]
     assert env["TRYON_PORT"] == str(DEFAULTS.port) and env["TRYON_HOST"] == "0.0.0.0"
     # preStop pause, then the drain, must both fit in the grace period.
     command = container["lifecycle"]["preStop"]["exec"]["command"]
@@ -262,7 +285,7 @@ def test_service_and_autoscaler_point_at_the_deployment(manifests):
     service = manifests["Service", "daflow-tryon"]
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= labels.items()
-    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http", "grpc"]
     assert not any(kind == "HorizontalPodAutoscaler" for kind, _ in manifests), "KEDA's ScaledObject makes the HPA"
     scaled = manifests["ScaledObject", "daflow-tryon"]
     target = scaled["spec"]["scaleTargetRef"]
@@ -297,8 +320,10 @@ def test_kserve_runtime_speaks_v2_on_the_services_port_and_probes(manifests):
     (container,) = runtime["containers"]
     env = {e["name"]: e["value"] for e in container["env"]}
     settings = assert_valid_settings(env)
-    (port,) = container["ports"]
+    port, h2c = container["ports"]
     assert port["containerPort"] == settings.port == DEFAULTS.port and settings.host == "0.0.0.0"
+    # KServe's gRPC port is named h2c: the same protocol, on TRYON_GRPC_PORT.
+    assert (port["name"], h2c["name"]) == ("http1", "h2c") and h2c["containerPort"] == settings.grpc_port
     routes = get_routes()
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         get = container[probe]["httpGet"]
@@ -317,13 +342,14 @@ def test_kubernetes_load_balancer_retries_over_ready_pods(manifests):
     headless = manifests["Service", "daflow-tryon-replicas"]["spec"]
     assert headless["clusterIP"] == "None" and not headless.get("publishNotReadyAddresses")
     assert headless["selector"].items() <= pods["metadata"]["labels"].items()
-    assert headless["ports"][0]["port"] == DEFAULTS.port
+    assert [p["port"] for p in headless["ports"]] == [DEFAULTS.port, render_nginx.GRPC_LISTEN_PORT]
     configmap = manifests["ConfigMap", render_nginx.K8S_CONFIGMAP_NAME]
     assert render_nginx.K8S_CONFIGMAP.read_text() == \
         render_nginx.render_for_kubernetes(K8S / "deployment.yaml"), \
         "re-run: python docker/render_nginx.py --kubernetes docker/k8s/deployment.yaml -o docker/k8s/lb-configmap.yaml"
     conf = configmap["data"]["nginx.conf"]
     assert f"server daflow-tryon-replicas.default.svc.cluster.local:{DEFAULTS.port} " in conf
+    assert f"server daflow-tryon-replicas.default.svc.cluster.local:{render_nginx.GRPC_LISTEN_PORT} " in conf
     lb = manifests["Deployment", "daflow-tryon-lb"]["spec"]["template"]["spec"]
     (nginx,) = lb["containers"]
     assert nginx_version(nginx["image"]) >= (1, 27, 3)
@@ -334,6 +360,8 @@ def test_kubernetes_load_balancer_retries_over_ready_pods(manifests):
     front = manifests["Service", "daflow-tryon-lb"]["spec"]
     assert front["ports"][0]["targetPort"] == "http" == nginx["ports"][0]["name"]
     assert nginx["ports"][0]["containerPort"] == render_nginx.LISTEN_PORT
+    assert front["ports"][1]["targetPort"] == "grpc" == nginx["ports"][1]["name"]
+    assert nginx["ports"][1]["containerPort"] == render_nginx.GRPC_LISTEN_PORT
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:

@@ -7,6 +7,9 @@ for docker compose, pointed at those ports. A bounded stream of concurrent
 multipart try-on requests goes through nginx while one replica gets SIGTERM
 (it drains: no request may fail) or SIGKILL (requests it held die with it:
 nginx must retry each on the survivor, so the shopper still gets an image).
+Beside it, gRPC calls (tritonclient.grpc's ModelInfer) go through nginx's gRPC
+server: nginx sends a call again only when it never reached a replica
+(docs/deploy.md), so the only calls that may fail are ones a killed replica held.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -25,7 +29,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import tritonclient.grpc as triton
 from PIL import Image
+from tritonclient.utils import InferenceServerException
 
 from tests.utils import REPO
 
@@ -47,14 +53,16 @@ CONCURRENCY = 6
 SIGNAL_AFTER = 12          # responses received before the victim is signalled
 DRAIN_TIMEOUT_S = 15
 STARTUP_TIMEOUT_S = 60
+GRPC_CONCURRENCY = 1      # gRPC calls at once beside the HTTP stream, for as long as it runs
+GRPC_PATH = "/inference.GRPCInferenceService/ModelInfer"
 # Small, so a burst overflows it, yet a survivor alone always holds the whole stream:
-# even with a batch of one running, CONCURRENCY requests fit in the queue.
-QUEUE_LIMIT = CONCURRENCY
+# even with a batch of one running, the HTTP and gRPC streams' requests fit in the queue.
+QUEUE_LIMIT = CONCURRENCY + GRPC_CONCURRENCY
 BURST = 48
 OUTPUT_SIZE = (64, 64)     # the model's resolution (TRYON_IMAGE_SIZE), as JPEG by default
 
-ACCESS_LINE = re.compile(r't=(?P<time>[\d.]+) "(?P<method>\S+) (?P<path>\S+) [^"]*" (?P<status>\d{3}) .* '
-                         r'ua="(?P<upstreams>[^"]*)" us="(?P<statuses>[^"]*)" .*rid=(?P<rid>\S+)')
+ACCESS_LINE = re.compile(r't=(?P<time>[\d.]+) "(?P<method>\S+) (?P<path>\S+) [^"]*" (?P<status>\d{3}) \S+ '
+                         r'rt=(?P<rt>[\d.]+) ua="(?P<upstreams>[^"]*)" us="(?P<statuses>[^"]*)" .*rid=(?P<rid>\S+)')
 
 
 # Nothing listens here: an image URL on it fails, and the replica answers 502 itself.
@@ -80,19 +88,21 @@ class Nginx:
     process: subprocess.Popen
     prefix: Path
 
+    grpc_port: int | None = None
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     @classmethod
     def start(cls, binary: str, prefix: Path, upstreams: list[str], **render_args) -> Nginx:
-        port = free_port()
+        port, grpc_port = free_port(), free_port()
         conf = render_nginx.write_scratch(prefix, upstreams, f"127.0.0.1:{port}", worker_processes=1,
-                                          **render_args)
+                                          grpc_listen=f"127.0.0.1:{grpc_port}", **render_args)
         with open(prefix / "stderr.log", "wb") as err:
             process = subprocess.Popen(render_nginx.nginx_command(binary, conf), stdout=subprocess.DEVNULL,
                                        stderr=err)
-        nginx = cls(port, process, prefix)
+        nginx = cls(port, process, prefix, grpc_port if render_args.get("grpc_upstreams") else None)
         wait_for(f"{nginx.url}/lb/healthz", process, prefix / "stderr.log", timeout=10)
         return nginx
 
@@ -106,6 +116,15 @@ class Nginx:
                 return entries
             time.sleep(0.05)
 
+    def calls(self, expected: int) -> list[dict]:
+        """The logged gRPC calls once all ``expected`` are in (as ``tryons``)."""
+        deadline = time.monotonic() + 5
+        while True:
+            entries = [e for e in self.access_log() if e["path"] == GRPC_PATH]
+            if len(entries) >= expected or time.monotonic() > deadline:
+                return entries
+            time.sleep(0.05)
+
     def access_log(self) -> list[dict]:
         """The proxied requests, oldest first, with the replica(s) each went to."""
         entries = []
@@ -113,7 +132,7 @@ class Nginx:
             match = ACCESS_LINE.search(line)
             if match:
                 entry = match.groupdict()
-                entry["time"] = float(entry["time"])
+                entry["time"], entry["rt"] = float(entry["time"]), float(entry["rt"])
                 entry["upstreams"] = [a.strip() for a in re.split(r"[,:] (?=\d)", entry["upstreams"])
                                       if a.strip()] if entry["upstreams"] != "-" else []
                 entries.append(entry)
@@ -133,6 +152,7 @@ class Outcome:
 class StreamResult:
     outcomes: list[Outcome] = field(default_factory=list)
     signalled_at: float = 0.0  # wall clock, as in nginx's log
+    calls: list[str] = field(default_factory=list)  # each gRPC call's status: "OK" or tritonclient's "StatusCode.X"
 
 
 def png(seed: int, size=(72, 96)) -> bytes:
@@ -173,7 +193,11 @@ def replicas(tmp_path_factory, standin_weights_file, nginx_binary, front_ends):
     """Three ready replicas, started together: a survivor and one victim per test."""
     workdir = tmp_path_factory.mktemp("replicas")
     env = REPLICA_ENV | {"TRYON_WEIGHTS": str(standin_weights_file), "TRYON_WORKERS": str(front_ends)}
-    started = [ServerProcess(env, workdir) for _ in range(3)]
+    started = []
+    for _ in range(3):
+        grpc_port = free_port()
+        started.append(ServerProcess(env | {"TRYON_GRPC_PORT": str(grpc_port)}, workdir))
+        started[-1].grpc_address = f"127.0.0.1:{grpc_port}"
     try:
         for replica in started:
             # Three replicas of three processes each start on a shared CPU: more time than one process needs.
@@ -194,9 +218,39 @@ def load_balancer(binary: str, prefix: Path, upstreams: list[str], **render_args
         stop_process(nginx.process, signal.SIGQUIT, 20)
 
 
-def drive(url: str, images: dict, victim: ServerProcess, sig: int) -> StreamResult:
-    """REQUESTS try-ons, CONCURRENCY at a time; ``sig`` reaches the victim after SIGNAL_AFTER answers."""
+def grpc_inputs() -> list:
+    rng = np.random.default_rng(0)
+    inputs = []
+    for name in ("masked_model", "pose", "cloth"):
+        tensor = triton.InferInput(name, [1, *OUTPUT_SIZE[::-1], 3], "UINT8")
+        tensor.set_data_from_numpy(rng.integers(0, 256, (1, *OUTPUT_SIZE[::-1], 3), dtype=np.uint8))
+        inputs.append(tensor)
+    return inputs
+
+
+def grpc_stream(address: str, stop: threading.Event, statuses: list[str]) -> None:
+    """ModelInfer through nginx, one call after another, until ``stop``; each call's status."""
+    inputs = grpc_inputs()
+    with triton.InferenceServerClient(address) as client:
+        while not stop.is_set():
+            try:
+                result = client.infer("daflow", inputs, client_timeout=30)
+                assert result.as_numpy("tryon").shape == (1, *OUTPUT_SIZE[::-1], 3)
+                statuses.append("OK")
+            except InferenceServerException as exc:
+                statuses.append(f"{exc.status()} {exc.message()}")
+
+
+def drive(nginx: Nginx, images: dict, victim: ServerProcess, sig: int) -> StreamResult:
+    """REQUESTS try-ons, CONCURRENCY at a time, and gRPC calls GRPC_CONCURRENCY at a time while they
+    run; ``sig`` reaches the victim after SIGNAL_AFTER answers."""
     result = StreamResult()
+    url = nginx.url
+    stop = threading.Event()
+    callers = [threading.Thread(target=grpc_stream, args=(f"127.0.0.1:{nginx.grpc_port}", stop, result.calls))
+               for _ in range(GRPC_CONCURRENCY)]
+    for caller in callers:
+        caller.start()
 
     def one(client: httpx.Client) -> Outcome:
         try:
@@ -217,7 +271,26 @@ def drive(url: str, images: dict, victim: ServerProcess, sig: int) -> StreamResu
                 time.sleep(0.05)
                 result.signalled_at = time.time()
                 victim.process.send_signal(sig)
+    stop.set()
+    for caller in callers:
+        caller.join(60)
     return result
+
+
+def check_calls(result: StreamResult, nginx: Nginx, victim: ServerProcess) -> list[dict]:
+    """nginx's rule for gRPC (docs/deploy.md): a call that met a dead replica before it was sent is
+    sent to another; one the victim held when it went fails with UNAVAILABLE, and no other call fails."""
+    calls = nginx.calls(len(result.calls))
+    assert len(calls) == len(result.calls) > 0, "nginx logged a different number of gRPC calls than were made"
+    failed = [c for c in calls if c["statuses"].split(", ")[-1] != "200"]
+    for entry in failed:
+        assert entry["upstreams"] == [victim.grpc_address], f"a failed call was not the victim's alone: {entry}"
+        # (nginx's times are in ms: a call sent just before the signal may read up to 1 ms later)
+        assert entry["time"] - entry["rt"] <= result.signalled_at + 0.002, f"a call sent after the signal failed: {entry}"
+    refused = [status for status in result.calls if status != "OK"]
+    assert len(refused) == len(failed), (refused, failed)
+    assert all(status.startswith("StatusCode.UNAVAILABLE ") for status in refused), refused
+    return calls
 
 
 def check_stream(result: StreamResult, nginx: Nginx) -> list[dict]:
@@ -231,14 +304,18 @@ def check_stream(result: StreamResult, nginx: Nginx) -> list[dict]:
     return tryons
 
 
-def report(name: str, result: StreamResult, tryons: list[dict], survivor: ServerProcess, victim: ServerProcess) -> dict:
+def report(name: str, result: StreamResult, tryons: list[dict], survivor: ServerProcess, victim: ServerProcess,
+           calls: list[dict]) -> dict:
     retried = [e for e in tryons if len(e["upstreams"]) > 1]
     numbers = {"finished_by_victim_after_signal": sum(e["upstreams"][-1] == victim.address
                                                       and e["time"] > result.signalled_at for e in tryons),
                "sent": len(tryons), "failed": sum(e["status"] != "200" for e in tryons), "retried": len(retried),
                "retry_statuses": sorted({e["statuses"] for e in retried}),
                "served_by_victim": sum(e["upstreams"][-1] == victim.address for e in tryons),
-               "served_by_survivor": sum(e["upstreams"][-1] == survivor.address for e in tryons)}
+               "served_by_survivor": sum(e["upstreams"][-1] == survivor.address for e in tryons),
+               "grpc_calls": len(calls), "grpc_failed": sum(s != "OK" for s in result.calls),
+               "grpc_retried": sum(len(c["upstreams"]) > 1 for c in calls),
+               "grpc_by_victim": sum(c["upstreams"][-1] == victim.grpc_address for c in calls)}
     print(f"\n{name}: {numbers}")
     return numbers
 
@@ -278,13 +355,17 @@ def test_a_burst_beyond_the_queues_rests_no_replica(replicas, nginx_binary, tmp_
 
 def test_sigterm_drains_without_a_failed_request(replicas, nginx_binary, tmp_path, images):
     victim, survivor = replicas[0], replicas[1]
-    with load_balancer(nginx_binary, tmp_path, [victim.address, survivor.address]) as nginx:
-        result = drive(nginx.url, images, victim, signal.SIGTERM)
+    with load_balancer(nginx_binary, tmp_path, [victim.address, survivor.address],
+                       grpc_upstreams=[victim.grpc_address, survivor.grpc_address]) as nginx:
+        result = drive(nginx, images, victim, signal.SIGTERM)
         tryons = check_stream(result, nginx)
+        calls = check_calls(result, nginx, victim)
         code = victim.process.wait(DRAIN_TIMEOUT_S + 5)
         assert_survivor_serves(nginx, images, survivor)
 
-    numbers = report("SIGTERM", result, tryons, survivor, victim)
+    numbers = report("SIGTERM", result, tryons, survivor, victim, calls)
+    # A draining replica finishes the calls it holds and takes no new ones: none fails.
+    assert result.calls.count("OK") == len(result.calls), result.calls
     # The victim had work in hand when SIGTERM came, and finished it.
     assert numbers["finished_by_victim_after_signal"] > 0
     assert numbers["served_by_victim"] + numbers["served_by_survivor"] == REQUESTS
@@ -295,13 +376,15 @@ def test_sigterm_drains_without_a_failed_request(replicas, nginx_binary, tmp_pat
 
 def test_sigkill_is_retried_on_the_survivor(replicas, nginx_binary, tmp_path, images):
     victim, survivor = replicas[2], replicas[1]
-    with load_balancer(nginx_binary, tmp_path, [victim.address, survivor.address]) as nginx:
-        result = drive(nginx.url, images, victim, signal.SIGKILL)
+    with load_balancer(nginx_binary, tmp_path, [victim.address, survivor.address],
+                       grpc_upstreams=[victim.grpc_address, survivor.grpc_address]) as nginx:
+        result = drive(nginx, images, victim, signal.SIGKILL)
         tryons = check_stream(result, nginx)
+        calls = check_calls(result, nginx, victim)
         assert victim.process.wait(5) == -signal.SIGKILL
         assert_survivor_serves(nginx, images, survivor)
 
-    numbers = report("SIGKILL", result, tryons, survivor, victim)
+    numbers = report("SIGKILL", result, tryons, survivor, victim, calls)
     # The container HEALTHCHECK's probe tells the two apart.
     assert [healthcheck(survivor, path) for path in ("/healthz", "/readyz")] == [0, 0]
     assert healthcheck(victim, "/healthz") == 1

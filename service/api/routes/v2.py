@@ -1,5 +1,5 @@
 """The Open Inference Protocol (KServe v2, Triton's HTTP API) beside /v1: health, metadata,
-and ``infer``, which enters through the same queue as /v1/tryon (steps.run_works: its batcher,
+and ``infer``, which enters through the same queue as /v1/tryon (oip.infer: its batcher,
 priorities, deadline and admission), behind the same API keys, counted in the same metrics.
 The codec is service/api/oip.py; errors have the protocol's body (every route here is a
 ``ProtocolRoute``, and ``unmatched`` claims the paths under /v2 that none matches: service/api/errors.py)."""
@@ -10,17 +10,15 @@ import time
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 
-from ...queue.priority import Priority
 from ..body import read_body
 from ..deps import ServiceDep, Ticket, TicketDep, require_api_key
 from ..errors import CLIENT_GONE, ProtocolRoute
-from ..oip import (BINARY_MEDIA_TYPE, EXTENSIONS, HEADER_LENGTH, ModelMetadata, ProtocolError, ServerMetadata,
-                   check_model, decode_infer_request, encode_infer_response, model_metadata)
-from ..options import parse_scheduling
+from ..oip import (BINARY_MEDIA_TYPE, EXTENSIONS, HEADER_LENGTH, SERVER_NAME, ModelMetadata, ProtocolError,
+                   ServerMetadata, check_model, decode_infer_request, encode_infer_response, model_metadata)
+from ..oip import infer as run_infer
 from ..state import ServiceState
-from ..steps import off_loop_unless, run_works, server_timing
+from ..steps import client_gone, off_loop_unless, server_timing
 
-SERVER_NAME = "daflow-tryon"
 LIVE_ROUTE, READY_ROUTE = "/v2/health/live", "/v2/health/ready"
 MODEL_ROUTES = ("/v2/models/{model_name}", "/v2/models/{model_name}/versions/{model_version}")
 INFER_ROUTES = tuple(f"{route}/infer" for route in MODEL_ROUTES)
@@ -141,12 +139,9 @@ async def _infer(request: Request, service: ServiceState, ticket: Ticket, model_
                                     request.headers.get(HEADER_LENGTH), settings.image_hw,
                                     settings.max_batch_size)
     timings["decode"] = (time.perf_counter() - mark) * 1000
-    ticket.schedule(parse_scheduling(decoded.scheduling, request.headers), Priority.INTERACTIVE)
-    results = await run_works(service, decoded.items, ticket, request)
+    results = await run_infer(service, ticket, decoded, request.headers, client_gone(request))
     if results is None:
         return Response(status_code=CLIENT_GONE)
-    timings["queue"] = max(r.queue_s for r in results) * 1000
-    timings["inference"] = max(r.inference_s for r in results) * 1000
     mark = time.perf_counter()
     content, headers = await off_loop_unless(len(results) == 1, encode_infer_response,
                                              [r.output for r in results], decoded.outputs, decoded.id)
