@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from model.images import Letterbox, TryOnInputs
 from model.safe_json import MAX_STRUCTURE
 
+from .. import tracing
 from ..limits import byte_count
 from ..queue.outcomes import Priority
 from .errors import ApiError
@@ -259,6 +260,7 @@ def _scheduling(parameters: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
+@tracing.traced("decode")
 def decode_infer_request(body: bytes, header_length: str | None, size_hw: tuple[int, int],
                          max_batch_size: int) -> DecodedRequest:
     """An infer request's body (and its header length, if the binary extension is used) as
@@ -290,6 +292,7 @@ def decode_infer_request(body: bytes, header_length: str | None, size_hw: tuple[
     return DecodedRequest(request.id, items, outputs, _scheduling(request.parameters or {}))
 
 
+@tracing.traced("encode")
 def encode_infer_response(outputs: list[torch.Tensor], asked: dict[str, bool],
                           request_id: str | None) -> tuple[bytes, dict[str, str]]:
     """The (3, H, W) uint8 results as the ``tryon`` output, JSON or binary as asked: the body

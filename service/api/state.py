@@ -21,6 +21,7 @@ from ..processes.remote import EngineLink, RemoteBatcher, RemoteEngine
 from ..queue.host import EngineFactory, EngineHost, weights_label
 from ..queue.interface import JobQueue
 from ..settings import Settings
+from .. import tracing
 from .cache import ResponseCache, model_identity, open_cache
 from ..codec.fetch import UrlFetcher
 from .components import Components
@@ -34,6 +35,7 @@ class ServiceState:
                  engine_link: EngineLink | None = None):
         self.settings = settings
         self.metrics = Metrics(settings.max_batch_size)
+        tracing.configure(self.metrics)  # from OTEL_* alone; off unless OTEL_TRACES_EXPORTER is set
         self.components = Components(self.metrics)
         self.budget = ByteBudget(settings.max_bytes_in_flight)
         # The engine and its queue: here (EngineHost), or behind engine_link in a front-end
@@ -220,6 +222,7 @@ class ServiceState:
             await self.fetcher.aclose()
         if self.cache is not None:
             await self.cache.close()
+        tracing.shutdown()
         log.info("stopped")
 
 

@@ -18,6 +18,7 @@ import torch
 
 from model.images import TryOnInputs
 
+from .. import tracing
 from ..queue.jobs import GarmentsChunk, GarmentsInputs, GarmentsStream, JobResult
 from ..queue.outcomes import DropReason, EngineUnreachable, Priority, QueueError, ShuttingDown
 from .arena import Arena
@@ -110,6 +111,8 @@ class RemoteBatcher:
         garments = isinstance(inputs, GarmentsInputs)
         header = Submit(op="submit", id=job.id, garments=garments, remaining_s=deadline - loop.time(),
                         chunk_size=inputs.chunk_size if garments else None, priority=priority.value)
+        if tracing.ENABLED:
+            header["trace"] = tracing.carrier()
         if not garments and self.arena is not None:
             job.slot = self.arena.put(inputs.pose, inputs.masked_model, inputs.cloth)
         self._jobs[job.id] = job

@@ -40,6 +40,7 @@ from ..logs import announce_ready
 from ..metrics import Metrics
 from ..queue.host import EngineFactory, EngineHost, weights_label
 from ..settings import Settings
+from .. import tracing
 from .arena import Arena
 from .engine_server import EngineServer
 from .exits import STARTUP_FAILURE, drain_after_device_failure
@@ -116,6 +117,7 @@ async def _supervise(settings: Settings, engine_factory: EngineFactory | None) -
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     metrics = Metrics(settings.max_batch_size)
+    tracing.configure(metrics)
 
     def device_failed(reason: str) -> None:
         metrics.ready.set(0)
@@ -169,6 +171,7 @@ async def _supervise(settings: Settings, engine_factory: EngineFactory | None) -
         _end(front_ends)
         metrics.ready.set(0)
         await host.stop()
+        tracing.shutdown()
         log.info("stopped")
         shutil.rmtree(folder, ignore_errors=True)
 
