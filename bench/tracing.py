@@ -1,14 +1,15 @@
 """Benchmark: the server CPU that tracing costs per request (not a timed test).
 
 Serves with bench.frontend_server (the stand-in engine: the front end's CPU is what is
-measured) in one process, tracing off (no OTEL_* variable) and on (OTEL_TRACES_EXPORTER=otlp,
-every request sampled, exported over OTLP/HTTP to a real receiver on 127.0.0.1,
-tests/utils/otlp.py), alternating, repeated, in one run. For each protocol in PROTOCOLS (the v2
-infer with binary tensors, /v1/tryon multipart; a gRPC column is one more entry there), the
-server's CPU milliseconds per request (user + system of its processes, from /proc, over the
-measured requests; the exporter's thread included), and the spans received per request.
+measured), one process each, two servers at once: tracing off (no OTEL_* variable) and on
+(OTEL_TRACES_EXPORTER=otlp, every request sampled, exported over OTLP/HTTP to a real receiver
+on 127.0.0.1, tests/utils/otlp.py), the same requests sent to each in turn, repeated. For each
+protocol in PROTOCOLS (the v2 infer with binary tensors, /v1/tryon multipart; a gRPC column is
+one more entry there), the server's CPU milliseconds per request (user + system of its
+processes, from /proc, over the measured requests; the exporter's thread included); and the
+spans received per traced request (about: the readiness probes' spans are counted too).
 
-    python -m bench.tracing --requests 400 --repeats 3 --out bench/results/tracing-cpu.json
+    python -m bench.tracing --requests 400 --repeats 4 --out bench/results/tracing-cpu.json
 """
 from __future__ import annotations
 
@@ -87,54 +88,71 @@ async def drive(url: str, send, items: list, clients: int) -> Counter:
     return statuses
 
 
-def measure(tracing: str, args, receiver: OtlpReceiver, inputs: dict[str, list], tmp: Path) -> list[dict]:
-    port = 19000 + os.getpid() % 1000
-    env = TRACING[tracing] | ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint} if tracing == "on" else {})
-    process = start_server(ROOT, port, 1, tmp, env)
-    url = f"http://127.0.0.1:{port}"
-    results = []
+def measure(args, receiver: OtlpReceiver, inputs: dict[str, list], tmp: Path) -> list[dict]:
+    """Both servers run at once (the machine's other load falls on both alike); per protocol, each
+    round sends ``--requests`` to one then the other (the order alternating), each charged its
+    processes' CPU over its own requests."""
+    servers = {}
     try:
-        wait_ready(url, process)
-        pids = process_tree(process.pid)
+        for i, (tracing, env) in enumerate(TRACING.items()):
+            port = 19000 + (os.getpid() + i) % 1000
+            if tracing == "on":
+                env = env | {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint}
+            servers[tracing] = (f"http://127.0.0.1:{port}", start_server(ROOT, port, 1, tmp, env))
+        for url, process in servers.values():
+            wait_ready(url, process)
+        pids = {tracing: process_tree(process.pid) for tracing, (_, process) in servers.items()}
+        results = []
         for protocol, (_, send) in PROTOCOLS.items():
-            items = inputs[protocol]
-            asyncio.run(drive(url, send, items[:args.clients * 4], args.clients))  # warm
-            spans_before, before = len(receiver.spans), cpu_seconds(pids)
-            statuses = asyncio.run(drive(url, send, items[args.clients * 4:], args.clients))
-            cpu = cpu_seconds(pids) - before
-            ok = statuses.get("200", 0)
-            spans = len(receiver.spans) - spans_before  # (those still queued arrive later: a lower bound)
-            results.append({"tracing": tracing, "protocol": protocol, "requests": args.requests,
-                            "clients": args.clients, "statuses": dict(statuses),
-                            "server_cpu_ms_per_request": round(cpu * 1000 / max(ok, 1), 4),
-                            "spans_received_per_request": round(spans / max(ok, 1), 2),
-                            "loadavg_1min": round(os.getloadavg()[0], 2)})
-            print(json.dumps(results[-1]), flush=True)
+            items, warm = inputs[protocol], args.clients * 4
+            for url, _ in servers.values():
+                asyncio.run(drive(url, send, items[:warm], args.clients))  # imports, first allocations
+            for round_ in range(args.repeats):
+                order = list(servers) if round_ % 2 == 0 else list(servers)[::-1]
+                chunk = items[warm + round_ * args.requests:warm + (round_ + 1) * args.requests]
+                for tracing in order:
+                    before = cpu_seconds(pids[tracing])
+                    statuses = asyncio.run(drive(servers[tracing][0], send, chunk, args.clients))
+                    cpu = cpu_seconds(pids[tracing]) - before
+                    ok = statuses.get("200", 0)
+                    results.append({"tracing": tracing, "protocol": protocol, "round": round_,
+                                    "requests": len(chunk), "clients": args.clients, "statuses": dict(statuses),
+                                    "server_cpu_ms_per_request": round(cpu * 1000 / max(ok, 1), 4),
+                                    "loadavg_1min": round(os.getloadavg()[0], 2)})
+                    print(json.dumps(results[-1]), flush=True)
+        return results
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(60)
-    return results
+        for _, process in servers.values():
+            process.send_signal(signal.SIGTERM)
+        for _, process in servers.values():
+            process.wait(60)
 
 
 def summary(results: list[dict]) -> dict:
-    """Per protocol: the median CPU per request off and on over the repeats, and on minus off."""
+    """Per protocol: the median over the rounds of the CPU per request off and on, and of each
+    round's difference (on minus off, the two measured back to back under the same load)."""
     table = {}
     for protocol in PROTOCOLS:
-        off, on = (median([r["server_cpu_ms_per_request"] for r in results
-                           if r["protocol"] == protocol and r["tracing"] == mode]) for mode in ("off", "on"))
-        table[protocol] = {"cpu_ms_per_request_off": off, "cpu_ms_per_request_on": on,
-                           "tracing_adds_ms_per_request": round(on - off, 4)}
+        rows = {(r["round"], r["tracing"]): r["server_cpu_ms_per_request"] for r in results
+                if r["protocol"] == protocol}
+        rounds = sorted({round_ for round_, _ in rows})
+        table[protocol] = {"cpu_ms_per_request_off": median([rows[r, "off"] for r in rounds]),
+                           "cpu_ms_per_request_on": median([rows[r, "on"] for r in rounds]),
+                           "tracing_adds_ms_per_request": round(median([rows[r, "on"] - rows[r, "off"]
+                                                                        for r in rounds]), 4),
+                           "added_by_round": [round(rows[r, "on"] - rows[r, "off"], 4) for r in rounds]}
     return table
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=400, help="measured requests per protocol and setting")
+    parser.add_argument("--requests", type=int, default=400, help="measured requests per round, protocol and setting")
     parser.add_argument("--clients", type=int, default=8, help="requests in flight at once")
-    parser.add_argument("--repeats", type=int, default=3, help="rounds of off then on")
+    parser.add_argument("--repeats", type=int, default=4, help="rounds (off then on, then on then off, ...)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    jpegs = jpeg_inputs(SIZE_WH, args.clients * 4 + args.requests)  # each garment its own: no cache hit
+    # Each garment its own (no cache hit); each server gets the same requests.
+    jpegs = jpeg_inputs(SIZE_WH, args.clients * 4 + args.requests * args.repeats)
     inputs = {protocol: [build(item) for item in jpegs] for protocol, (build, _) in PROTOCOLS.items()}
     report = {"label": "tracing off vs on (100% sampled, OTLP/HTTP to a local receiver), stand-in engine, "
                        "one process", "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -144,13 +162,14 @@ def main(argv=None) -> None:
     receiver = OtlpReceiver()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            for _ in range(args.repeats):
-                for tracing in TRACING:
-                    report["results"] += measure(tracing, args, receiver, inputs, Path(tmp))
+            report["results"] = measure(args, receiver, inputs, Path(tmp))
     finally:
         receiver.close()
-    report["spans_received"] = len(receiver.spans)
-    finish(report, summary(report["results"]), args.out)
+    # Every span is in once the servers have stopped (each exports what it holds as it stops).
+    traced = sum(r["statuses"].get("200", 0) for r in report["results"] if r["tracing"] == "on")
+    traced += args.clients * 4 * len(PROTOCOLS)  # the warm-up's
+    table = summary(report["results"]) | {"spans_per_traced_request": round(len(receiver.spans) / traced, 2)}
+    finish(report, table, args.out)
 
 
 if __name__ == "__main__":
