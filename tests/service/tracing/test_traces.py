@@ -1,17 +1,20 @@
 """Traces on the wire: ``python -m service`` under TRYON_WORKERS=2 exports OTLP/HTTP to a real
 receiver on 127.0.0.1 (tests/utils/otlp.py). One trace per request, its spans parented across
 the front end and the engine process, the batch's span linked to every request it served, the
-caller's trace kept, and a bad traceparent or a collector that is not there never fails a request."""
+caller's trace kept, URL fetches and webhooks sending it on, and a bad traceparent or a collector
+that is not there never fails a request."""
 from __future__ import annotations
 
 import json
 import secrets
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
 from tests.fixtures.service.harness import TRYON_IMAGES, free_port, post_files, running_server, sample_key
+from tests.utils.jobs import SECRET, WebhookReceiver, garments, submit, wait_job
 from tests.utils.local_http import LocalServer
 from tests.utils.otlp import OtlpReceiver
 
@@ -48,6 +51,18 @@ def server(tmp_path_factory, standin_weights_file, receiver, image_server):
                     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint}
     with running_server(env, tmp_path_factory.mktemp("logs")) as proc:
         yield proc
+
+
+def access_line(server, request_id: str, timeout: float = 10) -> dict:
+    """The access log line of a request, once a front end has written it (polled)."""
+    end = time.monotonic() + timeout
+    while True:
+        lines = [json.loads(line) for line in server.stderr.splitlines() if line.startswith("{")]
+        found = [line for line in lines if line.get("request_id") == request_id and line["message"] == "request"]
+        if found or time.monotonic() > end:
+            assert len(found) == 1, [line for line in lines if line.get("request_id") == request_id]
+            return found[0]
+        time.sleep(0.05)
 
 
 def in_trace(spans, trace_id: str) -> dict[str, list]:
@@ -99,8 +114,7 @@ def test_one_trace_per_request_across_the_two_processes_and_the_batch_linked_to_
     inference, = [s for s in spans if s.name == "inference" and s.trace_id == batch.trace_id]
     assert inference.parent_span_id == batch.span_id
 
-    logged = [json.loads(line) for line in server.stderr.splitlines() if line.startswith("{")]
-    access, = [line for line in logged if line.get("request_id") == "traced-0" and line["message"] == "request"]
+    access = access_line(server, "traced-0")
     assert access["trace_id"] == callers[0][0] and access["span_id"] == requests[0].span_id
 
 
@@ -141,3 +155,25 @@ def test_a_collector_that_is_not_there_fails_no_request_and_the_dropped_spans_ar
         assert [a.status_code for a in answers] == [200] * 3
         for reason, value in before.items():
             assert proc.wait_metric(dropped, {"reason": reason}, value + 1, timeout=20) >= value + 1, reason
+
+
+def test_a_jobs_task_is_one_trace_and_its_webhook_carries_its_span_on(tmp_path, standin_weights_file, receiver):
+    env = EXPORT | {"TRYON_WEIGHTS": str(standin_weights_file), "TRYON_URL_ALLOW_HOSTS": "127.0.0.1",
+                    "TRYON_WEBHOOK_SECRET": SECRET, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint}
+    hook = WebhookReceiver()
+    try:
+        with running_server(env, tmp_path) as proc:
+            doc = submit(proc.url, garments(2), {"webhook_url": hook.url}).json()
+            assert wait_job(proc.url, doc["id"])["status"] == "succeeded"
+            (headers, _, _), = hook.wait(1)
+    finally:
+        hook.close()
+    _, trace_id, span_id, _ = headers["traceparent"].split("-")
+    spans = receiver.wait_for(lambda got: "webhook" in in_trace(got, trace_id))
+    webhook, = in_trace(spans, trace_id)["webhook"]
+    assert webhook.span_id == span_id
+    stages = {"job.task", "person", "decode", "queue", "encode"}
+    here = webhook.resource["service.instance.id"]
+    # The server has stopped: every span of its job's task is in.
+    task, = [s for s in spans if s.name == "job.task" and s.resource["service.instance.id"] == here]
+    assert stages <= set(in_trace(spans, task.trace_id))
