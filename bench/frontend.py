@@ -140,14 +140,16 @@ def drive_wrk(url: str, inputs: list[dict[str, bytes]], clients: int, seconds: i
                                                * 1000 / max(report["requests"], 1), 3)}
 
 
-def start_server(code: Path, port: int, workers: int, tmp: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRYON_")}
+def start_server(code: Path, port: int, workers: int, tmp: Path, extra_env: dict[str, str] | None = None
+                 ) -> subprocess.Popen:
+    """``extra_env``: variables on top (bench/tracing.py's OTEL_*)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRYON_", "OTEL_"))}
     # One torch thread: the stand-in needs none, and idle OpenMP workers spinning on a busy
     # machine would be charged to the request path.
     hidden = code / "_hidden"  # (a baseline's) modules made unimportable
     env |= {"PYTHONPATH": os.pathsep.join(map(str, [hidden, code] if hidden.exists() else [code])),
             "OMP_NUM_THREADS": "1", "TRYON_DEVICE": "cpu", "TRYON_WORKERS": str(workers),
-            "TRYON_LOG_LEVEL": "info", "TRYON_QUEUE_LIMIT": "256"}
+            "TRYON_LOG_LEVEL": "info", "TRYON_QUEUE_LIMIT": "256"} | (extra_env or {})
     log = open(tmp / f"server-{port}.log", "wb")
     return subprocess.Popen([sys.executable, "-m", "bench.frontend_server", "--host", "127.0.0.1",
                              "--port", str(port)], cwd=code, env=env, stdout=log, stderr=subprocess.STDOUT)

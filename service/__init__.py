@@ -15,6 +15,7 @@ The service is five rooms, each importing only the ones below it
   out-of-memory, outcomes; the engine host that loads and warms the model.
 
 Beside them, the foundation every room may import: ``settings``, ``limits``,
-``metrics``, ``logs``. ``__main__`` (tryon-serve) is the one module that
+``metrics``, ``logs``, ``tracing/`` (OpenTelemetry traces, off unless the ``OTEL_*``
+variables turn them on). ``__main__`` (tryon-serve) is the one module that
 imports ``api`` and ``processes`` both.
 """

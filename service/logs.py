@@ -1,4 +1,5 @@
-"""JSON log lines, one object per line, for uvicorn's and our own loggers."""
+"""JSON log lines, one object per line, for uvicorn's and our own loggers; with tracing on, each
+line logged while a span is current carries its ``trace_id`` and ``span_id``."""
 from __future__ import annotations
 
 import json
@@ -6,6 +7,7 @@ import logging
 import sys
 import time
 
+from . import tracing
 from .examples import EXAMPLES
 from .settings import Settings
 
@@ -17,6 +19,8 @@ class JsonFormatter(logging.Formatter):
         line = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
                 "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage()}
         line |= {k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")}
+        if tracing.ENABLED:  # the span current where the line was logged (its thread, its task)
+            line |= tracing.log_fields()
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return json.dumps(line, default=str)

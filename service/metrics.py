@@ -110,6 +110,10 @@ class Metrics:
         self.webhook_deliveries = Counter("tryon_webhook_deliveries", "Webhook delivery attempts by outcome "
                                           "(delivered, failed, gone, refused; exhausted: retries used up)",
                                           ["outcome"], registry=r)
+        # service/tracing/export.py: spans the exporter dropped (its queue full, an export failed).
+        self.trace_spans_dropped = Counter("tryon_trace_spans_dropped", "Trace spans dropped before reaching "
+                                           "the collector, by reason (queue_full, export_failed)", ["reason"],
+                                           registry=r)
         self.jobs_oldest_queued = Gauge("tryon_jobs_oldest_queued_seconds", "Age of the oldest job task no "
                                         "replica has taken yet", registry=r, multiprocess_mode="livemax")
         # Triton: nv_gpu_memory_used_bytes / nv_gpu_memory_total_bytes (only on a GPU). Set only by

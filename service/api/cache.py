@@ -34,6 +34,7 @@ from redis.exceptions import TimeoutError as RedisTimeout
 from model.images import TryOnInputs
 
 from ..codec.output import OutputOptions
+from .. import tracing
 from ..metrics import Metrics
 from ..settings import Settings
 
@@ -201,6 +202,7 @@ class ResponseCache:
     def key(self, inputs: TryOnInputs, options: OutputOptions) -> str:
         return response_key(self.identity, inputs, options)
 
+    @tracing.traced("cache")
     async def lookup(self, key: str, route: str) -> CachedResponse | None:
         value = await self.store.get(key)
         (self.metrics.cache_hits if value is not None else self.metrics.cache_misses).labels(route).inc()

@@ -30,8 +30,9 @@ import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2 as pb, service_pb2_grpc as pb_grpc
 
+from .. import tracing
 from .deps import check_api_key, start_ticket
-from .errors import ApiError, as_api_error, grpc_status, protocol_message
+from .errors import CLIENT_GONE, ApiError, as_api_error, grpc_status, protocol_message
 from .oip import (DATATYPE, INPUT_NAMES, MODEL_NAME, MODEL_VERSION, OUTPUT_NAME, SERVER_NAME, DecodedRequest, Tensor,
                   check_model, decode_tensors, infer, model_metadata, output_values)
 from .state import ServiceState
@@ -89,26 +90,31 @@ def _rpc(keyed: bool, route: str | None = None):
     def wrap(method):
         @functools.wraps(method)
         async def call(self: "Servicer", request, context: grpc.aio.ServicerContext):
-            started, outcome, timings = time.perf_counter(), "ok", {}
-            try:
-                if keyed:
-                    check_api_key(self.service.settings, dict(context.invocation_metadata()))
-                return await method(self, request, context, timings) if route else await method(self, request, context)
-            except asyncio.CancelledError:  # the client cancelled, or went: its work was abandoned
-                outcome = "client_gone"
-                raise
-            except Exception as exc:  # every failure, bugs too (a 500 here: logged, nothing of it sent)
-                error = as_api_error(exc)
-                if error is None:
-                    log.exception("unhandled error", extra={"rpc": method.__name__})
-                    error = ApiError(500, "internal", "internal server error")
-                outcome = error.code
-                retry = error.headers.get("Retry-After")
-                await context.abort(grpc.StatusCode[grpc_status(error)], protocol_message(error),
-                                    ((RETRY_AFTER, retry),) if retry else ())
-            finally:
-                if route is not None:
-                    self._record(route, outcome, time.perf_counter() - started, timings)
+            started, outcome, status, timings = time.perf_counter(), "ok", 200, {}
+            metadata = dict(context.invocation_metadata())
+            # The caller's traceparent in the metadata, as HTTP's middleware honours the header.
+            traced = tracing.request(method.__name__, metadata) if tracing.ENABLED else tracing.OFF
+            with traced as span:
+                try:
+                    if keyed:
+                        check_api_key(self.service.settings, metadata)
+                    return await (method(self, request, context, timings) if route else method(self, request, context))
+                except asyncio.CancelledError:  # the client cancelled, or went: its work was abandoned
+                    outcome, status = "client_gone", CLIENT_GONE
+                    raise
+                except Exception as exc:  # every failure, bugs too (a 500 here: logged, nothing of it sent)
+                    error = as_api_error(exc)
+                    if error is None:
+                        log.exception("unhandled error", extra={"rpc": method.__name__})
+                        error = ApiError(500, "internal", "internal server error")
+                    outcome, status = error.code, error.status
+                    retry = error.headers.get("Retry-After")
+                    await context.abort(grpc.StatusCode[grpc_status(error)], protocol_message(error),
+                                        ((RETRY_AFTER, retry),) if retry else ())
+                finally:
+                    tracing.finish_request(span, f"grpc {method.__name__}", status)
+                    if route is not None:
+                        self._record(route, outcome, time.perf_counter() - started, timings)
         return call
     return wrap
 

@@ -1,6 +1,7 @@
 """Per-request context as a plain ASGI middleware (it never buffers or wraps
 the body, so streaming and disconnect detection stay intact): the request
-id, the X-Weights header, metrics by route and status, one JSON log line."""
+id, the X-Weights header, metrics by route and status, one JSON log line, and
+with tracing on the request's span (the caller's traceparent honoured)."""
 from __future__ import annotations
 
 import logging
@@ -12,6 +13,7 @@ from urllib.parse import urlsplit
 
 from starlette.datastructures import MutableHeaders
 
+from .. import tracing
 from .context import RequestContext
 from .errors import CLIENT_GONE
 from .state import ServiceState
@@ -27,6 +29,12 @@ class RouteGroups:
     inference: tuple[str, ...] = ()  # the requests Triton's request metrics count
     tryon: tuple[str, ...] = ()  # a refusal counted by its reason (rejected)
     quiet: tuple[str, ...] = ()  # probes and scrapes: a success logged at debug
+_TRACE_HEADERS = (b"traceparent", b"tracestate")
+
+
+def _trace_headers(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The caller's W3C trace context headers, for tracing.request."""
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in headers if name in _TRACE_HEADERS}
 
 
 def _same_origin(location: str) -> str:
@@ -65,15 +73,20 @@ class RequestContextMiddleware:
                     headers["X-Weights"] = weights
             await send(message)
 
-        try:
-            await self.app(scope, receive, send_with_headers)
-        finally:
-            context.hold.release()
-            self._record(scope, context, status[0], time.perf_counter() - started)
+        traced = tracing.request(scope["method"], _trace_headers(scope["headers"])) if tracing.ENABLED else tracing.OFF
+        with traced as span:
+            try:
+                await self.app(scope, receive, send_with_headers)
+            finally:
+                context.hold.release()
+                self._record(scope, context, status[0], time.perf_counter() - started, span)
 
-    def _record(self, scope, context: RequestContext, status: int, seconds: float) -> None:
+    def _record(self, scope, context: RequestContext, status: int, seconds: float, span) -> None:
         route = getattr(scope.get("route"), "path", None) or "unmatched"
         status = CLIENT_GONE if context.client_gone else status
+        if span is not None:
+            tracing.finish_request(span, f"{scope['method']} {route}", status, **{
+                "http.route": route, "http.request.method": scope["method"], "tryon.request_id": context.request_id})
         metrics = self.service.metrics
         metrics.requests.labels(route, scope["method"], str(status)).inc()
         metrics.latency.labels(route).observe(seconds)

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from model.images import Letterbox, TryOnInputs
 from model.safe_json import MAX_STRUCTURE
 
+from .. import tracing
 from ..limits import byte_count
 from ..queue.priority import Priority
 from ..queue.work import WorkResult
@@ -232,6 +233,7 @@ def _scheduling(parameters: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
+@tracing.traced("decode")
 def decode_tensors(request_id: str | None, tensors: Sequence[Tensor], outputs: dict[str, bool],
                    parameters: dict[str, Any], size_hw: tuple[int, int], max_batch_size: int) -> DecodedRequest:
     """Either protocol's inputs as one TryOnInputs per batch item, at the model's size (the
@@ -360,6 +362,7 @@ def decode_infer_request(body: bytes, header_length: str | None, size_hw: tuple[
                           max_batch_size)
 
 
+@tracing.traced("encode")
 def encode_infer_response(outputs: list[torch.Tensor], asked: dict[str, bool],
                           request_id: str | None) -> tuple[bytes, dict[str, str]]:
     """The (3, H, W) uint8 results as the ``tryon`` output, JSON or binary as asked: the body

@@ -22,6 +22,7 @@ from ..processes.remote import EngineLink, RemoteBatcher, RemoteEngine
 from ..queue.host import EngineFactory, EngineHost, weights_name
 from ..queue.interface import WorkQueue
 from ..settings import Settings
+from .. import tracing
 from .cache import ResponseCache, model_identity, open_cache
 from ..codec.fetch import UrlFetcher
 from ..jobs.wiring import Jobs
@@ -35,6 +36,7 @@ class ServiceState:
                  engine_link: EngineLink | None = None):
         self.settings = settings
         self.metrics = Metrics(settings.max_batch_size)
+        tracing.configure(self.metrics)  # from OTEL_* alone; off unless OTEL_TRACES_EXPORTER is set
         self.components = Components(self.metrics)
         self.budget = ByteBudget(settings.max_bytes_in_flight)
         # The engine and its queue: here (EngineHost), or behind engine_link in a front-end
@@ -215,6 +217,7 @@ class ServiceState:
             await self.fetcher.aclose()
         if self.cache is not None:
             await self.cache.close()
+        tracing.shutdown()
         log.info("stopped")
 
 

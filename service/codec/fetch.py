@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from .. import tracing
 from .errors import ApiError
 from ..limits import BudgetHold, byte_count
 from ..settings import Settings
@@ -120,6 +121,7 @@ class UrlFetcher:
                 return await self.fetch(url, field, hold)
         return await asyncio.gather(*(one(field, url) for field, url in urls), return_exceptions=True)
 
+    @tracing.traced("fetch")
     async def fetch(self, raw_url: str, field: str, hold: BudgetHold | None = None) -> bytes:
         try:
             async with asyncio.timeout(self.total_timeout_s):
@@ -141,8 +143,9 @@ class UrlFetcher:
         for _ in range(MAX_REDIRECTS + 1):
             target = await self.pin(current, field)
             extensions = {"sni_hostname": target.sni_hostname} if target.sni_hostname else {}
-            request = self.client.build_request("GET", target.url, headers={"Host": target.host_header},
-                                                extensions=extensions)
+            # With tracing on, the fetch's span goes with it (traceparent), as any HTTP client's would.
+            request = self.client.build_request("GET", target.url, extensions=extensions,
+                                                headers={"Host": target.host_header, **tracing.carrier()})
             try:
                 response = await self.client.send(request, stream=True)
             except httpx.TimeoutException:

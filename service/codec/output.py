@@ -6,6 +6,8 @@ from pydantic import BaseModel, Field
 
 from model.images import DEFAULT_QUALITY, OutputFormat, OutputSize, encode_image, output_image
 
+from .. import tracing
+
 
 class OutputOptions(BaseModel):
     format: OutputFormat = "jpeg"
@@ -13,6 +15,7 @@ class OutputOptions(BaseModel):
     size: OutputSize = "model"
 
 
+@tracing.traced("encode")
 def encode_output(output, frame, options: OutputOptions) -> bytes:
     """One (3, H, W) result as image bytes, at model size or the person's original size (``frame``:
     a Letterbox undone, or for a photo a Composite: the photo itself, dressed under the mask)."""

@@ -20,6 +20,7 @@ from model.images import ImageError, ImageTooLarge, TryOnInputs, assemble_inputs
 from model.person import (DetectionError, DetectorUnavailable, IncompleteInputs, KeypointsError, PersonInputs,
                           person_images)
 
+from .. import tracing
 from .errors import ApiError
 from .sources import RequestParts, person_mix_error
 from ..metrics import Metrics
@@ -90,6 +91,7 @@ def decode_bytes(parts: RequestParts, settings: Settings, most: int, garments: s
     return person + largest
 
 
+@tracing.traced("person")
 def decode_person(parts: RequestParts, settings: Settings, keep_photo: bool = False) -> PersonInputs:
     """The masked model and pose map at the model's size, drawn where not given
     (a person photo alone: its keypoints detected here, in the same thread); ``keep_photo``
@@ -129,6 +131,7 @@ def decode_garment(person: PersonInputs, cloth: bytes, settings: Settings) -> Tr
                                max_pixels=settings.max_image_pixels)
 
 
+@tracing.traced("decode")
 def decode_garments(person: PersonInputs, cloths: list, settings: Settings) -> list[TryOnInputs | ApiError]:
     """Every garment of a batch; a failed one (already, or now) stays an ApiError in its place."""
     decoded = []

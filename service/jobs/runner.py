@@ -27,6 +27,7 @@ import torch
 
 from model.images import TryOnInputs
 
+from .. import tracing
 from ..codec.errors import ApiError, from_queue_error
 from ..codec.output import OutputOptions, encode_output
 from ..codec.person import decode_bytes, decode_garments, decode_person
@@ -200,6 +201,7 @@ class JobRunner:
         if status is not None and status.ended:
             self.metrics.jobs.labels(status.value).inc()
 
+    @tracing.traced("job.task")  # one trace per task: its decode, queue waits and encodes
     async def _run(self, task: Task) -> None:
         record = await self.store.record(task.job_id)
         if record is None or record.status.ended:

@@ -29,6 +29,7 @@ from typing import Awaitable, Callable, Protocol
 
 import httpx
 
+from .. import tracing
 from ..metrics import Metrics
 from .records import Delivery
 from .store import JobStore, StoreUnavailable
@@ -151,6 +152,7 @@ class WebhookSender:
             except StoreUnavailable:
                 pass
 
+    @tracing.traced("webhook")
     async def _attempt(self, url: str, message_id: str, body: bytes, secrets: tuple[str, ...]) -> str:
         try:
             async with asyncio.timeout(self.timeout_s):
@@ -166,7 +168,8 @@ class WebhookSender:
             return "refused"
         timestamp = int(self.clock())
         headers = {"webhook-id": message_id, "webhook-timestamp": str(timestamp),
-                   "webhook-signature": sign(secrets, message_id, timestamp, body), "Host": target.host_header}
+                   "webhook-signature": sign(secrets, message_id, timestamp, body), "Host": target.host_header,
+                   **tracing.carrier()}  # with tracing on: the attempt's span, as traceparent
         extensions = {"sni_hostname": target.sni_hostname} if target.sni_hostname else {}
         request = self.client.build_request("POST", target.url, content=body, headers=headers,
                                             extensions=extensions)

@@ -20,6 +20,7 @@ import torch
 
 from model.images import TryOnInputs
 
+from .. import tracing
 from ..queue.batcher import Batcher
 from ..queue.work import GarmentsInputs, GarmentsStream
 from ..queue.outcomes import DropReason, QueueError
@@ -75,7 +76,8 @@ class EngineServer:
                   else TryOnInputs(masked_model=masked_model, pose=pose, cloth=cloth, person_frame=None))
         deadline = asyncio.get_running_loop().time() + header["remaining_s"]
         try:
-            work = self.batcher.submit(inputs, deadline, Priority(header["priority"]))
+            with tracing.attached(header.get("trace")):  # the work keeps the request's trace context
+                work = self.batcher.submit(inputs, deadline, Priority(header["priority"]))
         except QueueError as exc:
             writer.write(frame(Error(id=work_id, type="error", outcome=outcome_fields(exc))))
             return

@@ -18,6 +18,7 @@ import torch
 
 from model.images import TryOnInputs
 
+from .. import tracing
 from ..queue.admission import ServiceRate
 from ..queue.work import GarmentsChunk, GarmentsInputs, GarmentsStream, WorkResult
 from ..queue.outcomes import DropReason, EngineUnreachable, QueueError, ShuttingDown
@@ -115,6 +116,8 @@ class RemoteBatcher:
         garments = isinstance(inputs, GarmentsInputs)
         header = Submit(op="submit", id=work.id, garments=garments, remaining_s=deadline - loop.time(),
                         chunk_size=inputs.chunk_size if garments else None, priority=priority.value)
+        if tracing.ENABLED:
+            header["trace"] = tracing.carrier()
         if not garments and self.arena is not None:
             work.slot = self.arena.put(inputs.pose, inputs.masked_model, inputs.cloth)
         self._works[work.id] = work

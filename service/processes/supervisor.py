@@ -40,6 +40,7 @@ from ..logs import announce_ready
 from ..metrics import Metrics
 from ..queue.host import EngineFactory, EngineHost, weights_name
 from ..settings import Settings
+from .. import tracing
 from .arena import Arena
 from .engine_server import EngineServer
 from .exits import STARTUP_FAILURE, after_device_failure, log_drain
@@ -118,6 +119,7 @@ async def _supervise(settings: Settings, engine_factory: EngineFactory | None) -
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     metrics = Metrics(settings.max_batch_size)
+    tracing.configure(metrics)
     host = EngineHost(settings, metrics, engine_factory,
                       on_device_failure=lambda reason: after_device_failure(metrics, loop))
     folder = tempfile.mkdtemp(prefix="tryon-engine-")
@@ -166,6 +168,7 @@ async def _supervise(settings: Settings, engine_factory: EngineFactory | None) -
         _end(front_ends)
         metrics.ready.set(0)
         await host.stop()
+        tracing.shutdown()
         log.info("stopped")
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -11,6 +11,8 @@ are on both sides, in pixel order, as decoded. Failures cross as the queue's
 outcomes (service/queue/outcomes.py), by name: the front end raises the same
 exception the batcher raised, and its HTTP edge maps it as it maps its own.
 Deadlines cross as remaining seconds, since each process's event loop has its own clock.
+With tracing on, a submit carries its request's trace context (``trace``: W3C traceparent and
+tracestate), so the queue wait and the batch in the engine process belong to the request's trace.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ class Submit(TypedDict, total=False):
     priority: str  # a Priority's value
     slot: int  # the images are in this arena slot; else the payload holds them, shaped by:
     shapes: list[list[int]]
+    trace: dict[str, str]  # with tracing on: the request's W3C traceparent (and tracestate)
 
 
 class Abandon(TypedDict):

@@ -39,6 +39,7 @@ import torch
 from model.device_errors import device_failure, is_out_of_memory
 from model.images import TryOnInputs, stack_levels
 
+from .. import tracing
 from ..metrics import Metrics
 from .admission import Estimate, ServiceRate, own_work_s, too_short
 from .interface import InferenceEngine
@@ -253,6 +254,7 @@ class Batcher:
         return (self.engine.pausable
                 and all(work.priority is Priority.BULK for work in works))
 
+    @tracing.batched
     async def _run_batch(self, works: list[Work]) -> None:
         loop = asyncio.get_running_loop()
         started = self._begin(works, len(works))
@@ -264,15 +266,17 @@ class Batcher:
             if self._pausable(works):
                 outputs, overtaken = await self._run_in_steps(pose, masked, cloth)
             if outputs is None:
-                outputs = await loop.run_in_executor(self._executor, infer_splitting_on_oom, self.engine.infer,
-                                                     pose, masked, cloth, splits.append)
+                with tracing.span("inference"):
+                    outputs = await loop.run_in_executor(self._executor, infer_splitting_on_oom, self.engine.infer,
+                                                         pose, masked, cloth, splits.append)
         except Exception as exc:  # the engine itself failed: every request of the batch learns it
             log.exception("inference failed for a batch of %d", len(works))
             outputs = [exc] * len(works)
         elapsed = time.perf_counter() - started
         self._running = [work for work in self._running if work not in works]
         for n in splits:
-            self._count_split(n)
+            log.warning("device out of memory on a batch of %d: splitting it and retrying", n)
+            self.metrics.oom_splits.inc()
         if not splits and not overtaken and not isinstance(outputs[0], BaseException):
             self.rate.record(len(works), elapsed)  # (a batch that was overtaken took longer than it costs)
         self.metrics.batch_size.observe(len(works))
@@ -329,7 +333,8 @@ class Batcher:
         chunk_size = min(self._chunk_size(work), work.items_left)
         started = self._begin([work], chunk_size)
         try:
-            chunk = await loop.run_in_executor(self._executor, self._dress_one_chunk, work)
+            with tracing.batch([work], queued=work.stream is None), tracing.span("inference"):
+                chunk = await loop.run_in_executor(self._executor, self._dress_one_chunk, work)
         except Exception as exc:  # the engine failed: the request learns it, the worker carries on
             log.exception("inference failed for %d garments", work.inputs.cloths.shape[0])
             chunk = exc
@@ -423,7 +428,3 @@ class Batcher:
         self.metrics.queue_depth.set(sum(n for _, n in depths))
         for priority, n in depths:
             self.metrics.pending.labels(priority.value).set(n)
-
-    def _count_split(self, n: int) -> None:
-        log.warning("device out of memory on a batch of %d: splitting it and retrying", n)
-        self.metrics.oom_splits.inc()

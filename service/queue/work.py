@@ -17,6 +17,7 @@ import torch
 
 from model.images import TryOnInputs, stack_levels
 
+from .. import tracing
 from .outcomes import DeadlineExceeded, DropReason, QueueError
 from .priority import Priority
 
@@ -66,6 +67,8 @@ class Work:
     stream: GarmentsStream | None = None
     chunks: Iterator[tuple[int, torch.Tensor]] | None = None
     dressed: int = 0
+    # The trace context current at submission (the request's span), or None with tracing off.
+    trace: object = field(default_factory=tracing.current)
 
     @property
     def is_garments(self) -> bool:

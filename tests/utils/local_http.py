@@ -18,6 +18,7 @@ class LocalServer:
         self.cut_next_after: int | None = None
         self.hits: list[tuple[str, str | None]] = []  # (path, Host header)
         self.ranges: list[tuple[str, str | None]] = []  # (path, Range header)
+        self.headers: list[tuple[str, dict[str, str]]] = []  # (path, every header, names lower-case)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -31,6 +32,7 @@ class LocalServer:
             def do_GET(self):
                 server.hits.append((self.path, self.headers.get("Host")))
                 server.ranges.append((self.path, self.headers.get("Range")))
+                server.headers.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
                 status, headers, body = server.answer(self.path)
                 headers = dict(headers)
                 time.sleep(float(headers.pop("delay", 0)))

@@ -11,6 +11,7 @@ from model.person import PersonInputs
 from ...codec.output import OutputOptions, encode_output
 from ...codec.person import decode_garment, decode_person, person_report
 from ...codec.sources import RequestParts
+from ... import tracing
 from ...queue.priority import Priority
 from ..cache import CachedResponse, ResponseCache
 from ..deps import QueryDep, ServiceDep, TicketDep, require_api_key
@@ -43,6 +44,7 @@ def short_decode(parts: RequestParts) -> bool:
     return set(parts.given) == {"masked_model", "pose"} and parts.decode_bytes <= INLINE_DECODE_PIXEL_BYTES
 
 
+@tracing.traced("decode")
 def _decode(parts: RequestParts, service: ServiceState,
             options: OutputOptions) -> tuple[PersonInputs, TryOnInputs, str | None]:
     """What the model sees, and its cache key (a hit's time is mostly this)."""
