@@ -76,13 +76,16 @@ def test_each_front_end_listens_on_a_socket_of_its_own(server):
 
 def test_sigterm_drains_through_both_front_ends(tmp_path, standin_weights_file):
     in_flight = 6
+    # A batch window long enough for all six to queue through two front ends on a loaded machine (at 1.5 s
+    # the window closed before the last arrived), and deadlines that outlast a batch of six run there (20 s).
     env = TWO_FRONT_ENDS | {"TRYON_WEIGHTS": str(standin_weights_file), "TRYON_MAX_BATCH_SIZE": "8",
-                            "TRYON_MAX_BATCH_WAIT_MS": "1500", "TRYON_DRAIN_TIMEOUT_S": "20"}
+                            "TRYON_MAX_BATCH_WAIT_MS": "5000", "TRYON_DRAIN_TIMEOUT_S": "60",
+                            "TRYON_REQUEST_TIMEOUT_S": "120"}
     with running_server(env, tmp_path) as server:
-        with httpx.Client(base_url=server.url, timeout=60) as client, \
+        with httpx.Client(base_url=server.url, timeout=180) as client, \
                 concurrent.futures.ThreadPoolExecutor(in_flight) as pool:
             pending = [pool.submit(post_files, client) for _ in range(in_flight)]
-            end = time.monotonic() + 20
+            end = time.monotonic() + 60
             while server.metrics().get(sample_key("tryon_queue_depth"), 0) < in_flight:  # all queued, none run
                 assert time.monotonic() < end
                 time.sleep(0.02)

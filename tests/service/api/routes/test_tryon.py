@@ -370,14 +370,26 @@ def test_cors_allow_list(server):
 
 
 def test_metrics_docs_and_logs(server, client):
+    """A refusal and a try-on of its own (it passed only after other tests had made them): each is counted
+    and logged under its request id."""
+    refusals = sample_key("tryon_rejected_total", {"reason": "url_not_allowed"})
+    before = server.metrics().get(refusals, 0.0)
+    refused = post_files(client, images={k: v for k, v in IMAGES.items() if k != "pose"},
+                         data={"pose": "http://10.0.0.1/pose.png"})
+    assert refused.json()["error"]["code"] == "url_not_allowed", refused.text
+    assert post_files(client, headers={"X-Request-ID": "shop-metrics"}).status_code == 200
     text = httpx.get(f"{server.url}/metrics").text
     for name in ("tryon_http_requests_total", "tryon_http_request_duration_seconds_bucket", "tryon_queue_depth",
                  "tryon_batch_size_bucket", "tryon_inference_seconds_bucket", "tryon_rejected_total"):
         assert name in text
-    assert 'tryon_rejected_total{reason="url_not_allowed"}' in text
+    assert server.metrics()[refusals] == before + 1
     assert "/v1/tryon" in httpx.get(f"{server.url}/openapi.json").json()["paths"]
     assert "swagger" in httpx.get(f"{server.url}/docs").text.lower()
-    assert '"request_id": "shop-42"' in server.stderr and '"timings_ms"' in server.stderr
+    end = time.monotonic() + 10  # the access line is written as the answer goes
+    while '"request_id": "shop-metrics"' not in server.stderr:
+        assert time.monotonic() < end, "no access log line for the request"
+        time.sleep(0.05)
+    assert '"timings_ms"' in server.stderr
 
 
 def test_priority_and_a_deadline_no_server_could_meet(client):
