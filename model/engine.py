@@ -48,7 +48,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from .device_errors import device_failure
+from .device_errors import DeviceFailed, device_failure
 from .images import MODEL_SIZE_HW, levels_to_tensor, prepare_inputs, tensor_to_levels
 from .images.levels import level_table
 from .kernels import resolve as resolve_sampler
@@ -95,10 +95,6 @@ class EngineConfig:
 
 def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
-
-
-class DeviceFailed(RuntimeError):
-    """The device broke at start-up (a sticky CUDA error): nothing can run on it in this process."""
 
 
 @dataclass

@@ -15,7 +15,8 @@ import pytest
 import torch
 from triton.runtime.errors import OutOfResources
 
-from model.engine import DeviceFailed, Engine, EngineConfig
+from model.device_errors import DeviceFailed
+from model.engine import Engine, EngineConfig
 from model.images import tensor_to_image
 from model.kernels import cpu_sampling
 from model.kernels.selfcheck import check_fused
