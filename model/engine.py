@@ -41,7 +41,6 @@ import contextlib
 import copy
 import logging
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -56,6 +55,7 @@ from .kernels.selfcheck import REFERENCE as REFERENCE_SAMPLER, check_fused
 from .network import DAFlow, check_size
 from .precision import (DTYPES, choose_precision, default_channels_last, effective_precision, prepare_network,
                         run_in_precision, set_cuda_math)
+from .stopwatch import Stopwatch
 from .weights import build_model
 
 log = logging.getLogger("model.engine")
@@ -276,12 +276,12 @@ class Engine:
         h, w = self.config.image_size_hw
         seconds = {}
         for n in sizes:
-            start = time.perf_counter()
+            clock = Stopwatch()
             if self.use_graphs:
                 self._capture_or_fall_back(n)
             zeros = torch.zeros(n, 3, h, w, dtype=torch.uint8)
             self.infer(zeros, zeros, zeros)
-            seconds[n] = time.perf_counter() - start
+            seconds[n] = clock.elapsed
         self._warm_garments()
         return seconds
 

@@ -38,6 +38,7 @@ import torch
 
 from model.device_errors import device_failure, is_out_of_memory
 from model.images import TryOnInputs, stack_levels
+from model.stopwatch import Stopwatch
 
 from ..metrics import Metrics
 from .admission import Estimate, ServiceRate, own_work_s, too_short
@@ -366,9 +367,9 @@ class Batcher:
         if job.chunks is None:
             job.chunks = self.engine.iter_garments(person.pose[None], person.masked_model[None], person.cloths,
                                                    self._chunk_size(job))
-        started = time.perf_counter()
+        clock = Stopwatch()
         start, outputs = next(job.chunks)
-        return GarmentsChunk(start, outputs, time.perf_counter() - started)
+        return GarmentsChunk(start, outputs, clock.elapsed)
 
     @staticmethod
     def _close_chunks(job: Job) -> None:
