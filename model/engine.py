@@ -49,7 +49,7 @@ import torch
 from .cuda_graphs import CaptureState, Graph, capture, replay
 from .device_errors import DeviceFailed, device_failure
 from .images import MODEL_SIZE_HW, levels_to_tensor, prepare_inputs, tensor_to_levels
-from .kernels import resolve as resolve_sampler
+from .kernels import requested as requested_sampler, resolve as resolve_sampler
 from .kernels.selfcheck import REFERENCE as REFERENCE_SAMPLER, check_fused
 from .network import DAFlow, check_size
 from .precision import (DTYPES, choose_precision, default_channels_last, effective_precision, prepare_network,
@@ -105,8 +105,9 @@ class Engine:
             # Pinned now: a thread that later runs the engine may have another current device.
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.batch_sizes = tuple(sorted(set(cfg.batch_sizes)))
-        # Resolved once (TRYON_SAMPLER included); warm-up may fall back to the reference.
-        self.sampler = resolve_sampler(cfg.sampler, self.device)
+        # TRYON_SAMPLER read and resolved once, here; warm-up may fall back to the reference.
+        self.requested_sampler = requested_sampler(cfg.sampler)
+        self.sampler = resolve_sampler(self.requested_sampler, self.device)
         self.sampler_fallback: str | None = None
         net, self.weights = build_model(cfg.weights, sampler=self.sampler)
         self.precision = effective_precision(cfg.precision, self.device)
@@ -150,7 +151,7 @@ class Engine:
                 "weights": self.weights.name, "random_weights": self.weights.random, "warm": self.warm,
                 "cuda_graphs": self.use_graphs, "cuda_graphs_fallback": self.graphs_fallback,
                 "channels_last": self.channels_last,
-                "sampler": self.sampler, "requested_sampler": self.config.sampler,
+                "sampler": self.sampler, "requested_sampler": self.requested_sampler,
                 "sampler_fallback": self.sampler_fallback,
                 "garments_reserved_bytes": self.garments_reserved_bytes}
 

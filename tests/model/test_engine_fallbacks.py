@@ -68,7 +68,7 @@ def test_engine_resolves_the_sampler_once_and_reports_it(weights_file, monkeypat
     assert e.sampler == e.net.dafnet.sampler == "torch"
     monkeypatch.setenv("TRYON_SAMPLER", "numba")  # read once, when the engine was built
     e.warmup()
-    assert e.info["sampler"] == "torch" and e.info["requested_sampler"] == "auto"
+    assert e.info["sampler"] == "torch" and e.info["requested_sampler"] == "torch"
     assert e.info["sampler_fallback"] is None
 
 
