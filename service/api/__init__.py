@@ -9,5 +9,5 @@ the one JSON error shape.
 
 May import: ``service.jobs`` (built and started here), ``service.processes`` (a front end's
 remote batcher), ``service.codec`` (decoding, encoding, fetching), ``service.queue``, ``model``
-and the foundation (``service.settings``, ``metrics``, ``logs``, ``limits``).
+and the foundation (``service.settings``, ``metrics``, ``logs``, ``limits``, ``examples``).
 """
