@@ -156,7 +156,7 @@ def measure(name: str, url: str, args, process=None, log_path: Path | None = Non
     return {"config": name, "server": {k: ready.get(k) for k in ("device", "weights", "random_weights", "sampler",
                                                                   "image_size", "max_batch_size", "max_batch_wait_ms",
                                                                   "batch_sizes", "queue_limit", "precision",
-                                                                  "cuda_graphs", "sampler_in_use",
+                                                                  "cuda_graphs", "requested_sampler",
                                                                   "sampler_fallback", "cuda_graphs_fallback",
                                                                   "precision_fallback")},
             "clients": args.clients, "duration_s": args.duration, "omp_threads": args.threads or "default",

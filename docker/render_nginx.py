@@ -4,8 +4,10 @@ One template serves docker compose (upstream ``tryon:8000``, re-resolved
 through Docker's DNS as replicas come and go) and tests/deploy/test_load_balancer.py
 (replicas on 127.0.0.1 ports, nginx run from a scratch directory). The body
 size limits (one for /v1/tryon/batch, one for POST /v1/jobs, one for the rest) and the timeouts
-follow the service's TRYON_* settings, so nginx never refuses a request the
-service would take, nor gives up before the service's own timeout answers. Standard library only: it runs before anything is installed.
+follow the service's TRYON_* settings, read through service.settings.Settings (the
+body limits are its properties), so nginx never refuses a request the service would
+take, nor gives up before the service's own timeout answers. It runs with the
+service's packages installed (pydantic-settings): `.venv/bin/python docker/render_nginx.py`.
 
     python docker/render_nginx.py --compose docker-compose.yml -o docker/nginx.compose.conf
     python docker/render_nginx.py --kubernetes docker/k8s/deployment.yaml -o docker/k8s/lb-configmap.yaml
@@ -15,7 +17,6 @@ service would take, nor gives up before the service's own timeout answers. Stand
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import os
 import re
@@ -50,57 +51,55 @@ NGINX_PATHS = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbi
 _PLACEHOLDER = re.compile(r"\{\{ (\w+) \}\}")
 
 
-def _load_limits():
-    """service/limits.py by path: the service's own body-limit formula, without
-    importing the service package (and what it needs installed)."""
-    path = DOCKER_DIR.parent / "service" / "limits.py"
-    spec = importlib.util.spec_from_file_location("tryon_service_limits", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+# The service's settings, from this checkout: the body limits are its properties (one formula,
+# service/limits.py), never worked out again here.
+sys.path.insert(0, str(DOCKER_DIR.parent))
+from service.settings import Settings  # noqa: E402
 
-
-_LIMITS = _load_limits()
+_FIELDS = ("max_upload_bytes", "request_timeout_s", "url_total_timeout_s", "max_garments", "jobs_max_garments",
+           "jobs_max_body_bytes")
+_DEFAULT = {name: Settings.model_fields[name].default for name in _FIELDS}
 
 
 @dataclass(frozen=True)
 class ServiceLimits:
-    """The service settings nginx must agree with; defaults are the service's."""
+    """The service settings nginx must agree with; defaults are the service's (Settings)."""
 
-    max_upload_bytes: int = 10_485_760
-    request_timeout_s: float = 30
-    url_total_timeout_s: float = 10
-    max_garments: int = 8
-    jobs_max_garments: int = 64
-    jobs_max_body_bytes: int = _LIMITS.JOBS_MAX_BODY_BYTES
+    max_upload_bytes: int = _DEFAULT["max_upload_bytes"]
+    request_timeout_s: float = _DEFAULT["request_timeout_s"]
+    url_total_timeout_s: float = _DEFAULT["url_total_timeout_s"]
+    max_garments: int = _DEFAULT["max_garments"]
+    jobs_max_garments: int = _DEFAULT["jobs_max_garments"]
+    jobs_max_body_bytes: int = _DEFAULT["jobs_max_body_bytes"]
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ServiceLimits:
         """Reads TRYON_MAX_UPLOAD_BYTES, TRYON_REQUEST_TIMEOUT_S, TRYON_URL_TOTAL_TIMEOUT_S,
-        TRYON_MAX_GARMENTS, TRYON_JOBS_MAX_GARMENTS and TRYON_JOBS_MAX_BODY_BYTES."""
-        default = cls()
-        return cls(
-            max_upload_bytes=int(env.get("TRYON_MAX_UPLOAD_BYTES", default.max_upload_bytes)),
-            request_timeout_s=float(env.get("TRYON_REQUEST_TIMEOUT_S", default.request_timeout_s)),
-            url_total_timeout_s=float(env.get("TRYON_URL_TOTAL_TIMEOUT_S", default.url_total_timeout_s)),
-            max_garments=int(env.get("TRYON_MAX_GARMENTS", default.max_garments)),
-            jobs_max_garments=int(env.get("TRYON_JOBS_MAX_GARMENTS", default.jobs_max_garments)),
-            jobs_max_body_bytes=int(env.get("TRYON_JOBS_MAX_BODY_BYTES", default.jobs_max_body_bytes)))
+        TRYON_MAX_GARMENTS, TRYON_JOBS_MAX_GARMENTS and TRYON_JOBS_MAX_BODY_BYTES from ``env``,
+        parsed and checked as the service parses them (Settings; no other variable is read)."""
+        given = {name: env[f"TRYON_{name.upper()}"] for name in _FIELDS if f"TRYON_{name.upper()}" in env}
+        settings = Settings.model_validate(given)
+        return cls(**{name: getattr(settings, name) for name in _FIELDS})
+
+    @property
+    def settings(self) -> Settings:
+        """These values as the service's Settings (the rest at their defaults)."""
+        return Settings.model_construct(**{name: getattr(self, name) for name in _FIELDS})
 
     @property
     def request_body_limit(self) -> int:
         """Settings.request_body_limit (/v1/tryon, /v1/prepare)."""
-        return _LIMITS.request_body_limit(self.max_upload_bytes)
+        return self.settings.request_body_limit
 
     @property
     def batch_body_limit(self) -> int:
         """Settings.batch_body_limit (/v1/tryon/batch)."""
-        return _LIMITS.batch_body_limit(self.max_upload_bytes, self.max_garments)
+        return self.settings.batch_body_limit
 
     @property
     def jobs_body_limit(self) -> int:
         """Settings.jobs_body_limit (POST /v1/jobs)."""
-        return _LIMITS.jobs_body_limit(self.max_upload_bytes, self.jobs_max_garments, self.jobs_max_body_bytes)
+        return self.settings.jobs_body_limit
 
     @property
     def read_timeout_s(self) -> int:

@@ -5,6 +5,9 @@ cuBLAS report their allocation failures as plain ``RuntimeError``s; and an
 illegal address, a failed launch or a lost device leaves the CUDA context
 poisoned: every later call fails the same way, so the process must be
 replaced. Both are told apart by the error's text, which is all CUDA gives.
+``DeviceFailed`` is the one exception that says so, wherever it is found out: the
+engine raises it at warm-up, and the service's queue refuses work with it
+(service.queue.outcomes gives it the queue's outcome interface).
 """
 from __future__ import annotations
 
@@ -38,3 +41,8 @@ def device_failure(exc: BaseException) -> str | None:
     if any(s in lowered for s in _DEVICE_BROKEN):
         return text.strip().splitlines()[0][:300]
     return None
+
+
+class DeviceFailed(RuntimeError):
+    """The device's CUDA context is broken (a sticky error): nothing more can run on it in this
+    process, which must be replaced."""

@@ -14,11 +14,10 @@ On a GPU (docs/gpu.md; the precision policy is model.precision):
   accumulation stay fp32 (model.network, model.kernels). "auto" is the
   measured default, AUTO_GPU_PRECISION on a GPU and fp32 on the CPU;
 - channels-last activations for the half modes, cudnn.benchmark;
-- one CUDA graph per configured batch size, captured at warm-up on a stream of
-  the engine's device over static uint8 input buffers: the normalisation, the
-  forward and the quantisation all run inside it. A batch of levels is copied
-  into pinned staging, crosses in one copy, replays the graph and comes back in
-  one copy (float inputs run eagerly). A capture that fails falls back to eager.
+- one CUDA graph per configured batch size (model.cuda_graphs), captured at warm-up
+  on a stream of the engine's device over static uint8 input buffers: the
+  normalisation, the forward and the quantisation all run inside it (float
+  inputs run eagerly). A capture that fails falls back to eager.
 On the CPU: fp32 or bf16, eager, no graphs; tf32 means fp32 there and fp16
 means bf16 (logged).
 
@@ -41,28 +40,24 @@ import contextlib
 import copy
 import logging
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 
-from .device_errors import device_failure
+from .cuda_graphs import CaptureState, Graph, capture, replay
+from .device_errors import DeviceFailed, device_failure
 from .images import MODEL_SIZE_HW, levels_to_tensor, prepare_inputs, tensor_to_levels
-from .images.levels import level_table
-from .kernels import resolve as resolve_sampler
+from .kernels import requested as requested_sampler, resolve as resolve_sampler
 from .kernels.selfcheck import REFERENCE as REFERENCE_SAMPLER, check_fused
 from .network import DAFlow, check_size
 from .precision import (DTYPES, choose_precision, default_channels_last, effective_precision, prepare_network,
                         run_in_precision, set_cuda_math)
+from .stopwatch import Stopwatch
 from .weights import build_model
 
 log = logging.getLogger("model.engine")
-
-# Eager runs on a side stream before capture (cudnn.benchmark and Triton autotuning happen there).
-GRAPH_WARMUP_RUNS = 2
-
 
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
@@ -97,23 +92,6 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
 
 
-class DeviceFailed(RuntimeError):
-    """The device broke at start-up (a sticky CUDA error): nothing can run on it in this process."""
-
-
-@dataclass
-class _Graph:
-    """One batch size's graph: static uint8 levels in (pose, masked model, cloth stacked, pixel
-    order) and out, on the device, and their pinned host copies. ``copied`` is recorded after
-    the copy out of ``staging_in``; the next batch waits for it before writing there."""
-    graph: "torch.cuda.CUDAGraph"
-    levels: torch.Tensor  # (3, n, H, W, 3) uint8, device
-    output: torch.Tensor  # (n, 3, H, W) uint8, device, the network's layout
-    staging_in: torch.Tensor  # pinned, like levels
-    staging_out: torch.Tensor  # pinned, like output
-    copied: "torch.cuda.Event"
-
-
 class Engine:
     """The network on its device, prepared once from ``config`` (device, precision, sampler,
     batch sizes, each checked and resolved here and reported in ``info``)."""
@@ -127,8 +105,9 @@ class Engine:
             # Pinned now: a thread that later runs the engine may have another current device.
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.batch_sizes = tuple(sorted(set(cfg.batch_sizes)))
-        # Resolved once (TRYON_SAMPLER included); warm-up may fall back to the reference.
-        self.sampler = resolve_sampler(cfg.sampler, self.device)
+        # TRYON_SAMPLER read and resolved once, here; warm-up may fall back to the reference.
+        self.requested_sampler = requested_sampler(cfg.sampler)
+        self.sampler = resolve_sampler(self.requested_sampler, self.device)
         self.sampler_fallback: str | None = None
         net, self.weights = build_model(cfg.weights, sampler=self.sampler)
         self.precision = effective_precision(cfg.precision, self.device)
@@ -154,13 +133,8 @@ class Engine:
         self.warm = False
         # Bytes the garments path (eager, outside the graphs' pool) reserved at warm-up.
         self.garments_reserved_bytes = 0
-        self._graphs: dict[int, _Graph] = {}
-        # One memory pool for all graphs: only one replays at a time (under the
-        # lock) and its output is copied out before the next replay.
-        self._pool = None
-        # Graphs are captured on a stream of the engine's own device (torch's default capture
-        # stream is one per process, made on whichever device captured first).
-        self._capture_stream = None
+        self._graphs: dict[int, Graph] = {}
+        self._capture_state = CaptureState(self.device)  # the graphs' shared pool and capture stream
         # One forward at a time per device: the model is not re-entrant on the GPU,
         # and the graphs share their static buffers and memory pool.
         self._lock = threading.Lock()
@@ -177,7 +151,7 @@ class Engine:
                 "weights": self.weights.name, "random_weights": self.weights.random, "warm": self.warm,
                 "cuda_graphs": self.use_graphs, "cuda_graphs_fallback": self.graphs_fallback,
                 "channels_last": self.channels_last,
-                "sampler": self.sampler, "requested_sampler": self.config.sampler,
+                "sampler": self.sampler, "requested_sampler": self.requested_sampler,
                 "sampler_fallback": self.sampler_fallback,
                 "garments_reserved_bytes": self.garments_reserved_bytes}
 
@@ -280,12 +254,12 @@ class Engine:
         h, w = self.config.image_size_hw
         seconds = {}
         for n in sizes:
-            start = time.perf_counter()
+            clock = Stopwatch()
             if self.use_graphs:
                 self._capture_or_fall_back(n)
             zeros = torch.zeros(n, 3, h, w, dtype=torch.uint8)
             self.infer(zeros, zeros, zeros)
-            seconds[n] = time.perf_counter() - start
+            seconds[n] = clock.elapsed
         self._warm_garments()
         return seconds
 
@@ -435,49 +409,12 @@ class Engine:
             self.use_graphs = False
             self._graphs.clear()
 
-    def _capture(self, n: int) -> _Graph:
-        """A CUDA graph of ``_levels_forward`` at batch n over static uint8 buffers, captured on
-        the engine's own stream, with pinned staging for the copies in and out."""
-        h, w = self.config.image_size_hw
-        level_table(self.device)  # on the device before the capture reads it
-        with torch.inference_mode():
-            levels = torch.zeros(3, n, h, w, 3, device=self.device, dtype=torch.uint8)
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                for _ in range(GRAPH_WARMUP_RUNS):
-                    self._levels_forward(levels)
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            if self._pool is None:
-                self._pool = torch.cuda.graph_pool_handle()
-            if self._capture_stream is None:
-                self._capture_stream = torch.cuda.Stream(self.device)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool, stream=self._capture_stream):
-                output = self._levels_forward(levels)
-        torch.cuda.synchronize(self.device)
-        staging_in = torch.empty(levels.shape, dtype=torch.uint8, pin_memory=True)
-        staging_out = torch.empty_like(output, device="cpu", pin_memory=True)
-        copied = torch.cuda.Event()
-        copied.record(torch.cuda.current_stream(self.device))
-        return _Graph(graph, levels, output, staging_in, staging_out, copied)
+    def _capture(self, n: int) -> Graph:
+        """Batch n's graph (model.cuda_graphs); tests replace it to fail as a GPU's capture does."""
+        return capture(self._levels_forward, n, self.config.image_size_hw, self._capture_state)
 
-    def _replay(self, graph: _Graph, n: int, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """A batch of n <= the graph's size of uint8 levels: into pinned staging (after the last
-        copy out of it finished: the event), one copy in, the replay, one copy out, (n, 3, H, W)
-        levels on the CPU. The caller's tensors (an arena slot's views) are read here, before
-        this returns, and never after. Rows past n keep the previous batch's data: batch items
-        are independent."""
-        graph.copied.synchronize()
-        for staging, t in zip(graph.staging_in, inputs):
-            staging[:n].copy_(t.permute(0, 2, 3, 1))
-        stream = torch.cuda.current_stream(self.device)
-        graph.levels.copy_(graph.staging_in, non_blocking=True)
-        graph.copied.record(stream)
-        graph.graph.replay()
-        graph.staging_out.copy_(graph.output, non_blocking=True)
-        stream.synchronize()
-        return graph.staging_out[:n].clone()
+    def _replay(self, graph: Graph, n: int, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return replay(graph, n, inputs, self.device)
 
     @staticmethod
     def _pad(t: torch.Tensor, n: int) -> torch.Tensor:

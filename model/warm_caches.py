@@ -22,21 +22,21 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import time
 
 from .engine import Engine, EngineConfig, pick_device
 from .images import MODEL_SIZE_HW
+from .stopwatch import Stopwatch
 
 
 def warm_caches(device: str = "auto", image_size_hw: tuple[int, int] = MODEL_SIZE_HW) -> dict:
     """Builds and warms an engine as a replica would (a GPU: every batch size, each capturing its
     graph; a CPU: the sampler's self-check and the smallest batch); returns what it did."""
-    started = time.perf_counter()
+    clock = Stopwatch()
     engine = Engine(EngineConfig(device=device, image_size_hw=image_size_hw))
     graphs = engine.device.type == "cuda"
     warmup = engine.warmup(None if graphs else engine.batch_sizes[:1])
     return {"device": str(engine.device), "sampler": engine.sampler, "warmup_s": warmup,
-            "seconds": round(time.perf_counter() - started, 2),
+            "seconds": round(clock.elapsed, 2),
             "caches": {name: os.environ.get(name) for name in ("NUMBA_CACHE_DIR", "TRITON_CACHE_DIR")}}
 
 

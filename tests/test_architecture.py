@@ -65,9 +65,8 @@ def test_imports_run_one_way_between_rooms(path):
     assert not wrong, f"{path.relative_to(REPO)} ({room}) may not import {wrong}"
 
 
-def test_no_service_module_is_over_about_400_lines():
-    long = {str(p.relative_to(REPO)): n for p in (REPO / "service").rglob("*.py")
-            if (n := len(p.read_text().splitlines())) > 430}
+def test_no_model_or_service_module_is_over_about_400_lines():
+    long = {str(p.relative_to(REPO)): n for p in SOURCES if (n := len(p.read_text().splitlines())) > 430}
     assert not long
 
 
@@ -76,3 +75,37 @@ def test_the_rule_itself_sees_a_wrong_import():
     assert "api" not in ALLOWED["queue"] and room_of("service.__main__") == "main"
     assert "api" not in ALLOWED["codec"] and "jobs" not in ALLOWED["codec"]
     assert "service.api.app" in imports_of(REPO / "service" / "__main__.py")
+
+
+PACKAGES = sorted(p.parent.name for p in (REPO / "service").glob("*/__init__.py"))
+
+
+def _room_table() -> str:
+    """service/README.md's table of rooms: its header row and the rows under it."""
+    lines = (REPO / "service" / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| room |"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return "\n".join(lines[start:end])
+
+
+def _drawing() -> str:
+    """docs/architecture.md's drawing of the rooms: the first code block under "The service's rooms"."""
+    text = (REPO / "docs" / "architecture.md").read_text()
+    section = text[text.index("## The service's rooms"):]
+    return section.split("```")[1]
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_every_room_is_in_the_room_lists(package):
+    """A package added under service/ is named in each list of the rooms, so none goes stale."""
+    import service
+    places = {"service/README.md's room table": _room_table(), "service/__init__.py": service.__doc__,
+              "docs/architecture.md's drawing": _drawing()}
+    missing = [where for where, text in places.items() if f"{package}/" not in text]
+    assert not missing, f"service/{package}/ is not in {missing}"
+
+
+@pytest.mark.parametrize("path", sorted(p for folder in ("model", "service") for p in (REPO / folder).rglob("__init__.py")),
+                         ids=lambda p: str(p.relative_to(REPO)))
+def test_every_package_says_what_it_is(path):
+    assert ast.get_docstring(ast.parse(path.read_text())), f"{path.relative_to(REPO)} has no module docstring"

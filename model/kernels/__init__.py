@@ -12,6 +12,9 @@ impl:
   "published" the published repeat-K-times formulation (benchmark baseline);
   "auto"   triton on CUDA when Triton imports, numba on the CPU when Numba
            imports, the reference otherwise.
+``TRYON_SAMPLER`` is read once, by whoever builds the network (``requested``: the
+engine, at construction), and the name it resolves to is passed down; ``resolve``
+and the calls on every forward never read it.
 Triton and Numba are imported lazily, on first use, never at start-up.
 Flows and weights stay fp32; with fp16/bf16 features the Triton kernel
 accumulates in fp32 itself, the others run on fp32 copies of the features.
@@ -27,7 +30,7 @@ import torch
 from ..sampling import deformable_sample_published, deformable_sample_reference
 
 IMPLEMENTATIONS = ("auto", "triton", "numba", "torch", "published")
-# Forces one implementation for the whole process (e.g. the service's setting).
+# Forces one implementation on a network built for "auto" (the service's setting, TRYON_SAMPLER).
 FORCE_ENV = "TRYON_SAMPLER"
 
 
@@ -36,11 +39,19 @@ def available(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-def resolve(impl: str, device: torch.device) -> str:
-    """The implementation that ``impl`` means for tensors on ``device``."""
+def requested(impl: str) -> str:
+    """What is asked for: ``impl``, or for "auto" what TRYON_SAMPLER names when it is set. Read once,
+    when the network is built; an unknown name is a ValueError here."""
     forced = os.environ.get(FORCE_ENV, "").strip().lower()
-    if impl == "auto" and forced and forced != "auto":
+    if impl == "auto" and forced:
         impl = forced
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown sampler {impl!r}; expected one of {IMPLEMENTATIONS}")
+    return impl
+
+
+def resolve(impl: str, device: torch.device) -> str:
+    """The implementation that ``impl`` means for tensors on ``device`` (no environment read)."""
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"unknown sampler {impl!r}; expected one of {IMPLEMENTATIONS}")
     if impl != "auto":

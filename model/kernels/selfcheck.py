@@ -7,7 +7,7 @@ CPU, in the variant that will serve: the engine's dtype and layout, and the
 network's channel counts (a Triton kernel is specialised, and autotuned, on them).
 A compile error, a launch error, a non-finite value or a difference beyond the
 tested bound is returned as a reason, and the engine serves with the reference
-instead; the engine tells a sticky device error apart (model.engine.DeviceFailed).
+instead; the engine tells a sticky device error apart (model.device_errors.DeviceFailed).
 
 The bounds are the kernel tests' (tests/model/kernels/test_triton_sampling.py, test_kernels_cpu.py):
 ``sampling_bound`` and ``composition_bound``.

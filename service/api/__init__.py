@@ -9,5 +9,5 @@ every failure, the queue's outcomes included, to the one JSON error shape.
 
 May import: ``service.jobs`` (started here), ``service.processes`` (a front end's
 remote batcher), ``service.codec`` (decoding, encoding, fetching), ``service.queue``, ``model``
-and the foundation (``service.settings``, ``metrics``, ``logs``, ``limits``).
+and the foundation (``service.settings``, ``metrics``, ``logs``, ``limits``, ``examples``).
 """

@@ -66,7 +66,9 @@ class ServiceState:
         info = {"status": status, "ready": status == "ready", "draining": self.draining,
                 "max_batch_size": s.max_batch_size, "max_batch_wait_ms": s.max_batch_wait_ms,
                 "queue_limit": s.queue_limit, "queue_depth": self.queue.depth if self.queue else 0,
-                "request_timeout_s": s.request_timeout_s, "sampler": s.sampler,
+                "request_timeout_s": s.request_timeout_s,
+                # sampler: the one in use (the engine's, once loaded); requested_sampler: what TRYON_SAMPLER asked for.
+                "sampler": None, "requested_sampler": s.sampler,
                 "cache": self.cache.store.name if self.cache else None,
                 "jobs": self.jobs_info, "components": self.components.info}
         if not self.healthy:
@@ -75,7 +77,6 @@ class ServiceState:
             info["service_seconds_by_batch_size"] = {str(k): round(v, 4) for k, v in self.queue.rate.snapshot().items()}
         if self.engine is not None:
             info |= self.engine.info
-            info["sampler_in_use"] = self.engine.sampler
             info["weights_sha256"] = self.engine.weights.sha256
         return info
 

@@ -3,13 +3,13 @@ encode, Server-Timing, stream the image back. No route imports from another rout
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Awaitable, Callable
 
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 
 from model.images import TryOnInputs, header_pixels, output_size_error
+from model.stopwatch import Stopwatch
 
 from ..queue.interface import QueuedWork
 from ..queue.work import GarmentsInputs, GarmentsStream, WorkResult
@@ -91,18 +91,18 @@ async def read_parts(request: Request, service: ServiceState, query: QueryOption
     """The request's parts with every URL fetched (``timings["fetch"]`` when there were any) and
     measured for decoding (``complete_parts``); ``ticket``, when given, takes the request's priority
     and timeout; ``limit``: read_request's."""
-    mark = time.perf_counter()
+    clock = Stopwatch()
     parts, options = await read_request(request, service.settings, query.given() if query is not None else {},
                                         garments, limit)
     if ticket is not None:
         # Admission control waits for submit (after decoding): a cache hit is answered whatever the queue holds.
         ticket.schedule(scheduling_of(request, query, parts), default_priority)
-    parts = await complete_parts(request, service, parts, options, garments, timings, mark)
+    parts = await complete_parts(request, service, parts, options, garments, timings, clock)
     return parts, options
 
 
 async def complete_parts(request: Request, service: ServiceState, parts: RequestParts, options: OutputOptions,
-                         garments: Garments, timings: dict[str, float], mark: float,
+                         garments: Garments, timings: dict[str, float], clock: Stopwatch,
                          decodes_here: bool = True) -> RequestParts:
     """``parts`` with every URL fetched, an output size the format can not hold refused (422 naming the
     format's limit), and the bytes decoding will take measured from the headers (``parts.decode_bytes``;
@@ -111,7 +111,7 @@ async def complete_parts(request: Request, service: ServiceState, parts: Request
     hold = request_context(request).hold
     if has_urls(parts):
         parts = await fetch_parts(parts, service.fetcher, hold)
-        timings["fetch"] = (time.perf_counter() - mark) * 1000
+        timings["fetch"] = clock.elapsed_ms
     if garments != "none" and options.size == "original":
         person = parts.person.get("masked_model", parts.person.get("person"))
         measured = header_pixels(person) if isinstance(person, bytes) else None

@@ -12,11 +12,12 @@ from __future__ import annotations
 import bisect
 import math
 import threading
-import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
+
+from model.stopwatch import Stopwatch
 
 # Weight of the newest batch in the moving average: a few batches follow a change
 # in load or clock speed, one slow batch (a page fault, a neighbour) moves it little.
@@ -49,9 +50,9 @@ class ServiceRate:
         rate = cls()
         for n in sorted(set(batch_sizes)):
             zeros = torch.zeros(n, 3, *image_size, dtype=torch.uint8)  # levels, as the service queues them
-            started = time.perf_counter()
+            clock = Stopwatch()
             infer(zeros, zeros, zeros)
-            rate.record(n, time.perf_counter() - started)
+            rate.record(n, clock.elapsed)
         return rate
 
     @classmethod

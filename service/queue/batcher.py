@@ -38,6 +38,7 @@ import torch
 
 from model.device_errors import device_failure, is_out_of_memory
 from model.images import TryOnInputs, stack_levels
+from model.stopwatch import Stopwatch
 
 from .. import tracing
 from ..metrics import Metrics
@@ -372,9 +373,9 @@ class Batcher:
         if work.chunks is None:
             work.chunks = self.engine.iter_garments(person.pose[None], person.masked_model[None], person.cloths,
                                                     self._chunk_size(work))
-        started = time.perf_counter()
+        clock = Stopwatch()
         start, outputs = next(work.chunks)
-        return GarmentsChunk(start, outputs, time.perf_counter() - started)
+        return GarmentsChunk(start, outputs, clock.elapsed)
 
     @staticmethod
     def _close_chunks(work: Work) -> None:

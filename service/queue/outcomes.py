@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from enum import Enum
 
+from model import device_errors
+
 
 class DropReason(str, Enum):
     """Why a queued ``Work`` was never run (the ``reason`` label of tryon_dropped_total)."""
@@ -55,8 +57,9 @@ class DeviceOutOfMemory(QueueError):
     retry_after_s = 1.0
 
 
-class DeviceFailed(QueueError):
-    """The device's context is broken: this process will serve nothing more and is exiting."""
+class DeviceFailed(QueueError, device_errors.DeviceFailed):
+    """model.device_errors.DeviceFailed (defined there, once) as the queue reports it: a QueueError, so
+    every place that answers the queue's outcomes answers it; this process serves nothing more."""
     retry_after_s = 1.0
 
 

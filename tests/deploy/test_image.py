@@ -197,7 +197,7 @@ def test_ready_read_only_as_its_user_without_capabilities(container):
     assert mounts["/"].split(",")[0] == "ro" and mounts["/app/weights"].split(",")[0] == "ro"
     assert mounts["/tmp"].split(",")[0] == "rw"
     info = components_loaded(container.url)
-    assert info["ready"] and info["sampler_in_use"] == "numba" and info["weights"] == "daflow.safetensors"
+    assert info["ready"] and info["sampler"] == "numba" and info["weights"] == "daflow.safetensors"
     assert {name: c["status"] for name, c in info["components"].items()} == {
         "weights": "ready", "sampler": "ready", "jobs_store": "ready", "cache": "ready", "person_detector": "ready"}
 

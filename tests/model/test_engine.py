@@ -17,7 +17,8 @@ import torch
 from triton.runtime.errors import OutOfResources
 
 from model import create_model, load_weights
-from model.engine import DeviceFailed, Engine, EngineConfig
+from model.device_errors import DeviceFailed
+from model.engine import Engine, EngineConfig
 from model.images import levels_to_tensor, psnr_8bit, tensor_to_image, tensor_to_levels
 from model.kernels import cpu_sampling
 from model.kernels.selfcheck import check_fused
@@ -306,7 +307,7 @@ def test_engine_resolves_the_sampler_once_and_reports_it(weights_file, monkeypat
     assert e.sampler == e.net.dafnet.sampler == "torch"
     monkeypatch.setenv("TRYON_SAMPLER", "numba")  # read once, when the engine was built
     e.warmup()
-    assert e.info["sampler"] == "torch" and e.info["requested_sampler"] == "auto"
+    assert e.info["sampler"] == "torch" and e.info["requested_sampler"] == "torch"
     assert e.info["sampler_fallback"] is None
 
 

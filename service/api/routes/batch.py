@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from contextlib import aclosing
 
 import torch
@@ -21,6 +20,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
 from model.images import MEDIA_TYPES
+from model.stopwatch import Stopwatch
 
 from ...codec.output import encode_output
 from ...codec.person import decode_garments, decode_person, person_report
@@ -58,10 +58,10 @@ async def tryon_garments(request: Request, service: ServiceDep, ticket: TicketDe
     timings = ticket.timings
     # A many-garments request is bulk work unless it says otherwise.
     parts, options = await read_parts(request, service, query, "many", timings, ticket, Priority.BULK)
-    mark = time.perf_counter()
+    clock = Stopwatch()
     person = await asyncio.to_thread(decode_person, parts, settings, options.size == "original")
     garments = await asyncio.to_thread(decode_garments, person, parts.cloths, settings)
-    timings["decode"] = (time.perf_counter() - mark) * 1000
+    timings["decode"] = clock.elapsed_ms
     person_headers = person_report(person, timings, service.metrics)
     usable = [i for i, g in enumerate(garments) if not isinstance(g, ApiError)]
     if not usable:  # nothing to dress: fail like /v1/tryon would
@@ -69,11 +69,11 @@ async def tryon_garments(request: Request, service: ServiceDep, ticket: TicketDe
 
     cache, keys, cached = service.cache, {}, {}
     if cache is not None:  # each garment is looked up as its own /v1/tryon would be
-        mark = time.perf_counter()
+        clock = Stopwatch()
         keys = await asyncio.to_thread(lambda: {i: cache.key(garments[i], options) for i in usable})
         found = await asyncio.gather(*(cache.lookup(keys[i], BATCH_ROUTE) for i in usable))
         cached = {i: hit for i, hit in zip(usable, found) if hit is not None}
-        timings["cache"] = (time.perf_counter() - mark) * 1000
+        timings["cache"] = clock.elapsed_ms
     to_run = [i for i in usable if i not in cached]
 
     chunk_size = settings.garment_chunk_for(service.engine.device.type)
@@ -109,9 +109,9 @@ async def tryon_garments(request: Request, service: ServiceDep, ticket: TicketDe
                     yield AnswerItem.failed("result", failure, index)
                     continue
                 output, inference_s = ready.pop(position[index])
-                mark = time.perf_counter()
+                clock = Stopwatch()
                 body = await asyncio.to_thread(encode_output, output, person.output_frame, options)
-                item_timings = {"inference": inference_s * 1000, "encode": (time.perf_counter() - mark) * 1000}
+                item_timings = {"inference": inference_s * 1000, "encode": clock.elapsed_ms}
                 if cache is not None:
                     cache.remember(keys[index], CachedResponse(MEDIA_TYPES[options.format], body))
                 yield AnswerItem("result", MEDIA_TYPES[options.format], body, index, timings_ms=item_timings)

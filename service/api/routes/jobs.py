@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Header, Path, Request, Response
 from fastapi.responses import JSONResponse
 
 from model.images import MEDIA_TYPES
+from model.stopwatch import Stopwatch
 
 from ...codec.output import OutputOptions
 from ...codec.sources import RequestParts
@@ -113,7 +114,7 @@ async def submit_job(request: Request, service: ServiceDep, query: QueryDep, own
     settings = service.settings
     limit = GarmentLimit(settings.jobs_max_garments, "TRYON_JOBS_MAX_GARMENTS", settings.jobs_body_limit,
                          (WEBHOOK_FIELD,))
-    mark = time.perf_counter()
+    clock = Stopwatch()
     parts, options = await read_request(request, settings, query.given(), "many", limit)
     scheduling = scheduling_of(request, query, parts)
     if scheduling.priority not in (None, Priority.BULK):
@@ -122,7 +123,7 @@ async def submit_job(request: Request, service: ServiceDep, query: QueryDep, own
     webhook_url = await _webhook_url(service, parts.options.get(WEBHOOK_FIELD), owner)
     fingerprint = _fingerprint(parts, options)
     # The job decodes later, in the runner (which takes its bytes then): here only measured, and refused if too large.
-    parts = await complete_parts(request, service, parts, options, "many", {}, mark, decodes_here=False)
+    parts = await complete_parts(request, service, parts, options, "many", {}, clock, decodes_here=False)
     cloths = [JobError.of(c) if isinstance(c, ApiError) else c for c in parts.cloths]
     now = time.time()
     job = NewJob(new_job_id(), owner, options.model_dump(),

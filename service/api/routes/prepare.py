@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import time
 from typing import Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -12,6 +11,7 @@ from PIL import Image
 
 from model.images import encode_image, tensor_to_image
 from model.person import PersonInputs, openpose_json
+from model.stopwatch import Stopwatch
 
 from ...codec.person import decode_garment, decode_person, person_report
 from ..deps import ServiceDep, require_api_key, require_ready
@@ -70,7 +70,7 @@ async def prepare_person(
 ) -> Response:
     require_ready(service, network=False)
     settings = service.settings
-    mark = time.perf_counter()
+    clock = Stopwatch()
     parts, _ = await read_parts(request, service, None, "optional", {})
     cloth = parts.cloths[0] if parts.cloths else None
     if isinstance(cloth, ApiError):
@@ -85,7 +85,7 @@ async def prepare_person(
         if person.keypoints is None:
             raise ApiError(422, "no_keypoints", "masked_model and pose were given: there are no keypoints to "
                            "return; send the person photo", "output")
-        timings["prepare"] = (time.perf_counter() - mark) * 1000
+        timings["prepare"] = clock.elapsed_ms
         return JSONResponse(openpose_json(person.keypoints), headers={
             "Server-Timing": server_timing(timings), **person_headers})
     if output == "mask" and person.mask is None:
@@ -93,7 +93,7 @@ async def prepare_person(
                        "no mask; send the person photo", "output")
     names = (output,) if output else ("masked_model", "pose", "mask", "cloth")
     images = await asyncio.to_thread(_images, person, cloth, service, names)
-    timings["prepare"] = (time.perf_counter() - mark) * 1000
+    timings["prepare"] = clock.elapsed_ms
     headers = {"Server-Timing": server_timing(timings), "X-Image-Size": f"{height}x{width}", **person_headers}
     if output:
         return Response(images[output], media_type=PNG, headers=headers | {

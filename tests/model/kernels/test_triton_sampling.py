@@ -22,7 +22,7 @@ if not CUDA:
 
 pytest.importorskip("triton")
 from model import create_model, load_weights  # noqa: E402
-from model.kernels import deformable_sample, resolve  # noqa: E402
+from model.kernels import deformable_sample, requested, resolve  # noqa: E402
 from model.kernels.flows import compose_head_flows, compose_head_flows_reference  # noqa: E402
 from model.kernels.selfcheck import SAMPLING_FP32_ATOL, composition_bound, sampling_bound  # noqa: E402
 from model.kernels.triton_flows import compose_head_flows_triton  # noqa: E402
@@ -153,15 +153,16 @@ def test_published_baseline_equals_reference():
 
 def test_auto_picks_triton_on_cuda_and_env_forces(monkeypatch):
     monkeypatch.delenv("TRYON_SAMPLER", raising=False)
-    assert resolve("auto", torch.device("cuda")) == "triton"
+    assert requested("auto") == "auto" and resolve("auto", torch.device("cuda")) == "triton"
     assert resolve("torch", torch.device("cuda")) == "torch"
     monkeypatch.setenv("TRYON_SAMPLER", "torch")
-    assert resolve("auto", torch.device("cuda")) == "torch"
-    monkeypatch.setenv("TRYON_SAMPLER", "triton")
-    assert resolve("auto", torch.device("cpu")) == "triton"
+    assert requested("auto") == "torch" and requested("numba") == "numba"
+    assert resolve("auto", torch.device("cuda")) == "triton"  # resolve never reads the variable
     monkeypatch.setenv("TRYON_SAMPLER", "bogus")
     with pytest.raises(ValueError):
-        resolve("auto", torch.device("cpu"))
+        requested("auto")
+    with pytest.raises(ValueError):
+        resolve("bogus", torch.device("cpu"))
 
 
 @pytest.mark.isa

@@ -15,7 +15,7 @@ import pytest
 
 from service.metrics import CONTENT_TYPE_LATEST
 from tests.fixtures.service.harness import running_server
-from tests.utils import REPO, REPO_PYTHONPATH
+from tests.utils import REPO_PYTHONPATH
 
 API_KEY = "contract-key"
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")

@@ -123,7 +123,7 @@ def test_a_kernel_error_first_seen_at_capture_still_makes_the_service_ready(tmp_
     with running_server({"TRYON_MAX_BATCH_SIZE": "1", "TRYON_SAMPLER": "numba"}, tmp_path,
                         module="tests.fixtures.service.kernel_error_at_capture") as server:
         info = httpx.get(f"{server.url}/readyz").json()
-        assert info["ready"] and info["sampler_in_use"] == "torch" and info["cuda_graphs"] is True
+        assert info["ready"] and info["sampler"] == "torch" and info["requested_sampler"] == "numba" and info["cuda_graphs"] is True
         assert "OutOfResources" in info["sampler_fallback"]
         answer = httpx.post(f"{server.url}/v1/tryon", files=FILES, timeout=60)
         assert answer.status_code == 200 and answer.headers["content-type"] == "image/jpeg"

@@ -15,6 +15,7 @@ import httpx
 import pytest
 import torch
 
+from model import device_errors
 from model.device_errors import device_failure, is_out_of_memory
 from model.images import Letterbox, TryOnInputs
 from service.queue.admission import ServiceRate
@@ -344,6 +345,8 @@ def test_a_broken_device_fails_what_it_holds_and_refuses_the_rest():
 
     outcomes, told, calls = asyncio.run(scenario())
     assert all(isinstance(o, DeviceFailed) for o in outcomes)
+    # The queue's outcome is the model's one exception, which the engine raises at warm-up.
+    assert all(isinstance(o, device_errors.DeviceFailed) for o in outcomes)
     assert {from_queue_error(o).code for o in outcomes} == {"device_failed"}
     assert len(told) == 1 and "illegal memory access" in told[0]
     assert calls == [[0, 1]]  # the queued request never reached the broken device
