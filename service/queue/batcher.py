@@ -58,9 +58,7 @@ class Batcher:
                  metrics: Metrics, rate: ServiceRate | None = None,
                  on_device_failure: Callable[[str], None] | None = None):
         self.engine = engine
-        self.max_batch_size = max_batch_size
-        self.max_wait_s = max_wait_s
-        self.queue_limit = queue_limit
+        self.max_batch_size, self.max_wait_s, self.queue_limit = max_batch_size, max_wait_s, queue_limit
         self.metrics = metrics
         self.rate = rate or ServiceRate()
         self.on_device_failure = on_device_failure
