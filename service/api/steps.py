@@ -13,7 +13,8 @@ from model.stopwatch import Stopwatch
 
 from ..queue.interface import QueuedWork
 from ..queue.work import GarmentsInputs, GarmentsStream, WorkResult
-from ..queue.outcomes import DeadlineExceeded, DropReason, QueueError
+from ..queue.drop_reason import DropReason
+from ..queue.outcomes import DeadlineExceeded, QueueError
 from ..queue.priority import Priority
 from .context import request_context
 from .deps import QueryOptions, Ticket

@@ -69,23 +69,23 @@ def payload(document: dict) -> bytes:
                        "data": document}, separators=(",", ":")).encode()
 
 
+@dataclass(eq=False)
 class WebhookSender:
-    def __init__(self, store: JobStore, targets: WebhookTargets, secrets_of: Callable[[str], tuple[str, ...]],
-                 retry_s: list[float], timeout_s: float, keep_every_s: float, metrics: Metrics,
-                 clock: Callable[[], float] = time.time, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
-        """``secrets_of``: a job's owner -> the secrets its deliveries are signed with (none: not sent).
-        ``clock`` (the wall clock of ``webhook-timestamp``) and ``sleep`` (the waits between attempts): a test
-        may drive its own."""
-        self.clock = clock
-        self.sleep = sleep
-        self.store = store
-        self.targets = targets
-        self.secrets_of = secrets_of
-        self.retry_s = retry_s
-        self.keep_every_s = keep_every_s
-        self.metrics = metrics
-        self.timeout_s = timeout_s
-        self.client = httpx.AsyncClient(timeout=timeout_s, follow_redirects=False, trust_env=False,
+    """Delivers the store's queued webhooks, signed with the secrets ``secrets_of`` gives a job's owner
+    (none: not sent). ``clock`` (the wall clock of ``webhook-timestamp``) and ``sleep`` (the waits between
+    attempts): a test may drive its own."""
+    store: JobStore
+    targets: WebhookTargets
+    secrets_of: Callable[[str], tuple[str, ...]]
+    retry_s: list[float]
+    timeout_s: float
+    keep_every_s: float
+    metrics: Metrics
+    clock: Callable[[], float] = time.time
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+    def __post_init__(self) -> None:
+        self.client = httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False, trust_env=False,
                                         limits=httpx.Limits(max_keepalive_connections=0),
                                         headers={"User-Agent": "tryon-service-webhooks",
                                                  "Content-Type": "application/json"})

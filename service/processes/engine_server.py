@@ -23,7 +23,8 @@ from model.images import TryOnInputs
 from .. import tracing
 from ..queue.batcher import Batcher
 from ..queue.work import GarmentsInputs, GarmentsStream
-from ..queue.outcomes import DropReason, QueueError
+from ..queue.drop_reason import DropReason
+from ..queue.outcomes import QueueError
 from ..queue.priority import Priority
 from .arena import Arena
 from .wire import Chunk, EngineHello, Error, Result, StreamStart, Submit, frame, outcome_fields, pack, read_message, unpack

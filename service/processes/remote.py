@@ -21,7 +21,8 @@ from model.images import TryOnInputs
 from .. import tracing
 from ..queue.admission import ServiceRate
 from ..queue.work import GarmentsChunk, GarmentsInputs, GarmentsStream, WorkResult
-from ..queue.outcomes import DropReason, EngineUnreachable, QueueError, ShuttingDown
+from ..queue.drop_reason import DropReason
+from ..queue.outcomes import EngineUnreachable, QueueError, ShuttingDown
 from ..queue.priority import Priority
 from .arena import Arena
 from .wire import Abandon, Hello, Submit, frame, outcome_from, pack, read_message, unpack

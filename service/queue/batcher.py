@@ -45,8 +45,9 @@ from ..metrics import Metrics
 from .admission import Estimate, ServiceRate, own_work_s, too_short
 from .interface import InferenceEngine
 from .work import GarmentsChunk, GarmentsInputs, GarmentsStream, Work, WorkResult
-from .outcomes import (DeadlineExceeded, DeadlineTooShort, DeviceFailed, DeviceOutOfMemory, DropReason,
-                       InferenceFailed, Overloaded, QueueError, QueueFull, ShuttingDown)
+from .drop_reason import DropReason
+from .outcomes import (DeadlineExceeded, DeadlineTooShort, DeviceFailed, DeviceOutOfMemory, InferenceFailed,
+                       Overloaded, QueueError, QueueFull, ShuttingDown)
 from .priority import Priority
 from .splitting import infer_splitting_on_oom
 

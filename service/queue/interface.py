@@ -18,7 +18,7 @@ from model.images import TryOnInputs
 
 from .admission import ServiceRate
 from .work import GarmentsInputs
-from .outcomes import DropReason
+from .drop_reason import DropReason
 from .priority import Priority
 
 

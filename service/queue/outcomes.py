@@ -1,24 +1,12 @@
-"""What the queue says about work it did not finish: one exception per outcome, and why work
-was dropped unrun (``DropReason``).
+"""What the queue says about work it did not finish: one exception per outcome (why work was
+dropped unrun is ``DropReason``, queue/drop_reason.py).
 
 The batcher raises (or resolves a ``Work``'s future with) these and knows nothing
 of HTTP; service/api/errors.py maps each to its status and error code once.
 """
 from __future__ import annotations
 
-from enum import Enum
-
 from model import device_errors
-
-
-class DropReason(str, Enum):
-    """Why a queued ``Work`` was never run (the ``reason`` label of tryon_dropped_total)."""
-    CLIENT_GONE = "client_gone"
-    DEADLINE = "deadline"
-    FINISHED = "finished"  # a garments answer that ended early
-    SHUTTING_DOWN = "shutting_down"
-    DEVICE_FAILED = "device_failed"
-    REQUEST_FAILED = "request_failed"  # another item of the same request (a protocol batch) failed
 
 
 class QueueError(Exception):

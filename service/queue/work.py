@@ -18,7 +18,8 @@ import torch
 from model.images import TryOnInputs, stack_levels
 
 from .. import tracing
-from .outcomes import DeadlineExceeded, DropReason, QueueError
+from .drop_reason import DropReason
+from .outcomes import DeadlineExceeded, QueueError
 from .priority import Priority
 
 

@@ -21,7 +21,8 @@ from service.processes.engine_server import EngineServer
 from service.processes.remote import RemoteBatcher
 from service.queue.batcher import Batcher
 from service.queue.work import GarmentsInputs, GarmentsStream
-from service.queue.outcomes import DropReason, QueueError, QueueFull
+from service.queue.drop_reason import DropReason
+from service.queue.outcomes import QueueError, QueueFull
 from tests.fixtures.standin_engine import StandInEngine
 from tests.utils import REPO, REPO_PYTHONPATH
 
