@@ -59,6 +59,10 @@ GRPC_PATH = "/inference.GRPCInferenceService/ModelInfer"
 # even with a batch of one running, the HTTP and gRPC streams' requests fit in the queue.
 QUEUE_LIMIT = CONCURRENCY + GRPC_CONCURRENCY
 BURST = 48
+# Which replica each stopping test stops, and the ones never stopped (the tests that need two
+# healthy replicas use these): a test's outcome does not depend on which ran before it.
+VICTIMS = {"SIGTERM": 0, "SIGKILL": 2}
+SURVIVORS = (1, 3)
 OUTPUT_SIZE = (64, 64)     # the model's resolution (TRYON_IMAGE_SIZE), as JPEG by default
 
 ACCESS_LINE = re.compile(r't=(?P<time>[\d.]+) "(?P<method>\S+) (?P<path>\S+) [^"]*" (?P<status>\d{3}) \S+ '
@@ -190,17 +194,18 @@ def front_ends(request) -> int:
 
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory, standin_weights_file, nginx_binary, front_ends):
-    """Three ready replicas, started together: a survivor and one victim per test."""
+    """Four ready replicas, started together: each test that stops one has its own victim
+    (VICTIMS), and the others use replicas no test stops (SURVIVORS), so any order works."""
     workdir = tmp_path_factory.mktemp("replicas")
     env = REPLICA_ENV | {"TRYON_WEIGHTS": str(standin_weights_file), "TRYON_WORKERS": str(front_ends)}
     started = []
-    for _ in range(3):
+    for _ in range(4):
         grpc_port = free_port()
         started.append(ServerProcess(env | {"TRYON_GRPC_PORT": str(grpc_port)}, workdir))
         started[-1].grpc_address = f"127.0.0.1:{grpc_port}"
     try:
         for replica in started:
-            # Three replicas of three processes each start on a shared CPU: more time than one process needs.
+            # Four replicas of three processes each start on a shared CPU: more time than one process needs.
             replica.wait_ready(STARTUP_TIMEOUT_S * (4 if front_ends > 1 else 1))
         yield started
     finally:
@@ -323,7 +328,8 @@ def report(name: str, result: StreamResult, tryons: list[dict], survivor: Server
 def test_a_replicas_own_502_is_passed_on_not_retried(replicas, nginx_binary, tmp_path, images):
     """The service answers 502 for an image URL that failed: the client's input, not a sick
     replica. nginx must not retry it, nor count it against the replica."""
-    with load_balancer(nginx_binary, tmp_path, [r.address for r in replicas[:2]]) as nginx:
+    pair = [replicas[i].address for i in SURVIVORS]
+    with load_balancer(nginx_binary, tmp_path, pair) as nginx:
         fields = {"cloth": f"http://127.0.0.1:{CLOSED_PORT}/cloth.png"}
         files = {name: part for name, part in images.items() if name != "cloth"}
         answers = [httpx.post(f"{nginx.url}/v1/tryon", files=files, data=fields, timeout=30) for _ in range(4)]
@@ -333,13 +339,13 @@ def test_a_replicas_own_502_is_passed_on_not_retried(replicas, nginx_binary, tmp
         # Four 502s in a row rested no replica: both still get work.
         served = {httpx.post(f"{nginx.url}/v1/tryon", files=images, timeout=30).status_code for _ in range(4)}
         assert served == {200}
-        assert {e["upstreams"][-1] for e in nginx.tryons(8)[4:]} == {r.address for r in replicas[:2]}
+        assert {e["upstreams"][-1] for e in nginx.tryons(8)[4:]} == set(pair)
 
 
 def test_a_burst_beyond_the_queues_rests_no_replica(replicas, nginx_binary, tmp_path, images):
     """Full queues answer 503 queue_full, passed on with Retry-After; they are not
     counted as failures, so the moment the burst is over both replicas take work again."""
-    pair = [r.address for r in replicas[:2]]
+    pair = [replicas[i].address for i in SURVIVORS]
     with load_balancer(nginx_binary, tmp_path, pair) as nginx:
         with httpx.Client(timeout=30) as client, ThreadPoolExecutor(BURST) as pool:
             burst = list(pool.map(lambda _: client.post(f"{nginx.url}/v1/tryon", files=images), range(BURST)))
@@ -354,7 +360,7 @@ def test_a_burst_beyond_the_queues_rests_no_replica(replicas, nginx_binary, tmp_
 
 
 def test_sigterm_drains_without_a_failed_request(replicas, nginx_binary, tmp_path, images):
-    victim, survivor = replicas[0], replicas[1]
+    victim, survivor = replicas[VICTIMS["SIGTERM"]], replicas[SURVIVORS[0]]
     with load_balancer(nginx_binary, tmp_path, [victim.address, survivor.address],
                        grpc_upstreams=[victim.grpc_address, survivor.grpc_address]) as nginx:
         result = drive(nginx, images, victim, signal.SIGTERM)
@@ -375,7 +381,7 @@ def test_sigterm_drains_without_a_failed_request(replicas, nginx_binary, tmp_pat
 
 
 def test_sigkill_is_retried_on_the_survivor(replicas, nginx_binary, tmp_path, images):
-    victim, survivor = replicas[2], replicas[1]
+    victim, survivor = replicas[VICTIMS["SIGKILL"]], replicas[SURVIVORS[1]]
     with load_balancer(nginx_binary, tmp_path, [victim.address, survivor.address],
                        grpc_upstreams=[victim.grpc_address, survivor.grpc_address]) as nginx:
         result = drive(nginx, images, victim, signal.SIGKILL)
