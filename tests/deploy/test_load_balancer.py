@@ -43,9 +43,9 @@ from tests.fixtures.service.probe import ServerExited, wait_until_ok  # noqa: E4
 from tests.fixtures.service.harness import ServerProcess, free_port, stop_process  # noqa: E402
 from tests.utils.installed import skip_missing  # noqa: E402
 
-# alone: three replicas start at once and a drain is timed; under make test's two workers,
+# alone: four replicas start at once and a drain is timed; under make test's two workers,
 # no other module's servers start or time their engines meanwhile (tests/conftest.py). The timeout:
-# a test's share of starting three replicas of three processes (TRYON_WORKERS=2).
+# a test's share of starting four replicas of three processes (TRYON_WORKERS=2).
 pytestmark = [pytest.mark.timeout(360), pytest.mark.alone]
 
 REQUESTS = 40
@@ -71,7 +71,11 @@ ACCESS_LINE = re.compile(r't=(?P<time>[\d.]+) "(?P<method>\S+) (?P<path>\S+) [^"
 
 # Nothing listens here: an image URL on it fails, and the replica answers 502 itself.
 CLOSED_PORT = free_port()
+# A long request deadline: each replica times its engine while three others start beside it, and
+# admission control should not refuse as "overloaded" on that start-up estimate (these tests are of
+# nginx's rules; tests/service/queue tests admission).
 REPLICA_ENV = {"TRYON_DEVICE": "cpu", "TRYON_MAX_BATCH_SIZE": "4", "TRYON_DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S),
+               "TRYON_REQUEST_TIMEOUT_S": "120",
                "TRYON_URL_ALLOW_HOSTS": f"127.0.0.1:{CLOSED_PORT}", "TRYON_QUEUE_LIMIT": str(QUEUE_LIMIT)}
 
 
