@@ -1,29 +1,19 @@
-"""The Python client (client/, ``tryon_client``) against a real server: every input form, the
-streamed batch, prepare, refusals as TryOnError, retries after 503 and failed connections."""
+"""TryOnClient (client/tryon_client/sync.py) against a real server: every input form, the streamed
+batch, prepare, refusals as TryOnError, and catalog jobs (submit_job, job, wait, results, cancel) with
+a webhook verified as client/README.md shows."""
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
-import subprocess
-import sys
-import time
-import tomllib
 
-import httpx
 import pytest
 from PIL import Image, ImageOps
+from standardwebhooks import Webhook
 
-from tests.fixtures.service.harness import REPO, ServerProcess, free_port, running_server, stop_process
-from tests.utils.local_http import LocalServer
-from tryon_client import AsyncTryOnClient, TryOnClient, TryOnError
-
-API_KEY = "client-test-key"
-EXAMPLES = REPO / "service" / "examples"
-PERSON = {"masked_model": EXAMPLES / "masked_model.png", "pose": EXAMPLES / "pose.png"}
-CLOTH = EXAMPLES / "cloth.png"
-KEYPOINTS = EXAMPLES / "person_keypoints.json"
+from tests.utils.client import API_KEY, CLOTH, EXAMPLES, JOBS_API_KEY, KEYPOINTS, PERSON, content, parts, raw
+from tests.utils.jobs import PERSON as JOB_PERSON, SECRET, WebhookReceiver, garments
+from tryon_client import Job, TryOnClient, TryOnError
 
 
 def png(image: Image.Image) -> bytes:
@@ -35,49 +25,10 @@ def png(image: Image.Image) -> bytes:
 MIRRORED = png(ImageOps.mirror(Image.open(CLOTH).convert("RGB")))
 
 
-@pytest.fixture(scope="module")
-def image_server():
-    with LocalServer() as images:
-        images.add("/cloth.png", CLOTH.read_bytes(), "image/png")
-        yield images
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, standin_weights_file, image_server):
-    # One item per engine call, so every answer is bit for bit the same, whatever else runs.
-    with running_server({"TRYON_WEIGHTS": str(standin_weights_file), "TRYON_MAX_BATCH_SIZE": "1",
-                         "TRYON_API_KEYS": API_KEY, "TRYON_URL_ALLOW_HOSTS": f"127.0.0.1:{image_server.port}"},
-                        tmp_path_factory.mktemp("logs")) as proc:
-        yield proc
-
-
 @pytest.fixture
 def client(server):
     with TryOnClient(server.url, api_key=API_KEY) as tryon:
         yield tryon
-
-
-def raw(server, path: str, fields: list, **kwargs) -> httpx.Response:
-    """The same request by hand, as the reference."""
-    answer = httpx.post(f"{server.url}{path}", files=fields, headers={"Authorization": f"Bearer {API_KEY}",
-                                                                       **kwargs.pop("headers", {})},
-                        timeout=60, **kwargs)
-    assert answer.status_code == 200, answer.text
-    return answer
-
-
-def content(value) -> bytes:
-    return value if isinstance(value, bytes) else value.read_bytes()
-
-
-def parts(**inputs) -> list:
-    """Multipart files for httpx: each input, a path or bytes, under its field name."""
-    return [(name, (name, content(value))) for name, value in inputs.items()]
-
-
-@pytest.fixture(scope="module")
-def reference(server) -> bytes:
-    return raw(server, "/v1/tryon", parts(**PERSON, cloth=CLOTH)).content
 
 
 def test_tryon_takes_paths_bytes_file_objects_and_urls(client, reference, image_server):
@@ -150,74 +101,39 @@ def test_refusals_raise_tryonerror_with_status_code_message_field(client, server
             client.tryon(**PERSON, cloth=text_file)
 
 
-def test_async_client_gives_the_same_answers(server, reference):
-    async def calls():
-        async with AsyncTryOnClient(server.url, api_key=API_KEY) as tryon:
-            single = await tryon.tryon(**PERSON, cloth=CLOTH)
-            batch = [r async for r in tryon.tryon_batch(**PERSON, cloths=[CLOTH, CLOTH])]
-            prepared = await tryon.prepare(**PERSON)
-            with pytest.raises(TryOnError) as refused:
-                await tryon.tryon(**PERSON, cloth=b"text")
-            return single, batch, prepared, refused.value
-
-    single, batch, prepared, refused = asyncio.run(calls())
-    assert single.image == reference
-    assert [r.index for r in batch] == [0, 1] and all(r.ok for r in batch)
-    assert prepared.size == (64, 64) and prepared.pose.startswith(b"\x89PNG")
-    assert refused.status == 415
-
-
-def busy(seconds: str) -> tuple[int, dict, bytes]:
-    return 503, {"Retry-After": seconds, "Content-Type": "application/json"}, json.dumps(
-        {"error": {"code": "queue_full", "message": "the queue is full", "field": None}}).encode()
-
-
-def test_503_is_retried_after_retry_after():
-    with LocalServer({"/v1/tryon": [busy("1"), (200, {"Content-Type": "image/jpeg"}, b"\xff\xd8 an image")]}) as fake:
-        started = time.monotonic()
-        with TryOnClient(fake.base) as tryon:
-            result = tryon.tryon(**PERSON, cloth=CLOTH)
-        assert result.image == b"\xff\xd8 an image"
-        assert time.monotonic() - started >= 1.0  # waited as the server asked
-        assert [path for path, _ in fake.hits] == ["/v1/tryon", "/v1/tryon"]
-
-
-def test_retries_are_bounded():
-    with LocalServer({"/v1/tryon": busy("0"), "/v1/tryon/batch": busy("120")}) as fake:
-        with TryOnClient(fake.base, retries=2, max_retry_wait=60) as tryon:
-            with pytest.raises(TryOnError) as refused:
-                tryon.tryon(**PERSON, cloth=CLOTH)
-            assert (refused.value.status, refused.value.code, refused.value.retry_after) == (503, "queue_full", 0)
-            assert len(fake.hits) == 3  # the first try and two retries
-            # A server asking for longer than the client will wait: no retry, the wait it asked for is told.
-            with pytest.raises(TryOnError) as later:
-                list(tryon.tryon_batch(**PERSON, cloths=[CLOTH]))
-            assert later.value.retry_after == 120 and len(fake.hits) == 4
-
-
-def test_connection_errors_are_retried_then_raised():
-    closed = f"http://127.0.0.1:{free_port()}"
-    started = time.monotonic()
-    with TryOnClient(closed, retries=2) as tryon, pytest.raises(TryOnError) as unreachable:
-        tryon.tryon(**PERSON, cloth=CLOTH)
-    assert unreachable.value.status is None and unreachable.value.code == "unreachable"
-    assert time.monotonic() - started >= 1.5  # backed off 0.5 s, then 1 s
-
-
-def test_a_client_started_with_the_server_gets_its_answer(tmp_path, standin_weights_file, reference):
-    """Connection refused while the model loads, then the answer: the retries cover a starting service."""
-    process = ServerProcess({"TRYON_WEIGHTS": str(standin_weights_file), "TRYON_MAX_BATCH_SIZE": "1"}, tmp_path)
+def test_a_job_submitted_waited_for_and_its_results_read(jobs_server, jobs_reference):
+    receiver = WebhookReceiver()
     try:
-        with TryOnClient(process.url, retries=10) as tryon:  # 0.5 s doubling, then 30 s: up to 2.5 min
-            assert tryon.tryon(**PERSON, cloth=CLOTH).image == reference
+        with TryOnClient(jobs_server.url, api_key=JOBS_API_KEY) as client:
+            job = client.submit_job(**JOB_PERSON, cloths=[*garments(2), b"not an image"], format="png",
+                                    webhook_url=receiver.url)
+            assert job.status in ("queued", "running") and job.total == 3 and not job.ended
+            assert job.retry_after == 2  # the server's poll hint, which wait honours
+            done = client.wait(job, timeout=60, interval=0.1)
+            results = list(client.results(done))
+            assert client.job(job.id).status == "succeeded"
+        event = Webhook(SECRET).verify(receiver.wait(1)[0][1], receiver.wait(1)[0][0])  # as client/README.md
     finally:
-        assert stop_process(process.process) == 0, process.stderr[-3000:]
+        receiver.close()
+    assert done.status == "succeeded" and (done.done, done.total) == (3, 3) and done.finished_at
+    assert [r.index for r in results] == [0, 1, 2] and [r.ok for r in results] == [True, True, False]
+    assert [r.image for r in results[:2]] == jobs_reference and results[0].media_type == "image/png"
+    assert (results[2].error.status, results[2].error.code, results[2].error.field) == (415, "not_an_image", "cloth")
+    assert Job.from_document(event["data"]).status == "succeeded" and event["type"] == "job.succeeded"
 
 
-def test_the_client_installs_with_httpx_alone():
-    project = tomllib.loads((REPO / "client" / "pyproject.toml").read_text())["project"]
-    assert (project["name"], project["dependencies"]) == ("tryon-client", ["httpx>=0.27"])
-    loaded = subprocess.run([sys.executable, "-c", "import sys, tryon_client; "
-                             "print(sorted({'torch', 'numpy', 'PIL'} & set(sys.modules)))"],
-                            capture_output=True, text=True, check=True, cwd="/")
-    assert loaded.stdout.strip() == "[]"
+def test_idempotency_key_cancel_and_unknown_jobs(jobs_server):
+    with TryOnClient(jobs_server.url, api_key=JOBS_API_KEY) as client:
+        first = client.submit_job(**JOB_PERSON, cloths=garments(6), idempotency_key="catalog-7")
+        again = client.submit_job(**JOB_PERSON, cloths=garments(6), idempotency_key="catalog-7")
+        assert again.id == first.id and again.replayed and not first.replayed
+        canceled = client.cancel(first)
+        assert canceled.status == "canceled" and client.wait(first.id).status == "canceled"
+        results = list(client.results(first.id))
+        assert all(r.ok or r.error.code == "garment_canceled" for r in results)
+        with pytest.raises(TryOnError) as unknown:
+            client.job("job_" + "x" * 32)
+        assert (unknown.value.status, unknown.value.code) == (404, "job_not_found")
+        with pytest.raises(TryOnError) as malformed:  # not an id the service makes: refused before any look-up
+            client.job("job_nothing")
+        assert (malformed.value.status, malformed.value.code, malformed.value.field) == (422, "invalid_request", "job_id")
