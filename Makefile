@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml client/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "torch==$(TORCH_VERSION)"
 	$(PY) -m pip install -q -e ".[test]"
-	$(PY) -m pip install -q -e ./client    # tryon-client, its own distribution (tests/client/test_client.py)
+	$(PY) -m pip install -q -e ./client    # tryon-client, its own distribution (tests/client/)
 	$(PY) -m pip install -q --no-deps "$(MEDIAPIPE)"
 	touch $(STAMP)
 

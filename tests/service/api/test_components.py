@@ -4,7 +4,7 @@ the part's own code, never a 500 (service/api/components.py). A fused sampler th
 warm-up check does not take the service down: the reference serves, and /readyz, /metrics and the
 log say which sampler does and that the fused one failed (forced for real on the CPU: Triton asked
 for with no GPU and no interpreter cannot launch). The cache's Redis and the job store's Redis are
-broken in their own tests (test_cache.py, tests/service/jobs/test_replicas.py)."""
+broken in their own tests (test_cache.py, tests/service/jobs/test_wiring.py)."""
 from __future__ import annotations
 
 import time

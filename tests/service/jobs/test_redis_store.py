@@ -1,6 +1,6 @@
 """The Redis job store (service/jobs/redis_store.py) alone, against a real redis-server (append-only, as
 deployed; tests/service/jobs/conftest.py) with no replica running. Replicas sharing it, killed and
-restarted: tests/service/jobs/test_replicas.py."""
+restarted: tests/service/jobs/test_wiring.py."""
 from __future__ import annotations
 
 import asyncio

@@ -5,7 +5,7 @@ decoding raises fails its garments instead of leaving the job running for ever; 
 deadline is expired by the sweep although no task is left to notice it. On a fake clock (the
 runner's and the store's ``clock``): a job whose deadline passed is expired, not run; a queue that
 refuses for now is waited out until the job's deadline, and then the job expires (its garments do
-not fail). Across replicas, end to end: tests/service/jobs/test_replicas.py."""
+not fail). Across replicas, end to end: tests/service/jobs/test_wiring.py."""
 from __future__ import annotations
 
 import asyncio

@@ -3,7 +3,7 @@
 delay of TRYON_WEBHOOK_RETRY_S within its jitter, the store told the delivery is still held every
 ``keep_every_s`` of each wait, every attempt dated by the clock and signed; attempts used up counted
 as exhausted; a 410 ends it at once. Through a real server: tests/service/api/routes/test_jobs.py;
-across replicas: tests/service/jobs/test_replicas.py."""
+across replicas: tests/service/jobs/test_wiring.py."""
 from __future__ import annotations
 
 import asyncio

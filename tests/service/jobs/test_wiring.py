@@ -1,4 +1,5 @@
-"""Catalog jobs across replicas, end to end: the claims and take-overs of the jobs runner
+"""Catalog jobs across replicas, end to end, as service/jobs/wiring.py builds them (``Jobs``: the Redis
+store the settings name, this replica's runner and webhook sender): the claims and take-overs of the jobs runner
 (service/jobs/runner.py) and the webhook sender (service/jobs/webhooks.py), through a real redis-server
 (service/jobs/redis_store.py; append-only, as deployed) shared by real replicas: a replica killed with
 SIGKILL mid-job loses nothing; one killed after storing a job's results but before its webhook was

@@ -1,8 +1,8 @@
 """Traces on the wire: ``python -m service`` under TRYON_WORKERS=2 exports OTLP/HTTP to a real
 receiver on 127.0.0.1 (tests/utils/otlp.py). One trace per request, its spans parented across
 the front end and the engine process, the batch's span linked to every request it served, the
-caller's trace kept, URL fetches and webhooks sending it on, and a bad traceparent or a collector
-that is not there never fails a request."""
+caller's trace kept, URL fetches and webhooks sending it on, and a bad traceparent never fails a
+request (service/tracing/spans.py). A collector that is not there: test_export.py."""
 from __future__ import annotations
 
 import json
@@ -16,14 +16,14 @@ import pytest
 import grpc
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from tests.fixtures.service.harness import TRYON_IMAGES, free_port, post_files, running_server, sample_key
+from tests.fixtures.service.harness import TRYON_IMAGES, free_port, post_files, running_server
 from tests.service.api.test_grpc_server import request as infer_request
+from tests.service.tracing.test_export import EXPORT
 from tests.utils.jobs import SECRET, WebhookReceiver, garments, submit, wait_job
 from tests.utils.local_http import LocalServer
 from tests.utils.otlp import OtlpReceiver
 
 SERVER_KIND = 2  # OTLP's SPAN_KIND_SERVER
-EXPORT = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_BSP_SCHEDULE_DELAY": "50", "OTEL_SERVICE_NAME": "tryon-test"}
 
 
 def caller() -> tuple[str, str, str]:
@@ -162,22 +162,6 @@ def test_a_url_fetch_carries_the_trace_on(server, receiver, image_server):
     sent = [headers["traceparent"] for path, headers in image_server.headers
             if path == "/cloth.png" and trace_id in headers.get("traceparent", "")]
     assert sent == [f"00-{trace_id}-{fetch.span_id}-01"]
-
-
-def test_a_collector_that_is_not_there_fails_no_request_and_the_dropped_spans_are_counted(tmp_path,
-                                                                                          standin_weights_file):
-    # The export queue holds 4 spans: a request makes more, while the exporter retries a closed port.
-    env = EXPORT | {"TRYON_WEIGHTS": str(standin_weights_file), "OTEL_BSP_MAX_QUEUE_SIZE": "4",
-                    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "2", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "1",
-                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{free_port()}/v1/traces"}
-    with running_server(env, tmp_path) as proc, httpx.Client(base_url=proc.url, timeout=60) as client:
-        dropped = "tryon_trace_spans_dropped_total"
-        before = {reason: proc.metrics().get(sample_key(dropped, {"reason": reason}), 0.0)
-                  for reason in ("queue_full", "export_failed")}
-        answers = [post_files(client, params={"quality": 50 + i}) for i in range(3)]
-        assert [a.status_code for a in answers] == [200] * 3
-        for reason, value in before.items():
-            assert proc.wait_metric(dropped, {"reason": reason}, value + 1, timeout=20) >= value + 1, reason
 
 
 def test_a_jobs_task_is_one_trace_and_its_webhook_carries_its_span_on(tmp_path, standin_weights_file, receiver):
