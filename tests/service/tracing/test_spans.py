@@ -87,8 +87,9 @@ def test_one_trace_per_request_across_the_two_processes_and_the_batch_linked_to_
 
     def send(i: int) -> httpx.Response:
         with httpx.Client(base_url=server.url, timeout=60) as client:
-            # Another format each: two cache keys, so both reach the engine.
-            return post_files(client, params={"format": ("png", "jpeg")[i]},
+            # A quality each that no other test asks for: two cache keys of their own, so both reach
+            # the engine whichever tests ran before on this server.
+            return post_files(client, params={"quality": 81 + i},
                               headers={"traceparent": callers[i][2], "X-Request-ID": f"traced-{i}"})
 
     with ThreadPoolExecutor(2) as pool:
