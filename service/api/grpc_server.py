@@ -86,6 +86,16 @@ def decode_request(request: pb.ModelInferRequest, size_hw: tuple[int, int], max_
                           max_batch_size)
 
 
+@tracing.traced("encode")
+def encode_response(outputs: list, decoded: DecodedRequest) -> pb.ModelInferResponse:
+    """The results as the ``tryon`` output, raw, once for each output asked for."""
+    values = output_values(outputs)
+    output = pb.ModelInferResponse.InferOutputTensor(name=OUTPUT_NAME, datatype=DATATYPE, shape=values.shape)
+    return pb.ModelInferResponse(model_name=MODEL_NAME, model_version=MODEL_VERSION, id=decoded.id or "",
+                                 outputs=[output] * len(decoded.outputs),
+                                 raw_output_contents=[values.tobytes()] * len(decoded.outputs))
+
+
 def _rpc(keyed: bool, route: str | None = None):
     """An RPC's frame: the API key (``keyed``), every failure as its status code, and for ``route``
     the metrics and the access log line HTTP's middleware writes."""
@@ -175,11 +185,10 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
             results = await infer(service, ticket, decoded, {})
         finally:
             hold.release()
-        values = output_values([r.output for r in results])
-        output = pb.ModelInferResponse.InferOutputTensor(name=OUTPUT_NAME, datatype=DATATYPE, shape=values.shape)
-        return pb.ModelInferResponse(model_name=MODEL_NAME, model_version=MODEL_VERSION, id=decoded.id or "",
-                                     outputs=[output] * len(decoded.outputs),
-                                     raw_output_contents=[values.tobytes()] * len(decoded.outputs))
+        clock = Stopwatch()
+        response = encode_response([r.output for r in results], decoded)
+        timings["encode"] = clock.elapsed_ms
+        return response
 
     def _record(self, route: str, outcome: str, seconds: float, timings: dict[str, float]) -> None:
         metrics = self.service.metrics

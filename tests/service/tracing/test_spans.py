@@ -54,7 +54,8 @@ def grpc_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, standin_weights_file, receiver, image_server, grpc_port):
     # Batches of two, the batcher waiting long enough for the second of two requests sent together.
-    env = EXPORT | {"TRYON_GRPC_PORT": str(grpc_port),"TRYON_WORKERS": "2", "TRYON_WEIGHTS": str(standin_weights_file), "TRYON_MAX_BATCH_SIZE": "2",
+    env = EXPORT | {"TRYON_GRPC_PORT": str(grpc_port), "TRYON_WORKERS": "2", "TRYON_WEIGHTS": str(standin_weights_file),
+                    "TRYON_MAX_BATCH_SIZE": "2",
                     "TRYON_MAX_BATCH_WAIT_MS": "1500", "TRYON_CACHE_BYTES": "10000000",
                     "TRYON_URL_ALLOW_HOSTS": f"127.0.0.1:{image_server.port}",
                     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint}
@@ -133,13 +134,13 @@ def test_a_grpc_call_keeps_the_callers_trace_from_its_metadata(server, receiver,
     with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
         pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(infer_request(), metadata=(("traceparent", traceparent),),
                                                             timeout=60)
-    names = {"grpc ModelInfer", "decode", "queue"}
+    names = {"grpc ModelInfer", "decode", "queue", "encode"}
     spans = receiver.wait_for(lambda got: names <= set(in_trace(got, trace_id)))
     trace = in_trace(spans, trace_id)
     call, = trace["grpc ModelInfer"]
     assert call.parent_span_id == caller_span and call.kind == SERVER_KIND
     assert call.attributes["http.response.status_code"] == 200
-    assert trace["decode"][0].parent_span_id == call.span_id
+    assert trace["decode"][0].parent_span_id == trace["encode"][0].parent_span_id == call.span_id
 
 
 def test_a_malformed_traceparent_is_ignored_and_the_request_starts_a_trace_of_its_own(server, receiver):
