@@ -2,6 +2,7 @@
 server beside it in the same event loop when TRYON_GRPC_PORT is set)."""
 from __future__ import annotations
 
+import gc
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -43,6 +44,10 @@ async def lifespan(app: FastAPI):
         from .grpc_server import GrpcServer  # noqa: PLC0415
         grpc = GrpcServer(service, app.version)
         await grpc.start()
+    # What startup made (torch's modules, the app, the service) lives as long as the process: out
+    # of the collector's reach, a full collection walks only what requests made since (hundreds of
+    # thousands of objects fewer, tens of milliseconds a collection).
+    gc.freeze()
     try:
         yield
     finally:

@@ -67,7 +67,7 @@ class CountingBatchProcessor(BatchSpanProcessor):
 
     def on_end(self, span) -> None:
         queue = self._batch_processor._queue  # private: the SDK is pinned to its minor version
-        if span.context.trace_flags.sampled and len(queue) >= queue.maxlen:
+        if len(queue) >= queue.maxlen and span.context.trace_flags.sampled:  # the cheap test first, every span
             _dropped("queue_full", 1)
         super().on_end(span)
 
