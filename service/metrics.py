@@ -124,6 +124,15 @@ class Metrics:
         self.gpu_memory_total = Gauge("tryon_gpu_memory_total_bytes", "Device memory", ["device"], registry=r,
                                       multiprocess_mode="livemostrecent")
 
+    def observe_request(self, route: str, seconds: float, failure: str | None = None) -> None:
+        """One try-on request of ``route`` answered, over HTTP or gRPC: a success and its duration,
+        or a failure by its reason (``failure``, the error code)."""
+        if failure is None:
+            self.request_success.labels(route).inc()
+            self.request_duration.labels(route).observe(seconds)
+        else:
+            self.request_failure.labels(route, failure).inc()
+
     def observe_execution(self, items: int, compute_s: float, queue_s: list[float]) -> None:
         """One engine execution of ``items`` items, for the requests that waited ``queue_s`` (one per
         request that left the queue with it; none for a garments ``Work``'s later chunks)."""

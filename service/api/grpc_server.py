@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
 
 import grpc
 import numpy as np
@@ -102,11 +101,10 @@ def _rpc(keyed: bool, route: str | None = None):
     def wrap(method):
         @functools.wraps(method)
         async def call(self: "Servicer", request, context: grpc.aio.ServicerContext):
-            started, outcome, status, timings = time.perf_counter(), "ok", 200, {}
+            clock, outcome, status, timings = Stopwatch(), "ok", 200, {}
             metadata = dict(context.invocation_metadata())
             # The caller's traceparent in the metadata, as HTTP's middleware honours the header.
-            traced = tracing.request(method.__name__, metadata) if tracing.ENABLED else tracing.OFF
-            with traced as span:
+            with tracing.request(method.__name__, metadata) as span:
                 try:
                     if keyed:
                         check_api_key(self.service.settings, metadata)
@@ -126,7 +124,7 @@ def _rpc(keyed: bool, route: str | None = None):
                 finally:
                     tracing.finish_request(span, f"grpc {method.__name__}", status)
                     if route is not None:
-                        self._record(route, outcome, time.perf_counter() - started, timings)
+                        self._record(route, outcome, clock.elapsed, timings)
         return call
     return wrap
 
@@ -192,12 +190,9 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def _record(self, route: str, outcome: str, seconds: float, timings: dict[str, float]) -> None:
         metrics = self.service.metrics
-        if outcome == "ok":
-            metrics.request_success.labels(route).inc()
-            metrics.request_duration.labels(route).observe(seconds)
-        else:
+        if outcome != "ok":
             metrics.rejected.labels(outcome).inc()
-            metrics.request_failure.labels(route, outcome).inc()
+        metrics.observe_request(route, seconds, None if outcome == "ok" else outcome)
         fields = {"rpc": route, "status": outcome, "duration_ms": round(seconds * 1000, 2)}
         if timings:
             fields["timings_ms"] = {stage: round(ms, 2) for stage, ms in timings.items()}

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 import uuid
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from starlette.datastructures import MutableHeaders
+
+from model.stopwatch import Stopwatch
 
 from .. import tracing
 from .context import RequestContext
@@ -29,6 +30,8 @@ class RouteGroups:
     inference: tuple[str, ...] = ()  # the requests Triton's request metrics count
     tryon: tuple[str, ...] = ()  # a refusal counted by its reason (rejected)
     quiet: tuple[str, ...] = ()  # probes and scrapes: a success logged at debug
+
+
 _TRACE_HEADERS = (b"traceparent", b"tracestate")
 
 
@@ -57,7 +60,7 @@ class RequestContextMiddleware:
         request_id = sent_id if _CLIENT_ID.match(sent_id) else uuid.uuid4().hex
         context = RequestContext(request_id, hold=self.service.budget.hold())
         scope.setdefault("state", {})["context"] = context
-        started = time.perf_counter()
+        clock = Stopwatch()
         status = [500]
 
         async def send_with_headers(message):
@@ -79,7 +82,7 @@ class RequestContextMiddleware:
                 await self.app(scope, receive, send_with_headers)
             finally:
                 context.hold.release()
-                self._record(scope, context, status[0], time.perf_counter() - started, span)
+                self._record(scope, context, status[0], clock.elapsed, span)
 
     def _record(self, scope, context: RequestContext, status: int, seconds: float, span) -> None:
         route = getattr(scope.get("route"), "path", None) or "unmatched"
@@ -94,11 +97,7 @@ class RequestContextMiddleware:
         if route in self.routes.tryon and status >= 400:
             metrics.rejected.labels(reason).inc()
         if route in self.routes.inference:
-            if status < 400:
-                metrics.request_success.labels(route).inc()
-                metrics.request_duration.labels(route).observe(seconds)
-            else:
-                metrics.request_failure.labels(route, reason).inc()
+            metrics.observe_request(route, seconds, reason if status >= 400 else None)
         fields = {"request_id": context.request_id, "method": scope["method"], "path": scope["path"],
                   "status": status, "duration_ms": round(seconds * 1000, 2)}
         if context.timings_ms is not None:
