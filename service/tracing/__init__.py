@@ -52,9 +52,8 @@ def configure(metrics=None) -> bool:
     if not names:
         return False
     try:
-        from . import export  # noqa: PLC0415  (the SDK, only when tracing is on)
-        export.install(names, metrics)
-        from . import spans  # noqa: PLC0415  (its tracer: the provider just installed)
+        from . import export, spans  # noqa: PLC0415  (the SDK, only when tracing is on)
+        spans.setup(*export.install(names, metrics))
     except (ImportError, ValueError) as exc:  # the service serves on, untraced, and says why
         logging.getLogger("service.tracing").error("tracing off: %s", exc)
         return False

@@ -2,7 +2,8 @@
 receiver on 127.0.0.1 (tests/utils/otlp.py). One trace per request, its spans parented across
 the front end and the engine process, the batch's span linked to every request it served, the
 caller's trace kept, URL fetches and webhooks sending it on, and a bad traceparent never fails a
-request (service/tracing/spans.py). A collector that is not there: test_export.py."""
+request (service/tracing/spans.py); and in this process, what is sampled. A collector that is
+not there: test_export.py; the spans as OTLP: test_otlp.py."""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,12 @@ import httpx
 import pytest
 
 import grpc
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, DEFAULT_ON
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+from service.tracing import spans as recorder
 
 from tests.fixtures.service.harness import TRYON_IMAGES, free_port, post_files, running_server
 from tests.service.api.test_grpc_server import request as infer_request
@@ -30,6 +36,40 @@ def caller() -> tuple[str, str, str]:
     """A caller's trace id, span id and the traceparent that carries them."""
     trace_id, span_id = secrets.token_hex(16), secrets.token_hex(8)
     return trace_id, span_id, f"00-{trace_id}-{span_id}-01"
+
+
+def recorded(sampler) -> list:
+    """The spans that end from here on, sampled by ``sampler`` (as export.install sets them up)."""
+    ended: list = []
+    recorder.setup(sampler, ended.append, Resource({}), InstrumentationScope("service"))
+    return ended
+
+
+def test_a_callers_unsampled_trace_is_carried_on_unsampled_and_nothing_is_exported():
+    ended = recorded(DEFAULT_ON)  # parentbased_always_on: the caller decides
+    trace_id, caller_span, _ = caller()
+    with recorder.request("POST", {"traceparent": f"00-{trace_id}-{caller_span}-00"}, {}) as request:
+        with recorder.span("decode", {}) as decode:
+            sent = recorder.carrier()
+    assert request.trace_id == decode.trace_id == int(trace_id, 16) and not decode.sampled
+    assert sent == {"traceparent": f"00-{trace_id}-{decode.span_id:016x}-00"} and ended == []
+
+
+def test_a_sampled_callers_trace_is_exported_with_its_tracestate_sent_on():
+    ended = recorded(DEFAULT_ON)
+    trace_id, caller_span, traceparent = caller()
+    with recorder.request("POST", {"traceparent": traceparent, "tracestate": "shop=7"}, {}):
+        with recorder.span("fetch", {}):
+            sent = recorder.carrier()
+    assert sent["tracestate"] == "shop=7" and sent["traceparent"].endswith("-01")
+    assert [s.name for s in ended] == ["fetch", "POST"] and ended[1].parent.span_id == int(caller_span, 16)
+
+
+def test_a_sampler_that_keeps_nothing_makes_no_span_to_export_and_the_context_still_flows():
+    ended = recorded(ALWAYS_OFF)
+    with recorder.request("POST", {}, {}) as request, recorder.span("decode", {}):
+        assert recorder.log_fields() and recorder.current() is not request
+    assert ended == [] and recorder.current() is None
 
 
 @pytest.fixture(scope="module")
