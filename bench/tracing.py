@@ -11,7 +11,7 @@ requests; the exporter's thread included); and the spans received per traced req
 the readiness probes' spans are counted too). So one run gives both comparisons: the protocols
 (each with tracing off, against gRPC's) and tracing on against off.
 
-    python -m bench.tracing --requests 400 --repeats 4 --out bench/results/tracing-cpu.json
+    python -m bench.tracing --requests 500 --repeats 6 --out bench/results/tracing-cpu.json
 """
 from __future__ import annotations
 
