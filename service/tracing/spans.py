@@ -7,7 +7,7 @@ export as it ends; OpenTelemetry supplies the data model (what OTLP's encoder re
 ``OTEL_TRACES_SAMPLER`` / ``_ARG`` and the W3C propagator. Not the SDK's Tracer and Span, for
 the measured reason: at 100% sampling they cost the front end 0.52-0.66 ms of CPU a request of
 4.9 spans (bench/tracing.py, 2026-12-05 12:31 UTC), and this recorder with service/tracing/otlp.py
-0.08-0.18 ms (18:51 UTC; the issue's target is 0.3). Each of the SDK's spans takes locks,
+0.08-0.18 ms (18:51 and 19:04 UTC; the issue's target is 0.3). Each of the SDK's spans takes locks,
 BoundedList and BoundedAttributes, a sampler call and a ReadableSpan copy on its way to the
 queue. This one samples once per trace (a root, or a caller's parent: a local child takes its
 parent's decision, as ParentBased does and as every trace-id-based sampler decides alike), and
@@ -153,7 +153,7 @@ def span(name: str, attributes: dict) -> Span:
 
 def request(name: str, headers: Mapping[str, str], attributes: dict) -> ServerSpan:
     parent = None  # no traceparent (most calls): a trace of its own, nothing to parse
-    if headers:
+    if "traceparent" in headers:  # (gRPC's metadata holds every key the call sent)
         try:
             parent = Remote.parse(headers)
         except Exception:  # a caller's header never fails its request: it starts a trace of its own
