@@ -72,7 +72,7 @@ class Span:
     """One span, current for its ``with`` block and ended as the block ends (an exception leaving
     the block recorded as an event, the span's status then ERROR, as the SDK's tracer does).
     Its fields are those OTLP's encoder reads off the SDK's ReadableSpan; ``resource`` and
-    ``instrumentation_scope`` are this process's, set by export.install()."""
+    ``instrumentation_scope`` are this process's, given to ``setup``."""
 
     __slots__ = ("name", "trace_id", "span_id", "trace_state", "sampled", "parent", "start_time", "end_time",
                  "attributes", "links", "events", "status", "_token")
