@@ -226,10 +226,12 @@ async def read_request(request: Request, settings: Settings, query_options: dict
     limit = limit or GarmentLimit.batch(settings)
     body_limit = limit.body_bytes if garments == "many" else settings.request_body_limit
     body = await read_body(request, body_limit, settings.request_timeout_s)
-    if content_type == "multipart/form-data":
+    hold = request_context(request).hold
+    if content_type == "multipart/form-data":  # each part read out of the parser: a copy of the body's images
+        if hold is not None:
+            hold.take(len(body), "parsing the multipart body")
         parts = await _from_multipart(request, body, settings, garments, limit)
     else:  # megabytes of base64: off the loop, its text and decoded bytes taken from the bytes in flight first
-        hold = request_context(request).hold
         if hold is not None:
             hold.take(2 * len(body), "parsing the JSON body")
         parts = await asyncio.to_thread(_from_json, body, settings, garments, limit)

@@ -29,7 +29,7 @@ import httpx
 
 from .. import tracing
 from .errors import ApiError
-from ..limits import BudgetHold, byte_count
+from ..limits import BudgetHold, OverLimit, byte_count, read_capped
 from ..settings import Settings
 from .sources import RequestParts
 
@@ -177,20 +177,15 @@ class UrlFetcher:
         if declared is not None and declared > self.max_bytes:
             raise ApiError(413, "image_too_large", f"the URL serves {declared} bytes, over the limit of "
                            f"{self.max_bytes}", field)
-        chunks, total = [], 0
         try:
-            async for chunk in response.aiter_raw():  # as sent: nothing is decoded here
-                total += len(chunk)
-                if total > self.max_bytes:
-                    raise ApiError(413, "image_too_large", f"the URL serves more than {self.max_bytes} bytes", field)
-                if hold is not None:
-                    hold.take(len(chunk), f"fetching {field}")
-                chunks.append(chunk)
+            # aiter_raw: the bytes as sent, nothing decoded here
+            return await read_capped(response.aiter_raw(), self.max_bytes, hold, f"fetching {field}")
+        except OverLimit:
+            raise ApiError(413, "image_too_large", f"the URL serves more than {self.max_bytes} bytes", field) from None
         except httpx.TimeoutException:
             raise ApiError(504, "upstream_timeout", "timed out reading the URL's body", field) from None
         except httpx.HTTPError as exc:
             raise ApiError(502, "upstream_unreachable", f"the URL's body broke off ({exc})", field) from None
-        return b"".join(chunks)
 
 
 async def fetch_parts(parts: RequestParts, fetcher: UrlFetcher, hold: BudgetHold | None = None) -> RequestParts:
