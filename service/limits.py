@@ -117,8 +117,8 @@ async def read_capped(stream: AsyncIterable[bytes], limit: int, hold: BudgetHold
 
     On any failure the chunks are let go at once: the exception's traceback keeps this frame alive
     until the cycle collector runs, long after the request has given its bytes back, and the next
-    requests take them again. Refused URL fetches kept that way grew a fresh process by 1.08-1.16 GB
-    on a 512 MB budget, 0.42-0.55 GB since (tests/service/test_limits.py, fifty hostile requests)."""
+    requests take them again. Refused URL fetches kept that way grew a fresh process by 1079-1132 MiB
+    on a 512 MiB budget, 416-516 MiB since (tests/service/test_limits.py, fifty hostile requests)."""
     chunks: list[bytes] = []
     total = 0
     try:

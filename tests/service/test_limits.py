@@ -7,7 +7,7 @@ half-sent requests). Each case asserts the answer, that the server's peak RSS gr
 its bound over the case (VmHWM, reset through /proc/PID/clear_refs before it), and that the service
 still serves a try-on after it. A stream of small-but-huge images keeps /healthz under 100 ms at
 p99 while the decoding threads keep both cores busy; 50 hostile requests at once grow RSS by under
-1 GB."""
+1 GiB."""
 from __future__ import annotations
 
 import asyncio
@@ -283,10 +283,10 @@ def test_healthz_stays_fast_while_a_stream_of_big_images_decodes(server):
 
 
 def test_fifty_hostile_requests_at_once(server, hostile):
-    """Bombs, drips, many-pixel images, 64-URL jobs, all at once: RSS grows by under 1 GB, every one is
+    """Bombs, drips, many-pixel images, 64-URL jobs, all at once: RSS grows by under 1 GiB, every one is
     answered with its refusal (or 503 busy with Retry-After when the bytes in flight are spent), and
     the service serves on. On a fresh server (this test alone) refused fetches once kept their chunks
-    past the budget and grew it 1.08-1.16 GB; limits.read_capped lets them go: 0.42-0.55 GB.
+    past the budget and grew it 1079-1132 MiB; limits.read_capped lets them go: 416-516 MiB.
     One client for all 50 threads, its bodies built first: 50 clients' TLS contexts and 30 MB bodies
     built at once kept a thread from sending its headers within the server's 1 s (408)."""
     hostile.images["/big.png"] = png("RGB", (4000, 4000))  # 250 kB, 288 MB to decode
